@@ -1,0 +1,151 @@
+"""The one configuration object of the chip.
+
+Every size, width and rate of the chip lives here, in :class:`ChipParams`, a frozen dataclass
+validated on construction: a bad value raises :class:`ValueError` naming the field and the range
+it must lie in. The numeric formats of the integer contract (DESIGN.md §3) are in
+:class:`Numerics`; they are fixed by the golden model (``sim/golden.py``) and shared by the RTL,
+the compiler and the simulators, so they are configuration, not code.
+
+Pass a ``ChipParams`` explicitly to whatever needs it; there is no global configuration.
+"""
+
+from dataclasses import dataclass, field, fields
+
+__all__ = ["Numerics", "ChipParams"]
+
+
+def _check_range(obj, name, lo, hi):
+    value = getattr(obj, name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(
+            f"{type(obj).__name__}.{name} must be an integer, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if not lo <= value <= hi:
+        raise ValueError(f"{type(obj).__name__}.{name} = {value} is out of range: allowed {lo}..{hi}")
+
+
+def _check_pow2(obj, name):
+    value = getattr(obj, name)
+    if value & (value - 1):
+        raise ValueError(f"{type(obj).__name__}.{name} = {value} must be a power of two")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Number formats of the integer contract (see ``sim/golden.py`` for the arithmetic).
+
+    ``frac_bits``
+        Fractional bits of a *wide* activation: an INT32 fixed-point value, real = int / 2**F.
+        The residual stream, GEMM outputs, norm and non-linear unit outputs are wide.
+    ``group``
+        Weights carry one scale (and one offset) per ``group`` consecutive elements along K,
+        as GGUF Q4_0 / Q4_1 / Q8_0 do.
+    ``scale_bits``
+        Width of a signed group scale / offset mantissa (the weight's per-column shift gives
+        its binary point).
+    ``act_bits`` / ``acc_bits``
+        INT8 activations; INT32 partial sums inside a group.
+    ``rowscale_bits``
+        Width of the unsigned mantissa of a dynamic per-row activation scale.
+    ``gelu_*``, ``silu_*``
+        The piecewise-linear tables of the LUT unit: inputs in ``[-range, range)``
+        split into ``segments`` equal segments.
+    ``exp2_segments``
+        Segments of the 2**-f table (f in [0, 1)) used by softmax.
+    """
+
+    frac_bits: int = 16
+    group: int = 32
+    scale_bits: int = 16
+    act_bits: int = 8
+    acc_bits: int = 32
+    rowscale_bits: int = 17
+    gelu_range: int = 8
+    gelu_segments: int = 512
+    silu_range: int = 16
+    silu_segments: int = 1024
+    exp2_segments: int = 256
+    exp2_out_bits: int = 15
+
+    def __post_init__(self):
+        _check_range(self, "frac_bits", 8, 24)
+        _check_range(self, "group", 8, 256)
+        _check_pow2(self, "group")
+        _check_range(self, "scale_bits", 8, 18)
+        _check_range(self, "act_bits", 8, 8)
+        _check_range(self, "acc_bits", 32, 32)
+        _check_range(self, "rowscale_bits", 17, 17)
+        for name in ("gelu_range", "silu_range"):
+            _check_range(self, name, 1, 64)
+            _check_pow2(self, name)
+        for name in ("gelu_segments", "silu_segments", "exp2_segments"):
+            _check_range(self, name, 16, 4096)
+            _check_pow2(self, name)
+        _check_range(self, "exp2_out_bits", 12, 16)
+
+
+@dataclass(frozen=True)
+class ChipParams:
+    """Sizes and rates of one chip configuration.
+
+    ``rows`` x ``cols``
+        The systolic grid: ``rows`` along K (the reduction), ``cols`` along N (outputs).
+    ``weight_sram_kib``, ``act_sram_kib``, ``kv_sram_kib``
+        On-chip SRAM for weights (INT8 or packed INT4, double-buffered), activations,
+        and the KV cache.
+    ``acc_entries``
+        Accumulator rows (each ``cols`` wide partial sums).
+    ``vector_lanes``
+        Elements the vector unit takes per cycle.
+    ``offchip_bytes_per_cycle``, ``offchip_latency``
+        The modelled off-chip memory: sustained bandwidth and read latency in cycles.
+    ``uop_depth``
+        Micro-op program memory depth.
+    ``clock_mhz``
+        The clock the board build targets.
+    """
+
+    rows: int = 16
+    cols: int = 16
+    weight_sram_kib: int = 64
+    act_sram_kib: int = 64
+    kv_sram_kib: int = 128
+    acc_entries: int = 512
+    vector_lanes: int = 16
+    offchip_bytes_per_cycle: int = 8
+    offchip_latency: int = 16
+    uop_depth: int = 4096
+    clock_mhz: int = 100
+    numerics: Numerics = field(default_factory=Numerics)
+
+    def __post_init__(self):
+        _check_range(self, "rows", 1, 64)
+        _check_range(self, "cols", 1, 64)
+        _check_range(self, "weight_sram_kib", 1, 4096)
+        _check_range(self, "act_sram_kib", 1, 4096)
+        _check_range(self, "kv_sram_kib", 1, 4096)
+        _check_range(self, "acc_entries", 16, 65536)
+        _check_range(self, "vector_lanes", 1, 64)
+        _check_range(self, "offchip_bytes_per_cycle", 1, 256)
+        _check_range(self, "offchip_latency", 0, 4096)
+        _check_range(self, "uop_depth", 16, 1 << 20)
+        _check_range(self, "clock_mhz", 1, 1000)
+        if not isinstance(self.numerics, Numerics):
+            raise ValueError(
+                f"ChipParams.numerics must be a Numerics, got {type(self.numerics).__name__}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ChipParams":
+        """Build from a plain dict (e.g. a config file); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"ChipParams: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = dict(values)
+        if isinstance(values.get("numerics"), dict):
+            values["numerics"] = Numerics(**values["numerics"])
+        return cls(**values)

@@ -1,0 +1,412 @@
+"""The golden model: the integer arithmetic of every operation the chip performs.
+
+This module *is* the numerics contract (DESIGN.md §3). The instruction-level simulator and the
+RTL must match it bit for bit; the float reference (``sw/reference.py``) measures what it costs.
+At run time everything here is integer arithmetic (numpy int64, or float64 BLAS only where every
+partial sum is an integer below 2**53, so the result is exact whatever the summation order).
+
+Formats (widths in :class:`hw.params.Numerics`):
+
+*wide*
+    INT32 fixed point, real = v / 2**F (F = ``frac_bits`` = 16). The residual stream, GEMM
+    outputs and every vector-unit output. Results saturate to INT32.
+*A8 + row scale*
+    INT8 in [-127, 127] with one dynamic scale per row (token, or token x head):
+    ``wide ≈ x8 * mant * 2**exp`` (:class:`RowScale`). Every GEMM input is A8: the vector unit
+    quantizes a wide row after finding its max |x| (Ref: per-token dynamic quantization,
+    LLM.int8() / SmoothQuant's W8A8 per-token baseline).
+*grouped weights*
+    ``q`` INT8 or INT4 [N, K]; per (column n, group g of 32 along K) a signed INT16 scale D and
+    offset M; per column a shift s: ``w = (D * q + M) * 2**-s``. GGUF Q4_0 / Q4_1 / Q8_0 map onto
+    it with q unchanged (``sw/quantize.py``).
+
+Rounding is round-half-up, ``(v + 2**(s-1)) >> s`` (an adder and a shift in hardware), written
+:func:`rshift_round`; plain ``>>`` is floor. Division is floor division of non-negative
+integers by a per-row quantity (a sequential divider per row, never per element).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.luts import PwlTable, exp2_table, gelu_table, silu_table
+from hw.params import Numerics
+
+__all__ = [
+    "NUM",
+    "RowScale",
+    "rshift_round",
+    "saturate",
+    "quantize_rows",
+    "dequantize_rows",
+    "gemm",
+    "gemm_act",
+    "attention_head",
+    "residual_add",
+    "layernorm",
+    "rmsnorm",
+    "pwl",
+    "gelu",
+    "silu_mul",
+    "softmax",
+    "rope",
+    "embed",
+]
+
+NUM = Numerics()
+F = NUM.frac_bits
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+# -- primitives ---------------------------------------------------------------------------------
+
+
+def rshift_round(v, s):
+    """Round-half-up ``v / 2**s`` for s > 0; ``v * 2**-s`` for s <= 0. Element-wise ``s``."""
+    v = np.asarray(v, dtype=np.int64)
+    s = np.asarray(s, dtype=np.int64)
+    pos = np.maximum(s, 0)
+    half = np.where(pos > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
+    right = np.right_shift(v + half, pos)
+    return np.where(s > 0, right, np.left_shift(v, np.maximum(-s, 0)))
+
+
+def saturate(v, bits=32):
+    """Clamp to the signed range of ``bits``."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return np.clip(np.asarray(v, dtype=np.int64), lo, hi)
+
+
+def _bitlen(v):
+    """Bit length of non-negative int64 values (0 for 0), exactly."""
+    v = np.asarray(v, dtype=np.int64)
+    # frexp is exact for integers below 2**53; above that, shift first.
+    big = v >= (1 << 52)
+    _, e = np.frexp(np.where(big, v >> 20, v).astype(np.float64))
+    return np.where(v == 0, 0, e + np.where(big, 20, 0)).astype(np.int64)
+
+
+
+# -- dynamic row quantization ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowScale:
+    """Scale of an A8 row: ``wide ≈ x8 * mant * 2**exp``.
+
+    ``mant`` is unsigned, 17 bits: round(a * 256 / 127) with a the row's max |x| normalized to
+    [2**14, 2**15); 0 for an all-zero row. ``exp`` is a small signed integer.
+    """
+
+    mant: np.ndarray
+    exp: np.ndarray
+
+    def __getitem__(self, idx):
+        return RowScale(self.mant[idx], self.exp[idx])
+
+    def reshape(self, *shape):
+        return RowScale(self.mant.reshape(*shape), self.exp.reshape(*shape))
+
+
+def quantize_rows(x):
+    """Quantize each row (last axis) of an integer array to A8 with its own scale.
+
+    Per row, with ``amax = max |x|`` (any value below 2**47):
+
+    - ``sh = bitlen(amax) - 15``; ``a = amax >> sh`` (``<< -sh`` if negative) lies in
+      [2**14, 2**15): the row is normalized so one 15-bit divider serves every magnitude;
+    - ``r = (127 << 24) // a`` (17 bits), once per row;
+    - per element ``x8 = clamp(rshift_round((x >> sh) * r, 24), -127, 127)``
+      (a 16x17-bit product, one ECP5 MULT18X18);
+    - ``mant = (a * 512 + 127) // 254`` (= round(a * 256 / 127)), ``exp = sh - 8``.
+
+    An all-zero row gives x8 = 0 and mant = 0. Returns ``(x8 int8, RowScale)``.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    amax = np.max(np.abs(x), axis=-1)
+    if np.any(amax >= (1 << 47)):
+        raise ValueError("quantize_rows: |x| must be below 2**47")
+    sh = _bitlen(amax) - 15
+    a = _shift_floor(amax, sh)
+    a_safe = np.where(amax == 0, 1 << 14, a)
+    r = (127 << 24) // a_safe
+    xs = _shift_floor(x, sh[..., None])
+    x8 = np.clip(rshift_round(xs * r[..., None], 24), -127, 127).astype(np.int8)
+    mant = np.where(amax == 0, 0, (a_safe * 512 + 127) // 254)
+    exp = np.where(amax == 0, 0, sh - 8)
+    return x8, RowScale(mant.astype(np.int64), exp.astype(np.int64))
+
+
+def _shift_floor(v, s):
+    """``v >> s`` (floor) for s >= 0, ``v << -s`` for s < 0."""
+    v = np.asarray(v, dtype=np.int64)
+    s = np.asarray(s, dtype=np.int64)
+    return np.where(s >= 0, np.right_shift(v, np.maximum(s, 0)), np.left_shift(v, np.maximum(-s, 0)))
+
+
+def dequantize_rows(x8, scale: RowScale):
+    """A8 -> wide, ``rshift_round(x8 * mant, -exp)``: the value the scale stands for."""
+    return saturate(rshift_round(np.asarray(x8, np.int64) * scale.mant[..., None], -scale.exp[..., None]))
+
+
+# -- GEMM -----------------------------------------------------------------------------------------
+
+
+def _exact_matmul(a, b):
+    """Integer matmul through float64 BLAS; callers guarantee every partial sum < 2**53."""
+    return np.rint(np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
+
+
+def gemm(x8, xs: RowScale, w, bias=None, num: Numerics = NUM):
+    """A8 activations times grouped weights, to wide.
+
+    ``x8`` [T, K] with row scales ``xs`` [T]; ``w`` has ``q`` [N, K] (INT8 or INT4 values),
+    ``scale`` and ``offset`` [N, K/32] (INT16; offset may be None) and ``shift`` [N]
+    (``w_real = (scale * q + offset) * 2**-shift``, see ``sw/quantize.py``). ``bias`` is wide [N].
+
+    Per output (t, n):
+
+    - ``acc_g = Σ_{k in g} x8[t,k] * q[n,k]`` in INT32 (|acc_g| < 2**20), and
+      ``xsum_g = Σ_{k in g} x8[t,k]`` (|xsum_g| < 2**12), per group g of 32 along K;
+    - ``Y = Σ_g scale[n,g] * acc_g + offset[n,g] * xsum_g``, exact (|Y| < 2**42 for K <= 2048;
+      the hardware accumulates in 48 bits);
+    - ``out = saturate32(rshift_round(Y * mant[t], shift[n] - exp[t]) + bias[n])``.
+    """
+    g = num.group
+    x8 = np.asarray(x8, np.int64)
+    T, K = x8.shape
+    N = w.q.shape[0]
+    if w.q.shape[1] != K or K % g:
+        raise ValueError(f"gemm: weight is {w.q.shape}, activations {x8.shape}, group {g}")
+    Y = _exact_matmul(x8, _scaled_weight(w, g).T)
+    if w.offset is not None:
+        xsum = x8.reshape(T, K // g, g).sum(-1)
+        Y += _exact_matmul(xsum, np.asarray(w.offset, np.int64).T)
+    out = rshift_round(Y * xs.mant[:, None], np.asarray(w.shift, np.int64)[None, :] - xs.exp[:, None])
+    if bias is not None:
+        out = out + np.asarray(bias, np.int64)[None, :]
+    assert out.shape == (T, N)
+    return saturate(out)
+
+
+def _scaled_weight(w, g):
+    """``scale[n, g] * q[n, k]`` as one exact integer matrix (|.| < 2**23), cached on ``w``."""
+    cached = getattr(w, "_golden_scaled", None)
+    if cached is not None:
+        return cached
+    N, K = w.q.shape
+    s = np.asarray(w.scale, np.float64)
+    sw = (np.asarray(w.q, np.float64).reshape(N, K // g, g) * s[:, :, None]).reshape(N, K)
+    try:
+        object.__setattr__(w, "_golden_scaled", sw)
+    except (AttributeError, TypeError):
+        pass
+    return sw
+
+
+def gemm_act(a8, a_s: RowScale, b8, b_s: RowScale | None, shift=None, num: Numerics = NUM):
+    """A8 times A8 (QKᵀ, P·V), to wide.
+
+    ``a8`` [T, K] with scales ``a_s`` [T]; ``b8`` [N, K] with scales ``b_s`` [N] or None.
+    ``Y = a8 @ b8ᵀ`` in INT32 (|Y| < 2**25 for K <= 2048). Then
+
+    - with ``b_s``: ``out = rshift_round(Y * mant_a[t] * mant_b[n], F - exp_a[t] - exp_b[n])``,
+      the wide product of the two wide matrices the rows stand for, divided by 2**F;
+    - without: ``out = rshift_round(Y * mant_a[t], shift - exp_a[t])`` with a given ``shift``
+      (P·V, where V's per-token scales were folded into P; see :func:`attention_head`).
+    """
+    Y = _exact_matmul(a8, np.asarray(b8, np.int64).T)
+    if b_s is not None:
+        m = Y * a_s.mant[:, None] * b_s.mant[None, :]
+        return saturate(rshift_round(m, num.frac_bits - a_s.exp[:, None] - b_s.exp[None, :]))
+    return saturate(rshift_round(Y * a_s.mant[:, None], shift - a_s.exp[:, None]))
+
+
+# -- attention -------------------------------------------------------------------------------------
+
+
+def softmax(s, q_pos=None, k_len=None, num: Numerics = NUM):
+    """Row softmax of wide scores, to Q.F probabilities (INT32 in [0, 2**F]).
+
+    ``s`` [T, S]. With ``q_pos`` (absolute positions of the T query rows), key j is visible to
+    row i iff ``j <= q_pos[i]`` (causal mask); masked entries give 0. Per row:
+
+    - ``z = s - max`` over visible keys (z <= 0), ``u = rshift_round(-z * LOG2E, 14)``
+      (LOG2E = round(log2(e) * 2**14) = 23637), so 2**(-u / 2**F) = e**z;
+    - integer part ``ip = u >> F``, fraction ``f = u & (2**F - 1)``; 2**-f by linear
+      interpolation in the 257-entry ``exp2_table`` (Q.15; index ``f >> 8``, weight ``f & 255``);
+      ``e = rshift_round(2**-f, ip)`` (0 once ip > 31);
+    - ``sum = Σ e`` (>= 2**15: the max entry gives e = 2**15), ``recip = 2**46 // sum`` once
+      per row, ``p = rshift_round(e * recip, 30)``.
+
+    Ref: base-2 softmax with shifts and a small exponent table as in ITA (Islamoglu et al.,
+    2023) and Softermax (Stevens et al., DAC 2021).
+    """
+    s = np.asarray(s, np.int64)
+    T, S = s.shape
+    if q_pos is None:
+        visible = np.ones((T, S), bool)
+    else:
+        visible = np.arange(S)[None, :] <= np.asarray(q_pos)[:, None]
+    if not visible.any(axis=1).all():
+        raise ValueError("softmax: a row sees no key")
+    mx = np.max(np.where(visible, s, np.iinfo(np.int64).min), axis=1, keepdims=True)
+    neg = np.minimum(mx - s, (1 << 31) - 1)  # -z, >= 0; clamp far-away (masked) entries
+    u = rshift_round(neg * 23637, 14)
+    fbits = num.frac_bits
+    ip = u >> fbits
+    frac = u & ((1 << fbits) - 1)
+    seg_bits = int(np.log2(num.exp2_segments))
+    idx = frac >> (fbits - seg_bits)
+    wgt = frac & ((1 << (fbits - seg_bits)) - 1)
+    tab = exp2_table(num)
+    e0 = tab[idx]
+    e1 = tab[idx + 1]
+    frac_e = e0 + rshift_round((e1 - e0) * wgt, fbits - seg_bits)
+    e = np.where(ip > 31, 0, rshift_round(frac_e, np.minimum(ip, 31)))
+    e = np.where(visible, e, 0)
+    total = e.sum(axis=1, keepdims=True)
+    recip = (1 << 46) // total
+    return rshift_round(e * recip, 30)
+
+
+def attention_head(q8, qs: RowScale, k8, ks: RowScale, v8, vs: RowScale, q_pos=None):
+    """One attention head on A8 operands, to wide [T, d_head].
+
+    ``q8`` [T, d] (1/sqrt(d) already folded into W_q), ``k8``/``v8`` [S, d] with per-token
+    scales (the KV cache). ``s = gemm_act(q, k)``, ``p = softmax(s, q_pos)``. V's per-token
+    scales cannot factor out of Σ_j p_ij v_jd, so they fold into P (in the vector unit, after
+    softmax): with ``e_max = max_j exp_v[j]``,
+    ``p'_ij = rshift_round(p_ij * mant_v[j], e_max - exp_v[j])``, then p' is quantized per row
+    and ``out = gemm_act(p'8, p's, v8ᵀ, None, shift=F - e_max)``.
+    """
+    s = gemm_act(q8, qs, k8, ks)
+    p = softmax(s, q_pos)
+    e_max = int(np.max(vs.exp)) if vs.exp.size else 0
+    pp = rshift_round(p * vs.mant[None, :], e_max - vs.exp[None, :])
+    p8, ps = quantize_rows(pp)
+    return gemm_act(p8, ps, np.asarray(v8).T, None, shift=F - e_max)
+
+
+# -- element-wise and row-wise vector operations -------------------------------------------------
+
+
+def residual_add(a, b):
+    """Saturating INT32 add of two wide tensors."""
+    return saturate(np.asarray(a, np.int64) + np.asarray(b, np.int64))
+
+
+def _normalize_rows(c, eps_q32, num: Numerics):
+    """Shared core of LayerNorm and RMSNorm: c / sqrt(mean(c²) + eps) in Q.F.
+
+    Per row: ``sh = bitlen(max|c|) - 15``, ``cs = c >> sh`` (|cs| < 2**15);
+    ``var = Σ cs² // D`` (< 2**30) ``+ rshift_round(eps_q32, 2*sh)`` (eps in the row's scale,
+    eps_q32 = round(eps * 2**(2F))); ``std = isqrt(var << 16)`` (a Q.8 standard deviation,
+    bit-serial integer square root); ``inv = 2**40 // std``; ``n = rshift_round(cs * inv, 16)``.
+    Ref: I-BERT (Kim et al., ICML 2021) integer-only LayerNorm with an integer square root.
+    """
+    D = c.shape[-1]
+    amax = np.max(np.abs(c), axis=-1)
+    sh = np.where(amax == 0, 0, _bitlen(amax) - 15)
+    cs = _shift_floor(c, sh[..., None])
+    var = (cs * cs).sum(axis=-1) // D
+    var = var + rshift_round(np.int64(eps_q32), 2 * sh)
+    std = _isqrt(var << 16)
+    inv = (1 << 40) // np.maximum(std, 1)
+    n = rshift_round(cs * inv[..., None], 16)
+    return np.where((std == 0)[..., None], 0, n)
+
+
+def _isqrt(v):
+    """Floor square root of non-negative int64 values below 2**62, exactly."""
+    v = np.asarray(v, np.int64)
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    # The float estimate is within one of the truth; settle it with integer compares.
+    r = np.where(r * r > v, r - 1, r)
+    r = np.where((r + 1) * (r + 1) <= v, r + 1, r)
+    return r
+
+
+def _eps_q32(eps, num):
+    return int(round(eps * (1 << (2 * num.frac_bits))))
+
+
+def layernorm(x, gamma, beta, eps, num: Numerics = NUM):
+    """LayerNorm of wide rows, to wide.
+
+    ``mean = Σx // D``, ``c = x - mean``, ``n`` as in :func:`_normalize_rows` (Q.F),
+    ``out = saturate32(rshift_round(n * gamma, F) + beta)`` with gamma, beta wide.
+    """
+    x = np.asarray(x, np.int64)
+    D = x.shape[-1]
+    mean = x.sum(axis=-1, keepdims=True) // D
+    n = _normalize_rows(x - mean, _eps_q32(eps, num), num)
+    out = rshift_round(n * np.asarray(gamma, np.int64), num.frac_bits) + np.asarray(beta, np.int64)
+    return saturate(out)
+
+
+def rmsnorm(x, gamma, eps, num: Numerics = NUM):
+    """RMSNorm of wide rows, to wide: ``saturate32(rshift_round(n * gamma, F))``."""
+    x = np.asarray(x, np.int64)
+    n = _normalize_rows(x, _eps_q32(eps, num), num)
+    return saturate(rshift_round(n * np.asarray(gamma, np.int64), num.frac_bits))
+
+
+def pwl(x, table: PwlTable):
+    """Evaluate a piecewise-linear table on wide inputs (the LUT unit).
+
+    Inside the range: ``i = (x - lo) >> seg_shift``, ``w = (x - lo) & (2**seg_shift - 1)``,
+    ``out = v[i] + rshift_round((v[i+1] - v[i]) * w, seg_shift)``. Below: 0; above: x.
+    """
+    x = np.asarray(x, np.int64)
+    rel = x - table.lo
+    inside = (rel >= 0) & (x < table.hi)
+    rel_c = np.clip(rel, 0, (table.segments << table.seg_shift) - 1)
+    i = rel_c >> table.seg_shift
+    w = rel_c & ((1 << table.seg_shift) - 1)
+    v0 = table.values[i]
+    v1 = table.values[i + 1]
+    y = v0 + rshift_round((v1 - v0) * w, table.seg_shift)
+    outside = np.where(x >= table.hi, x if table.above == "identity" else 0, 0)
+    return saturate(np.where(inside, y, outside))
+
+
+def gelu(x, num: Numerics = NUM):
+    """erf-GELU of wide values through the 512-segment table on [-8, 8)."""
+    return pwl(x, gelu_table(num))
+
+
+def silu_mul(gate, up, num: Numerics = NUM):
+    """SwiGLU: ``saturate32(rshift_round(silu(gate) * up, F))``, SiLU from the LUT unit."""
+    s = pwl(gate, silu_table(num))
+    return saturate(rshift_round(s * np.asarray(up, np.int64), num.frac_bits))
+
+
+def rope(x, cos, sin, num: Numerics = NUM):
+    """RoPE on adjacent pairs (2i, 2i+1) of wide ``x`` [T, H, d] at table rows ``cos/sin`` [T, d/2].
+
+    ``y0 = rshift_round(x0*c - x1*s, F)``, ``y1 = rshift_round(x0*s + x1*c, F)``, saturated;
+    cos/sin are Q.F from ``hw.luts.rope_table``.
+    """
+    x = np.asarray(x, np.int64)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c = np.asarray(cos, np.int64)[:, None, :]
+    s = np.asarray(sin, np.int64)[:, None, :]
+    out = np.empty_like(x)
+    out[..., 0::2] = rshift_round(x0 * c - x1 * s, num.frac_bits)
+    out[..., 1::2] = rshift_round(x0 * s + x1 * c, num.frac_bits)
+    return saturate(out)
+
+
+def embed(ids, table, num: Numerics = NUM):
+    """Embedding lookup from a grouped INT8 table (``q`` [V, D], ``scale`` [V, D/32],
+    ``shift`` [V]) to wide rows: ``rshift_round(scale * q, shift - F)``."""
+    ids = np.asarray(ids, np.int64)
+    g = num.group
+    q = np.asarray(table.q[ids], np.int64)
+    V, D = q.shape
+    sc = np.asarray(table.scale[ids], np.int64)
+    v = (q.reshape(V, D // g, g) * sc[:, :, None]).reshape(V, D)
+    if table.offset is not None:
+        v = v + np.repeat(np.asarray(table.offset[ids], np.int64), g, axis=1)
+    return saturate(rshift_round(v, np.asarray(table.shift, np.int64)[ids][:, None] - num.frac_bits))
