@@ -62,13 +62,20 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def rshift_round(v, s):
-    """Round-half-up ``v / 2**s`` for s > 0; ``v * 2**-s`` for s <= 0. Element-wise ``s``."""
+    """Round-half-up ``v / 2**s`` for s > 0; ``v * 2**-s`` (saturating at ±2**62) for s <= 0."""
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(s, dtype=np.int64)
     pos = np.maximum(s, 0)
     half = np.where(pos > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
     right = np.right_shift(v + half, pos)
-    return np.where(s > 0, right, np.left_shift(v, np.maximum(-s, 0)))
+    return np.where(s > 0, right, _shl_sat(v, np.maximum(-s, 0)))
+
+
+def _shl_sat(v, k):
+    """``v << k`` clamped to ±2**62 (every caller saturates further, so the clamp is exact)."""
+    k = np.minimum(k, 62)
+    lim = np.left_shift(np.int64(1), 62 - k)
+    return np.left_shift(np.clip(v, -lim, lim), k)
 
 
 def saturate(v, bits=32):
