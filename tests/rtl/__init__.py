@@ -1,0 +1,1 @@
+"""cocotb testbenches run by tests/test_*.py through sim.rtl.run_cocotb (pytest skips them)."""
