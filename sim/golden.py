@@ -10,11 +10,14 @@ Formats (widths in :class:`hw.params.Numerics`):
 *wide*
     INT32 fixed point, real = v / 2**F (F = ``frac_bits`` = 16). The residual stream, GEMM
     outputs and every vector-unit output. Results saturate to INT32.
-*A8 + row scale*
-    INT8 in [-127, 127] with one dynamic scale per row (token, or token x head):
-    ``wide ≈ x8 * mant * 2**exp`` (:class:`RowScale`). Every GEMM input is A8: the vector unit
-    quantizes a wide row after finding its max |x| (Ref: per-token dynamic quantization,
-    LLM.int8() / SmoothQuant's W8A8 per-token baseline).
+*A8 + group scales*
+    INT8 in [-127, 127] with a dynamic 17-bit mantissa per group of ``act_group`` = 16 along
+    the row and one exponent per row: ``wide ≈ x8 * mant[k // 16] * 2**exp``
+    (:class:`ActScale`). Every GEMM input is A8: the vector unit quantizes a wide row after
+    finding each group's max |x|. Activation groups split the weight groups in halves, so the
+    grid accumulates 16 products (one pass down a 16-row column) in INT32 and a group scaler
+    applies both scales. Per-row scales lost 12 points of SmolLM2's top-1 agreement to its
+    outlier channels; groups recover them (see ``hw.params.Numerics.act_group``).
 *grouped weights*
     ``q`` INT8 or INT4 [N, K]; per (column n, group g of 32 along K) a signed INT16 scale D and
     offset M; per column a shift s: ``w = (D * q + M) * 2**-s``. GGUF Q4_0 / Q4_1 / Q8_0 map onto
@@ -34,7 +37,7 @@ from hw.params import Numerics
 
 __all__ = [
     "NUM",
-    "RowScale",
+    "ActScale",
     "rshift_round",
     "saturate",
     "quantize_rows",
@@ -94,90 +97,122 @@ def _bitlen(v):
 
 
 
-# -- dynamic row quantization ---------------------------------------------------------------------
+# -- dynamic group quantization --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class RowScale:
-    """Scale of an A8 row: ``wide ≈ x8 * mant * 2**exp``.
+class ActScale:
+    """Scales of an A8 tensor: ``wide ≈ x8[..., k] * mant[..., k // group] * 2**exp[...]``.
 
-    ``mant`` is unsigned, 17 bits: round(a * 256 / 127) with a the row's max |x| normalized to
-    [2**14, 2**15); 0 for an all-zero row. ``exp`` is a small signed integer.
+    One unsigned 17-bit ``mant`` per group of ``group`` consecutive elements along the last axis
+    (the last group may be partial) and one signed ``exp`` per row, shared by the row's groups.
+    ``mant`` is 0 for an all-zero group.
     """
 
     mant: np.ndarray
     exp: np.ndarray
+    group: int
 
     def __getitem__(self, idx):
-        return RowScale(self.mant[idx], self.exp[idx])
+        return ActScale(self.mant[idx], self.exp[idx], self.group)
 
-    def reshape(self, *shape):
-        return RowScale(self.mant.reshape(*shape), self.exp.reshape(*shape))
+    def expand(self, k):
+        """Per-element mantissas [..., k] (for GEMMs and dequantization)."""
+        return np.repeat(self.mant, self.group, axis=-1)[..., :k]
 
 
-def quantize_rows(x):
-    """Quantize each row (last axis) of an integer array to A8 with its own scale.
+def quantize_rows(x, group: int | None = NUM.act_group):
+    """Quantize the last axis of an integer array to A8 with a 17-bit scale per group.
 
-    Per row, with ``amax = max |x|`` (any value below 2**47):
+    ``group`` elements share a mantissa (default ``act_group`` = 16, half a weight group;
+    ``None``: the whole row).
+    Per row, with ``amax`` its max |x| (below 2**47), and per group g with ``amax_g``:
 
-    - ``sh = bitlen(amax) - 15``; ``a = amax >> sh`` (``<< -sh`` if negative) lies in
-      [2**14, 2**15): the row is normalized so one 15-bit divider serves every magnitude;
-    - ``r = (127 << 24) // a`` (17 bits), once per row;
-    - per element ``x8 = clamp(rshift_round((x >> sh) * r, 24), -127, 127)``
+    - ``sh = bitlen(amax) - 15``, the row exponent ``exp = sh - 8``;
+    - ``k_g = bitlen(amax) - bitlen(amax_g)`` (the group's extra normalization, >= 0),
+      ``sh_g = sh - k_g``, ``a_g = amax_g >> sh_g`` in [2**14, 2**15): one 15-bit divider
+      serves every magnitude;
+    - ``r_g = (127 << 24) // a_g`` (17 bits) once per group;
+    - per element ``x8 = clamp(rshift_round((x >> sh_g) * r_g, 24), -127, 127)``
       (a 16x17-bit product, one ECP5 MULT18X18);
-    - ``mant = (a * 512 + 127) // 254`` (= round(a * 256 / 127)), ``exp = sh - 8``.
+    - ``mant_g = rshift_round((a_g * 512 + 127) // 254, k_g)``: round(a_g * 256 / 127) brought
+      to the row exponent (a group 2**17 below the row max gets mant 0: it weighs under
+      2**-17 of the row).
 
-    An all-zero row gives x8 = 0 and mant = 0. Returns ``(x8 int8, RowScale)``.
+    Ref: fine-grained (per-block) activation scales as in MX / microscaling formats
+    (Rouhani et al., 2023) and VS-Quant (Dai et al., MLSys 2021); the per-row shared exponent is
+    the MX shared-exponent idea. Returns ``(x8 int8, ActScale)``.
     """
     x = np.asarray(x, dtype=np.int64)
-    amax = np.max(np.abs(x), axis=-1)
+    K = x.shape[-1]
+    g = K if group is None else int(group)
+    G = -(-K // g)
+    pad = G * g - K
+    xg = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], G, g)
+    amax_g = np.max(np.abs(xg), axis=-1)
+    amax = np.max(amax_g, axis=-1)
     if np.any(amax >= (1 << 47)):
         raise ValueError("quantize_rows: |x| must be below 2**47")
-    sh = _bitlen(amax) - 15
-    a = _shift_floor(amax, sh)
-    a_safe = np.where(amax == 0, 1 << 14, a)
+    blen = _bitlen(amax)
+    sh = blen - 15
+    k = np.where(amax_g == 0, 0, blen[..., None] - _bitlen(amax_g))
+    sh_g = sh[..., None] - k
+    a = _shift_floor(amax_g, sh_g)
+    a_safe = np.where(amax_g == 0, 1 << 14, a)
     r = (127 << 24) // a_safe
-    xs = _shift_floor(x, sh[..., None])
-    x8 = np.clip(rshift_round(xs * r[..., None], 24), -127, 127).astype(np.int8)
-    mant = np.where(amax == 0, 0, (a_safe * 512 + 127) // 254)
+    xs = _shift_floor(xg, sh_g[..., None])
+    x8 = np.clip(rshift_round(xs * r[..., None], 24), -127, 127)
+    x8 = x8.reshape(*x.shape[:-1], G * g)[..., :K].astype(np.int8)
+    mant = np.where(amax_g == 0, 0, rshift_round((a_safe * 512 + 127) // 254, k))
     exp = np.where(amax == 0, 0, sh - 8)
-    return x8, RowScale(mant.astype(np.int64), exp.astype(np.int64))
+    return x8, ActScale(mant.astype(np.int64), exp.astype(np.int64), g)
 
 
 def _shift_floor(v, s):
     """``v >> s`` (floor) for s >= 0, ``v << -s`` for s < 0."""
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(s, dtype=np.int64)
-    return np.where(s >= 0, np.right_shift(v, np.maximum(s, 0)), np.left_shift(v, np.maximum(-s, 0)))
+    return np.where(s >= 0, np.right_shift(v, np.maximum(s, 0)),
+                    np.left_shift(v, np.maximum(-s, 0)))
 
 
-def dequantize_rows(x8, scale: RowScale):
+def dequantize_rows(x8, scale: ActScale):
     """A8 -> wide, ``rshift_round(x8 * mant, -exp)``: the value the scale stands for."""
-    return saturate(rshift_round(np.asarray(x8, np.int64) * scale.mant[..., None], -scale.exp[..., None]))
+    x8 = np.asarray(x8, np.int64)
+    m = scale.expand(x8.shape[-1])
+    return saturate(rshift_round(x8 * m, -scale.exp[..., None]))
 
 
 # -- GEMM -----------------------------------------------------------------------------------------
 
 
 def _exact_matmul(a, b):
-    """Integer matmul through float64 BLAS; callers guarantee every partial sum < 2**53."""
+    """Integer matmul through float64 BLAS; callers guarantee Σ|a·b| < 2**53 (exact sums)."""
     return np.rint(np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
 
 
-def gemm(x8, xs: RowScale, w, bias=None, num: Numerics = NUM):
+def _check_scale(x8, xs: ActScale, num: Numerics, who: str):
+    T, K = x8.shape
+    if num.group % xs.group or xs.mant.shape != (T, -(-K // xs.group)):
+        raise ValueError(f"{who}: activation scales {xs.mant.shape} (group {xs.group}) do not "
+                         f"match activations {x8.shape} in groups of {num.group}")
+
+
+def gemm(x8, xs: ActScale, w, bias=None, num: Numerics = NUM):
     """A8 activations times grouped weights, to wide.
 
-    ``x8`` [T, K] with row scales ``xs`` [T]; ``w`` has ``q`` [N, K] (INT8 or INT4 values),
-    ``scale`` and ``offset`` [N, K/32] (INT16; offset may be None) and ``shift`` [N]
-    (``w_real = (scale * q + offset) * 2**-shift``, see ``sw/quantize.py``). ``bias`` is wide [N].
+    ``x8`` [T, K] with group scales ``xs`` (mant [T, K/ga], exp [T]; ga = ``xs.group`` divides
+    the weight group 32); ``w`` has ``q`` [N, K] (INT8 or INT4 values), ``scale`` and ``offset``
+    [N, K/32] (INT16; offset may be None) and ``shift`` [N]
+    (``w_real = (scale * q + offset) * 2**-shift``, see ``sw/quantize.py``). ``bias`` is wide
+    [N]. Per (t, n) and activation group h (inside weight group g):
 
-    Per output (t, n):
-
-    - ``acc_g = Σ_{k in g} x8[t,k] * q[n,k]`` in INT32 (|acc_g| < 2**20), and
-      ``xsum_g = Σ_{k in g} x8[t,k]`` (|xsum_g| < 2**12), per group g of 32 along K;
-    - ``Y = Σ_g scale[n,g] * acc_g + offset[n,g] * xsum_g``, exact (|Y| < 2**42 for K <= 2048;
-      the hardware accumulates in 48 bits);
-    - ``out = saturate32(rshift_round(Y * mant[t], shift[n] - exp[t]) + bias[n])``.
+    - ``acc_h = Σ_{k in h} x8[t,k] * q[n,k]`` (|acc_h| < 2**19, the grid's INT32 accumulator)
+      and ``xsum_h = Σ_{k in h} x8[t,k]`` (|xsum_h| < 2**12);
+    - ``Y = Σ_h mant[t,h] * (scale[n,g] * acc_h + offset[n,g] * xsum_h)``, exact:
+      |Y| < 2**17 · 2**34 · K/16 <= 2**58 for K <= 2048 (the group scaler's 64-bit
+      accumulator);
+    - ``out = saturate32(rshift_round(Y, shift[n] - exp[t]) + bias[n])``.
     """
     g = num.group
     x8 = np.asarray(x8, np.int64)
@@ -185,11 +220,19 @@ def gemm(x8, xs: RowScale, w, bias=None, num: Numerics = NUM):
     N = w.q.shape[0]
     if w.q.shape[1] != K or K % g:
         raise ValueError(f"gemm: weight is {w.q.shape}, activations {x8.shape}, group {g}")
-    Y = _exact_matmul(x8, _scaled_weight(w, g).T)
+    if K > 2048:
+        raise ValueError(f"gemm: K = {K} beyond the exact 64-bit bound (2048)")
+    _check_scale(x8, xs, num, "gemm")
+    am = xs.expand(K)
+    sw = _scaled_weight(w, g)
+    # mant < 2**17 split in 8 + 9 bits keeps each float64 BLAS sum below 2**53 (exact).
+    Y = (_exact_matmul(x8 * (am >> 9), sw.T) << 9) + _exact_matmul(x8 * (am & 511), sw.T)
     if w.offset is not None:
-        xsum = x8.reshape(T, K // g, g).sum(-1)
+        ga = xs.group
+        xsum = x8.reshape(T, K // ga, ga).sum(-1) * xs.mant  # per activation group
+        xsum = xsum.reshape(T, K // g, g // ga).sum(-1)      # to the weight groups
         Y += _exact_matmul(xsum, np.asarray(w.offset, np.int64).T)
-    out = rshift_round(Y * xs.mant[:, None], np.asarray(w.shift, np.int64)[None, :] - xs.exp[:, None])
+    out = rshift_round(Y, np.asarray(w.shift, np.int64)[None, :] - xs.exp[:, None])
     if bias is not None:
         out = out + np.asarray(bias, np.int64)[None, :]
     assert out.shape == (T, N)
@@ -197,7 +240,7 @@ def gemm(x8, xs: RowScale, w, bias=None, num: Numerics = NUM):
 
 
 def _scaled_weight(w, g):
-    """``scale[n, g] * q[n, k]`` as one exact integer matrix (|.| < 2**23), cached on ``w``."""
+    """``scale[n, g] * q[n, k]`` as one exact integer matrix (|.| < 2**22), cached on ``w``."""
     cached = getattr(w, "_golden_scaled", None)
     if cached is not None:
         return cached
@@ -211,22 +254,45 @@ def _scaled_weight(w, g):
     return sw
 
 
-def gemm_act(a8, a_s: RowScale, b8, b_s: RowScale | None, shift=None, num: Numerics = NUM):
-    """A8 times A8 (QKᵀ, P·V), to wide.
+def gemm_act(a8, a_s: ActScale, b8, b_s: ActScale | None, shift=None, num: Numerics = NUM):
+    """A8 times A8 (QKᵀ, P·V), to wide; both operands grouped along the contraction K.
 
-    ``a8`` [T, K] with scales ``a_s`` [T]; ``b8`` [N, K] with scales ``b_s`` [N] or None.
-    ``Y = a8 @ b8ᵀ`` in INT32 (|Y| < 2**25 for K <= 2048). Then
+    ``a8`` [T, K] with scales ``a_s`` (groups along K; the last may be partial), ``b8``
+    [N, K] with scales ``b_s`` grouped the same way, or None. Per group
+    ``acc_g = Σ_{k in g} a8 * b8`` (INT32). Then
 
-    - with ``b_s``: ``out = rshift_round(Y * mant_a[t] * mant_b[n], F - exp_a[t] - exp_b[n])``,
-      the wide product of the two wide matrices the rows stand for, divided by 2**F;
-    - without: ``out = rshift_round(Y * mant_a[t], shift - exp_a[t])`` with a given ``shift``
-      (P·V, where V's per-token scales were folded into P; see :func:`attention_head`).
+    - with ``b_s``: ``Y = Σ_g mant_a[t,g] * mant_b[n,g] * acc_g`` (|Y| < 2**53 · K/32), and
+      ``out = rshift_round(Y, F - exp_a[t] - exp_b[n])``: the product of the two wide matrices
+      the operands stand for, divided by 2**F;
+    - without: ``Y = Σ_g mant_a[t,g] * acc_g`` and ``out = rshift_round(Y, shift - exp_a[t])``
+      with a given ``shift`` (P·V: V's per-token scales are folded into P, see
+      :func:`attention_head`).
     """
-    Y = _exact_matmul(a8, np.asarray(b8, np.int64).T)
-    if b_s is not None:
-        m = Y * a_s.mant[:, None] * b_s.mant[None, :]
-        return saturate(rshift_round(m, num.frac_bits - a_s.exp[:, None] - b_s.exp[None, :]))
-    return saturate(rshift_round(Y * a_s.mant[:, None], shift - a_s.exp[:, None]))
+    a8 = np.asarray(a8, np.int64)
+    b8 = np.asarray(b8, np.int64)
+    T, K = a8.shape
+    N = b8.shape[0]
+    _check_scale(a8, a_s, num, "gemm_act")
+    if b8.shape[1] != K:
+        raise ValueError(f"gemm_act: operands {a8.shape} and {b8.shape} differ in K")
+    if b_s is None:
+        if K > (1 << 14):
+            raise ValueError(f"gemm_act: K = {K} beyond the exact bound (2**14)")
+        Y = _exact_matmul(a8 * a_s.expand(K), b8.T)  # |.| < 2**17 · 2**7 · 2**7 · K
+        return saturate(rshift_round(Y, shift - a_s.exp[:, None]))
+    _check_scale(b8, b_s, num, "gemm_act")
+    g = a_s.group
+    if b_s.group != g:
+        raise ValueError(f"gemm_act: operand groups differ ({g} and {b_s.group})")
+    G = a_s.mant.shape[1]
+    pad = G * g - K
+    ag = np.pad(a8, ((0, 0), (0, pad))).reshape(T, G, g).transpose(1, 0, 2)
+    bg = np.pad(b8, ((0, 0), (0, pad))).reshape(N, G, g).transpose(1, 2, 0)
+    acc = np.rint(ag.astype(np.float64) @ bg.astype(np.float64)).astype(np.int64)  # [G, T, N]
+    Y = np.zeros((T, N), np.int64)
+    for j in range(G):
+        Y += (a_s.mant[:, j, None] * b_s.mant[None, :, j]) * acc[j]
+    return saturate(rshift_round(Y, num.frac_bits - a_s.exp[:, None] - b_s.exp[None, :]))
 
 
 # -- attention -------------------------------------------------------------------------------------
@@ -277,20 +343,23 @@ def softmax(s, q_pos=None, k_len=None, num: Numerics = NUM):
     return rshift_round(e * recip, 30)
 
 
-def attention_head(q8, qs: RowScale, k8, ks: RowScale, v8, vs: RowScale, q_pos=None):
+def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=None):
     """One attention head on A8 operands, to wide [T, d_head].
 
-    ``q8`` [T, d] (1/sqrt(d) already folded into W_q), ``k8``/``v8`` [S, d] with per-token
-    scales (the KV cache). ``s = gemm_act(q, k)``, ``p = softmax(s, q_pos)``. V's per-token
-    scales cannot factor out of Σ_j p_ij v_jd, so they fold into P (in the vector unit, after
-    softmax): with ``e_max = max_j exp_v[j]``,
-    ``p'_ij = rshift_round(p_ij * mant_v[j], e_max - exp_v[j])``, then p' is quantized per row
-    and ``out = gemm_act(p'8, p's, v8ᵀ, None, shift=F - e_max)``.
+    ``q8`` [T, d] (1/sqrt(d) already folded into W_q) and ``k8`` [S, d] in groups along d;
+    ``v8`` [S, d] with one scale per token (``quantize_rows(v, group=None)``): the KV cache.
+    ``s = gemm_act(q, k)``, ``p = softmax(s, q_pos)``. V's per-token scales cannot factor out
+    of Σ_j p_ij v_jd, so they fold into P (in the vector unit, after softmax): with
+    ``e_max = max_j exp_v[j]``, ``p'_ij = rshift_round(p_ij * mant_v[j], e_max - exp_v[j])``;
+    p' is quantized in groups of keys and ``out = gemm_act(p'8, p's, v8ᵀ, None,
+    shift=F - e_max)``.
     """
+    if vs.mant.shape[-1] != 1:
+        raise ValueError("attention_head: V needs one scale per token (group=None)")
     s = gemm_act(q8, qs, k8, ks)
     p = softmax(s, q_pos)
     e_max = int(np.max(vs.exp)) if vs.exp.size else 0
-    pp = rshift_round(p * vs.mant[None, :], e_max - vs.exp[None, :])
+    pp = rshift_round(p * vs.mant[None, :, 0], e_max - vs.exp[None, :])
     p8, ps = quantize_rows(pp)
     return gemm_act(p8, ps, np.asarray(v8).T, None, shift=F - e_max)
 

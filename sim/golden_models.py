@@ -58,7 +58,7 @@ def minilm_layer(h, L, cfg):
                           strict=True):
         q8, qs = G.quantize_rows(hq)
         k8, ks = G.quantize_rows(hk)
-        v8, vs = G.quantize_rows(hv)
+        v8, vs = G.quantize_rows(hv, group=None)
         heads.append(G.attention_head(q8, qs, k8, ks, v8, vs))
     att = np.concatenate(heads, axis=1)
     a8, as_ = G.quantize_rows(att)
@@ -84,10 +84,12 @@ def minilm_encode(ids, m):
 
 @dataclass
 class KVCache:
-    """The on-chip KV cache: per layer and KV head, A8 keys and values with per-token scales.
+    """The on-chip KV cache: per layer and KV head, A8 keys and values.
 
-    ``k8``/``v8`` [layers, kv_heads, capacity, d_head] int8; ``k_mant``/``k_exp``/``v_mant``/
-    ``v_exp`` [layers, kv_heads, capacity]. ``length`` tokens are valid.
+    ``k8``/``v8`` [layers, kv_heads, capacity, d_head] int8. Keys carry a mantissa per group of
+    16 along d_head (``k_mant`` [..., capacity, d_head/16]), values one per token (``v_mant``
+    [..., capacity, 1]); one exponent per token each (``k_exp``/``v_exp`` [..., capacity]).
+    ``length`` tokens are valid.
     """
 
     layers: int
@@ -106,10 +108,12 @@ class KVCache:
         shape = (self.layers, self.kv_heads, self.capacity)
         self.k8 = np.zeros(shape + (self.d_head,), np.int8)
         self.v8 = np.zeros(shape + (self.d_head,), np.int8)
-        for name in ("k_mant", "k_exp", "v_mant", "v_exp"):
-            setattr(self, name, np.zeros(shape, np.int64))
+        self.k_mant = np.zeros(shape + (-(-self.d_head // G.NUM.act_group),), np.int64)
+        self.v_mant = np.zeros(shape + (1,), np.int64)
+        self.k_exp = np.zeros(shape, np.int64)
+        self.v_exp = np.zeros(shape, np.int64)
 
-    def append(self, layer, pos0, k8, ks: G.RowScale, v8, vs: G.RowScale):
+    def append(self, layer, pos0, k8, ks: G.ActScale, v8, vs: G.ActScale):
         """Write T new tokens' keys and values ([kv_heads, T, d_head]) at positions pos0.."""
         T = k8.shape[1]
         if pos0 + T > self.capacity:
@@ -123,12 +127,12 @@ class KVCache:
         self.v_mant[layer, :, sl], self.v_exp[layer, :, sl] = vs.mant, vs.exp
 
     def keys(self, layer, head, n):
-        return self.k8[layer, head, :n], G.RowScale(self.k_mant[layer, head, :n],
-                                                    self.k_exp[layer, head, :n])
+        return self.k8[layer, head, :n], G.ActScale(self.k_mant[layer, head, :n],
+                                                    self.k_exp[layer, head, :n], G.NUM.act_group)
 
     def values(self, layer, head, n):
-        return self.v8[layer, head, :n], G.RowScale(self.v_mant[layer, head, :n],
-                                                    self.v_exp[layer, head, :n])
+        return self.v8[layer, head, :n], G.ActScale(self.v_mant[layer, head, :n],
+                                                    self.v_exp[layer, head, :n], self.d_head)
 
 
 class SmolLM2Golden:
@@ -145,7 +149,8 @@ class SmolLM2Golden:
         c = self.cfg
         cap = capacity or c.context_length
         if cap > self.m.rope_cos.shape[0]:
-            raise ValueError(f"cache capacity {cap} beyond the RoPE table ({self.m.rope_cos.shape[0]})")
+            raise ValueError(
+                f"cache capacity {cap} beyond the RoPE table ({self.m.rope_cos.shape[0]})")
         return KVCache(c.n_layers, c.n_kv_heads, cap, c.d_head)
 
     def layer(self, i, h, cache: KVCache, pos0):
@@ -161,7 +166,7 @@ class SmolLM2Golden:
         q = G.rope(q, cos, sin).transpose(1, 0, 2)
         k = G.rope(k, cos, sin).transpose(1, 0, 2)
         k8, ks = G.quantize_rows(k)
-        v8, vs = G.quantize_rows(v.transpose(1, 0, 2))
+        v8, vs = G.quantize_rows(v.transpose(1, 0, 2), group=None)
         cache.append(i, pos0, k8, ks, v8, vs)
         n = pos0 + T
         group = c.n_heads // c.n_kv_heads

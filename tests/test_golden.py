@@ -52,29 +52,51 @@ def test_saturate():
 
 @pytest.mark.parametrize("magnitude", [1e-3, 0.3, 7.0, 3000.0])
 def test_quantize_rows_error_bound(rng, magnitude):
+    ga = G.NUM.act_group
+    # groups spanning six decades inside one row: the outlier-channel case groups are for
     x = rng.normal(size=(64, 96)) * magnitude
+    x *= np.repeat(10.0 ** rng.uniform(-6, 0, size=(64, 96 // ga)), ga, axis=1)
     xw = to_wide(x)
     x8, s = G.quantize_rows(xw)
-    amax = np.abs(xw).max(axis=1)
-    assert (np.abs(x8).max(axis=1) == 127).all()  # the largest element maps to ±127
+    assert s.mant.shape == (64, 96 // ga) and s.exp.shape == (64,)
+    amax_g = np.abs(xw).reshape(64, -1, ga).max(axis=2)
+    amax = amax_g.max(axis=1)
+    gmax = np.abs(x8.astype(np.int64)).reshape(64, -1, ga).max(axis=2)
+    assert (gmax[amax_g > 0] == 127).all()  # each group's largest element maps to ±127
     deq = G.dequantize_rows(x8, s)
     sh = G._bitlen(amax) - 15
-    # half a quantization step, + r and mant rounding (each < 2**-15 relative to amax),
-    # + the floor of x >> sh (< 2**sh), + the dequantization rounding (0.5).
-    bound = amax / 254 + amax * 2.0**-14 + 2.0 ** np.maximum(sh, 0) + 1
-    assert (np.abs(deq - xw) <= bound[:, None]).all()
+    sh_g = sh[:, None] - (G._bitlen(amax) [:, None] - G._bitlen(amax_g))
+    # half the group's quantization step, + r rounding (< 2**-16 relative) and the group
+    # mantissa rounding (< 2**-15 relative), + the floor of x >> sh_g (< 2**sh_g), + the
+    # mantissa brought to the row exponent (0.5 * 2**(sh-8) per unit of |x8| <= 127),
+    # + the dequantization rounding (0.5).
+    bound = (amax_g / 254 + amax_g * 2.0**-14 + 2.0 ** np.maximum(sh_g, 0)
+             + 127 * 0.5 * 2.0 ** (sh[:, None] - 8) + 1)
+    err = np.abs(deq - xw).reshape(64, -1, ga).max(axis=2)
+    assert (err <= bound).all()
 
 
 def test_quantize_rows_edges():
     x = np.array([[0, 0, 0], [-(2**31), 2**31 - 1, 0], [1, -1, 0], [5, 0, 0]])
     x8, s = G.quantize_rows(x)
-    assert x8[0].tolist() == [0, 0, 0] and s.mant[0] == 0
+    assert x8[0].tolist() == [0, 0, 0] and s.mant[0].tolist() == [0]
     assert x8[1].tolist() == [-127, 127, 0]
     assert x8[2].tolist() == [127, -127, 0]
     assert x8[3].tolist() == [127, 0, 0]
     assert G.dequantize_rows(x8, s)[3, 0] == 5
     with pytest.raises(ValueError, match="2\\*\\*47"):
         G.quantize_rows(np.array([[1 << 48]]))
+
+
+def test_quantize_rows_groups_and_whole_rows():
+    row = np.concatenate([np.full(16, 1 << 20), np.full(16, 768), np.zeros(8, np.int64)])[None]
+    x8, s = G.quantize_rows(row)  # groups of 16; the last (8 wide) is partial and all zero
+    assert s.mant.shape == (1, 3) and s.mant[0, 2] == 0 and x8[0, 32:].tolist() == [0] * 8
+    assert (x8[0, :32] == 127).all()  # the small group keeps its own full INT8 range
+    # its mantissa is brought to the row exponent (sh = 6): off by at most 127 * 0.5 * 2**(6-8)
+    assert abs(G.dequantize_rows(x8, s)[0, 16] - 768) <= 127 * 0.5 * 2**-2 + 1
+    x8r, sr = G.quantize_rows(row, group=None)  # one scale for the whole row
+    assert sr.mant.shape == (1, 1) and (x8r[0, 16:32] == 0).all()
 
 
 # -- GEMM ------------------------------------------------------------------------------------------
@@ -108,32 +130,64 @@ def test_gemm_vs_float(rng, bits):
 def test_gemm_matches_exact_rational():
     """The documented arithmetic, evaluated with Python integers, on a small case."""
     rng = np.random.default_rng(1)
-    K, N = 64, 3
+    K, N, ga = 64, 3, G.NUM.act_group
     x8 = rng.integers(-127, 128, size=(2, K)).astype(np.int8)
-    s = G.RowScale(np.array([40000, 65000]), np.array([-5, 3]))
+    s = G.ActScale(rng.integers(0, 66053, size=(2, K // ga)), np.array([-5, 3]), ga)
     qw = quantize_float(rng.normal(size=(N, K)), bits=4)
     qw = type(qw)(qw.q, qw.scale, (qw.scale // 3).astype(np.int16), qw.shift, 4)
     out = G.gemm(x8, s, qw)
     for t in range(2):
         for n in range(N):
             Y = 0
-            for g in range(K // 32):
-                ks = range(32 * g, 32 * g + 32)
+            for h in range(K // ga):
+                ks = range(ga * h, ga * h + ga)
                 acc = sum(int(x8[t, k]) * int(qw.q[n, k]) for k in ks)
                 xs = sum(int(x8[t, k]) for k in ks)
-                Y += int(qw.scale[n, g]) * acc + int(qw.offset[n, g]) * xs
+                g = h * ga // 32
+                Y += int(s.mant[t, h]) * (int(qw.scale[n, g]) * acc + int(qw.offset[n, g]) * xs)
             sh = int(qw.shift[n]) - int(s.exp[t])
-            prod = Y * int(s.mant[t])
-            ref = (prod + (1 << (sh - 1))) >> sh if sh > 0 else prod << -sh
+            ref = (Y + (1 << (sh - 1))) >> sh if sh > 0 else Y << -sh
             assert out[t, n] == max(min(ref, 2**31 - 1), -(2**31))
+
+
+def test_gemm_act_matches_exact_rational():
+    rng = np.random.default_rng(2)
+    T, N, K, ga = 3, 4, 40, G.NUM.act_group  # K not a multiple of the group: last one partial
+    a8 = rng.integers(-127, 128, size=(T, K))
+    b8 = rng.integers(-127, 128, size=(N, K))
+    G_ = -(-K // ga)
+    sa = G.ActScale(rng.integers(0, 66053, size=(T, G_)), rng.integers(-20, 5, size=T), ga)
+    sb = G.ActScale(rng.integers(0, 66053, size=(N, G_)), rng.integers(-20, 5, size=N), ga)
+    out = G.gemm_act(a8, sa, b8, sb)
+    out2 = G.gemm_act(a8, sa, b8, None, shift=7)
+    for t in range(T):
+        for n in range(N):
+            Y = Y2 = 0
+            for h in range(G_):
+                acc = sum(int(a8[t, k]) * int(b8[n, k]) for k in range(ga * h, min(K, ga * h + ga)))
+                Y += int(sa.mant[t, h]) * int(sb.mant[n, h]) * acc
+                Y2 += int(sa.mant[t, h]) * acc
+            for y, sh, got in ((Y, 16 - int(sa.exp[t]) - int(sb.exp[n]), out[t, n]),
+                               (Y2, 7 - int(sa.exp[t]), out2[t, n])):
+                ref = (y + (1 << (sh - 1))) >> sh if sh > 0 else y << -sh
+                assert got == max(min(ref, 2**31 - 1), -(2**31))
 
 
 def test_gemm_extremes_saturate():
     K, N = 2048, 2
     x8 = np.full((1, K), -127, np.int8)
-    s = G.RowScale(np.array([66052]), np.array([30]))
+    s = G.ActScale(np.full((1, K // G.NUM.act_group), 66052), np.array([30]), G.NUM.act_group)
     qw = quantize_float(np.ones((N, K)))
     assert G.gemm(x8, s, qw).tolist() == [[-(2**31), -(2**31)]]
+
+
+def test_gemm_rejects_mismatched_scales():
+    x8 = np.zeros((2, 64), np.int8)
+    qw = quantize_float(np.ones((3, 64)))
+    with pytest.raises(ValueError, match="activation scales"):
+        G.gemm(x8, G.ActScale(np.zeros((2, 1), np.int64), np.zeros(2, np.int64), 64), qw)
+    with pytest.raises(ValueError, match="weight is"):
+        G.gemm(np.zeros((2, 32), np.int8), G.quantize_rows(np.zeros((2, 32)))[1], qw)
 
 
 def test_gemm_act_vs_float(rng):
@@ -325,7 +379,7 @@ def test_attention_head_vs_float(rng):
     v = rng.normal(size=(S, d)) * rng.uniform(0.01, 10, size=(S, 1))  # very different row scales
     q8, qs = G.quantize_rows(to_wide(q))
     k8, ks = G.quantize_rows(to_wide(k))
-    v8, vs = G.quantize_rows(to_wide(v))
+    v8, vs = G.quantize_rows(to_wide(v), group=None)  # V: one scale per token
     qd, kd, vd = (G.dequantize_rows(a, b) * LSB for a, b in ((q8, qs), (k8, ks), (v8, vs)))
     q_pos = np.array([5, 10, 20, 23])
     visible = np.arange(S)[None, :] <= q_pos[:, None]
@@ -339,15 +393,21 @@ def test_attention_head_vs_float(rng):
     ds = (np.abs(qd).sum(1)[:, None] + np.abs(kd).sum(1)[None, :]) * LSB / 2 + LSB
     z = np.where(visible, sc - sc.max(1, keepdims=True), 0)
     dp = _softmax_bound(z, p_true, visible) + p_true * 2 * ds.max()
-    # p'_j = p_j·amax_v_j (up to a common factor) quantizes with a step of max_i p'_i / 127;
-    # seen through v_j that is an error of at most (max_i p'_i / 254) / amax_v_j · |v_jd| per key,
-    # i.e. max_i p'_i / 254 per visible key (|v_jd| <= amax_v_j), plus the p' rounding (2**-16
-    # of a Q.16 probability, relative) and the output rounding.
+    # p'_j = p_j·amax_v_j (up to a common factor) is quantized in groups of act_group keys, with
+    # a step of (max of p' over j's group) / 127; seen through v_j that is an error of at most
+    # (max p' in j's group / 254) / amax_v_j · |v_jd| per key, plus the p' rounding (2**-16 of a
+    # Q.16 probability, relative) and the output rounding.
+    ga = G.NUM.act_group
     amax_v = np.abs(vd).max(1)
-    pp_max = (p_true * amax_v[None, :]).max(1, keepdims=True)
+    pp = p_true * amax_v[None, :]
+    pad = -S % ga
+    pp_grp = np.pad(pp, ((0, 0), (0, pad))).reshape(T, -1, ga).max(2)
+    pp_grp = np.repeat(pp_grp, ga, axis=1)[:, :S]  # per key: the max of its group
     n_vis = visible.sum(1, keepdims=True)
     bound = (dp[:, :, None] * np.abs(vd)[None, :, :]).sum(1)
-    bound = bound + n_vis * pp_max / 254 * (1 + 2**-13) + n_vis * amax_v.max() * 2**-16 + LSB
+    bound = bound + ((visible * pp_grp / 254 * (1 + 2**-13))[:, :, None]
+                     * (np.abs(vd) / amax_v[:, None])[None]).sum(1)
+    bound = bound + n_vis * amax_v.max() * 2**-16 + LSB
     assert (np.abs(out - p_true @ vd) <= bound).all()
 
 
