@@ -7,7 +7,7 @@ formats the compiler will schedule them. Weights come already in the chip's form
 (mean pooling and L2 normalization of MiniLM sentence embeddings, argmax / log-softmax of
 SmolLM2 logits) leave the integer domain.
 
-Data flow of one layer (A8 = INT8 + per-row scale, everything else wide INT32 Q.16):
+Data flow of one layer (A8 = INT8 + group scales, everything else wide INT32 Q.16):
 
 MiniLM::
 
@@ -146,11 +146,12 @@ class SmolLM2Golden:
         self.cfg = m.config
 
     def new_cache(self, capacity=None) -> KVCache:
+        """An empty KV cache of ``capacity`` positions (default: as many as the RoPE table)."""
         c = self.cfg
-        cap = capacity or c.context_length
-        if cap > self.m.rope_cos.shape[0]:
-            raise ValueError(
-                f"cache capacity {cap} beyond the RoPE table ({self.m.rope_cos.shape[0]})")
+        table = self.m.rope_cos.shape[0]
+        cap = capacity or min(c.context_length, table)
+        if cap > table:
+            raise ValueError(f"cache capacity {cap} beyond the RoPE table ({table} positions)")
         return KVCache(c.n_layers, c.n_kv_heads, cap, c.d_head)
 
     def layer(self, i, h, cache: KVCache, pos0):
@@ -188,7 +189,7 @@ class SmolLM2Golden:
     def final(self, h, chunk=64):
         """Final RMSNorm and the tied LM head: wide logits [T, vocab]."""
         x8, xs = G.quantize_rows(G.rmsnorm(h, self.m.output_norm, self.cfg.rms_eps))
-        return np.concatenate([G.gemm(x8[i:i + chunk], xs[i:i + chunk], self.m.token_embd)
+        return np.concatenate([G.gemm(x8[i:i + chunk], xs[i:i + chunk], self.m.lm_head)
                                for i in range(0, len(x8), chunk)])
 
     def forward(self, ids, cache: KVCache, all_logits=False):

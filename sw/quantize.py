@@ -8,16 +8,22 @@ a ``shift``, with ``w = (scale * q + offset) * 2**-shift``.
   q - 8, and the 8·d moves into the offset). The fp16 scales become INT16 mantissas under one
   binary point per column: exact whenever a column's scales span less than 2**5 (their 11-bit
   mantissas fit in 16 bits), otherwise rounded at 2**-15 of the column's largest scale
-  (:func:`conversion_report` counts both).
+  (``QWeight.exact`` / ``total`` count both; :func:`conversion_report` sums them).
 - Float weights (MiniLM) are quantized symmetrically per group (scale = max|w| / 127).
 
 Constants that stay wide (biases, norm gains) are Q.F INT32: :func:`to_wide`.
+
+:func:`quantize_minilm` and :func:`quantize_smollm2` turn a loaded model (``sw/models.py``) into
+the containers the golden model runs (``sim/golden_models.py``): attention's 1/sqrt(d_head) is
+folded into W_q (and b_q), as a column shift when it is a power of two.
 """
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hw.luts import rope_table
 from hw.params import Numerics
 
 __all__ = [
@@ -27,6 +33,11 @@ __all__ = [
     "quantize_float",
     "from_gguf_blocks",
     "dequantize",
+    "conversion_report",
+    "quantize_minilm",
+    "quantize_smollm2",
+    "QMiniLM",
+    "QSmolLM2",
 ]
 
 NUM = Numerics()
@@ -154,3 +165,185 @@ def dequantize(w: QWeight, num: Numerics = NUM) -> np.ndarray:
     if w.offset is not None:
         v = v + w.offset.astype(np.float64)[:, :, None]
     return v.reshape(N, K) * np.exp2(-w.shift.astype(np.float64))[:, None]
+
+
+def conversion_report(weights) -> tuple[int, int]:
+    """(exact, total) group scales/offsets over an iterable of QWeights."""
+    ws = list(weights)
+    return sum(w.exact for w in ws), sum(w.total for w in ws)
+
+
+# -- whole models ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class QMiniLMLayer:
+    """One encoder layer in the chip's formats: QWeights ``wq wk wv wo w1 w2``, wide biases
+    ``bq bk bv bo b1 b2`` and LayerNorm parameters ``ln1_g ln1_b ln2_g ln2_b``."""
+
+    wq: QWeight
+    bq: np.ndarray
+    wk: QWeight
+    bk: np.ndarray
+    wv: QWeight
+    bv: np.ndarray
+    wo: QWeight
+    bo: np.ndarray
+    ln1_g: np.ndarray
+    ln1_b: np.ndarray
+    w1: QWeight
+    b1: np.ndarray
+    w2: QWeight
+    b2: np.ndarray
+    ln2_g: np.ndarray
+    ln2_b: np.ndarray
+
+
+@dataclass(eq=False)
+class QMiniLM:
+    """all-MiniLM-L6-v2 in the chip's formats: INT8 grouped embedding tables ``word``, ``pos``,
+    ``type``, the embedding LayerNorm ``emb_ln_g``/``emb_ln_b`` (wide) and ``layers``."""
+
+    config: object
+    word: QWeight
+    pos: QWeight
+    type: QWeight
+    emb_ln_g: np.ndarray
+    emb_ln_b: np.ndarray
+    layers: list[QMiniLMLayer]
+
+    def weights(self):
+        yield from (self.word, self.pos, self.type)
+        for L in self.layers:
+            yield from (L.wq, L.wk, L.wv, L.wo, L.w1, L.w2)
+
+
+def quantize_minilm(model, num: Numerics = NUM) -> QMiniLM:
+    """MiniLM (``sw.models.load_minilm``) -> QMiniLM: every matrix and embedding table INT8,
+    symmetric per group of 32 along K; 1/sqrt(d_head) folded into W_q and b_q."""
+    c = model.config
+    f64 = {k: np.asarray(v, np.float64) for k, v in model.tensors.items()}
+    qk = 1.0 / math.sqrt(c.d_head)
+
+    def qf(name, w):
+        return quantize_float(w, 8, num, name)
+
+    layers = []
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+
+        def t(n, p=p):
+            return f64[p + n]
+
+        layers.append(QMiniLMLayer(
+            wq=qf(p + "attn_q.weight", t("attn_q.weight") * qk),
+            bq=to_wide(t("attn_q.bias") * qk, num),
+            wk=qf(p + "attn_k.weight", t("attn_k.weight")), bk=to_wide(t("attn_k.bias"), num),
+            wv=qf(p + "attn_v.weight", t("attn_v.weight")), bv=to_wide(t("attn_v.bias"), num),
+            wo=qf(p + "attn_output.weight", t("attn_output.weight")),
+            bo=to_wide(t("attn_output.bias"), num),
+            ln1_g=to_wide(t("attn_output_norm.weight"), num),
+            ln1_b=to_wide(t("attn_output_norm.bias"), num),
+            w1=qf(p + "ffn_up.weight", t("ffn_up.weight")), b1=to_wide(t("ffn_up.bias"), num),
+            w2=qf(p + "ffn_down.weight", t("ffn_down.weight")),
+            b2=to_wide(t("ffn_down.bias"), num),
+            ln2_g=to_wide(t("layer_output_norm.weight"), num),
+            ln2_b=to_wide(t("layer_output_norm.bias"), num),
+        ))
+    return QMiniLM(
+        config=c,
+        word=qf("token_embd.weight", f64["token_embd.weight"]),
+        pos=qf("position_embd.weight", f64["position_embd.weight"]),
+        type=qf("token_types.weight", f64["token_types.weight"]),
+        emb_ln_g=to_wide(f64["token_embd_norm.weight"], num),
+        emb_ln_b=to_wide(f64["token_embd_norm.bias"], num),
+        layers=layers,
+    )
+
+
+@dataclass(eq=False)
+class QSmolLM2Layer:
+    """One decoder layer: RMSNorm gains ``attn_norm``/``ffn_norm`` (wide) and QWeights
+    ``wq`` (1/sqrt(d_head) folded in), ``wk wv wo wg wu wd``."""
+
+    attn_norm: np.ndarray
+    wq: QWeight
+    wk: QWeight
+    wv: QWeight
+    wo: QWeight
+    ffn_norm: np.ndarray
+    wg: QWeight
+    wu: QWeight
+    wd: QWeight
+
+
+@dataclass(eq=False)
+class QSmolLM2:
+    """SmolLM2 in the chip's formats: the Q8_0 embedding (also the tied LM head)
+    ``token_embd``, ``layers``, ``output_norm`` (wide) and the RoPE table ``rope_cos``/
+    ``rope_sin`` (Q.F, [positions, d_head/2])."""
+
+    config: object
+    token_embd: QWeight
+    lm_head: QWeight
+    layers: list[QSmolLM2Layer]
+    output_norm: np.ndarray
+    rope_cos: np.ndarray
+    rope_sin: np.ndarray
+
+    def weights(self):
+        yield self.token_embd
+        if self.lm_head is not self.token_embd:
+            yield self.lm_head
+        for L in self.layers:
+            yield from (L.wq, L.wk, L.wv, L.wo, L.wg, L.wu, L.wd)
+
+
+def _from_gguf_tensor(t, name: str, num: Numerics, factor: float = 1.0) -> QWeight:
+    """A GGUF tensor (Q8_0 / Q4_0 / Q4_1 blocks, q unchanged; F16/F32 quantized to INT8) as a
+    QWeight, times ``factor``: a power of two goes into the column shift (exact)."""
+    kind = t.ggml_type.name
+    e = math.log2(factor)
+    pow2 = e == int(e)
+    if kind in ("Q8_0", "Q4_0", "Q4_1"):
+        q, d, m = t.quant_blocks()
+        if not pow2:
+            d = np.asarray(d, np.float64) * factor
+            m = None if m is None else np.asarray(m, np.float64) * factor
+        w = from_gguf_blocks(kind, q, d, m, num, name)
+    else:
+        w = quantize_float(t.dequantize().astype(np.float64) * (1 if pow2 else factor), 8, num,
+                           name)
+    if pow2 and e:
+        w = replace(w, shift=w.shift - int(e))
+    return w
+
+
+def quantize_smollm2(model, positions: int | None = None, num: Numerics = NUM) -> QSmolLM2:
+    """SmolLM2 (``sw.models.load_smollm2``) -> QSmolLM2, every GGUF block loaded with q
+    unchanged. ``positions`` sizes the RoPE table (default: the context length)."""
+    c = model.config
+    if c.rope_dim != c.d_head:
+        raise ValueError(f"{model.path}: RoPE on {c.rope_dim} of {c.d_head} head dimensions; "
+                         "the chip rotates whole heads")
+    qk = 1.0 / math.sqrt(c.d_head)
+
+    def qw(name, layer=None, factor=1.0):
+        full = name if layer is None else f"blk.{layer}.{name}"
+        return _from_gguf_tensor(model.tensor(name, layer=layer), full, num, factor)
+
+    def wide(name, layer=None):
+        return to_wide(model.tensor(name, layer=layer).dequantize().astype(np.float64), num)
+
+    layers = [QSmolLM2Layer(
+        attn_norm=wide("attn_norm.weight", i),
+        wq=qw("attn_q.weight", i, qk), wk=qw("attn_k.weight", i), wv=qw("attn_v.weight", i),
+        wo=qw("attn_output.weight", i),
+        ffn_norm=wide("ffn_norm.weight", i),
+        wg=qw("ffn_gate.weight", i), wu=qw("ffn_up.weight", i), wd=qw("ffn_down.weight", i),
+    ) for i in range(c.n_layers)]
+    embd = qw("token_embd.weight")
+    head = embd if model.tied_embeddings else qw("output.weight")
+    cos, sin = rope_table(c.rope_theta, c.d_head, positions or c.context_length, num)
+    return QSmolLM2(config=c, token_embd=embd, lm_head=head, layers=layers,
+                    output_norm=wide("output_norm.weight"), rope_cos=cos, rope_sin=sin)
