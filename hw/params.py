@@ -49,6 +49,10 @@ class Numerics:
         (a divisor of ``group``; the row shares one exponent). 16 = one pass down a 16-row
         grid column. Per-row scales cost SmolLM2 12 points of top-1 agreement (outlier
         channels); 32 left it at 93.5%, 16 at 95.5% (``scripts/accuracy_report.py``).
+    ``act_headroom``
+        The row exponent of an activation sits ``act_headroom`` bits below its largest group's,
+        so group mantissas (``rowscale_bits + act_headroom`` wide) keep their full precision for
+        groups down to 2**-act_headroom of the row max and lose one bit per binade below.
     ``act_bits`` / ``acc_bits``
         INT8 activations; INT32 partial sums inside a group.
     ``rowscale_bits``
@@ -63,6 +67,7 @@ class Numerics:
     frac_bits: int = 16
     group: int = 32
     act_group: int = 16
+    act_headroom: int = 4
     scale_bits: int = 16
     act_bits: int = 8
     acc_bits: int = 32
@@ -80,6 +85,7 @@ class Numerics:
         _check_pow2(self, "group")
         _check_range(self, "act_group", 4, self.group)
         _check_pow2(self, "act_group")
+        _check_range(self, "act_headroom", 0, 4)
         _check_range(self, "scale_bits", 8, 18)
         _check_range(self, "act_bits", 8, 8)
         _check_range(self, "acc_bits", 32, 32)

@@ -104,8 +104,9 @@ def _bitlen(v):
 class ActScale:
     """Scales of an A8 tensor: ``wide ≈ x8[..., k] * mant[..., k // group] * 2**exp[...]``.
 
-    One unsigned 17-bit ``mant`` per group of ``group`` consecutive elements along the last axis
-    (the last group may be partial) and one signed ``exp`` per row, shared by the row's groups.
+    One unsigned ``mant`` (below 2**21) per group of ``group`` consecutive elements along the
+    last axis (the last group may be partial) and one signed ``exp`` per row, shared by the
+    row's groups.
     ``mant`` is 0 for an all-zero group.
     """
 
@@ -121,28 +122,35 @@ class ActScale:
         return np.repeat(self.mant, self.group, axis=-1)[..., :k]
 
 
-def quantize_rows(x, group: int | None = NUM.act_group):
+def quantize_rows(x, group: int | None = NUM.act_group, bits: int = 8, num: Numerics = NUM):
     """Quantize the last axis of an integer array to A8 with a 17-bit scale per group.
 
     ``group`` elements share a mantissa (default ``act_group`` = 16, half a weight group;
-    ``None``: the whole row).
-    Per row, with ``amax`` its max |x| (below 2**47), and per group g with ``amax_g``:
+    ``None``: the whole row). ``bits`` is 8 (INT8, Q = 127) or 15 (Q = 16383: an "A15" value
+    the grid takes as two INT8 planes, ``x = hi * 2**7 + lo`` with hi INT8 and lo in 0..127, in
+    two passes; used for attention probabilities). With b = bits - 1, per row, with ``amax``
+    its max |x| (below 2**47), and per group g with ``amax_g``:
 
-    - ``sh = bitlen(amax) - 15``, the row exponent ``exp = sh - 8``;
+    - ``sh = bitlen(amax) - 15``, the row exponent ``exp = sh - b - 1 - H`` (H =
+      ``act_headroom`` = 4);
     - ``k_g = bitlen(amax) - bitlen(amax_g)`` (the group's extra normalization, >= 0),
       ``sh_g = sh - k_g``, ``a_g = amax_g >> sh_g`` in [2**14, 2**15): one 15-bit divider
       serves every magnitude;
-    - ``r_g = (127 << 24) // a_g`` (17 bits) once per group;
-    - per element ``x8 = clamp(rshift_round((x >> sh_g) * r_g, 24), -127, 127)``
-      (a 16x17-bit product, one ECP5 MULT18X18);
-    - ``mant_g = rshift_round((a_g * 512 + 127) // 254, k_g)``: round(a_g * 256 / 127) brought
-      to the row exponent (a group 2**17 below the row max gets mant 0: it weighs under
-      2**-17 of the row).
+    - ``r_g = (Q << 24) // a_g`` once per group;
+    - per element ``xq = clamp(rshift_round((x >> sh_g) * r_g, 24), -Q, Q)``
+      (for bits = 8 a 16x17-bit product, one ECP5 MULT18X18);
+    - ``mant_g = rshift_round((a_g * 2**(b+2) + Q) // (2Q), k_g - H)``: round(a_g·2**(b+1)/Q)
+      (17 bits) brought to the row exponent, < 2**21 (a left shift, exact, while k_g <= H; a
+      group 2**(17+H) below the row max gets mant 0: it weighs under 2**-21 of the row).
 
     Ref: fine-grained (per-block) activation scales as in MX / microscaling formats
     (Rouhani et al., 2023) and VS-Quant (Dai et al., MLSys 2021); the per-row shared exponent is
-    the MX shared-exponent idea. Returns ``(x8 int8, ActScale)``.
+    the MX shared-exponent idea. Returns ``(xq, ActScale)``, xq int8 (bits = 8) or int16.
     """
+    if bits not in (8, 15):
+        raise ValueError(f"quantize_rows: bits must be 8 or 15, got {bits}")
+    b = bits - 1
+    Q = (1 << b) - 1
     x = np.asarray(x, dtype=np.int64)
     K = x.shape[-1]
     g = K if group is None else int(group)
@@ -159,13 +167,14 @@ def quantize_rows(x, group: int | None = NUM.act_group):
     sh_g = sh[..., None] - k
     a = _shift_floor(amax_g, sh_g)
     a_safe = np.where(amax_g == 0, 1 << 14, a)
-    r = (127 << 24) // a_safe
+    r = (Q << 24) // a_safe
     xs = _shift_floor(xg, sh_g[..., None])
-    x8 = np.clip(rshift_round(xs * r[..., None], 24), -127, 127)
-    x8 = x8.reshape(*x.shape[:-1], G * g)[..., :K].astype(np.int8)
-    mant = np.where(amax_g == 0, 0, rshift_round((a_safe * 512 + 127) // 254, k))
-    exp = np.where(amax == 0, 0, sh - 8)
-    return x8, ActScale(mant.astype(np.int64), exp.astype(np.int64), g)
+    xq = np.clip(rshift_round(xs * r[..., None], 24), -Q, Q)
+    xq = xq.reshape(*x.shape[:-1], G * g)[..., :K].astype(np.int8 if bits == 8 else np.int16)
+    H = num.act_headroom
+    mant = np.where(amax_g == 0, 0, rshift_round((a_safe * (4 << b) + Q) // (2 * Q), k - H))
+    exp = np.where(amax == 0, 0, sh - b - 1 - H)
+    return xq, ActScale(mant.astype(np.int64), exp.astype(np.int64), g)
 
 
 def _shift_floor(v, s):
@@ -210,7 +219,7 @@ def gemm(x8, xs: ActScale, w, bias=None, num: Numerics = NUM):
     - ``acc_h = Σ_{k in h} x8[t,k] * q[n,k]`` (|acc_h| < 2**19, the grid's INT32 accumulator)
       and ``xsum_h = Σ_{k in h} x8[t,k]`` (|xsum_h| < 2**12);
     - ``Y = Σ_h mant[t,h] * (scale[n,g] * acc_h + offset[n,g] * xsum_h)``, exact:
-      |Y| < 2**17 · 2**34 · K/16 <= 2**58 for K <= 2048 (the group scaler's 64-bit
+      |Y| < 2**21 · 2**33 · K/16 <= 2**61 for K <= 2048 (the group scaler's 64-bit
       accumulator);
     - ``out = saturate32(rshift_round(Y, shift[n] - exp[t]) + bias[n])``.
     """
@@ -225,13 +234,15 @@ def gemm(x8, xs: ActScale, w, bias=None, num: Numerics = NUM):
     _check_scale(x8, xs, num, "gemm")
     am = xs.expand(K)
     sw = _scaled_weight(w, g)
-    # mant < 2**17 split in 8 + 9 bits keeps each float64 BLAS sum below 2**53 (exact).
-    Y = (_exact_matmul(x8 * (am >> 9), sw.T) << 9) + _exact_matmul(x8 * (am & 511), sw.T)
+    # mant < 2**21 split in 10 + 11 bits keeps each float64 BLAS sum below 2**53 (exact).
+    Y = (_exact_matmul(x8 * (am >> 11), sw.T) << 11) + _exact_matmul(x8 * (am & 2047), sw.T)
     if w.offset is not None:
         ga = xs.group
-        xsum = x8.reshape(T, K // ga, ga).sum(-1) * xs.mant  # per activation group
-        xsum = xsum.reshape(T, K // g, g // ga).sum(-1)      # to the weight groups
-        Y += _exact_matmul(xsum, np.asarray(w.offset, np.int64).T)
+        xsum = x8.reshape(T, K // ga, ga).sum(-1)  # per activation group, |.| < 2**11
+        off = np.asarray(w.offset, np.int64).T
+        for part, sh in ((xs.mant >> 11, 11), (xs.mant & 2047, 0)):
+            ps = (xsum * part).reshape(T, K // g, g // ga).sum(-1)  # to the weight groups
+            Y += _exact_matmul(ps, off) << sh
     out = rshift_round(Y, np.asarray(w.shift, np.int64)[None, :] - xs.exp[:, None])
     if bias is not None:
         out = out + np.asarray(bias, np.int64)[None, :]
@@ -261,7 +272,8 @@ def gemm_act(a8, a_s: ActScale, b8, b_s: ActScale | None, shift=None, num: Numer
     [N, K] with scales ``b_s`` grouped the same way, or None. Per group
     ``acc_g = Σ_{k in g} a8 * b8`` (INT32). Then
 
-    - with ``b_s``: ``Y = Σ_g mant_a[t,g] * mant_b[n,g] * acc_g`` (|Y| < 2**53 · K/32), and
+    - with ``b_s``: ``Y = Σ_g mant_a[t,g] * mant_b[n,g] * acc_g`` (|Y| < 2**60 · K/16, so
+      K <= 128: a head), and
       ``out = rshift_round(Y, F - exp_a[t] - exp_b[n])``: the product of the two wide matrices
       the operands stand for, divided by 2**F;
     - without: ``Y = Σ_g mant_a[t,g] * acc_g`` and ``out = rshift_round(Y, shift - exp_a[t])``
@@ -276,11 +288,15 @@ def gemm_act(a8, a_s: ActScale, b8, b_s: ActScale | None, shift=None, num: Numer
     if b8.shape[1] != K:
         raise ValueError(f"gemm_act: operands {a8.shape} and {b8.shape} differ in K")
     if b_s is None:
-        if K > (1 << 14):
-            raise ValueError(f"gemm_act: K = {K} beyond the exact bound (2**14)")
-        Y = _exact_matmul(a8 * a_s.expand(K), b8.T)  # |.| < 2**17 · 2**7 · 2**7 · K
+        am = a_s.expand(K)
+        bmax = int(np.abs(b8).max(initial=0))
+        if K * int(np.abs(a8).max(initial=0)) * 2048 * bmax >= 1 << 53:
+            raise ValueError(f"gemm_act: K = {K} beyond the exact 53-bit bound")
+        Y = (_exact_matmul(a8 * (am >> 11), b8.T) << 11) + _exact_matmul(a8 * (am & 2047), b8.T)
         return saturate(rshift_round(Y, shift - a_s.exp[:, None]))
     _check_scale(b8, b_s, num, "gemm_act")
+    if K > 128:
+        raise ValueError(f"gemm_act: K = {K} beyond the exact 64-bit bound (128, one head)")
     g = a_s.group
     if b_s.group != g:
         raise ValueError(f"gemm_act: operand groups differ ({g} and {b_s.group})")
@@ -351,8 +367,9 @@ def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=N
     ``s = gemm_act(q, k)``, ``p = softmax(s, q_pos)``. V's per-token scales cannot factor out
     of Σ_j p_ij v_jd, so they fold into P (in the vector unit, after softmax): with
     ``e_max = max_j exp_v[j]``, ``p'_ij = rshift_round(p_ij * mant_v[j], e_max - exp_v[j])``;
-    p' is quantized in groups of keys and ``out = gemm_act(p'8, p's, v8ᵀ, None,
-    shift=F - e_max)``.
+    p' is quantized to A15 in groups of ``act_group`` keys (two INT8 passes of P·V: an INT8 p'
+    let an attention sink crush its group's other keys, which flipped SmolLM2's first answer
+    token) and ``out = gemm_act(p'15, p's, v8ᵀ, None, shift=F - e_max)``.
     """
     if vs.mant.shape[-1] != 1:
         raise ValueError("attention_head: V needs one scale per token (group=None)")
@@ -360,8 +377,8 @@ def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=N
     p = softmax(s, q_pos)
     e_max = int(np.max(vs.exp)) if vs.exp.size else 0
     pp = rshift_round(p * vs.mant[None, :, 0], e_max - vs.exp[None, :])
-    p8, ps = quantize_rows(pp)
-    return gemm_act(p8, ps, np.asarray(v8).T, None, shift=F - e_max)
+    p15, ps = quantize_rows(pp, bits=15)
+    return gemm_act(p15, ps, np.asarray(v8).T, None, shift=F - e_max)
 
 
 # -- element-wise and row-wise vector operations -------------------------------------------------
