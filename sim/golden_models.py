@@ -192,25 +192,32 @@ class SmolLM2Golden:
         return np.concatenate([G.gemm(x8[i:i + chunk], xs[i:i + chunk], self.m.lm_head)
                                for i in range(0, len(x8), chunk)])
 
-    def forward(self, ids, cache: KVCache, all_logits=False):
-        """Run tokens ``ids`` after the cache's contents; logits of the last (or every) token."""
+    def forward(self, ids, cache: KVCache, all_logits=False, progress=None):
+        """Run tokens ``ids`` after the cache's contents; logits of the last (or every) token.
+
+        ``progress(done, total)`` is called after each layer (for long prefills).
+        """
         ids = np.asarray(ids, np.int64)
         if ids.size == 0:
             raise ValueError("forward: no tokens")
         pos0 = cache.length
         h = G.embed(ids, self.m.token_embd)
-        for i in range(self.cfg.n_layers):
+        n = self.cfg.n_layers
+        for i in range(n):
             h = self.layer(i, h, cache, pos0)
+            if progress is not None:
+                progress(i + 1, n)
         cache.length = pos0 + len(ids)
         return self.final(h if all_logits else h[-1:])
 
-    def generate(self, prompt_ids, max_new_tokens, stop_ids=(), cache=None):
-        """Greedy decoding; yields token ids as they are produced."""
-        cache = cache or self.new_cache()
-        logits = self.forward(prompt_ids, cache)[-1]
-        for _ in range(max_new_tokens):
+    def generate(self, prompt_ids, max_new_tokens, stop_ids=(), cache=None, progress=None):
+        """Greedy decoding; yields token ids as they are produced (a stop id is yielded, then
+        generation ends). ``progress`` is passed to the prefill's :meth:`forward`."""
+        cache = cache if cache is not None else self.new_cache()
+        logits = self.forward(prompt_ids, cache, progress=progress)[-1]
+        for n in range(max_new_tokens):
             tok = int(np.argmax(logits))
             yield tok
-            if tok in stop_ids:
+            if tok in stop_ids or n + 1 == max_new_tokens:
                 return
             logits = self.forward([tok], cache)[-1]
