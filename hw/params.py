@@ -22,7 +22,8 @@ def _check_range(obj, name, lo, hi):
             f"({type(value).__name__})"
         )
     if not lo <= value <= hi:
-        raise ValueError(f"{type(obj).__name__}.{name} = {value} is out of range: allowed {lo}..{hi}")
+        raise ValueError(
+            f"{type(obj).__name__}.{name} = {value} is out of range: allowed {lo}..{hi}")
 
 
 def _check_pow2(obj, name):
@@ -157,7 +158,8 @@ class ChipParams:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
-                f"ChipParams: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"ChipParams: unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         values = dict(values)
         if isinstance(values.get("numerics"), dict):

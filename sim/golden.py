@@ -502,4 +502,5 @@ def embed(ids, table, num: Numerics = NUM):
     v = (q.reshape(V, D // g, g) * sc[:, :, None]).reshape(V, D)
     if table.offset is not None:
         v = v + np.repeat(np.asarray(table.offset[ids], np.int64), g, axis=1)
-    return saturate(rshift_round(v, np.asarray(table.shift, np.int64)[ids][:, None] - num.frac_bits))
+    shift = np.asarray(table.shift, np.int64)[ids][:, None]
+    return saturate(rshift_round(v, shift - num.frac_bits))

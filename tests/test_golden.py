@@ -176,7 +176,8 @@ def test_gemm_act_matches_exact_rational():
 def test_gemm_extremes_saturate():
     K, N = 2048, 2
     x8 = np.full((1, K), -127, np.int8)
-    s = G.ActScale(np.full((1, K // G.NUM.act_group), (1 << 21) - 1), np.array([30]), G.NUM.act_group)
+    ga = G.NUM.act_group
+    s = G.ActScale(np.full((1, K // ga), (1 << 21) - 1), np.array([30]), ga)
     qw = quantize_float(np.ones((N, K)))
     assert G.gemm(x8, s, qw).tolist() == [[-(2**31), -(2**31)]]
 
@@ -218,7 +219,8 @@ def _softmax_bound(z, p_true, visible):
     rel = 4.9e-6 * np.abs(z) + math.log(2) * 2**-17 + 2 * 0.5 / 2**14 + 0.48 / 256**2 / 8
     E = np.where(visible, e_true * rel + 0.5, 0)
     S = e_true.sum(1, keepdims=True)
-    return (E + p_true * E.sum(1, keepdims=True)) / (S - E.sum(1, keepdims=True)) + p_true * 2**-19 + LSB
+    Es = E.sum(1, keepdims=True)
+    return (E + p_true * Es) / (S - Es) + p_true * 2**-19 + LSB
 
 
 @pytest.mark.parametrize("spread", [0.1, 3.0, 30.0])
