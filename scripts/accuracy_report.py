@@ -83,7 +83,7 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - z[np.arange(len(targets)), targets]
 
 
-def smollm2_report(n_tokens: int | None, decode_steps: int) -> dict:
+def smollm2_report(n_tokens: int | None, decode_steps: int, act_passes: int = 2) -> dict:
     from sim.golden_models import SmolLM2Golden
     from sw.models import load_smollm2
     from sw.quantize import conversion_report, from_wide, quantize_smollm2
@@ -96,10 +96,11 @@ def smollm2_report(n_tokens: int | None, decode_steps: int) -> dict:
     if n_tokens:
         ids = ids[:n_tokens]
     T = len(ids)
-    qm = quantize_smollm2(model, positions=T + decode_steps + 1)
+    qm = quantize_smollm2(model, positions=T + decode_steps + 1, act_passes=act_passes)
     exact, total = conversion_report(qm.weights())
-    print(f"SmolLM2-135M-Instruct: golden (W4A8/W8A8, GGUF blocks unchanged) vs float64, "
-          f"{T} tokens of {EVAL_TEXT.name}")
+    acts = "A8x2" if act_passes == 2 else "A8"
+    print(f"SmolLM2-135M-Instruct: golden (GGUF Q4_1/Q8_0 blocks unchanged, {acts} "
+          f"activations) vs float64, {T} tokens of {EVAL_TEXT.name}")
     print(f"  GGUF group scales converted exactly to INT16: {exact}/{total} "
           f"({100 * exact / total:.3f}%)")
 
@@ -150,7 +151,8 @@ def smollm2_report(n_tokens: int | None, decode_steps: int) -> dict:
     return {"smollm2_tokens": T, "smollm2_top1": agree, "smollm2_ppl_float": ppl_f,
             "smollm2_ppl_golden": ppl_g, "smollm2_ppl_ratio": ratio,
             "golden_decode_tokens_per_s": 1 / dt, "float_decode_tokens_per_s": 1 / dtf,
-            "golden_prefill_s": t_golden, "gguf_scales_exact": exact, "gguf_scales_total": total}
+            "golden_prefill_s": t_golden, "act_passes": act_passes,
+            "gguf_scales_exact": exact, "gguf_scales_total": total}
 
 
 def main(argv=None) -> int:
@@ -161,6 +163,8 @@ def main(argv=None) -> int:
                    help="use only the first N tokens of the text (default: all)")
     p.add_argument("--decode-steps", type=int, default=16,
                    help="single-token decode steps timed for the speed figure (default 16)")
+    p.add_argument("--act-passes", type=int, choices=(1, 2), default=2,
+                   help="SmolLM2 linear-layer inputs as 2 INT8 passes (A8x2, default) or 1 (A8)")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-smollm2", action="store_true")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     if not args.skip_minilm:
         res.update(minilm_report())
     if not args.skip_smollm2:
-        res.update(smollm2_report(args.tokens, args.decode_steps))
+        res.update(smollm2_report(args.tokens, args.decode_steps, args.act_passes))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         print(f"figures written to {args.json}")

@@ -44,6 +44,9 @@ __all__ = [
     "dequantize_rows",
     "gemm",
     "gemm_act",
+    "gemm_passes",
+    "quantize_act",
+    "quantize_residual",
     "attention_head",
     "residual_add",
     "layernorm",
@@ -192,6 +195,23 @@ def dequantize_rows(x8, scale: ActScale):
     return saturate(rshift_round(x8 * m, -scale.exp[..., None]))
 
 
+def quantize_residual(x, group: int | None = NUM.act_group, num: Numerics = NUM):
+    """Two-pass A8 ("A8x2"): ``x ≈ hi + lo``, both A8 (:func:`quantize_rows`), where
+    ``lo`` quantizes the residual ``x - dequantize_rows(hi)`` (exact wide integers). A GEMM on
+    A8x2 is two ordinary INT8 passes over the same resident weights whose outputs add
+    (:func:`gemm_passes`); the error drops from ~amax_g/254 to ~amax_g/254**2 per group. Used where
+    the compiler marks an input as sensitive; in decode (GEMV) the second pass costs grid
+    cycles but no weight traffic. Returns ``((hi8, hi_scale), (lo8, lo_scale))``.
+
+    Ref: residual (two-stage) quantization, as in Q-BERT-style residual coding and
+    Mixed-precision decomposition of LLM.int8() (Dettmers et al., 2022), here without outlier
+    detection: every group gets the second pass.
+    """
+    hi8, hs = quantize_rows(x, group, num=num)
+    r = np.asarray(x, np.int64) - dequantize_rows(hi8, hs)
+    return (hi8, hs), quantize_rows(r, group, num=num)
+
+
 # -- GEMM -----------------------------------------------------------------------------------------
 
 
@@ -201,8 +221,8 @@ def _exact_matmul(a, b):
 
 
 def _check_scale(x8, xs: ActScale, num: Numerics, who: str):
-    T, K = x8.shape
-    if num.group % xs.group or xs.mant.shape != (T, -(-K // xs.group)):
+    K = x8.shape[-1]
+    if num.group % xs.group or xs.mant.shape != (*x8.shape[:-1], -(-K // xs.group)):
         raise ValueError(f"{who}: activation scales {xs.mant.shape} (group {xs.group}) do not "
                          f"match activations {x8.shape} in groups of {num.group}")
 
@@ -223,41 +243,81 @@ def gemm(x8, xs: ActScale, w, bias=None, num: Numerics = NUM):
       accumulator);
     - ``out = saturate32(rshift_round(Y, shift[n] - exp[t]) + bias[n])``.
     """
+    return gemm_passes([(x8, xs)], w, bias, num)
+
+
+def _gemm_Y(passes, w, num: Numerics):
+    """The exact 64-bit group-scaler sums Y of :func:`gemm` for each pass, all passes and both
+    mantissa halves stacked into one float64 BLAS call (the weights are read once)."""
     g = num.group
-    x8 = np.asarray(x8, np.int64)
-    T, K = x8.shape
-    N = w.q.shape[0]
-    if w.q.shape[1] != K or K % g:
-        raise ValueError(f"gemm: weight is {w.q.shape}, activations {x8.shape}, group {g}")
+    N, K = w.q.shape
+    if K % g:
+        raise ValueError(f"gemm: K = {K} is not a multiple of the weight group {g}")
     if K > 2048:
         raise ValueError(f"gemm: K = {K} beyond the exact 64-bit bound (2048)")
-    _check_scale(x8, xs, num, "gemm")
-    am = xs.expand(K)
-    sw = _scaled_weight(w, g)
-    # mant < 2**21 split in 10 + 11 bits keeps each float64 BLAS sum below 2**53 (exact).
-    Y = (_exact_matmul(x8 * (am >> 11), sw.T) << 11) + _exact_matmul(x8 * (am & 2047), sw.T)
-    if w.offset is not None:
-        ga = xs.group
+    rows = []
+    for x8, xs in passes:
+        x8 = np.asarray(x8, np.int64)
+        if x8.ndim != 2 or x8.shape[1] != K:
+            raise ValueError(f"gemm: weight is {w.q.shape}, activations {x8.shape}")
+        _check_scale(x8, xs, num, "gemm")
+        T, ga = x8.shape[0], xs.group
         xsum = x8.reshape(T, K // ga, ga).sum(-1)  # per activation group, |.| < 2**11
-        off = np.asarray(w.offset, np.int64).T
-        for part, sh in ((xs.mant >> 11, 11), (xs.mant & 2047, 0)):
-            ps = (xsum * part).reshape(T, K // g, g // ga).sum(-1)  # to the weight groups
-            Y += _exact_matmul(ps, off) << sh
-    out = rshift_round(Y, np.asarray(w.shift, np.int64)[None, :] - xs.exp[:, None])
-    if bias is not None:
-        out = out + np.asarray(bias, np.int64)[None, :]
-    assert out.shape == (T, N)
-    return saturate(out)
+        # mant < 2**21 split in 10 + 11 bits keeps each float64 BLAS sum below 2**53 (exact);
+        # the offset terms Σ mant·xsum·offset ride along as K/32 extra columns (< 2**45).
+        for part in (xs.mant >> 11, xs.mant & 2047):
+            r = x8 * np.repeat(part, ga, axis=-1)
+            if w.offset is not None:
+                r = np.concatenate([r, (xsum * part).reshape(T, K // g, g // ga).sum(-1)], 1)
+            rows.append(r)
+    Yall = _exact_matmul(np.concatenate(rows), _scaled_weight(w, g).T)
+    out, r = [], 0
+    for x8, _ in passes:
+        T = x8.shape[0]
+        out.append((Yall[r:r + T] << 11) + Yall[r + T:r + 2 * T])
+        r += 2 * T
+    return out
+
+
+def gemm_passes(passes, w, bias=None, num: Numerics = NUM):
+    """GEMM on an activation given as one or more A8 passes ``[(x8, scale), ...]`` (one for
+    A8, two from :func:`quantize_residual`): each pass is rounded as :func:`gemm` states
+    (``rshift_round(Y, shift[n] - exp[t])``); the first adds the bias and saturates, each
+    further pass accumulates onto that INT32 result, saturating again."""
+    shift = np.asarray(w.shift, np.int64)[None, :]
+    out = None
+    for (_, xs), Y in zip(passes, _gemm_Y(passes, w, num), strict=True):
+        o = rshift_round(Y, shift - xs.exp[:, None])
+        if out is None:
+            if bias is not None:
+                o = o + np.asarray(bias, np.int64)[None, :]
+            out = saturate(o)
+        else:
+            out = saturate(out + o)
+    return out
+
+
+def quantize_act(x, passes: int = 1, num: Numerics = NUM):
+    """An activation as ``passes`` A8 passes for :func:`gemm_passes`: 1 -> [quantize_rows(x)],
+    2 -> the two passes of :func:`quantize_residual` (A8x2)."""
+    if passes == 1:
+        return [quantize_rows(x, num=num)]
+    if passes == 2:
+        return list(quantize_residual(x, num=num))
+    raise ValueError(f"quantize_act: passes must be 1 or 2, got {passes}")
 
 
 def _scaled_weight(w, g):
-    """``scale[n, g] * q[n, k]`` as one exact integer matrix (|.| < 2**22), cached on ``w``."""
+    """``scale[n, g] * q[n, k]`` as one exact integer matrix (|.| < 2**22), followed by the
+    ``offset`` columns [N, K/g] when the weight has offsets; float64, cached on ``w``."""
     cached = getattr(w, "_golden_scaled", None)
     if cached is not None:
         return cached
     N, K = w.q.shape
     s = np.asarray(w.scale, np.float64)
     sw = (np.asarray(w.q, np.float64).reshape(N, K // g, g) * s[:, :, None]).reshape(N, K)
+    if w.offset is not None:
+        sw = np.concatenate([sw, np.asarray(w.offset, np.float64)], axis=1)
     try:
         object.__setattr__(w, "_golden_scaled", sw)
     except (AttributeError, TypeError):
@@ -282,33 +342,34 @@ def gemm_act(a8, a_s: ActScale, b8, b_s: ActScale | None, shift=None, num: Numer
     """
     a8 = np.asarray(a8, np.int64)
     b8 = np.asarray(b8, np.int64)
-    T, K = a8.shape
-    N = b8.shape[0]
+    K = a8.shape[-1]
     _check_scale(a8, a_s, num, "gemm_act")
-    if b8.shape[1] != K:
+    if b8.shape[-1] != K:
         raise ValueError(f"gemm_act: operands {a8.shape} and {b8.shape} differ in K")
+    bT = np.swapaxes(b8, -1, -2)
+    ea = a_s.exp[..., :, None]
     if b_s is None:
         am = a_s.expand(K)
         bmax = int(np.abs(b8).max(initial=0))
         if K * int(np.abs(a8).max(initial=0)) * 2048 * bmax >= 1 << 53:
             raise ValueError(f"gemm_act: K = {K} beyond the exact 53-bit bound")
-        Y = (_exact_matmul(a8 * (am >> 11), b8.T) << 11) + _exact_matmul(a8 * (am & 2047), b8.T)
-        return saturate(rshift_round(Y, shift - a_s.exp[:, None]))
+        Y = (_exact_matmul(a8 * (am >> 11), bT) << 11) + _exact_matmul(a8 * (am & 2047), bT)
+        return saturate(rshift_round(Y, np.asarray(shift, np.int64) - ea))
     _check_scale(b8, b_s, num, "gemm_act")
     if K > 128:
         raise ValueError(f"gemm_act: K = {K} beyond the exact 64-bit bound (128, one head)")
     g = a_s.group
     if b_s.group != g:
         raise ValueError(f"gemm_act: operand groups differ ({g} and {b_s.group})")
-    G = a_s.mant.shape[1]
-    pad = G * g - K
-    ag = np.pad(a8, ((0, 0), (0, pad))).reshape(T, G, g).transpose(1, 0, 2)
-    bg = np.pad(b8, ((0, 0), (0, pad))).reshape(N, G, g).transpose(1, 2, 0)
-    acc = np.rint(ag.astype(np.float64) @ bg.astype(np.float64)).astype(np.int64)  # [G, T, N]
-    Y = np.zeros((T, N), np.int64)
+    G = a_s.mant.shape[-1]
+    pad = [(0, 0)] * (a8.ndim - 1) + [(0, G * g - K)]
+    ag = np.pad(a8, pad).reshape(*a8.shape[:-1], G, g)        # [..., T, G, g]
+    bg = np.pad(b8, pad[:b8.ndim]).reshape(*b8.shape[:-1], G, g)  # [..., N, G, g]
+    acc = _exact_matmul(np.moveaxis(ag, -2, -3), np.moveaxis(bg, -2, -3).swapaxes(-1, -2))
+    Y = 0  # Σ_j mant_a * mant_b * acc_j, acc [..., G, T, N]
     for j in range(G):
-        Y += (a_s.mant[:, j, None] * b_s.mant[None, :, j]) * acc[j]
-    return saturate(rshift_round(Y, num.frac_bits - a_s.exp[:, None] - b_s.exp[None, :]))
+        Y = Y + (a_s.mant[..., :, j, None] * b_s.mant[..., None, :, j]) * acc[..., j, :, :]
+    return saturate(rshift_round(Y, num.frac_bits - ea - b_s.exp[..., None, :]))
 
 
 # -- attention -------------------------------------------------------------------------------------
@@ -317,7 +378,7 @@ def gemm_act(a8, a_s: ActScale, b8, b_s: ActScale | None, shift=None, num: Numer
 def softmax(s, q_pos=None, k_len=None, num: Numerics = NUM):
     """Row softmax of wide scores, to Q.F probabilities (INT32 in [0, 2**F]).
 
-    ``s`` [T, S]. With ``q_pos`` (absolute positions of the T query rows), key j is visible to
+    ``s`` [..., T, S]. With ``q_pos`` (absolute positions of the T query rows), key j is visible to
     row i iff ``j <= q_pos[i]`` (causal mask); masked entries give 0. Per row:
 
     - ``z = s - max`` over visible keys (z <= 0), ``u = rshift_round(-z * LOG2E, 14)``
@@ -332,14 +393,14 @@ def softmax(s, q_pos=None, k_len=None, num: Numerics = NUM):
     2023) and Softermax (Stevens et al., DAC 2021).
     """
     s = np.asarray(s, np.int64)
-    T, S = s.shape
+    T, S = s.shape[-2:]
     if q_pos is None:
         visible = np.ones((T, S), bool)
     else:
         visible = np.arange(S)[None, :] <= np.asarray(q_pos)[:, None]
     if not visible.any(axis=1).all():
         raise ValueError("softmax: a row sees no key")
-    mx = np.max(np.where(visible, s, np.iinfo(np.int64).min), axis=1, keepdims=True)
+    mx = np.max(np.where(visible, s, np.iinfo(np.int64).min), axis=-1, keepdims=True)
     neg = np.minimum(mx - s, (1 << 31) - 1)  # -z, >= 0; clamp far-away (masked) entries
     u = rshift_round(neg * 23637, 14)
     fbits = num.frac_bits
@@ -354,13 +415,13 @@ def softmax(s, q_pos=None, k_len=None, num: Numerics = NUM):
     frac_e = e0 + rshift_round((e1 - e0) * wgt, fbits - seg_bits)
     e = np.where(ip > 31, 0, rshift_round(frac_e, np.minimum(ip, 31)))
     e = np.where(visible, e, 0)
-    total = e.sum(axis=1, keepdims=True)
+    total = e.sum(axis=-1, keepdims=True)
     recip = (1 << 46) // total
     return rshift_round(e * recip, 30)
 
 
 def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=None):
-    """One attention head on A8 operands, to wide [T, d_head].
+    """One attention head (or a stack of heads: leading axes) on A8 operands, to wide [T, d].
 
     ``q8`` [T, d] (1/sqrt(d) already folded into W_q) and ``k8`` [S, d] in groups along d;
     ``v8`` [S, d] with one scale per token (``quantize_rows(v, group=None)``): the KV cache.
@@ -375,10 +436,10 @@ def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=N
         raise ValueError("attention_head: V needs one scale per token (group=None)")
     s = gemm_act(q8, qs, k8, ks)
     p = softmax(s, q_pos)
-    e_max = int(np.max(vs.exp)) if vs.exp.size else 0
-    pp = rshift_round(p * vs.mant[None, :, 0], e_max - vs.exp[None, :])
+    e_max = np.max(vs.exp, axis=-1, keepdims=True)  # per head [..., 1]
+    pp = rshift_round(p * vs.mant[..., None, :, 0], (e_max - vs.exp)[..., None, :])
     p15, ps = quantize_rows(pp, bits=15)
-    return gemm_act(p15, ps, np.asarray(v8).T, None, shift=F - e_max)
+    return gemm_act(p15, ps, np.swapaxes(v8, -1, -2), None, shift=(F - e_max)[..., None])
 
 
 # -- element-wise and row-wise vector operations -------------------------------------------------

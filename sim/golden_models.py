@@ -53,14 +53,12 @@ def minilm_layer(h, L, cfg):
     q = G.gemm(x8, xs, L.wq, L.bq)
     k = G.gemm(x8, xs, L.wk, L.bk)
     v = G.gemm(x8, xs, L.wv, L.bv)
-    heads = []
-    for hq, hk, hv in zip(*(_split_heads(t, cfg.n_heads, cfg.d_head) for t in (q, k, v)),
-                          strict=True):
-        q8, qs = G.quantize_rows(hq)
-        k8, ks = G.quantize_rows(hk)
-        v8, vs = G.quantize_rows(hv, group=None)
-        heads.append(G.attention_head(q8, qs, k8, ks, v8, vs))
-    att = np.concatenate(heads, axis=1)
+    hq, hk, hv = (_split_heads(t, cfg.n_heads, cfg.d_head) for t in (q, k, v))
+    q8, qs = G.quantize_rows(hq)
+    k8, ks = G.quantize_rows(hk)
+    v8, vs = G.quantize_rows(hv, group=None)
+    att = G.attention_head(q8, qs, k8, ks, v8, vs)  # [heads, T, d_head]
+    att = att.transpose(1, 0, 2).reshape(T, cfg.n_heads * cfg.d_head)
     a8, as_ = G.quantize_rows(att)
     h1 = G.layernorm(G.residual_add(h, G.gemm(a8, as_, L.wo, L.bo)), L.ln1_g, L.ln1_b, cfg.ln_eps)
     f8, fs = G.quantize_rows(h1)
@@ -126,24 +124,28 @@ class KVCache:
         self.k_mant[layer, :, sl], self.k_exp[layer, :, sl] = ks.mant, ks.exp
         self.v_mant[layer, :, sl], self.v_exp[layer, :, sl] = vs.mant, vs.exp
 
-    def keys(self, layer, head, n):
-        return self.k8[layer, head, :n], G.ActScale(self.k_mant[layer, head, :n],
-                                                    self.k_exp[layer, head, :n], G.NUM.act_group)
+    def keys(self, layer, n):
+        """The first ``n`` keys of every KV head of ``layer``: [kv_heads, n, d_head]."""
+        return self.k8[layer, :, :n], G.ActScale(self.k_mant[layer, :, :n],
+                                                 self.k_exp[layer, :, :n], G.NUM.act_group)
 
-    def values(self, layer, head, n):
-        return self.v8[layer, head, :n], G.ActScale(self.v_mant[layer, head, :n],
-                                                    self.v_exp[layer, head, :n], self.d_head)
+    def values(self, layer, n):
+        """The first ``n`` values of every KV head of ``layer`` (one scale per token)."""
+        return self.v8[layer, :, :n], G.ActScale(self.v_mant[layer, :, :n],
+                                                 self.v_exp[layer, :, :n], self.d_head)
 
 
 class SmolLM2Golden:
     """SmolLM2 on the golden integer model: prefill, then token-by-token decode with a KV cache.
 
-    ``m`` is the quantized model (``sw/quantize.py``); its ``config`` gives the shapes.
+    ``m`` is the quantized model (``sw/quantize.py``); its ``config`` gives the shapes and its
+    ``act_passes`` (1: A8, 2: A8x2) how every linear layer's input is quantized.
     """
 
     def __init__(self, m):
         self.m = m
         self.cfg = m.config
+        self.passes = m.act_passes
 
     def new_cache(self, capacity=None) -> KVCache:
         """An empty KV cache of ``capacity`` positions (default: as many as the RoPE table)."""
@@ -159,10 +161,11 @@ class SmolLM2Golden:
         c, L = self.cfg, self.m.layers[i]
         T = h.shape[0]
         pos = np.arange(pos0, pos0 + T)
-        x8, xs = G.quantize_rows(G.rmsnorm(h, L.attn_norm, c.rms_eps))
-        q = G.gemm(x8, xs, L.wq).reshape(T, c.n_heads, c.d_head)
-        k = G.gemm(x8, xs, L.wk).reshape(T, c.n_kv_heads, c.d_head)
-        v = G.gemm(x8, xs, L.wv).reshape(T, c.n_kv_heads, c.d_head)
+        P = self.passes
+        x = G.quantize_act(G.rmsnorm(h, L.attn_norm, c.rms_eps), P)
+        q = G.gemm_passes(x, L.wq).reshape(T, c.n_heads, c.d_head)
+        k = G.gemm_passes(x, L.wk).reshape(T, c.n_kv_heads, c.d_head)
+        v = G.gemm_passes(x, L.wv).reshape(T, c.n_kv_heads, c.d_head)
         cos, sin = self.m.rope_cos[pos], self.m.rope_sin[pos]
         q = G.rope(q, cos, sin).transpose(1, 0, 2)
         k = G.rope(k, cos, sin).transpose(1, 0, 2)
@@ -170,27 +173,26 @@ class SmolLM2Golden:
         v8, vs = G.quantize_rows(v.transpose(1, 0, 2), group=None)
         cache.append(i, pos0, k8, ks, v8, vs)
         n = pos0 + T
-        group = c.n_heads // c.n_kv_heads
-        heads = []
-        for hq in range(c.n_heads):
-            kv = hq // group
-            q8, qs = G.quantize_rows(q[hq])
-            kk, kks = cache.keys(i, kv, n)
-            vv, vvs = cache.values(i, kv, n)
-            heads.append(G.attention_head(q8, qs, kk, kks, vv, vvs, q_pos=pos))
-        att = np.concatenate(heads, axis=1)
-        a8, as_ = G.quantize_rows(att)
-        h = G.residual_add(h, G.gemm(a8, as_, L.wo))
-        f8, fs = G.quantize_rows(G.rmsnorm(h, L.ffn_norm, c.rms_eps))
-        act = G.silu_mul(G.gemm(f8, fs, L.wg), G.gemm(f8, fs, L.wu))
-        d8, ds = G.quantize_rows(act)
-        return G.residual_add(h, G.gemm(d8, ds, L.wd))
+        rep = c.n_heads // c.n_kv_heads  # grouped-query attention: query heads per KV head
+        q8, qs = G.quantize_rows(q)
+        kk, kks = cache.keys(i, n)
+        vv, vvs = cache.values(i, n)
+        kk, vv = np.repeat(kk, rep, axis=0), np.repeat(vv, rep, axis=0)
+        kks = G.ActScale(np.repeat(kks.mant, rep, 0), np.repeat(kks.exp, rep, 0), kks.group)
+        vvs = G.ActScale(np.repeat(vvs.mant, rep, 0), np.repeat(vvs.exp, rep, 0), vvs.group)
+        att = G.attention_head(q8, qs, kk, kks, vv, vvs, q_pos=pos)  # [heads, T, d_head]
+        att = att.transpose(1, 0, 2).reshape(T, c.n_heads * c.d_head)
+        h = G.residual_add(h, G.gemm_passes(G.quantize_act(att, P), L.wo))
+        f = G.quantize_act(G.rmsnorm(h, L.ffn_norm, c.rms_eps), P)
+        act = G.silu_mul(G.gemm_passes(f, L.wg), G.gemm_passes(f, L.wu))
+        return G.residual_add(h, G.gemm_passes(G.quantize_act(act, P), L.wd))
 
     def final(self, h, chunk=64):
         """Final RMSNorm and the tied LM head: wide logits [T, vocab]."""
-        x8, xs = G.quantize_rows(G.rmsnorm(h, self.m.output_norm, self.cfg.rms_eps))
-        return np.concatenate([G.gemm(x8[i:i + chunk], xs[i:i + chunk], self.m.lm_head)
-                               for i in range(0, len(x8), chunk)])
+        x = G.rmsnorm(h, self.m.output_norm, self.cfg.rms_eps)
+        return np.concatenate([G.gemm_passes(G.quantize_act(x[i:i + chunk], self.passes),
+                                             self.m.lm_head)
+                               for i in range(0, len(x), chunk)])
 
     def forward(self, ids, cache: KVCache, all_logits=False, progress=None):
         """Run tokens ``ids`` after the cache's contents; logits of the last (or every) token.

@@ -99,6 +99,26 @@ def test_quantize_rows_groups_and_whole_rows():
     assert sr.mant.shape == (1, 1) and (x8r[0, 16:32] == 0).all()
 
 
+def test_quantize_residual_error_bound(rng):
+    """A8x2: the second pass quantizes the first pass's residual, so the error is the A8 bound
+    of the residual (itself within the A8 bound of x) plus the first pass's dequantization
+    rounding (0.5): about amax_g / 254**2."""
+    ga = G.NUM.act_group
+    x = rng.normal(size=(32, 64)) * np.repeat(10.0 ** rng.uniform(-3, 2, (32, 64 // ga)), ga, 1)
+    xw = to_wide(x)
+    (h8, hs), (l8, ls) = G.quantize_residual(xw)
+    r = xw - G.dequantize_rows(h8, hs)
+    both = G.dequantize_rows(h8, hs) + G.dequantize_rows(l8, ls)
+    ramax_g = np.abs(r).reshape(32, -1, ga).max(axis=2)
+    rsh = G._bitlen(ramax_g.max(axis=1)) - 15
+    bound = (ramax_g / 254 + ramax_g * 2.0**-14 + 2.0 ** np.maximum(rsh[:, None], 0)
+             + 127 * 0.5 * 2.0 ** (rsh[:, None] - 8 - G.NUM.act_headroom) + 1)
+    err = np.abs(both - xw).reshape(32, -1, ga).max(axis=2)
+    assert (err <= bound).all()
+    amax_g = np.abs(xw).reshape(32, -1, ga).max(axis=2)
+    assert (err <= amax_g / 254**2 * 1.1 + 4).all()  # what the two passes buy: ~254x
+
+
 # -- GEMM ------------------------------------------------------------------------------------------
 
 
@@ -125,6 +145,23 @@ def test_gemm_vs_float(rng, bits):
     xq = from_wide(xw)
     bound = _gemm_float_bound(xq, w, qw, xw, x8, s) + np.abs(w).sum(1) * LSB
     assert (np.abs(y - (x @ w.T + b)) <= bound).all()
+
+
+def test_gemm_passes_is_the_sum_of_passes(rng):
+    qw = quantize_float(rng.normal(size=(8, 64)), bits=4)
+    xw = to_wide(rng.normal(size=(3, 64)) * 5)
+    (h8, hs), (l8, ls) = G.quantize_residual(xw)
+    b = to_wide(rng.normal(size=8))
+    want = G.saturate(G.gemm(h8, hs, qw, b) + G.gemm(l8, ls, qw))
+    assert np.array_equal(G.gemm_passes([(h8, hs), (l8, ls)], qw, b), want)
+    assert np.array_equal(G.gemm_passes(G.quantize_act(xw, 1), qw, b),
+                          G.gemm(*G.quantize_rows(xw), qw, b))
+    # two passes are closer to the float product than one
+    wf = dequantize(qw)
+    exact = from_wide(xw) @ wf.T + from_wide(b)
+    e1 = np.abs(from_wide(G.gemm(h8, hs, qw, b)) - exact).max()
+    e2 = np.abs(from_wide(want) - exact).max()
+    assert e2 < e1
 
 
 def test_gemm_matches_exact_rational():
