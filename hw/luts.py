@@ -18,7 +18,7 @@ import numpy as np
 
 from .params import Numerics
 
-__all__ = ["PwlTable", "gelu_table", "silu_table", "exp2_table", "rope_table"]
+__all__ = ["PwlTable", "gelu_table", "silu_table", "exp2_table"]
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,3 @@ def exp2_table(num: Numerics = Numerics()) -> np.ndarray:
     t = np.array([round(2.0 ** (-i / n) * one) for i in range(n + 1)], dtype=np.int64)
     t.setflags(write=False)
     return t
-
-
-def rope_table(theta: float, d_head: int, n_pos: int, num: Numerics = Numerics()):
-    """cos and sin of RoPE angles, Q.F integers of shape ``(n_pos, d_head // 2)``.
-
-    Pair i of a head (elements 2i, 2i+1) at position p rotates by p * theta**(-2i / d_head).
-    The compiler writes this table into memory; it is a constant of the model, not of the chip.
-    """
-    if d_head % 2:
-        raise ValueError(f"rope_table: d_head must be even, got {d_head}")
-    one = 1 << num.frac_bits
-    inv_freq = theta ** (-np.arange(0, d_head, 2, dtype=np.float64) / d_head)
-    ang = np.arange(n_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
-    cos = np.round(np.cos(ang) * one).astype(np.int64)
-    sin = np.round(np.sin(ang) * one).astype(np.int64)
-    return cos, sin

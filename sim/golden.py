@@ -540,7 +540,7 @@ def rope(x, cos, sin, num: Numerics = NUM):
     """RoPE on adjacent pairs (2i, 2i+1) of wide ``x`` [T, H, d] at table rows ``cos/sin`` [T, d/2].
 
     ``y0 = rshift_round(x0*c - x1*s, F)``, ``y1 = rshift_round(x0*s + x1*c, F)``, saturated;
-    cos/sin are Q.F from ``hw.luts.rope_table``.
+    cos/sin are Q.F from the model's table (``sw.quantize.rope_table``).
     """
     x = np.asarray(x, np.int64)
     x0, x1 = x[..., 0::2], x[..., 1::2]

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from hw.luts import rope_table
 from hw.params import Numerics
 
 __all__ = [
@@ -34,6 +33,7 @@ __all__ = [
     "from_gguf_blocks",
     "dequantize",
     "conversion_report",
+    "rope_table",
     "quantize_minilm",
     "quantize_smollm2",
     "QMiniLM",
@@ -165,6 +165,22 @@ def dequantize(w: QWeight, num: Numerics = NUM) -> np.ndarray:
     if w.offset is not None:
         v = v + w.offset.astype(np.float64)[:, :, None]
     return v.reshape(N, K) * np.exp2(-w.shift.astype(np.float64))[:, None]
+
+
+def rope_table(theta: float, d_head: int, n_pos: int, num: Numerics = NUM):
+    """cos and sin of RoPE angles, Q.F integers of shape ``(n_pos, d_head // 2)``.
+
+    Pair i of a head (elements 2i, 2i+1) at position p rotates by p * theta**(-2i / d_head).
+    The compiler writes this table into memory; it is a constant of the model, not of the chip.
+    """
+    if d_head % 2:
+        raise ValueError(f"rope_table: d_head must be even, got {d_head}")
+    one = 1 << num.frac_bits
+    inv_freq = theta ** (-np.arange(0, d_head, 2, dtype=np.float64) / d_head)
+    ang = np.arange(n_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+    cos = np.round(np.cos(ang) * one).astype(np.int64)
+    sin = np.round(np.sin(ang) * one).astype(np.int64)
+    return cos, sin
 
 
 def conversion_report(weights) -> tuple[int, int]:

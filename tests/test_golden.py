@@ -381,7 +381,7 @@ def test_residual_add_saturates():
 
 
 def test_rope_vs_float(rng):
-    from hw.luts import rope_table
+    from sw.quantize import rope_table
 
     T, H, d = 5, 3, 64
     pos = np.array([0, 1, 7, 100, 8000])

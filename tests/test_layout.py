@@ -2,8 +2,9 @@
 
 - ``hw/`` (the hardware and its one configuration) imports nothing of ``sim/`` or ``sw/``;
 - ``sim/`` (golden model, simulators) may import ``hw/``, never the compiler ``sw/``;
-- ``sw/`` (model import, compiler, runtime) may import ``hw/`` (DESIGN.md section 2), not
-  ``sim/``: the compiler emits what the chip runs, it never borrows the golden model;
+- ``sw/`` (model import, compiler, runtime) takes only ``hw.isa`` and ``hw.params`` from
+  ``hw/`` (DESIGN.md section 2, STYLE.md), and nothing from ``sim/``: the compiler emits
+  what the chip runs, it never borrows the golden model;
 - ``.ci/run`` runs exactly the README's install and test commands;
 - no build products or weights are tracked by git.
 """
@@ -21,6 +22,7 @@ LAYOUT = ["pyproject.toml", "Makefile", "README.md", "hw", "sim", "sw", "tests",
           ".ci/run"]
 ALLOWED = {"hw": {"hw"}, "sim": {"hw", "sim"}, "sw": {"hw", "sw"}}
 PROJECT = {"hw", "sim", "sw", "scripts", "tests"}
+SW_FROM_HW = {"hw.isa", "hw.params"}
 
 
 def test_layout_exists():
@@ -29,25 +31,33 @@ def test_layout_exists():
 
 
 def _imports(path: Path):
+    """(line, top-level package, full module) of every import in ``path``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                yield node.lineno, a.name.split(".")[0]
+                yield node.lineno, a.name.split(".")[0], a.name
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import stays inside its own package
-                yield node.lineno, path.relative_to(ROOT).parts[0]
+                pkg = path.relative_to(ROOT).parts[0]
+                yield node.lineno, pkg, pkg
             elif node.module:
-                yield node.lineno, node.module.split(".")[0]
+                mods = [node.module] if node.module != "hw" else [
+                    f"hw.{a.name}" for a in node.names]
+                for mod in mods:
+                    yield node.lineno, node.module.split(".")[0], mod
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_import_direction(package):
     bad = []
     for f in sorted((ROOT / package).rglob("*.py")):
-        for line, top in _imports(f):
+        for line, top, mod in _imports(f):
             if top in PROJECT and top not in ALLOWED[package]:
                 bad.append(f"{f.relative_to(ROOT)}:{line} imports {top}")
+            elif package == "sw" and top == "hw" and ".".join(mod.split(".")[:2]) not in SW_FROM_HW:
+                bad.append(f"{f.relative_to(ROOT)}:{line} imports {mod} (sw takes only "
+                           f"{sorted(SW_FROM_HW)} from hw)")
     assert not bad, f"{package}/ may import only {sorted(ALLOWED[package])}:\n" + "\n".join(bad)
 
 
