@@ -105,7 +105,11 @@ class ChipParams:
     """Sizes and rates of one chip configuration.
 
     ``rows`` x ``cols``
-        The systolic grid: ``rows`` along K (the reduction), ``cols`` along N (outputs).
+        The systolic grid (``hw/grid.py``): ``rows`` along K (the reduction; a divisor of
+        ``numerics.act_group``, so a column sum never straddles two activation groups) and
+        ``cols`` W4A8 output columns along N, computed by ``cols / 2`` columns of processing
+        elements with one multiplier each (two INT4 weights share it); INT8 x INT8 tiles
+        have ``cols / 2`` output columns.
     ``weight_sram_kib``, ``act_sram_kib``, ``kv_sram_kib``
         On-chip SRAM for weights (INT8 or packed INT4, double-buffered), activations,
         and the KV cache.
@@ -136,7 +140,16 @@ class ChipParams:
 
     def __post_init__(self):
         _check_range(self, "rows", 1, 64)
-        _check_range(self, "cols", 1, 64)
+        _check_range(self, "cols", 2, 64)
+        if self.cols % 2:
+            raise ValueError(f"ChipParams.cols = {self.cols} must be even (W4A8 pairs)")
+        if not isinstance(self.numerics, Numerics):
+            raise ValueError(
+                f"ChipParams.numerics must be a Numerics, got {type(self.numerics).__name__}"
+            )
+        if self.numerics.act_group % self.rows:
+            raise ValueError(f"ChipParams.rows = {self.rows} must divide numerics.act_group = "
+                             f"{self.numerics.act_group}")
         _check_range(self, "weight_sram_kib", 1, 4096)
         _check_range(self, "act_sram_kib", 1, 4096)
         _check_range(self, "kv_sram_kib", 1, 4096)

@@ -45,6 +45,7 @@ __all__ = [
     "gemm",
     "gemm_act",
     "gemm_passes",
+    "group_sums",
     "quantize_act",
     "quantize_residual",
     "attention_head",
@@ -244,6 +245,21 @@ def gemm(x8, xs: ActScale, w, bias=None, num: Numerics = NUM):
     - ``out = saturate32(rshift_round(Y, shift[n] - exp[t]) + bias[n])``.
     """
     return gemm_passes([(x8, xs)], w, bias, num)
+
+
+def group_sums(x8, q, group: int):
+    """The grid's raw output: ``acc[t, n, h] = Σ_{k in group h} x8[t, k] * q[n, k]`` (exact
+    integers; the INT32 column sums the group scaler of :func:`gemm` consumes, one per
+    activation group). ``x8`` [T, K], ``q`` [N, K], K a multiple of ``group``."""
+    x8 = np.asarray(x8, np.int64)
+    q = np.asarray(q, np.int64)
+    T, K = x8.shape
+    if q.shape[1] != K or K % group:
+        raise ValueError(f"group_sums: {x8.shape} x {q.shape}ᵀ in groups of {group}")
+    H = K // group
+    xg = x8.reshape(T, H, group).transpose(1, 0, 2)  # [H, T, g]
+    qg = q.reshape(-1, H, group).transpose(1, 2, 0)  # [H, g, N]
+    return _exact_matmul(xg, qg).transpose(1, 2, 0)  # [T, N, H]
 
 
 def _gemm_Y(passes, w, num: Numerics):
