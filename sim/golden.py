@@ -69,12 +69,16 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def rshift_round(v, s):
-    """Round-half-up ``v / 2**s`` for s > 0; ``v * 2**-s`` (saturating at ±2**62) for s <= 0."""
+    """Round-half-up ``v / 2**s`` for s > 0; ``v * 2**-s`` (saturating at ±2**62) for s <= 0.
+
+    Callers keep |v| < 2**62, so for s >= 63 the result is 0 (|v / 2**s| < 1/2); the shift is
+    clamped there (numpy shifts of 64 or more bits are not defined).
+    """
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(s, dtype=np.int64)
-    pos = np.maximum(s, 0)
+    pos = np.minimum(np.maximum(s, 0), 63)
     half = np.where(pos > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
-    right = np.right_shift(v + half, pos)
+    right = np.where(pos >= 63, 0, np.right_shift(v + half, np.minimum(pos, 62)))
     return np.where(s > 0, right, _shl_sat(v, np.maximum(-s, 0)))
 
 
