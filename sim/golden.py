@@ -447,19 +447,26 @@ def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=N
     ``v8`` [S, d] with one scale per token (``quantize_rows(v, group=None)``): the KV cache.
     ``s = gemm_act(q, k)``, ``p = softmax(s, q_pos)``. V's per-token scales cannot factor out
     of Σ_j p_ij v_jd, so they fold into P (in the vector unit, after softmax): with
-    ``e_max = max_j exp_v[j]``, ``p'_ij = rshift_round(p_ij * mant_v[j], e_max - exp_v[j])``;
+    ``e_max_i = max_j exp_v[j]`` over the keys row i sees (so a row never depends on masked
+    keys: prefill and decode agree bit for bit),
+    ``p'_ij = rshift_round(p_ij * mant_v[j], e_max_i - exp_v[j])`` (masked p = 0);
     p' is quantized to A15 in groups of ``act_group`` keys (two INT8 passes of P·V: an INT8 p'
     let an attention sink crush its group's other keys, which flipped SmolLM2's first answer
-    token) and ``out = gemm_act(p'15, p's, v8ᵀ, None, shift=F - e_max)``.
+    token) and ``out = gemm_act(p'15, p's, v8ᵀ, None, shift=F - e_max_i)``.
     """
     if vs.mant.shape[-1] != 1:
         raise ValueError("attention_head: V needs one scale per token (group=None)")
     s = gemm_act(q8, qs, k8, ks)
     p = softmax(s, q_pos)
-    e_max = np.max(vs.exp, axis=-1, keepdims=True)  # per head [..., 1]
-    pp = rshift_round(p * vs.mant[..., None, :, 0], (e_max - vs.exp)[..., None, :])
+    S = vs.exp.shape[-1]
+    ev = vs.exp[..., None, :]  # [..., 1, S]
+    if q_pos is not None:  # a row aligns only to the keys it sees
+        visible = np.arange(S)[None, :] <= np.asarray(q_pos)[:, None]
+        ev = np.where(visible, ev, np.iinfo(np.int64).min)
+    e_max = np.max(ev, axis=-1, keepdims=True)  # per row [..., T, 1]
+    pp = rshift_round(p * vs.mant[..., None, :, 0], np.maximum(e_max - vs.exp[..., None, :], -63))
     p15, ps = quantize_rows(pp, bits=15)
-    return gemm_act(p15, ps, np.swapaxes(v8, -1, -2), None, shift=(F - e_max)[..., None])
+    return gemm_act(p15, ps, np.swapaxes(v8, -1, -2), None, shift=F - e_max)
 
 
 # -- element-wise and row-wise vector operations -------------------------------------------------

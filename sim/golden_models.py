@@ -151,7 +151,9 @@ class SmolLM2Golden:
         """An empty KV cache of ``capacity`` positions (default: as many as the RoPE table)."""
         c = self.cfg
         table = self.m.rope_cos.shape[0]
-        cap = capacity or min(c.context_length, table)
+        cap = min(c.context_length, table) if capacity is None else capacity
+        if cap < 1:
+            raise ValueError(f"cache capacity must be at least 1, got {cap}")
         if cap > table:
             raise ValueError(f"cache capacity {cap} beyond the RoPE table ({table} positions)")
         return KVCache(c.n_layers, c.n_kv_heads, cap, c.d_head)
