@@ -225,8 +225,9 @@ class SystolicArray(wiring.Component):
       activation row at least ``rows`` cycles earlier.
     - ``a_row`` (in): activation rows for tile 0, 1, ... in order; ``last`` on a tile's final
       row. A row is accepted once its tile is latched and the output FIFO has room for it.
-    - ``o_row`` (out): one row of column sums per activation row, ``LATENCY`` cycles after it
-      was accepted (plus any output back-pressure), in order, with the tile's mode and ``last``.
+    - ``o_row`` (out): one row of column sums per activation row, ``LATENCY + 2`` cycles after
+      it was accepted (the de-skewed sums are ready after ``LATENCY``; the buffered output FIFO
+      adds 2), plus any output back-pressure; in order, with the tile's mode and ``last``.
 
     Throughput: one activation row per cycle; a tile of T >= ``rows`` rows hides the next tile's
     load entirely (back-to-back tiles, no bubble). A tile of T < ``rows`` rows (GEMV: T = 1) is
@@ -376,6 +377,7 @@ class SystolicArray(wiring.Component):
             self.o_row.payload.eq(ofifo.r_data),
             self.o_row.valid.eq(ofifo.r_rdy),
             ofifo.r_en.eq(self.o_row.ready),
-            self.busy.eq(full[0] | full[1] | (inflight != 0) | ofifo.r_rdy | (w_count != 0)),
+            self.busy.eq(full[0] | full[1] | (inflight != 0) | (ofifo.level != 0) |
+                         (w_count != 0)),
         ]
         return m
