@@ -6,6 +6,7 @@ The grid (``hw/grid.py``) produces, per activation row t and K-tile, the column 
 activation group and weight group (``sim/golden.py``, :func:`sim.golden.gemm`)::
 
     Y[t, n] = Σ_tiles mant[t, h] * (scale[n, g] * acc[t, n] + offset[n, g] * xsum[t])
+    (mant[t, h] = 2**gshift, a power of two: a shift)
     out[t, n] = saturate32(rshift_round(Y, shift[n] - exp[t]) + bias[n])
 
 where h / g are the activation / weight groups the tile lies in and ``xsum`` the sum of the
@@ -30,12 +31,12 @@ from .grid import SystolicArray, act_row_layout, psum_width, weight_row_layout
 from .params import ChipParams
 
 __all__ = ["GroupScaler", "GemmUnit", "row_info_layout", "tile_param_layout",
-           "scaler_in_layout", "gemm_out_layout", "SCALE_BITS", "MANT_BITS", "Y_BITS"]
+           "scaler_in_layout", "gemm_out_layout", "SCALE_BITS", "GSHIFT_BITS", "Y_BITS"]
 
 #: Column scale: a weight group's INT16 scale, or an activation group mantissa (< 2**21).
 SCALE_BITS = 22
-#: Activation group mantissa (unsigned, < 2**21: 17 bits + 4 bits of headroom).
-MANT_BITS = 21
+#: Activation group scales are powers of two: the mantissa 2**gshift, gshift <= act_headroom.
+GSHIFT_BITS = 5
 #: The group scaler's accumulator (the golden model bounds |Y| < 2**61).
 Y_BITS = 64
 EXP_BITS = 8
@@ -44,7 +45,8 @@ EXP_BITS = 8
 def row_info_layout(params: ChipParams) -> data.StructLayout:
     """What the scaler needs per activation row besides its column sums."""
     return data.StructLayout({
-        "mant": unsigned(MANT_BITS),   # the activation group's mantissa
+        "gshift": unsigned(GSHIFT_BITS),  # the activation group's mantissa is 2**gshift
+        "gzero": 1,                    # ... or 0 (group all zero or below the headroom)
         "exp": signed(EXP_BITS),       # the row exponent
         "t": unsigned(max(params.acc_entries - 1, 1).bit_length()),  # accumulator row
         "first": 1,                    # first contribution: Y = P (else Y += P)
@@ -93,9 +95,10 @@ class GroupScaler(wiring.Component):
     ``last``), ``o_row`` (:func:`gemm_out_layout`, one per ``final`` row).
 
     Pipeline (one row per cycle, 5 stages): register; ``Z = scale*acc + offset*xsum``;
-    ``P = mant*Z`` and read ``Y[t]``; ``Y = (first ? 0 : Y[t]) + P`` written back (the read is
-    transparent to this write, so consecutive rows on the same t, as in GEMV, see each
-    other's sums); on ``final`` rows ``saturate32(rshift_round(Y, shift - exp) + bias)``.
+    ``P = Z << gshift`` (0 if ``gzero``) and read ``Y[t]``; ``Y = (first ? 0 : Y[t]) + P``
+    written back (the read is transparent to this write, so consecutive rows on the same t,
+    as in GEMV, see each other's sums); on ``final`` rows
+    ``saturate32(rshift_round(Y, shift - exp) + bias)``.
     Rows are admitted only against free output FIFO entries, so ``o_row`` back-pressure never
     stalls the pipeline mid-flight.
     """
@@ -152,16 +155,15 @@ class GroupScaler(wiring.Component):
         for n in range(C):
             m.d.sync += s2_z[n].eq(s1_par.scale[n] * s1.acc[n] + s1_par.offset[n] * s1.xsum)
 
-        # -- stage 3: P = mant * Z; read Y[t] ---------------------------------------------------
+        # -- stage 3: P = Z << gshift (the activation's power-of-two scale); read Y[t] -----------
         s3_v = Signal(1)
         s3_p = Signal(data.ArrayLayout(signed(Y_BITS), C))
         s3_info = Signal(info_l)
         s3_par = Signal.like(s2_par)
-        mant = Signal(signed(MANT_BITS + 1))
-        m.d.comb += [mant.eq(s2_info.mant), rport.addr.eq(s2_info.t), rport.en.eq(s2_v)]
+        m.d.comb += [rport.addr.eq(s2_info.t), rport.en.eq(s2_v)]
         m.d.sync += [s3_v.eq(s2_v), s3_info.eq(s2_info), s3_par.eq(s2_par)]
         for n in range(C):
-            m.d.sync += s3_p[n].eq(mant * s2_z[n])
+            m.d.sync += s3_p[n].eq(Mux(s2_info.gzero, 0, s2_z[n] << s2_info.gshift))
 
         # -- stage 4: Y = (first ? 0 : Y[t]) + P, written back ---------------------------------
         y = Signal(data.ArrayLayout(signed(Y_BITS), C))

@@ -46,18 +46,17 @@ class Numerics:
         Width of a signed group scale / offset mantissa (the weight's per-column shift gives
         its binary point).
     ``act_group``
-        Activations carry one dynamic scale mantissa per ``act_group`` consecutive elements
-        (a divisor of ``group``; the row shares one exponent). 16 = one pass down a 16-row
-        grid column. Per-row scales cost SmolLM2 12 points of top-1 agreement (outlier
-        channels); 32 left it at 93.5%, 16 at 95.5% (``scripts/accuracy_report.py``).
+        Activations carry one dynamic power-of-two scale per ``act_group`` consecutive
+        elements (a divisor of ``group``). 16 = one pass down a 16-row grid column. Per-row
+        scales cost SmolLM2 12 points of top-1 agreement (outlier channels); groups of 16
+        recover them (``scripts/accuracy_report.py``).
     ``act_headroom``
-        The row exponent of an activation sits ``act_headroom`` bits below its largest group's,
-        so group mantissas (``rowscale_bits + act_headroom`` wide) keep their full precision for
-        groups down to 2**-act_headroom of the row max and lose one bit per binade below.
+        Activation group scales are powers of two (MXINT8-style): a group's scale is
+        ``2**(e_row - d)`` with e_row the row's largest group exponent; groups down to
+        ``act_headroom`` binades below it are exact (``mant = 2**(act_headroom - d)``, a shift
+        in the group scaler), groups further below contribute 0 (under 2**-20 of the row).
     ``act_bits`` / ``acc_bits``
         INT8 activations; INT32 partial sums inside a group.
-    ``rowscale_bits``
-        Width of the unsigned mantissa of a dynamic activation group scale.
     ``gelu_*``, ``silu_*``
         The piecewise-linear tables of the LUT unit: inputs in ``[-range, range)``
         split into ``segments`` equal segments.
@@ -68,11 +67,10 @@ class Numerics:
     frac_bits: int = 16
     group: int = 32
     act_group: int = 16
-    act_headroom: int = 4
+    act_headroom: int = 20
     scale_bits: int = 16
     act_bits: int = 8
     acc_bits: int = 32
-    rowscale_bits: int = 17
     gelu_range: int = 8
     gelu_segments: int = 512
     silu_range: int = 16
@@ -86,11 +84,10 @@ class Numerics:
         _check_pow2(self, "group")
         _check_range(self, "act_group", 4, self.group)
         _check_pow2(self, "act_group")
-        _check_range(self, "act_headroom", 0, 4)
+        _check_range(self, "act_headroom", 0, 20)
         _check_range(self, "scale_bits", 8, 18)
         _check_range(self, "act_bits", 8, 8)
         _check_range(self, "acc_bits", 32, 32)
-        _check_range(self, "rowscale_bits", 17, 17)
         for name in ("gelu_range", "silu_range"):
             _check_range(self, name, 1, 64)
             _check_pow2(self, name)

@@ -11,13 +11,14 @@ Formats (widths in :class:`hw.params.Numerics`):
     INT32 fixed point, real = v / 2**F (F = ``frac_bits`` = 16). The residual stream, GEMM
     outputs and every vector-unit output. Results saturate to INT32.
 *A8 + group scales*
-    INT8 in [-127, 127] with a dynamic 17-bit mantissa per group of ``act_group`` = 16 along
-    the row and one exponent per row: ``wide ≈ x8 * mant[k // 16] * 2**exp``
-    (:class:`ActScale`). Every GEMM input is A8: the vector unit quantizes a wide row after
+    INT8 in [-127, 127] with a dynamic power-of-two scale per group of ``act_group`` = 16
+    along the row (MXINT8-style): ``wide ≈ x8 * mant[k // 16] * 2**exp`` with mant a power of
+    two (:class:`ActScale`). Every GEMM input is A8: the vector unit quantizes a wide row after
     finding each group's max |x|. Activation groups split the weight groups in halves, so the
     grid accumulates 16 products (one pass down a 16-row column) in INT32 and a group scaler
-    applies both scales. Per-row scales lost 12 points of SmolLM2's top-1 agreement to its
-    outlier channels; groups recover them (see ``hw.params.Numerics.act_group``).
+    applies both scales (the activation's as a shift). Per-row scales lost 12 points of
+    SmolLM2's top-1 agreement to its outlier channels; groups recover them (see
+    ``hw.params.Numerics.act_group``).
 *grouped weights*
     ``q`` INT8 or INT4 [N, K]; per (column n, group g of 32 along K) a signed INT16 scale D and
     offset M; per column a shift s: ``w = (D * q + M) * 2**-s``. GGUF Q4_0 / Q4_1 / Q8_0 map onto
@@ -112,10 +113,9 @@ def _bitlen(v):
 class ActScale:
     """Scales of an A8 tensor: ``wide ≈ x8[..., k] * mant[..., k // group] * 2**exp[...]``.
 
-    One unsigned ``mant`` (below 2**21) per group of ``group`` consecutive elements along the
-    last axis (the last group may be partial) and one signed ``exp`` per row, shared by the
-    row's groups.
-    ``mant`` is 0 for an all-zero group.
+    ``mant`` is a power of two, ``2**(H - d)`` with d the group's exponent below the row's
+    largest (H = ``act_headroom`` = 20), or 0 (an all-zero group, or one more than H binades
+    below the row max); one signed ``exp`` per row. In hardware the mantissa is a shift.
     """
 
     mant: np.ndarray
@@ -131,29 +131,24 @@ class ActScale:
 
 
 def quantize_rows(x, group: int | None = NUM.act_group, bits: int = 8, num: Numerics = NUM):
-    """Quantize the last axis of an integer array to A8 with a 17-bit scale per group.
+    """Quantize the last axis of an integer array to A8 with a power-of-two scale per group.
 
-    ``group`` elements share a mantissa (default ``act_group`` = 16, half a weight group;
+    ``group`` elements share a scale (default ``act_group`` = 16, half a weight group;
     ``None``: the whole row). ``bits`` is 8 (INT8, Q = 127) or 15 (Q = 16383: an "A15" value
     the grid takes as two INT8 planes, ``x = hi * 2**7 + lo`` with hi INT8 and lo in 0..127, in
-    two passes; used for attention probabilities). With b = bits - 1, per row, with ``amax``
-    its max |x| (below 2**47), and per group g with ``amax_g``:
+    two passes; used for attention probabilities). With b = bits - 1, per group g with
+    ``amax_g`` its max |x| (below 2**47):
 
-    - ``sh = bitlen(amax) - 15``, the row exponent ``exp = sh - b - 1 - H`` (H =
-      ``act_headroom`` = 4);
-    - ``k_g = bitlen(amax) - bitlen(amax_g)`` (the group's extra normalization, >= 0),
-      ``sh_g = sh - k_g``, ``a_g = amax_g >> sh_g`` in [2**14, 2**15): one 15-bit divider
-      serves every magnitude;
-    - ``r_g = (Q << 24) // a_g`` once per group;
-    - per element ``xq = clamp(rshift_round((x >> sh_g) * r_g, 24), -Q, Q)``
-      (for bits = 8 a 16x17-bit product, one ECP5 MULT18X18);
-    - ``mant_g = rshift_round((a_g * 2**(b+2) + Q) // (2Q), k_g - H)``: round(a_g·2**(b+1)/Q)
-      (17 bits) brought to the row exponent, < 2**21 (a left shift, exact, while k_g <= H; a
-      group 2**(17+H) below the row max gets mant 0: it weighs under 2**-21 of the row).
+    - ``e_g = bitlen(amax_g) - b``, so amax_g / 2**e_g lies in [2**(b-1), 2**b);
+    - per element ``xq = clamp(rshift_round(x, e_g), -Q, Q)`` (a rounding shift; a left shift,
+      exact, when e_g <= 0);
+    - per row ``exp = max_g e_g - H`` (H = ``act_headroom``) and per group
+      ``mant_g = 2**(e_g - exp)`` if ``e_g - exp >= 0`` else 0 (all-zero groups: 0).
 
-    Ref: fine-grained (per-block) activation scales as in MX / microscaling formats
-    (Rouhani et al., 2023) and VS-Quant (Dai et al., MLSys 2021); the per-row shared exponent is
-    the MX shared-exponent idea. Returns ``(xq, ActScale)``, xq int8 (bits = 8) or int16.
+    So ``xq * mant_g * 2**exp = xq * 2**e_g`` exactly for every group within H binades of the
+    row max. No divider, no multiplier: a leading-one detector per group and shifts.
+    Ref: OCP Microscaling (MX) formats v1.0, MXINT8 (INT8 elements, shared power-of-two scale
+    per block; here blocks of 16), Rouhani et al., 2023.
     """
     if bits not in (8, 15):
         raise ValueError(f"quantize_rows: bits must be 8 or 15, got {bits}")
@@ -166,22 +161,17 @@ def quantize_rows(x, group: int | None = NUM.act_group, bits: int = 8, num: Nume
     pad = G * g - K
     xg = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], G, g)
     amax_g = np.max(np.abs(xg), axis=-1)
-    amax = np.max(amax_g, axis=-1)
-    if np.any(amax >= (1 << 47)):
+    if np.any(amax_g >= (1 << 47)):
         raise ValueError("quantize_rows: |x| must be below 2**47")
-    blen = _bitlen(amax)
-    sh = blen - 15
-    k = np.where(amax_g == 0, 0, blen[..., None] - _bitlen(amax_g))
-    sh_g = sh[..., None] - k
-    a = _shift_floor(amax_g, sh_g)
-    a_safe = np.where(amax_g == 0, 1 << 14, a)
-    r = (Q << 24) // a_safe
-    xs = _shift_floor(xg, sh_g[..., None])
-    xq = np.clip(rshift_round(xs * r[..., None], 24), -Q, Q)
+    e = _bitlen(amax_g) - b
+    xq = np.clip(rshift_round(xg, e[..., None]), -Q, Q)
     xq = xq.reshape(*x.shape[:-1], G * g)[..., :K].astype(np.int8 if bits == 8 else np.int16)
+    nz = amax_g > 0
     H = num.act_headroom
-    mant = np.where(amax_g == 0, 0, rshift_round((a_safe * (4 << b) + Q) // (2 * Q), k - H))
-    exp = np.where(amax == 0, 0, sh - b - 1 - H)
+    emax = np.max(np.where(nz, e, np.iinfo(np.int64).min), axis=-1)
+    exp = np.where(nz.any(axis=-1), emax - H, 0)
+    d = e - exp[..., None]
+    mant = np.where(nz & (d >= 0), np.left_shift(1, np.clip(d, 0, 62)), 0)
     return xq, ActScale(mant.astype(np.int64), exp.astype(np.int64), g)
 
 
@@ -204,7 +194,7 @@ def quantize_residual(x, group: int | None = NUM.act_group, num: Numerics = NUM)
     """Two-pass A8 ("A8x2"): ``x ≈ hi + lo``, both A8 (:func:`quantize_rows`), where
     ``lo`` quantizes the residual ``x - dequantize_rows(hi)`` (exact wide integers). A GEMM on
     A8x2 is two ordinary INT8 passes over the same resident weights whose outputs add
-    (:func:`gemm_passes`); the error drops from ~amax_g/254 to ~amax_g/254**2 per group. Used where
+    (:func:`gemm_passes`); the error drops from ~amax_g/128 to ~amax_g/128**2 per group. Used where
     the compiler marks an input as sensitive; in decode (GEMV) the second pass costs grid
     cycles but no weight traffic. Returns ``((hi8, hi_scale), (lo8, lo_scale))``.
 

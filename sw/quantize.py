@@ -343,8 +343,8 @@ def quantize_smollm2(model, positions: int | None = None, act_passes: int = 2,
     unchanged. ``positions`` sizes the RoPE table (default: the context length).
 
     ``act_passes`` = 2 (default) feeds every linear layer two INT8 passes (A8x2). Measured
-    with ``scripts/accuracy_report.py`` (604 tokens): A8 gives 97.3% top-1 agreement with
-    float, A8x2 98.3%; A8 flips near-ties such as the first answer token to "What is the
+    with ``scripts/accuracy_report.py`` (604 tokens): A8 gives 95.2% top-1 agreement with
+    float, A8x2 97.7%; A8 flips near-ties such as the first answer token to "What is the
     capital of France?" (float margin 0.08 logits). Decode is bound by weight traffic, which the
     second pass does not add to; prefill pays twice the grid passes.
     """

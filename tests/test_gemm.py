@@ -64,7 +64,7 @@ def plan_gemm(params, a_passes, b, col_scale, col_offset, col_shift, bias, mode,
                 acts.append({
                     "data": [int(v) for v in apad[t, k0:k0 + R]],
                     "last": int(t == T - 1),
-                    "info": {"mant": int(mant[t, k0 // a_group]), "exp": int(exp[t]), "t": t,
+                    "info": {**_gscale(int(mant[t, k0 // a_group])), "exp": int(exp[t]), "t": t,
                              "first": int(si == 0), "final": int(si == len(steps) - 1)},
                 })
             sc = np.zeros(C, np.int64)
@@ -81,6 +81,12 @@ def plan_gemm(params, a_passes, b, col_scale, col_offset, col_shift, bias, mode,
             prms.append({"scale": sc.tolist(), "offset": of.tolist(), "shift": shf.tolist(),
                          "bias": bi.tolist()})
     return tiles, acts, prms, mode
+
+
+def _gscale(mant):
+    """A power-of-two group mantissa as the scaler's shift (or zero flag)."""
+    assert mant == 0 or mant & (mant - 1) == 0, f"mantissa {mant} is not a power of two"
+    return {"gshift": max(mant.bit_length() - 1, 0), "gzero": int(mant == 0)}
 
 
 def run_unit(params, plan, n_out, stall=0.0, seed=0):

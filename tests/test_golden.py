@@ -50,6 +50,22 @@ def test_saturate():
 # -- dynamic quantization -------------------------------------------------------------------------
 
 
+def _a8_bound(xw, ga, b=7):
+    """Per-group bound of |dequantize(quantize_rows(x)) - x| from the arithmetic: with
+    e = bitlen(amax_g) - b, rounding x / 2**e costs half a step 2**(e-1), or up to one step
+    when amax_g rounds to 2**b and is clamped (amax_g - Q * 2**e); e <= 0 is an exact shift.
+    Groups more than H binades below the row max contribute 0 (error amax_g). Plus the
+    dequantization rounding (0.5)."""
+    T = xw.shape[0]
+    amax_g = np.abs(xw).reshape(T, -1, ga).max(axis=2)
+    e = G._bitlen(amax_g) - b
+    Q = (1 << b) - 1
+    step = np.where(e > 0, np.maximum(2.0 ** (e - 1), amax_g - Q * 2.0**e), 0)
+    emax = np.max(np.where(amax_g > 0, e, -(1 << 40)), axis=1, keepdims=True)
+    dropped = (amax_g > 0) & (e < emax - G.NUM.act_headroom)
+    return np.where(dropped, amax_g, step) + 0.5, amax_g, e
+
+
 @pytest.mark.parametrize("magnitude", [1e-3, 0.3, 7.0, 3000.0])
 def test_quantize_rows_error_bound(rng, magnitude):
     ga = G.NUM.act_group
@@ -59,20 +75,14 @@ def test_quantize_rows_error_bound(rng, magnitude):
     xw = to_wide(x)
     x8, s = G.quantize_rows(xw)
     assert s.mant.shape == (64, 96 // ga) and s.exp.shape == (64,)
-    amax_g = np.abs(xw).reshape(64, -1, ga).max(axis=2)
-    amax = amax_g.max(axis=1)
+    bound, amax_g, e = _a8_bound(xw, ga)
     gmax = np.abs(x8.astype(np.int64)).reshape(64, -1, ga).max(axis=2)
-    assert (gmax[amax_g > 0] == 127).all()  # each group's largest element maps to ±127
-    deq = G.dequantize_rows(x8, s)
-    sh = G._bitlen(amax) - 15
-    sh_g = sh[:, None] - (G._bitlen(amax) [:, None] - G._bitlen(amax_g))
-    # half the group's quantization step, + r rounding (< 2**-16 relative) and the group
-    # mantissa rounding (< 2**-15 relative), + the floor of x >> sh_g (< 2**sh_g), + the
-    # mantissa brought to the row exponent (0.5 * 2**(sh-8-H) per unit of |x8| <= 127),
-    # + the dequantization rounding (0.5).
-    bound = (amax_g / 254 + amax_g * 2.0**-14 + 2.0 ** np.maximum(sh_g, 0)
-             + 127 * 0.5 * 2.0 ** (sh[:, None] - 8 - G.NUM.act_headroom) + 1)
-    err = np.abs(deq - xw).reshape(64, -1, ga).max(axis=2)
+    # each group's largest element lands in [64, 127] (in [2**6, 2**7) times a power of two),
+    # unless the group is tiny (|x| < 64: an exact left shift)
+    big = amax_g >= 64
+    assert ((gmax[big] >= 64) & (gmax[big] <= 127)).all()
+    assert ((s.mant == 0) | ((s.mant & (s.mant - 1)) == 0)).all()  # powers of two: shifts
+    err = np.abs(G.dequantize_rows(x8, s) - xw).reshape(64, -1, ga).max(axis=2)
     assert (err <= bound).all()
 
 
@@ -80,43 +90,41 @@ def test_quantize_rows_edges():
     x = np.array([[0, 0, 0], [-(2**31), 2**31 - 1, 0], [1, -1, 0], [5, 0, 0]])
     x8, s = G.quantize_rows(x)
     assert x8[0].tolist() == [0, 0, 0] and s.mant[0].tolist() == [0]
-    assert x8[1].tolist() == [-127, 127, 0]
-    assert x8[2].tolist() == [127, -127, 0]
-    assert x8[3].tolist() == [127, 0, 0]
+    assert x8[1].tolist() == [-64, 64, 0]  # 2**31 = 64 * 2**25; 2**31 - 1 rounds up to 64
+    assert x8[2].tolist() == [64, -64, 0]  # small values: exact left shifts
+    assert x8[3].tolist() == [80, 0, 0]
     assert G.dequantize_rows(x8, s)[3, 0] == 5
     with pytest.raises(ValueError, match="2\\*\\*47"):
         G.quantize_rows(np.array([[1 << 48]]))
+    x15, s15 = G.quantize_rows(np.array([[(1 << 20) - 1, 3]]), bits=15)
+    assert x15.dtype == np.int16 and x15[0].tolist() == [16383, 0]  # rounds to 2**14: clamped
 
 
 def test_quantize_rows_groups_and_whole_rows():
     row = np.concatenate([np.full(16, 1 << 20), np.full(16, 768), np.zeros(8, np.int64)])[None]
     x8, s = G.quantize_rows(row)  # groups of 16; the last (8 wide) is partial and all zero
     assert s.mant.shape == (1, 3) and s.mant[0, 2] == 0 and x8[0, 32:].tolist() == [0] * 8
-    assert (x8[0, :32] == 127).all()  # the small group keeps its own full INT8 range
-    # its mantissa is brought to the row exponent (sh = 6, H = 4): off by <= 127 * 0.5 * 2**(6-8-4)
-    assert abs(G.dequantize_rows(x8, s)[0, 16] - 768) <= 127 * 0.5 * 2**-6 + 1
+    assert (x8[0, :16] == 64).all() and (x8[0, 16:32] == 96).all()  # each group its own scale
+    assert (G.dequantize_rows(x8, s)[0, :32] == row[0, :32]).all()  # both exact here
     x8r, sr = G.quantize_rows(row, group=None)  # one scale for the whole row
     assert sr.mant.shape == (1, 1) and (x8r[0, 16:32] == 0).all()
 
 
 def test_quantize_residual_error_bound(rng):
-    """A8x2: the second pass quantizes the first pass's residual, so the error is the A8 bound
-    of the residual (itself within the A8 bound of x) plus the first pass's dequantization
-    rounding (0.5): about amax_g / 254**2."""
+    """A8x2: the second pass quantizes the first pass's residual r (|r| <= one step of the
+    first, 2**e), so its error is at most one step of r's own scale, 2**(e-6), plus the
+    dequantization roundings: about amax_g / 2**13 against amax_g / 2**7 for one pass."""
     ga = G.NUM.act_group
     x = rng.normal(size=(32, 64)) * np.repeat(10.0 ** rng.uniform(-3, 2, (32, 64 // ga)), ga, 1)
     xw = to_wide(x)
     (h8, hs), (l8, ls) = G.quantize_residual(xw)
     r = xw - G.dequantize_rows(h8, hs)
     both = G.dequantize_rows(h8, hs) + G.dequantize_rows(l8, ls)
-    ramax_g = np.abs(r).reshape(32, -1, ga).max(axis=2)
-    rsh = G._bitlen(ramax_g.max(axis=1)) - 15
-    bound = (ramax_g / 254 + ramax_g * 2.0**-14 + 2.0 ** np.maximum(rsh[:, None], 0)
-             + 127 * 0.5 * 2.0 ** (rsh[:, None] - 8 - G.NUM.act_headroom) + 1)
+    rbound, _, _ = _a8_bound(r, ga)
     err = np.abs(both - xw).reshape(32, -1, ga).max(axis=2)
-    assert (err <= bound).all()
+    assert (err <= rbound + 0.5).all()
     amax_g = np.abs(xw).reshape(32, -1, ga).max(axis=2)
-    assert (err <= amax_g / 254**2 * 1.1 + 4).all()  # what the two passes buy: ~254x
+    assert (err <= amax_g * 2.0**-13 + 1).all()  # what the two passes buy
 
 
 # -- GEMM ------------------------------------------------------------------------------------------
@@ -432,10 +440,10 @@ def test_attention_head_vs_float(rng):
     ds = (np.abs(qd).sum(1)[:, None] + np.abs(kd).sum(1)[None, :]) * LSB / 2 + LSB
     z = np.where(visible, sc - sc.max(1, keepdims=True), 0)
     dp = _softmax_bound(z, p_true, visible) + p_true * 2 * ds.max()
-    # p'_j = p_j·amax_v_j (up to a common factor) is quantized in groups of act_group keys, with
-    # a step of (max of p' over j's group) / 127; seen through v_j that is an error of at most
-    # (max p' in j's group / 254) / amax_v_j · |v_jd| per key, plus the p' rounding (2**-16 of a
-    # Q.16 probability, relative) and the output rounding.
+    # p'_j = p_j·amax_v_j (up to a common factor) is quantized to A15 in groups of act_group
+    # keys, with a step of at most (max of p' over j's group) / 2**13; seen through v_j that is
+    # an error of at most (max p' in j's group / 2**13) / amax_v_j · |v_jd| per key, plus the
+    # p' rounding (2**-16 of a Q.16 probability, relative) and the output rounding.
     ga = G.NUM.act_group
     amax_v = np.abs(vd).max(1)
     pp = p_true * amax_v[None, :]
@@ -444,7 +452,7 @@ def test_attention_head_vs_float(rng):
     pp_grp = np.repeat(pp_grp, ga, axis=1)[:, :S]  # per key: the max of its group
     n_vis = visible.sum(1, keepdims=True)
     bound = (dp[:, :, None] * np.abs(vd)[None, :, :]).sum(1)
-    bound = bound + ((visible * pp_grp / 254 * (1 + 2**-13))[:, :, None]
+    bound = bound + ((visible * pp_grp / 2**13 * (1 + 2**-13))[:, :, None]
                      * (np.abs(vd) / amax_v[:, None])[None]).sum(1)
     bound = bound + n_vis * amax_v.max() * 2**-16 + LSB
     assert (np.abs(out - p_true @ vd) <= bound).all()

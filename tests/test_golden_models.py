@@ -334,14 +334,11 @@ def _golden_vs_float(model, golden, ref, ids):
     assert ppl_g / ppl_f <= 1.03
 
 
-def test_smollm2_golden_matches_float_128(smol_model, smol_golden, smol_float, eval_ids):
-    assert len(eval_ids) > 128
-    _golden_vs_float(smol_model, smol_golden, smol_float, eval_ids[:128])
-
-
-@pytest.mark.slow
-def test_smollm2_golden_matches_float_all(smol_model, smol_float, eval_ids):
+def test_smollm2_golden_matches_float(smol_model, smol_float, eval_ids):
+    """The issue's targets, measured as the issue defines them: over the whole shipped text
+    (604 tokens; a 128-token slice moves by 0.8% per token, too coarse for a 95% target)."""
     T = len(eval_ids)
+    assert T >= 500
     golden = SmolLM2Golden(quantize_smollm2(smol_model, positions=T))
     _golden_vs_float(smol_model, golden, smol_float, eval_ids)
 
@@ -356,19 +353,19 @@ def test_smollm2_layer0_vs_float(smol_q, smol_float, eval_ids):
     x = from_wide(h)  # the float layer gets exactly the golden input
     assert np.abs(x - smol_float.embed(ids)).max() <= 2.0**-17  # one wide rounding
     yf = smol_float.layer(0, x, smol_float.new_cache(16), 0)
-    # Bound. Each A8 quantization rounds an element by at most half a step, amax_g/254
-    # (groups of 16); as a uniform error its RMS is amax_g/(254·sqrt(3)) = amax_g/440, and a
-    # group of 16 roughly Gaussian values has RMS about amax_g/2.1, so one A8 stage adds a
-    # relative RMS error of about 2.1/440 ≈ 1/210 (V, one scale per token of 64: ≈ 1/170).
+    # Bound. An A8 group of 16 has a power-of-two step 2**e with amax_g / 2**e in [64, 128)
+    # (log-uniform: a mean step of about amax_g / 90); as a uniform rounding error its RMS is
+    # step / sqrt(12) ≈ amax_g / 310, and a group of 16 roughly Gaussian values has RMS about
+    # amax_g / 2.1, so one A8 stage adds a relative RMS error of about 2.1 / 310 ≈ 1/150.
     # A8: along the layer the quantized stages in series are the Q/K/V GEMM input, Q and K
     # (scores), V, the O GEMM input, the FFN input and the down GEMM input; the GEMM-input
     # stages dominate, and summing five of them linearly (all errors aligned, the worst case)
-    # gives 5/210 ≈ 3/127. A8x2 (two passes per GEMM input) shrinks each GEMM-input stage's
-    # error by ~254x, leaving the three A8 quantizations inside attention: 1/210 + 1/210 +
-    # 1/170 ≈ 0.0154 <= 2/127. The LUTs, norms and RoPE table add ~1e-4 (test_golden.py).
+    # gives 5/150 = 1/30. A8x2 (two passes per GEMM input) shrinks each GEMM-input stage's
+    # error by ~2**6, leaving the three A8 quantizations inside attention: 3/150 = 1/50.
+    # The LUTs, norms and RoPE table add ~1e-4 (test_golden.py).
     # The layer's update y - x is what the quantized arithmetic computes; the output y adds
     # the exact input, which at layer 0 is small next to the update (||x||/||y|| printed).
-    bounds = {1: 3 / 127, 2: 2 / 127}
+    bounds = {1: 1 / 30, 2: 1 / 50}
     rel = {}
     for passes, bound in bounds.items():
         g = SmolLM2Golden(replace(smol_q, act_passes=passes))
