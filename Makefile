@@ -11,7 +11,7 @@ export OMP_NUM_THREADS      := 1
 # Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
 export AMARANTH_USE_YOSYS   := builtin
 
-.PHONY: install test test-slow lint accuracy clean help
+.PHONY: install test test-slow lint accuracy synth clean help
 
 help:
 	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
@@ -19,6 +19,8 @@ help:
 	@echo "make test-slow  also run the long tests (whole models on RTL, big grids)"
 	@echo "make accuracy   golden integer model vs float reference on the real models"
 	@echo "make lint       ruff check"
+	@echo "make synth      FPGA build of the grid, prints Fmax and utilization"
+	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker; ULX3S: ~10 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,12 @@ accuracy:
 
 lint:
 	$(BIN)/ruff check .
+
+# The FPGA board the `synth` target builds the grid for (scripts/synth.py --help).
+BOARD ?= ulx3s-85f
+
+synth:
+	$(PY) scripts/synth.py --board $(BOARD)
 
 clean:
 	rm -rf build

@@ -24,13 +24,15 @@ packed 12 bits apart, ``a * (w_hi * 2**12 + w_lo)``, one 8 x 17 product on one E
 MULT18X18 that separates exactly into ``a * w_lo`` (the low 12 bits, sign-extended: it lies
 in [-1016, 1024]) and ``a * w_hi`` (DESIGN.md section 7).
 
-Timing: an activation row presented at cycle L reaches PE(r, c) at L + r + c, its product is
-registered at L + r + c + 1, and the column sum leaves the de-skew at L + R + P (``LATENCY``).
+Timing: an activation row accepted in cycle L reaches PE(r, c) at L + 1 + r + c (one input
+register), its product is registered 4 cycles later (``ProcessingElement.LATENCY``: the DSP's
+input, pipeline and output registers and one in the fabric), and the column sum leaves the
+de-skew at L + R + P + 4 (``SystolicArray.latency``).
 """
 
 import enum
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -73,15 +75,58 @@ def out_row_layout(rows: int, pcols: int) -> data.StructLayout:
     })
 
 
+class PipelinedMultiplier(wiring.Component):
+    """Signed 18 x 18 multiplier with three register stages (inputs, pipeline, output): the
+    product of the operands sampled in cycle t is on ``p`` in cycle t + 3.
+
+    On ECP5 it is one MULT18X18D with its own input, pipeline and output registers: Yosys does
+    not move fabric registers into the DSP, and with 128 of 156 DSPs in use they sit far from
+    their PEs, so an unregistered DSP put two long wires in every PE's path (50 MHz measured;
+    see ``scripts/synth.py``). Elsewhere (simulation, Verilog, iCE40) the same three stages are
+    plain registers, cycle-identical.
+    """
+
+    STAGES = 3
+
+    def __init__(self):
+        super().__init__({"a": In(signed(18)), "b": In(signed(18)), "p": Out(signed(36))})
+
+    def elaborate(self, platform):
+        m = Module()
+        if getattr(platform, "family", None) == "ecp5":
+            ports = {f"i_A{i}": self.a[i] for i in range(18)}
+            ports |= {f"i_B{i}": self.b[i] for i in range(18)}
+            ports |= {f"i_C{i}": 0 for i in range(18)}
+            ports |= {f"o_P{i}": self.p[i] for i in range(36)}
+            m.submodules.mult = Instance(
+                "MULT18X18D",
+                p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="CLK0",
+                p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_CLK0_DIV="ENABLED",
+                p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
+                p_GSR="DISABLED",
+                i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
+                i_CLK0=ClockSignal("sync"), i_CE0=1, i_RST0=0, **ports)
+        else:
+            ra, rb = Signal(signed(18)), Signal(signed(18))
+            pipe = Signal(signed(36))
+            m.d.sync += [ra.eq(self.a), rb.eq(self.b), pipe.eq(ra * rb), self.p.eq(pipe)]
+        return m
+
+
 class ProcessingElement(wiring.Component):
     """One multiplier with two weight banks.
 
     Activation path (right): ``a_in``/``bank_in`` registered to ``a_out``/``bank_out``.
     Weight path (down): when ``w_shift``, ``w_in`` moves into the shift register ``w_out``;
-    when ``w_latch`` (with the tile's last shift), ``w_in`` and ``mode_in`` are latched into
-    bank ``w_bank``. Compute: the product of ``a_in`` and bank ``bank_in``'s weight is
-    registered, then added to ``psum_in`` (two lanes) into the registered ``psum_out``.
+    when ``w_latch`` (with the tile's last shift), ``w_in`` is latched into bank ``w_bank`` as
+    the ready multiplier operand (INT8 sign-extended, or the two INT4 nibbles packed 12 bits
+    apart, per ``mode_in``), so the DSP input is a 2-to-1 choice of registers. Compute: the
+    product of ``a_in`` and bank ``bank_in``'s operand (sampled in the cycle ``a_in`` arrives)
+    is registered ``LATENCY`` = 4 cycles later (3 in the multiplier, 1 in the fabric), then
+    added to ``psum_in`` (two lanes) into the registered ``psum_out``.
     """
+
+    LATENCY = PipelinedMultiplier.STAGES + 1
 
     def __init__(self, psum_w: int):
         self.psum_w = psum_w
@@ -96,27 +141,31 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        w = [Signal(8, name=f"w{b}") for b in range(2)]
+        op = [Signal(signed(17), name=f"op{b}") for b in range(2)]
         mode = [Signal(1, name=f"mode{b}") for b in range(2)]
 
         m.d.sync += [self.a_out.eq(self.a_in), self.bank_out.eq(self.bank_in)]
         with m.If(self.w_shift):
             m.d.sync += self.w_out.eq(self.w_in)
+        operand = Signal(signed(17))  # -8 * 2**12 - 8 needs 17 bits; fits the 18 x 18 DSP
+        with m.If(self.mode_in == GridMode.W4A8):
+            m.d.comb += operand.eq((self.w_in[4:8].as_signed() << 12) + self.w_in[0:4].as_signed())
+        with m.Else():
+            m.d.comb += operand.eq(self.w_in.as_signed())
         for b in range(2):
             with m.If(self.w_latch & (self.w_bank == b)):
-                m.d.sync += [w[b].eq(self.w_in), mode[b].eq(self.mode_in)]
+                m.d.sync += [op[b].eq(operand), mode[b].eq(self.mode_in)]
 
-        wsel = Mux(self.bank_in, w[1], w[0])
-        msel = Mux(self.bank_in, mode[1], mode[0])
-        operand = Signal(signed(17))  # -8 * 2**12 - 8 needs 17 bits; fits the 18 x 18 DSP
-        with m.If(msel == GridMode.W4A8):
-            m.d.comb += operand.eq((wsel[4:8].as_signed() << 12) + wsel[0:4].as_signed())
-        with m.Else():
-            m.d.comb += operand.eq(wsel.as_signed())
+        m.submodules.mul = mul = PipelinedMultiplier()
+        m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(Mux(self.bank_in, op[1], op[0]))]
+        mpipe = [Signal(1, name=f"mode_d{i}") for i in range(PipelinedMultiplier.STAGES)]
+        m.d.sync += mpipe[0].eq(Mux(self.bank_in, mode[1], mode[0]))
+        for i in range(1, len(mpipe)):
+            m.d.sync += mpipe[i].eq(mpipe[i - 1])
 
         prod = Signal(signed(25))
         prod_mode = Signal(1)
-        m.d.sync += [prod.eq(self.a_in * operand), prod_mode.eq(msel)]
+        m.d.sync += [prod.eq(mul.p[0:25].as_signed()), prod_mode.eq(mpipe[-1])]
 
         lo = Signal(signed(12))
         hi = Signal(signed(12))
@@ -131,22 +180,23 @@ class ProcessingElement(wiring.Component):
 
 
 class Skew(wiring.Component):
-    """Delays element i of a vector by ``i`` cycles (``reverse``: by ``n - 1 - i``).
+    """Delays element i of a vector by ``base + i`` cycles (``reverse``: ``base + n - 1 - i``).
 
     Input and output are plain arrays (the grid edge is free-running: bubbles travel as data
     with their own valid bits, which :class:`SystolicArray` tracks).
     """
 
-    def __init__(self, shape, n: int, reverse: bool = False):
+    def __init__(self, shape, n: int, reverse: bool = False, base: int = 0):
         self.n = n
         self.reverse = reverse
+        self.base = base
         layout = data.ArrayLayout(shape, n)
         super().__init__({"i": In(layout), "o": Out(layout)})
 
     def elaborate(self, platform):
         m = Module()
         for i in range(self.n):
-            d = self.n - 1 - i if self.reverse else i
+            d = self.base + (self.n - 1 - i if self.reverse else i)
             v = self.i[i]
             for k in range(d):
                 r = Signal.like(self.o[i], name=f"d{i}_{k}")
@@ -239,7 +289,9 @@ class SystolicArray(wiring.Component):
     def __init__(self, params: ChipParams = ChipParams(), fifo_depth: int | None = None):
         self.params = params
         self.rows, self.pcols = params.rows, params.cols // 2
-        self.latency = self.rows + self.pcols
+        # input skew register (1) + skew (r) + columns (c) + product (PE LATENCY) + psum (1),
+        # then the de-skew: the same for every row and column
+        self.latency = self.rows + self.pcols + ProcessingElement.LATENCY
         self.fifo_depth = fifo_depth or self.latency + 4
         super().__init__({
             "w_row": In(stream.Signature(weight_row_layout(self.pcols))),
@@ -256,9 +308,13 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, P = self.rows, self.pcols
         m.submodules.grid = grid = Grid(R, P)
-        m.submodules.a_skew = a_skew = Skew(data.StructLayout({"a": signed(8), "bank": 1}), R)
+        # One register on every input lane (base=1) keeps the admission logic (credits, bank
+        # state) off the DSP inputs of the first PEs; weights and activations get the same one,
+        # so their relative timing (the bank bookkeeping below) is unchanged.
+        m.submodules.a_skew = a_skew = Skew(data.StructLayout({"a": signed(8), "bank": 1}), R,
+                                            base=1)
         m.submodules.w_skew = w_skew = Skew(
-            data.StructLayout({"w": 8, "mode": 1, "shift": 1, "latch": 1, "bank": 1}), P)
+            data.StructLayout({"w": 8, "mode": 1, "shift": 1, "latch": 1, "bank": 1}), P, base=1)
         lanes = data.ArrayLayout(signed(grid.psum_w), 2)
         m.submodules.deskew = deskew = Skew(lanes, P, reverse=True)
         out_layout = out_row_layout(R, P)

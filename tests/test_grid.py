@@ -49,7 +49,8 @@ def test_pe_products_both_modes(rng):
             ctx.set(pe.bank_in, 1)
             ctx.set(pe.psum_in[0], 1000)
             ctx.set(pe.psum_in[1], -1000)
-            await ctx.tick()  # product registered
+            for _ in range(pe.LATENCY):  # product registered
+                await ctx.tick()
             await ctx.tick()  # psum registered
             results.append((ctx.get(pe.psum_out[0]), ctx.get(pe.psum_out[1])))
 

