@@ -104,7 +104,7 @@ def report(params: ChipParams, result: dict) -> None:
     P = params.cols // 2
     print(
         f"\nrows={params.rows}, cols={params.cols} ({params.rows} x {P} PEs), "
-        f"LATENCY={params.rows + P}, seed {result['seed']}  [{result['path']}]"
+        f"latency {SystolicArray(params).latency}, seed {result['seed']}  [{result['path']}]"
     )
     print("prefill: back-to-back tiles, MAC utilization")
     print(

@@ -42,7 +42,14 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from hw.grid import GridMode, act_row_layout, out_row_layout, weight_row_layout
+from hw.grid import (
+    GridMode,
+    SystolicArray,
+    act_row_layout,
+    out_row_layout,
+    weight_row_layout,
+)
+from hw.params import ChipParams
 from sim.grid_ref import expected_rows, pack_tile, random_tile
 
 
@@ -95,7 +102,7 @@ class GridTestbench:
     ):
         self.dut = dut
         self.rows, self.pcols = rows, cols // 2
-        self.latency = rows + self.pcols  # SystolicArray.LATENCY
+        self.latency = SystolicArray(ChipParams(rows=rows, cols=cols)).latency
         self.seed = seed
         self.replay = replay or f"GRID_SEED={seed}"  # how to reproduce, in every message
         self.rng = np.random.default_rng(seed)  # timing only; tile data has its own generator
@@ -360,7 +367,7 @@ class Config:
         self.rows = env_int("GRID_ROWS", 16)
         self.cols = env_int("GRID_COLS", 16)
         self.pcols = self.cols // 2
-        self.latency = self.rows + self.pcols
+        self.latency = SystolicArray(ChipParams(rows=self.rows, cols=self.cols)).latency
         self.seed = env_int("GRID_SEED", 1)
         self.stall = env_float("GRID_STALL", 0.3)
         self.backpressure = env_float("GRID_BACKPRESSURE", self.stall)
