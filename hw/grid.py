@@ -30,23 +30,16 @@ input, pipeline and output registers and one in the fabric), and the column sum 
 de-skew at L + R + P + 4 (``SystolicArray.latency``).
 """
 
-import enum
 
 from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .isa import GridMode
 from .params import ChipParams
 
 __all__ = ["GridMode", "ProcessingElement", "Skew", "Grid", "SystolicArray", "weight_row_layout",
            "act_row_layout", "out_row_layout", "psum_width"]
-
-
-class GridMode(enum.IntEnum):
-    """How a weight tile's bytes are read: one INT8 weight, or two INT4 weights (lo, hi)."""
-
-    INT8 = 0
-    W4A8 = 1
 
 
 def psum_width(rows: int) -> int:

@@ -110,12 +110,22 @@ class ChipParams:
     ``weight_sram_kib``, ``act_sram_kib``, ``kv_sram_kib``
         On-chip SRAM for weights (INT8 or packed INT4, double-buffered), activations,
         and the KV cache.
+    ``acc_sram_kib``
+        On-chip SRAM for wide (INT32) results: GEMM outputs, the residual stream.
+    ``prm_entries``
+        GEMM column-parameter words (per column: weight group scale and offset, or output
+        shift and bias; ``hw/isa.py``).
     ``acc_entries``
-        Accumulator rows (each ``cols`` wide partial sums).
+        Rows of the group scaler's 64-bit accumulator (each ``cols`` wide): the longest
+        activation run of one GEMM micro-op (times its output blocks when sums carry from
+        one micro-op to the next).
     ``vector_lanes``
         Elements the vector unit takes per cycle.
-    ``offchip_bytes_per_cycle``, ``offchip_latency``
-        The modelled off-chip memory: sustained bandwidth and read latency in cycles.
+    ``offchip_bytes_per_cycle``, ``offchip_latency``, ``offchip_kib``
+        The modelled off-chip memory: bus width (one bus word per cycle at full rate), read
+        latency in cycles, and size.
+    ``queue_depth``
+        Entries of each unit's command queue.
     ``uop_depth``
         Micro-op program memory depth.
     ``clock_mhz``
@@ -127,10 +137,14 @@ class ChipParams:
     weight_sram_kib: int = 64
     act_sram_kib: int = 64
     kv_sram_kib: int = 128
-    acc_entries: int = 512
+    acc_sram_kib: int = 64
+    prm_entries: int = 256
+    acc_entries: int = 256
     vector_lanes: int = 16
     offchip_bytes_per_cycle: int = 8
     offchip_latency: int = 16
+    offchip_kib: int = 1024
+    queue_depth: int = 4
     uop_depth: int = 4096
     clock_mhz: int = 100
     numerics: Numerics = field(default_factory=Numerics)
@@ -150,10 +164,14 @@ class ChipParams:
         _check_range(self, "weight_sram_kib", 1, 4096)
         _check_range(self, "act_sram_kib", 1, 4096)
         _check_range(self, "kv_sram_kib", 1, 4096)
-        _check_range(self, "acc_entries", 16, 65536)
+        _check_range(self, "acc_sram_kib", 1, 4096)
+        _check_range(self, "prm_entries", 16, 1024)
+        _check_range(self, "acc_entries", 16, 511)
         _check_range(self, "vector_lanes", 1, 64)
         _check_range(self, "offchip_bytes_per_cycle", 1, 256)
-        _check_range(self, "offchip_latency", 0, 4096)
+        _check_range(self, "offchip_latency", 1, 1024)
+        _check_range(self, "offchip_kib", 1, 1 << 22)
+        _check_range(self, "queue_depth", 2, 64)
         _check_range(self, "uop_depth", 16, 1 << 20)
         _check_range(self, "clock_mhz", 1, 1000)
         if not isinstance(self.numerics, Numerics):

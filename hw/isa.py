@@ -1,0 +1,591 @@
+"""The chip's micro-op instruction set and on-chip data formats, defined once.
+
+Everything that encodes, decodes or executes a micro-op uses the layouts here: the sequencer
+(``hw/chip.py``) decodes :data:`INSTR` fields as Amaranth views, the compiler encodes with
+:func:`encode`, the ISA simulator (``sim/isa_sim.py``) decodes with :func:`decode`, and the ISA
+table in ``docs/ISA.md`` is generated from this file by ``scripts/isa_doc.py``.
+``tests/data/isa_encoding.txt`` is a checked-in dump of every layout (field, offset, width)
+and every enum; ``tests/test_isa.py`` fails when the encoding changes without that dump
+being regenerated (``scripts/isa_doc.py --dump``), so an encoding change is an explicit diff.
+
+Machine model
+-------------
+A micro-op is :data:`INSTR_BITS` = 128 bits: a 6-bit :class:`Op` and a union of argument
+structs. The sequencer fetches micro-ops in order from program memory
+(``ChipParams.uop_depth`` entries) and dispatches each to the in-order command queue of the
+unit that executes it (:class:`Unit`). Units run concurrently; the only ordering between
+units is what the program states with ``WAIT unit, n``: the sequencer stalls until at most
+``n`` micro-ops issued to ``unit`` are unfinished. The compiler double-buffers by waiting for
+all but the newest op of a unit (``WAIT GEMM, 1`` before overwriting the buffer the previous
+GEMM read), so the load of the next tile overlaps the compute of the current one.
+
+Buffers (:class:`Buf`), word-addressed, each its own ``amaranth.lib.memory.Memory``.
+With ``R = rows``, ``C = cols``, ``PC = C / 2`` (``ChipParams``):
+
+``WGT``  weight tile rows: :func:`wgt_word` = ``PC`` bytes (INT8, or two INT4 ``lo | hi << 4``).
+         A tile ``(j, kt)`` of a GEMM (output block ``j``, K-tile ``kt``) is ``R`` words at
+         ``w_addr + (j * k_tiles + kt) * R``, row ``r`` (K index ``kt * R + r``) at ``+ r``.
+``ACT``  quantized activations: :func:`act_word` = ``R`` INT8 values along K plus the scale of
+         the activation group they lie in (``gshift``/``gzero``: mantissa ``2**gshift`` or 0)
+         and the row exponent ``exp`` (``sim.golden.ActScale``). Row ``t`` of a GEMM
+         occupies ``k_tiles`` words at ``a_addr + t * a_stride``.
+``ACC``  wide results: :func:`acc_word` = ``C`` INT32. GEMM output block ``j`` of row ``t`` is
+         written at ``acc_addr + t * acc_stride + j`` (INT8-mode outputs fill the first ``PC``
+         lanes, the rest are 0).
+``PRM``  GEMM column parameters, :func:`prm_word`: a *group* word (per column: ``scale``,
+         ``offset`` of the weight group, as ``sim.golden.gemm`` uses them) or an *out* word
+         (per column: ``shift``, ``bias``). Block ``j``, K-tile ``kt`` uses group word
+         ``prm_addr + j * ceil(k_tiles / 2**prm_step) + (kt >> prm_step)`` and out word
+         ``oprm_addr + j``. ``prm_step = 7`` never advances (one group word for all K).
+``KV``   the KV cache, :func:`kv_word` = ``PC`` bytes (the weight-row format: the grid reads
+         cached keys and values as weight tiles, see :class:`WSrc`). ``KV_APPEND`` lays out
+         a head's region (head dim ``d``, a multiple of 16 and of ``PC``) as:
+
+         - keys, transposed: token ``s`` is byte lane ``s % PC`` of the ``d`` words at
+           ``kv_addr + (s // PC) * d + k`` (``k < d``): block ``b = s // PC`` is read back by
+           ``GEMM wsrc=KV_TILED`` as ``k_tiles = d / R`` tiles;
+         - values, token-major: token ``s`` is the ``d / PC`` words at
+           ``kv_addr + s * d / PC`` (``GEMM wsrc=KV_ROWS``, ``n_tiles = d / PC``);
+         - scales (keys and values alike), ``G + 1`` words per token block ``b``
+           (``G = d / 16``) at ``kv_saddr + b * (G + 1)``: word ``g < G``, lane ``s % PC``, is
+           ``gshift | gzero << 5`` of the token's activation group ``g``; word ``G``, lane
+           ``s % PC``, its row ``exp`` (two's complement byte).
+
+         ``GEMM psrc=KV`` reads these as column parameters: block ``j``, K-tile ``kt``,
+         column ``c`` gets ``scale = 2**gshift`` (0 if ``gzero``) from word
+         ``prm_addr + j * (G + 1) + (kt >> prm_step)`` (``G = ceil(k_tiles / 2**prm_step)``),
+         ``offset = 0``, ``shift = frac_bits - exp`` from word ``prm_addr + j * (G + 1) + G``,
+         ``bias = 0`` (QKᵀ: ``out = rshift_round(Y, F - exp_q - exp_k)``, as
+         ``sim.golden.gemm_act``). Lanes ``c >= PC`` (W4A8 columns) take scale 0.
+
+Off-chip memory is an array of bus words of ``8 * offchip_bytes_per_cycle`` bits
+(:func:`bus_bits`); an on-chip word of ``W`` bits occupies ``ceil(W / bus_bits)`` consecutive
+bus words, little-endian (:func:`bus_words_per`). ``LOAD``/``STORE`` addresses are bus-word
+addresses. The program itself is loaded from off-chip memory at start (see ``hw/chip.py``).
+
+Dynamic lengths: the context register ``pos`` (tokens already in the KV cache; set by the
+host or ``SETPOS``) makes one program serve every decode step. The sequencer attaches the
+current ``pos`` to every op it dispatches, so a later ``SETPOS`` never races a queued op.
+``KV_APPEND`` writes tokens ``pos .. pos + t_len - 1``; a GEMM with ``dyn = POS`` covers
+keys ``0 .. pos + t_len - 1`` (:class:`Dyn`).
+
+Errors (:class:`Err`) halt the chip cleanly: the sequencer stops issuing, the units finish
+or drop what they hold without writing outside any buffer, ``error`` and ``error_pc`` latch.
+"""
+
+import enum as py_enum
+import math
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
+
+from .params import ChipParams
+
+__all__ = [
+    "Op", "Unit", "Buf", "WSrc", "PSrc", "Dyn", "KvKind", "VecFn", "VecBuf", "Err", "Counter",
+    "GridMode", "INSTR_BITS", "OP_BITS", "DmaArgs", "GemmArgs", "KvArgs", "VecArgs", "WaitArgs",
+    "PosArgs", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode", "decode",
+    "act_word", "wgt_word", "acc_word", "kv_word", "prm_group_word", "prm_out_word", "prm_word",
+    "word_layout", "bus_bits", "bus_words_per", "buffer_depth", "KV_EXP_LANE_BITS",
+    "check_params", "leaf_fields", "word_bytes", "pack_words", "unpack_words",
+]
+
+INSTR_BITS = 128
+OP_BITS = 6
+
+
+class Op(enum.IntEnum, shape=unsigned(OP_BITS)):
+    """Micro-op codes. Any other value is ``Err.ILLEGAL_OP``."""
+
+    NOP = 0x00       #: nothing
+    HALT = 0x01      #: wait for every unit to drain, then stop (``done``)
+    WAIT = 0x02      #: stall until at most ``count`` ops of ``unit`` are unfinished
+    SETPOS = 0x03    #: ``pos = value`` (or ``pos += value`` with ``add``)
+    LOAD = 0x08      #: DMA off-chip -> buffer
+    STORE = 0x09     #: DMA buffer -> off-chip
+    GEMM = 0x10      #: tiled GEMM on the grid, outputs to ACC
+    KV_APPEND = 0x18  #: ACT rows -> KV cache at ``pos``
+    VEC = 0x20       #: vector-unit operation (:class:`VecFn`)
+
+
+class Unit(enum.IntEnum, shape=unsigned(3)):
+    """Execution units, each with an in-order command queue (``WAIT`` names one)."""
+
+    LOAD = 0
+    STORE = 1
+    GEMM = 2
+    VEC = 3
+    KV = 4
+
+
+class Buf(enum.IntEnum, shape=unsigned(3)):
+    """On-chip buffers a DMA can reach."""
+
+    WGT = 0
+    ACT = 1
+    ACC = 2
+    PRM = 3
+    KV = 4
+
+
+class GridMode(enum.IntEnum, shape=unsigned(1)):
+    """How a weight tile's bytes are read (``hw.grid.GridMode`` has the same values)."""
+
+    INT8 = 0
+    W4A8 = 1
+
+
+class WSrc(enum.IntEnum, shape=unsigned(2)):
+    """Where a GEMM's weight tiles come from, and how they are laid out. Row ``r`` of tile
+    (block ``j``, K-tile ``kt``) is the word at:
+
+    - ``WGT``: WGT ``w_addr + (j * k_tiles + kt) * R + r`` (tile-major);
+    - ``KV_TILED``: KV, same address (cached keys, transposed: QKᵀ);
+    - ``KV_ROWS``: KV ``w_addr + (kt * R + r) * n_tiles + j`` (cached values, one row of
+      ``n_tiles`` words per token: P·V).
+    """
+
+    WGT = 0
+    KV_TILED = 1
+    KV_ROWS = 2
+
+
+class PSrc(enum.IntEnum, shape=unsigned(1)):
+    """Where a GEMM's column parameters come from."""
+
+    PRM = 0
+    KV = 1
+
+
+class Dyn(enum.IntEnum, shape=unsigned(1)):
+    """Whether a GEMM's key length follows the context register ``pos``: with ``POS`` and
+    ``wsrc = KV_TILED`` ``n_tiles = ceil((pos + t_len) / PC)`` (QKᵀ over every visible
+    key), with ``wsrc = KV_ROWS`` ``k_tiles = ceil((pos + t_len) / R)`` (P·V)."""
+
+    STATIC = 0
+    POS = 1
+
+
+class KvKind(enum.IntEnum, shape=unsigned(1)):
+    KEY = 0
+    VALUE = 1
+
+
+class VecFn(enum.IntEnum, shape=unsigned(5)):
+    """Vector-unit operations, one per operation of the golden model (``sim/golden.py``).
+    Executed by the vector unit (issue 5); a chip built without it raises
+    ``Err.UNSUPPORTED``."""
+
+    QUANT = 0       #: wide (ACC) -> A8 (ACT): ``quantize_rows``; ``flags`` bit 0: A15 planes
+    RESIDUAL = 1    #: ACC + ACC -> ACC: ``residual_add``
+    LAYERNORM = 2   #: ``layernorm`` (gamma/beta from PRM at ``prm``)
+    RMSNORM = 3     #: ``rmsnorm``
+    SOFTMAX = 4     #: ``softmax`` with causal mask from ``pos`` (``flags`` bit 0: causal)
+    GELU = 5        #: ``gelu``
+    SILU_MUL = 6    #: ``silu_mul`` (a: gate, b: up)
+    ROPE = 7        #: ``rope`` on adjacent pairs, tables at ``prm``, positions from ``pos``
+    EMBED = 8       #: ``embed``: gather rows of a table by token id
+    COPY = 9        #: move rows between buffers
+
+
+class VecBuf(enum.IntEnum, shape=unsigned(1)):
+    ACC = 0
+    ACT = 1
+
+
+class Err(enum.IntEnum, shape=unsigned(4)):
+    """Error codes latched in the status register; any error halts the chip."""
+
+    NONE = 0
+    ILLEGAL_OP = 1      #: an opcode not in :class:`Op`
+    BAD_FIELD = 2       #: a field out of its legal range (e.g. ``t_len = 0``, unknown buffer)
+    SRAM_RANGE = 3      #: an access beyond a buffer's depth
+    OFFCHIP_RANGE = 4   #: an off-chip address beyond the modelled memory
+    KV_OVERFLOW = 5     #: ``pos + t_len`` beyond a KV region's capacity
+    UNSUPPORTED = 6     #: an op this build has no unit for (``VEC`` before the vector unit)
+    PROG_RANGE = 7      #: the program counter ran past the loaded program without ``HALT``
+    PROG_LOAD = 8       #: the program does not fit the micro-op memory
+
+
+class Counter(enum.IntEnum):
+    """Performance counters, in the order the host reads them (``hw/chip.py``)."""
+
+    CYCLES = 0           #: cycles from start to done
+    UOPS = 1             #: micro-ops issued
+    BUSY_LOAD = 2        #: cycles each unit had work
+    BUSY_STORE = 3
+    BUSY_GEMM = 4
+    BUSY_VEC = 5
+    BUSY_KV = 6
+    STALL_WAIT = 7       #: sequencer cycles stalled on a ``WAIT``
+    STALL_QUEUE = 8      #: sequencer cycles stalled on a full unit queue
+    STALL_MEM = 9        #: DMA cycles waiting for off-chip data or write acceptance
+    GRID_ROWS = 10       #: activation rows the grid accepted (x R x C MACs)
+    LOAD_WORDS = 11      #: off-chip bus words read by LOAD (program fetch excluded)
+    STORE_WORDS = 12     #: off-chip bus words written by STORE
+
+
+PRM_STEP_NEVER = 7
+#: Width of a KV scale lane (``gshift | gzero << 5``, or an exponent byte).
+KV_EXP_LANE_BITS = 8
+
+
+# -- micro-op layouts (fixed widths, independent of ChipParams) --------------------------------
+
+
+class DmaArgs(data.Struct):
+    """``LOAD`` / ``STORE``: ``words`` buffer words starting at buffer word ``sram``, to/from
+    bus-word address ``off`` (each buffer word is ``bus_words_per`` bus words)."""
+
+    buf: Buf
+    sram: unsigned(16)
+    words: unsigned(16)
+    off: unsigned(32)
+
+
+class GemmArgs(data.Struct):
+    """``GEMM``: a tiled product on the grid, results to ACC. For each output block
+    ``j < n_tiles`` and K-tile ``kt < k_tiles`` (with ``dyn = POS`` one of them follows
+    ``pos``, :class:`Dyn`): the weight tile (``R`` rows, :class:`WSrc`) enters the grid, and
+    activation rows ``t < t_len`` (ACT ``a_addr + t * a_stride + kt``) stream through it.
+    Each grid output row (column sums ``acc[c]``, ``xsum`` = the sum of the row's ``R``
+    activations) goes to the group scaler with the row's ``mant = 2**gshift`` (0 if ``gzero``)
+    and ``exp``, and the tile's column parameters (PRM or KV, :class:`PSrc` and the module
+    docstring)::
+
+        Y[y, c] = (0 if first and kt == 0 else Y[y, c]) + mant * (scale[c] * acc[c]
+                                                               + offset[c] * xsum)
+        y = t if first and final else j * t_len + t     (must be < acc_entries)
+
+    On the last K-tile of a ``final`` op, ACC ``acc_addr + t * acc_stride + j`` receives
+    ``saturate32(rshift_round(Y, shift[c] - exp) + bias[c])`` for every lane ``c < C``
+    (``sim.golden.gemm`` / ``gemm_act``; INT8-mode lanes ``c >= PC`` have ``acc = 0``).
+    A non-``first`` op adds to the sums the previous op left (same ``n_tiles``, ``t_len``):
+    the second A15 plane of P·V, or a K split over two weight buffers.
+
+    Checked before anything is read or written: ``t_len``, ``k_tiles``, ``n_tiles`` >= 1
+    (``Err.BAD_FIELD``), the ``y`` rows (``BAD_FIELD``), and every address the op touches
+    (``Err.SRAM_RANGE``).
+    """
+
+    mode: GridMode
+    wsrc: WSrc
+    psrc: PSrc
+    first: unsigned(1)
+    final: unsigned(1)
+    dyn: Dyn
+    w_addr: unsigned(16)
+    a_addr: unsigned(14)
+    a_stride: unsigned(9)
+    acc_addr: unsigned(14)
+    acc_stride: unsigned(9)
+    prm_addr: unsigned(16)
+    prm_step: unsigned(3)
+    oprm_addr: unsigned(10)
+    t_len: unsigned(9)
+    k_tiles: unsigned(7)
+    n_tiles: unsigned(8)
+
+
+class KvArgs(data.Struct):
+    """``KV_APPEND``: ACT rows ``t < t_len`` (``d / R`` words each, at
+    ``a_addr + t * a_stride``) become tokens ``pos + t`` of a head's keys or values (layout
+    in the module docstring). ``Err.BAD_FIELD`` if ``t_len = 0`` or ``d`` is 0 or not a
+    multiple of 16 and ``PC``; ``Err.KV_OVERFLOW`` if ``pos + t_len > cap``;
+    ``Err.SRAM_RANGE`` if the region for ``cap`` tokens (data and scales) or the ACT rows
+    leave their buffers."""
+
+    kind: KvKind
+    t_len: unsigned(9)
+    a_addr: unsigned(14)
+    a_stride: unsigned(10)
+    kv_addr: unsigned(16)
+    kv_saddr: unsigned(16)
+    d: unsigned(8)
+    cap: unsigned(12)
+
+
+class VecArgs(data.Struct):
+    """``VEC``: ``fn`` over ``rows`` rows of ``length`` words, from ``src_a`` (and ``src_b``)
+    to ``dst``, constants at PRM ``prm`` (the vector unit is issue 5)."""
+
+    fn: VecFn
+    sbuf: VecBuf
+    dbuf: VecBuf
+    src_a: unsigned(14)
+    src_b: unsigned(14)
+    dst: unsigned(14)
+    rows: unsigned(9)
+    length: unsigned(10)
+    prm: unsigned(10)
+    flags: unsigned(8)
+
+
+class WaitArgs(data.Struct):
+    unit: Unit
+    count: unsigned(4)
+
+
+class PosArgs(data.Struct):
+    add: unsigned(1)
+    value: unsigned(16)
+
+
+#: The argument union of a micro-op, by member name.
+ARGS = data.UnionLayout({
+    "dma": DmaArgs, "gemm": GemmArgs, "kv": KvArgs, "vec": VecArgs,
+    "wait": WaitArgs, "pos": PosArgs,
+})
+
+#: A micro-op: opcode in the low bits, then the arguments.
+INSTR = data.StructLayout({"op": unsigned(OP_BITS), "args": ARGS})
+assert INSTR.size <= INSTR_BITS, INSTR.size
+
+#: Which argument struct (``ARGS`` member) each op uses, and which unit runs it.
+OP_ARGS = {Op.NOP: None, Op.HALT: None, Op.WAIT: "wait", Op.SETPOS: "pos", Op.LOAD: "dma",
+           Op.STORE: "dma", Op.GEMM: "gemm", Op.KV_APPEND: "kv", Op.VEC: "vec"}
+OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
+           Op.KV_APPEND: Unit.KV, Op.VEC: Unit.VEC}
+
+
+def _fields(layout) -> dict:
+    return {name: f.shape for name, f in layout}
+
+
+def encode(op: Op, **fields) -> int:
+    """One micro-op as an int (``INSTR_BITS`` wide). Every field of the op's argument struct
+    may be given; missing fields are 0; an unknown field or a value that does not fit its
+    width is a ``ValueError`` naming it."""
+    op = Op(op)
+    member = OP_ARGS[op]
+    if member is None:
+        if fields:
+            raise ValueError(f"{op.name} takes no fields, got {', '.join(fields)}")
+        return int(op)
+    layout = data.Layout.cast(ARGS[member].shape)
+    shapes = _fields(layout)
+    for name, value in fields.items():
+        if name not in shapes:
+            raise ValueError(f"{op.name} has no field {name!r}; fields: {', '.join(shapes)}")
+        shape = shapes[name]
+        if isinstance(shape, type) and issubclass(shape, py_enum.Enum):
+            try:
+                fields[name] = shape(value)
+            except ValueError:
+                raise ValueError(f"{op.name}.{name} = {value!r} is not a {shape.__name__}") \
+                    from None
+            continue
+        s = shape if not isinstance(shape, type) else unsigned(1)
+        lo, hi = (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed \
+            else (0, (1 << s.width) - 1)
+        if not isinstance(value, int) or not lo <= int(value) <= hi:
+            raise ValueError(f"{op.name}.{name} = {value!r} does not fit {s.width} bits "
+                             f"({lo}..{hi})")
+    args = layout.const(fields).as_bits()
+    return int(op) | (args << OP_BITS)
+
+
+def decode(word: int) -> tuple[int, dict]:
+    """An encoded micro-op -> (opcode, fields). The opcode is returned as :class:`Op` when
+    legal, else as the raw int (the chip raises ``Err.ILLEGAL_OP`` for it)."""
+    word = int(word)
+    if not 0 <= word < 1 << INSTR_BITS:
+        raise ValueError(f"micro-op {word:#x} is not {INSTR_BITS} bits")
+    code = word & ((1 << OP_BITS) - 1)
+    try:
+        op = Op(code)
+    except ValueError:
+        return code, {}
+    member = OP_ARGS[op]
+    if member is None:
+        return op, {}
+    layout = data.Layout.cast(ARGS[member].shape)
+    view = layout.from_bits((word >> OP_BITS) & ((1 << layout.size) - 1))
+    out = {}
+    for name, f in layout:
+        v = view[name]
+        out[name] = v if isinstance(v, py_enum.Enum) else int(v.as_value().value) \
+            if hasattr(v, "as_value") else int(v)
+    return op, out
+
+
+# -- data formats (depend on ChipParams) --------------------------------------------------------
+
+
+def act_word(p: ChipParams) -> data.StructLayout:
+    """An ACT word: ``R`` INT8 along K, the group scale and the row exponent."""
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(8), p.rows),
+        "gshift": unsigned(5),
+        "gzero": unsigned(1),
+        "exp": signed(8),
+    })
+
+
+def wgt_word(p: ChipParams) -> data.ArrayLayout:
+    """A WGT word: one weight tile row, a byte per PE column (INT8, or INT4 lo | hi << 4)."""
+    return data.ArrayLayout(unsigned(8), p.cols // 2)
+
+
+def kv_word(p: ChipParams) -> data.ArrayLayout:
+    """A KV word: ``PC`` byte lanes (tokens of a key column, a value row slice, or scales)."""
+    return data.ArrayLayout(unsigned(8), p.cols // 2)
+
+
+def acc_word(p: ChipParams) -> data.ArrayLayout:
+    """An ACC word: ``C`` INT32."""
+    return data.ArrayLayout(signed(32), p.cols)
+
+
+def prm_group_word(p: ChipParams) -> data.StructLayout:
+    """A PRM group word: per column the weight group's scale (an INT16 weight scale, or an
+    activation-group mantissa of up to 21 bits for QKᵀ) and offset."""
+    return data.StructLayout({
+        "scale": data.ArrayLayout(signed(22), p.cols),
+        "offset": data.ArrayLayout(signed(16), p.cols),
+    })
+
+
+def prm_out_word(p: ChipParams) -> data.StructLayout:
+    """A PRM out word: per column the output shift and the INT32 bias."""
+    return data.StructLayout({
+        "shift": data.ArrayLayout(signed(8), p.cols),
+        "bias": data.ArrayLayout(signed(32), p.cols),
+    })
+
+
+def prm_word(p: ChipParams) -> data.UnionLayout:
+    return data.UnionLayout({"group": prm_group_word(p), "out": prm_out_word(p)})
+
+
+def word_layout(p: ChipParams, buf: Buf):
+    return {Buf.WGT: wgt_word, Buf.ACT: act_word, Buf.ACC: acc_word, Buf.PRM: prm_word,
+            Buf.KV: kv_word}[Buf(buf)](p)
+
+
+def bus_bits(p: ChipParams) -> int:
+    """Width of an off-chip bus word."""
+    return 8 * p.offchip_bytes_per_cycle
+
+
+def bus_words_per(p: ChipParams, buf: Buf) -> int:
+    """Off-chip bus words that hold one word of ``buf``."""
+    return math.ceil(data.Layout.cast(word_layout(p, buf)).size / bus_bits(p))
+
+
+def buffer_depth(p: ChipParams, buf: Buf) -> int:
+    """Words of ``buf`` (from the KiB sizes in ``ChipParams``)."""
+    buf = Buf(buf)
+    if buf == Buf.PRM:
+        return p.prm_entries
+    kib = {Buf.WGT: p.weight_sram_kib, Buf.ACT: p.act_sram_kib, Buf.ACC: p.acc_sram_kib,
+           Buf.KV: p.kv_sram_kib}[buf]
+    bits = data.Layout.cast(word_layout(p, buf)).size
+    return kib * 8192 // bits
+
+
+#: The micro-op field that addresses each buffer (its width bounds the buffer's depth).
+_ADDR_FIELDS = {Buf.WGT: ("gemm", "w_addr"), Buf.ACT: ("gemm", "a_addr"),
+                Buf.ACC: ("gemm", "acc_addr"), Buf.PRM: ("gemm", "prm_addr"),
+                Buf.KV: ("kv", "kv_addr")}
+
+
+def check_params(p: ChipParams) -> None:
+    """Raise ``ValueError`` if a buffer of ``p`` is deeper than the micro-op fields that
+    address it, or the scaler's accumulator deeper than ``t_len`` can count."""
+    for buf, (member, name) in _ADDR_FIELDS.items():
+        width = _fields(data.Layout.cast(ARGS[member].shape))[name].width
+        depth = buffer_depth(p, buf)
+        if depth > 1 << width:
+            raise ValueError(f"ChipParams: the {buf.name} buffer has {depth} words, more than "
+                             f"the {width}-bit {member}.{name} field addresses ({1 << width})")
+        if depth < 1:
+            raise ValueError(f"ChipParams: the {buf.name} buffer holds no word")
+
+
+# -- numpy codec of buffer words (used by the compiler's memory images and the ISA simulator) --
+
+
+def leaf_fields(layout, prefix: str = "", offset: int = 0) -> list[tuple[str, int, int, bool, int]]:
+    """The leaves of a layout: ``(path, bit offset, width, signed, count)``; an array of
+    scalars is one leaf with ``count`` elements spaced ``width`` apart (so it unpacks as one
+    numpy column block). Union members all start at bit 0."""
+    layout = data.Layout.cast(layout)
+    out = []
+    if isinstance(layout, data.ArrayLayout):
+        elem = layout.elem_shape
+        if isinstance(elem, data.Layout):
+            esize = data.Layout.cast(elem).size
+            for i in range(layout.length):
+                out += leaf_fields(elem, f"{prefix}[{i}]", offset + i * esize)
+        else:
+            s = _shape_of(elem)
+            out.append((prefix, offset, s.width, s.signed, layout.length))
+        return out
+    for name, f in layout:
+        path = f"{prefix}.{name}" if prefix else name
+        try:
+            sub = data.Layout.cast(f.shape)
+        except TypeError:
+            sub = None
+        if sub is not None:
+            out += leaf_fields(sub, path, offset + f.offset)
+        else:
+            s = _shape_of(f.shape)
+            out.append((path, offset + f.offset, s.width, s.signed, 1))
+    return out
+
+
+def _shape_of(shape):
+    from amaranth.hdl import Shape
+
+    return Shape.cast(shape)
+
+
+def word_bytes(layout) -> int:
+    """Bytes of one word of ``layout`` in a memory image (bits rounded up to bytes)."""
+    return (data.Layout.cast(layout).size + 7) // 8
+
+
+def unpack_words(layout, raw):
+    """Raw words ``raw`` (uint8 [..., word_bytes]) -> {field path: int64 array [...] or
+    [..., count]} for every leaf of ``layout`` (union members all decoded)."""
+    import numpy as np
+
+    raw = np.asarray(raw, np.uint8)
+    bits = np.unpackbits(raw, axis=-1, bitorder="little").astype(np.int64)
+    out = {}
+    for path, off, width, sgn, count in leaf_fields(layout):
+        w = bits[..., off:off + width * count].reshape(*bits.shape[:-1], count, width)
+        v = (w << np.arange(width, dtype=np.int64)).sum(-1)
+        if sgn:
+            v = np.where(v >= 1 << (width - 1), v - (1 << width), v)
+        out[path] = v if count > 1 else v[..., 0]
+    return out
+
+
+def pack_words(layout, fields: dict, n: int | None = None):
+    """{field path: int array} -> raw words uint8 [n, word_bytes]. Missing fields are 0; a
+    value that does not fit its field raises ``ValueError`` naming it. For a union give the
+    fields of one member."""
+    import numpy as np
+
+    leaves = {p: (off, width, sgn, count) for p, off, width, sgn, count in leaf_fields(layout)}
+    unknown = sorted(set(fields) - set(leaves))
+    if unknown:
+        raise ValueError(f"pack_words: unknown field(s) {unknown}; fields: {sorted(leaves)}")
+    if n is None:
+        n = len(np.asarray(next(iter(fields.values())))) if fields else 1
+    nbits = word_bytes(layout) * 8
+    bits = np.zeros((n, nbits), np.uint8)
+    for path, value in fields.items():
+        off, width, sgn, count = leaves[path]
+        v = np.asarray(value, np.int64).reshape(n, count)
+        lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if sgn else (0, (1 << width) - 1)
+        if v.size and (v.min() < lo or v.max() > hi):
+            raise ValueError(f"pack_words: field {path} has values in {v.min()}..{v.max()}, "
+                             f"outside its {width}-bit range {lo}..{hi}")
+        v = v & ((1 << width) - 1)
+        b = (v[..., None] >> np.arange(width, dtype=np.int64)) & 1
+        bits[:, off:off + width * count] = b.reshape(n, width * count)
+    return np.packbits(bits, axis=-1, bitorder="little")
