@@ -112,6 +112,7 @@ class GroupScaler(wiring.Component):
             "i_row": In(stream.Signature(scaler_in_layout(params))),
             "i_param": In(stream.Signature(tile_param_layout(params))),
             "o_row": Out(stream.Signature(gemm_out_layout(params))),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -205,6 +206,8 @@ class GroupScaler(wiring.Component):
         m.d.sync += [s5_v.eq(s4_v), s5.t.eq(s4_info.t)]
 
         m.d.comb += [ofifo.w_data.eq(s5), ofifo.w_en.eq(s5_v)]
+        m.d.comb += self.busy.eq(s1_v | s2_v | s3_v | s4_v | s5_v | (inflight != 0)
+                                 | ofifo.r_rdy)
         enter = take & self.i_row.payload.info.final
         m.d.sync += inflight.eq(inflight + enter - s5_v)
         m.d.comb += [
@@ -237,6 +240,7 @@ class GemmUnit(wiring.Component):
             "a_row": In(stream.Signature(a_layout)),
             "i_param": In(stream.Signature(tile_param_layout(params))),
             "o_row": Out(stream.Signature(gemm_out_layout(params))),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -278,5 +282,6 @@ class GemmUnit(wiring.Component):
             sc.i_row.valid.eq(arr.o_row.valid & side.r_rdy),
             arr.o_row.ready.eq(sc.i_row.ready & side.r_rdy),
             side.r_en.eq(sc.i_row.ready & arr.o_row.valid),
+            self.busy.eq(arr.busy | side.r_rdy | sc.busy),
         ]
         return m
