@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 from .isa import Buf, bus_bits, word_layout
 from .params import ChipParams
 
-__all__ = ["ADDR_BITS", "BusSignature", "max_word_bits", "buf_write_layout",
+__all__ = ["ADDR_BITS", "BusSignature", "MemReader", "max_word_bits", "buf_write_layout",
            "buf_read_layout", "word_bits"]
 
 #: Off-chip bus-word addresses.
@@ -64,3 +64,55 @@ class BusSignature(wiring.Signature):
 
     def __repr__(self):
         return f"BusSignature({self.params!r})"
+
+
+class MemReader(wiring.Component):
+    """An address stream in, a data stream out, through one memory read port (data one
+    cycle after the address, as ``amaranth.lib.memory`` read ports give it).
+
+    ``i``: ``{addr, meta}``; ``o``: ``{data, meta}`` (``meta`` rides along). Reads are issued
+    only against free entries of the ``depth``-entry output FIFO, so back-pressure on ``o``
+    never loses a word; with ``depth >= 2`` it sustains one word per cycle. ``busy``: a read
+    in flight or data waiting. Wire ``rd_addr``/``rd_en``/``rd_data`` to the read port.
+    """
+
+    def __init__(self, addr_bits: int, data_bits: int, meta_shape=unsigned(1), depth: int = 4):
+        self.depth = depth
+        self._meta = meta_shape
+        self._data_bits = data_bits
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"addr": unsigned(addr_bits),
+                                                        "meta": meta_shape}))),
+            "o": Out(stream.Signature(data.StructLayout({"data": unsigned(data_bits),
+                                                         "meta": meta_shape}))),
+            "rd_addr": Out(addr_bits),
+            "rd_en": Out(1),
+            "rd_data": In(data_bits),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Module, Signal
+        from amaranth.lib import fifo
+
+        m = Module()
+        out_l = self.o.payload.shape()
+        m.submodules.q = q = fifo.SyncFIFOBuffered(width=out_l.size, depth=self.depth)
+        inflight = Signal(1)
+        meta_d = Signal(self._meta)
+        take = Signal(1)
+        m.d.comb += [
+            self.i.ready.eq(q.level + inflight < self.depth),
+            take.eq(self.i.valid & self.i.ready),
+            self.rd_addr.eq(self.i.payload.addr),
+            self.rd_en.eq(take),
+        ]
+        m.d.sync += [inflight.eq(take), meta_d.eq(self.i.payload.meta)]
+        w = Signal(out_l)
+        m.d.comb += [
+            w.data.eq(self.rd_data), w.meta.eq(meta_d),
+            q.w_data.eq(w), q.w_en.eq(inflight),
+            self.o.payload.eq(q.r_data), self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready),
+            self.busy.eq(inflight | q.r_rdy),
+        ]
+        return m
