@@ -1,0 +1,640 @@
+"""The instruction-level simulator: micro-op programs on numpy state, bit for bit what the chip
+computes (the ISA and its data formats are ``hw/isa.py``; the arithmetic is ``sim/golden.py``).
+
+The simulator runs the program sequentially, one micro-op at a time, each to completion. That
+is what the chip computes for any program whose ``WAIT``\\ s order every two ops of different
+units that share data (the compiler's contract, ``hw/isa.py``): each op sees the same operands.
+It models no time.
+
+State (:class:`IsaSim`): off-chip memory ``offchip`` (uint8, ``ChipParams.offchip_kib`` KiB;
+bus word ``i`` is bytes ``[i * B, (i + 1) * B)``, ``B = offchip_bytes_per_cycle``); every
+buffer of :class:`hw.isa.Buf` as raw little-endian words ``bufs[buf]`` (uint8
+``[buffer_depth, word_bytes]``, the bits above the word's width kept 0), decoded and encoded
+only with :func:`hw.isa.unpack_words` / :func:`hw.isa.pack_words`; the group scaler's 64-bit
+sums ``y`` (int64 ``[acc_entries, cols]``, kept between micro-ops as the RTL's accumulator
+memory); the context register ``pos``; ``pc``, ``done``, ``error``, ``error_pc``; the
+performance counters ``counters``.
+
+Micro-ops are decoded with :func:`hw.isa.decode`. A word whose enum field holds a value the
+enum does not define (``decode`` refuses it) is decoded field by field with the same layout
+through :func:`hw.isa.unpack_words` of :data:`hw.isa.INSTR`, and the op then fails with
+``Err.BAD_FIELD``.
+
+Execution: every op runs through a dispatch table, ``IsaSim.handlers`` (:class:`hw.isa.Op` ->
+``handler(args)``, ``args`` the decoded fields). A handler checks everything first, raising
+:class:`OpError` with the :class:`hw.isa.Err`, and only then writes: a failing op writes
+nothing. The vector unit plugs in later as ``sim.handlers[Op.VEC] = handler``; until then
+``VEC`` is ``Err.UNSUPPORTED``. An error stops the run (``error``, ``error_pc`` = the failing
+op's index, ``pc`` stays there, ``done`` stays False); ``HALT`` sets ``done`` (``pc`` stays on
+it). Checks and their order:
+
+- ``pc`` beyond the program: ``PROG_RANGE`` (``error_pc = pc``); a program longer than
+  ``uop_depth``: ``PROG_LOAD`` (``error_pc = uop_depth``, the first micro-op that does not fit);
+- an opcode not in ``Op``: ``ILLEGAL_OP``; an op without a handler: ``UNSUPPORTED`` (before its
+  fields are looked at: a chip without the unit cannot judge them);
+- ``WAIT``: ``unit`` not a ``Unit``: ``BAD_FIELD`` (otherwise nothing to do sequentially);
+- ``SETPOS``: ``BAD_FIELD`` if ``pos + value`` leaves 0..65535 (``pos`` is 16 bits);
+- ``LOAD`` / ``STORE``: unknown ``buf`` or ``words = 0``: ``BAD_FIELD``;
+  ``sram + words > depth``: ``SRAM_RANGE``; ``off + words * bus_words_per > bus words``:
+  ``OFFCHIP_RANGE``. An on-chip word is ``bus_words_per`` bus words, low bits first; STORE
+  writes zeros above the word's width, LOAD ignores those bits;
+- ``GEMM``: unknown ``wsrc``, ``dyn = POS`` with ``wsrc = WGT``, ``t_len``, ``k_tiles``,
+  ``n_tiles`` (after ``dyn``) < 1, or more ``y`` rows than ``acc_entries``: ``BAD_FIELD``;
+  then every word the op reads or writes: ``SRAM_RANGE``;
+- ``KV_APPEND``: ``t_len = 0``, ``d`` 0 or not a multiple of ``act_group`` and of ``PC``:
+  ``BAD_FIELD``; ``pos + t_len > cap``: ``KV_OVERFLOW``; the region for ``cap`` tokens (data
+  and scales) or the ACT rows beyond their buffers: ``SRAM_RANGE``.
+
+Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``):
+
+- GEMM ``exp`` of row ``t`` is that of its ACT word on the last K-tile (the scaler rounds with
+  the ``exp`` of the row that carries ``final``); with ``dyn = POS`` the computed
+  ``n_tiles`` / ``k_tiles`` replaces the field's value;
+- all arithmetic of the group scaler is modulo 2**64 as in its 64-bit registers
+  (``Z << gshift`` and ``Y`` wrap; the golden model's inputs never get there), and the rounding
+  shift is exact for every 64-bit ``Y`` (the RTL's 65-bit adder; :func:`round_output`) where
+  ``sim.golden.rshift_round`` assumes ``|Y| < 2**62``;
+- INT8-mode lanes ``c >= PC`` see ``acc = 0`` and still go through the scaler with their PRM
+  column parameters (``offset * xsum``, ``bias``): they are 0 when those parameters are 0,
+  as the compiler writes them;
+- out parameters (PRM ``oprm_addr + j``, the KV exponent word) and ACC words are read / written,
+  hence range-checked, only by ``final`` ops; the GEMM's group parameter words always;
+- ``prm_step = 7`` (:data:`hw.isa.PRM_STEP_NEVER`) uses one group word per block even when a
+  ``dyn`` ``k_tiles`` exceeds 128;
+- ACC outputs land in tile order (block ``j``, then row ``t``): if two land on one word
+  (``acc_stride`` too small), the later one stays;
+- KV_APPEND takes a token's row ``exp`` from its first ACT word and group ``g``'s scale from the
+  ACT word where the group starts (word ``g * act_group / R``); the "16" of the KV layout is
+  ``Numerics.act_group``; a KV scale lane is ``gshift | gzero << 5`` (bits 6, 7 zero; ignored
+  when read); lanes of the KV words that KV_APPEND does not address keep their contents.
+
+Counters (:class:`hw.isa.Counter`): ``UOPS`` (micro-ops fetched: every executed op including
+``HALT`` and a failing one), ``GRID_ROWS`` (per GEMM ``n_tiles * k_tiles * t_len``),
+``LOAD_WORDS`` / ``STORE_WORDS`` (bus words moved by completed LOAD / STORE). ``CYCLES``,
+``BUSY_*`` and ``STALL_*`` need a timing model: only the RTL measures them; here they stay 0
+(:data:`TIMED_COUNTERS`). :meth:`IsaSim.run` zeroes every counter when it starts.
+"""
+
+import enum as py_enum
+from collections.abc import Callable
+
+import numpy as np
+from amaranth.lib import data
+
+from hw.isa import (
+    ARGS,
+    INSTR,
+    INSTR_BITS,
+    OP_ARGS,
+    PRM_STEP_NEVER,
+    Buf,
+    Counter,
+    Dyn,
+    Err,
+    GridMode,
+    KvKind,
+    Op,
+    PSrc,
+    Unit,
+    WSrc,
+    act_word,
+    buffer_depth,
+    bus_words_per,
+    check_params,
+    decode,
+    leaf_fields,
+    pack_words,
+    unpack_words,
+    word_bytes,
+    word_layout,
+)
+from hw.params import ChipParams
+from sim.golden import rshift_round, saturate
+
+__all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "round_output"]
+
+#: Counters only a timing model (the RTL) measures; the simulator leaves them 0.
+TIMED_COUNTERS = (
+    Counter.CYCLES,
+    Counter.BUSY_LOAD,
+    Counter.BUSY_STORE,
+    Counter.BUSY_GEMM,
+    Counter.BUSY_VEC,
+    Counter.BUSY_KV,
+    Counter.STALL_WAIT,
+    Counter.STALL_QUEUE,
+    Counter.STALL_MEM,
+)
+
+POS_MAX = (1 << 16) - 1
+#: Bound on the int64 temporaries of one GEMM chunk (elements).
+_CHUNK = 1 << 21
+
+
+class OpError(Exception):
+    """Raised by a handler when its micro-op fails (before it has written anything)."""
+
+    def __init__(self, err: Err, why: str = ""):
+        super().__init__(f"{err.name}: {why}" if why else err.name)
+        self.err = Err(err)
+
+
+def _enum(cls, value, name):
+    """An enum field's value, or ``BAD_FIELD`` if the raw value is not one of ``cls``."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        raise OpError(Err.BAD_FIELD, f"{name} = {value} is not a {cls.__name__}") from None
+
+
+def _leaf(layout) -> str:
+    """The path of a layout's only leaf (an array of scalars: WGT, KV and ACC words)."""
+    (leaf,) = leaf_fields(layout)
+    return leaf[0]
+
+
+def _signed(v, bits):
+    v = np.asarray(v, np.int64)
+    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+
+
+def round_output(y, sh):
+    """The scaler's output rounding of 64-bit sums ``y`` by ``sh = shift - exp``:
+    ``sim.golden.rshift_round``, and beyond its ``|y| < 2**62`` domain the exact result of the
+    RTL's 65-bit rounding adder, ``(y >> s) + bit s - 1 of y`` (``hw/gemm.py``, stage 5)."""
+    out = rshift_round(y, sh)
+    big = (sh > 0) & (sh < 63) & ((y >= 1 << 62) | (y < -(1 << 62)))
+    if np.any(big):
+        s = np.clip(sh, 1, 62)
+        exact = np.right_shift(y, s) + (np.right_shift(y, s - 1) & 1)
+        out = np.where(big, exact, out)
+    return out
+
+
+class IsaSim:
+    """Executes micro-op programs (see the module docstring for state, checks and counters).
+
+    ``offchip``: initial off-chip contents (uint8, at most ``offchip_kib`` KiB, copied to the
+    start of a zeroed memory). Typical use::
+
+        sim = IsaSim(params)
+        sim.write_offchip(addr, sim.image_words(Buf.ACT, fields))
+        sim.load_program([encode(Op.LOAD, ...), ..., encode(Op.HALT)])
+        assert sim.run() == Err.NONE
+        out = sim.offchip_words(Buf.ACC, sim.read_offchip(out_addr, n))
+    """
+
+    def __init__(self, params: ChipParams = ChipParams(), offchip: np.ndarray | None = None):
+        check_params(params)
+        self.params = params
+        p = params
+        size = p.offchip_kib * 1024
+        self.offchip = np.zeros(size, np.uint8)
+        if offchip is not None:
+            init = np.asarray(offchip, np.uint8).ravel()
+            if init.size > size:
+                raise ValueError(f"IsaSim: offchip has {init.size} bytes, the memory {size}")
+            self.offchip[: init.size] = init
+        self.bus_bytes = p.offchip_bytes_per_cycle
+        self.bus_words = size // self.bus_bytes
+
+        self.layouts = {b: word_layout(p, b) for b in Buf}
+        self.depth = {b: buffer_depth(p, b) for b in Buf}
+        self.bus_per = {b: bus_words_per(p, b) for b in Buf}
+        self._nbytes = {b: word_bytes(self.layouts[b]) for b in Buf}
+        self._mask = {}
+        for b in Buf:
+            m = np.full(self._nbytes[b], 0xFF, np.uint8)
+            rem = data.Layout.cast(self.layouts[b]).size % 8
+            if rem:
+                m[-1] = (1 << rem) - 1
+            self._mask[b] = m
+        self.bufs = {b: np.zeros((self.depth[b], self._nbytes[b]), np.uint8) for b in Buf}
+        self.y = np.zeros((p.acc_entries, p.cols), np.int64)
+        # the KV scale lane: gshift | gzero << (width of an ACT word's gshift)
+        self._gshift_bits = {path: w for path, _, w, _, _ in leaf_fields(act_word(p))}["gshift"]
+
+        self.pos = 0
+        self.program: list[int] = []
+        self.pc = 0
+        self.done = False
+        self.error = Err.NONE
+        self.error_pc = 0
+        self.counters = {c: 0 for c in Counter}
+        self._decoded: dict[int, tuple] = {}
+        #: The dispatch table: op -> handler(args dict). No entry: ``Err.UNSUPPORTED``.
+        self.handlers: dict[Op, Callable[[dict], None]] = {
+            Op.NOP: self._nop,
+            Op.HALT: self._halt,
+            Op.WAIT: self._wait,
+            Op.SETPOS: self._setpos,
+            Op.LOAD: self._load,
+            Op.STORE: self._store,
+            Op.GEMM: self._gemm,
+            Op.KV_APPEND: self._kv_append,
+        }
+
+    # -- program and control ------------------------------------------------------------------
+
+    def load_program(self, words) -> None:
+        """Load micro-ops: ints (``INSTR_BITS`` wide, from :func:`hw.isa.encode`), or a uint8
+        array [n, 16] of little-endian words (a memory image). Resets ``pc``, ``done``,
+        ``error`` and the counters; a program longer than ``uop_depth`` fails when run
+        (``Err.PROG_LOAD``)."""
+        arr = np.asarray(words) if not isinstance(words, list) else None
+        nbytes = word_bytes(INSTR)
+        if arr is not None and arr.dtype == np.uint8 and arr.ndim == 2:
+            if arr.shape[1] != nbytes:
+                raise ValueError(f"load_program: words of {arr.shape[1]} bytes, not {nbytes}")
+            prog = [int.from_bytes(row.tobytes(), "little") for row in arr]
+        else:
+            prog = [int(w) for w in words]
+        for i, w in enumerate(prog):
+            if not 0 <= w < 1 << INSTR_BITS:
+                raise ValueError(f"load_program: word {i} ({w:#x}) is not {INSTR_BITS} bits")
+        self.program = prog
+        self._restart()
+
+    def _restart(self):
+        self.pc = 0
+        self.done = False
+        self.error = Err.NONE
+        self.error_pc = 0
+        self.counters = {c: 0 for c in Counter}
+
+    def run(self, max_ops: int = 10**7) -> Err:
+        """Execute from ``pc = 0`` until ``HALT`` or an error; returns ``error``. Memory,
+        buffers, ``y`` and ``pos`` carry over from before. ``RuntimeError`` if ``max_ops``
+        micro-ops run without either."""
+        self._restart()
+        for _ in range(max_ops):
+            self.step()
+            if self.done or self.error != Err.NONE:
+                return self.error
+        raise RuntimeError(f"IsaSim.run: no HALT within {max_ops} micro-ops (pc = {self.pc})")
+
+    def step(self) -> Err:
+        """Execute the micro-op at ``pc`` (nothing once halted or failed); returns ``error``.
+        ``pc`` advances past every op but ``HALT``, and stays on a failing one."""
+        if self.done or self.error != Err.NONE:
+            return self.error
+        if len(self.program) > self.params.uop_depth:
+            return self._fail(Err.PROG_LOAD, self.params.uop_depth)
+        if self.pc >= len(self.program):
+            return self._fail(Err.PROG_RANGE, self.pc)
+        self.counters[Counter.UOPS] += 1
+        op, args = self._decode(self.program[self.pc])
+        if not isinstance(op, Op):
+            return self._fail(Err.ILLEGAL_OP, self.pc)
+        handler = self.handlers.get(op)
+        if handler is None:
+            return self._fail(Err.UNSUPPORTED, self.pc)
+        try:
+            handler(args)
+        except OpError as e:
+            return self._fail(e.err, self.pc)
+        if not self.done:
+            self.pc += 1
+        return self.error
+
+    def _fail(self, err: Err, pc: int) -> Err:
+        self.error = Err(err)
+        self.error_pc = pc
+        return self.error
+
+    def _decode(self, word: int) -> tuple:
+        hit = self._decoded.get(word)
+        if hit is None:
+            try:
+                hit = decode(word)
+            except ValueError:  # an enum field holds a value its enum does not define
+                hit = self._decode_raw(word)
+            self._decoded[word] = hit
+        return hit
+
+    @staticmethod
+    def _decode_raw(word: int) -> tuple:
+        """Decode through the INSTR layout's numpy codec, leaving undefined enum values as
+        ints (the handler turns them into ``BAD_FIELD``)."""
+        raw = np.frombuffer(word.to_bytes(word_bytes(INSTR), "little"), np.uint8)[None]
+        vals = unpack_words(INSTR, raw)
+        op = Op(int(vals["op"][0]))  # decode() accepted the opcode, so it is an Op
+        member = OP_ARGS[op]
+        fields = {}
+        for name, f in data.Layout.cast(ARGS[member].shape):
+            v = int(vals[f"args.{member}.{name}"][0])
+            if isinstance(f.shape, type) and issubclass(f.shape, py_enum.Enum):
+                try:
+                    v = f.shape(v)
+                except ValueError:
+                    pass
+            fields[name] = v
+        return op, fields
+
+    # -- host access ----------------------------------------------------------------------------
+
+    def _check_words(self, buf, addr, n, who):
+        if addr < 0 or n < 0 or addr + n > self.depth[buf]:
+            raise ValueError(
+                f"{who}: {buf.name} words {addr}..{addr + n - 1} beyond its depth {self.depth[buf]}"
+            )
+
+    def read_buffer(self, buf: Buf, addr: int, n: int = 1) -> dict:
+        """Words ``addr .. addr + n - 1`` of ``buf`` as {field path: int64 array [n, ...]}
+        (:func:`hw.isa.unpack_words`; WGT, KV and ACC words have one field, ``""``)."""
+        buf = Buf(buf)
+        self._check_words(buf, addr, n, "read_buffer")
+        return unpack_words(self.layouts[buf], self.bufs[buf][addr : addr + n])
+
+    def write_buffer(self, buf: Buf, addr: int, fields: dict) -> None:
+        """Write words from {field path: array [n, ...]} (:func:`hw.isa.pack_words`; missing
+        fields are 0) at ``addr``."""
+        buf = Buf(buf)
+        raw = pack_words(self.layouts[buf], fields)
+        self._check_words(buf, addr, len(raw), "write_buffer")
+        self.bufs[buf][addr : addr + len(raw)] = raw
+
+    def write_offchip(self, bus_addr: int, raw) -> None:
+        """Bytes ``raw`` into off-chip memory from bus word ``bus_addr`` on."""
+        raw = (
+            np.frombuffer(raw, np.uint8)
+            if isinstance(raw, bytes | bytearray)
+            else np.asarray(raw, np.uint8).ravel()
+        )
+        start = bus_addr * self.bus_bytes
+        if bus_addr < 0 or start + raw.size > self.offchip.size:
+            raise ValueError(
+                f"write_offchip: {raw.size} bytes at bus word {bus_addr} leave "
+                f"the {self.offchip.size}-byte memory"
+            )
+        self.offchip[start : start + raw.size] = raw
+
+    def read_offchip(self, bus_addr: int, n_bus_words: int) -> np.ndarray:
+        """A copy of bus words ``bus_addr .. bus_addr + n_bus_words - 1`` (uint8, flat)."""
+        if bus_addr < 0 or n_bus_words < 0 or bus_addr + n_bus_words > self.bus_words:
+            raise ValueError(
+                f"read_offchip: bus words {bus_addr}..{bus_addr + n_bus_words - 1} "
+                f"beyond the {self.bus_words} of the memory"
+            )
+        B = self.bus_bytes
+        return self.offchip[bus_addr * B : (bus_addr + n_bus_words) * B].copy()
+
+    def image_words(self, buf: Buf, fields: dict) -> np.ndarray:
+        """Words of ``buf`` ({field path: array}) in their off-chip form: each
+        ``bus_words_per`` bus words, little-endian, zero above the word (uint8, flat)."""
+        buf = Buf(buf)
+        raw = pack_words(self.layouts[buf], fields)
+        out = np.zeros((len(raw), self.bus_per[buf] * self.bus_bytes), np.uint8)
+        out[:, : raw.shape[1]] = raw
+        return out.ravel()
+
+    def offchip_words(self, buf: Buf, raw) -> dict:
+        """The inverse of :meth:`image_words`: off-chip bytes (whole words of ``buf``) ->
+        {field path: int64 array [n, ...]} (bits above the word ignored)."""
+        buf = Buf(buf)
+        return unpack_words(self.layouts[buf], self._from_bus(buf, raw))
+
+    def _from_bus(self, buf, raw):
+        raw = np.asarray(raw, np.uint8).ravel()
+        per = self.bus_per[buf] * self.bus_bytes
+        if raw.size % per:
+            raise ValueError(f"{raw.size} bytes are not whole {buf.name} words of {per} bytes")
+        return raw.reshape(-1, per)[:, : self._nbytes[buf]] & self._mask[buf]
+
+    # -- micro-ops --------------------------------------------------------------------------------
+
+    def _nop(self, args):
+        pass
+
+    def _halt(self, args):
+        self.done = True
+
+    def _wait(self, args):
+        _enum(Unit, args["unit"], "unit")
+
+    def _setpos(self, args):
+        pos = self.pos + args["value"] if args["add"] else args["value"]
+        if not 0 <= pos <= POS_MAX:
+            raise OpError(Err.BAD_FIELD, f"pos {pos} leaves 0..{POS_MAX}")
+        self.pos = pos
+
+    def _dma_check(self, args):
+        buf = _enum(Buf, args["buf"], "buf")
+        sram, words, off = args["sram"], args["words"], args["off"]
+        if words == 0:
+            raise OpError(Err.BAD_FIELD, "words = 0")
+        if sram + words > self.depth[buf]:
+            raise OpError(Err.SRAM_RANGE, f"{buf.name} {sram} + {words} > {self.depth[buf]}")
+        n_bus = words * self.bus_per[buf]
+        if off + n_bus > self.bus_words:
+            raise OpError(Err.OFFCHIP_RANGE, f"bus {off} + {n_bus} > {self.bus_words}")
+        B = self.bus_bytes
+        return buf, sram, words, slice(off * B, (off + n_bus) * B), n_bus
+
+    def _load(self, args):
+        buf, sram, words, span, n_bus = self._dma_check(args)
+        self.bufs[buf][sram : sram + words] = self._from_bus(buf, self.offchip[span])
+        self.counters[Counter.LOAD_WORDS] += n_bus
+
+    def _store(self, args):
+        buf, sram, words, span, n_bus = self._dma_check(args)
+        out = np.zeros((words, self.bus_per[buf] * self.bus_bytes), np.uint8)
+        out[:, : self._nbytes[buf]] = self.bufs[buf][sram : sram + words] & self._mask[buf]
+        self.offchip[span] = out.ravel()
+        self.counters[Counter.STORE_WORDS] += n_bus
+
+    def _range(self, buf, idx, what):
+        """``SRAM_RANGE`` unless every address in ``idx`` lies in ``buf``."""
+        idx = np.asarray(idx)
+        if idx.size and int(idx.max()) >= self.depth[buf]:
+            raise OpError(
+                Err.SRAM_RANGE, f"{what}: {buf.name} word {int(idx.max())} >= {self.depth[buf]}"
+            )
+
+    def _read(self, buf, idx):
+        """Fields of the words at addresses ``idx`` (any shape)."""
+        return unpack_words(self.layouts[buf], self.bufs[buf][idx])
+
+    def _gemm(self, a):
+        p = self.params
+        R, C = p.rows, p.cols
+        PC = C // 2
+        mode = _enum(GridMode, a["mode"], "mode")
+        wsrc = _enum(WSrc, a["wsrc"], "wsrc")
+        psrc = _enum(PSrc, a["psrc"], "psrc")
+        dyn = _enum(Dyn, a["dyn"], "dyn")
+        t_len, k_tiles, n_tiles = a["t_len"], a["k_tiles"], a["n_tiles"]
+        if dyn == Dyn.POS:
+            visible = self.pos + t_len
+            if wsrc == WSrc.KV_TILED:
+                n_tiles = -(-visible // PC)
+            elif wsrc == WSrc.KV_ROWS:
+                k_tiles = -(-visible // R)
+            else:
+                raise OpError(Err.BAD_FIELD, "dyn = POS needs wsrc KV_TILED or KV_ROWS")
+        if min(t_len, k_tiles, n_tiles) < 1:
+            raise OpError(Err.BAD_FIELD, f"t_len {t_len}, k_tiles {k_tiles}, n_tiles {n_tiles}")
+        first, final = bool(a["first"]), bool(a["final"])
+        y_rows = t_len if first and final else n_tiles * t_len
+        if y_rows > p.acc_entries:
+            raise OpError(Err.BAD_FIELD, f"{y_rows} accumulator rows > {p.acc_entries}")
+
+        # -- every address the op touches ---------------------------------------------------------
+        j = np.arange(n_tiles)
+        kt = np.arange(k_tiles)
+        t = np.arange(t_len)
+        r = np.arange(R)
+        if wsrc == WSrc.KV_ROWS:
+            w_idx = a["w_addr"] + (kt[None, :, None] * R + r) * n_tiles + j[:, None, None]
+        else:
+            w_idx = a["w_addr"] + ((j[:, None] * k_tiles + kt) * R)[:, :, None] + r
+        wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
+        a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + kt  # [t, kt]
+        step = a["prm_step"]
+        if step == PRM_STEP_NEVER:
+            groups, g_of_kt = 1, np.zeros(k_tiles, np.int64)
+        else:
+            groups, g_of_kt = -(-k_tiles // (1 << step)), kt >> step
+        pbuf = Buf.PRM if psrc == PSrc.PRM else Buf.KV
+        if psrc == PSrc.PRM:
+            s_idx = a["prm_addr"] + j[:, None] * groups + g_of_kt  # [n, kt]
+            o_idx = a["oprm_addr"] + j
+        else:
+            s_idx = a["prm_addr"] + j[:, None] * (groups + 1) + g_of_kt
+            o_idx = a["prm_addr"] + j * (groups + 1) + groups
+        acc_idx = a["acc_addr"] + t[None, :] * a["acc_stride"] + j[:, None]  # [n, t]
+        self._range(wbuf, w_idx, "weight rows")
+        self._range(Buf.ACT, a_idx, "activation rows")
+        self._range(pbuf, s_idx, "group parameters")
+        if final:
+            self._range(pbuf, o_idx, "out parameters")
+            self._range(Buf.ACC, acc_idx, "outputs")
+
+        # -- operands -----------------------------------------------------------------------------
+        act = self._read(Buf.ACT, a_idx)
+        x = act["data"]  # [t, kt, R]
+        xsum = x.sum(-1)  # [t, kt]
+        gshift = act["gshift"]
+        gzero = act["gzero"].astype(bool)
+        exp = act["exp"][:, -1]  # the row's exp on its final K-tile
+        wb = self._read(wbuf, w_idx)[_leaf(self.layouts[wbuf])]  # [n, kt, R, PC] bytes
+        if mode == GridMode.INT8:
+            wl = _signed(wb, 8)  # lanes c < PC; lanes c >= PC have acc = 0
+        else:
+            wl = np.empty((*wb.shape[:-1], C), np.int64)
+            wl[..., 0::2] = _signed(wb & 15, 4)
+            wl[..., 1::2] = _signed(wb >> 4, 4)
+        if psrc == PSrc.PRM:
+            g = self._read(Buf.PRM, s_idx)
+            scale, offset = g["group.scale"], g["group.offset"]  # [n, kt, C]
+            if final:
+                o = self._read(Buf.PRM, o_idx)
+                shift, bias = o["out.shift"], o["out.bias"]  # [n, C]
+        else:
+            lanes = self._read(Buf.KV, s_idx)[_leaf(self.layouts[Buf.KV])]  # [n, kt, PC]
+            gb = self._gshift_bits
+            gs = lanes & ((1 << gb) - 1)
+            mant = np.where((lanes >> gb) & 1, 0, np.left_shift(1, gs))
+            scale = np.zeros((n_tiles, k_tiles, C), np.int64)
+            scale[..., :PC] = mant  # W4A8 lanes c >= PC: scale 0
+            offset = np.zeros_like(scale)
+            if final:
+                e = _signed(self._read(Buf.KV, o_idx)[_leaf(self.layouts[Buf.KV])], 8)
+                shift = np.full((n_tiles, C), p.numerics.frac_bits, np.int64)
+                shift[:, :PC] -= e
+                bias = np.zeros((n_tiles, C), np.int64)
+
+        # -- the grid and the group scaler, a chunk of output blocks at a time ------------------
+        lanes_used = wl.shape[-1]
+        xf = x.transpose(1, 0, 2).astype(np.float64)  # [kt, t, R]
+        sh_t = gshift.T[None, :, :, None]  # [1, kt, t, 1]
+        zero_t = gzero.T[None, :, :, None]
+        xsum_t = xsum.T[None, :, :, None]
+        ysum = np.zeros((n_tiles, t_len, C), np.int64)
+        chunk = max(1, _CHUNK // (k_tiles * t_len * C))
+        for j0 in range(0, n_tiles, chunk):
+            js = slice(j0, j0 + chunk)
+            # column sums are exact in float64: |Σ_r x * w| <= 64 * 2**14
+            acc = np.zeros((wl[js].shape[0], k_tiles, t_len, C), np.int64)
+            acc[..., :lanes_used] = np.rint(xf[None] @ wl[js].astype(np.float64))
+            z = scale[js, :, None, :] * acc + offset[js, :, None, :] * xsum_t
+            pz = np.where(zero_t, 0, np.left_shift(z, sh_t))  # wraps at 64 bits, as the RTL
+            ysum[js] = pz.sum(axis=1)
+        if first and final:
+            yfull = ysum  # y = t: every block starts from 0
+        else:
+            prev = 0 if first else self.y[: n_tiles * t_len].reshape(n_tiles, t_len, C)
+            yfull = prev + ysum
+
+        out = None
+        if final:
+            sh = shift[:, None, :] - exp[None, :, None]  # [n, t, C]
+            out = saturate(round_output(yfull, sh) + bias[:, None, :])
+
+        # -- writes (nothing above may fail) ------------------------------------------------------
+        if first and final:
+            self.y[:t_len] = yfull[-1]
+        else:
+            self.y[: n_tiles * t_len] = yfull.reshape(n_tiles * t_len, C)
+        if final:
+            flat = acc_idx.ravel()  # tile order: block j, then row t
+            _, last = np.unique(flat[::-1], return_index=True)
+            keep = np.sort(flat.size - 1 - last)
+            words = pack_words(
+                self.layouts[Buf.ACC], {_leaf(self.layouts[Buf.ACC]): out.reshape(-1, C)[keep]}
+            )
+            self.bufs[Buf.ACC][flat[keep]] = words
+        self.counters[Counter.GRID_ROWS] += n_tiles * k_tiles * t_len
+
+    def _kv_append(self, a):
+        p = self.params
+        R, PC = p.rows, p.cols // 2
+        ag = p.numerics.act_group
+        kind = _enum(KvKind, a["kind"], "kind")
+        t_len, d, cap = a["t_len"], a["d"], a["cap"]
+        if t_len == 0 or d == 0 or d % ag or d % PC:
+            raise OpError(Err.BAD_FIELD, f"t_len {t_len}, d {d}")
+        if self.pos + t_len > cap:
+            raise OpError(Err.KV_OVERFLOW, f"pos {self.pos} + {t_len} > cap {cap}")
+        G = d // ag
+        wpr = d // R  # ACT words per row
+        blocks = -(-cap // PC)
+        kv_addr, kv_saddr = a["kv_addr"], a["kv_saddr"]
+        data_end = kv_addr + (blocks * d if kind == KvKind.KEY else cap * (d // PC))
+        if data_end > self.depth[Buf.KV]:
+            raise OpError(Err.SRAM_RANGE, f"KV data region ends at {data_end}")
+        if kv_saddr + blocks * (G + 1) > self.depth[Buf.KV]:
+            raise OpError(Err.SRAM_RANGE, "KV scale region")
+        t = np.arange(t_len)
+        a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + np.arange(wpr)  # [t, wpr]
+        self._range(Buf.ACT, a_idx, "activation rows")
+
+        act = self._read(Buf.ACT, a_idx)
+        x = act["data"].reshape(t_len, d) & 0xFF  # bytes
+        first_word = np.arange(G) * (ag // R)
+        gb = self._gshift_bits
+        scl = act["gshift"][:, first_word] | act["gzero"][:, first_word] << gb  # [t, G]
+        lanes_s = np.concatenate([scl, act["exp"][:, :1] & 0xFF], axis=1)  # [t, G + 1]
+        s = self.pos + t
+        blk, lane = s // PC, s % PC
+        kv_leaf = _leaf(self.layouts[Buf.KV])
+        if kind == KvKind.KEY:
+            rows = kv_addr + blk[:, None] * d + np.arange(d)  # [t, d]
+            self._write_lanes(rows, lane, x)
+        else:
+            rows = kv_addr + s[:, None] * (d // PC) + np.arange(d // PC)  # [t, d / PC]
+            words = pack_words(self.layouts[Buf.KV], {kv_leaf: x.reshape(-1, PC)})
+            self.bufs[Buf.KV][rows.ravel()] = words
+        srows = kv_saddr + blk[:, None] * (G + 1) + np.arange(G + 1)  # [t, G + 1]
+        self._write_lanes(srows, lane, lanes_s)
+
+    def _write_lanes(self, rows, lane, vals):
+        """KV byte lane ``lane[t]`` of the words ``rows[t, i]`` := ``vals[t, i]``; the other
+        lanes keep their contents (tokens of one block share words)."""
+        kv_leaf = _leaf(self.layouts[Buf.KV])
+        uniq, inv = np.unique(rows.ravel(), return_inverse=True)
+        words = self._read(Buf.KV, uniq)[kv_leaf]  # [u, PC]
+        words[inv, np.repeat(lane, rows.shape[1])] = vals.ravel()
+        self.bufs[Buf.KV][uniq] = pack_words(self.layouts[Buf.KV], {kv_leaf: words})
