@@ -56,13 +56,18 @@ def write_verilog(component, name: str, build_dir: Path | None = None, ports=Non
 def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = None,
                testcase: str | list[str] | None = None, waves: bool | None = None,
                extra_env: dict[str, str] | None = None, seed: int | None = None,
-               verbose: bool = False) -> Path:
+               verbose: bool = False, sources: list[Path] | None = None,
+               plusargs: list[str] | None = None) -> Path:
     """Build ``design`` with Verilator and run the cocotb tests in ``test_module``.
 
     ``design`` is an Amaranth component (converted here, top module named ``toplevel``) or a
     path to a Verilog file whose top module is ``toplevel``. ``test_module`` is an importable
     module name (e.g. ``"tests.rtl.tb_smoke"``). ``extra_env`` passes parameters to the test
-    (cocotb tests read ``os.environ``). Returns the results XML path.
+    (cocotb tests read ``os.environ``). ``sources`` are extra Verilog files compiled with the
+    design (e.g. ``sim.offchip.STORAGE_VERILOG`` for an ``Instance`` of it); Verilator rebuilds
+    when any of them changes (they are on its command line, so in its dependency list).
+    ``plusargs`` (e.g. ``["+offchip_init=/path/image.hex"]``) are passed to the simulation
+    binary, read by ``$value$plusargs``. Returns the results XML path.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -76,6 +81,10 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
             raise FileNotFoundError(f"Verilog source {source} does not exist")
     else:
         source = write_verilog(design, toplevel, build_dir)
+    extra = [Path(s).resolve() for s in (sources or [])]
+    for path in extra:
+        if not path.exists():
+            raise FileNotFoundError(f"extra Verilog source {path} does not exist")
     if waves is None:
         waves = os.environ.get("WAVES", "") not in ("", "0")
 
@@ -85,7 +94,7 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
 
     runner = get_runner("verilator")
     log = build_dir / "sim.log"
-    runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+    runner.build(sources=[*extra, source], hdl_toplevel=toplevel, build_dir=build_dir,
                  build_args=VERILATOR_ARGS, waves=waves, always=False, verbose=verbose,
                  timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
     results = build_dir / "results.xml"
@@ -93,7 +102,8 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     try:
         runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,
                     build_dir=build_dir, test_dir=build_dir, results_xml=str(results),
-                    extra_env=env, waves=waves, seed=seed, verbose=verbose, log_file=log)
+                    extra_env=env, waves=waves, seed=seed, verbose=verbose, log_file=log,
+                    plusargs=list(plusargs or []))
     except SystemExit as exc:  # the runner exits under pytest when a test fails
         raise AssertionError(_failure_message(test_module, log, exc.code)) from None
     n_tests, n_failed = get_results(results)
