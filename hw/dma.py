@@ -1,0 +1,439 @@
+"""The DMA engines: whole buffer words between the off-chip bus and the on-chip buffers.
+
+:class:`LoadEngine` runs ``LOAD`` (off-chip -> buffer), :class:`StoreEngine` runs ``STORE``
+(buffer -> off-chip). Each takes :func:`dma_cmd_layout` commands (a :class:`hw.isa.DmaArgs`
+and the micro-op's ``pc``, for error reports) from its unit queue, one at a time, in order.
+Off-chip addresses are bus words; a buffer word of ``W`` bits occupies
+``bpw = hw.isa.bus_words_per(p, buf)`` consecutive bus words, little-endian: bus word ``k`` of
+buffer word ``i`` is at ``off + i * bpw + k`` and holds bits ``k * B .. (k + 1) * B - 1``
+(``B = hw.isa.bus_bits(p)``) of the word, zero above ``W`` (the ``hw/isa.py`` layout).
+Buffer words travel to and from the chip's buffer arbiter left-aligned in
+``hw.bus.max_word_bits(p)`` bits, zero above their own width (``hw/bus.py``).
+
+Checks, on the command as accepted, before anything is requested or written; the first that
+fails is reported (``p`` the :class:`~hw.params.ChipParams`):
+
+1. ``Err.BAD_FIELD``: ``buf`` not a :class:`~hw.isa.Buf` value (0..4), or ``words == 0``;
+2. ``Err.SRAM_RANGE``: ``sram + words > hw.isa.buffer_depth(p, buf)``;
+3. ``Err.OFFCHIP_RANGE``: ``off + words * bpw > offchip_kib * 1024 // offchip_bytes_per_cycle``.
+
+A rejected command moves no data: once every earlier command has completed, ``err_valid``
+and ``done`` pulse together (one cycle), with ``err_code`` / ``err_pc`` valid in that cycle.
+
+Both engines have the same status ports:
+
+``done`` (out)
+    One-cycle pulse, registered: the cycle after a command's last word was accepted (by
+    ``buf_wr`` for a LOAD, by ``bus_wr`` for a STORE), or with ``err_valid``.
+``err_valid``, ``err_code`` (:class:`~hw.isa.Err`), ``err_pc`` (out)
+    A command was rejected (one-cycle pulse); code and pc hold until the next rejection.
+``busy`` (out)
+    A command is in progress (accepted and not yet done), or an abort is draining.
+``stall_mem`` (out)
+    LOAD: a command is being assembled and no off-chip data is there this cycle.
+    STORE: a bus write is offered and the memory does not accept it this cycle.
+``words`` (out)
+    One pulse per off-chip bus word moved (read response taken, or write accepted).
+``abort`` (in)
+    The chip halts (an error elsewhere): while high, no command is accepted; the current
+    commands are dropped (no ``done``). Handshakes already offered complete (a stream never
+    retracts ``valid``): at most one buffer write (LOAD) or bus write (STORE) of the dropped
+    command after ``abort``, both in range. Every request already sent is still answered
+    and its response drained, so the bus and the arbiter are left idle; ``busy`` falls once
+    that is done, and the engine takes commands again once ``abort`` is low.
+
+Throughput: requests go out at one per cycle without waiting for responses; up to the
+response FIFO's depth are outstanding (issued, in flight, or received and not yet used), so
+back-pressure never loses data and the memory latency is covered: steady state is one bus
+word per cycle (``offchip_bytes_per_cycle`` bytes per cycle) when the memory and the buffer
+side keep up. Each command costs one extra cycle at the front (its acceptance); commands
+overlap (the next one's requests follow the previous one's without waiting for its data).
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .bus import ADDR_BITS, buf_read_layout, buf_write_layout, max_word_bits, word_bits
+from .isa import Buf, DmaArgs, Err, buffer_depth, bus_bits, bus_words_per
+from .params import ChipParams
+
+__all__ = ["dma_cmd_layout", "LoadEngine", "StoreEngine", "pc_bits"]
+
+
+def pc_bits(p: ChipParams) -> int:
+    """Width of a program counter: addresses ``uop_depth`` micro-ops (at least 1 bit)."""
+    return max(1, (p.uop_depth - 1).bit_length())
+
+
+def dma_cmd_layout(p: ChipParams) -> data.StructLayout:
+    """What a unit queue hands a DMA engine: the ``LOAD``/``STORE`` arguments and the
+    micro-op's ``pc`` (reported with an error)."""
+    return data.StructLayout({"args": DmaArgs, "pc": unsigned(pc_bits(p))})
+
+
+def _status_ports(p: ChipParams) -> dict:
+    return {
+        "done": Out(1),
+        "err_valid": Out(1),
+        "err_code": Out(Err),
+        "err_pc": Out(pc_bits(p)),
+        "busy": Out(1),
+        "stall_mem": Out(1),
+        "words": Out(1),
+        "abort": In(1),
+    }
+
+
+def _max_bpw(p: ChipParams) -> int:
+    return max(bus_words_per(p, b) for b in Buf)
+
+
+class _DmaEngine(wiring.Component):
+    """The command side both engines share: intake, checks, rejection, request issue
+    against credits, and the abort drain. Subclasses add the data path (:meth:`_back`)."""
+
+    def __init__(self, params: ChipParams, members: dict, resp_depth: int):
+        self.params = params
+        self.resp_depth = resp_depth
+        super().__init__({"cmd": In(stream.Signature(dma_cmd_layout(params))), **members,
+                          **_status_ports(params)})
+
+    def _issue_plan(self, args, total):
+        """(first request address, request count) for an accepted command."""
+        raise NotImplementedError
+
+    def _back(self, m, jobs, stop, req_load, resp_pop, iss_buf) -> "_Back":
+        """Build the data path: take accepted commands (:class:`hw.isa.DmaArgs`) from the
+        FIFO ``jobs``, drive ``resp_pop``; return a :class:`_Back`."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        args = self.cmd.payload.args
+        bpw = {b: bus_words_per(p, b) for b in Buf}
+        mem_words = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
+
+        # -- checks, combinational on the offered command (constants per buffer) -------------
+        total = Signal(range(0xFFFF * _max_bpw(p) + 1))  # bus words the command moves
+        bad_buf, sram_bad, off_bad = Signal(), Signal(), Signal()
+        with m.Switch(args.buf):
+            for b in Buf:
+                with m.Case(b):
+                    m.d.comb += [
+                        total.eq(args.words * bpw[b]),
+                        sram_bad.eq(args.sram + args.words > buffer_depth(p, b)),
+                        off_bad.eq(args.off + args.words * bpw[b] > mem_words),
+                    ]
+            with m.Default():
+                m.d.comb += bad_buf.eq(1)
+        code = Signal(Err)
+        with m.If(bad_buf | (args.words == 0)):
+            m.d.comb += code.eq(Err.BAD_FIELD)
+        with m.Elif(sram_bad):
+            m.d.comb += code.eq(Err.SRAM_RANGE)
+        with m.Elif(off_bad):
+            m.d.comb += code.eq(Err.OFFCHIP_RANGE)
+        with m.Else():
+            m.d.comb += code.eq(Err.NONE)
+
+        # -- shared state -------------------------------------------------------------------
+        # Accepted commands on their way to the data path (the front runs ahead of it).
+        m.submodules.jobs = jobs = fifo.SyncFIFO(width=data.Layout.cast(DmaArgs).size, depth=2)
+        stop = Signal()       # abort now or draining: drop, issue nothing, discard responses
+        flushing = Signal()
+        # Requests issued (in the request register, in flight, or answered and not yet used):
+        # bounded by the response FIFO's depth, so every response has room.
+        reserved = Signal(range(self.resp_depth + 1))
+        req_load = Signal()   # a request enters the request register this cycle
+        resp_pop = Signal()   # a response leaves the response FIFO this cycle
+        m.d.comb += stop.eq(self.abort | flushing)
+        m.d.sync += reserved.eq(reserved + req_load - resp_pop)
+
+        iss_addr = Signal(ADDR_BITS)      # next request's address
+        iss_left = Signal.like(total)     # requests still to issue
+        iss_buf = Signal(Buf)             # the buffer of the command being issued
+
+        # -- data path (subclass) --------------------------------------------------------------
+        back = self._back(m, jobs, stop, req_load, resp_pop, iss_buf)
+
+        # -- front end: accept, check, hand the job to the data path, issue requests ----------
+        req_free = ~back.req_valid | back.req_ready
+        m.d.sync += [self.done.eq(back.done), self.err_valid.eq(0)]
+        with m.FSM(name="front") as front:
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~stop & jobs.w_rdy)
+                with m.If(self.cmd.valid & self.cmd.ready):
+                    with m.If(code == Err.NONE):
+                        start, count = self._issue_plan(args, total)
+                        m.d.comb += [jobs.w_data.eq(args), jobs.w_en.eq(1)]
+                        m.d.sync += [iss_addr.eq(start), iss_left.eq(count),
+                                     iss_buf.eq(args.buf)]
+                        m.next = "ISSUE"
+                    with m.Else():
+                        m.d.sync += [self.err_code.eq(code), self.err_pc.eq(self.cmd.payload.pc)]
+                        m.next = "REJECT"
+            with m.State("ISSUE"):
+                # A response leaving the FIFO this cycle frees its entry for a request now.
+                credit = (reserved < self.resp_depth) | resp_pop
+                m.d.comb += req_load.eq(~stop & req_free & credit)
+                with m.If(stop):
+                    m.next = "IDLE"
+                with m.Elif(req_load):
+                    m.d.sync += [iss_addr.eq(iss_addr + 1), iss_left.eq(iss_left - 1)]
+                    with m.If(iss_left == 1):
+                        m.next = "IDLE"
+            with m.State("REJECT"):
+                # Report after every earlier command is done: done pulses never coincide.
+                with m.If(stop):
+                    m.next = "IDLE"
+                with m.Elif(back.idle & ~jobs.r_rdy):
+                    m.d.sync += [self.err_valid.eq(1), self.done.eq(1)]
+                    m.next = "IDLE"
+
+        # The request register: loaded from the issue counter, held until taken.
+        with m.If(back.req_valid & back.req_ready):
+            m.d.sync += back.req_valid.eq(0)
+        with m.If(req_load):
+            m.d.sync += [back.req_valid.eq(1), back.req_addr.eq(iss_addr)]
+
+        # -- abort: drain until nothing is outstanding ----------------------------------------
+        drained = (reserved == 0) & back.idle
+        with m.If(self.abort):
+            m.d.sync += flushing.eq(1)
+        with m.Elif(drained):
+            m.d.sync += flushing.eq(0)
+        with m.If(stop):
+            m.d.comb += jobs.r_en.eq(1)  # discard queued jobs
+        m.d.comb += self.busy.eq(~front.ongoing("IDLE") | jobs.r_rdy | ~back.idle |
+                                 (reserved != 0))
+        return m
+
+
+class _Back:
+    """What a data path tells the front end."""
+
+    def __init__(self, *, req_valid, req_ready, req_addr, idle, done):
+        self.req_valid = req_valid  # request register (driven by the front end)
+        self.req_ready = req_ready
+        self.req_addr = req_addr
+        self.idle = idle            # no job in progress, nothing held for output
+        self.done = done            # a command's last word was accepted this cycle
+
+
+class LoadEngine(_DmaEngine):
+    """``LOAD``: ``words`` buffer words from off-chip ``off`` to buffer ``buf`` at ``sram``.
+
+    Ports: ``cmd`` (in, :func:`dma_cmd_layout`), ``bus_rd_addr`` (out, bus-word addresses),
+    ``bus_rd_data`` (in, bus words in request order), ``buf_wr`` (out,
+    :func:`hw.bus.buf_write_layout`), and the status ports (module docstring).
+
+    The command's ``words * bpw`` bus words are requested at up to one per cycle, without
+    waiting for data, while fewer than ``resp_depth`` (default ``offchip_latency + 4``) are
+    outstanding. Responses go into a FIFO of that depth (``bus_rd_data`` is always ready:
+    room was reserved); every ``bpw`` of them are assembled, first one lowest, into a buffer
+    word (cut to the buffer's word width) written to ``sram + i``.
+
+    Timing, with a memory answering ``L`` cycles after a request and ``buf_wr`` always
+    ready: command accepted in cycle 0, first request offered in cycle 2, bus word ``j``
+    arrives in cycle ``2 + L + j``, leaves the FIFO 2 cycles later, the buffer word it
+    completes is offered the next cycle; ``done`` pulses in cycle ``n + L + 5`` for ``n``
+    bus words. ``resp_depth >= L + 3`` sustains one bus word per cycle.
+    """
+
+    def __init__(self, params: ChipParams = ChipParams(), resp_depth: int | None = None):
+        p = params
+        super().__init__(p, {
+            "bus_rd_addr": Out(stream.Signature(unsigned(ADDR_BITS))),
+            "bus_rd_data": In(stream.Signature(unsigned(bus_bits(p)))),
+            "buf_wr": Out(stream.Signature(buf_write_layout(p))),
+        }, resp_depth or p.offchip_latency + 4)
+
+    def _issue_plan(self, args, total):
+        return args.off, total
+
+    def _back(self, m, jobs, stop, req_load, resp_pop, iss_buf):
+        p = self.params
+        B = bus_bits(p)
+        nslot = _max_bpw(p)
+
+        m.submodules.resp = resp = fifo.SyncFIFOBuffered(width=B, depth=self.resp_depth)
+        m.d.comb += [
+            resp.w_data.eq(self.bus_rd_data.payload),
+            resp.w_en.eq(self.bus_rd_data.valid),
+            self.bus_rd_data.ready.eq(resp.w_rdy),  # always: room was reserved
+            self.words.eq(self.bus_rd_data.valid & self.bus_rd_data.ready),
+        ]
+
+        # The job being assembled.
+        active = Signal()
+        j_buf = Signal(Buf)
+        j_addr = Signal(16)
+        j_left = Signal(16)
+        last_k = Signal(range(max(nslot, 2)))
+        k = Signal(range(max(nslot, 2)))          # slot the next bus word fills
+        # Slots already received of the word being assembled. The top slot is never held: it
+        # is filled only by the word's last bus word, which goes straight to the output.
+        asm = Signal((nslot - 1) * B)
+
+        # The output register (buf_wr), with the flag marking a command's last word.
+        out = self.buf_wr
+        out_last = Signal()
+        wr_take = out.valid & out.ready
+
+        job = DmaArgs(jobs.r_data)
+        with m.If(~active & jobs.r_rdy & ~stop):
+            m.d.comb += jobs.r_en.eq(1)
+            m.d.sync += [active.eq(1), j_buf.eq(job.buf), j_addr.eq(job.sram),
+                         j_left.eq(job.words), k.eq(0)]
+            with m.Switch(job.buf):
+                for b in Buf:
+                    with m.Case(b):
+                        m.d.sync += last_k.eq(bus_words_per(p, b) - 1)
+        with m.If(stop):
+            m.d.sync += active.eq(0)
+
+        completes = k == last_k
+        pop = Signal()
+        m.d.comb += [
+            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~out.valid | out.ready)),
+            resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
+            resp.r_en.eq(resp_pop),
+            self.stall_mem.eq(active & ~resp.r_rdy),
+        ]
+        nxt = Cat(*(Mux(k == j, resp.r_data, asm[j * B:(j + 1) * B]) for j in range(nslot - 1)),
+                  resp.r_data)
+
+        with m.If(wr_take):
+            m.d.sync += out.valid.eq(0)
+        with m.If(pop):
+            m.d.sync += asm.eq(nxt[:len(asm)])
+            with m.If(completes):
+                m.d.sync += [
+                    k.eq(0), out.valid.eq(1), out.payload.buf.eq(j_buf),
+                    out.payload.addr.eq(j_addr), out_last.eq(j_left == 1),
+                    j_addr.eq(j_addr + 1), j_left.eq(j_left - 1),
+                ]
+                with m.Switch(j_buf):
+                    for b in Buf:
+                        with m.Case(b):
+                            m.d.sync += out.payload.data.eq(nxt[:word_bits(p, b)])
+                with m.If(j_left == 1):
+                    m.d.sync += active.eq(0)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+        req_valid = self.bus_rd_addr.valid
+        return _Back(req_valid=req_valid, req_ready=self.bus_rd_addr.ready,
+                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid,
+                     done=wr_take & out_last)
+
+
+class StoreEngine(_DmaEngine):
+    """``STORE``: ``words`` buffer words from buffer ``buf`` at ``sram`` to off-chip ``off``.
+
+    Ports: ``cmd`` (in, :func:`dma_cmd_layout`), ``buf_rd`` (out, read requests,
+    :func:`hw.bus.buf_read_layout`), ``buf_rd_data`` (in, the words, in request order),
+    ``bus_wr`` (out, ``{addr, data}`` bus writes), and the status ports (module docstring).
+
+    Buffer reads are requested at up to one per cycle while fewer than ``resp_depth``
+    (default 4) are outstanding (issued, in the arbiter, or received and not yet split); the
+    answers queue in a FIFO of that depth (``buf_rd_data`` is always ready). Each word is cut
+    to its buffer's width and split into ``bpw`` bus words, lowest first, written to
+    ``off + i * bpw + k``, one per cycle.
+
+    Timing, with the arbiter answering ``D`` cycles after a request and ``bus_wr`` always
+    ready: command accepted in cycle 0, first read offered in cycle 2, its word is in the
+    FIFO in cycle ``3 + D`` and its first bus write offered in cycle ``4 + D``; ``done``
+    pulses in cycle ``n + D + 4`` for ``n`` bus words. ``resp_depth >= D + 2`` sustains one
+    bus word per cycle for buffers of one bus word per word; wider ones need fewer.
+    """
+
+    def __init__(self, params: ChipParams = ChipParams(), resp_depth: int = 4):
+        p = params
+        super().__init__(p, {
+            "buf_rd": Out(stream.Signature(buf_read_layout(p))),
+            "buf_rd_data": In(stream.Signature(unsigned(max_word_bits(p)))),
+            "bus_wr": Out(stream.Signature(data.StructLayout({
+                "addr": unsigned(ADDR_BITS), "data": unsigned(bus_bits(p))}))),
+        }, resp_depth)
+
+    def _issue_plan(self, args, total):
+        return args.sram, args.words
+
+    def _back(self, m, jobs, stop, req_load, resp_pop, iss_buf):
+        p = self.params
+        B = bus_bits(p)
+        nslot = _max_bpw(p)
+
+        # Read requests carry the buffer of the command being issued.
+        req_addr = Signal(16)
+        with m.If(req_load):
+            m.d.sync += self.buf_rd.payload.buf.eq(iss_buf)
+        m.d.comb += self.buf_rd.payload.addr.eq(req_addr)
+
+        m.submodules.resp = resp = fifo.SyncFIFO(width=max_word_bits(p), depth=self.resp_depth)
+        m.d.comb += [
+            resp.w_data.eq(self.buf_rd_data.payload),
+            resp.w_en.eq(self.buf_rd_data.valid),
+            self.buf_rd_data.ready.eq(resp.w_rdy),  # always: room was reserved
+        ]
+
+        # The job whose words are being split.
+        active = Signal()
+        j_buf = Signal(Buf)
+        j_addr = Signal(ADDR_BITS)
+        j_left = Signal(16)
+        j_bpw = Signal(range(nslot + 1))
+
+        # The word being written out: its own address, slot counter and last-word flag, so
+        # the next job can start while it finishes.
+        wr = self.bus_wr
+        w_data = Signal(nslot * B)
+        w_k = Signal(range(max(nslot, 2)))
+        w_last_k = Signal(range(max(nslot, 2)))
+        w_last = Signal()
+        wr_take = wr.valid & wr.ready
+        m.d.comb += [wr.payload.data.eq(w_data.word_select(w_k, B)),
+                     self.words.eq(wr_take), self.stall_mem.eq(wr.valid & ~wr.ready)]
+
+        job = DmaArgs(jobs.r_data)
+        with m.If(~active & jobs.r_rdy & ~stop):
+            m.d.comb += jobs.r_en.eq(1)
+            m.d.sync += [active.eq(1), j_buf.eq(job.buf), j_addr.eq(job.off),
+                         j_left.eq(job.words)]
+            with m.Switch(job.buf):
+                for b in Buf:
+                    with m.Case(b):
+                        m.d.sync += j_bpw.eq(bus_words_per(p, b))
+        with m.If(stop):
+            m.d.sync += active.eq(0)
+
+        word_done = wr_take & (w_k == w_last_k)
+        pop = Signal()
+        m.d.comb += [
+            pop.eq(active & resp.r_rdy & ~stop & (~wr.valid | word_done)),
+            resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
+            resp.r_en.eq(resp_pop),
+        ]
+
+        with m.If(wr_take):
+            m.d.sync += [wr.payload.addr.eq(wr.payload.addr + 1), w_k.eq(w_k + 1)]
+            with m.If((w_k == w_last_k) | stop):
+                m.d.sync += wr.valid.eq(0)
+        with m.If(pop):
+            m.d.sync += [
+                wr.valid.eq(1), wr.payload.addr.eq(j_addr), w_k.eq(0), w_last_k.eq(j_bpw - 1),
+                w_last.eq(j_left == 1), j_addr.eq(j_addr + j_bpw), j_left.eq(j_left - 1),
+            ]
+            with m.Switch(j_buf):
+                for b in Buf:
+                    with m.Case(b):
+                        m.d.sync += w_data.eq(resp.r_data[:word_bits(p, b)])
+            with m.If(j_left == 1):
+                m.d.sync += active.eq(0)
+
+        return _Back(req_valid=self.buf_rd.valid, req_ready=self.buf_rd.ready,
+                     req_addr=req_addr, idle=~active & ~wr.valid,
+                     done=word_done & w_last)
