@@ -24,12 +24,12 @@ Execution: every op runs through a dispatch table, ``IsaSim.handlers`` (:class:`
 ``handler(args)``, ``args`` the decoded fields). A handler checks everything first, raising
 :class:`OpError` with the :class:`hw.isa.Err`, and only then writes: a failing op writes
 nothing. The vector unit plugs in later as ``sim.handlers[Op.VEC] = handler``; until then
-``VEC`` is ``Err.UNSUPPORTED``. An error stops the run (``error``, ``error_pc`` = the failing
-op's index, ``pc`` stays there, ``done`` stays False); ``HALT`` sets ``done`` (``pc`` stays on
-it). Checks and their order:
+``VEC`` is ``Err.UNSUPPORTED``. ``done`` means stopped, as the chip's ``done``: by ``HALT``
+(``pc`` stays on it) or by an error (``error``, ``error_pc`` = the failing op's index, ``pc``
+stays there). Checks and their order:
 
 - ``pc`` beyond the program: ``PROG_RANGE`` (``error_pc = pc``); a program longer than
-  ``uop_depth``: ``PROG_LOAD`` (``error_pc = uop_depth``, the first micro-op that does not fit);
+  ``uop_depth``: ``PROG_LOAD`` (``error_pc = 0``, nothing runs);
 - an opcode not in ``Op``: ``ILLEGAL_OP``; an op without a handler: ``UNSUPPORTED`` (before its
   fields are looked at: a chip without the unit cannot judge them);
 - ``WAIT``: ``unit`` not a ``Unit``: ``BAD_FIELD`` (otherwise nothing to do sequentially);
@@ -57,10 +57,11 @@ Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``
 - INT8-mode lanes ``c >= PC`` see ``acc = 0`` and still go through the scaler with their PRM
   column parameters (``offset * xsum``, ``bias``): they are 0 when those parameters are 0,
   as the compiler writes them;
-- out parameters (PRM ``oprm_addr + j``, the KV exponent word) and ACC words are read / written,
-  hence range-checked, only by ``final`` ops; the GEMM's group parameter words always;
-- ``prm_step = 7`` (:data:`hw.isa.PRM_STEP_NEVER`) uses one group word per block even when a
-  ``dyn`` ``k_tiles`` exceeds 128;
+- every tile reads its group word and its out word (PRM ``oprm_addr + j``, or the KV exponent
+  word), so both are range-checked for every op, final or not (as ``hw/gemm_engine.py``);
+  ACC words only for ``final`` ops;
+- ``prm_step = 7`` (:data:`hw.isa.PRM_STEP_NEVER`) follows the formula too: one group word per
+  block while ``k_tiles <= 128`` (a ``dyn`` ``k_tiles`` may exceed it);
 - ACC outputs land in tile order (block ``j``, then row ``t``): if two land on one word
   (``acc_stride`` too small), the later one stays;
 - KV_APPEND takes a token's row ``exp`` from its first ACT word and group ``g``'s scale from the
@@ -86,7 +87,6 @@ from hw.isa import (
     INSTR,
     INSTR_BITS,
     OP_ARGS,
-    PRM_STEP_NEVER,
     Buf,
     Counter,
     Dyn,
@@ -281,7 +281,7 @@ class IsaSim:
         if self.done or self.error != Err.NONE:
             return self.error
         if len(self.program) > self.params.uop_depth:
-            return self._fail(Err.PROG_LOAD, self.params.uop_depth)
+            return self._fail(Err.PROG_LOAD, 0)
         if self.pc >= len(self.program):
             return self._fail(Err.PROG_RANGE, self.pc)
         self.counters[Counter.UOPS] += 1
@@ -302,6 +302,7 @@ class IsaSim:
     def _fail(self, err: Err, pc: int) -> Err:
         self.error = Err(err)
         self.error_pc = pc
+        self.done = True
         return self.error
 
     def _decode(self, word: int) -> tuple:
@@ -493,10 +494,7 @@ class IsaSim:
         wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
         a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + kt  # [t, kt]
         step = a["prm_step"]
-        if step == PRM_STEP_NEVER:
-            groups, g_of_kt = 1, np.zeros(k_tiles, np.int64)
-        else:
-            groups, g_of_kt = -(-k_tiles // (1 << step)), kt >> step
+        groups, g_of_kt = -(-k_tiles // (1 << step)), kt >> step
         pbuf = Buf.PRM if psrc == PSrc.PRM else Buf.KV
         if psrc == PSrc.PRM:
             s_idx = a["prm_addr"] + j[:, None] * groups + g_of_kt  # [n, kt]
@@ -508,8 +506,8 @@ class IsaSim:
         self._range(wbuf, w_idx, "weight rows")
         self._range(Buf.ACT, a_idx, "activation rows")
         self._range(pbuf, s_idx, "group parameters")
+        self._range(pbuf, o_idx, "out parameters")
         if final:
-            self._range(pbuf, o_idx, "out parameters")
             self._range(Buf.ACC, acc_idx, "outputs")
 
         # -- operands -----------------------------------------------------------------------------

@@ -671,11 +671,17 @@ def error_cases():
     case("gemm_acc_not_final", [], gemm(final=0, acc_addr=dep[Buf.ACC] - 1), Err.NONE)
     case("gemm_prm_group_range", [], gemm(prm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
     case("gemm_prm_out_range", [], gemm(oprm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
-    case("gemm_prm_out_not_final", [], gemm(final=0, oprm_addr=dep[Buf.PRM] - 1), Err.NONE)
+    case("gemm_prm_out_not_final", [], gemm(final=0, oprm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
     case("gemm_kv_prm_range", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 3), Err.SRAM_RANGE)
+    # out words are read with every tile (hw/gemm_engine.py), final or not
     case(
-        "gemm_kv_prm_not_final", [], gemm(psrc=PSrc.KV, final=0, prm_addr=dep[Buf.KV] - 3), Err.NONE
+        "gemm_kv_prm_not_final",
+        [],
+        gemm(psrc=PSrc.KV, final=0, prm_addr=dep[Buf.KV] - 3),
+        Err.SRAM_RANGE,
     )
+    case("gemm_kv_prm_fits", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 4), Err.NONE)
+    case("gemm_prm_out_fits", [], gemm(oprm_addr=dep[Buf.PRM] - 2), Err.NONE)
     # -- KV_APPEND (d 32, cap 64 -> 8 key blocks of 32 words, 24 scale words, 256 value words)
     case("kv_ok", [], kv(), Err.NONE)
     case("kv_t_len_0", [], kv(t_len=0), Err.BAD_FIELD)
@@ -715,7 +721,7 @@ def test_errors(p, prefix, op, err):
     ref = new_sim(p, state)
     ref.load_program(prefix + [encode(Op.HALT)])
     assert ref.run() == Err.NONE
-    assert sim.error_pc == sim.pc == len(prefix) and not sim.done
+    assert sim.error_pc == sim.pc == len(prefix) and sim.done
     assert sim.counters[Counter.UOPS] == len(prefix) + 1
     for b in Buf:
         assert np.array_equal(sim.bufs[b], ref.bufs[b]), b.name
@@ -738,6 +744,7 @@ def test_prog_range_and_load():
     assert sim.error_pc == 2 and sim.pos == 3 and sim.counters[Counter.UOPS] == 2
     sim.load_program([encode(Op.NOP)] * 16 + [encode(Op.HALT)])
     assert sim.run() == Err.PROG_LOAD and sim.counters[Counter.UOPS] == 0
+    assert sim.error_pc == 0 and sim.done
     sim.load_program([encode(Op.NOP)] * 15 + [encode(Op.HALT)])
     assert sim.run() == Err.NONE and sim.counters[Counter.UOPS] == 16
     sim.load_program([encode(Op.NOP)] * 5 + [encode(Op.HALT)])
