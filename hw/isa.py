@@ -386,8 +386,9 @@ def encode(op: Op, **fields) -> int:
 
 
 def decode(word: int) -> tuple[int, dict]:
-    """An encoded micro-op -> (opcode, fields). The opcode is returned as :class:`Op` when
-    legal, else as the raw int (the chip raises ``Err.ILLEGAL_OP`` for it)."""
+    """An encoded micro-op -> (opcode, fields). The opcode and enum fields are returned as
+    their enum members when legal, else as raw ints (the chip raises ``Err.ILLEGAL_OP`` /
+    ``Err.BAD_FIELD`` for them)."""
     word = int(word)
     if not 0 <= word < 1 << INSTR_BITS:
         raise ValueError(f"micro-op {word:#x} is not {INSTR_BITS} bits")
@@ -400,12 +401,17 @@ def decode(word: int) -> tuple[int, dict]:
     if member is None:
         return op, {}
     layout = data.Layout.cast(ARGS[member].shape)
-    view = layout.from_bits((word >> OP_BITS) & ((1 << layout.size) - 1))
+    bits = word >> OP_BITS
     out = {}
     for name, f in layout:
-        v = view[name]
-        out[name] = v if isinstance(v, py_enum.Enum) else int(v.as_value().value) \
-            if hasattr(v, "as_value") else int(v)
+        raw = (bits >> f.offset) & ((1 << f.width) - 1)
+        shape = f.shape
+        if isinstance(shape, type) and issubclass(shape, py_enum.Enum):
+            try:
+                raw = shape(raw)
+            except ValueError:
+                pass  # not a member: returned raw (the chip raises Err.BAD_FIELD)
+        out[name] = raw
     return op, out
 
 

@@ -1,0 +1,383 @@
+"""The chip: on-chip buffers, the static-graph sequencer, and the units it drives.
+
+::
+
+    host ports ── start, prog_addr, prog_len, pos_init ──> sequencer ── status, counters
+                                                              │ per-unit command queues
+          ┌─────────────── LOAD ─── STORE ─── GEMM ─── KV ────┘   (VEC: the next issue)
+    off-chip bus <──> DMA engines     │         │        │
+                        │  WGT ACT ACC PRM KV buffers (amaranth.lib.memory)  UOP memory
+
+On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep
+their contents: the KV cache lives across runs), ``pos = pos_init``, and the sequencer loads
+``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the micro-op memory
+(each micro-op is ``ceil(128 / bus_bits)`` bus words, low first; ``Err.PROG_LOAD`` if it
+does not fit ``uop_depth`` or the off-chip memory). It then fetches micro-ops in order (two
+cycles each) and dispatches each to its unit's in-order queue, or executes it itself
+(``NOP``, ``WAIT``, ``SETPOS``, ``HALT``; ``hw/isa.py``). Units run concurrently; only
+``WAIT`` orders them. ``HALT`` waits until every unit is idle, then raises ``done``.
+
+An illegal micro-op, or an error a unit reports (it checks a micro-op before touching any
+memory), latches ``error`` / ``error_pc`` (the first one wins), aborts every unit (queued
+micro-ops are dropped, in-flight bus reads drained) and ends in ``done`` with the error set:
+the chip never hangs and never writes outside a buffer.
+
+Counters (:class:`hw.isa.Counter`, 48 bits) are reset by ``start`` and readable at any
+time on ``counters``.
+"""
+
+import math
+
+from amaranth.hdl import Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .bus import BusSignature, MemReader, max_word_bits, word_bits
+from .dma import LoadEngine, StoreEngine
+from .gemm_engine import GemmEngine, cmd_layout, pc_bits
+from .isa import (INSTR, INSTR_BITS, Buf, Counter, Err, Op, Unit, buffer_depth, bus_bits,
+                  check_params)
+from .kv import KvEngine
+from .params import ChipParams
+
+__all__ = ["Chip", "COUNTER_BITS", "QUEUED_UNITS"]
+
+COUNTER_BITS = 48
+#: Units with a command queue in this build (no vector unit yet: ``VEC`` is UNSUPPORTED).
+QUEUED_UNITS = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
+_OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
+            Op.KV_APPEND: Unit.KV}
+
+
+class Chip(wiring.Component):
+    """The accelerator without its vector unit (``ChipParams`` sizes everything)."""
+
+    def __init__(self, params: ChipParams = ChipParams()):
+        check_params(params)
+        self.params = params
+        self.load = LoadEngine(params)
+        self.store = StoreEngine(params)
+        self.gemm = GemmEngine(params)
+        self.kv = KvEngine(params)
+        super().__init__({
+            "bus": Out(BusSignature(params)),
+            "start": In(1),
+            "prog_addr": In(32),
+            "prog_len": In(16),
+            "pos_init": In(16),
+            "running": Out(1),
+            "done": Out(1),
+            "error": Out(Err),
+            "error_pc": Out(pc_bits(params) + 1),  # PROG_RANGE may report pc = uop_depth
+            "pos": Out(16),
+            "counters": Out(data.ArrayLayout(unsigned(COUNTER_BITS), len(Counter))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        pcw = pc_bits(p)
+        B = bus_bits(p)
+        start = self.start
+
+        def unit(name, component):
+            m.submodules[name] = ResetInserter(start)(component)
+            return component
+
+        # -- buffers -----------------------------------------------------------------------
+        mems = {}
+        for buf in Buf:
+            gran = {"granularity": 8} if buf == Buf.KV else {}
+            mems[buf] = Memory(shape=unsigned(word_bits(p, buf)), depth=buffer_depth(p, buf),
+                               init=[])
+            m.submodules[f"mem_{buf.name.lower()}"] = mems[buf]
+            mems[buf]._gran = gran
+        wports = {b: mems[b].write_port(**mems[b]._gran) for b in Buf}
+        store_ports = {b: mems[b].read_port() for b in Buf}
+        m.submodules.uop = uop = Memory(shape=unsigned(INSTR_BITS), depth=p.uop_depth, init=[])
+        uop_w = uop.write_port()
+        uop_r = uop.read_port()
+
+        # -- units ----------------------------------------------------------------------------
+        load = unit("load", self.load)
+        store = unit("store", self.store)
+        gemm = unit("gemm", self.gemm)
+        kv = unit("kv", self.kv)
+        done_of = {Unit.LOAD: load.done, Unit.STORE: store.done, Unit.GEMM: gemm.done,
+                   Unit.KV: kv.done}
+        busy_of = {Unit.LOAD: load.busy, Unit.STORE: store.busy, Unit.GEMM: gemm.busy,
+                   Unit.KV: kv.busy}
+        errs = [load, store, gemm, kv]
+
+        # GEMM read ports
+        for name, buf in (("wgt", Buf.WGT), ("kvw", Buf.KV), ("act", Buf.ACT),
+                          ("prm", Buf.PRM), ("kvp", Buf.KV)):
+            port = mems[buf].read_port()
+            m.d.comb += [port.addr.eq(getattr(gemm, f"{name}_addr")),
+                         port.en.eq(getattr(gemm, f"{name}_en")),
+                         getattr(gemm, f"{name}_data").eq(port.data)]
+        # KV engine: an ACT read port
+        kv_act = mems[Buf.ACT].read_port()
+        m.d.comb += [kv_act.addr.eq(kv.act_addr), kv_act.en.eq(kv.act_en),
+                     kv.act_data.eq(kv_act.data)]
+
+        # -- buffer writes: DMA loads, GEMM outputs (ACC), KV appends (KV) ------------------------
+        lw = load.buf_wr
+        for buf in Buf:
+            wp = wports[buf]
+            mine = lw.valid & (lw.payload.buf == buf)
+            nb = word_bits(p, buf)
+            if buf == Buf.ACC:
+                g = gemm.acc_wr
+                m.d.comb += [
+                    wp.addr.eq(Mux(g.valid, g.payload.addr, lw.payload.addr)),
+                    wp.data.eq(Mux(g.valid, g.payload.data, lw.payload.data[:nb])),
+                    wp.en.eq(g.valid | mine),
+                    g.ready.eq(1),
+                ]
+            elif buf == Buf.KV:
+                k = kv.kv_wr
+                lanes = len(wp.en)
+                m.d.comb += [
+                    wp.addr.eq(Mux(k.valid, k.payload.addr, lw.payload.addr)),
+                    wp.data.eq(Mux(k.valid, k.payload.data, lw.payload.data[:nb])),
+                    wp.en.eq(Mux(k.valid, k.payload.en, Mux(mine, (1 << lanes) - 1, 0))),
+                    k.ready.eq(1),
+                ]
+            else:
+                m.d.comb += [wp.addr.eq(lw.payload.addr), wp.data.eq(lw.payload.data[:nb]),
+                             wp.en.eq(mine)]
+        m.d.comb += lw.ready.eq(Mux(lw.payload.buf == Buf.ACC, ~gemm.acc_wr.valid,
+                                    Mux(lw.payload.buf == Buf.KV, ~kv.kv_wr.valid, 1)))
+
+        # -- buffer reads for STORE -------------------------------------------------------------
+        m.submodules.store_rd = srd = ResetInserter(start)(
+            MemReader(16, max_word_bits(p), Buf))
+        m.d.comb += [
+            srd.i.valid.eq(store.buf_rd.valid),
+            srd.i.payload.addr.eq(store.buf_rd.payload.addr),
+            srd.i.payload.meta.eq(store.buf_rd.payload.buf),
+            store.buf_rd.ready.eq(srd.i.ready),
+            store.buf_rd_data.valid.eq(srd.o.valid),
+            store.buf_rd_data.payload.eq(srd.o.payload.data),
+            srd.o.ready.eq(store.buf_rd_data.ready),
+        ]
+        sbuf_d = Signal(Buf)
+        with m.If(srd.rd_en):
+            m.d.sync += sbuf_d.eq(store.buf_rd.payload.buf)
+        rdata = 0
+        for buf in Buf:
+            port = store_ports[buf]
+            m.d.comb += [port.addr.eq(srd.rd_addr),
+                         port.en.eq(srd.rd_en & (store.buf_rd.payload.buf == buf))]
+            rdata = Mux(sbuf_d == buf, port.data, rdata)
+        m.d.comb += srd.rd_data.eq(rdata)
+
+        # -- command queues ---------------------------------------------------------------------
+        cl = cmd_layout(p)
+        queues = {}
+        for u in QUEUED_UNITS:
+            q = ResetInserter(start)(fifo.SyncFIFOBuffered(width=cl.size, depth=p.queue_depth))
+            m.submodules[f"q_{u.name.lower()}"] = q
+            queues[u] = q
+        for u, eng in ((Unit.GEMM, gemm), (Unit.KV, kv)):
+            q = queues[u]
+            m.d.comb += [eng.cmd.valid.eq(q.r_rdy), eng.cmd.payload.eq(q.r_data),
+                         q.r_en.eq(eng.cmd.ready)]
+        for u, eng in ((Unit.LOAD, load), (Unit.STORE, store)):
+            q = queues[u]
+            entry = cl(q.r_data)
+            m.d.comb += [eng.cmd.valid.eq(q.r_rdy), eng.cmd.payload.args.eq(entry.args.dma),
+                         eng.cmd.payload.pc.eq(entry.pc), q.r_en.eq(eng.cmd.ready)]
+
+        # -- sequencer --------------------------------------------------------------------------
+        pc = Signal(pcw + 1)
+        prog_len = Signal(16)
+        pos = Signal(16)
+        err = Signal(Err)
+        err_pc = Signal(pcw + 1)
+        m.d.comb += [self.error.eq(err), self.error_pc.eq(err_pc), self.pos.eq(pos)]
+        outstanding = {u: Signal(range(p.queue_depth + 3), name=f"out_{u.name.lower()}")
+                       for u in QUEUED_UNITS}
+        push = {u: Signal(1, name=f"push_{u.name.lower()}") for u in QUEUED_UNITS}
+        for u in QUEUED_UNITS:
+            with m.If(start):
+                m.d.sync += outstanding[u].eq(0)
+            with m.Else():
+                m.d.sync += outstanding[u].eq(outstanding[u] + push[u] - done_of[u])
+        any_busy = Signal(1)
+        m.d.comb += any_busy.eq(
+            sum(outstanding[u] != 0 for u in QUEUED_UNITS).bool()
+            | load.busy | store.busy | gemm.busy | kv.busy)
+
+        # unit-reported errors (the first one wins; a sequencer error has the same rule)
+        unit_err = Signal(1)
+        unit_code = Signal(Err)
+        unit_pc = Signal(pcw)
+        for e in reversed(errs):
+            with m.If(e.err_valid):
+                m.d.comb += [unit_err.eq(1), unit_code.eq(e.err_code), unit_pc.eq(e.err_pc)]
+        seq_err = Signal(1)
+        seq_code = Signal(Err)
+        with m.If(start):
+            m.d.sync += [err.eq(Err.NONE), err_pc.eq(0)]
+        with m.Elif((err == Err.NONE) & unit_err):
+            m.d.sync += [err.eq(unit_code), err_pc.eq(unit_pc)]
+        with m.Elif((err == Err.NONE) & seq_err):
+            m.d.sync += [err.eq(seq_code), err_pc.eq(pc)]
+        abort = Signal(1)
+        m.d.comb += abort.eq(err != Err.NONE)
+        for eng in errs:
+            m.d.comb += eng.abort.eq(abort)
+
+        # counters
+        cnt = {c: Signal(COUNTER_BITS, name=f"cnt_{c.name.lower()}") for c in Counter}
+        inc = {c: Signal(1, name=f"inc_{c.name.lower()}") for c in Counter}
+        for c in Counter:
+            m.d.comb += self.counters[c].eq(cnt[c])
+            with m.If(start):
+                m.d.sync += cnt[c].eq(0)
+            with m.Elif(inc[c]):
+                m.d.sync += cnt[c].eq(cnt[c] + 1)
+        m.d.comb += [
+            inc[Counter.CYCLES].eq(self.running),
+            inc[Counter.BUSY_LOAD].eq(load.busy),
+            inc[Counter.BUSY_STORE].eq(store.busy),
+            inc[Counter.BUSY_GEMM].eq(gemm.busy),
+            inc[Counter.BUSY_KV].eq(kv.busy),
+            inc[Counter.STALL_MEM].eq(load.stall_mem | store.stall_mem),
+            inc[Counter.GRID_ROWS].eq(gemm.rows),
+            inc[Counter.LOAD_WORDS].eq(load.words),
+            inc[Counter.STORE_WORDS].eq(store.words),
+        ]
+
+        # boot: the program from off-chip memory into the micro-op memory
+        IB = math.ceil(INSTR_BITS / B)
+        offchip_words = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
+        req_left = Signal(32)
+        req_addr = Signal(32)
+        rsp_word = Signal(range(IB + 1))
+        rsp_uop = Signal(pcw + 1)
+        shreg = Signal(IB * B)
+        boot = Signal(1)
+        # the bus read channel: boot loader, else the LOAD engine; writes: STORE engine
+        bus = self.bus
+        m.d.comb += [
+            bus.rd_addr.valid.eq(Mux(boot, req_left != 0, load.bus_rd_addr.valid)),
+            bus.rd_addr.payload.eq(Mux(boot, req_addr, load.bus_rd_addr.payload)),
+            load.bus_rd_addr.ready.eq(~boot & bus.rd_addr.ready),
+            load.bus_rd_data.valid.eq(~boot & bus.rd_data.valid),
+            load.bus_rd_data.payload.eq(bus.rd_data.payload),
+            bus.rd_data.ready.eq(Mux(boot, 1, load.bus_rd_data.ready)),
+        ]
+        wiring.connect(m, store.bus_wr, wiring.flipped(bus.wr))
+
+        instr = INSTR(uop_r.data)
+        fetch = Signal(1)  # (a read port's en is 1 unless driven: drive it always)
+        m.d.comb += [uop_r.addr.eq(pc), uop_r.en.eq(fetch)]
+        op = instr.op
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [pc.eq(0), prog_len.eq(self.prog_len), pos.eq(self.pos_init),
+                                 req_left.eq(self.prog_len * IB), req_addr.eq(self.prog_addr),
+                                 rsp_word.eq(0), rsp_uop.eq(0), self.running.eq(1),
+                                 self.done.eq(0)]
+                    m.next = "BOOTCHK"
+            with m.State("BOOTCHK"):
+                with m.If((prog_len > p.uop_depth)
+                          | (req_addr + prog_len * IB > offchip_words)):
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_LOAD)]
+                    m.next = "DRAIN"
+                with m.Else():
+                    m.next = "BOOT"
+            with m.State("BOOT"):
+                m.d.comb += boot.eq(1)
+                with m.If(bus.rd_addr.valid & bus.rd_addr.ready):
+                    m.d.sync += [req_left.eq(req_left - 1), req_addr.eq(req_addr + 1)]
+                with m.If(bus.rd_data.valid):
+                    word = Signal(IB * B)
+                    m.d.comb += word.eq(Mux(
+                        rsp_word == 0, bus.rd_data.payload,
+                        shreg | (bus.rd_data.payload << (rsp_word * B)).as_unsigned()))
+                    with m.If(rsp_word == IB - 1):
+                        m.d.comb += [uop_w.addr.eq(rsp_uop), uop_w.data.eq(word[:INSTR_BITS]),
+                                     uop_w.en.eq(1)]
+                        m.d.sync += [rsp_word.eq(0), rsp_uop.eq(rsp_uop + 1), shreg.eq(0)]
+                    with m.Else():
+                        m.d.sync += [rsp_word.eq(rsp_word + 1), shreg.eq(word)]
+                with m.If(rsp_uop == prog_len):
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(abort):
+                    m.next = "DRAIN"
+                with m.Elif(pc >= prog_len):
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_RANGE)]
+                    m.next = "DRAIN"
+                with m.Else():
+                    m.d.comb += fetch.eq(1)
+                    m.next = "EXEC"
+            with m.State("EXEC"):
+                nxt = Signal(1)
+                with m.If(abort):
+                    m.next = "DRAIN"
+                with m.Elif(op == Op.NOP):
+                    m.d.comb += nxt.eq(1)
+                with m.Elif(op == Op.HALT):
+                    m.d.comb += inc[Counter.UOPS].eq(1)
+                    m.next = "DRAIN"
+                with m.Elif(op == Op.WAIT):
+                    w = instr.args.wait
+                    with m.If(w.unit > max(Unit)):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        level = Signal.like(outstanding[Unit.LOAD])
+                        for u in QUEUED_UNITS:
+                            with m.If(w.unit == u):
+                                m.d.comb += level.eq(outstanding[u])
+                        with m.If(level <= w.count):
+                            m.d.comb += nxt.eq(1)
+                        with m.Else():
+                            m.d.comb += inc[Counter.STALL_WAIT].eq(1)
+                with m.Elif(op == Op.SETPOS):
+                    a = instr.args.pos
+                    new = Signal(17)
+                    m.d.comb += new.eq(Mux(a.add, pos + a.value, a.value))
+                    with m.If(new[16]):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.d.sync += pos.eq(new)
+                        m.d.comb += nxt.eq(1)
+                with m.Elif(op == Op.VEC):
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
+                                 inc[Counter.UOPS].eq(1)]
+                    m.next = "DRAIN"
+                for o, u in _OP_UNIT.items():
+                    with m.Elif(op == o):
+                        q = queues[u]
+                        entry = Signal(cl, name=f"entry_{u.name.lower()}")
+                        m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
+                                     entry.pc.eq(pc), q.w_data.eq(entry)]
+                        with m.If(q.w_rdy):
+                            m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
+                        with m.Else():
+                            m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
+                with m.Else():
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
+                                 inc[Counter.UOPS].eq(1)]
+                    m.next = "DRAIN"
+                with m.If(nxt):
+                    m.d.comb += inc[Counter.UOPS].eq(1)
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+            with m.State("DRAIN"):
+                with m.If(~any_busy | (abort & ~(load.busy | store.busy | gemm.busy
+                                                 | kv.busy))):
+                    m.d.sync += [self.running.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,92 @@
+"""Run micro-op programs on the chip's Verilog under Verilator (cocotb), in bulk.
+
+:func:`run_jobs` is the RTL backend's entry point: it converts :class:`sim.chip_sim.ChipSim`
+for ``params`` (cached in ``build/rtl/<name>/``), writes the off-chip memory image as a
+``$readmemh`` file, and runs ``tests/rtl/tb_chip.py``, which for each :class:`Job` in turn
+sets the memory model's configuration, pulses ``start``, waits for ``done`` (Verilator runs
+freely meanwhile: Python is not called per cycle) and dumps the off-chip memory with
+``$writememh``. The on-chip buffers keep their contents from one job to the next, as on the
+real chip. Returns one :class:`JobResult` per job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hw.isa import Counter, Err
+from hw.params import ChipParams
+from sim.offchip import read_memh, write_memh
+from sim.rtl import BUILD, run_cocotb
+
+__all__ = ["Job", "JobResult", "run_jobs"]
+
+
+@dataclass
+class Job:
+    """One run of the chip: the program's bus-word address and length, the context
+    position, the memory model's configuration and a cycle budget."""
+
+    prog_addr: int
+    prog_len: int
+    pos_init: int = 0
+    interval: int = 0
+    jitter: int = 0
+    jitter_max: int = 0
+    seed: int = 1
+    max_cycles: int = 1_000_000
+
+
+@dataclass
+class JobResult:
+    error: Err
+    error_pc: int
+    pos: int
+    counters: dict = field(default_factory=dict)  # Counter -> int
+    offchip: np.ndarray | None = None              # uint8, the memory after the job
+    range_error: bool = False
+    timed_out: bool = False
+
+
+def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: str | None = None,
+             waves: bool | None = None) -> list[JobResult]:
+    """Run ``jobs`` one after the other on one Verilator simulation whose off-chip memory
+    starts as ``image`` (uint8 bytes, at most ``offchip_kib`` KiB)."""
+    from sim.chip_sim import STORAGE_VERILOG, ChipSim
+
+    name = name or (f"chip_r{params.rows}c{params.cols}_b{params.offchip_bytes_per_cycle}"
+                    f"_{abs(hash(params)) % 10**8:08d}")
+    build = BUILD / name
+    build.mkdir(parents=True, exist_ok=True)
+    B = params.offchip_bytes_per_cycle
+    size = params.offchip_kib * 1024
+    image = np.asarray(image, np.uint8)
+    if image.size > size:
+        raise ValueError(f"memory image of {image.size} bytes does not fit the {size}-byte "
+                         f"off-chip memory (ChipParams.offchip_kib = {params.offchip_kib})")
+    full = np.zeros(size, np.uint8)
+    full[:image.size] = image
+    init = build / "offchip_init.hex"
+    write_memh(init, full.tobytes(), B)
+    spec = build / "jobs.json"
+    spec.write_text(json.dumps([asdict(j) for j in jobs]))
+    out = build / "results.json"
+    if out.exists():
+        out.unlink()
+    run_cocotb(ChipSim(params), "chip_sim", "tests.rtl.tb_chip", name=name, waves=waves,
+               sources=[STORAGE_VERILOG],
+               plusargs=[f"+offchip_init={init}", f"+offchip_dump={build / 'offchip_dump.hex'}"],
+               extra_env={"CHIP_JOBS": str(spec), "CHIP_RESULTS": str(out),
+                          "CHIP_BUILD": str(build)})
+    results = []
+    for i, r in enumerate(json.loads(out.read_text())):
+        dump = read_memh(build / f"offchip_dump_{i}.hex", B)
+        results.append(JobResult(
+            error=Err(r["error"]), error_pc=r["error_pc"], pos=r["pos"],
+            counters={Counter[k]: v for k, v in r["counters"].items()},
+            offchip=dump.reshape(-1)[:size], range_error=bool(r["range_error"]),
+            timed_out=bool(r["timed_out"])))
+    return results
