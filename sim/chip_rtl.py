@@ -49,6 +49,7 @@ class JobResult:
     offchip: np.ndarray | None = None              # uint8, the memory after the job
     range_error: bool = False
     timed_out: bool = False
+    wall_s: float = 0.0                            # host seconds the simulation took
 
 
 def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: str | None = None,
@@ -88,5 +89,5 @@ def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: st
             error=Err(r["error"]), error_pc=r["error_pc"], pos=r["pos"],
             counters={Counter[k]: v for k, v in r["counters"].items()},
             offchip=dump.reshape(-1)[:size], range_error=bool(r["range_error"]),
-            timed_out=bool(r["timed_out"])))
+            timed_out=bool(r["timed_out"]), wall_s=float(r["wall_s"])))
     return results

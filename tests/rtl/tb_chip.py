@@ -9,6 +9,7 @@ and record status and counters in ``CHIP_RESULTS``.
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import cocotb
@@ -40,6 +41,7 @@ async def run_jobs(dut):
         dut.prog_len.value = job["prog_len"]
         dut.pos_init.value = job["pos_init"]
         await FallingEdge(dut.clk)
+        t0 = time.perf_counter()
         dut.start.value = 1
         await FallingEdge(dut.clk)
         dut.start.value = 0
@@ -48,10 +50,12 @@ async def run_jobs(dut):
             await First(RisingEdge(dut.done), ClockCycles(dut.clk, job["max_cycles"]))
             timed_out = not int(dut.done.value)
         await ReadOnly()
+        wall = time.perf_counter() - t0
         counters = {c.name: _counter(dut, c) for c in Counter}
         res = {"error": int(dut.error.value), "error_pc": int(dut.error_pc.value),
                "pos": int(dut.pos.value), "counters": counters,
-               "range_error": int(dut.range_error.value), "timed_out": timed_out}
+               "range_error": int(dut.range_error.value), "timed_out": timed_out,
+               "wall_s": wall}
         await FallingEdge(dut.clk)
         dut.dump.value = 1
         await FallingEdge(dut.clk)
