@@ -29,7 +29,8 @@ nothing. The vector unit plugs in later as ``sim.handlers[Op.VEC] = handler``; u
 stays there). Checks and their order:
 
 - ``pc`` beyond the program: ``PROG_RANGE`` (``error_pc = pc``); a program longer than
-  ``uop_depth``: ``PROG_LOAD`` (``error_pc = 0``, nothing runs);
+  ``uop_depth`` (or, with :meth:`IsaSim.boot`, beyond the off-chip memory): ``PROG_LOAD``
+  (``error_pc = 0``, nothing runs);
 - an opcode not in ``Op``: ``ILLEGAL_OP``; an op without a handler: ``UNSUPPORTED`` (before its
   fields are looked at: a chip without the unit cannot judge them);
 - ``WAIT``: ``unit`` not a ``Unit``: ``BAD_FIELD`` (otherwise nothing to do sequentially);
@@ -218,6 +219,7 @@ class IsaSim:
 
         self.pos = 0
         self.program: list[int] = []
+        self._boot_fail = False
         self.pc = 0
         self.done = False
         self.error = Err.NONE
@@ -257,7 +259,23 @@ class IsaSim:
         self.program = prog
         self._restart()
 
+    def boot(self, prog_addr: int, prog_len: int, pos_init: int = 0) -> None:
+        """What the chip's ``start`` does (``hw/chip.py``): ``pos = pos_init`` and the program
+        is the ``prog_len`` micro-ops at off-chip bus word ``prog_addr`` (``ceil(128 / bus
+        bits)`` bus words each, low first). A program longer than ``uop_depth`` or beyond the
+        off-chip memory fails with ``Err.PROG_LOAD`` when run. Then :meth:`run`."""
+        self.pos = pos_init
+        per = -(-INSTR_BITS // (8 * self.bus_bytes))
+        if prog_len > self.params.uop_depth or prog_addr + prog_len * per > self.bus_words:
+            self.program = []
+            self._restart()
+            self._boot_fail = True
+            return
+        raw = self.read_offchip(prog_addr, prog_len * per).reshape(prog_len, -1)
+        self.load_program(raw[:, : word_bytes(INSTR)])
+
     def _restart(self):
+        self._boot_fail = False
         self.pc = 0
         self.done = False
         self.error = Err.NONE
@@ -268,7 +286,9 @@ class IsaSim:
         """Execute from ``pc = 0`` until ``HALT`` or an error; returns ``error``. Memory,
         buffers, ``y`` and ``pos`` carry over from before. ``RuntimeError`` if ``max_ops``
         micro-ops run without either."""
+        boot_fail = self._boot_fail
         self._restart()
+        self._boot_fail = boot_fail
         for _ in range(max_ops):
             self.step()
             if self.done or self.error != Err.NONE:
@@ -280,7 +300,7 @@ class IsaSim:
         ``pc`` advances past every op but ``HALT``, and stays on a failing one."""
         if self.done or self.error != Err.NONE:
             return self.error
-        if len(self.program) > self.params.uop_depth:
+        if self._boot_fail or len(self.program) > self.params.uop_depth:
             return self._fail(Err.PROG_LOAD, 0)
         if self.pc >= len(self.program):
             return self._fail(Err.PROG_RANGE, self.pc)

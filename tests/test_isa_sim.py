@@ -1,11 +1,11 @@
 """The instruction-level simulator (``sim/isa_sim.py``) against the golden model.
 
-Programs are encoded with ``hw.isa.encode``; memory images are laid out here, from the formats
-``hw/isa.py`` documents, with its codec (``pack_words``), never with the simulator's helpers;
-results travel back through ``STORE`` into off-chip memory and are compared bit for bit with
-``sim.golden`` (``gemm``, ``gemm_act``). Error tests check the code, the failing ``pc`` and that
-the failing micro-op wrote nothing (against a run that stops right before it).
-Random tests print their seed; replay with ISA_SEED=<seed>.
+Programs are encoded with ``hw.isa.encode``; memory images and programs are laid out by
+``sim/programs.py`` from the formats ``hw/isa.py`` documents (its codec, ``pack_words``), never
+with the simulator's helpers; results travel back through ``STORE`` into off-chip memory and are
+compared bit for bit with ``sim.golden`` (``gemm``, ``gemm_act``). Error tests check the code, the
+failing ``pc`` and that the failing micro-op wrote nothing (against a run that stops right before
+it). Random tests print their seed; replay with ISA_SEED=<seed>.
 """
 
 import os
@@ -15,7 +15,6 @@ import pytest
 from amaranth.lib import data
 
 from hw.isa import (
-    INSTR,
     PRM_STEP_NEVER,
     Buf,
     Counter,
@@ -24,22 +23,32 @@ from hw.isa import (
     GridMode,
     KvKind,
     Op,
-    PSrc,
     Unit,
-    VecFn,
     WSrc,
     buffer_depth,
     bus_words_per,
     encode,
-    pack_words,
-    unpack_words,
     word_bytes,
     word_layout,
 )
 from hw.params import ChipParams
 from sim import golden as G
 from sim.isa_sim import TIMED_COUNTERS, IsaSim, round_output
-from sw.quantize import QWeight, quantize_float, to_wide
+from sim.programs import (
+    Image,
+    KvHead,
+    acc_words,
+    act_fields,
+    bus_image,
+    error_cases,
+    gscale,
+    prm_fields,
+    pv_planes,
+    random_problem,
+    weight_fields,
+    weight_gemm,
+)
+from sw.quantize import to_wide
 
 SEED = int(os.environ.get("ISA_SEED", np.random.SeedSequence().entropy % 2**32))
 F = G.NUM.frac_bits
@@ -54,144 +63,6 @@ def rng():
     return np.random.default_rng(SEED)
 
 
-# -- memory images, laid out from hw/isa.py ----------------------------------------------------
-
-
-def bus_image(p, buf, fields):
-    """Words of ``buf`` in off-chip form: ``bus_words_per`` bus words each, low bits first,
-    zero above the word. uint8 [n, bytes per word]."""
-    raw = pack_words(word_layout(p, buf), fields)
-    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
-    out = np.zeros((len(raw), per), np.uint8)
-    out[:, : raw.shape[1]] = raw
-    return out
-
-
-def from_bus(p, buf, raw, n):
-    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
-    nb = word_bytes(word_layout(p, buf))
-    return unpack_words(word_layout(p, buf), np.asarray(raw).reshape(n, per)[:, :nb])
-
-
-class Image:
-    """An off-chip memory image assembled region by region (bus-word addresses)."""
-
-    def __init__(self, p):
-        self.p = p
-        self.mem = np.zeros(p.offchip_kib * 1024, np.uint8)
-        self.next = 0
-
-    def put(self, buf, fields):
-        """Place words of ``buf``; returns (bus address, number of buffer words)."""
-        img = bus_image(self.p, buf, fields)
-        B = self.p.offchip_bytes_per_cycle
-        addr = self.next
-        self.mem[addr * B : addr * B + img.size] = img.ravel()
-        self.next += img.size // B
-        return addr, len(img)
-
-    def reserve(self, buf, n):
-        addr = self.next
-        self.next += n * bus_words_per(self.p, buf)
-        return addr
-
-
-def gscale(mant):
-    """Power-of-two group mantissas -> (gshift, gzero) fields."""
-    mant = np.asarray(mant, np.int64)
-    gshift = np.where(mant > 0, np.log2(np.maximum(mant, 1)).round(), 0).astype(np.int64)
-    assert np.array_equal(np.where(mant > 0, np.left_shift(1, gshift), 0), mant)
-    return gshift, (mant == 0).astype(np.int64)
-
-
-def act_fields(R, x8, mant, exp, group):
-    """A8 rows [T, K] (zero-padded to whole K-tiles) -> ACT words, row t at t * k_tiles."""
-    x8 = np.asarray(x8, np.int64)
-    T, K = x8.shape
-    kt = -(-K // R)
-    x = np.zeros((T, kt * R), np.int64)
-    x[:, :K] = x8
-    gidx = (np.arange(kt) * R) // group
-    m = np.zeros((T, gidx.max() + 1), np.int64)
-    m[:, : min(mant.shape[1], m.shape[1])] = mant[:, : m.shape[1]]
-    gs, gz = gscale(m[:, gidx])
-    return {
-        "data": x.reshape(T * kt, R),
-        "gshift": gs.ravel(),
-        "gzero": gz.ravel(),
-        "exp": np.repeat(np.asarray(exp, np.int64), kt),
-    }
-
-
-def ncols_of(p, mode):
-    return p.cols if mode == GridMode.W4A8 else p.cols // 2
-
-
-def weight_fields(p, q, mode):
-    """Weight [N, K] -> WGT words, tile-major: tile (j, kt) row r at (j * k_tiles + kt) * R + r,
-    a byte per PE column (INT8, or INT4 lo | hi << 4 for columns 2c, 2c + 1)."""
-    R, PC = p.rows, p.cols // 2
-    nc = ncols_of(p, mode)
-    N, K = q.shape
-    nb = -(-N // nc)
-    qp = np.zeros((nb * nc, K), np.int64)
-    qp[:N] = q
-    w = qp.reshape(nb, nc, K // R, R).transpose(0, 2, 3, 1)  # [j, kt, r, column]
-    b = (w[..., 0::2] & 15) | ((w[..., 1::2] & 15) << 4) if mode == GridMode.W4A8 else w & 255
-    return {"": b.reshape(-1, PC)}
-
-
-def prm_fields(p, qw, bias, mode):
-    """Group words (block j, weight group g at j * K/32 + g) and out words (block j)."""
-    C = p.cols
-    nc = ncols_of(p, mode)
-    N, K = qw.q.shape
-    nb, ng = -(-N // nc), K // G.NUM.group
-
-    def lanes(v, shape_tail):  # per-column values [N, ...] -> [nb, ..., C]
-        vp = np.zeros((nb * nc, *shape_tail), np.int64)
-        vp[:N] = v
-        out = np.zeros((nb, *shape_tail, C), np.int64)
-        out[..., :nc] = np.moveaxis(vp.reshape(nb, nc, *shape_tail), 1, -1)
-        return out
-
-    off = qw.offset if qw.offset is not None else np.zeros_like(qw.scale)
-    group = {
-        "group.scale": lanes(qw.scale, (ng,)).reshape(-1, C),
-        "group.offset": lanes(off, (ng,)).reshape(-1, C),
-    }
-    out = {"out.shift": lanes(qw.shift, ()), "out.bias": lanes(bias, ())}
-    return group, out
-
-
-def random_problem(rng, T, K, N, bits):
-    """As tests/test_gemm.py: activations over three decades per group of 16, weights from
-    normals, Q4_1-like random offsets for INT4."""
-    x = rng.normal(size=(T, K)) * np.repeat(10.0 ** rng.uniform(-2, 1, (T, K // 16)), 16, 1)
-    x8, xs = G.quantize_rows(to_wide(x))
-    qw = quantize_float(rng.normal(size=(N, K)) * 0.1, bits=bits)
-    if bits == 4:
-        qw = QWeight(
-            qw.q,
-            qw.scale,
-            rng.integers(-3000, 3000, qw.scale.shape).astype(np.int16),
-            qw.shift,
-            bits,
-        )
-    return x8, xs, qw, to_wide(rng.normal(size=N))
-
-
-def sub_weight(qw, k0, k1):
-    g = G.NUM.group
-    return QWeight(
-        qw.q[:, k0:k1],
-        qw.scale[:, k0 // g : k1 // g],
-        None if qw.offset is None else qw.offset[:, k0 // g : k1 // g],
-        qw.shift,
-        qw.bits,
-    )
-
-
 # -- 1. weight GEMMs: load -> GEMM -> store vs sim.golden.gemm --------------------------------
 
 
@@ -201,82 +72,22 @@ def sub_weight(qw, k0, k1):
 def test_weight_gemm_matches_golden(rng, p, bits, T, split):
     """K = 96 (three weight groups), N = 37 (partial last block); ``split``: K as two GEMM
     micro-ops (64 + 32 on separate weight tiles), the second adding to the first's sums."""
-    R, C = p.rows, p.cols
     K, N = 96, 37
     x8, xs, qw, bias = random_problem(rng, T, K, N, bits)
-    want = G.gemm(x8, xs, qw, bias)
-    mode = GridMode.W4A8 if bits == 4 else GridMode.INT8
-    nc = ncols_of(p, mode)
-    nb = -(-N // nc)
-    step = int(np.log2(G.NUM.group // R))
-    parts = [(0, 64), (64, K)] if split else [(0, K)]
-
     img = Image(p)
-    W_SRAM, A_SRAM, P_SRAM, ACC_SRAM = 5, 3, 2, 7
-    act = act_fields(R, x8, xs.mant, xs.exp, xs.group)
-    # the scaler rounds with the exp of the row's final K-tile: the others may hold anything
-    not_last = np.arange(len(act["exp"])) % (K // R) != K // R - 1
-    act["exp"][not_last] = rng.integers(-128, 128, not_last.sum())
-    a_off, a_n = img.put(Buf.ACT, act)
-    prog = [encode(Op.LOAD, buf=Buf.ACT, sram=A_SRAM, words=a_n, off=a_off)]
-    gemms, w_sram, p_sram, load_words = [], W_SRAM, P_SRAM, a_n * bus_words_per(p, Buf.ACT)
-    for i, (k0, k1) in enumerate(parts):
-        sw = sub_weight(qw, k0, k1)
-        w_off, w_n = img.put(Buf.WGT, weight_fields(p, sw.q, mode))
-        group, out = prm_fields(p, sw, bias, mode)
-        g_off, g_n = img.put(Buf.PRM, group)
-        o_off, o_n = img.put(Buf.PRM, out)
-        prog += [
-            encode(Op.LOAD, buf=Buf.WGT, sram=w_sram, words=w_n, off=w_off),
-            encode(Op.LOAD, buf=Buf.PRM, sram=p_sram, words=g_n, off=g_off),
-            encode(Op.LOAD, buf=Buf.PRM, sram=p_sram + g_n, words=o_n, off=o_off),
-        ]
-        load_words += w_n * bus_words_per(p, Buf.WGT) + (g_n + o_n) * bus_words_per(p, Buf.PRM)
-        gemms.append(
-            encode(
-                Op.GEMM,
-                mode=mode,
-                wsrc=WSrc.WGT,
-                psrc=PSrc.PRM,
-                first=int(i == 0),
-                final=int(i == len(parts) - 1),
-                dyn=Dyn.STATIC,
-                w_addr=w_sram,
-                a_addr=A_SRAM + k0 // R,
-                a_stride=K // R,
-                acc_addr=ACC_SRAM,
-                acc_stride=nb,
-                prm_addr=p_sram,
-                prm_step=step,
-                oprm_addr=p_sram + g_n,
-                t_len=T,
-                k_tiles=(k1 - k0) // R,
-                n_tiles=nb,
-            )
-        )
-        w_sram += w_n
-        p_sram += g_n + o_n
-    out_off = img.reserve(Buf.ACC, T * nb)
-    prog += gemms + [
-        encode(Op.STORE, buf=Buf.ACC, sram=ACC_SRAM, words=T * nb, off=out_off),
-        encode(Op.HALT),
-    ]
-
+    wg = weight_gemm(p, img, x8, xs, qw, bias, k_ops=2 if split else 1,
+                     base=dict(wgt=5, act=3, prm=2, acc=7), exp_rng=rng)
+    assert [op[2:] for op in wg.ops] == ([(0, 64), (64, K)] if split else [(0, K)])
     sim = IsaSim(p, img.mem)
-    sim.load_program(prog)
+    sim.load_program(wg.prog)
     assert sim.run() == Err.NONE and sim.done
-    acc = from_bus(
-        p, Buf.ACC, sim.read_offchip(out_off, T * nb * bus_words_per(p, Buf.ACC)), T * nb
-    )[""].reshape(T, nb, C)
-    got = acc[:, :, :nc].reshape(T, nb * nc)
-    assert np.array_equal(got[:, :N], want)
-    assert not got[:, N:].any() and not acc[:, :, nc:].any()  # padding columns and lanes
-    c = sim.counters
-    assert c[Counter.UOPS] == len(prog)
-    assert c[Counter.GRID_ROWS] == nb * (K // R) * T
-    assert c[Counter.LOAD_WORDS] == load_words
-    assert c[Counter.STORE_WORDS] == T * nb * bus_words_per(p, Buf.ACC)
-    assert all(c[k] == 0 for k in TIMED_COUNTERS)
+    assert np.array_equal(wg.result(sim.offchip), G.gemm(x8, xs, qw, bias))
+    acc = wg.acc(sim.offchip)
+    assert not acc[:, :, wg.nc :].any()  # INT8: lanes c >= PC
+    assert not acc[:, :, : wg.nc].reshape(T, -1)[:, N:].any()  # padding columns
+    assert wg.counters[Counter.GRID_ROWS] == wg.nb * (K // p.rows) * T
+    assert all(sim.counters[k] == v for k, v in wg.counters.items())
+    assert all(sim.counters[k] == 0 for k in TIMED_COUNTERS)
 
 
 # -- 2. attention from the KV cache: QKᵀ and P·V vs sim.golden.gemm_act -------------------------
@@ -290,7 +101,8 @@ def test_kv_cache_qk_and_pv(rng, p):
     R, C = p.rows, p.cols
     PC = C // 2
     d, S, cap = 32, 8, 16
-    wpr, Gd, blocks = d // R, d // AG, -(-cap // PC)
+    head = KvHead(p, d, cap)
+    wpr, Gd = head.words_per_row, head.G
     k8, ks = G.quantize_rows(to_wide(rng.normal(size=(S, d)) * 3))
     v8, vs = G.quantize_rows(to_wide(rng.normal(size=(S, d))), group=None)
     q8, qs = G.quantize_rows(to_wide(rng.normal(size=(5, d))))
@@ -305,8 +117,7 @@ def test_kv_cache_qk_and_pv(rng, p):
         act_fields(R, k8, ks.mant, ks.exp, ks.group),
         act_fields(R, v8, vs.mant, vs.exp, vs.group),
         act_fields(R, q8, qs.mant, qs.exp, qs.group),
-        act_fields(R, p15 >> 7, ps.mant, ps.exp, ps.group),
-        act_fields(R, p15 & 127, ps.mant, ps.exp, ps.group),
+        *pv_planes(R, p15, ps),
     ]
     for r in rows[:2]:  # KV_APPEND takes exp from a row's first word, a group's scale from
         w = np.arange(len(r["exp"])) % wpr  # the word where the group starts
@@ -315,14 +126,8 @@ def test_kv_cache_qk_and_pv(rng, p):
     base = np.cumsum([0] + [len(r["exp"]) for r in rows])
     K_A, V_A, Q_A, PH_A, PL_A = (int(b) for b in base[:5])
     act = {f: np.concatenate([r[f] for r in rows]) for f in rows[0]}
-    KEY, KEY_S = 0, blocks * d
-    VAL = KEY_S + blocks * (Gd + 1)
-    VAL_S = VAL + cap * d // PC
     nv = d // PC  # P·V output blocks
-    one = np.zeros((nv, C), np.int64)
-    one[:, :PC] = 1
-    prm_g = {"group.scale": np.concatenate([one * 128, one]), "group.offset": 0 * one.repeat(2, 0)}
-    prm_o = {"out.shift": one * shift, "out.bias": 0 * one}
+    prm_g, prm_o = head.pv_params(shift)
     nq1, nq2 = -(-5 // PC), -(-S // PC)  # QKᵀ output blocks
     ACC1, ACC2, ACC3 = 0, 5 * nq1, 5 * nq1 + nq2
 
@@ -334,62 +139,10 @@ def test_kv_cache_qk_and_pv(rng, p):
     out_off = img.reserve(Buf.ACC, n_acc)
 
     def append(kind, t0, n):
-        a_addr = (K_A if kind == KvKind.KEY else V_A) + t0 * wpr
-        kv, ksa = (KEY, KEY_S) if kind == KvKind.KEY else (VAL, VAL_S)
-        return encode(
-            Op.KV_APPEND,
-            kind=kind,
-            t_len=n,
-            a_addr=a_addr,
-            a_stride=wpr,
-            kv_addr=kv,
-            kv_saddr=ksa,
-            d=d,
-            cap=cap,
-        )
-
-    def qk(t_len, acc_addr, stride):
-        return encode(
-            Op.GEMM,
-            mode=GridMode.INT8,
-            wsrc=WSrc.KV_TILED,
-            psrc=PSrc.KV,
-            first=1,
-            final=1,
-            dyn=Dyn.POS,
-            w_addr=KEY,
-            a_addr=Q_A,
-            a_stride=wpr,
-            acc_addr=acc_addr,
-            acc_stride=stride,
-            prm_addr=KEY_S,
-            prm_step=int(np.log2(AG // R)),
-            t_len=t_len,
-            k_tiles=d // R,
-            n_tiles=0,
-        )
+        return head.append(kind, n, (K_A if kind == KvKind.KEY else V_A) + t0 * wpr)
 
     def pv(plane):
-        return encode(
-            Op.GEMM,
-            mode=GridMode.INT8,
-            wsrc=WSrc.KV_ROWS,
-            psrc=PSrc.PRM,
-            first=int(plane == 0),
-            final=int(plane == 1),
-            dyn=Dyn.POS,
-            w_addr=VAL,
-            a_addr=PH_A if plane == 0 else PL_A,
-            a_stride=kpv,
-            acc_addr=ACC3,
-            acc_stride=nv,
-            prm_addr=plane * nv,
-            prm_step=PRM_STEP_NEVER,
-            oprm_addr=g_n,
-            t_len=2,
-            k_tiles=0,
-            n_tiles=nv,
-        )
+        return head.pv(plane, 2, PH_A if plane == 0 else PL_A, kpv, ACC3, plane * nv, g_n)
 
     prog = [
         encode(Op.LOAD, buf=Buf.ACT, sram=0, words=a_n, off=a_off),
@@ -399,7 +152,7 @@ def test_kv_cache_qk_and_pv(rng, p):
         append(KvKind.KEY, 0, 5),
         append(KvKind.VALUE, 0, 5),
         encode(Op.WAIT, unit=Unit.KV, count=0),
-        qk(5, ACC1, nq1),  # prefill: keys 0..4
+        head.qk(5, Q_A, ACC1, nq1),  # prefill: keys 0..4
         encode(Op.SETPOS, add=1, value=5),
     ]
     for i in range(3):
@@ -407,7 +160,7 @@ def test_kv_cache_qk_and_pv(rng, p):
         if i < 2:
             prog.append(encode(Op.SETPOS, add=1, value=1))
     prog += [
-        qk(1, ACC2, nq2),  # pos 7: keys 0..7
+        head.qk(1, Q_A, ACC2, nq2),  # pos 7: keys 0..7
         encode(Op.SETPOS, value=6),
         pv(0),
         pv(1),  # pos 6, two rows: keys 0..7
@@ -418,9 +171,7 @@ def test_kv_cache_qk_and_pv(rng, p):
     sim = IsaSim(p, img.mem)
     sim.load_program(prog)
     assert sim.run() == Err.NONE and sim.pos == 6
-    acc = from_bus(p, Buf.ACC, sim.read_offchip(out_off, n_acc * bus_words_per(p, Buf.ACC)), n_acc)[
-        ""
-    ]
+    acc = acc_words(p, sim.offchip, out_off, n_acc)
 
     def gather(a0, T, nb, n):
         return acc[a0 : a0 + T * nb].reshape(T, nb, C)[:, :, :PC].reshape(T, nb * PC)[:, :n]
@@ -430,12 +181,13 @@ def test_kv_cache_qk_and_pv(rng, p):
     assert np.array_equal(gather(ACC3, 2, nv, d), G.gemm_act(p15, ps, v8.T, None, shift=shift))
 
     # the KV layout of hw/isa.py: keys transposed, values token-major, scale lanes per block
-    kv = sim.read_buffer(Buf.KV, 0, VAL_S + blocks * (Gd + 1))[""]
+    kv = sim.read_buffer(Buf.KV, 0, head.end)[""]
     s = np.arange(S)
-    key_rows = KEY + (s // PC)[:, None] * d + np.arange(d)
+    key_rows = head.key + (s // PC)[:, None] * d + np.arange(d)
     assert np.array_equal(kv[key_rows, (s % PC)[:, None]], k8.astype(np.int64) & 255)
-    assert np.array_equal(kv[VAL : VAL + S * d // PC].reshape(S, d), v8.astype(np.int64) & 255)
-    for base_s, sc in ((KEY_S, ks), (VAL_S, vs)):
+    assert np.array_equal(kv[head.val : head.val + S * d // PC].reshape(S, d),
+                          v8.astype(np.int64) & 255)
+    for base_s, sc in ((head.key_s, ks), (head.val_s, vs)):
         gs, gz = gscale(sc.mant)
         lanes = np.concatenate([gs | gz << 5, (sc.exp & 255)[:, None]], axis=1)
         if sc.mant.shape[1] == 1:  # per-token V scale: every group word has it
@@ -492,22 +244,12 @@ def test_sums_persist_between_ops(rng):
     sim = IsaSim(p, img.mem)
     sim.load_program(prog)
     assert sim.run() == Err.NONE
-    acc = from_bus(p, Buf.ACC, sim.read_offchip(out_off, 3 * T * bus_words_per(p, Buf.ACC)), 3 * T)[
-        ""
-    ].reshape(T, 3, C)
+    acc = acc_words(p, sim.offchip, out_off, 3 * T).reshape(T, 3, C)
     assert np.array_equal(acc[:, :2].reshape(T, N), want)
     assert np.array_equal(acc[:, 2], want[:, C:])
 
 
 # -- 3. every error: code, pc, nothing written ---------------------------------------------------
-
-
-def raw_op(op, member=None, **fields):
-    """A micro-op word with any field values (also ones ``encode`` refuses: undefined enum
-    values, undefined opcodes), through the INSTR layout's codec."""
-    f = {"op": [int(op)]}
-    f.update({f"args.{member}.{k}": [int(v)] for k, v in fields.items()})
-    return int.from_bytes(pack_words(INSTR, f)[0].tobytes(), "little")
 
 
 def random_state(p, seed):
@@ -539,175 +281,15 @@ def new_sim(p, state):
 PC64 = ChipParams(rows=16, cols=64)  # PC = 32: d = 16 is a multiple of 16 but not of PC
 
 
-def error_cases():
-    p = ChipParams()
-    R = p.rows
-    dep = {b: buffer_depth(p, b) for b in Buf}
-    nbus = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
-    cases = []
-
-    def case(name, prefix, op, err, params=p):
-        cases.append(pytest.param(params, prefix, op, err, id=name))
-
-    def gemm(**kw):
-        f = dict(
-            mode=GridMode.W4A8,
-            wsrc=WSrc.WGT,
-            psrc=PSrc.PRM,
-            first=1,
-            final=1,
-            dyn=Dyn.STATIC,
-            w_addr=0,
-            a_addr=0,
-            a_stride=2,
-            acc_addr=0,
-            acc_stride=2,
-            prm_addr=0,
-            prm_step=1,
-            oprm_addr=100,
-            t_len=3,
-            k_tiles=2,
-            n_tiles=2,
-        )
-        f.update(kw)
-        return raw_op(Op.GEMM, "gemm", **f)
-
-    def kv(**kw):
-        f = dict(
-            kind=KvKind.KEY, t_len=2, a_addr=0, a_stride=2, kv_addr=0, kv_saddr=1000, d=32, cap=64
-        )
-        f.update(kw)
-        return raw_op(Op.KV_APPEND, "kv", **f)
-
-    def dma(op, **kw):
-        f = dict(buf=Buf.WGT, sram=0, words=1, off=0)
-        f.update(kw)
-        return raw_op(op, "dma", **f)
-
-    case("illegal_op_04", [], raw_op(0x04), Err.ILLEGAL_OP)
-    case("illegal_op_3f", [encode(Op.NOP)], raw_op(0x3F), Err.ILLEGAL_OP)
-    case("vec_unsupported", [], encode(Op.VEC, fn=VecFn.SOFTMAX, rows=2), Err.UNSUPPORTED)
-    case("vec_bad_fn_unsupported", [], raw_op(Op.VEC, "vec", fn=31), Err.UNSUPPORTED)
-    # -- DMA
-    for op in (Op.LOAD, Op.STORE):
-        n = op.name.lower()
-        case(f"{n}_bad_buf", [], dma(op, buf=5 if op == Op.LOAD else 7), Err.BAD_FIELD)
-        case(f"{n}_zero_words", [], dma(op, words=0), Err.BAD_FIELD)
-        case(
-            f"{n}_zero_words_before_range",
-            [],
-            dma(op, buf=Buf.PRM, sram=9999, words=0),
-            Err.BAD_FIELD,
-        )
-        for b in Buf:
-            case(f"{n}_sram_{b.name}", [], dma(op, buf=b, sram=dep[b] - 1, words=2), Err.SRAM_RANGE)
-        case(f"{n}_sram_fits", [], dma(op, buf=Buf.ACC, sram=dep[Buf.ACC] - 2, words=2), Err.NONE)
-        bpw = bus_words_per(p, Buf.ACT)
-        case(
-            f"{n}_offchip",
-            [],
-            dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw + 1),
-            Err.OFFCHIP_RANGE,
-        )
-        case(f"{n}_offchip_fits", [], dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw), Err.NONE)
-        case(
-            f"{n}_sram_before_offchip",
-            [],
-            dma(op, buf=Buf.PRM, sram=dep[Buf.PRM], words=1, off=nbus),
-            Err.SRAM_RANGE,
-        )
-    # -- WAIT, SETPOS
-    case("wait_bad_unit", [], raw_op(Op.WAIT, "wait", unit=5, count=1), Err.BAD_FIELD)
-    case("wait_bad_unit_7", [], raw_op(Op.WAIT, "wait", unit=7), Err.BAD_FIELD)
-    case("wait_ok", [], encode(Op.WAIT, unit=Unit.KV, count=15), Err.NONE)
-    case(
-        "setpos_overflow",
-        [encode(Op.SETPOS, value=65535)],
-        encode(Op.SETPOS, add=1, value=1),
-        Err.BAD_FIELD,
-    )
-    case(
-        "setpos_add_ok",
-        [encode(Op.SETPOS, value=65534)],
-        encode(Op.SETPOS, add=1, value=1),
-        Err.NONE,
-    )
-    # -- GEMM fields
-    case("gemm_ok", [], gemm(), Err.NONE)
-    for f in ("t_len", "k_tiles", "n_tiles"):
-        case(f"gemm_{f}_0", [], gemm(**{f: 0}), Err.BAD_FIELD)
-    case("gemm_wsrc_3", [], gemm(wsrc=3), Err.BAD_FIELD)
-    case("gemm_dyn_wgt", [], gemm(dyn=Dyn.POS), Err.BAD_FIELD)
-    case("gemm_dyn_kv_rows_0", [], gemm(wsrc=WSrc.KV_ROWS, dyn=Dyn.POS, t_len=0), Err.BAD_FIELD)
-    case("gemm_y_rows", [], gemm(first=0, t_len=129, a_stride=0, acc_stride=0), Err.BAD_FIELD)
-    case("gemm_y_rows_fits", [], gemm(first=0, t_len=128, a_stride=0, acc_stride=0), Err.NONE)
-    case("gemm_y_rows_first_final", [], gemm(t_len=257, a_stride=0, acc_stride=0), Err.BAD_FIELD)
-    # -- GEMM ranges, one per buffer and source (t_len 3, k_tiles 2, n_tiles 2)
-    nkr = 2 * 2 * R
-    case("gemm_wgt_range", [], gemm(w_addr=dep[Buf.WGT] - nkr + 1), Err.SRAM_RANGE)
-    case("gemm_wgt_fits", [], gemm(w_addr=dep[Buf.WGT] - nkr), Err.NONE)
-    case(
-        "gemm_kv_tiled_range",
-        [],
-        gemm(wsrc=WSrc.KV_TILED, w_addr=dep[Buf.KV] - nkr + 1),
-        Err.SRAM_RANGE,
-    )
-    case(
-        "gemm_kv_rows_range",
-        [],
-        gemm(wsrc=WSrc.KV_ROWS, w_addr=dep[Buf.KV] - nkr + 1),
-        Err.SRAM_RANGE,
-    )
-    case("gemm_kv_rows_fits", [], gemm(wsrc=WSrc.KV_ROWS, w_addr=dep[Buf.KV] - nkr), Err.NONE)
-    case(
-        "gemm_dyn_range",
-        [encode(Op.SETPOS, value=60000)],
-        gemm(wsrc=WSrc.KV_TILED, dyn=Dyn.POS, t_len=1),
-        Err.SRAM_RANGE,
-    )
-    case("gemm_act_range", [], gemm(a_addr=dep[Buf.ACT] - 5), Err.SRAM_RANGE)
-    case("gemm_act_fits", [], gemm(a_addr=dep[Buf.ACT] - 6), Err.NONE)
-    case("gemm_acc_range", [], gemm(acc_addr=dep[Buf.ACC] - 5), Err.SRAM_RANGE)
-    case("gemm_acc_not_final", [], gemm(final=0, acc_addr=dep[Buf.ACC] - 1), Err.NONE)
-    case("gemm_prm_group_range", [], gemm(prm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
-    case("gemm_prm_out_range", [], gemm(oprm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
-    case("gemm_prm_out_not_final", [], gemm(final=0, oprm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
-    case("gemm_kv_prm_range", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 3), Err.SRAM_RANGE)
-    # out words are read with every tile (hw/gemm_engine.py), final or not
-    case(
-        "gemm_kv_prm_not_final",
-        [],
-        gemm(psrc=PSrc.KV, final=0, prm_addr=dep[Buf.KV] - 3),
-        Err.SRAM_RANGE,
-    )
-    case("gemm_kv_prm_fits", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 4), Err.NONE)
-    case("gemm_prm_out_fits", [], gemm(oprm_addr=dep[Buf.PRM] - 2), Err.NONE)
-    # -- KV_APPEND (d 32, cap 64 -> 8 key blocks of 32 words, 24 scale words, 256 value words)
-    case("kv_ok", [], kv(), Err.NONE)
-    case("kv_t_len_0", [], kv(t_len=0), Err.BAD_FIELD)
-    case("kv_d_0", [], kv(d=0), Err.BAD_FIELD)
-    case("kv_d_24", [], kv(d=24), Err.BAD_FIELD)
-    case("kv_d_not_pc", [], kv(d=16, kv_saddr=300), Err.BAD_FIELD, PC64)
-    case("kv_overflow", [encode(Op.SETPOS, value=63)], kv(), Err.KV_OVERFLOW)
-    case("kv_overflow_fits", [encode(Op.SETPOS, value=62)], kv(), Err.NONE)
-    case(
-        "kv_overflow_before_range",
-        [encode(Op.SETPOS, value=4095)],
-        kv(t_len=1, cap=4095, kv_addr=dep[Buf.KV] - 1),
-        Err.KV_OVERFLOW,
-    )
-    case("kv_key_region", [], kv(kv_addr=dep[Buf.KV] - 256 + 1), Err.SRAM_RANGE)
-    case("kv_key_region_fits", [], kv(kv_addr=dep[Buf.KV] - 256), Err.NONE)
-    case(
-        "kv_value_region", [], kv(kind=KvKind.VALUE, kv_addr=dep[Buf.KV] - 256 + 1), Err.SRAM_RANGE
-    )
-    case("kv_scale_region", [], kv(kv_saddr=dep[Buf.KV] - 24 + 1), Err.SRAM_RANGE)
-    case("kv_scale_region_fits", [], kv(kv_saddr=dep[Buf.KV] - 24), Err.NONE)
-    case("kv_act_range", [], kv(a_addr=dep[Buf.ACT] - 3), Err.SRAM_RANGE)
-    return cases
+def error_params():
+    """Every case of ``sim.programs.error_cases`` on the default chip, and the one that needs
+    ``PC > 16``."""
+    cases = [(ChipParams(), c) for c in error_cases(ChipParams())]
+    cases += [(PC64, c) for c in error_cases(PC64) if c.name == "kv_d_not_pc"]
+    return [pytest.param(p, c.prefix, c.op, c.err, id=c.name) for p, c in cases]
 
 
-@pytest.mark.parametrize("p, prefix, op, err", error_cases())
+@pytest.mark.parametrize("p, prefix, op, err", error_params())
 def test_errors(p, prefix, op, err):
     """The op fails with ``err`` at its pc and leaves every buffer, ``y``, memory and ``pos``
     exactly as a run that halts right before it (``Err.NONE`` cases: boundaries that fit)."""

@@ -1,0 +1,738 @@
+"""Off-chip memory images and micro-op programs for the chip, built from golden objects.
+
+Shared by the tests that run programs on the ISA simulator (``tests/test_isa_sim.py``) and on
+the chip's Verilog (``tests/test_chip_rtl.py``): the same image and the same program go to
+both, and the results come back through ``STORE`` into off-chip memory. Everything is laid
+out from the formats ``hw/isa.py`` documents, with its codec (:func:`hw.isa.pack_words`), and
+encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
+
+- :class:`Image`: an allocator over the off-chip memory (bus-word addresses): buffer words
+  (:meth:`Image.put`), micro-op programs (:meth:`Image.put_program`), room for results
+  (:meth:`Image.reserve`);
+- buffer word builders: :func:`act_fields` (A8 rows and their ``sim.golden.ActScale``),
+  :func:`weight_fields` and :func:`prm_fields` (an ``sw.quantize.QWeight``), :func:`gscale`;
+  :func:`bus_image` / :func:`from_bus` convert to and from the off-chip form;
+- program builders: :func:`weight_gemm` (load -> GEMM -> store of a weight GEMM, optionally
+  split into chained ops over N and K with double-buffered weight loads) and, for attention
+  on the KV cache, :class:`KvHead` (a head's region: ``KV_APPEND``, QKᵀ and P·V GEMMs) with
+  :func:`attention_step` (one prefill or decode step as a whole program);
+- :func:`random_problem`, :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
+  values, also ones ``encode`` refuses), :func:`error_cases` (one micro-op per check of
+  ``hw/isa.py``);
+- :func:`isa_jobs`: the jobs of ``sim.chip_rtl.run_jobs`` on the ISA simulator (the reference
+  the RTL is compared with).
+"""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from hw.isa import (
+    INSTR,
+    INSTR_BITS,
+    PRM_STEP_NEVER,
+    Buf,
+    Counter,
+    Dyn,
+    Err,
+    GridMode,
+    KvKind,
+    Op,
+    PSrc,
+    Unit,
+    VecFn,
+    WSrc,
+    buffer_depth,
+    bus_bits,
+    bus_words_per,
+    encode,
+    pack_words,
+    unpack_words,
+    word_bytes,
+    word_layout,
+)
+from hw.params import ChipParams
+from sim import golden as G
+from sw.quantize import QWeight, quantize_float, to_wide
+
+__all__ = [
+    "Image", "bus_image", "from_bus", "uop_bus_words", "gscale", "act_fields", "ncols_of",
+    "weight_fields", "prm_fields", "random_problem", "sub_weight", "raw_op", "acc_words",
+    "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
+    "isa_jobs", "ErrorCase", "error_cases",
+]
+
+
+# -- the off-chip memory image -----------------------------------------------------------------
+
+
+def bus_image(p: ChipParams, buf: Buf, fields: dict) -> np.ndarray:
+    """Words of ``buf`` ({field path: array}) in off-chip form: ``bus_words_per`` bus words
+    each, low bits first, zero above the word. uint8 [n, bytes per word]."""
+    raw = pack_words(word_layout(p, buf), fields)
+    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
+    out = np.zeros((len(raw), per), np.uint8)
+    out[:, : raw.shape[1]] = raw
+    return out
+
+
+def from_bus(p: ChipParams, buf: Buf, raw, n: int) -> dict:
+    """The inverse of :func:`bus_image`: ``n`` words of ``buf`` from off-chip bytes ->
+    {field path: int64 array [n, ...]} (bits above the word ignored)."""
+    layout = word_layout(p, buf)
+    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
+    nb = word_bytes(layout)
+    return unpack_words(layout, np.asarray(raw, np.uint8).reshape(n, per)[:, :nb])
+
+
+def uop_bus_words(p: ChipParams) -> int:
+    """Bus words per micro-op in off-chip memory (the boot loader's unit, ``hw/chip.py``)."""
+    return -(-INSTR_BITS // bus_bits(p))
+
+
+class Image:
+    """An off-chip memory image (uint8 ``mem``, ``offchip_kib`` KiB) filled region by region
+    from bus word 0 up; every method returns bus-word addresses. ``ValueError`` when a region
+    does not fit."""
+
+    def __init__(self, p: ChipParams):
+        self.p = p
+        self.mem = np.zeros(p.offchip_kib * 1024, np.uint8)
+        self.next = 0
+
+    @property
+    def bus_words(self) -> int:
+        return self.mem.size // self.p.offchip_bytes_per_cycle
+
+    def _claim(self, n_bus: int) -> int:
+        addr = self.next
+        if addr + n_bus > self.bus_words:
+            raise ValueError(f"Image: {n_bus} bus words at {addr} leave the "
+                             f"{self.bus_words}-word memory")
+        self.next += n_bus
+        return addr
+
+    def put_bytes(self, raw) -> int:
+        """Raw bytes (a whole number of bus words) at the next free address."""
+        raw = np.asarray(raw, np.uint8).ravel()
+        B = self.p.offchip_bytes_per_cycle
+        assert raw.size % B == 0, raw.size
+        addr = self._claim(raw.size // B)
+        self.mem[addr * B : addr * B + raw.size] = raw
+        return addr
+
+    def put(self, buf: Buf, fields: dict) -> tuple[int, int]:
+        """Place words of ``buf``; returns (bus address, number of buffer words)."""
+        img = bus_image(self.p, buf, fields)
+        return self.put_bytes(img), len(img)
+
+    def reserve(self, buf: Buf, n: int) -> int:
+        """Room for ``n`` words of ``buf`` (e.g. a ``STORE``'s destination)."""
+        return self._claim(n * bus_words_per(self.p, buf))
+
+    def put_program(self, words) -> tuple[int, int]:
+        """Micro-ops (ints from :func:`hw.isa.encode`) as the boot loader reads them:
+        :func:`uop_bus_words` bus words each, low first. Returns (bus address, length):
+        the ``prog_addr`` / ``prog_len`` of a job."""
+        nbytes = uop_bus_words(self.p) * self.p.offchip_bytes_per_cycle
+        raw = np.zeros((len(words), nbytes), np.uint8)
+        for i, w in enumerate(words):
+            raw[i, :16] = np.frombuffer(int(w).to_bytes(INSTR_BITS // 8, "little"), np.uint8)
+        return self.put_bytes(raw), len(words)
+
+
+def acc_words(p: ChipParams, mem, off: int, n: int) -> np.ndarray:
+    """``n`` ACC words stored at bus address ``off`` of the memory ``mem`` (uint8, flat):
+    int64 [n, cols]."""
+    B = p.offchip_bytes_per_cycle
+    per = bus_words_per(p, Buf.ACC)
+    raw = np.asarray(mem, np.uint8)[off * B : (off + n * per) * B]
+    return from_bus(p, Buf.ACC, raw, n)[""]
+
+
+# -- buffer words from golden objects ----------------------------------------------------------
+
+
+def gscale(mant):
+    """Power-of-two group mantissas -> (gshift, gzero) fields."""
+    mant = np.asarray(mant, np.int64)
+    gshift = np.where(mant > 0, np.log2(np.maximum(mant, 1)).round(), 0).astype(np.int64)
+    assert np.array_equal(np.where(mant > 0, np.left_shift(1, gshift), 0), mant)
+    return gshift, (mant == 0).astype(np.int64)
+
+
+def act_fields(R: int, x8, mant, exp, group: int) -> dict:
+    """A8 rows [T, K] (zero-padded to whole K-tiles of ``R``) with their scales
+    (``sim.golden.ActScale`` ``mant`` [T, groups], ``exp`` [T], ``group``) -> ACT words,
+    row t at ``t * k_tiles``."""
+    x8 = np.asarray(x8, np.int64)
+    T, K = x8.shape
+    kt = -(-K // R)
+    x = np.zeros((T, kt * R), np.int64)
+    x[:, :K] = x8
+    gidx = (np.arange(kt) * R) // group
+    m = np.zeros((T, gidx.max() + 1), np.int64)
+    m[:, : min(mant.shape[1], m.shape[1])] = mant[:, : m.shape[1]]
+    gs, gz = gscale(m[:, gidx])
+    return {
+        "data": x.reshape(T * kt, R),
+        "gshift": gs.ravel(),
+        "gzero": gz.ravel(),
+        "exp": np.repeat(np.asarray(exp, np.int64), kt),
+    }
+
+
+def ncols_of(p: ChipParams, mode: GridMode) -> int:
+    """Output columns of one block: ``cols`` (W4A8) or ``cols / 2`` (INT8)."""
+    return p.cols if mode == GridMode.W4A8 else p.cols // 2
+
+
+def weight_fields(p: ChipParams, q, mode: GridMode) -> dict:
+    """Weight [N, K] -> WGT words, tile-major: tile (j, kt) row r at (j * k_tiles + kt) * R + r,
+    a byte per PE column (INT8, or INT4 lo | hi << 4 for columns 2c, 2c + 1)."""
+    R, PC = p.rows, p.cols // 2
+    nc = ncols_of(p, mode)
+    N, K = q.shape
+    nb = -(-N // nc)
+    qp = np.zeros((nb * nc, K), np.int64)
+    qp[:N] = q
+    w = qp.reshape(nb, nc, K // R, R).transpose(0, 2, 3, 1)  # [j, kt, r, column]
+    b = (w[..., 0::2] & 15) | ((w[..., 1::2] & 15) << 4) if mode == GridMode.W4A8 else w & 255
+    return {"": b.reshape(-1, PC)}
+
+
+def prm_fields(p: ChipParams, qw: QWeight, bias, mode: GridMode) -> tuple[dict, dict]:
+    """Group words (block j, weight group g at j * K/32 + g) and out words (block j)."""
+    C = p.cols
+    nc = ncols_of(p, mode)
+    N, K = qw.q.shape
+    nb, ng = -(-N // nc), K // G.NUM.group
+
+    def lanes(v, shape_tail):  # per-column values [N, ...] -> [nb, ..., C]
+        vp = np.zeros((nb * nc, *shape_tail), np.int64)
+        vp[:N] = v
+        out = np.zeros((nb, *shape_tail, C), np.int64)
+        out[..., :nc] = np.moveaxis(vp.reshape(nb, nc, *shape_tail), 1, -1)
+        return out
+
+    off = qw.offset if qw.offset is not None else np.zeros_like(qw.scale)
+    group = {
+        "group.scale": lanes(qw.scale, (ng,)).reshape(-1, C),
+        "group.offset": lanes(off, (ng,)).reshape(-1, C),
+    }
+    out = {"out.shift": lanes(qw.shift, ()), "out.bias": lanes(bias, ())}
+    return group, out
+
+
+def random_problem(rng, T: int, K: int, N: int, bits: int):
+    """A weight GEMM as tests/test_gemm.py draws it: activations over three decades per group
+    of 16, weights from normals, Q4_1-like random offsets for INT4. Returns
+    ``(x8, xs, qw, bias)`` for ``sim.golden.gemm``."""
+    x = rng.normal(size=(T, K)) * np.repeat(10.0 ** rng.uniform(-2, 1, (T, K // 16)), 16, 1)
+    x8, xs = G.quantize_rows(to_wide(x))
+    qw = quantize_float(rng.normal(size=(N, K)) * 0.1, bits=bits)
+    if bits == 4:
+        qw = QWeight(
+            qw.q,
+            qw.scale,
+            rng.integers(-3000, 3000, qw.scale.shape).astype(np.int16),
+            qw.shift,
+            bits,
+        )
+    return x8, xs, qw, to_wide(rng.normal(size=N))
+
+
+def sub_weight(qw: QWeight, k0: int, k1: int, n0: int = 0, n1: int | None = None) -> QWeight:
+    """Columns ``n0 .. n1 - 1`` and K range ``k0 .. k1 - 1`` (whole weight groups) of ``qw``."""
+    g = G.NUM.group
+    assert k0 % g == 0 and k1 % g == 0, (k0, k1)
+    n = slice(n0, n1)
+    return QWeight(
+        qw.q[n, k0:k1],
+        qw.scale[n, k0 // g : k1 // g],
+        None if qw.offset is None else qw.offset[n, k0 // g : k1 // g],
+        qw.shift[n],
+        qw.bits,
+    )
+
+
+def raw_op(op, member: str | None = None, **fields) -> int:
+    """A micro-op word with any field values (also ones ``encode`` refuses: undefined enum
+    values, undefined opcodes), through the INSTR layout's codec."""
+    f = {"op": [int(op)]}
+    f.update({f"args.{member}.{k}": [int(v)] for k, v in fields.items()})
+    return int.from_bytes(pack_words(INSTR, f)[0].tobytes(), "little")
+
+
+# -- load -> GEMM -> store ---------------------------------------------------------------------
+
+
+@dataclass
+class WeightGemm:
+    """A weight GEMM program (:func:`weight_gemm`) and what it should leave behind."""
+
+    p: ChipParams
+    prog: list                 #: the micro-ops
+    out_off: int               #: bus address of the stored ACC words, [T, nb] row-major
+    T: int
+    N: int
+    nb: int                    #: output blocks
+    nc: int                    #: output columns per block
+    counters: dict = field(default_factory=dict)  #: expected UOPS, GRID_ROWS, *_WORDS
+    ops: list = field(default_factory=list)       #: (n0 block, n blocks, k0, k1) per GEMM
+
+    def acc(self, mem) -> np.ndarray:
+        """The stored ACC words from an off-chip memory: int64 [T, nb, cols]."""
+        return acc_words(self.p, mem, self.out_off, self.T * self.nb).reshape(
+            self.T, self.nb, self.p.cols)
+
+    def result(self, mem) -> np.ndarray:
+        """The GEMM's output [T, N] (``sim.golden.gemm``) from an off-chip memory."""
+        acc = self.acc(mem)
+        return acc[:, :, : self.nc].reshape(self.T, self.nb * self.nc)[:, : self.N]
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``range(n)`` in ``parts`` contiguous, nearly equal pieces."""
+    parts = max(1, min(parts, n))
+    edges = np.linspace(0, n, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: int = 1,
+                k_ops: int = 1, double_buffer: bool = False, base: dict | None = None,
+                exp_rng=None) -> WeightGemm:
+    """Lay out ``y = sim.golden.gemm(x8, xs, qw, bias)`` in ``img`` and build its program.
+
+    The activations (all rows, all of K) and every column parameter are loaded first. The
+    output blocks are split into ``n_ops`` chunks and K into ``k_ops`` ranges of whole weight
+    groups: one GEMM micro-op per (chunk, range), chunk-major; the ops of a chunk chain
+    (``first`` on the first range, ``final`` on the last, the sums carried in the scaler).
+    Outputs go to ACC ``acc + t * nb + j`` and are stored as [T, nb] words at
+    :attr:`WeightGemm.out_off`.
+
+    Weights: without ``double_buffer`` every op's tiles are loaded up front into their own
+    WGT region. With it, two WGT regions alternate: the weights of op ``i + 1`` are loaded
+    while op ``i`` runs, after ``WAIT GEMM, 1`` (op ``i - 1``, the last reader of that
+    region, has finished); before each GEMM, ``WAIT LOAD, 0`` (its weights are in).
+
+    ``base``: first words used in each buffer (keys ``wgt``, ``act``, ``prm``, ``acc``).
+    ``exp_rng``: fill the ``exp`` of ACT words other than a row's last K-tile with random
+    values (the scaler rounds with the exp of the final K-tile only, ``hw/isa.py``).
+    """
+    R = p.rows
+    mode = GridMode.W4A8 if qw.bits == 4 else GridMode.INT8
+    T, K = np.shape(x8)
+    N = qw.q.shape[0]
+    nc = ncols_of(p, mode)
+    nb = -(-N // nc)
+    kt_all = K // R
+    grp = G.NUM.group
+    assert K % grp == 0 and grp % R == 0
+    step = int(np.log2(grp // R))
+    b = {"wgt": 0, "act": 0, "prm": 0, "acc": 0, **(base or {})}
+    bpw = {bf: bus_words_per(p, bf) for bf in Buf}
+
+    act = act_fields(R, x8, xs.mant, xs.exp, xs.group)
+    if exp_rng is not None:
+        not_last = np.arange(len(act["exp"])) % kt_all != kt_all - 1
+        act["exp"][not_last] = exp_rng.integers(-128, 128, not_last.sum())
+    a_off, a_n = img.put(Buf.ACT, act)
+    loads = [(Buf.ACT, b["act"], a_n, a_off)]
+
+    # column parameters: out words for every block, group words per op
+    _, out = prm_fields(p, qw, bias, mode)
+    o_off, o_n = img.put(Buf.PRM, out)
+    o_sram = b["prm"]
+    loads.append((Buf.PRM, o_sram, o_n, o_off))
+    p_sram = o_sram + o_n
+    ops = []
+    for j0, j1 in _split(nb, n_ops):
+        for i, (g0, g1) in enumerate(_split(K // grp, k_ops)):
+            k0, k1 = g0 * grp, g1 * grp
+            sw = sub_weight(qw, k0, k1, j0 * nc, min(j1 * nc, N))
+            w_off, w_n = img.put(Buf.WGT, weight_fields(p, sw.q, mode))
+            group, _ = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
+            g_off, g_n = img.put(Buf.PRM, group)
+            loads.append((Buf.PRM, p_sram, g_n, g_off))
+            ops.append(dict(j0=j0, nbj=j1 - j0, k0=k0, k1=k1, first=i == 0,
+                            final=g1 == K // grp, prm=p_sram, w_off=w_off, w_n=w_n))
+            p_sram += g_n
+    if double_buffer:
+        half = max(o["w_n"] for o in ops)
+        for i, o in enumerate(ops):
+            o["w_sram"] = b["wgt"] + (i % 2) * half
+    else:
+        w_sram = b["wgt"]
+        for o in ops:
+            o["w_sram"] = w_sram
+            w_sram += o["w_n"]
+
+    def dma(op, buf, sram, words, off):
+        return encode(op, buf=buf, sram=sram, words=words, off=off)
+
+    def gemm(o):
+        return encode(
+            Op.GEMM, mode=mode, wsrc=WSrc.WGT, psrc=PSrc.PRM, first=int(o["first"]),
+            final=int(o["final"]), dyn=Dyn.STATIC, w_addr=o["w_sram"],
+            a_addr=b["act"] + o["k0"] // R, a_stride=kt_all, acc_addr=b["acc"] + o["j0"],
+            acc_stride=nb, prm_addr=o["prm"], prm_step=step, oprm_addr=o_sram + o["j0"],
+            t_len=T, k_tiles=(o["k1"] - o["k0"]) // R, n_tiles=o["nbj"])
+
+    def wload(o):
+        return dma(Op.LOAD, Buf.WGT, o["w_sram"], o["w_n"], o["w_off"])
+
+    prog = [dma(Op.LOAD, *ld) for ld in loads]
+    if double_buffer:
+        prog.append(wload(ops[0]))
+        for i, o in enumerate(ops):
+            prog += [encode(Op.WAIT, unit=Unit.LOAD, count=0), gemm(o)]
+            if i + 1 < len(ops):
+                prog += [encode(Op.WAIT, unit=Unit.GEMM, count=1), wload(ops[i + 1])]
+    else:
+        prog += [wload(o) for o in ops]
+        prog.append(encode(Op.WAIT, unit=Unit.LOAD, count=0))
+        prog += [gemm(o) for o in ops]
+    out_off = img.reserve(Buf.ACC, T * nb)
+    prog += [
+        encode(Op.WAIT, unit=Unit.GEMM, count=0),
+        dma(Op.STORE, Buf.ACC, b["acc"], T * nb, out_off),
+        encode(Op.HALT),
+    ]
+    load_words = sum(n * bpw[bf] for bf, _, n, _ in loads) + sum(o["w_n"] for o in ops) * bpw[
+        Buf.WGT]
+    counters = {
+        Counter.UOPS: len(prog),
+        Counter.GRID_ROWS: sum(o["nbj"] * (o["k1"] - o["k0"]) // R * T for o in ops),
+        Counter.LOAD_WORDS: load_words,
+        Counter.STORE_WORDS: T * nb * bpw[Buf.ACC],
+    }
+    return WeightGemm(p, prog, out_off, T, N, nb, nc, counters,
+                      [(o["j0"], o["nbj"], o["k0"], o["k1"]) for o in ops])
+
+
+# -- attention on the KV cache ---------------------------------------------------------------
+
+
+@dataclass
+class KvHead:
+    """One head's keys and values in the KV cache (layout: ``hw/isa.py``): head dim ``d``,
+    room for ``cap`` tokens from KV word ``base`` on (keys, key scales, values, value
+    scales, in that order)."""
+
+    p: ChipParams
+    d: int
+    cap: int
+    base: int = 0
+
+    def __post_init__(self):
+        PC = self.p.cols // 2
+        blocks = -(-self.cap // PC)
+        self.G = self.d // G.NUM.act_group
+        self.key = self.base
+        self.key_s = self.key + blocks * self.d
+        self.val = self.key_s + blocks * (self.G + 1)
+        self.val_s = self.val + self.cap * self.d // PC
+        self.end = self.val_s + blocks * (self.G + 1)
+
+    @property
+    def words_per_row(self) -> int:
+        """ACT words of one key / value / query row."""
+        return self.d // self.p.rows
+
+    def append(self, kind: KvKind, t_len: int, a_addr: int, a_stride: int | None = None) -> int:
+        """``KV_APPEND``: ACT rows at ``a_addr`` become tokens ``pos .. pos + t_len - 1``."""
+        kv, ks = (self.key, self.key_s) if kind == KvKind.KEY else (self.val, self.val_s)
+        return encode(Op.KV_APPEND, kind=kind, t_len=t_len, a_addr=a_addr,
+                      a_stride=a_stride or self.words_per_row, kv_addr=kv, kv_saddr=ks,
+                      d=self.d, cap=self.cap)
+
+    def qk(self, t_len: int, a_addr: int, acc_addr: int, acc_stride: int) -> int:
+        """QKᵀ of ``t_len`` query rows at ``a_addr`` over every visible key (``dyn = POS``):
+        ``ceil((pos + t_len) / PC)`` output blocks, row t's block j at
+        ``acc_addr + t * acc_stride + j`` (``sim.golden.gemm_act(q, qs, k, ks)``)."""
+        return encode(
+            Op.GEMM, mode=GridMode.INT8, wsrc=WSrc.KV_TILED, psrc=PSrc.KV, first=1, final=1,
+            dyn=Dyn.POS, w_addr=self.key, a_addr=a_addr, a_stride=self.words_per_row,
+            acc_addr=acc_addr, acc_stride=acc_stride, prm_addr=self.key_s,
+            prm_step=int(np.log2(G.NUM.act_group // self.p.rows)), t_len=t_len,
+            k_tiles=self.d // self.p.rows, n_tiles=0)
+
+    def pv(self, plane: int, t_len: int, a_addr: int, a_stride: int, acc_addr: int,
+           prm_addr: int, oprm_addr: int) -> int:
+        """One plane of an A15 P·V (``plane`` 0: the high INT8 plane, ``first``; 1: the low
+        plane, ``final``) over every visible value (``dyn = POS``): group words
+        ``prm_addr + j`` (scale 128 resp. 1 in the first ``PC`` lanes), out words
+        ``oprm_addr + j``; ``d / PC`` output blocks at ``acc_addr + t * d / PC + j``."""
+        nv = self.d // (self.p.cols // 2)
+        return encode(
+            Op.GEMM, mode=GridMode.INT8, wsrc=WSrc.KV_ROWS, psrc=PSrc.PRM,
+            first=int(plane == 0), final=int(plane == 1), dyn=Dyn.POS, w_addr=self.val,
+            a_addr=a_addr, a_stride=a_stride, acc_addr=acc_addr, acc_stride=nv,
+            prm_addr=prm_addr, prm_step=PRM_STEP_NEVER, oprm_addr=oprm_addr, t_len=t_len,
+            k_tiles=0, n_tiles=nv)
+
+    def pv_params(self, shift: int) -> tuple[dict, dict]:
+        """PRM words of :meth:`pv`: ``2 * d / PC`` group words (plane 0's, then plane 1's)
+        and ``d / PC`` out words (``shift``, bias 0)."""
+        PC, C = self.p.cols // 2, self.p.cols
+        nv = self.d // PC
+        one = np.zeros((nv, C), np.int64)
+        one[:, :PC] = 1
+        group = {"group.scale": np.concatenate([one * 128, one]),
+                 "group.offset": 0 * one.repeat(2, 0)}
+        return group, {"out.shift": one * shift, "out.bias": 0 * one}
+
+
+def pv_planes(R: int, p15, ps) -> list[dict]:
+    """A15 rows (``sim.golden.quantize_rows(..., bits=15)``) -> the ACT words of the high
+    (``p15 >> 7``, INT8) and low (``p15 & 127``) planes."""
+    p15 = np.asarray(p15, np.int64)
+    return [act_fields(R, p15 >> 7, ps.mant, ps.exp, ps.group),
+            act_fields(R, p15 & 127, ps.mant, ps.exp, ps.group)]
+
+
+@dataclass
+class AttentionStep:
+    """One step's program (:func:`attention_step`) and its expected results."""
+
+    prog: list
+    pos: int                   #: tokens in the cache before the step
+    t_len: int                 #: tokens appended (query rows)
+    qk_off: int                #: bus address of the QKᵀ ACC words [t_len, nq]
+    nq: int
+    pv_off: int                #: bus address of the P·V ACC words [t_len, d / PC]
+    nv: int
+    counters: dict = field(default_factory=dict)
+
+
+def attention_step(head: KvHead, img: Image, pos: int, k8, ks, v8, vs, q8, qs, p15, ps, *,
+                   act_base: int = 0, acc_base: int = 0, prm_base: int = 0, shift: int = 0,
+                   load_prm: bool = True, setpos: bool = True) -> AttentionStep:
+    """One prefill or decode step of one head as a whole program: ``t_len`` new tokens at
+    ``pos`` (the context register, set by the job's ``pos_init`` or a ``SETPOS`` before).
+
+    Loads the step's ACT rows (keys, values, queries [t_len, d] and the two planes of the
+    A15 probabilities ``p15`` [t_len, pos + t_len]) to ACT ``act_base``, appends keys and
+    values, then QKᵀ over every visible key (``dyn = POS``) and the A15 P·V (two chained
+    GEMMs, ``dyn = POS``); stores both results and, with ``setpos``, ends with
+    ``SETPOS pos += t_len``. ``load_prm``: also load the P·V column parameters (to PRM
+    ``prm_base``; they stay on chip for later steps). Expected results:
+    ``gemm_act(q8, qs, keys[:pos + t_len], ...)`` and
+    ``gemm_act(p15, ps, values[:pos + t_len].T, None, shift)``.
+    """
+    p = head.p
+    R, PC = p.rows, p.cols // 2
+    t_len = len(k8)
+    vis = pos + t_len
+    nq, nv, kpv = -(-vis // PC), head.d // PC, -(-vis // R)
+    wpr = head.words_per_row
+    rows = [act_fields(R, k8, ks.mant, ks.exp, ks.group),
+            act_fields(R, v8, vs.mant, vs.exp, vs.group),
+            act_fields(R, q8, qs.mant, qs.exp, qs.group), *pv_planes(R, p15, ps)]
+    assert all(len(r["exp"]) == t_len * wpr for r in rows[:3])
+    assert all(len(r["exp"]) == t_len * kpv for r in rows[3:])
+    addr = act_base + np.cumsum([0] + [len(r["exp"]) for r in rows])
+    a_off, a_n = img.put(Buf.ACT, {f: np.concatenate([r[f] for r in rows]) for f in rows[0]})
+    prog = [encode(Op.LOAD, buf=Buf.ACT, sram=act_base, words=a_n, off=a_off)]
+    load_words = a_n * bus_words_per(p, Buf.ACT)
+    if load_prm:
+        group, out = head.pv_params(shift)
+        g_off, g_n = img.put(Buf.PRM, group)
+        o_off, o_n = img.put(Buf.PRM, out)
+        prog += [encode(Op.LOAD, buf=Buf.PRM, sram=prm_base, words=g_n, off=g_off),
+                 encode(Op.LOAD, buf=Buf.PRM, sram=prm_base + g_n, words=o_n, off=o_off)]
+        load_words += (g_n + o_n) * bus_words_per(p, Buf.PRM)
+    acc_qk, acc_pv = acc_base, acc_base + t_len * nq
+    qk_off = img.reserve(Buf.ACC, t_len * nq)
+    pv_off = img.reserve(Buf.ACC, t_len * nv)
+    prog += [
+        encode(Op.WAIT, unit=Unit.LOAD, count=0),
+        head.append(KvKind.KEY, t_len, int(addr[0])),
+        head.append(KvKind.VALUE, t_len, int(addr[1])),
+        encode(Op.WAIT, unit=Unit.KV, count=0),
+        head.qk(t_len, int(addr[2]), acc_qk, nq),
+        head.pv(0, t_len, int(addr[3]), kpv, acc_pv, prm_base, prm_base + 2 * nv),
+        head.pv(1, t_len, int(addr[4]), kpv, acc_pv, prm_base + nv, prm_base + 2 * nv),
+        encode(Op.WAIT, unit=Unit.GEMM, count=0),
+        encode(Op.STORE, buf=Buf.ACC, sram=acc_qk, words=t_len * nq, off=qk_off),
+        encode(Op.STORE, buf=Buf.ACC, sram=acc_pv, words=t_len * nv, off=pv_off),
+    ]
+    if setpos:
+        prog.append(encode(Op.SETPOS, add=1, value=t_len))
+    prog.append(encode(Op.HALT))
+    counters = {
+        Counter.UOPS: len(prog),
+        Counter.GRID_ROWS: t_len * nq * (head.d // R) + 2 * t_len * nv * kpv,
+        Counter.LOAD_WORDS: load_words,
+        Counter.STORE_WORDS: t_len * (nq + nv) * bus_words_per(p, Buf.ACC),
+    }
+    return AttentionStep(prog, pos, t_len, qk_off, nq, pv_off, nv, counters)
+
+
+# -- jobs on the ISA simulator -----------------------------------------------------------------
+
+
+def isa_jobs(p: ChipParams, image, jobs, sim=None) -> list:
+    """Run ``sim.chip_rtl.Job``\\ s one after the other on one :class:`sim.isa_sim.IsaSim`
+    whose off-chip memory starts as ``image`` (buffers, scaler sums and the memory carry over
+    from job to job, as on the chip): each job boots its program from off-chip memory with
+    its ``pos_init`` (:meth:`~sim.isa_sim.IsaSim.boot`) and runs to ``HALT`` or an error.
+    Returns ``sim.chip_rtl.JobResult``\\ s (the timed counters 0, the memory after the job);
+    the memory model's settings and ``max_cycles`` have no meaning here. ``sim``: continue
+    on that simulator instead of a new one."""
+    from sim.chip_rtl import JobResult
+    from sim.isa_sim import IsaSim
+
+    sim = sim or IsaSim(p, image)
+    out = []
+    for job in jobs:
+        sim.boot(job.prog_addr, job.prog_len, job.pos_init)
+        sim.run()
+        out.append(JobResult(error=sim.error, error_pc=sim.error_pc, pos=sim.pos,
+                             counters=dict(sim.counters), offchip=sim.offchip.copy()))
+    return out
+
+
+# -- one failing (or just fitting) micro-op per check ----------------------------------------
+
+
+class ErrorCase(NamedTuple):
+    """A micro-op ``op`` run after the ops ``prefix`` (from ``pos = 0``) that fails with
+    ``err`` (``Err.NONE``: a boundary that just fits)."""
+
+    name: str
+    prefix: list
+    op: int
+    err: Err
+
+
+def error_cases(p: ChipParams) -> list[ErrorCase]:
+    """Every check of ``hw/isa.py`` (and the order between two checks) on chip ``p``, with a
+    boundary case that passes beside most: bad opcodes, VEC (no vector unit), DMA fields and
+    ranges per buffer, WAIT / SETPOS fields, GEMM fields and every address range per buffer and
+    source, KV_APPEND fields, overflow and regions. The ops read whatever the buffers hold;
+    DMA cases touch off-chip bus words from 0 on (up to two ACC words) and the last three ACT
+    words of the memory. ``kv_d_not_pc`` only exists where ``PC > 16``."""
+    R, PC = p.rows, p.cols // 2
+    dep = {b: buffer_depth(p, b) for b in Buf}
+    nbus = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
+    A = p.acc_entries
+    cases = []
+
+    def case(name, prefix, op, err):
+        cases.append(ErrorCase(name, prefix, op, err))
+
+    def gemm(**kw):
+        f = dict(mode=GridMode.W4A8, wsrc=WSrc.WGT, psrc=PSrc.PRM, first=1, final=1,
+                 dyn=Dyn.STATIC, w_addr=0, a_addr=0, a_stride=2, acc_addr=0, acc_stride=2,
+                 prm_addr=0, prm_step=1, oprm_addr=dep[Buf.PRM] // 2, t_len=3, k_tiles=2,
+                 n_tiles=2)
+        f.update(kw)
+        return raw_op(Op.GEMM, "gemm", **f)
+
+    # KV_APPEND: d 32, cap 64
+    d, cap = 32, 64
+    blocks = -(-cap // PC)
+    key_words, val_words, scale_words = blocks * d, cap * d // PC, blocks * (d // 16 + 1)
+
+    def kv(**kw):
+        f = dict(kind=KvKind.KEY, t_len=2, a_addr=0, a_stride=2, kv_addr=0,
+                 kv_saddr=max(key_words, val_words), d=d, cap=cap)
+        f.update(kw)
+        return raw_op(Op.KV_APPEND, "kv", **f)
+
+    def dma(op, **kw):
+        f = dict(buf=Buf.WGT, sram=0, words=1, off=0)
+        f.update(kw)
+        return raw_op(op, "dma", **f)
+
+    case("illegal_op_04", [], raw_op(0x04), Err.ILLEGAL_OP)
+    case("illegal_op_3f", [encode(Op.NOP)], raw_op(0x3F), Err.ILLEGAL_OP)
+    case("vec_unsupported", [], encode(Op.VEC, fn=VecFn.SOFTMAX, rows=2), Err.UNSUPPORTED)
+    case("vec_bad_fn_unsupported", [], raw_op(Op.VEC, "vec", fn=31), Err.UNSUPPORTED)
+    # -- DMA
+    for op in (Op.LOAD, Op.STORE):
+        n = op.name.lower()
+        case(f"{n}_bad_buf", [], dma(op, buf=5 if op == Op.LOAD else 7), Err.BAD_FIELD)
+        case(f"{n}_zero_words", [], dma(op, words=0), Err.BAD_FIELD)
+        case(f"{n}_zero_words_before_range", [], dma(op, buf=Buf.PRM, sram=9999, words=0),
+             Err.BAD_FIELD)
+        for b in Buf:
+            case(f"{n}_sram_{b.name}", [], dma(op, buf=b, sram=dep[b] - 1, words=2),
+                 Err.SRAM_RANGE)
+        case(f"{n}_sram_fits", [], dma(op, buf=Buf.ACC, sram=dep[Buf.ACC] - 2, words=2),
+             Err.NONE)
+        bpw = bus_words_per(p, Buf.ACT)
+        case(f"{n}_offchip", [], dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw + 1),
+             Err.OFFCHIP_RANGE)
+        case(f"{n}_offchip_fits", [], dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw),
+             Err.NONE)
+        case(f"{n}_sram_before_offchip", [],
+             dma(op, buf=Buf.PRM, sram=dep[Buf.PRM], words=1, off=nbus), Err.SRAM_RANGE)
+    # -- WAIT, SETPOS
+    case("wait_bad_unit", [], raw_op(Op.WAIT, "wait", unit=5, count=1), Err.BAD_FIELD)
+    case("wait_bad_unit_7", [], raw_op(Op.WAIT, "wait", unit=7), Err.BAD_FIELD)
+    case("wait_ok", [], encode(Op.WAIT, unit=Unit.KV, count=15), Err.NONE)
+    case("setpos_overflow", [encode(Op.SETPOS, value=65535)], encode(Op.SETPOS, add=1, value=1),
+         Err.BAD_FIELD)
+    case("setpos_add_ok", [encode(Op.SETPOS, value=65534)], encode(Op.SETPOS, add=1, value=1),
+         Err.NONE)
+    # -- GEMM fields
+    case("gemm_ok", [], gemm(), Err.NONE)
+    for f in ("t_len", "k_tiles", "n_tiles"):
+        case(f"gemm_{f}_0", [], gemm(**{f: 0}), Err.BAD_FIELD)
+    case("gemm_wsrc_3", [], gemm(wsrc=3), Err.BAD_FIELD)
+    case("gemm_dyn_wgt", [], gemm(dyn=Dyn.POS), Err.BAD_FIELD)
+    case("gemm_dyn_kv_rows_0", [], gemm(wsrc=WSrc.KV_ROWS, dyn=Dyn.POS, t_len=0), Err.BAD_FIELD)
+    case("gemm_y_rows", [], gemm(first=0, t_len=A // 2 + 1, a_stride=0, acc_stride=0),
+         Err.BAD_FIELD)
+    case("gemm_y_rows_fits", [], gemm(first=0, t_len=A // 2, a_stride=0, acc_stride=0),
+         Err.NONE)
+    case("gemm_y_rows_first_final", [], gemm(t_len=min(A + 1, 511), a_stride=0, acc_stride=0),
+         Err.BAD_FIELD)
+    # -- GEMM ranges, one per buffer and source (t_len 3, k_tiles 2, n_tiles 2)
+    nkr = 2 * 2 * R
+    case("gemm_wgt_range", [], gemm(w_addr=dep[Buf.WGT] - nkr + 1), Err.SRAM_RANGE)
+    case("gemm_wgt_fits", [], gemm(w_addr=dep[Buf.WGT] - nkr), Err.NONE)
+    case("gemm_kv_tiled_range", [], gemm(wsrc=WSrc.KV_TILED, w_addr=dep[Buf.KV] - nkr + 1),
+         Err.SRAM_RANGE)
+    case("gemm_kv_rows_range", [], gemm(wsrc=WSrc.KV_ROWS, w_addr=dep[Buf.KV] - nkr + 1),
+         Err.SRAM_RANGE)
+    case("gemm_kv_rows_fits", [], gemm(wsrc=WSrc.KV_ROWS, w_addr=dep[Buf.KV] - nkr), Err.NONE)
+    case("gemm_dyn_range", [encode(Op.SETPOS, value=60000)],
+         gemm(wsrc=WSrc.KV_TILED, dyn=Dyn.POS, t_len=1), Err.SRAM_RANGE)
+    case("gemm_act_range", [], gemm(a_addr=dep[Buf.ACT] - 5), Err.SRAM_RANGE)
+    case("gemm_act_fits", [], gemm(a_addr=dep[Buf.ACT] - 6), Err.NONE)
+    case("gemm_acc_range", [], gemm(acc_addr=dep[Buf.ACC] - 5), Err.SRAM_RANGE)
+    case("gemm_acc_not_final", [], gemm(final=0, acc_addr=dep[Buf.ACC] - 1), Err.NONE)
+    case("gemm_prm_group_range", [], gemm(prm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
+    case("gemm_prm_out_range", [], gemm(oprm_addr=dep[Buf.PRM] - 1), Err.SRAM_RANGE)
+    case("gemm_prm_out_not_final", [], gemm(final=0, oprm_addr=dep[Buf.PRM] - 1),
+         Err.SRAM_RANGE)
+    case("gemm_kv_prm_range", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 3), Err.SRAM_RANGE)
+    # out words are read with every tile (hw/gemm_engine.py), final or not
+    case("gemm_kv_prm_not_final", [], gemm(psrc=PSrc.KV, final=0, prm_addr=dep[Buf.KV] - 3),
+         Err.SRAM_RANGE)
+    case("gemm_kv_prm_fits", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 4), Err.NONE)
+    case("gemm_prm_out_fits", [], gemm(oprm_addr=dep[Buf.PRM] - 2), Err.NONE)
+    # -- KV_APPEND
+    case("kv_ok", [], kv(), Err.NONE)
+    case("kv_t_len_0", [], kv(t_len=0), Err.BAD_FIELD)
+    case("kv_d_0", [], kv(d=0), Err.BAD_FIELD)
+    case("kv_d_24", [], kv(d=24), Err.BAD_FIELD)
+    if PC > 16:
+        case("kv_d_not_pc", [], kv(d=16, kv_saddr=300), Err.BAD_FIELD)
+    case("kv_overflow", [encode(Op.SETPOS, value=cap - 1)], kv(), Err.KV_OVERFLOW)
+    case("kv_overflow_fits", [encode(Op.SETPOS, value=cap - 2)], kv(), Err.NONE)
+    case("kv_overflow_before_range", [encode(Op.SETPOS, value=4095)],
+         kv(t_len=1, cap=4095, kv_addr=dep[Buf.KV] - 1), Err.KV_OVERFLOW)
+    case("kv_key_region", [], kv(kv_addr=dep[Buf.KV] - key_words + 1), Err.SRAM_RANGE)
+    case("kv_key_region_fits", [], kv(kv_addr=dep[Buf.KV] - key_words), Err.NONE)
+    case("kv_value_region", [], kv(kind=KvKind.VALUE, kv_addr=dep[Buf.KV] - val_words + 1),
+         Err.SRAM_RANGE)
+    case("kv_scale_region", [], kv(kv_saddr=dep[Buf.KV] - scale_words + 1), Err.SRAM_RANGE)
+    case("kv_scale_region_fits", [], kv(kv_saddr=dep[Buf.KV] - scale_words), Err.NONE)
+    case("kv_act_range", [], kv(a_addr=dep[Buf.ACT] - 3), Err.SRAM_RANGE)
+    return cases
