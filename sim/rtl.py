@@ -57,7 +57,8 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
                testcase: str | list[str] | None = None, waves: bool | None = None,
                extra_env: dict[str, str] | None = None, seed: int | None = None,
                verbose: bool = False, sources: list[Path] | None = None,
-               plusargs: list[str] | None = None) -> Path:
+               plusargs: list[str] | None = None,
+               build_args: list[str] | None = None) -> Path:
     """Build ``design`` with Verilator and run the cocotb tests in ``test_module``.
 
     ``design`` is an Amaranth component (converted here, top module named ``toplevel``) or a
@@ -67,7 +68,8 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     design (e.g. ``sim.offchip.STORAGE_VERILOG`` for an ``Instance`` of it); Verilator rebuilds
     when any of them changes (they are on its command line, so in its dependency list).
     ``plusargs`` (e.g. ``["+offchip_init=/path/image.hex"]``) are passed to the simulation
-    binary, read by ``$value$plusargs``. Returns the results XML path.
+    binary, read by ``$value$plusargs``. ``build_args`` are extra Verilator flags (after
+    :data:`VERILATOR_ARGS`). Returns the results XML path.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -95,7 +97,7 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     runner = get_runner("verilator")
     log = build_dir / "sim.log"
     runner.build(sources=[*extra, source], hdl_toplevel=toplevel, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, waves=waves, always=False, verbose=verbose,
+                 build_args=[*VERILATOR_ARGS, *(build_args or [])], waves=waves, always=False, verbose=verbose,
                  timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
     results = build_dir / "results.xml"
     env = dict(extra_env or {})

@@ -45,6 +45,7 @@ async def run_jobs(dut):
         dut.start.value = 1
         await FallingEdge(dut.clk)
         dut.start.value = 0
+        await FallingEdge(dut.clk)  # ChipSim registers its inputs: the chip sees start now
         timed_out = False
         if not int(dut.done.value):
             # a Timer, not ClockCycles: ClockCycles wakes Python every cycle
@@ -62,6 +63,7 @@ async def run_jobs(dut):
         await FallingEdge(dut.clk)
         dut.dump.value = 0
         await FallingEdge(dut.clk)
+        await FallingEdge(dut.clk)  # the registered dump reaches the memory a cycle late
         shutil.copy(build / "offchip_dump.hex", build / f"offchip_dump_{i}.hex")
         dut._log.info(f"job {i}: error {res['error']} pc {res['error_pc']} cycles "
                       f"{counters['CYCLES']}{' TIMED OUT' if timed_out else ''}")
