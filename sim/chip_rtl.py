@@ -12,6 +12,9 @@ real chip. Returns one :class:`JobResult` per job.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,7 +67,13 @@ class JobResult:
 def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: str | None = None,
              waves: bool | None = None) -> list[JobResult]:
     """Run ``jobs`` one after the other on one Verilator simulation whose off-chip memory
-    starts as ``image`` (uint8 bytes, at most ``offchip_kib`` KiB)."""
+    starts as ``image`` (uint8 bytes, at most ``offchip_kib`` KiB).
+
+    The Verilator build is shared (``build/rtl/<name>/``, serialized by a lock); each call
+    runs in its own ``build/rtl/<name>/runs/<pid>_*/``, removed afterwards unless the run
+    failed or ``waves`` (or ``WAVES=1``) asked for a trace (``dump.vcd`` there)."""
+    if waves is None:
+        waves = os.environ.get("WAVES", "") not in ("", "0")
     from sim.chip_sim import STORAGE_VERILOG, ChipSim
 
     name = name or (f"chip_r{params.rows}c{params.cols}_b{params.offchip_bytes_per_cycle}"
@@ -77,34 +86,41 @@ def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: st
     if image.size > size:
         raise ValueError(f"memory image of {image.size} bytes does not fit the {size}-byte "
                          f"off-chip memory (ChipParams.offchip_kib = {params.offchip_kib})")
+    # each call runs in its own directory (several processes may share one build)
+    runs = build / "runs"
+    runs.mkdir(exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}_", dir=runs))
     full = np.zeros(size, np.uint8)
     full[:image.size] = image
-    init = build / "offchip_init.hex"
+    init = run / "offchip_init.hex"
     write_memh(init, full.tobytes(), B)
-    spec = build / "jobs.json"
+    spec = run / "jobs.json"
     spec.write_text(json.dumps([asdict(j) for j in jobs]))
-    out = build / "results.json"
-    if out.exists():
-        out.unlink()
+    out = run / "results.json"
     # cocotb builds with --public-flat-rw, which lets VPI write any signal, so Verilator must
     # re-evaluate all combinational logic on every eval() (16 k cycles/s measured); only the
     # top-level ports need to be visible to tb_chip.
     vlt = build / "public_ports.vlt"
     top = ChipSim(params)
-    vlt.write_text("`verilator_config\n" + "".join(
+    vlt_text = "`verilator_config\n" + "".join(
         f'public_flat_{"rw" if m.flow == In else "rd"} -module "chip_sim" -var "{port}"\n'
-        for port, m in top.signature.members.items()))
-    run_cocotb(top, "chip_sim", "tests.rtl.tb_chip", name=name, waves=waves,
-               sources=[STORAGE_VERILOG], build_args=["--no-public-flat-rw", str(vlt), *CHIP_VERILATOR_ARGS],
-               plusargs=[f"+offchip_init={init}", f"+offchip_dump={build / 'offchip_dump.hex'}"],
+        for port, m in top.signature.members.items())
+    if not vlt.exists() or vlt.read_text() != vlt_text:
+        vlt.write_text(vlt_text)
+    run_cocotb(top, "chip_sim", "tests.rtl.tb_chip", name=name, waves=waves, run_dir=run,
+               sources=[STORAGE_VERILOG],
+               build_args=["--no-public-flat-rw", str(vlt), *CHIP_VERILATOR_ARGS],
+               plusargs=[f"+offchip_init={init}", f"+offchip_dump={run / 'offchip_dump.hex'}"],
                extra_env={"CHIP_JOBS": str(spec), "CHIP_RESULTS": str(out),
-                          "CHIP_BUILD": str(build)})
+                          "CHIP_RUN": str(run)})
     results = []
     for i, r in enumerate(json.loads(out.read_text())):
-        dump = read_memh(build / f"offchip_dump_{i}.hex", B)
+        dump = read_memh(run / f"offchip_dump_{i}.hex", B)
         results.append(JobResult(
             error=Err(r["error"]), error_pc=r["error_pc"], pos=r["pos"],
             counters={Counter[k]: v for k, v in r["counters"].items()},
             offchip=dump.reshape(-1)[:size], range_error=bool(r["range_error"]),
             timed_out=bool(r["timed_out"]), wall_s=float(r["wall_s"])))
+    if not waves:
+        shutil.rmtree(run, ignore_errors=True)  # a failed run raised above: its files stay
     return results

@@ -12,6 +12,7 @@ naming the tests and pointing at the log, so pytest shows why.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
@@ -58,7 +59,7 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
                extra_env: dict[str, str] | None = None, seed: int | None = None,
                verbose: bool = False, sources: list[Path] | None = None,
                plusargs: list[str] | None = None,
-               build_args: list[str] | None = None) -> Path:
+               build_args: list[str] | None = None, run_dir: Path | None = None) -> Path:
     """Build ``design`` with Verilator and run the cocotb tests in ``test_module``.
 
     ``design`` is an Amaranth component (converted here, top module named ``toplevel``) or a
@@ -69,7 +70,9 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     when any of them changes (they are on its command line, so in its dependency list).
     ``plusargs`` (e.g. ``["+offchip_init=/path/image.hex"]``) are passed to the simulation
     binary, read by ``$value$plusargs``. ``build_args`` are extra Verilator flags (after
-    :data:`VERILATOR_ARGS`). Returns the results XML path.
+    :data:`VERILATOR_ARGS`). ``run_dir`` (default: the build directory) holds the run's
+    log, results and waveform, so several processes can run one build at once; the build
+    itself is serialized by a lock file in the build directory. Returns the results XML path.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -77,33 +80,38 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     name = name or toplevel
     build_dir = BUILD / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(design, (str, Path)):
-        source = Path(design)
-        if not source.exists():
-            raise FileNotFoundError(f"Verilog source {source} does not exist")
-    else:
-        source = write_verilog(design, toplevel, build_dir)
+    run_dir = Path(run_dir or build_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if waves is None:
+        waves = os.environ.get("WAVES", "") not in ("", "0")
     extra = [Path(s).resolve() for s in (sources or [])]
     for path in extra:
         if not path.exists():
             raise FileNotFoundError(f"extra Verilog source {path} does not exist")
-    if waves is None:
-        waves = os.environ.get("WAVES", "") not in ("", "0")
 
     # cocotb's runner looks verilator up on PATH; make sure it finds the fixed venv one.
     vbin = str(Path(verilator_executable()).parent)
     os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
 
     runner = get_runner("verilator")
-    log = build_dir / "sim.log"
-    runner.build(sources=[*extra, source], hdl_toplevel=toplevel, build_dir=build_dir,
-                 build_args=[*VERILATOR_ARGS, *(build_args or [])], waves=waves, always=False, verbose=verbose,
-                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
-    results = build_dir / "results.xml"
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; runs share the result
+        if isinstance(design, (str, Path)):
+            source = Path(design)
+            if not source.exists():
+                raise FileNotFoundError(f"Verilog source {source} does not exist")
+        else:
+            source = write_verilog(design, toplevel, build_dir)
+        runner.build(sources=[*extra, source], hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=[*VERILATOR_ARGS, *(build_args or [])], waves=waves,
+                     always=False, verbose=verbose, timescale=("1ns", "1ps"),
+                     log_file=build_dir / "build.log")
+    log = run_dir / "sim.log"
+    results = run_dir / "results.xml"
     env = dict(extra_env or {})
     try:
         runner.test(test_module=test_module, hdl_toplevel=toplevel, testcase=testcase,
-                    build_dir=build_dir, test_dir=build_dir, results_xml=str(results),
+                    build_dir=build_dir, test_dir=run_dir, results_xml=str(results),
                     extra_env=env, waves=waves, seed=seed, verbose=verbose, log_file=log,
                     plusargs=list(plusargs or []))
     except SystemExit as exc:  # the runner exits under pytest when a test fails
@@ -112,7 +120,7 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     if n_failed or n_tests == 0:
         raise AssertionError(_failure_message(test_module, log, f"{n_failed}/{n_tests} failed"))
     if waves:
-        print(f"waveform: {build_dir / 'dump.vcd'}")
+        print(f"waveform: {run_dir / 'dump.vcd'}")
     return results
 
 

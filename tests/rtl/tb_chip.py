@@ -22,7 +22,7 @@ from hw.isa import Counter
 @cocotb.test()
 async def run_jobs(dut):
     jobs = json.loads(Path(os.environ["CHIP_JOBS"]).read_text())
-    build = Path(os.environ["CHIP_BUILD"])
+    run = Path(os.environ["CHIP_RUN"])
     Clock(dut.clk, 10, unit="ns").start()
     dut.rst.value = 1
     for s in ("start", "prog_addr", "prog_len", "pos_init", "cfg_interval", "cfg_jitter",
@@ -64,7 +64,7 @@ async def run_jobs(dut):
         dut.dump.value = 0
         await FallingEdge(dut.clk)
         await FallingEdge(dut.clk)  # the registered dump reaches the memory a cycle late
-        shutil.copy(build / "offchip_dump.hex", build / f"offchip_dump_{i}.hex")
+        shutil.copy(run / "offchip_dump.hex", run / f"offchip_dump_{i}.hex")
         dut._log.info(f"job {i}: error {res['error']} pc {res['error_pc']} cycles "
                       f"{counters['CYCLES']}{' TIMED OUT' if timed_out else ''}")
         results.append(res)
