@@ -312,10 +312,12 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: 
     Outputs go to ACC ``acc + t * nb + j`` and are stored as [T, nb] words at
     :attr:`WeightGemm.out_off`.
 
-    Weights: without ``double_buffer`` every op's tiles are loaded up front into their own
-    WGT region. With it, two WGT regions alternate: the weights of op ``i + 1`` are loaded
-    while op ``i`` runs, after ``WAIT GEMM, 1`` (op ``i - 1``, the last reader of that
-    region, has finished); before each GEMM, ``WAIT LOAD, 0`` (its weights are in).
+    Weights: without ``double_buffer`` every op's tiles and group parameters are loaded up
+    front into their own WGT / PRM regions. With it (streaming, as a layer larger than the
+    buffers runs), two WGT and two PRM regions alternate: the weights and group parameters of
+    op ``i + 1`` are loaded while op ``i`` runs, after ``WAIT GEMM, 1`` (op ``i - 1``, the
+    last reader of those regions, has finished); before each GEMM, ``WAIT LOAD, 0`` (its
+    operands are in).
 
     ``base``: first words used in each buffer (keys ``wgt``, ``act``, ``prm``, ``acc``).
     ``exp_rng``: fill the ``exp`` of ACT words other than a row's last K-tile with random
@@ -355,19 +357,21 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: 
             w_off, w_n = img.put(Buf.WGT, weight_fields(p, sw.q, mode))
             group, _ = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
             g_off, g_n = img.put(Buf.PRM, group)
-            loads.append((Buf.PRM, p_sram, g_n, g_off))
             ops.append(dict(j0=j0, nbj=j1 - j0, k0=k0, k1=k1, first=i == 0,
-                            final=g1 == K // grp, prm=p_sram, w_off=w_off, w_n=w_n))
-            p_sram += g_n
+                            final=g1 == K // grp, w_off=w_off, w_n=w_n, g_off=g_off, g_n=g_n))
     if double_buffer:
-        half = max(o["w_n"] for o in ops)
+        half_w = max(o["w_n"] for o in ops)
+        half_p = max(o["g_n"] for o in ops)
         for i, o in enumerate(ops):
-            o["w_sram"] = b["wgt"] + (i % 2) * half
+            o["w_sram"] = b["wgt"] + (i % 2) * half_w
+            o["prm"] = p_sram + (i % 2) * half_p
     else:
         w_sram = b["wgt"]
         for o in ops:
-            o["w_sram"] = w_sram
+            o["w_sram"], o["prm"] = w_sram, p_sram
+            loads.append((Buf.PRM, p_sram, o["g_n"], o["g_off"]))
             w_sram += o["w_n"]
+            p_sram += o["g_n"]
 
     def dma(op, buf, sram, words, off):
         return encode(op, buf=buf, sram=sram, words=words, off=off)
@@ -383,13 +387,16 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: 
     def wload(o):
         return dma(Op.LOAD, Buf.WGT, o["w_sram"], o["w_n"], o["w_off"])
 
+    def stream(o):  # double buffering: the op's weights and its group parameters
+        return [wload(o), dma(Op.LOAD, Buf.PRM, o["prm"], o["g_n"], o["g_off"])]
+
     prog = [dma(Op.LOAD, *ld) for ld in loads]
     if double_buffer:
-        prog.append(wload(ops[0]))
+        prog += stream(ops[0])
         for i, o in enumerate(ops):
             prog += [encode(Op.WAIT, unit=Unit.LOAD, count=0), gemm(o)]
             if i + 1 < len(ops):
-                prog += [encode(Op.WAIT, unit=Unit.GEMM, count=1), wload(ops[i + 1])]
+                prog += [encode(Op.WAIT, unit=Unit.GEMM, count=1), *stream(ops[i + 1])]
     else:
         prog += [wload(o) for o in ops]
         prog.append(encode(Op.WAIT, unit=Unit.LOAD, count=0))
@@ -401,7 +408,7 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: 
         encode(Op.HALT),
     ]
     load_words = sum(n * bpw[bf] for bf, _, n, _ in loads) + sum(o["w_n"] for o in ops) * bpw[
-        Buf.WGT]
+        Buf.WGT] + double_buffer * sum(o["g_n"] for o in ops) * bpw[Buf.PRM]
     counters = {
         Counter.UOPS: len(prog),
         Counter.GRID_ROWS: sum(o["nbj"] * (o["k1"] - o["k0"]) // R * T for o in ops),

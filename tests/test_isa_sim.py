@@ -41,6 +41,7 @@ from sim.programs import (
     act_fields,
     bus_image,
     error_cases,
+    ncols_of,
     gscale,
     prm_fields,
     pv_planes,
@@ -88,6 +89,24 @@ def test_weight_gemm_matches_golden(rng, p, bits, T, split):
     assert wg.counters[Counter.GRID_ROWS] == wg.nb * (K // p.rows) * T
     assert all(sim.counters[k] == v for k, v in wg.counters.items())
     assert all(sim.counters[k] == 0 for k in TIMED_COUNTERS)
+
+
+@pytest.mark.parametrize("p", [P16, P4], ids=["16x16", "4x8"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_streamed_weight_gemm_matches_golden(rng, p, bits):
+    """Weights and group parameters streamed through two alternating WGT / PRM regions
+    (``double_buffer``), N in four ops and K in two: each op's operands are loaded while the
+    previous op runs, into the region the op before that has finished with."""
+    T, K, N = 2, 128, 4 * ncols_of(p, GridMode.W4A8 if bits == 4 else GridMode.INT8) + 3
+    x8, xs, qw, bias = random_problem(rng, T, K, N, bits)
+    img = Image(p)
+    wg = weight_gemm(p, img, x8, xs, qw, bias, n_ops=4, k_ops=2, double_buffer=True)
+    assert len(wg.ops) == 8
+    sim = IsaSim(p, img.mem)
+    sim.load_program(wg.prog)
+    assert sim.run() == Err.NONE and sim.done
+    assert np.array_equal(wg.result(sim.offchip), G.gemm(x8, xs, qw, bias))
+    assert all(sim.counters[k] == v for k, v in wg.counters.items())
 
 
 # -- 2. attention from the KV cache: QKᵀ and P·V vs sim.golden.gemm_act -------------------------
