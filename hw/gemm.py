@@ -14,7 +14,8 @@ tile's activations (``rows`` divides the activation group, so the sum over a gro
 the golden ``acc_h``; the golden sums are linear, so scaling tile by tile is exact).
 :class:`GroupScaler` computes exactly this, with ``Y`` in a 64-bit accumulator memory indexed by
 t (``acc_entries`` rows). The same unit serves activation x activation products: for QKᵀ the
-column ``scale`` is K's group mantissa and ``shift = F - exp_k``; for P·V with A15 probabilities
+column's K group mantissa ``2**gshift`` is ``scale = 1`` with ``kshift = gshift`` (a shift, so
+every 5-bit ``gshift`` is exact) and ``shift = F - exp_k``; for P·V with A15 probabilities
 the two INT8 planes run as two passes with column scale 128 and 1.
 
 :class:`GemmUnit` joins grid and scaler: per accepted activation row it records the row's
@@ -55,12 +56,17 @@ def row_info_layout(params: ChipParams) -> data.StructLayout:
 
 
 def tile_param_layout(params: ChipParams) -> data.StructLayout:
-    """Per K-tile, per output column: scale, offset, and (used on final rows) shift, bias."""
+    """Per K-tile, per output column: scale, offset, ``kshift`` (the column's products are
+    also shifted left by it: a key group mantissa ``2**gshift`` of ``psrc = KV``, whose
+    ``gshift`` may exceed what a ``SCALE_BITS`` scale holds), and (used on final rows) shift,
+    bias. ``shift`` has a bit more than a PRM out word's so that ``F - exp`` of a KV exponent
+    fits."""
     C = params.cols
     return data.StructLayout({
         "scale": data.ArrayLayout(signed(SCALE_BITS), C),
         "offset": data.ArrayLayout(signed(16), C),
-        "shift": data.ArrayLayout(signed(EXP_BITS), C),
+        "kshift": data.ArrayLayout(unsigned(GSHIFT_BITS), C),
+        "shift": data.ArrayLayout(signed(EXP_BITS + 1), C),
         "bias": data.ArrayLayout(signed(32), C),
     })
 
@@ -95,9 +101,9 @@ class GroupScaler(wiring.Component):
     ``last``), ``o_row`` (:func:`gemm_out_layout`, one per ``final`` row).
 
     Pipeline (one row per cycle, 5 stages): register; ``Z = scale*acc + offset*xsum``;
-    ``P = Z << gshift`` (0 if ``gzero``) and read ``Y[t]``; ``Y = (first ? 0 : Y[t]) + P``
-    written back (the read is transparent to this write, so consecutive rows on the same t,
-    as in GEMV, see each other's sums); on ``final`` rows
+    ``P = Z << (gshift + kshift)`` (0 if ``gzero``; modulo 2**64) and read ``Y[t]``;
+    ``Y = (first ? 0 : Y[t]) + P`` written back (the read is transparent to this write, so
+    consecutive rows on the same t, as in GEMV, see each other's sums); on ``final`` rows
     ``saturate32(rshift_round(Y, shift - exp) + bias)``.
     Rows are admitted only against free output FIFO entries, so ``o_row`` back-pressure never
     stalls the pipeline mid-flight.
@@ -149,9 +155,10 @@ class GroupScaler(wiring.Component):
         s2_v = Signal(1)
         s2_z = Signal(data.ArrayLayout(signed(zw), C))
         s2_info = Signal(info_l)
-        s2_par = Signal(data.StructLayout({"shift": data.ArrayLayout(signed(EXP_BITS), C),
+        s2_par = Signal(data.StructLayout({"shift": data.ArrayLayout(signed(EXP_BITS + 1), C),
                                            "bias": data.ArrayLayout(signed(32), C)}))
-        m.d.sync += [s2_v.eq(s1_v), s2_info.eq(s1.info),
+        s2_ksh = Signal(data.ArrayLayout(unsigned(GSHIFT_BITS), C))
+        m.d.sync += [s2_v.eq(s1_v), s2_info.eq(s1.info), s2_ksh.eq(s1_par.kshift),
                      s2_par.shift.eq(s1_par.shift), s2_par.bias.eq(s1_par.bias)]
         for n in range(C):
             m.d.sync += s2_z[n].eq(s1_par.scale[n] * s1.acc[n] + s1_par.offset[n] * s1.xsum)
@@ -164,7 +171,9 @@ class GroupScaler(wiring.Component):
         m.d.comb += [rport.addr.eq(s2_info.t), rport.en.eq(s2_v)]
         m.d.sync += [s3_v.eq(s2_v), s3_info.eq(s2_info), s3_par.eq(s2_par)]
         for n in range(C):
-            m.d.sync += s3_p[n].eq(Mux(s2_info.gzero, 0, s2_z[n] << s2_info.gshift))
+            amount = Signal(GSHIFT_BITS + 1, name=f"pshift{n}")
+            m.d.comb += amount.eq(s2_info.gshift + s2_ksh[n])
+            m.d.sync += s3_p[n].eq(Mux(s2_info.gzero, 0, s2_z[n] << amount))
 
         # -- stage 4: Y = (first ? 0 : Y[t]) + P, written back ---------------------------------
         y = Signal(data.ArrayLayout(signed(Y_BITS), C))

@@ -21,7 +21,7 @@ consumed and the GEMM unit is empty. The next micro-op starts after that (the un
 pipeline drains between micro-ops: about ``rows + cols/2 + 10`` cycles).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -314,15 +314,19 @@ class GemmEngine(wiring.Component):
         kexp = kv_word(p)(pr.o.payload.data[:_bits(kv_word(p))])
         F = p.numerics.frac_bits
         for c in range(C):
+            # psrc = KV: scale 2**gshift as scale 1 and a left shift by gshift (up to 31, more
+            # than a SCALE_BITS scale holds); lanes c >= PC have no key lane: scale 0, and
+            # exponent 0 (shift = F, as the ISA simulator reads hw/isa.py)
             if c < PC:
                 lane = kscale[c]
-                ks = Mux(lane[5], 0, Const(1, unsigned(22)) << lane[0:5])
+                ks, ksh = Mux(lane[5], 0, 1), lane[0:5]
                 ke = kexp[c].as_signed()
             else:
-                ks, ke = 0, F
+                ks, ksh, ke = 0, 0, 0
             m.d.comb += [
                 par.scale[c].eq(Mux(kv_p, ks, grp.scale[c])),
                 par.offset[c].eq(Mux(kv_p, 0, grp.offset[c])),
+                par.kshift[c].eq(Mux(kv_p, ksh, 0)),
                 par.shift[c].eq(Mux(kv_p, F - ke, out.shift[c])),
                 par.bias[c].eq(Mux(kv_p, 0, out.bias[c])),
             ]

@@ -10,7 +10,7 @@ of a decode step. Checked first (``BAD_FIELD``, ``KV_OVERFLOW``, ``SRAM_RANGE``,
 order); a rejected micro-op writes nothing.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -154,7 +154,8 @@ class KvEngine(wiring.Component):
                 m.d.comb += [
                     wr.valid.eq(1),
                     wr.payload.addr.eq(sbase + ((w << lr) >> 4)),
-                    wr.payload.data.eq((word.gshift | (word.gzero << 5)).replicate(PC)),
+                    # a byte per lane: gshift | gzero << 5, bits 6 and 7 zero
+                    wr.payload.data.eq(Cat(word.gshift, word.gzero, C(0, 2)).replicate(PC)),
                     wr.payload.en.eq(1 << lane),
                 ]
                 with m.If(wr.ready):

@@ -58,6 +58,8 @@ Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``
 - INT8-mode lanes ``c >= PC`` see ``acc = 0`` and still go through the scaler with their PRM
   column parameters (``offset * xsum``, ``bias``): they are 0 when those parameters are 0,
   as the compiler writes them;
+- ``psrc = KV``: lanes ``c >= PC`` have no key lane: scale 0 and exponent 0 (``shift =
+  frac_bits``, which matters when such an op carries on sums a W4A8 op left);
 - every tile reads its group word and its out word (PRM ``oprm_addr + j``, or the KV exponent
   word), so both are range-checked for every op, final or not (as ``hw/gemm_engine.py``);
   ACC words only for ``final`` ops;

@@ -1,0 +1,1195 @@
+"""Differential fuzzing of the chip RTL (``hw/chip.py`` under Verilator,
+:func:`sim.chip_rtl.run_jobs`) against the instruction-level simulator
+(:class:`sim.isa_sim.IsaSim`).
+
+What is generated (everything from one integer seed, program ``i`` from ``(seed, i)`` alone):
+
+- an off-chip memory image of random bytes, split into a *data area* (random LOADs read
+  anywhere in memory; STOREs write only here) whose top holds one *dump region* per buffer,
+  and a *program area* (the programs of the jobs, never written);
+- **valid programs**: random ``LOAD`` / ``STORE`` (random buffer, in-range sizes and
+  addresses, biased to the edges), ``GEMM`` (both modes, ``wsrc`` WGT / KV_TILED / KV_ROWS,
+  ``psrc`` PRM / KV, ``dyn = POS``, chains of non-``first`` ops carrying sums with the same
+  ``n_tiles`` / ``t_len``, overlapping ACC outputs now and then, fields an op does not use left
+  random), ``KV_APPEND`` (legal ``d``, ``cap`` and ``pos``), attention-shaped sequences
+  (append keys and values, QKᵀ with ``psrc = KV`` and P·V, both ``dyn``), ``SETPOS``, ``NOP``,
+  redundant ``WAIT``\\ s, and at the end STOREs of ACC, KV and every buffer the program wrote
+  to its dump region, then ``HALT``. Units run concurrently, so the generator makes the result
+  deterministic: it tracks, per unit, the buffer / off-chip regions (read or written) of the
+  ops issued since its last ``WAIT``, and before issuing an op it waits for every *other* unit
+  whose pending ops conflict (overlap, one of them writing) with ``WAIT unit, n``, ``n`` the
+  number of that unit's ops issued after the newest conflicting one (ops of one unit run in
+  order: no wait). Independent ops stay in flight together.
+- **illegal programs**: a valid prefix, then exactly one op that must fail (illegal opcode,
+  an undefined enum value patched into a legal word through :func:`hw.isa.leaf_fields`
+  offsets, ``BAD_FIELD`` sizes, ``SRAM_RANGE`` and ``OFFCHIP_RANGE`` at the boundary and far
+  beyond (incl. 16/32-bit wrap-around values), ``KV_OVERFLOW``, ``VEC`` -> ``UNSUPPORTED``,
+  ``SETPOS`` overflow, a missing ``HALT`` -> ``PROG_RANGE``, a program longer than
+  ``uop_depth`` or past the end of memory -> ``PROG_LOAD``), followed by ``WAIT`` on the failing
+  unit and ops that must never run. The expected error and ``error_pc`` are the generator's
+  intent, cross-checked with IsaSim. Either the prefix is drained first (*quiesced*: every
+  result compared), or the error hits while ops of the prefix are in flight (*abort*: the chip
+  drops them; only status, ``UOPS`` and the rule "off-chip bytes change only inside the
+  destinations of issued STOREs" are checked, and the next job, a *resync* program, reloads
+  every buffer from memory).
+
+:func:`run_campaign` lays the programs out in images (as many per :func:`run_jobs` call as the
+program area holds), runs them as jobs with random memory stalls, and compares each job with
+IsaSim (one instance per image, state carried from job to job as the chip's buffers are):
+``error``, ``error_pc``, ``pos``, the counters ``UOPS`` / ``GRID_ROWS`` / ``LOAD_WORDS`` /
+``STORE_WORDS``, and the whole off-chip memory after every job; every job runs under a cycle
+budget derived from its ops and must finish in it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.isa import (
+    INSTR,
+    INSTR_BITS,
+    PRM_STEP_NEVER,
+    Buf,
+    Counter,
+    Dyn,
+    Err,
+    GridMode,
+    KvKind,
+    Op,
+    PSrc,
+    Unit,
+    WSrc,
+    buffer_depth,
+    bus_bits,
+    bus_words_per,
+    decode,
+    encode,
+    leaf_fields,
+)
+from hw.params import ChipParams
+
+__all__ = [
+    "SMALL", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
+    "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
+    "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS",
+]
+
+#: The default-tier configuration: a 4x8 grid, 2 KiB buffers.
+SMALL = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
+                   kv_sram_kib=2, prm_entries=32, acc_entries=32, uop_depth=256, offchip_kib=64)
+#: A 16x16 grid with small buffers (slow tier).
+DEFAULT = ChipParams(rows=16, cols=16, weight_sram_kib=4, act_sram_kib=4, acc_sram_kib=4,
+                     kv_sram_kib=8, prm_entries=64, acc_entries=64, uop_depth=512,
+                     offchip_kib=256)
+PARAMS = {"small": SMALL, "default": DEFAULT}
+
+QUEUED = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
+OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
+           Op.KV_APPEND: Unit.KV}
+OFF = "OFF"  # the off-chip memory as a footprint space (buffers are Buf members)
+#: Counters IsaSim models (the rest need timing).
+COMPARED = (Counter.UOPS, Counter.GRID_ROWS, Counter.LOAD_WORDS, Counter.STORE_WORDS)
+
+_LEAVES = {path: (off, width) for path, off, width, _, _ in leaf_fields(INSTR)}
+#: Bits of an INSTR word used by each op (opcode and its argument struct).
+_USED_BITS = {}
+for _op, _member in ((Op.LOAD, "dma"), (Op.STORE, "dma"), (Op.GEMM, "gemm"),
+                     (Op.KV_APPEND, "kv"), (Op.WAIT, "wait"), (Op.SETPOS, "pos"),
+                     (Op.VEC, "vec"), (Op.NOP, None), (Op.HALT, None)):
+    _top = 6
+    for _path, (_off, _w) in _LEAVES.items():
+        if _member and _path.startswith(f"args.{_member}."):
+            _top = max(_top, _off + _w)
+    _USED_BITS[_op] = _top
+
+
+def patch(word: int, path: str, value: int) -> int:
+    """``word`` with the INSTR leaf ``path`` (e.g. ``"args.dma.buf"``) set to ``value``."""
+    off, width = _LEAVES[path]
+    assert 0 <= value < 1 << width, (path, value)
+    mask = ((1 << width) - 1) << off
+    return (word & ~mask) | (value << off)
+
+
+# -- memory layout ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemLayout:
+    """Off-chip memory (bus-word addresses): the data area ``[0, data_end)`` (STOREs land only
+    there), the dump regions (one per buffer, whole buffer, inside the data area at its top),
+    the program area ``[prog_base, bus_words)``."""
+
+    bus_words: int
+    data_end: int
+    dump: dict
+    prog_base: int
+    uop_bus: int  # bus words per micro-op
+
+    @property
+    def prog_words(self) -> int:
+        return self.bus_words - self.prog_base
+
+
+def mem_layout(p: ChipParams) -> MemLayout:
+    bus_words = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
+    sizes = {b: buffer_depth(p, b) * bus_words_per(p, b) for b in Buf}
+    dump_total = sum(sizes.values())
+    data_end = dump_total + max(dump_total // 2, bus_words // 8)
+    if data_end > bus_words * 3 // 4:
+        raise ValueError(f"fuzz: off-chip memory of {bus_words} bus words too small for dumps "
+                         f"of {dump_total}")
+    dump, a = {}, data_end - dump_total
+    for b in Buf:
+        dump[b] = a
+        a += sizes[b]
+    return MemLayout(bus_words, data_end, dump, data_end, math.ceil(INSTR_BITS / bus_bits(p)))
+
+
+# -- checks by the spec (the generator's intent; IsaSim is checked against them) --------------
+
+
+def _dma_check(p, lay, f):
+    try:
+        buf = Buf(f["buf"])
+    except ValueError:
+        return Err.BAD_FIELD, []
+    if f["words"] == 0:
+        return Err.BAD_FIELD, []
+    if f["sram"] + f["words"] > buffer_depth(p, buf):
+        return Err.SRAM_RANGE, []
+    n_bus = f["words"] * bus_words_per(p, buf)
+    if f["off"] + n_bus > lay.bus_words:
+        return Err.OFFCHIP_RANGE, []
+    return Err.NONE, [(buf, f["sram"], f["sram"] + f["words"]), (OFF, f["off"], f["off"] + n_bus)]
+
+
+def gemm_check(p: ChipParams, f: dict, pos: int):
+    """(Err, footprint, (n, k, T)) of a GEMM by ``hw/isa.py``: the footprint is
+    [(space, lo, hi, write)] hulls of every word it reads or writes."""
+    R, PC = p.rows, p.cols // 2
+    try:
+        wsrc = WSrc(f["wsrc"])
+    except ValueError:
+        return Err.BAD_FIELD, [], None
+    T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
+    if f["dyn"] == Dyn.POS:
+        if wsrc == WSrc.WGT:
+            return Err.BAD_FIELD, [], None
+        if wsrc == WSrc.KV_TILED:
+            n = -(-(pos + T) // PC)
+        else:
+            k = -(-(pos + T) // R)
+    if min(T, n, k) < 1:
+        return Err.BAD_FIELD, [], None
+    both = f["first"] and f["final"]
+    if (T if both else n * T) > p.acc_entries:
+        return Err.BAD_FIELD, [], None
+    wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
+    G = -(-k // (1 << f["prm_step"]))
+    fp = [(wbuf, f["w_addr"], f["w_addr"] + n * k * R, False),
+          (Buf.ACT, f["a_addr"], f["a_addr"] + (T - 1) * f["a_stride"] + k, False)]
+    if f["psrc"] == PSrc.PRM:
+        fp += [(Buf.PRM, f["prm_addr"], f["prm_addr"] + n * G, False),
+               (Buf.PRM, f["oprm_addr"], f["oprm_addr"] + n, False)]
+    else:
+        fp += [(Buf.KV, f["prm_addr"], f["prm_addr"] + n * (G + 1), False)]
+    if f["final"]:
+        fp += [(Buf.ACC, f["acc_addr"], f["acc_addr"] + (T - 1) * f["acc_stride"] + n, True)]
+    for space, _, hi, _ in fp:
+        if hi > buffer_depth(p, space):
+            return Err.SRAM_RANGE, [], None
+    return Err.NONE, fp, (n, k, T)
+
+
+def kv_check(p: ChipParams, f: dict, pos: int):
+    """(Err, footprint) of a KV_APPEND by ``hw/isa.py``."""
+    R, PC = p.rows, p.cols // 2
+    ag = p.numerics.act_group
+    T, d, cap = f["t_len"], f["d"], f["cap"]
+    if T == 0 or d == 0 or d % ag or d % PC:
+        return Err.BAD_FIELD, []
+    if pos + T > cap:
+        return Err.KV_OVERFLOW, []
+    G = d // ag
+    blocks = -(-cap // PC)
+    key = f["kind"] == KvKind.KEY
+    depth = buffer_depth(p, Buf.KV)
+    if f["kv_addr"] + (blocks * d if key else cap * d // PC) > depth:
+        return Err.SRAM_RANGE, []
+    if f["kv_saddr"] + blocks * (G + 1) > depth:
+        return Err.SRAM_RANGE, []
+    act_hi = f["a_addr"] + (T - 1) * f["a_stride"] + d // R
+    if act_hi > buffer_depth(p, Buf.ACT):
+        return Err.SRAM_RANGE, []
+    b0, b1 = pos // PC, (pos + T - 1) // PC + 1
+    if key:
+        data = (f["kv_addr"] + b0 * d, f["kv_addr"] + b1 * d)
+    else:
+        data = (f["kv_addr"] + pos * d // PC, f["kv_addr"] + (pos + T) * d // PC)
+    fp = [(Buf.ACT, f["a_addr"], act_hi, False), (Buf.KV, *data, True),
+          (Buf.KV, f["kv_saddr"] + b0 * (G + 1), f["kv_saddr"] + b1 * (G + 1), True)]
+    return Err.NONE, fp
+
+
+def intent(p: ChipParams, lay: MemLayout, word: int, pos: int) -> Err:
+    """The error a LOAD / STORE / GEMM / KV_APPEND word must raise at ``pos`` (``hw/isa.py``)."""
+    op, f = decode(word)
+    if op in (Op.LOAD, Op.STORE):
+        return _dma_check(p, lay, f)[0]
+    if op == Op.GEMM:
+        return gemm_check(p, f, pos)[0]
+    if op == Op.KV_APPEND:
+        return kv_check(p, f, pos)[0]
+    raise ValueError(f"intent: {op!r}")
+
+
+def _conflict(fa, fb) -> bool:
+    for sa, la, ha, wa in fa:
+        for sb, lb, hb, wb in fb:
+            if sa == sb and (wa or wb) and la < hb and lb < ha:
+                return True
+    return False
+
+
+# -- programs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Program:
+    """One job: its micro-ops, what the generator meant, the memory model's configuration."""
+
+    index: int
+    kind: str                       # "valid" | "illegal" | "resync"
+    words: list = field(default_factory=list)
+    pos_init: int = 0
+    expect: Err = Err.NONE
+    expect_pc: int = 0
+    tainted: bool = False           # the error hits with ops in flight (abort)
+    note: str = ""
+    prog_len: int | None = None     # job's prog_len if not len(words)
+    placed: bool = True             # words go into the image
+    prog_addr: int | None = None    # fixed job address (not placed)
+    sim_skip: bool = False          # IsaSim cannot express it (program beyond memory)
+    stores: list = field(default_factory=list)  # (lo, hi) bus words of STOREs issued
+    budget: int = 0                 # serial cycle estimate
+    mem: tuple = (0, 0, 0, 1)       # interval, jitter, jitter_max, seed
+
+    @property
+    def length(self) -> int:
+        return len(self.words) if self.prog_len is None else self.prog_len
+
+    def max_cycles(self, p: ChipParams, lay: MemLayout) -> int:
+        memf = max(1, self.mem[0]) + self.mem[2] + 1
+        boot = (min(self.length, p.uop_depth + 1) * lay.uop_bus * memf
+                + p.offchip_latency + self.mem[2] + 20)
+        return 3 * (self.budget + boot) + 2000
+
+
+class _Builder:
+    """Emits micro-ops, tracking the pending footprint of every unit and ``pos``."""
+
+    def __init__(self, p: ChipParams, lay: MemLayout, rng: np.random.Generator, pos: int,
+                 mem: tuple, junk: float = 0.08):
+        self.p, self.lay, self.rng, self.pos, self.mem = p, lay, rng, pos, mem
+        self.words: list[int] = []
+        self.pending = {u: [] for u in QUEUED}
+        self.gemm_left = None   # (n, T) of the sums the last GEMM left, if chainable
+        self.written: set = set()
+        self.stores: list = []
+        self.cost = 0
+        self.junk = junk
+        self.memf = max(1, mem[0]) + mem[2] + 1
+        self.lat = p.offchip_latency + mem[2] + 10
+        self.depth = {b: buffer_depth(p, b) for b in Buf}
+        self.bpw = {b: bus_words_per(p, b) for b in Buf}
+
+    # -- low level ------------------------------------------------------------------------------
+
+    def raw(self, word: int, cost: int = 4) -> int:
+        self.words.append(int(word))
+        self.cost += cost
+        return len(self.words) - 1
+
+    def _junk(self, op, word):
+        """Random bits above the op's argument struct (unused: the chip ignores them)."""
+        top = _USED_BITS[op]
+        if top < INSTR_BITS and self.rng.random() < self.junk:
+            word |= int(self.rng.integers(0, 1 << 62)) << top
+            word &= (1 << INSTR_BITS) - 1
+        return word
+
+    def emit(self, op, cost=4, **f) -> int:
+        return self.raw(self._junk(op, encode(op, **f)), cost)
+
+    def wait(self, unit: Unit, count: int = 0):
+        self.emit(Op.WAIT, unit=unit, count=count)
+        if unit in self.pending:
+            pend = self.pending[unit]
+            self.pending[unit] = pend[len(pend) - count:] if count else []
+
+    def drain(self):
+        for u in QUEUED:
+            if self.pending[u]:
+                self.wait(u, 0)
+
+    def issue(self, op: Op, f: dict, fp: list, cost: int) -> int:
+        """Wait for conflicting ops of other units, then emit ``op``."""
+        me = OP_UNIT[op]
+        for u in QUEUED:
+            if u == me:
+                continue
+            pend = self.pending[u]
+            last = max((i for i, q in enumerate(pend) if _conflict(q, fp)), default=None)
+            if last is None:
+                continue
+            n = len(pend) - 1 - last
+            if n > 15 or self.rng.random() < 0.3:
+                n = 0
+            self.wait(u, n)
+        idx = self.emit(op, cost=cost, **f)
+        self.pending[me].append(fp)
+        for space, _, _, w in fp:
+            if w and space != OFF:
+                self.written.add(space)
+        return idx
+
+    def _addr(self, hi: int) -> int:
+        """An address in ``0 .. hi``, often an edge."""
+        r = self.rng.random()
+        if r < 0.12:
+            return 0
+        if r < 0.24:
+            return hi
+        return int(self.rng.integers(0, hi + 1))
+
+    def _count(self, hi: int) -> int:
+        r = self.rng.random()
+        if r < 0.08:
+            return hi
+        if r < 0.7:
+            return int(self.rng.integers(1, min(hi, 8) + 1))
+        return int(self.rng.integers(1, hi + 1))
+
+    # -- ops ------------------------------------------------------------------------------------
+
+    def dma_cost(self, buf, words):
+        return words * self.bpw[buf] * self.memf + self.lat + 20
+
+    def load(self, buf=None, words=None, sram=None, off=None):
+        rng, lay = self.rng, self.lay
+        buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
+        depth, bpw = self.depth[buf], self.bpw[buf]
+        words = self._count(depth) if words is None else words
+        sram = self._addr(depth - words) if sram is None else sram
+        if off is None:
+            hi = (lay.data_end if rng.random() < 0.8 else lay.bus_words) - words * bpw
+            off = self._addr(hi)
+        f = dict(buf=buf, sram=sram, words=words, off=off)
+        err, ((_, a, b), (_, c, d)) = _dma_check(self.p, lay, f)
+        assert err == Err.NONE
+        fp = [(buf, a, b, True), (OFF, c, d, False)]
+        return self.issue(Op.LOAD, f, fp, self.dma_cost(buf, words))
+
+    def store(self, buf=None, words=None, sram=None, off=None):
+        rng, lay = self.rng, self.lay
+        buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
+        depth, bpw = self.depth[buf], self.bpw[buf]
+        words = self._count(depth) if words is None else words
+        sram = self._addr(depth - words) if sram is None else sram
+        off = self._addr(lay.data_end - words * bpw) if off is None else off
+        f = dict(buf=buf, sram=sram, words=words, off=off)
+        err, ((_, a, b), (_, c, d)) = _dma_check(self.p, lay, f)
+        assert err == Err.NONE and d <= lay.data_end
+        fp = [(buf, a, b, False), (OFF, c, d, True)]
+        self.stores.append((c, d))
+        return self.issue(Op.STORE, f, fp, self.dma_cost(buf, words))
+
+    def setpos(self, value=None, add=None):
+        rng = self.rng
+        if value is None:
+            add = rng.random() < 0.4
+            value = int(rng.integers(0, 6)) if add else int(rng.integers(0, 3 * self.p.cols))
+        new = self.pos + value if add else value
+        assert 0 <= new < 1 << 16
+        self.pos = new
+        return self.emit(Op.SETPOS, add=int(bool(add)), value=value)
+
+    def gemm_cost(self, n, k, T):
+        p = self.p
+        return n * k * (2 * p.rows + T + 8) + n * T + 2 * (p.rows + p.cols) + 60
+
+    def gemm_fields(self, chain: bool | None = None, tries: int = 40):
+        """Random legal GEMM fields for the current ``pos`` (None if none found)."""
+        p, rng = self.p, self.rng
+        R, PC = p.rows, p.cols // 2
+        for _ in range(tries):
+            cont = self.gemm_left is not None and (rng.random() < 0.35 if chain is None
+                                                    else chain)
+            if cont:
+                n, T = self.gemm_left
+            else:
+                T = int(rng.integers(1, 5))
+                n = int(rng.integers(1, 5))
+            k = int(rng.integers(1, 5))
+            first = 0 if cont else 1
+            final = int(rng.random() < (0.75 if first else 0.6))
+            wsrc = WSrc(int(rng.choice(3, p=[0.5, 0.25, 0.25])))
+            dyn = Dyn.STATIC
+            n_field, k_field = n, k
+            if wsrc != WSrc.WGT and rng.random() < 0.4:
+                if wsrc == WSrc.KV_TILED:
+                    ne = -(-(self.pos + T) // PC)
+                    if not cont or ne == n:
+                        dyn, n = Dyn.POS, ne
+                        n_field = int(rng.integers(0, 256)) if rng.random() < 0.5 else 0
+                else:
+                    dyn, k = Dyn.POS, -(-(self.pos + T) // R)
+                    k_field = int(rng.integers(0, 128)) if rng.random() < 0.5 else k
+            if dyn == Dyn.STATIC:
+                n_field, k_field = n, k
+            if (T if first and final else n * T) > p.acc_entries:
+                continue
+            psrc = PSrc(int(rng.random() < 0.3))
+            step = int(rng.integers(0, 8))
+            G = -(-k // (1 << step))
+            wdepth = self.depth[Buf.WGT if wsrc == WSrc.WGT else Buf.KV]
+            if n * k * R > wdepth:
+                continue
+            a_stride = int(rng.integers(k, k + 4)) if rng.random() < 0.8 \
+                else int(rng.integers(0, k + 1))
+            a_span = (T - 1) * a_stride + k
+            if a_span > self.depth[Buf.ACT]:
+                continue
+            f = dict(mode=GridMode(int(rng.integers(0, 2))), wsrc=wsrc, psrc=psrc,
+                     first=first, final=final, dyn=dyn, w_addr=self._addr(wdepth - n * k * R),
+                     a_addr=self._addr(self.depth[Buf.ACT] - a_span), a_stride=a_stride,
+                     prm_step=step, t_len=T, k_tiles=k_field, n_tiles=n_field)
+            if psrc == PSrc.PRM:
+                if n * G > self.depth[Buf.PRM] or n > self.depth[Buf.PRM]:
+                    continue
+                f["prm_addr"] = self._addr(self.depth[Buf.PRM] - n * G)
+                f["oprm_addr"] = self._addr(self.depth[Buf.PRM] - n)
+            else:
+                if n * (G + 1) > self.depth[Buf.KV]:
+                    continue
+                f["prm_addr"] = self._addr(self.depth[Buf.KV] - n * (G + 1))
+                f["oprm_addr"] = int(rng.integers(0, 1 << 10))  # unused with psrc = KV
+            if final:
+                acc_stride = int(rng.integers(n, n + 3)) if rng.random() < 0.85 \
+                    else int(rng.integers(0, n + 1))  # < n: outputs overlap
+                span = (T - 1) * acc_stride + n
+                if span > self.depth[Buf.ACC]:
+                    continue
+                f["acc_addr"] = self._addr(self.depth[Buf.ACC] - span)
+                f["acc_stride"] = acc_stride
+            else:  # not written: any value
+                f["acc_addr"] = int(rng.integers(0, 1 << 14))
+                f["acc_stride"] = int(rng.integers(0, 1 << 9))
+            err, fp, eff = gemm_check(p, f, self.pos)
+            assert err == Err.NONE, (err, f, self.pos)
+            return f, fp, eff
+        return None
+
+    def gemm(self, f=None, fp=None, eff=None, chain=None):
+        if f is None:
+            got = self.gemm_fields(chain)
+            if got is None:
+                return None
+            f, fp, eff = got
+        n, k, T = eff
+        idx = self.issue(Op.GEMM, f, fp, self.gemm_cost(n, k, T))
+        self.gemm_left = None if (f["first"] and f["final"] and n > 1) else (n, T)
+        return idx
+
+    def kv_cost(self, f):
+        R = self.p.rows
+        d = f["d"]
+        return f["t_len"] * ((d // R) * (R + 5) + d // 16 + 4) + 30
+
+    def kv_fields(self, kind=None, d=None, T=None, tries=40):
+        p, rng = self.p, self.rng
+        R, PC = p.rows, p.cols // 2
+        L = math.lcm(p.numerics.act_group, PC)
+        kvd, actd = self.depth[Buf.KV], self.depth[Buf.ACT]
+        for _ in range(tries):
+            kk = KvKind(int(rng.integers(0, 2))) if kind is None else kind
+            dd = L * int(rng.integers(1, 5)) if d is None else d
+            if dd > 255:
+                continue
+            TT = int(rng.integers(1, 5)) if T is None else T
+            cap = self.pos + TT + (int(rng.integers(0, 9)) if rng.random() < 0.8 else 0)
+            if cap >= 1 << 12:
+                return None
+            G = dd // p.numerics.act_group
+            blocks = -(-cap // PC)
+            region = blocks * dd if kk == KvKind.KEY else cap * dd // PC
+            sregion = blocks * (G + 1)
+            if region > kvd or sregion > kvd:
+                return None
+            wpr = dd // R
+            a_stride = int(rng.integers(wpr, wpr + 4)) if rng.random() < 0.85 \
+                else int(rng.integers(0, wpr + 1))
+            span = (TT - 1) * a_stride + wpr
+            if span > actd:
+                continue
+            f = dict(kind=kk, t_len=TT, a_addr=self._addr(actd - span), a_stride=a_stride,
+                     kv_addr=self._addr(kvd - region), kv_saddr=self._addr(kvd - sregion),
+                     d=dd, cap=cap)
+            err, fp = kv_check(p, f, self.pos)
+            assert err == Err.NONE, (err, f, self.pos)
+            if _conflict([fp[1]], [fp[2]]):
+                continue  # data and scales on the same words: hw/isa.py orders no writes
+            return f, fp
+        return None
+
+    def kv_append(self, f=None, fp=None):
+        if f is None:
+            got = self.kv_fields()
+            if got is None:
+                if self.pos:
+                    self.setpos(value=int(self.rng.integers(0, 8)), add=False)
+                    got = self.kv_fields()
+                if got is None:
+                    return None
+            f, fp = got
+        return self.issue(Op.KV_APPEND, f, fp, self.kv_cost(f))
+
+    def attention(self):
+        """Append a token block's keys and values, then QKᵀ (``psrc = KV``) and P·V over every
+        visible key (``dyn = POS``), as a decode step does."""
+        p, rng = self.p, self.rng
+        R, PC = p.rows, p.cols // 2
+        if self.pos > 2 * PC or rng.random() < 0.3:
+            self.setpos(value=int(rng.integers(0, 2 * PC)), add=False)
+        d = math.lcm(p.numerics.act_group, PC) * int(rng.integers(1, 3))
+        T = int(rng.integers(1, 4))
+        kf, vf = self.kv_fields(KvKind.KEY, d, T), self.kv_fields(KvKind.VALUE, d, T)
+        if kf is None or vf is None:
+            return
+        k, v = kf[0], vf[0]
+        # P·V reads k_tiles * R token rows: make them part of the region
+        k["cap"] = v["cap"] = max(k["cap"], v["cap"], R * -(-(self.pos + T) // R))
+        (ek, fk), (ev, fv) = kv_check(p, k, self.pos), kv_check(p, v, self.pos)
+        if ek != Err.NONE or ev != Err.NONE:
+            return
+        self.kv_append(k, fk)
+        self.kv_append(v, fv)
+        nq = -(-(self.pos + T) // PC)
+        qk = dict(mode=GridMode.INT8, wsrc=WSrc.KV_TILED, psrc=PSrc.KV, first=1, final=1,
+                  dyn=Dyn.POS, w_addr=k["kv_addr"],
+                  a_addr=self._addr(max(0, self.depth[Buf.ACT] - T * (d // R))),
+                  a_stride=d // R, acc_addr=self._addr(max(0, self.depth[Buf.ACC] - T * nq)),
+                  acc_stride=nq, prm_addr=k["kv_saddr"],
+                  prm_step=max(0, (p.numerics.act_group // R).bit_length() - 1),
+                  oprm_addr=int(rng.integers(0, 1 << 10)), t_len=T, k_tiles=d // R,
+                  n_tiles=int(rng.integers(0, 256)))
+        err, fp, eff = gemm_check(p, qk, self.pos)
+        if err == Err.NONE:
+            self.gemm(qk, fp, eff)
+        kt = -(-(self.pos + T) // R)
+        npv = d // PC
+        pv = dict(mode=GridMode.INT8, wsrc=WSrc.KV_ROWS, psrc=PSrc.PRM,
+                  first=1, final=int(rng.random() < 0.5), dyn=Dyn.POS, w_addr=v["kv_addr"],
+                  a_addr=self._addr(max(0, self.depth[Buf.ACT] - T * kt)), a_stride=kt,
+                  acc_addr=self._addr(max(0, self.depth[Buf.ACC] - T * npv)),
+                  acc_stride=npv, prm_addr=self._addr(max(0, self.depth[Buf.PRM] - npv)),
+                  prm_step=PRM_STEP_NEVER,
+                  oprm_addr=self._addr(max(0, self.depth[Buf.PRM] - npv)),
+                  t_len=T, k_tiles=int(rng.integers(0, 128)), n_tiles=npv)
+        err, fp, eff = gemm_check(p, pv, self.pos)
+        if err != Err.NONE:
+            return
+        self.gemm(pv, fp, eff)
+        if not pv["final"]:  # the second A15 plane carries on the sums
+            pv2 = dict(pv, first=0, final=1,
+                       a_addr=self._addr(max(0, self.depth[Buf.ACT] - T * kt)))
+            err, fp, eff = gemm_check(p, pv2, self.pos)
+            if err == Err.NONE:
+                self.gemm(pv2, fp, eff)
+
+    def random_op(self):
+        rng = self.rng
+        r = rng.random()
+        if r < 0.22:
+            self.load()
+        elif r < 0.34:
+            self.store()
+        elif r < 0.62:
+            if self.gemm() is None:
+                self.load()
+        elif r < 0.72:
+            if self.kv_append() is None:
+                self.load()
+        elif r < 0.78:
+            self.attention()
+        elif r < 0.86:
+            self.setpos()
+        elif r < 0.92:
+            self.emit(Op.NOP)
+        else:  # a redundant WAIT (VEC: no such unit in this build, never waits)
+            self.wait(Unit(int(rng.integers(0, 5))), int(rng.integers(0, 16)))
+
+    def final_stores(self):
+        bufs = {Buf.ACC, Buf.KV} | self.written
+        for b in Buf:
+            if b in bufs or self.rng.random() < 0.2:
+                self.store(b, self.depth[b], 0, self.lay.dump[b])
+
+
+def _mem_cfg(rng) -> tuple:
+    if rng.random() < 0.45:
+        return (0, 0, 0, int(rng.integers(1, 1 << 31)))
+    return (int(rng.choice([0, 1, 2, 3])), int(rng.choice([0, 16, 64, 200, 255])),
+            int(rng.choice([1, 3, 8, 30])), int(rng.integers(1, 1 << 31)))
+
+
+def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, index, salt])
+
+
+def gen_valid(p: ChipParams, lay: MemLayout, seed: int, index: int, n_ops: int | None = None
+              ) -> Program:
+    """A random valid program (ends with STOREs of the buffers to their dump regions, HALT)."""
+    rng = _rng(seed, index)
+    mem = _mem_cfg(rng)
+    pos = int(rng.integers(0, 2 * p.cols))
+    b = _Builder(p, lay, rng, pos, mem)
+    n_ops = int(rng.integers(8, 30)) if n_ops is None else n_ops
+    for _ in range(n_ops):
+        b.random_op()
+    b.final_stores()
+    b.emit(Op.HALT)
+    assert len(b.words) <= p.uop_depth
+    return Program(index, "valid", b.words, pos_init=pos, stores=b.stores, budget=b.cost,
+                   mem=mem)
+
+
+def gen_resync(p: ChipParams, lay: MemLayout, seed: int, index: int) -> Program:
+    """LOAD every buffer whole from the data area (after an aborted job left them unknown)."""
+    rng = _rng(seed, index, 1)
+    mem = _mem_cfg(rng)
+    b = _Builder(p, lay, rng, 0, mem, junk=0)
+    for buf in Buf:
+        b.load(buf, b.depth[buf], 0, b._addr(lay.data_end - b.depth[buf] * b.bpw[buf]))
+    b.emit(Op.HALT)
+    return Program(index, "resync", b.words, budget=b.cost, mem=mem, note="resync")
+
+
+#: Illegal-program kinds: name -> expected error.
+ILLEGAL_KINDS = {
+    "illegal_op": Err.ILLEGAL_OP,
+    "vec": Err.UNSUPPORTED,
+    "wait_unit": Err.BAD_FIELD,
+    "setpos_overflow": Err.BAD_FIELD,
+    "dma_buf": Err.BAD_FIELD,
+    "dma_words0": Err.BAD_FIELD,
+    "dma_sram": Err.SRAM_RANGE,
+    "dma_offchip": Err.OFFCHIP_RANGE,
+    "gemm_wsrc": Err.BAD_FIELD,
+    "gemm_dyn_wgt": Err.BAD_FIELD,
+    "gemm_zero": Err.BAD_FIELD,
+    "gemm_yrows": Err.BAD_FIELD,
+    "gemm_sram": Err.SRAM_RANGE,
+    "kv_field": Err.BAD_FIELD,
+    "kv_overflow": Err.KV_OVERFLOW,
+    "kv_sram": Err.SRAM_RANGE,
+    "prog_range": Err.PROG_RANGE,
+    "prog_load": Err.PROG_LOAD,
+    "prog_beyond": Err.PROG_LOAD,
+}
+
+
+def _beyond(rng, hi: int, limit: int) -> int:
+    """A value > ``hi`` (and < ``limit``): just past it, or far, or at the top of the field."""
+    r = rng.random()
+    if r < 0.5 or hi + 1 >= limit - 1:
+        return min(hi + 1 + int(rng.integers(0, 3)), limit - 1)
+    if r < 0.8:
+        return int(rng.integers(hi + 1, limit))
+    return limit - 1
+
+
+def _bad_dma(b: _Builder, kind: str, rng):
+    lay = b.lay
+    op = Op.LOAD if rng.random() < 0.5 else Op.STORE
+    buf = Buf(int(rng.integers(0, 5)))
+    depth, bpw = b.depth[buf], b.bpw[buf]
+    words = b._count(depth)
+    f = dict(buf=buf, sram=b._addr(depth - words), words=words,
+             off=b._addr((lay.data_end if op == Op.STORE else lay.bus_words) - words * bpw))
+    if kind == "dma_words0":
+        f["words"] = 0
+    elif kind == "dma_sram":
+        r = rng.random()
+        if r < 0.4:
+            f["sram"] = _beyond(rng, depth - words, 1 << 16)
+        elif r < 0.7:  # sram + words wraps 16 bits
+            f["sram"] = int(rng.integers(max(depth - words + 1, (1 << 16) - words), 1 << 16))
+        else:
+            f["words"] = _beyond(rng, depth - f["sram"], 1 << 16)
+    elif kind == "dma_offchip":
+        n_bus = words * bpw
+        r = rng.random()
+        if r < 0.4:
+            f["off"] = _beyond(rng, lay.bus_words - n_bus, 1 << 32)
+        elif r < 0.7:  # off + words wraps 32 bits
+            f["off"] = int(rng.integers((1 << 32) - n_bus, 1 << 32))
+        else:
+            f["off"] = int(rng.integers(max(0, lay.bus_words - n_bus + 1), lay.bus_words + 1))
+    word = encode(op, **f)
+    if kind == "dma_buf":
+        word = patch(word, "args.dma.buf", int(rng.integers(5, 8)))
+    return word, op, f
+
+
+def _bad_gemm(b: _Builder, kind: str, rng):
+    p = b.p
+    got = b.gemm_fields(chain=False)
+    if got is None:
+        return None
+    f = dict(got[0])
+    word = None
+    if kind == "gemm_wsrc":
+        word = patch(encode(Op.GEMM, **f), "args.gemm.wsrc", 3)
+    elif kind == "gemm_dyn_wgt":
+        f.update(wsrc=WSrc.WGT, dyn=Dyn.POS)
+    elif kind == "gemm_zero":
+        opts = ["t_len"]
+        if not (f["dyn"] == Dyn.POS and f["wsrc"] == WSrc.KV_TILED):
+            opts.append("n_tiles")
+        if not (f["dyn"] == Dyn.POS and f["wsrc"] == WSrc.KV_ROWS):
+            opts.append("k_tiles")
+        f[opts[int(rng.integers(0, len(opts)))]] = 0
+    elif kind == "gemm_yrows":
+        both = f["first"] and f["final"]
+        if f["dyn"] == Dyn.POS and f["wsrc"] == WSrc.KV_TILED:
+            f["dyn"] = Dyn.STATIC
+        n = max(1, f["n_tiles"])
+        if both:
+            f["t_len"] = _beyond(rng, p.acc_entries, 1 << 9)
+        else:
+            f["t_len"] = min((1 << 9) - 1, p.acc_entries // n + 1 + int(rng.integers(0, 3)))
+            if f["t_len"] * n <= p.acc_entries:
+                f["n_tiles"] = _beyond(rng, p.acc_entries // f["t_len"], 1 << 8)
+    elif kind == "gemm_sram":
+        _, _, (n, k, T) = got
+        R = p.rows
+        which = ["w", "a", "prm"] + (["oprm"] if f["psrc"] == PSrc.PRM else []) \
+            + (["acc"] if f["final"] else [])
+        w = which[int(rng.integers(0, len(which)))]
+        wdepth = b.depth[Buf.WGT if f["wsrc"] == WSrc.WGT else Buf.KV]
+        if w == "w":
+            f["w_addr"] = _beyond(rng, wdepth - n * k * R, 1 << 16)
+        elif w == "a":
+            f["a_addr"] = _beyond(rng, b.depth[Buf.ACT] - (T - 1) * f["a_stride"] - k, 1 << 14)
+        elif w == "prm":
+            G = -(-k // (1 << f["prm_step"]))
+            if f["psrc"] == PSrc.PRM:
+                f["prm_addr"] = _beyond(rng, b.depth[Buf.PRM] - n * G, 1 << 16)
+            else:
+                f["prm_addr"] = _beyond(rng, b.depth[Buf.KV] - n * (G + 1), 1 << 16)
+        elif w == "oprm":
+            f["oprm_addr"] = _beyond(rng, b.depth[Buf.PRM] - n, 1 << 10)
+        else:
+            f["acc_addr"] = _beyond(rng, b.depth[Buf.ACC] - (T - 1) * f["acc_stride"] - n,
+                                    1 << 14)
+    if word is None:
+        word = encode(Op.GEMM, **f)
+    return word, Op.GEMM, f
+
+
+def _bad_kv(b: _Builder, kind: str, rng):
+    p = b.p
+    got = b.kv_fields()
+    if got is None:
+        b.setpos(value=0, add=False)
+        got = b.kv_fields()
+        if got is None:
+            return None
+    f = dict(got[0])
+    if kind == "kv_field":
+        r = rng.random()
+        if r < 0.3:
+            f["t_len"] = 0
+        elif r < 0.5:
+            f["d"] = 0
+        else:
+            bad = [d for d in range(1, 256)
+                   if d % p.numerics.act_group or d % (p.cols // 2)]
+            f["d"] = int(rng.choice(bad))
+    elif kind == "kv_overflow":
+        f["cap"] = int(rng.integers(0, b.pos + f["t_len"]))
+        if f["cap"] >= 1 << 12:
+            f["cap"] = (1 << 12) - 1
+    elif kind == "kv_sram":
+        R, PC = p.rows, p.cols // 2
+        d, cap = f["d"], f["cap"]
+        G = d // p.numerics.act_group
+        blocks = -(-cap // PC)
+        region = blocks * d if f["kind"] == KvKind.KEY else cap * d // PC
+        kvd = b.depth[Buf.KV]
+        r = rng.random()
+        if r < 0.35:
+            f["kv_addr"] = _beyond(rng, kvd - region, 1 << 16)
+        elif r < 0.6:
+            f["kv_saddr"] = _beyond(rng, kvd - blocks * (G + 1), 1 << 16)
+        elif r < 0.8:
+            f["a_addr"] = _beyond(rng, b.depth[Buf.ACT] - (f["t_len"] - 1) * f["a_stride"]
+                                  - d // R, 1 << 14)
+        else:  # a capacity whose region leaves the buffer (pos + t_len still fits)
+            per = d if f["kind"] == KvKind.KEY else d // PC
+            need = (kvd - f["kv_addr"]) // per + 1  # tokens (keys: blocks) that overflow
+            f["cap"] = min((1 << 12) - 1, need * (PC if f["kind"] == KvKind.KEY else 1)
+                           + int(rng.integers(0, 4)))
+    return encode(Op.KV_APPEND, **f), Op.KV_APPEND, f
+
+
+def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str | None = None
+                ) -> Program:
+    """A valid prefix, then one op that fails with a known error (``ILLEGAL_KINDS``); the
+    prefix is drained before it (quiesced) or still in flight (``tainted``)."""
+    rng = _rng(seed, index)
+    mem = _mem_cfg(rng)
+    kind = kind or list(ILLEGAL_KINDS)[int(rng.integers(0, len(ILLEGAL_KINDS)))]
+    expect = ILLEGAL_KINDS[kind]
+    pos = int(rng.integers(0, 2 * p.cols))
+    b = _Builder(p, lay, rng, pos, mem)
+    if kind == "prog_load":
+        n = p.uop_depth + 1 + int(rng.integers(0, 40))
+        if rng.random() < 0.1:
+            n = (1 << 16) - 1
+        return Program(index, "illegal", [encode(Op.NOP)] * n, pos_init=pos, expect=expect,
+                       expect_pc=0, note=f"{kind}: prog_len {n} > uop_depth {p.uop_depth}",
+                       placed=False, prog_addr=int(rng.integers(0, lay.bus_words)), mem=mem)
+    if kind == "prog_beyond":
+        n = int(rng.integers(1, 12))
+        addr = (int(rng.integers(lay.bus_words - n * lay.uop_bus + 1, lay.bus_words + 1))
+                if rng.random() < 0.7 else int(rng.integers(lay.bus_words, 1 << 32)))
+        return Program(index, "illegal", [encode(Op.HALT)] * n, pos_init=pos, expect=expect,
+                       expect_pc=0, note=f"{kind}: {n} micro-ops at bus word {addr}",
+                       placed=False, prog_addr=addr, sim_skip=True, mem=mem)
+    for _ in range(int(rng.integers(0, 10))):
+        b.random_op()
+    tainted = rng.random() < 0.4 and any(b.pending.values())
+    if kind == "prog_range":
+        if not tainted:
+            b.drain()
+        return Program(index, "illegal", b.words, pos_init=pos, expect=expect,
+                       expect_pc=len(b.words), tainted=tainted, note=f"{kind}: no HALT",
+                       stores=b.stores, budget=b.cost, mem=mem)
+    if not tainted:
+        b.drain()
+    if kind == "setpos_overflow" and b.pos == 0:
+        b.setpos(value=int(rng.integers(1, 1 << 16)), add=False)
+    unit = None
+    if kind == "illegal_op":
+        legal = {int(o) for o in Op}
+        code = int(rng.choice([c for c in range(64) if c not in legal]))
+        word = code | (int(rng.integers(0, 1 << 62)) << 6 if rng.random() < 0.7 else 0)
+        note = f"opcode {code:#x}"
+    elif kind == "vec":
+        word = Op.VEC | (int(rng.integers(0, 1 << 62)) << 6 if rng.random() < 0.7 else 0)
+        note = "VEC"
+    elif kind == "wait_unit":
+        word = patch(encode(Op.WAIT, count=int(rng.integers(0, 16))), "args.wait.unit",
+                     int(rng.integers(5, 8)))
+        note = "WAIT unit 5..7"
+    elif kind == "setpos_overflow":
+        v = int(rng.integers((1 << 16) - b.pos, 1 << 16))
+        word = encode(Op.SETPOS, add=1, value=v)
+        note = f"SETPOS add {v} at pos {b.pos}"
+    else:
+        make = _bad_dma if kind.startswith("dma") else \
+            _bad_gemm if kind.startswith("gemm") else _bad_kv
+        for _ in range(30):
+            got = make(b, kind, rng)
+            if got is not None and intent(p, lay, got[0], b.pos) == expect:
+                break
+        else:  # no such op found here: fall back to an illegal opcode
+            return gen_illegal(p, lay, seed, index, "illegal_op")
+        word, op, f = got
+        unit = OP_UNIT[op]
+        note = f"{op.name} {f}"
+        b.cost += 200
+    bad_pc = b.raw(word, 200)
+    if unit is not None:
+        b.pending[unit].append([])
+        b.wait(unit, 0)
+    # ops that must never run: they would write memory or buffers if they did
+    for _ in range(int(rng.integers(0, 4))):
+        b.random_op()
+    if rng.random() < 0.5:
+        b.store(Buf.ACC, b.depth[Buf.ACC], 0, lay.dump[Buf.ACC])
+    b.emit(Op.HALT)
+    return Program(index, "illegal", b.words, pos_init=pos, expect=expect, expect_pc=bad_pc,
+                   tainted=tainted, note=f"{kind}: {note}", stores=b.stores, budget=b.cost,
+                   mem=mem)
+
+
+def make_programs(p: ChipParams, seed: int, n_valid: int, n_illegal: int) -> list[Program]:
+    """The campaign's jobs: valid and illegal programs in a random order, each aborted job
+    followed by a resync program (and one now and then anyway)."""
+    lay = mem_layout(p)
+    order = ["valid"] * n_valid + ["illegal"] * n_illegal
+    _rng(seed, 0, 3).shuffle(order)
+    out = []
+    for i, kind in enumerate(order):
+        prog = (gen_valid if kind == "valid" else gen_illegal)(p, lay, seed, i)
+        out.append(prog)
+        if prog.tainted or _rng(seed, i, 2).random() < 0.05:
+            out.append(gen_resync(p, lay, seed, i))
+    return out
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def format_program(words, mark: int | None = None) -> str:
+    lines = []
+    for i, w in enumerate(words):
+        try:
+            op, f = decode(w)
+        except ValueError as e:
+            op, f = w & 63, {"?": str(e)}
+        name = op.name if isinstance(op, Op) else f"op {op:#x}"
+        args = ", ".join(f"{k}={v.name if hasattr(v, 'name') else v}" for k, v in f.items())
+        lines.append(f"{'>>' if i == mark else '  '}{i:4d}  {name:<9} {args}")
+    return "\n".join(lines)
+
+
+def _where(p: ChipParams, lay: MemLayout, bus: int, places: dict) -> str:
+    for b in Buf:
+        lo = lay.dump[b]
+        n = buffer_depth(p, b) * bus_words_per(p, b)
+        if lo <= bus < lo + n:
+            w, part = divmod(bus - lo, bus_words_per(p, b))
+            return f"dump of {b.name} word {w} (bus word {part} of it)"
+    if bus < lay.data_end:
+        return "data area"
+    for j, (a, n) in places.items():
+        if a <= bus < a + n:
+            return f"program of job {j}"
+    return "program area (unused)"
+
+
+@dataclass
+class Mismatch:
+    seed: int
+    batch: int
+    job: int          # index in the batch
+    program: int      # campaign program index
+    kind: str
+    cascade: bool     # an earlier mismatch in this batch may explain it
+    lines: list
+    text: str = ""
+
+    def __str__(self):
+        return self.text
+
+
+@dataclass
+class CampaignReport:
+    seed: int
+    params: ChipParams
+    programs: int = 0
+    jobs: int = 0
+    batches: int = 0
+    by_kind: dict = field(default_factory=dict)
+    cycles: int = 0
+    mismatches: list = field(default_factory=list)
+    t_gen: float = 0.0
+    t_rtl: float = 0.0
+    t_sim: float = 0.0
+
+    def summary(self) -> str:
+        return (f"seed {self.seed}: {self.jobs} jobs in {self.batches} run(s) "
+                f"({', '.join(f'{v} {k}' for k, v in sorted(self.by_kind.items()))}), "
+                f"{self.cycles} chip cycles, {len(self.mismatches)} mismatching job(s); "
+                f"generate {self.t_gen:.1f} s, RTL {self.t_rtl:.1f} s, ISA sim + compare "
+                f"{self.t_sim:.1f} s")
+
+
+def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: np.ndarray,
+                max_cycles: int, places: dict) -> list[str]:
+    """Run ``prog`` on ``sim`` (state carried over) and compare with the RTL's JobResult;
+    returns the differences (empty: agree). ``before``: off-chip memory before the job."""
+    diffs = []
+    # -- the ISA simulator --------------------------------------------------------------------
+    if prog.sim_skip:
+        s_err, s_pc, s_pos, s_cnt = prog.expect, prog.expect_pc, prog.pos_init, \
+            {c: 0 for c in Counter}
+    else:
+        sim.pos = prog.pos_init
+        sim.load_program(prog.words)
+        try:
+            sim.run(max_ops=prog.length + 2)
+        except RuntimeError as e:
+            diffs.append(f"IsaSim did not stop: {e}")
+            return diffs
+        s_err, s_pc, s_pos, s_cnt = sim.error, sim.error_pc, sim.pos, sim.counters
+    # -- the generator's intent vs IsaSim ------------------------------------------------------
+    if (s_err, s_pc if s_err else 0) != (prog.expect, prog.expect_pc if prog.expect else 0):
+        diffs.append(f"INTENT: generator expects {prog.expect.name} at pc {prog.expect_pc}, "
+                     f"IsaSim gives {Err(s_err).name} at pc {s_pc}")
+    # -- RTL vs IsaSim ------------------------------------------------------------------------
+    if rtl.timed_out:
+        diffs.append(f"RTL timed out after {max_cycles} cycles (the bound for this job)")
+    if rtl.range_error:
+        diffs.append("RTL: the off-chip memory model saw an out-of-range access (range_error)")
+    if rtl.error != s_err:
+        diffs.append(f"error: RTL {rtl.error.name}, IsaSim {Err(s_err).name}")
+    if s_err != Err.NONE and rtl.error_pc != s_pc:
+        diffs.append(f"error_pc: RTL {rtl.error_pc}, IsaSim {s_pc}")
+    if rtl.pos != s_pos:
+        diffs.append(f"pos: RTL {rtl.pos}, IsaSim {s_pos}")
+    counters = (Counter.UOPS,) if prog.tainted else COMPARED
+    for c in counters:
+        if rtl.counters.get(c, 0) != s_cnt[c]:
+            diffs.append(f"counter {c.name}: RTL {rtl.counters.get(c, 0)}, IsaSim {s_cnt[c]}")
+    got = rtl.offchip
+    B = p.offchip_bytes_per_cycle
+    if prog.tainted:
+        # the chip dropped ops in flight: bytes may change only inside issued STOREs
+        allowed = np.zeros(got.size, bool)
+        cover = np.zeros(got.size, np.int32)
+        for lo, hi in prog.stores:
+            allowed[lo * B:hi * B] = True
+            cover[lo * B:hi * B] += 1
+        changed = got != before
+        bad = np.flatnonzero(changed & ~allowed)
+        if bad.size:
+            diffs.append(f"abort: {bad.size} off-chip bytes changed outside the program's "
+                         f"STORE destinations")
+            diffs += _bytes_diff(p, lay, got, before, bad, places, "before")
+        wrong = np.flatnonzero(changed & (cover == 1) & (got != sim.offchip))
+        if wrong.size:
+            diffs.append(f"abort: {wrong.size} off-chip bytes written with values IsaSim's "
+                         f"complete STOREs do not have")
+            diffs += _bytes_diff(p, lay, got, sim.offchip, wrong, places, "IsaSim")
+    else:
+        bad = np.flatnonzero(got != sim.offchip)
+        if bad.size:
+            diffs.append(f"off-chip memory: {bad.size} bytes differ")
+            diffs += _bytes_diff(p, lay, got, sim.offchip, bad, places, "IsaSim")
+    return diffs
+
+
+def _bytes_diff(p, lay, got, ref, idx, places, ref_name, limit=6) -> list[str]:
+    B = p.offchip_bytes_per_cycle
+    out = []
+    words = np.unique(idx // B)
+    for w in words[:limit]:
+        a, b = w * B, (w + 1) * B
+        out.append(f"  bus word {w} ({_where(p, lay, int(w), places)}): "
+                   f"RTL {got[a:b].tobytes().hex()}, {ref_name} {ref[a:b].tobytes().hex()}")
+    if words.size > limit:
+        out.append(f"  ... {words.size - limit} more bus words")
+    return out
+
+
+def _pack_batches(programs: list[Program], lay: MemLayout) -> list[list[Program]]:
+    batches, cur, used = [], [], 0
+    for prog in programs:
+        need = len(prog.words) * lay.uop_bus if prog.placed else 0
+        if cur and used + need > lay.prog_words:
+            batches.append(cur)
+            cur, used = [], 0
+        cur.append(prog)
+        used += need
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def run_campaign(p: ChipParams, seed: int, n_valid: int, n_illegal: int, *,
+                 name: str | None = None, log=print, replay: str = "") -> CampaignReport:
+    """Generate a campaign (:func:`make_programs`), run it on the RTL and compare with IsaSim
+    (:func:`run_programs`)."""
+    t0 = time.perf_counter()
+    programs = make_programs(p, seed, n_valid, n_illegal)
+    t_gen = time.perf_counter() - t0
+    rep = run_programs(p, programs, seed, name=name, log=log, replay=replay)
+    rep.t_gen += t_gen
+    rep.programs = n_valid + n_illegal
+    return rep
+
+
+def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str | None = None,
+                 log=print, replay: str = "") -> CampaignReport:
+    """Lay ``programs`` out in memory images (random bytes from ``seed``; as many programs per
+    image as its program area holds), run each image's programs as jobs of one
+    :func:`sim.chip_rtl.run_jobs` call, and compare every job with IsaSim."""
+    from sim.chip_rtl import Job, run_jobs
+    from sim.isa_sim import IsaSim
+
+    rep = CampaignReport(seed, p)
+    t0 = time.perf_counter()
+    lay = mem_layout(p)
+    batches = _pack_batches(programs, lay)
+    rep.t_gen = time.perf_counter() - t0
+    rep.programs = sum(prog.kind != "resync" for prog in programs)
+    B = p.offchip_bytes_per_cycle
+    for bi, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        image = _rng(seed, bi, 4).integers(0, 256, p.offchip_kib * 1024, dtype=np.uint8)
+        jobs, places, addr = [], {}, lay.prog_base
+        for ji, prog in enumerate(batch):
+            if prog.placed:
+                raw = b"".join(w.to_bytes(lay.uop_bus * B, "little") for w in prog.words)
+                image[addr * B:addr * B + len(raw)] = np.frombuffer(raw, np.uint8)
+                pa = addr
+                places[ji] = (addr, len(prog.words) * lay.uop_bus)
+                addr += len(prog.words) * lay.uop_bus
+            else:
+                pa = prog.prog_addr
+            iv, jit, jmax, mseed = prog.mem
+            jobs.append(Job(prog_addr=pa, prog_len=prog.length, pos_init=prog.pos_init,
+                            interval=iv, jitter=jit, jitter_max=jmax, seed=mseed,
+                            max_cycles=prog.max_cycles(p, lay)))
+        rep.t_gen += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = run_jobs(p, image, jobs, name=name)
+        rep.t_rtl += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sim = IsaSim(p, offchip=image)
+        dirty = False
+        for ji, (prog, res, job) in enumerate(zip(batch, results, jobs, strict=True)):
+            rep.jobs += 1
+            k = prog.kind + (" (abort)" if prog.tainted else "")
+            rep.by_kind[k] = rep.by_kind.get(k, 0) + 1
+            rep.cycles += res.counters.get(Counter.CYCLES, 0)
+            before = sim.offchip.copy()
+            diffs = compare_job(p, lay, prog, res, sim, before, job.max_cycles, places)
+            if prog.tainted:  # IsaSim completed what the chip dropped: take the chip's memory
+                sim.offchip[:] = res.offchip
+            if diffs:
+                m = Mismatch(seed, bi, ji, prog.index, prog.kind, dirty, diffs)
+                hdr = (f"MISMATCH seed {seed} run {bi} job {ji} (program {prog.index}, "
+                       f"{prog.kind}{', abort' if prog.tainted else ''}"
+                       f"{', after an earlier mismatch in this run' if dirty else ''})"
+                       f"{': ' + prog.note if prog.note else ''}\n"
+                       f"  job: prog_addr {job.prog_addr} prog_len {job.prog_len} pos_init "
+                       f"{job.pos_init} mem interval/jitter/max/seed {prog.mem} "
+                       f"max_cycles {job.max_cycles}; RTL {res.error.name} pc {res.error_pc} "
+                       f"cycles {res.counters.get(Counter.CYCLES)}\n")
+                body = "\n".join("  " + d for d in diffs)
+                listing = format_program(prog.words[:400], mark=prog.expect_pc
+                                         if prog.expect else None) if prog.placed else \
+                    f"  ({prog.length} micro-ops, not placed)"
+                m.text = hdr + body + "\n  program:\n" + listing + (
+                    f"\n  replay: {replay}" if replay else "")
+                rep.mismatches.append(m)
+                log(m.text)
+                # keep comparing: take the chip's memory, buffers stay suspect until a resync
+                sim.offchip[:] = res.offchip
+                dirty = True
+            if prog.kind == "resync":
+                dirty = False
+        rep.batches += 1
+        rep.t_sim += time.perf_counter() - t0
+    return rep
