@@ -1,0 +1,12 @@
+"""The vector unit (issue 5): one module per family of operations of the golden model.
+
+- :mod:`.elementwise`: residual add, the piecewise-linear LUT unit (GELU, SiLU·mul), RoPE;
+- :mod:`.common`: the free-running pipeline with credit-checked output FIFO they all use.
+
+Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/ready
+(``amaranth.lib.stream``) and is bit-exact with its ``sim.golden`` function.
+"""
+
+from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope
+
+__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope"]

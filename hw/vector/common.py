@@ -1,0 +1,139 @@
+"""Building blocks shared by the vector unit's components.
+
+Every vector component is a chain of *free-running* pipelines: once a beat is admitted, it
+moves one stage per cycle whatever the consumer does, and lands in an output FIFO. A beat is
+admitted only against a free FIFO entry (a credit: beats in flight plus beats queued stay below
+the FIFO depth), so back-pressure never stalls a pipeline mid-flight and no ready signal runs
+combinationally from a component's output to its input, the scheme of the GEMM unit's group
+scaler (``hw/gemm.py``). :class:`Pipe` is that pipeline's bookkeeping: a valid shift register,
+the credit and the FIFO; the arithmetic between admission and FIFO is the caller's.
+
+Row reductions chain such pipelines through row FIFOs: pass 1 of a row streams its beats into a
+FIFO while it reduces them, pass 2 (and 3) take the beats back out once the row's scalars are
+known (``hw/vector/quant.py``, ``norm.py``, ``softmax.py``).
+
+The helpers below are the golden model's primitives (``sim/golden.py``) as Amaranth
+expressions; their docstrings say which, not how the golden model defines them.
+"""
+
+from amaranth.hdl import Const, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+
+__all__ = ["Pipe", "wide_lanes", "rshift_round_const", "saturate", "bitlen", "clamp",
+           "tree", "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
+
+WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
+
+
+def wide_lanes(lanes: int) -> data.ArrayLayout:
+    """``lanes`` wide (INT32) values: one beat of a wide row (an ACC word when lanes = cols)."""
+    return data.ArrayLayout(signed(WIDE), lanes)
+
+
+def row_beat_layout(lanes: int, extra: dict | None = None) -> data.StructLayout:
+    """A beat of a row stream: ``lanes`` wide values and ``last`` (the row's final beat),
+    plus per-row fields ``extra`` (constant over a row; units sample them on the first beat)."""
+    return data.StructLayout({"data": wide_lanes(lanes), "last": 1, **(extra or {})})
+
+
+def rshift_round_const(v, s: int):
+    """``golden.rshift_round(v, s)`` for a constant ``s`` > 0: round half up."""
+    assert s > 0
+    return (v + Const(1 << (s - 1), unsigned(s))) >> s
+
+
+def saturate(v, bits: int = WIDE):
+    """``golden.saturate``: clamp to the signed range of ``bits``."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(v > hi, hi, Mux(v < lo, lo, v))
+
+
+def clamp(v, lo: int, hi: int):
+    return Mux(v > hi, hi, Mux(v < lo, lo, v))
+
+
+def bitlen(m, v, name: str):
+    """``golden._bitlen`` of an unsigned value (0 for 0): a leading-one detector."""
+    out = Signal(range(len(v) + 1), name=name)
+    for i in range(len(v)):  # later assignments win: the highest set bit
+        with m.If(v[i]):
+            m.d.comb += out.eq(i + 1)
+    return out
+
+
+def tree(values, op):
+    """Balanced reduction of a list of expressions (adder / max trees)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [op(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
+class Pipe:
+    """Bookkeeping of one free-running pipeline ending in a FIFO.
+
+    The caller drives :attr:`take` (a beat enters; it must imply :attr:`credit`) and
+    :attr:`result`, the beat's value ``latency`` cycles after its ``take`` (registers the
+    caller builds with ``m.d.sync``, unconditionally). :meth:`valid` gives the beat's valid bit
+    at each stage, for accumulators. :attr:`out` is the FIFO's read side as a stream.
+
+    A beat admitted in cycle t is offered on :attr:`out` in cycle ``t + latency +
+    FIFO_LATENCY``. It counts against the credit from the cycle after its admission until it
+    leaves the FIFO, ``latency + FIFO_LATENCY`` cycles, so with ``depth >= latency + 3`` and a
+    consumer that is always ready one beat enters per cycle (the tests measure it).
+    """
+
+    FIFO_LATENCY = 2  # SyncFIFOBuffered: written in cycle t, readable in cycle t + 2
+
+    def __init__(self, m, name: str, layout, latency: int, depth: int | None = None):
+        self.layout = data.Layout.cast(layout)
+        self.latency = latency
+        self.depth = depth = max(depth or 0, latency + self.FIFO_LATENCY + 1)
+        self.fifo = q = fifo.SyncFIFOBuffered(width=self.layout.size, depth=depth)
+        m.submodules[f"{name}_fifo"] = q
+        self.take = Signal(name=f"{name}_take")
+        self.credit = Signal(name=f"{name}_credit")
+        self.result = Signal(self.layout, name=f"{name}_result")
+        self._valid = [self.take]
+        for k in range(latency):
+            v = Signal(name=f"{name}_v{k + 1}")
+            m.d.sync += v.eq(self._valid[-1])
+            self._valid.append(v)
+        inflight = Signal(range(depth + 1), name=f"{name}_inflight")
+        done = self._valid[-1]
+        m.d.sync += inflight.eq(inflight + self.take - done)
+        m.d.comb += [
+            self.credit.eq(inflight + q.level < depth),
+            q.w_data.eq(self.result),
+            q.w_en.eq(done),
+        ]
+        self.out = stream.Signature(self.layout).create(path=(name, "out"))
+        m.d.comb += [
+            self.out.payload.eq(q.r_data),
+            self.out.valid.eq(q.r_rdy),
+            q.r_en.eq(self.out.ready),
+        ]
+        self.busy = Signal(name=f"{name}_busy")
+        m.d.comb += self.busy.eq((inflight != 0) | q.r_rdy)
+
+    def valid(self, stage: int):
+        """The valid bit of the beat in stage ``stage`` (0: the admission cycle)."""
+        return self._valid[stage]
+
+
+class RowTracker:
+    """Position of the beats admitted into a row pass: ``first`` (the row's first beat) and
+    ``index`` (the beat's number in the row), from the ``last`` flags of earlier beats."""
+
+    def __init__(self, m, name: str, take, last, max_beats: int):
+        self.index = Signal(range(max_beats + 1), name=f"{name}_index")
+        self.first = Signal(name=f"{name}_first")
+        m.d.comb += self.first.eq(self.index == 0)
+        with m.If(take):
+            m.d.sync += self.index.eq(Mux(last, 0, self.index + 1))
+
+
+def connect_out(m, pipe_out, port):
+    """Join a :class:`Pipe`'s FIFO stream to a component's output port."""
+    wiring.connect(m, pipe_out, wiring.flipped(port))

@@ -1,0 +1,271 @@
+"""Element-wise vector units: residual add, the piecewise-linear LUT unit (GELU, SiLU·mul), RoPE.
+
+Each takes one beat of ``lanes = ChipParams.vector_lanes`` wide values per cycle on ``i_beat``
+and delivers the results in order on ``o_beat``: a beat accepted in cycle t is offered in
+cycle ``t + LATENCY`` (``STAGES`` pipeline registers, then the output FIFO of
+:class:`hw.vector.common.Pipe`: a free-running pipeline whose admission is credit-checked, so a
+stalled consumer stops admission, never the pipeline). Every lane is independent; there is no
+per-element iteration.
+
+The arithmetic is the golden model's (``sim/golden.py``): each class names the function it
+implements bit for bit; the tables come from ``hw/luts.py``, the module the golden model reads.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..luts import gelu_table, silu_table
+from ..params import ChipParams
+from .common import Pipe, connect_out, rshift_round_const, saturate, wide_lanes
+
+__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "pwl_in_layout", "rope_in_layout",
+           "ROPE_TRIG_BITS"]
+
+#: cos/sin of RoPE are Q.F in [-1, 1] (``sw.quantize.rope_table``): F + 2 signed bits.
+ROPE_TRIG_BITS = 18
+
+
+def _signed_bits(values) -> int:
+    """Smallest signed width holding every value of ``values``."""
+    lo, hi = min(int(v) for v in values), max(int(v) for v in values)
+    return max(hi, -lo - 1).bit_length() + 1
+
+
+class ResidualAdd(wiring.Component):
+    """``golden.residual_add``: lane-wise saturating INT32 add of two wide beats.
+
+    ``i_beat``: ``{a, b}`` (two wide beats, e.g. two ACC words read in step); ``o_beat``: a wide
+    beat. One beat per cycle, ``STAGES`` = 1.
+    """
+
+    STAGES = 1
+    LATENCY = STAGES + Pipe.FIFO_LATENCY
+
+    def __init__(self, params: ChipParams = ChipParams()):
+        self.params = params
+        L = params.vector_lanes
+        super().__init__({
+            "i_beat": In(stream.Signature(data.StructLayout({"a": wide_lanes(L),
+                                                            "b": wide_lanes(L)}))),
+            "o_beat": Out(stream.Signature(wide_lanes(L))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.params.vector_lanes
+        pipe = Pipe(m, "add", wide_lanes(L), self.STAGES)
+        m.d.comb += [
+            self.i_beat.ready.eq(pipe.credit),
+            pipe.take.eq(self.i_beat.valid & pipe.credit),
+            self.busy.eq(pipe.busy),
+        ]
+        a, b = self.i_beat.payload.a, self.i_beat.payload.b
+        for n in range(L):
+            m.d.sync += pipe.result[n].eq(saturate(a[n] + b[n]))
+        connect_out(m, pipe.out, self.o_beat)
+        return m
+
+
+class PwlFn(enum.Enum, shape=unsigned(1)):
+    """What the LUT unit computes for a beat (``hw.isa.VecFn.GELU`` / ``SILU_MUL``)."""
+
+    GELU = 0      #: ``golden.gelu(x)``
+    SILU_MUL = 1  #: ``golden.silu_mul(x, up)``
+
+
+def pwl_in_layout(lanes: int) -> data.StructLayout:
+    """A beat for :class:`PwlUnit`: the function, ``x`` (GELU input or SiLU gate) and ``up``
+    (the SwiGLU up projection; ignored by GELU)."""
+    return data.StructLayout({"fn": PwlFn, "x": wide_lanes(lanes), "up": wide_lanes(lanes)})
+
+
+class PwlUnit(wiring.Component):
+    """The piecewise-linear LUT unit: ``golden.gelu`` and ``golden.silu_mul``.
+
+    Per lane, ``golden.pwl`` on the table of the beat's function (``hw.luts.gelu_table`` /
+    ``silu_table``, both read at elaboration into one ROM per lane holding, per segment, its
+    start value and its rise to the next), then for ``SILU_MUL`` the product with ``up``
+    rounded by F and saturated. Pipeline (``STAGES`` = 5, one beat per cycle): segment index
+    and ROM read; ``rise * offset``; interpolate (or 0 below / x above the range); ``s * up``;
+    round and saturate (GELU passes ``s``). Per lane: one ``13 x 11``-bit and one
+    ``32 x 32``-bit multiplier.
+    """
+
+    STAGES = 5
+    LATENCY = STAGES + Pipe.FIFO_LATENCY
+
+    def __init__(self, params: ChipParams = ChipParams()):
+        self.params = params
+        num = params.numerics
+        self.tables = {PwlFn.GELU: gelu_table(num), PwlFn.SILU_MUL: silu_table(num)}
+        for t in self.tables.values():
+            if (t.below, t.above) != ("zero", "identity"):
+                raise ValueError(f"PwlUnit: table {t.name} must be zero below and the "
+                                 f"identity above its range")
+        if len({t.seg_shift for t in self.tables.values()}) != 1:
+            raise ValueError("PwlUnit: the GELU and SiLU tables must have equal segment "
+                             "widths (one rounding shift)")
+        self.seg_shift = next(iter(self.tables.values())).seg_shift
+        L = params.vector_lanes
+        super().__init__({
+            "i_beat": In(stream.Signature(pwl_in_layout(L))),
+            "o_beat": Out(stream.Signature(wide_lanes(L))),
+            "busy": Out(1),
+        })
+
+    def _rom(self):
+        """ROM contents: per table (in :class:`PwlFn` order) and segment i, ``values[i]`` and
+        ``values[i + 1] - values[i]``."""
+        base, vals, rises = {}, [], []
+        for fn, t in self.tables.items():
+            base[fn] = len(vals)
+            v = [int(x) for x in t.values]
+            vals += v[:-1]
+            rises += [b - a for a, b in zip(v[:-1], v[1:], strict=True)]
+        layout = data.StructLayout({"v": signed(_signed_bits(vals)),
+                                    "d": signed(_signed_bits(rises))})
+        init = [{"v": v, "d": d} for v, d in zip(vals, rises, strict=True)]
+        return base, layout, init
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        L = p.vector_lanes
+        F = p.numerics.frac_bits
+        base, rom_layout, init = self._rom()
+        pipe = Pipe(m, "pwl", wide_lanes(L), self.STAGES)
+        m.d.comb += [
+            self.i_beat.ready.eq(pipe.credit),
+            pipe.take.eq(self.i_beat.valid & pipe.credit),
+            self.busy.eq(pipe.busy),
+        ]
+        fn0 = self.i_beat.payload.fn
+        t_gelu, t_silu = self.tables[PwlFn.GELU], self.tables[PwlFn.SILU_MUL]
+        sel = fn0 == PwlFn.SILU_MUL
+
+        def per_fn(f):
+            """A table constant of the beat's function."""
+            return Mux(sel, f(t_silu), f(t_gelu))
+
+        sh = self.seg_shift
+        # the beat's function and up operand, delayed along the pipeline (stage k at [k])
+        fn = [fn0]
+        for k in range(1, self.STAGES):
+            r = Signal(PwlFn, name=f"fn{k}")
+            m.d.sync += r.eq(fn[-1])
+            fn.append(r)
+        up = [self.i_beat.payload.up]
+        for k in range(1, 4):
+            r = Signal(wide_lanes(L), name=f"up{k}")
+            m.d.sync += r.eq(up[-1])
+            up.append(r)
+
+        for n in range(L):
+            rom = Memory(shape=rom_layout, depth=len(init), init=init)
+            m.submodules[f"rom{n}"] = rom
+            rd = rom.read_port()
+            x0 = self.i_beat.payload.x[n]
+
+            # stage 0: where x lies; the ROM address
+            rel = Signal(signed(34), name=f"rel{n}")
+            inside = Signal(name=f"inside{n}")
+            seg = rel[sh:sh + (len(init) - 1).bit_length()]
+            m.d.comb += [
+                rel.eq(x0 - per_fn(lambda t: t.lo)),
+                inside.eq((rel >= 0) & (rel < per_fn(lambda t: t.segments << sh))),
+                rd.addr.eq(seg + Mux(sel, base[PwlFn.SILU_MUL], base[PwlFn.GELU])),
+            ]
+
+            # stage 1: ROM data arrives
+            x1 = Signal(signed(32), name=f"x1_{n}")
+            off1 = Signal(sh, name=f"off1_{n}")
+            inside1 = Signal(name=f"inside1_{n}")
+            above1 = Signal(name=f"above1_{n}")
+            m.d.sync += [x1.eq(x0), off1.eq(rel[:sh]), inside1.eq(inside),
+                         above1.eq(~inside & (rel >= 0))]
+
+            # stage 2: rise * offset within the segment
+            prod2 = Signal(signed(len(rd.data.d) + sh + 1), name=f"prod2_{n}")
+            v2 = Signal.like(rd.data.v, name=f"v2_{n}")
+            x2 = Signal(signed(32), name=f"x2_{n}")
+            inside2 = Signal(name=f"inside2_{n}")
+            above2 = Signal(name=f"above2_{n}")
+            m.d.sync += [prod2.eq(rd.data.d * off1), v2.eq(rd.data.v), x2.eq(x1),
+                         inside2.eq(inside1), above2.eq(above1)]
+
+            # stage 3: s = v + rshift_round(rise * offset, seg_shift); 0 below, x above
+            interp = Signal(signed(max(len(v2), len(prod2)) + 1), name=f"interp{n}")
+            m.d.comb += interp.eq(v2 + rshift_round_const(prod2, sh))
+            s3 = Signal(signed(32), name=f"s3_{n}")
+            m.d.sync += s3.eq(Mux(inside2, interp, Mux(above2, x2, 0)))
+
+            # stage 4: s * up (SiLU·mul)
+            p4 = Signal(signed(64), name=f"p4_{n}")
+            s4 = Signal(signed(32), name=f"s4_{n}")
+            m.d.sync += [p4.eq(s3 * up[3][n]), s4.eq(s3)]
+
+            # stage 5: round by F and saturate
+            m.d.sync += pipe.result[n].eq(Mux(fn[4] == PwlFn.SILU_MUL,
+                                              saturate(rshift_round_const(p4, F)), s4))
+        connect_out(m, pipe.out, self.o_beat)
+        return m
+
+
+def rope_in_layout(lanes: int) -> data.StructLayout:
+    """A beat for :class:`Rope`: ``x`` (lanes 2i, 2i+1 a pair) and per pair its cos and sin
+    (Q.F, ``ROPE_TRIG_BITS`` signed bits)."""
+    if lanes % 2:
+        raise ValueError(f"Rope needs an even lane count, got {lanes}")
+    trig = data.ArrayLayout(signed(ROPE_TRIG_BITS), lanes // 2)
+    return data.StructLayout({"x": wide_lanes(lanes), "cos": trig, "sin": trig})
+
+
+class Rope(wiring.Component):
+    """``golden.rope``: rotation of adjacent pairs ``(x[2i], x[2i+1])`` by the beat's
+    ``(cos[i], sin[i])``, rounded by F and saturated.
+
+    ``i_beat``: :func:`rope_in_layout` (the controller fetches the table row of the token's
+    position and the pair's frequency); ``o_beat``: a wide beat. Pipeline: four ``32 x 18``-bit
+    products per pair; sums, rounding and saturation. ``STAGES`` = 2, one beat per cycle.
+    """
+
+    STAGES = 2
+    LATENCY = STAGES + Pipe.FIFO_LATENCY
+
+    def __init__(self, params: ChipParams = ChipParams()):
+        self.params = params
+        L = params.vector_lanes
+        super().__init__({
+            "i_beat": In(stream.Signature(rope_in_layout(L))),
+            "o_beat": Out(stream.Signature(wide_lanes(L))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.params.vector_lanes
+        F = self.params.numerics.frac_bits
+        pipe = Pipe(m, "rope", wide_lanes(L), self.STAGES)
+        m.d.comb += [
+            self.i_beat.ready.eq(pipe.credit),
+            pipe.take.eq(self.i_beat.valid & pipe.credit),
+            self.busy.eq(pipe.busy),
+        ]
+        b = self.i_beat.payload
+        pw = 32 + ROPE_TRIG_BITS
+        for i in range(L // 2):
+            x0, x1, c, s = b.x[2 * i], b.x[2 * i + 1], b.cos[i], b.sin[i]
+            pr = {k: Signal(signed(pw), name=f"p{k}_{i}") for k in ("0c", "1s", "0s", "1c")}
+            m.d.sync += [pr["0c"].eq(x0 * c), pr["1s"].eq(x1 * s),
+                         pr["0s"].eq(x0 * s), pr["1c"].eq(x1 * c)]
+            m.d.sync += [
+                pipe.result[2 * i].eq(saturate(rshift_round_const(pr["0c"] - pr["1s"], F))),
+                pipe.result[2 * i + 1].eq(saturate(rshift_round_const(pr["0s"] + pr["1c"], F))),
+            ]
+        connect_out(m, pipe.out, self.o_beat)
+        return m
+
+

@@ -1,0 +1,250 @@
+"""The vector unit's components (hw/vector/) in amaranth.sim, bit-exact with sim/golden.py.
+
+Each test streams beats through one component with random valid/ready stalls on every stream
+and compares every output with the golden function: element-wise units over every table
+segment and both ends of every range, row units over adversarial rows. A stall-free run
+checks the throughput (beats accepted per cycle) and latency each docstring states.
+Random tests print their seed; replay with VECTOR_SEED=<seed>.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from hw.isa import leaf_fields
+from hw.luts import gelu_table, silu_table
+from hw.params import ChipParams
+from hw.vector import PwlFn, PwlUnit, ResidualAdd, Rope
+from sim import golden as G
+
+SEED = int(os.environ.get("VECTOR_SEED", np.random.SeedSequence().entropy % 2**32))
+P = ChipParams()
+L = P.vector_lanes
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@pytest.fixture
+def rng():
+    print(f"VECTOR_SEED={SEED}")
+    return np.random.default_rng(SEED)
+
+
+# -- stream harness ------------------------------------------------------------------------------
+
+
+def _leaves(layout):
+    return leaf_fields(data.Layout.cast(layout))
+
+
+def pack(layout, values: dict) -> int:
+    """Payload bits from {leaf path: int or list of ints} (missing leaves are 0)."""
+    bits = 0
+    for path, off, width, _, count in _leaves(layout):
+        v = values.get(path, 0)
+        vs = [int(x) for x in np.atleast_1d(v)] if count > 1 else [int(v)]
+        assert len(vs) == count, (path, len(vs), count)
+        mask = (1 << width) - 1
+        for i, x in enumerate(vs):
+            bits |= (x & mask) << (off + i * width)
+    return bits
+
+
+def unpack(layout, bits: int) -> dict:
+    """{leaf path: int or list of ints} from payload bits."""
+    out = {}
+    for path, off, width, sgn, count in _leaves(layout):
+        vs = []
+        for i in range(count):
+            x = (bits >> (off + i * width)) & ((1 << width) - 1)
+            if sgn and x >> (width - 1):
+                x -= 1 << width
+            vs.append(x)
+        out[path] = vs if count > 1 else vs[0]
+    return out
+
+
+def simulate(dut, feeds: dict, drains: dict, stall: float = 0.0, seed: int = 0,
+             max_cycles: int = 200_000):
+    """Run ``dut``: for each input port name in ``feeds`` push its payloads (dicts for
+    :func:`pack`) in order, with valid dropped for random cycles (probability ``stall``); for
+    each output port in ``drains`` collect that many payloads, with ready dropped likewise.
+    Returns ({port: [unpacked payloads]}, {port: [cycle of each transfer]})."""
+    prng = np.random.default_rng(seed)
+    got = {name: [] for name in drains}
+    when = {name: [] for name in (*feeds, *drains)}
+
+    def feeder(name, items):
+        port = getattr(dut, name)
+        layout = port.payload.shape()
+        words = [pack(layout, it) for it in items]
+
+        async def tb(ctx):
+            cycle = 0
+            for w in words:
+                while prng.random() < stall:
+                    ctx.set(port.valid, 0)
+                    await ctx.tick()
+                    cycle += 1
+                ctx.set(port.payload.as_value(), w)
+                ctx.set(port.valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(port.ready)
+                    cycle += 1
+                    if ready:
+                        when[name].append(cycle - 1)
+                        break
+            ctx.set(port.valid, 0)
+        return tb
+
+    def drainer(name, count):
+        port = getattr(dut, name)
+        layout = port.payload.shape()
+
+        async def tb(ctx):
+            cycle = 0
+            while len(got[name]) < count:
+                assert cycle < max_cycles, f"{name}: {len(got[name])} of {count} after {cycle}"
+                ready = int(prng.random() >= stall)
+                ctx.set(port.ready, ready)
+                _, _, valid, bits = await ctx.tick().sample(port.valid, port.payload.as_value())
+                cycle += 1
+                if valid and ready:
+                    got[name].append(unpack(layout, bits))
+                    when[name].append(cycle - 1)
+            ctx.set(port.ready, 0)
+        return tb
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for name, items in feeds.items():
+        sim.add_testbench(feeder(name, items), background=True)
+    for name, count in drains.items():
+        sim.add_testbench(drainer(name, count))
+    sim.run()
+    return got, when
+
+
+def lanes_of(outs, path="") -> np.ndarray:
+    return np.array([o[path] for o in outs], np.int64)
+
+
+def check_throughput(when, i_name, o_name, latency):
+    """Stall-free run: one input beat per cycle, the first output ``latency`` cycles after
+    the first input, then one output per cycle."""
+    ti, to = np.array(when[i_name]), np.array(when[o_name])
+    assert np.all(np.diff(ti) == 1), f"{i_name} accepted with gaps: {np.diff(ti)}"
+    assert np.all(np.diff(to) == 1), f"{o_name} delivered with gaps: {np.diff(to)}"
+    assert to[0] - ti[0] == latency, (to[0] - ti[0], latency)
+
+
+# -- element-wise ----------------------------------------------------------------------------
+
+
+def _beats(values, fill=0):
+    """A flat array as [beats, L] (padded with ``fill``)."""
+    v = np.asarray(values, np.int64).ravel()
+    n = -(-len(v) // L) * L
+    return np.concatenate([v, np.full(n - len(v), fill, np.int64)]).reshape(-1, L)
+
+
+def _edge_wide(rng, n):
+    """Wide values over the whole INT32 range, with its ends and small values."""
+    ends = np.array([I32_MIN, I32_MIN + 1, -1, 0, 1, I32_MAX - 1, I32_MAX], np.int64)
+    return np.concatenate([ends, rng.integers(I32_MIN, I32_MAX, n, endpoint=True),
+                           rng.integers(-(1 << 20), 1 << 20, n)])
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_residual_add(rng, stall):
+    """Every pair of range ends (both saturations), then random pairs."""
+    ends = _edge_wide(rng, 0)
+    ea, eb = np.meshgrid(ends, ends)
+    a = _beats(np.concatenate([ea.ravel(), _edge_wide(rng, 20 * L)]))
+    b = _beats(np.concatenate([eb.ravel(), _edge_wide(rng, 20 * L)[::-1]]))
+    got, when = simulate(ResidualAdd(P), {"i_beat": [{"a": x, "b": y}
+                                                     for x, y in zip(a, b, strict=True)]},
+                         {"o_beat": len(a)}, stall, int(rng.integers(1 << 30)))
+    assert np.array_equal(lanes_of(got["o_beat"]), G.residual_add(a, b))
+    if not stall:
+        check_throughput(when, "i_beat", "o_beat", ResidualAdd.LATENCY)
+
+
+def _pwl_points(table, rng):
+    """Every segment at offsets 0, 1, half - 1, half, half + 1, last and one random; the
+    range ends and beyond; the INT32 ends."""
+    seg = np.arange(table.segments)[:, None]
+    w = 1 << table.seg_shift
+    offs = np.array([0, 1, w // 2 - 1, w // 2, w // 2 + 1, w - 1])
+    inside = table.lo + (seg << table.seg_shift) + np.concatenate(
+        [np.broadcast_to(offs, (table.segments, len(offs))),
+         rng.integers(0, w, (table.segments, 1))], axis=1)
+    lo, hi = table.lo, table.hi
+    edges = [lo - 2, lo - 1, lo, lo + 1, hi - 1, hi, hi + 1, I32_MIN, I32_MAX, 0, -1, 1]
+    return np.concatenate([inside.ravel(), edges, rng.integers(I32_MIN, I32_MAX, 64)])
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_pwl_gelu_silu_mul(rng, stall):
+    """Every segment of both tables and both ends; GELU and SiLU·mul beats interleaved; up
+    over the whole INT32 range (saturating products)."""
+    beats = []
+    for fn, table in ((PwlFn.GELU, gelu_table()), (PwlFn.SILU_MUL, silu_table())):
+        for x in _beats(_pwl_points(table, rng)):
+            up = _beats(_edge_wide(rng, L))[rng.integers(0, 3)] if fn == PwlFn.SILU_MUL \
+                else rng.integers(I32_MIN, I32_MAX, L)
+            beats.append((fn, x, up))
+    order = rng.permutation(len(beats))
+    beats = [beats[i] for i in order]
+    got, when = simulate(PwlUnit(P), {"i_beat": [{"fn": fn.value, "x": x, "up": up}
+                                                 for fn, x, up in beats]},
+                         {"o_beat": len(beats)}, stall, int(rng.integers(1 << 30)))
+    out = lanes_of(got["o_beat"])
+    for k, (fn, x, up) in enumerate(beats):
+        want = G.gelu(x) if fn == PwlFn.GELU else G.silu_mul(x, up)
+        assert np.array_equal(out[k], want), (fn, x, up, out[k], want)
+    if not stall:
+        check_throughput(when, "i_beat", "o_beat", PwlUnit.LATENCY)
+
+
+def test_pwl_every_offset(rng):
+    """Every input of the first, the last and the steepest segment of both tables (all
+    rounding cases of the interpolation) and of the two segments around 0."""
+    beats = []
+    for fn, table in ((PwlFn.GELU, gelu_table()), (PwlFn.SILU_MUL, silu_table())):
+        rise = np.abs(np.diff(table.values))
+        w = 1 << table.seg_shift
+        for seg in {0, table.segments - 1, int(np.argmax(rise)), table.segments // 2 - 1,
+                    table.segments // 2}:
+            xs = table.lo + seg * w + np.arange(w)
+            for x in _beats(xs):
+                beats.append((fn, x, rng.integers(I32_MIN, I32_MAX, L)))
+    got, _ = simulate(PwlUnit(P), {"i_beat": [{"fn": fn.value, "x": x, "up": up}
+                                              for fn, x, up in beats]},
+                      {"o_beat": len(beats)})
+    out = lanes_of(got["o_beat"])
+    for k, (fn, x, up) in enumerate(beats):
+        want = G.gelu(x) if fn == PwlFn.GELU else G.silu_mul(x, up)
+        assert np.array_equal(out[k], want), (fn, x, up, out[k], want)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_rope(rng, stall):
+    n = 40
+    x = _beats(_edge_wide(rng, n * L))
+    one = 1 << G.NUM.frac_bits
+    trig_ends = np.array([-one, -one + 1, -1, 0, 1, one - 1, one], np.int64)
+    ang = rng.uniform(-np.pi, np.pi, (len(x), L // 2))
+    cos = np.round(np.cos(ang) * one).astype(np.int64)
+    sin = np.round(np.sin(ang) * one).astype(np.int64)
+    cos[:7] = rng.choice(trig_ends, (7, L // 2))  # the table's ends, independently
+    sin[:7] = rng.choice(trig_ends, (7, L // 2))
+    got, when = simulate(Rope(P), {"i_beat": [{"x": a, "cos": c, "sin": s}
+                                              for a, c, s in zip(x, cos, sin, strict=True)]},
+                         {"o_beat": len(x)}, stall, int(rng.integers(1 << 30)))
+    want = G.rope(x[:, None, :], cos, sin)[:, 0, :]
+    assert np.array_equal(lanes_of(got["o_beat"]), want)
+    if not stall:
+        check_throughput(when, "i_beat", "o_beat", Rope.LATENCY)
