@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 from hw.isa import leaf_fields
 from hw.luts import gelu_table, silu_table
 from hw.params import ChipParams
-from hw.vector import PwlFn, PwlUnit, ResidualAdd, Rope
+from hw.vector import PwlFn, PwlUnit, Quantizer, ResidualAdd, Rope
 from sim import golden as G
 
 SEED = int(os.environ.get("VECTOR_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -143,11 +143,11 @@ def check_throughput(when, i_name, o_name, latency):
 # -- element-wise ----------------------------------------------------------------------------
 
 
-def _beats(values, fill=0):
-    """A flat array as [beats, L] (padded with ``fill``)."""
+def _beats(values, fill=0, lanes=L):
+    """A flat array as [beats, lanes] (padded with ``fill``)."""
     v = np.asarray(values, np.int64).ravel()
-    n = -(-len(v) // L) * L
-    return np.concatenate([v, np.full(n - len(v), fill, np.int64)]).reshape(-1, L)
+    n = -(-len(v) // lanes) * lanes
+    return np.concatenate([v, np.full(n - len(v), fill, np.int64)]).reshape(-1, lanes)
 
 
 def _edge_wide(rng, n):
@@ -248,3 +248,97 @@ def test_rope(rng, stall):
     assert np.array_equal(lanes_of(got["o_beat"]), want)
     if not stall:
         check_throughput(when, "i_beat", "o_beat", Rope.LATENCY)
+
+
+# -- requantization ------------------------------------------------------------------------------
+
+
+def _quant_rows(rng):
+    """(row, a15, per_row) cases: adversarial rows, then random ones with groups of very
+    different magnitudes, lengths not a multiple of the lane count."""
+    top = I32_MAX
+    rows = [
+        np.full(64, 12345), np.full(40, I32_MIN), np.full(33, I32_MAX), np.zeros(48, np.int64),
+        np.r_[np.ones(47), top],                      # one huge outlier: the rest underflow
+        np.r_[rng.integers(-3, 4, 30), -(1 << 31)],
+        (2 * np.arange(-40, 40) + 1) << 3,            # rounding ties at e = 4
+        np.r_[np.full(16, 127 << 10), np.full(16, 255 << 9), np.full(16, -(255 << 9))],
+        np.r_[np.full(16, 1 << 30), np.full(16, 1 << 9), np.full(16, 1 << 8)],  # 21 binades
+        np.array([-5]), np.array([1, -1]),
+    ]
+    for n in (16, 23, 100, 257):
+        mag = np.repeat(2.0 ** rng.uniform(0, 30, -(-n // 16)), 16)[:n]
+        rows.append(np.round(rng.normal(size=n) * mag).clip(I32_MIN, I32_MAX))
+    cases = []
+    for k, r in enumerate(rows):
+        r = np.asarray(r, np.int64)
+        for a15, per_row in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            if (k + a15 + per_row) % 2 == 0 or len(r) > 200:  # half the combinations
+                cases.append((r, a15, per_row))
+    return cases
+
+
+def _run_quant(rng, cases, stall, p=P, max_beats=32, garbage=True):
+    feeds = []
+    lanes = p.vector_lanes
+    for r, a15, per_row in cases:
+        beats = _beats(r, lanes=lanes)
+        if garbage:  # padding lanes hold garbage: the unit must mask them
+            pad = beats.size - len(r)
+            if pad:
+                beats[-1, lanes - pad:] = rng.integers(I32_MIN, I32_MAX, pad)
+        for j, b in enumerate(beats):
+            feeds.append({"data": b, "last": int(j == len(beats) - 1), "count": len(r),
+                          "a15": a15, "per_row": per_row})
+    dut = Quantizer(p, max_beats=max_beats)
+    got, when = simulate(dut, {"i_beat": feeds}, {"o_beat": len(feeds)}, stall,
+                         int(rng.integers(1 << 30)))
+    return dut, got["o_beat"], when
+
+
+def _check_quant(cases, outs, p=P):
+    k = 0
+    lanes = p.vector_lanes
+    gb = p.numerics.act_group // lanes
+    for r, a15, per_row in cases:
+        nb = -(-len(r) // lanes)
+        o = outs[k:k + nb]
+        k += nb
+        with np.errstate(over="ignore"):  # the golden model's all-zero rows
+            want8, ws = G.quantize_rows(r, group=None if per_row else p.numerics.act_group,
+                                        bits=15 if a15 else 8, num=p.numerics)
+        hi = np.array([b["data"] for b in o], np.int64).ravel()
+        lo = np.array([b["lo"] for b in o], np.int64).ravel()
+        xq = hi * 128 + lo if a15 else hi
+        assert all(b["lo"] == [0] * lanes for b in o) or a15
+        assert np.array_equal(xq[:len(r)], want8), (r, a15, per_row, xq, want8)
+        assert [b["last"] for b in o] == [0] * (nb - 1) + [1]
+        assert {b["exp"] for b in o} == {int(ws.exp)}, (r, [b["exp"] for b in o], ws.exp)
+        mant = np.array([0 if b["gzero"] else 1 << b["gshift"] for b in o])
+        want_mant = np.resize(ws.mant, nb) if per_row else np.repeat(ws.mant, gb)[:nb]
+        assert np.array_equal(mant, want_mant), (r, a15, per_row, mant, ws.mant)
+    assert k == len(outs)
+
+
+@pytest.mark.parametrize("stall, lanes", [(0.0, 16), (0.3, 16), (0.3, 8)])
+def test_quantize_rows(rng, stall, lanes):
+    """Adversarial and random rows in every mode; with 8 lanes a group spans two beats."""
+    p = ChipParams(vector_lanes=lanes)
+    cases = _quant_rows(rng)
+    _, outs, _ = _run_quant(rng, cases, stall, p, max_beats=64)
+    _check_quant(cases, outs, p)
+
+
+def test_quantize_throughput(rng):
+    """Rows back to back at one beat per cycle, up to the row capacity; equal rows also leave
+    without gaps, the first ``LATENCY`` cycles after the last beat of the first row."""
+    for lengths in ([5 * L] * 6, [1, 32 * L, 3, 17 * L + 5, L, 2 * L]):
+        cases = [(rng.integers(-(1 << 20), 1 << 20, n), 0, 0) for n in lengths]
+        dut, outs, when = _run_quant(rng, cases, 0.0)
+        _check_quant(cases, outs)
+        ti, to = np.array(when["i_beat"]), np.array(when["o_beat"])
+        assert np.all(np.diff(ti) == 1), np.diff(ti)
+        first_last = -(-lengths[0] // L) - 1
+        assert to[0] - ti[first_last] == dut.LATENCY, (to[0] - ti[first_last], dut.LATENCY)
+        if len(set(lengths)) == 1:
+            assert np.all(np.diff(to) == 1), np.diff(to)

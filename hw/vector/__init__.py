@@ -1,6 +1,7 @@
 """The vector unit (issue 5): one module per family of operations of the golden model.
 
 - :mod:`.elementwise`: residual add, the piecewise-linear LUT unit (GELU, SiLU·mul), RoPE;
+- :mod:`.quant`: requantization of wide rows to A8 / A15 with group scales (two passes);
 - :mod:`.common`: the free-running pipeline with credit-checked output FIFO they all use.
 
 Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/ready
@@ -8,5 +9,6 @@ Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/re
 """
 
 from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope
+from .quant import Quantizer
 
-__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope"]
+__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "Quantizer"]
