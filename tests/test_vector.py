@@ -17,7 +17,16 @@ from amaranth.sim import Simulator
 from hw.isa import leaf_fields
 from hw.luts import gelu_table, silu_table
 from hw.params import ChipParams
-from hw.vector import PwlFn, PwlUnit, Quantizer, ResidualAdd, Rope
+from hw.vector import (
+    Normalizer,
+    PwlFn,
+    PwlUnit,
+    Quantizer,
+    ResidualAdd,
+    Rope,
+    SerialDivider,
+    SerialIsqrt,
+)
 from sim import golden as G
 
 SEED = int(os.environ.get("VECTOR_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -342,3 +351,145 @@ def test_quantize_throughput(rng):
         assert to[0] - ti[first_last] == dut.LATENCY, (to[0] - ti[first_last], dut.LATENCY)
         if len(set(lengths)) == 1:
             assert np.all(np.diff(to) == 1), np.diff(to)
+
+
+# -- per-row scalar units ----------------------------------------------------------------------
+
+
+def test_serial_divider_and_isqrt(rng):
+    div = SerialDivider(44, 13, 32, steps=2)
+    ds = np.r_[1, 2, 3, 4095, 4096, rng.integers(1, 4097, 40)]
+    qs = np.r_[0, 1, (1 << 32) - 1, (1 << 31), rng.integers(0, 1 << 32, len(ds) - 4)]
+    ns = [min(int(q) * int(d) + int(rng.integers(0, d)), (1 << 44) - 1) for q, d in zip(qs, ds,
+                                                                                     strict=True)]
+    got, _ = simulate(div, {"i": [{"n": n, "d": int(d)} for n, d in zip(ns, ds, strict=True)]},
+                      {"o": len(ds)}, 0.3, int(rng.integers(1 << 30)))
+    assert [(o["q"], o["r"]) for o in got["o"]] == [divmod(n, int(d))
+                                                    for n, d in zip(ns, ds, strict=True)]
+    sq = SerialIsqrt(62, steps=2)
+    r = rng.integers(0, 1 << 31, 30)
+    vs = np.r_[0, 1, 2, 3, 4, (1 << 62) - 1, r * r, r * r - 1, r * r + 1,
+               rng.integers(0, 1 << 62, 20, dtype=np.int64)]
+    vs = np.clip(vs, 0, (1 << 62) - 1)
+    got, _ = simulate(sq, {"i": [{"v": int(v)} for v in vs]}, {"o": len(vs)}, 0.3,
+                      int(rng.integers(1 << 30)))
+    assert [o["s"] for o in got["o"]] == [int(s) for s in G._isqrt(vs)]
+
+
+# -- LayerNorm / RMSNorm -----------------------------------------------------------------------
+
+
+def _norm_rows(rng):
+    """(x, gamma, beta, eps_q32, rms) cases: adversarial rows and random ones."""
+    big = I32_MAX
+    xs = [
+        np.full(48, 777), np.full(40, I32_MIN), np.zeros(32, np.int64),
+        np.r_[np.zeros(63), big], np.r_[np.full(30, -5), I32_MIN],
+        np.resize([I32_MAX, I32_MIN], 64),             # |x - mean| reaches 2**31
+        rng.integers(-3, 4, 37),                        # tiny: sh < 0, eps dominates
+        np.array([123456]), np.array([-7, 8]),          # D = 1, 2
+        np.arange(-100, 100) * 65536 - 1,              # negative inexact mean
+    ]
+    for n in (16, 45, 384):
+        xs.append(np.round(rng.normal(size=n) * 2.0 ** rng.uniform(4, 28)).clip(I32_MIN, big))
+    xs.append(np.resize([0, 1, 1], 20))  # max |x| = 1 (RMSNorm)
+    out = []
+    for k, x in enumerate(xs):
+        x = np.asarray(x, np.int64)
+        D = len(x)
+        gamma = to_q16(rng.normal(1, 0.3, D))
+        beta = to_q16(rng.normal(0, 1, D))
+        if k == 3:  # saturate the output: gamma and beta at the INT32 ends
+            gamma[-1], beta[-1] = I32_MAX, I32_MAX
+            gamma[0], beta[0] = I32_MIN, I32_MIN
+        eps = [42950, 0, EPS_MAX][(k + 1) % 3]
+        out.append((x, gamma, beta, eps, k % 2))
+        out.append((x, gamma, beta, eps, 1 - k % 2))
+    for x in _eps_rounding_rows(rng, 3):
+        out.append((x, to_q16(rng.normal(1, 0.3, len(x))), np.zeros(len(x), np.int64),
+                    EPS_MAX, 1))
+    return out
+
+
+EPS_MAX = (1 << 17) - 1
+
+
+def _eps_rounding_rows(rng, count, D=512):
+    """RMSNorm rows whose standard deviation depends on the rounding of eps to the row's
+    scale, ``rshift_round(eps_q32, 2 sh)`` (every bit of eps set, 0 < 2 sh < 17: rounding
+    down instead lowers var by one and crosses a square): an outlier over small noise, found
+    by search. The search re-traces the golden variance only to pick inputs."""
+    rows = []
+    while len(rows) < count:
+        x = rng.integers(-50, 51, D) << rng.integers(0, 4)
+        x[rng.integers(D)] = int(rng.integers(1 << 16, 1 << 23))
+        sh = int(np.max(np.abs(x))).bit_length() - 15
+        cs = x >> sh
+        var = int((cs * cs).sum()) // D
+        if G._isqrt((var + int(G.rshift_round(EPS_MAX, 2 * sh))) << 16) \
+                != G._isqrt((var + (EPS_MAX >> (2 * sh))) << 16):
+            rows.append(x)
+    return rows
+
+
+def to_q16(v):
+    return np.round(np.asarray(v) * 65536).astype(np.int64)
+
+
+def _run_norm(rng, cases, stall, p=P, dut=None):
+    dut = dut or Normalizer(p, max_beats=32)
+    assert max(len(c[0]) for c in cases) <= dut.max_beats * p.vector_lanes
+    lanes = p.vector_lanes
+    feeds, params = [], []
+    for x, gamma, beta, eps, rms in cases:
+        bx = _beats(x, lanes=lanes)
+        pad = bx.size - len(x)
+        if pad:
+            bx[-1, lanes - pad:] = rng.integers(I32_MIN, I32_MAX, pad)  # must be ignored
+        for j, b in enumerate(bx):
+            feeds.append({"data": b, "last": int(j == len(bx) - 1), "count": len(x),
+                          "rms": rms, "eps_q32": eps})
+        for g, b in zip(_beats(gamma, lanes=lanes), _beats(beta, lanes=lanes), strict=True):
+            params.append({"gamma": g, "beta": b})
+    got, when = simulate(dut, {"i_beat": feeds, "i_param": params}, {"o_beat": len(feeds)},
+                         stall, int(rng.integers(1 << 30)))
+    return dut, got["o_beat"], when
+
+
+def _check_norm(cases, outs, p=P):
+    k = 0
+    for x, gamma, beta, eps, rms in cases:
+        nb = -(-len(x) // p.vector_lanes)
+        o = outs[k:k + nb]
+        k += nb
+        e = eps / 2.0**32
+        want = G.rmsnorm(x, gamma, e) if rms else G.layernorm(x, gamma, beta, e)
+        got = np.array([b["data"] for b in o], np.int64).ravel()[:len(x)]
+        assert np.array_equal(got, want), (x, rms, eps, got, want)
+        assert [b["last"] for b in o] == [0] * (nb - 1) + [1]
+    assert k == len(outs)
+
+
+@pytest.mark.parametrize("stall, lanes", [(0.0, 16), (0.3, 16), (0.3, 8)])
+def test_norm(rng, stall, lanes):
+    """Adversarial and random rows, LayerNorm and RMSNorm, through every pass and serial unit
+    with stalls on all three streams."""
+    p = ChipParams(vector_lanes=lanes)
+    cases = _norm_rows(rng)
+    _, outs, _ = _run_norm(rng, cases, stall, p, Normalizer(p, max_beats=512 // lanes))
+    _check_norm(cases, outs, p)
+
+
+def test_norm_throughput(rng):
+    """Rows of at least MIN_FULL_RATE_BEATS beats stream back to back at one beat per cycle
+    (D = 384, MiniLM's LayerNorm); shorter rows are still exact."""
+    dut = Normalizer(P, max_beats=32)
+    nb = max(dut.MIN_FULL_RATE_BEATS, 24)
+    cases = [(rng.integers(-(1 << 24), 1 << 24, nb * L), to_q16(rng.normal(1, .1, nb * L)),
+              to_q16(rng.normal(0, 1, nb * L)), 42950, k % 2) for k in range(5)]
+    _, outs, when = _run_norm(rng, cases, 0.0, dut=dut)
+    _check_norm(cases, outs)
+    ti, to = np.array(when["i_beat"]), np.array(when["o_beat"])
+    assert np.all(np.diff(ti) == 1), np.diff(ti)
+    assert np.all(np.diff(to) == 1), np.diff(to)
+    assert to[0] - ti[nb - 1] == dut.latency(nb), (to[0] - ti[nb - 1], dut.latency(nb))

@@ -2,6 +2,8 @@
 
 - :mod:`.elementwise`: residual add, the piecewise-linear LUT unit (GELU, SiLU·mul), RoPE;
 - :mod:`.quant`: requantization of wide rows to A8 / A15 with group scales (two passes);
+- :mod:`.norm`: LayerNorm and RMSNorm (three passes);
+- :mod:`.serial`: the per-row divider and square root the reductions share;
 - :mod:`.common`: the free-running pipeline with credit-checked output FIFO they all use.
 
 Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/ready
@@ -9,6 +11,9 @@ Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/re
 """
 
 from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope
+from .norm import Normalizer
 from .quant import Quantizer
+from .serial import SerialDivider, SerialIsqrt
 
-__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "Quantizer"]
+__all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "Quantizer", "Normalizer",
+           "SerialDivider", "SerialIsqrt"]
