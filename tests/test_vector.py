@@ -26,6 +26,7 @@ from hw.vector import (
     Rope,
     SerialDivider,
     SerialIsqrt,
+    Softmax,
 )
 from sim import golden as G
 
@@ -489,6 +490,101 @@ def test_norm_throughput(rng):
               to_q16(rng.normal(0, 1, nb * L)), 42950, k % 2) for k in range(5)]
     _, outs, when = _run_norm(rng, cases, 0.0, dut=dut)
     _check_norm(cases, outs)
+    ti, to = np.array(when["i_beat"]), np.array(when["o_beat"])
+    assert np.all(np.diff(ti) == 1), np.diff(ti)
+    assert np.all(np.diff(to) == 1), np.diff(to)
+    assert to[0] - ti[nb - 1] == dut.latency(nb), (to[0] - ti[nb - 1], dut.latency(nb))
+
+
+# -- softmax -------------------------------------------------------------------------------------
+
+
+def _softmax_rows(rng):
+    """(scores, visible) cases: adversarial rows, then random rows with a causal prefix."""
+    big = I32_MAX
+    one = 1 << G.NUM.frac_bits
+    cases = [
+        (np.full(48, 1000), 48), (np.full(40, I32_MIN), 40), (np.full(17, big), 17),
+        (np.r_[np.zeros(30), big], 31),                      # one huge outlier
+        (np.r_[np.zeros(30), big], 30),                      # ... masked: must not count
+        (np.r_[big, np.full(20, I32_MIN)], 21),             # -z clamps at 2**31 - 1
+        (np.array([big, -1, -2, -1000, 0]), 5),             # ... just past it
+        (np.array([5]), 1), (np.array([3, I32_MAX]), 1),     # S = 1; visible = 1
+        # -z at the edges of int(u) = 16, 17 and 31, 32 and ties of the rounding of u
+        (np.r_[0, -np.arange(16 * one - 40, 16 * one + 40, 3)], 28),
+        (np.r_[0, -((np.arange(31, 34)[:, None] << 16) * 45426 // 65536
+                    + np.arange(-3, 4)).ravel()], 22),
+        (np.r_[0, -(np.arange(1, 200) * 45426 // 1000)], 200),
+    ]
+    for S in (16, 37, 100, 300):
+        s = np.round(rng.normal(size=S) * rng.uniform(0.5, 8) * one).astype(np.int64)
+        cases.append((s, int(rng.integers(1, S + 1))))
+        cases.append((s, S))
+    return [(np.asarray(s, np.int64), v) for s, v in cases]
+
+
+def _run_softmax(rng, cases, stall, p=P, dut=None):
+    lanes = p.vector_lanes
+    dut = dut or Softmax(p, max_beats=32)
+    feeds = []
+    for s, vis in cases:
+        bs = _beats(s, lanes=lanes)
+        pad = bs.size - len(s)
+        if pad:
+            bs[-1, lanes - pad:] = rng.integers(I32_MIN, I32_MAX, pad)
+        for j, b in enumerate(bs):
+            feeds.append({"data": b, "last": int(j == len(bs) - 1), "visible": vis})
+    got, when = simulate(dut, {"i_beat": feeds}, {"o_beat": len(feeds)}, stall,
+                         int(rng.integers(1 << 30)))
+    return dut, got["o_beat"], when
+
+
+def _check_softmax(cases, outs, p=P):
+    k = 0
+    for s, vis in cases:
+        nb = -(-len(s) // p.vector_lanes)
+        o = outs[k:k + nb]
+        k += nb
+        want = G.softmax(s[None, :], q_pos=[vis - 1])[0]
+        got = np.array([b["data"] for b in o], np.int64).ravel()[:len(s)]
+        assert np.array_equal(got, want), (s, vis, got, want)
+        assert [b["last"] for b in o] == [0] * (nb - 1) + [1]
+    assert k == len(outs)
+
+
+@pytest.mark.parametrize("stall, lanes", [(0.0, 16), (0.3, 16), (0.3, 8)])
+def test_softmax(rng, stall, lanes):
+    """Adversarial and random rows, causal prefixes, garbage beyond the row and the mask."""
+    p = ChipParams(vector_lanes=lanes)
+    cases = _softmax_rows(rng)
+    _, outs, _ = _run_softmax(rng, cases, stall, p, Softmax(p, max_beats=512 // lanes))
+    _check_softmax(cases, outs, p)
+
+
+def test_softmax_every_exponent(rng):
+    """Every entry of the 2**-f table at several weights, for int(u) from 0 to past 31 (where
+    e becomes 0): scores ``-z`` chosen as the smallest whose ``u`` reaches each target
+    ``ip * 2**16 + idx * 256 + w`` (u grows by ~1.44 per step of -z, so it lands on the target
+    or one above; the coverage of every (int(u), table index) pair is asserted)."""
+    ips = [0, 1, 2, 15, 16, 17, 30, 31, 32]
+    us = [(ip << 16) + (idx << 8) + w for ip in ips for idx in range(256) for w in (0, 128, 254)]
+    negz = np.array([-(-((u << 14) - 8192) // 23637) for u in us], np.int64)
+    got_u = G.rshift_round(negz * 23637, 14)
+    assert {(ip, idx) for ip in ips for idx in range(256)} <= set(
+        zip((got_u >> 16).tolist(), ((got_u >> 8) & 255).tolist(), strict=True))
+    rows = [np.r_[0, -negz[i:i + 255]] for i in range(0, len(negz), 255)]
+    cases = [(r, len(r)) for r in rows]
+    _, outs, _ = _run_softmax(rng, cases, 0.0)
+    _check_softmax(cases, outs)
+
+
+def test_softmax_throughput(rng):
+    dut = Softmax(P, max_beats=32)
+    nb = dut.MIN_FULL_RATE_BEATS
+    cases = [(rng.integers(-(1 << 20), 1 << 20, nb * L), int(rng.integers(1, nb * L + 1)))
+             for _ in range(5)]
+    _, outs, when = _run_softmax(rng, cases, 0.0, dut=dut)
+    _check_softmax(cases, outs)
     ti, to = np.array(when["i_beat"]), np.array(when["o_beat"])
     assert np.all(np.diff(ti) == 1), np.diff(ti)
     assert np.all(np.diff(to) == 1), np.diff(to)
