@@ -73,19 +73,25 @@ from hw.isa import (
 from hw.params import ChipParams
 
 __all__ = [
-    "SMALL", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
+    "SMALL", "R16", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
     "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
     "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS",
 ]
 
-#: The default-tier configuration: a 4x8 grid, 2 KiB buffers.
+#: A 4x8 grid with 2 KiB buffers: ops reach the buffer ends and collide often; a quick build.
 SMALL = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
                    kv_sram_kib=2, prm_entries=32, acc_entries=32, uop_depth=256, offchip_kib=64)
-#: A 16x16 grid with small buffers (slow tier).
-DEFAULT = ChipParams(rows=16, cols=16, weight_sram_kib=4, act_sram_kib=4, acc_sram_kib=4,
-                     kv_sram_kib=8, prm_entries=64, acc_entries=64, uop_depth=512,
-                     offchip_kib=256)
-PARAMS = {"small": SMALL, "default": DEFAULT}
+#: A 16x16 grid with small buffers.
+R16 = ChipParams(rows=16, cols=16, weight_sram_kib=4, act_sram_kib=4, acc_sram_kib=4,
+                 kv_sram_kib=8, prm_entries=64, acc_entries=64, uop_depth=512, offchip_kib=256)
+#: The chip as built (``ChipParams()``): its Verilator build is the one ``tests/test_chip_rtl.py``
+#: uses too (``run_jobs`` names builds by configuration).
+DEFAULT = ChipParams()
+PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT}
+#: Buffers of more bus words than this are dumped whole only now and then (else the hull of
+#: the words the program wrote), and DMA sizes beyond ``_BIG_DMA`` words are rare.
+_DUMP_WHOLE = 4096
+_BIG_DMA = 512
 
 QUEUED = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
 OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
@@ -122,13 +128,18 @@ def patch(word: int, path: str, value: int) -> int:
 class MemLayout:
     """Off-chip memory (bus-word addresses): the data area ``[0, data_end)`` (STOREs land only
     there), the dump regions (one per buffer, whole buffer, inside the data area at its top),
-    the program area ``[prog_base, bus_words)``."""
+    the program area ``[prog_base, bus_words)``. The image is random bytes, but for two
+    *zones* at the bottom of the data area (``zones``: Buf -> (lo, hi)), where
+    :func:`make_image` writes ACT and PRM words with tame fields (group shifts, exponents and
+    output shifts in their working ranges), so that LOADs from there give GEMMs outputs that
+    are neither 0 nor saturated."""
 
     bus_words: int
     data_end: int
     dump: dict
     prog_base: int
     uop_bus: int  # bus words per micro-op
+    zones: dict = field(default_factory=dict)
 
     @property
     def prog_words(self) -> int:
@@ -147,7 +158,50 @@ def mem_layout(p: ChipParams) -> MemLayout:
     for b in Buf:
         dump[b] = a
         a += sizes[b]
-    return MemLayout(bus_words, data_end, dump, data_end, math.ceil(INSTR_BITS / bus_bits(p)))
+    free = data_end - dump_total
+    zones, lo = {}, 0
+    for b, share in ((Buf.ACT, 0.4), (Buf.PRM, 0.3)):
+        bpw = bus_words_per(p, b)
+        n = int(free * share) // bpw * bpw
+        zones[b] = (lo, lo + n)
+        lo += n
+    return MemLayout(bus_words, data_end, dump, data_end, math.ceil(INSTR_BITS / bus_bits(p)),
+                     zones)
+
+
+def make_image(p: ChipParams, lay: MemLayout, seed: int, run: int) -> np.ndarray:
+    """The off-chip image of run ``run`` (uint8): random bytes, tame ACT and PRM words in the
+    zones of ``lay``. Programs are placed in the program area later."""
+    from hw.isa import act_word, pack_words, prm_word
+
+    rng = _rng(seed, run, 4)
+    B = p.offchip_bytes_per_cycle
+    image = rng.integers(0, 256, p.offchip_kib * 1024, dtype=np.uint8)
+    C = p.cols
+    for buf, (lo, hi) in lay.zones.items():
+        bpw = bus_words_per(p, buf)
+        n = (hi - lo) // bpw
+        if buf == Buf.ACT:
+            gshift = np.where(rng.random(n) < 0.7, rng.integers(0, 9, n),
+                              rng.integers(0, p.numerics.act_headroom + 1, n))
+            raw = pack_words(act_word(p), {
+                "data": rng.integers(-128, 128, (n, p.rows)), "gshift": gshift,
+                "gzero": (rng.random(n) < 0.05).astype(np.int64),
+                "exp": rng.integers(-6, 7, n)})
+        else:  # PRM: group or out words, at random
+            group = pack_words(prm_word(p), {
+                "group.scale": np.where(rng.random((n, C)) < 0.3, rng.integers(-64, 65, (n, C)),
+                                        rng.integers(-(1 << 15), 1 << 15, (n, C))),
+                "group.offset": np.where(rng.random((n, C)) < 0.5, 0,
+                                         rng.integers(-1024, 1025, (n, C)))})
+            out = pack_words(prm_word(p), {
+                "out.shift": rng.integers(0, 61, (n, C)),
+                "out.bias": rng.integers(-(1 << 16), 1 << 16, (n, C))})
+            raw = np.where((rng.random(n) < 0.5)[:, None], group, out)
+        words = np.zeros((n, bpw * B), np.uint8)
+        words[:, :raw.shape[1]] = raw
+        image[lo * B:(lo + n * bpw) * B] = words.ravel()
+    return image
 
 
 # -- checks by the spec (the generator's intent; IsaSim is checked against them) --------------
@@ -278,12 +332,24 @@ class Program:
     stores: list = field(default_factory=list)  # (lo, hi) bus words of STOREs issued
     budget: int = 0                 # serial cycle estimate
     mem: tuple = (0, 0, 0, 1)       # interval, jitter, jitter_max, seed
+    fps: list = field(default_factory=list)     # per word: footprint of a queued op, or None
+    writes: dict = field(default_factory=dict)  # Buf -> (lo, hi) hull of words written
+    dumped: list = field(default_factory=list)  # (Buf, lo, hi): final STOREs to dump regions
+    twin_of: int | None = None      # a valid program run again under another memory config
+    resync_all: bool = False        # a resync of every buffer, whole
 
     @property
     def length(self) -> int:
         return len(self.words) if self.prog_len is None else self.prog_len
 
+    @property
+    def stalls(self) -> bool:
+        """Whether the memory model stalls (interval > 1 or jitter)."""
+        return self.mem[0] > 1 or (self.mem[1] > 0 and self.mem[2] > 0)
+
     def max_cycles(self, p: ChipParams, lay: MemLayout) -> int:
+        """The cycle bound of the job: 3x the serial estimate of its ops (every bus word at
+        the worst interval and jitter), plus the boot."""
         memf = max(1, self.mem[0]) + self.mem[2] + 1
         boot = (min(self.length, p.uop_depth + 1) * lay.uop_bus * memf
                 + p.offchip_latency + self.mem[2] + 20)
@@ -300,7 +366,10 @@ class _Builder:
         self.pending = {u: [] for u in QUEUED}
         self.gemm_left = None   # (n, T) of the sums the last GEMM left, if chainable
         self.written: set = set()
+        self.writes: dict = {}
+        self.fps: list = []
         self.stores: list = []
+        self.dumped: list = []
         self.cost = 0
         self.junk = junk
         self.memf = max(1, mem[0]) + mem[2] + 1
@@ -312,6 +381,7 @@ class _Builder:
 
     def raw(self, word: int, cost: int = 4) -> int:
         self.words.append(int(word))
+        self.fps.append(None)
         self.cost += cost
         return len(self.words) - 1
 
@@ -352,11 +422,31 @@ class _Builder:
                 n = 0
             self.wait(u, n)
         idx = self.emit(op, cost=cost, **f)
+        self.fps[idx] = fp
         self.pending[me].append(fp)
-        for space, _, _, w in fp:
+        for space, lo, hi, w in fp:
             if w and space != OFF:
                 self.written.add(space)
+                a, b = self.writes.get(space, (lo, hi))
+                self.writes[space] = (min(a, lo), max(b, hi))
         return idx
+
+    def program(self, index: int, kind: str, **kw) -> Program:
+        return Program(index, kind, self.words, stores=self.stores, budget=self.cost,
+                       mem=self.mem, fps=self.fps, writes=dict(self.writes),
+                       dumped=self.dumped, **kw)
+
+    def _zone_off(self, buf, words) -> int | None:
+        """Often, for a buffer with a zone of tame words that holds ``words`` of them: an
+        address there, on a word boundary."""
+        if buf not in self.lay.zones or self.rng.random() < 0.3:
+            return None
+        lo, hi = self.lay.zones[buf]
+        bpw = self.bpw[buf]
+        n = (hi - lo) // bpw
+        if words > n:
+            return None
+        return lo + int(self.rng.integers(0, n - words + 1)) * bpw
 
     def _addr(self, hi: int) -> int:
         """An address in ``0 .. hi``, often an edge."""
@@ -367,13 +457,15 @@ class _Builder:
             return hi
         return int(self.rng.integers(0, hi + 1))
 
-    def _count(self, hi: int) -> int:
+    def _count(self, hi: int, bpw: int = 1) -> int:
+        """A word count in ``1 .. hi``: often small, now and then ``hi`` (rarely for big
+        buffers: every bus word is a cycle)."""
         r = self.rng.random()
-        if r < 0.08:
+        if r < (0.08 if hi * bpw <= _DUMP_WHOLE else 0.02):
             return hi
         if r < 0.7:
             return int(self.rng.integers(1, min(hi, 8) + 1))
-        return int(self.rng.integers(1, hi + 1))
+        return int(self.rng.integers(1, min(hi, _BIG_DMA) + 1))
 
     # -- ops ------------------------------------------------------------------------------------
 
@@ -384,8 +476,10 @@ class _Builder:
         rng, lay = self.rng, self.lay
         buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
         depth, bpw = self.depth[buf], self.bpw[buf]
-        words = self._count(depth) if words is None else words
+        words = self._count(depth, bpw) if words is None else words
         sram = self._addr(depth - words) if sram is None else sram
+        if off is None:
+            off = self._zone_off(buf, words)
         if off is None:
             hi = (lay.data_end if rng.random() < 0.8 else lay.bus_words) - words * bpw
             off = self._addr(hi)
@@ -399,7 +493,7 @@ class _Builder:
         rng, lay = self.rng, self.lay
         buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
         depth, bpw = self.depth[buf], self.bpw[buf]
-        words = self._count(depth) if words is None else words
+        words = self._count(depth, bpw) if words is None else words
         sram = self._addr(depth - words) if sram is None else sram
         off = self._addr(lay.data_end - words * bpw) if off is None else off
         f = dict(buf=buf, sram=sram, words=words, off=off)
@@ -635,10 +729,23 @@ class _Builder:
             self.wait(Unit(int(rng.integers(0, 5))), int(rng.integers(0, 16)))
 
     def final_stores(self):
-        bufs = {Buf.ACC, Buf.KV} | self.written
+        """STORE the buffers to their dump regions: every buffer the program wrote, ACC and KV
+        (stray writes of the GEMM and KV units), others now and then. A buffer of more than
+        ``_DUMP_WHOLE`` bus words is dumped whole now and then, else the hull of the words
+        the program wrote (so its cycles stay reasonable)."""
         for b in Buf:
-            if b in bufs or self.rng.random() < 0.2:
-                self.store(b, self.depth[b], 0, self.lay.dump[b])
+            small = self.depth[b] * self.bpw[b] <= _DUMP_WHOLE
+            r = self.rng.random()
+            if small and (b in self.written or b in (Buf.ACC, Buf.KV) or r < 0.2):
+                lo, hi = 0, self.depth[b]
+            elif not small and r < 0.1:
+                lo, hi = 0, self.depth[b]
+            elif not small and b in self.writes:
+                lo, hi = self.writes[b]
+            else:
+                continue
+            self.store(b, hi - lo, lo, self.lay.dump[b] + lo * self.bpw[b])
+            self.dumped.append((b, lo, hi))
 
 
 def _mem_cfg(rng) -> tuple:
@@ -646,6 +753,10 @@ def _mem_cfg(rng) -> tuple:
         return (0, 0, 0, int(rng.integers(1, 1 << 31)))
     return (int(rng.choice([0, 1, 2, 3])), int(rng.choice([0, 16, 64, 200, 255])),
             int(rng.choice([1, 3, 8, 30])), int(rng.integers(1, 1 << 31)))
+
+
+#: Program index of the resync job that starts run ``r``: ``_RUN_INDEX + r``.
+_RUN_INDEX = 1_000_000
 
 
 def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
@@ -665,19 +776,27 @@ def gen_valid(p: ChipParams, lay: MemLayout, seed: int, index: int, n_ops: int |
     b.final_stores()
     b.emit(Op.HALT)
     assert len(b.words) <= p.uop_depth
-    return Program(index, "valid", b.words, pos_init=pos, stores=b.stores, budget=b.cost,
-                   mem=mem)
+    return b.program(index, "valid", pos_init=pos)
 
 
-def gen_resync(p: ChipParams, lay: MemLayout, seed: int, index: int) -> Program:
-    """LOAD every buffer whole from the data area (after an aborted job left them unknown)."""
+def gen_resync(p: ChipParams, lay: MemLayout, seed: int, index: int,
+               regions: dict | None = None) -> Program:
+    """LOAD buffer words from the data area: ``regions`` ({Buf: (lo, hi)}, the words an
+    aborted job may or may not have written), or every buffer whole."""
     rng = _rng(seed, index, 1)
     mem = _mem_cfg(rng)
     b = _Builder(p, lay, rng, 0, mem, junk=0)
-    for buf in Buf:
-        b.load(buf, b.depth[buf], 0, b._addr(lay.data_end - b.depth[buf] * b.bpw[buf]))
+    whole = regions is None
+    if whole:
+        regions = {buf: (0, b.depth[buf]) for buf in Buf}
+    for buf, (lo, hi) in sorted(regions.items()):
+        off = b._zone_off(buf, hi - lo)
+        if off is None:
+            off = b._addr(lay.data_end - (hi - lo) * b.bpw[buf])
+        b.load(buf, hi - lo, lo, off)
     b.emit(Op.HALT)
-    return Program(index, "resync", b.words, budget=b.cost, mem=mem, note="resync")
+    return b.program(index, "resync", resync_all=whole, note="resync " + ", ".join(
+        f"{buf.name} {lo}..{hi - 1}" for buf, (lo, hi) in sorted(regions.items())))
 
 
 #: Illegal-program kinds: name -> expected error.
@@ -879,9 +998,8 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
     if kind == "prog_range":
         if not tainted:
             b.drain()
-        return Program(index, "illegal", b.words, pos_init=pos, expect=expect,
-                       expect_pc=len(b.words), tainted=tainted, note=f"{kind}: no HALT",
-                       stores=b.stores, budget=b.cost, mem=mem)
+        return b.program(index, "illegal", pos_init=pos, expect=expect,
+                         expect_pc=len(b.words), tainted=tainted, note=f"{kind}: no HALT")
     if not tainted:
         b.drain()
     if kind == "setpos_overflow" and b.pos == 0:
@@ -917,6 +1035,8 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
         note = f"{op.name} {f}"
         b.cost += 200
     bad_pc = b.raw(word, 200)
+    # what ran: the STOREs and buffer writes of the prefix (the ops below never issue)
+    stores, writes = list(b.stores), dict(b.writes)
     if unit is not None:
         b.pending[unit].append([])
         b.wait(unit, 0)
@@ -926,14 +1046,40 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
     if rng.random() < 0.5:
         b.store(Buf.ACC, b.depth[Buf.ACC], 0, lay.dump[Buf.ACC])
     b.emit(Op.HALT)
-    return Program(index, "illegal", b.words, pos_init=pos, expect=expect, expect_pc=bad_pc,
-                   tainted=tainted, note=f"{kind}: {note}", stores=b.stores, budget=b.cost,
-                   mem=mem)
+    prog = b.program(index, "illegal", pos_init=pos, expect=expect, expect_pc=bad_pc,
+                     tainted=tainted, note=f"{kind}: {note}")
+    prog.stores, prog.writes, prog.dumped = stores, writes, []
+    return prog
 
 
-def make_programs(p: ChipParams, seed: int, n_valid: int, n_illegal: int) -> list[Program]:
-    """The campaign's jobs: valid and illegal programs in a random order, each aborted job
-    followed by a resync program (and one now and then anyway)."""
+def _stall_cfg(rng) -> tuple:
+    """A memory configuration that surely stalls."""
+    return (int(rng.choice([2, 3, 5])), int(rng.choice([64, 200, 255])),
+            int(rng.choice([3, 8, 30])), int(rng.integers(1, 1 << 31)))
+
+
+def gen_twin(prog: Program, seed: int, position: int) -> Program:
+    """``prog`` (valid) again under another memory configuration: with stalls if it ran
+    without, else without. Its results are compared with IsaSim like any job, and its cycle
+    count with the original's (the ops' timing does not depend on data)."""
+    rng = _rng(seed, prog.index, 5)
+    mem = (0, 0, 0, int(rng.integers(1, 1 << 31))) if prog.stalls else _stall_cfg(rng)
+    f_old = max(1, prog.mem[0]) + prog.mem[2] + 1
+    f_new = max(1, mem[0]) + mem[2] + 1
+    return Program(prog.index, prog.kind, prog.words, pos_init=prog.pos_init,
+                   note=f"jitter twin of program {prog.index}: mem {prog.mem} -> {mem}",
+                   stores=prog.stores, budget=prog.budget * max(1, -(-f_new // f_old)),
+                   mem=mem, fps=prog.fps, writes=prog.writes, dumped=prog.dumped,
+                   twin_of=position)
+
+
+def make_programs(p: ChipParams, seed: int, n_valid: int, n_illegal: int, *,
+                  twins: float = 0.1) -> list[Program]:
+    """The campaign's jobs: valid and illegal programs in a random order (program ``i`` from
+    ``(seed, i)`` alone); each aborted job is followed by a resync program of the words it
+    may have written, and a whole resync comes now and then anyway; a fraction ``twins`` of
+    the valid programs run a second time under another memory configuration
+    (:func:`gen_twin`)."""
     lay = mem_layout(p)
     order = ["valid"] * n_valid + ["illegal"] * n_illegal
     _rng(seed, 0, 3).shuffle(order)
@@ -941,7 +1087,12 @@ def make_programs(p: ChipParams, seed: int, n_valid: int, n_illegal: int) -> lis
     for i, kind in enumerate(order):
         prog = (gen_valid if kind == "valid" else gen_illegal)(p, lay, seed, i)
         out.append(prog)
-        if prog.tainted or _rng(seed, i, 2).random() < 0.05:
+        r = _rng(seed, i, 2)
+        if prog.kind == "valid" and r.random() < twins:
+            out.append(gen_twin(prog, seed, len(out) - 1))
+        if prog.tainted:
+            out.append(gen_resync(p, lay, seed, i, prog.writes))
+        elif r.random() < 0.05:
             out.append(gen_resync(p, lay, seed, i))
     return out
 
@@ -949,32 +1100,91 @@ def make_programs(p: ChipParams, seed: int, n_valid: int, n_illegal: int) -> lis
 # -- reporting ----------------------------------------------------------------------------------
 
 
-def format_program(words, mark: int | None = None) -> str:
-    lines = []
+def format_program(words, marks: dict | None = None, limit: int = 400) -> str:
+    """A listing of micro-ops, one per line; ``marks`` {pc: two-character tag} flags lines.
+    Longer than ``limit``: the start, the end and the lines around each mark."""
+    marks = marks or {}
+    show = set(range(len(words)))
+    if len(words) > limit:
+        show = set(range(20)) | set(range(len(words) - 10, len(words)))
+        for m in marks:
+            show |= set(range(max(0, m - 15), min(len(words), m + 6)))
+    lines, gap = [], False
     for i, w in enumerate(words):
+        if i not in show:
+            if not gap:
+                lines.append("   ...")
+            gap = True
+            continue
+        gap = False
         try:
             op, f = decode(w)
         except ValueError as e:
             op, f = w & 63, {"?": str(e)}
         name = op.name if isinstance(op, Op) else f"op {op:#x}"
         args = ", ".join(f"{k}={v.name if hasattr(v, 'name') else v}" for k, v in f.items())
-        lines.append(f"{'>>' if i == mark else '  '}{i:4d}  {name:<9} {args}")
+        lines.append(f"{marks.get(i, '  '):2}{i:4d}  {name:<9} {args}")
     return "\n".join(lines)
 
 
 def _where(p: ChipParams, lay: MemLayout, bus: int, places: dict) -> str:
+    """The region of the image a bus word lies in."""
     for b in Buf:
         lo = lay.dump[b]
         n = buffer_depth(p, b) * bus_words_per(p, b)
         if lo <= bus < lo + n:
-            w, part = divmod(bus - lo, bus_words_per(p, b))
-            return f"dump of {b.name} word {w} (bus word {part} of it)"
+            return f"dump region of {b.name}"
     if bus < lay.data_end:
         return "data area"
     for j, (a, n) in places.items():
         if a <= bus < a + n:
             return f"program of job {j}"
     return "program area (unused)"
+
+
+def _last_writer(prog: Program, space, word: int, before: int) -> int | None:
+    """The last op before pc ``before`` that writes ``word`` of ``space`` (sequentially, as
+    the generator's WAITs make it on the chip too)."""
+    for i in range(min(before, len(prog.fps)) - 1, -1, -1):
+        for sp, lo, hi, w in prog.fps[i] or ():
+            if w and sp == space and lo <= word < hi:
+                return i
+    return None
+
+
+def _culprit(p: ChipParams, prog: Program, bus: int, marks: dict) -> str:
+    """Which ops made off-chip bus word ``bus``: the STORE that wrote it, and the op that
+    last wrote the buffer word it stored (marked in ``marks``: ``S>`` and ``>>``)."""
+    if not prog.fps:
+        return ""
+    store = _last_writer(prog, OFF, bus, len(prog.fps))
+    if store is None:
+        return "; no STORE of this program writes it"
+    marks.setdefault(store, "S>")
+    (buf, a, _, _), (_, c, _, _) = prog.fps[store]
+    bpw = bus_words_per(p, buf)
+    word, part = a + (bus - c) // bpw, (bus - c) % bpw
+    w = _last_writer(prog, buf, word, store)
+    src = (f"written last by op {w} ({Op(prog.words[w] & 63).name})" if w is not None
+           else "not written by this program before (state from earlier jobs)")
+    if w is not None:
+        marks.setdefault(w, ">>")
+    return f"; STORE op {store} of {buf.name} word {word} (bus word {part} of it), {src}"
+
+
+def _bytes_diff(p, lay, prog, got, ref, idx, places, ref_name, marks, limit=6) -> list[str]:
+    B = p.offchip_bytes_per_cycle
+    out = []
+    words = np.unique(idx // B)
+    for w in words[:limit]:
+        a, b = w * B, (w + 1) * B
+        out.append(f"  bus word {w} ({_where(p, lay, int(w), places)}"
+                   f"{_culprit(p, prog, int(w), marks)}):\n"
+                   f"      RTL {got[a:b].tobytes().hex()}\n"
+                   f"      {ref_name:<6}{ref[a:b].tobytes().hex()}")
+    if words.size > limit:
+        out.append(f"  ... {words.size - limit} more bus words")
+    return out
 
 
 @dataclass
@@ -984,7 +1194,7 @@ class Mismatch:
     job: int          # index in the batch
     program: int      # campaign program index
     kind: str
-    cascade: bool     # an earlier mismatch in this batch may explain it
+    cascade: bool     # an earlier mismatch in this run may explain it
     lines: list
     text: str = ""
 
@@ -1000,24 +1210,36 @@ class CampaignReport:
     jobs: int = 0
     batches: int = 0
     by_kind: dict = field(default_factory=dict)
+    illegal: dict = field(default_factory=dict)   # illegal kind -> jobs
     cycles: int = 0
+    ops: int = 0                                  # micro-ops the chip issued (UOPS)
+    worst_budget: float = 0.0                     # max cycles / max_cycles of a job
+    twins: list = field(default_factory=list)     # (program, cycles no stalls, with stalls)
     mismatches: list = field(default_factory=list)
     t_gen: float = 0.0
     t_rtl: float = 0.0
     t_sim: float = 0.0
 
     def summary(self) -> str:
-        return (f"seed {self.seed}: {self.jobs} jobs in {self.batches} run(s) "
+        slower = sum(b > a for _, a, b in self.twins)
+        ill = ", ".join(f"{k} {v}" for k, v in sorted(self.illegal.items()))
+        return (f"seed {self.seed}: {self.programs} programs, {self.jobs} jobs in "
+                f"{self.batches} run(s) "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(self.by_kind.items()))}), "
-                f"{self.cycles} chip cycles, {len(self.mismatches)} mismatching job(s); "
-                f"generate {self.t_gen:.1f} s, RTL {self.t_rtl:.1f} s, ISA sim + compare "
-                f"{self.t_sim:.1f} s")
+                f"{self.ops} micro-ops, {self.cycles} chip cycles (slowest job at "
+                f"{self.worst_budget:.0%} of its cycle bound); jitter twins: {len(self.twins)}, "
+                f"{slower} slower with stalls, all compared with IsaSim"
+                + (f"\n  illegal kinds: {ill}" if ill else "")
+                + f"\n  {len(self.mismatches)} mismatching job(s); generate {self.t_gen:.1f} s, "
+                f"RTL {self.t_rtl:.1f} s (incl. build), ISA sim + compare {self.t_sim:.1f} s")
 
 
 def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: np.ndarray,
-                max_cycles: int, places: dict) -> list[str]:
+                max_cycles: int, places: dict, marks: dict | None = None) -> list[str]:
     """Run ``prog`` on ``sim`` (state carried over) and compare with the RTL's JobResult;
-    returns the differences (empty: agree). ``before``: off-chip memory before the job."""
+    returns the differences (empty: agree). ``before``: off-chip memory before the job;
+    ``marks`` ({pc: tag}) receives the ops a difference points at."""
+    marks = {} if marks is None else marks
     diffs = []
     # -- the ISA simulator --------------------------------------------------------------------
     if prog.sim_skip:
@@ -1032,10 +1254,14 @@ def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: 
             diffs.append(f"IsaSim did not stop: {e}")
             return diffs
         s_err, s_pc, s_pos, s_cnt = sim.error, sim.error_pc, sim.pos, sim.counters
+    if prog.expect != Err.NONE:
+        marks[prog.expect_pc] = ">>"
     # -- the generator's intent vs IsaSim ------------------------------------------------------
     if (s_err, s_pc if s_err else 0) != (prog.expect, prog.expect_pc if prog.expect else 0):
         diffs.append(f"INTENT: generator expects {prog.expect.name} at pc {prog.expect_pc}, "
                      f"IsaSim gives {Err(s_err).name} at pc {s_pc}")
+        if s_err:
+            marks.setdefault(s_pc, "I>")
     # -- RTL vs IsaSim ------------------------------------------------------------------------
     if rtl.timed_out:
         diffs.append(f"RTL timed out after {max_cycles} cycles (the bound for this job)")
@@ -1043,8 +1269,10 @@ def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: 
         diffs.append("RTL: the off-chip memory model saw an out-of-range access (range_error)")
     if rtl.error != s_err:
         diffs.append(f"error: RTL {rtl.error.name}, IsaSim {Err(s_err).name}")
-    if s_err != Err.NONE and rtl.error_pc != s_pc:
+    if (s_err != Err.NONE or rtl.error != Err.NONE) and rtl.error_pc != s_pc:
         diffs.append(f"error_pc: RTL {rtl.error_pc}, IsaSim {s_pc}")
+        if rtl.error != Err.NONE:
+            marks.setdefault(rtl.error_pc, "R>")
     if rtl.pos != s_pos:
         diffs.append(f"pos: RTL {rtl.pos}, IsaSim {s_pos}")
     counters = (Counter.UOPS,) if prog.tainted else COMPARED
@@ -1065,40 +1293,31 @@ def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: 
         if bad.size:
             diffs.append(f"abort: {bad.size} off-chip bytes changed outside the program's "
                          f"STORE destinations")
-            diffs += _bytes_diff(p, lay, got, before, bad, places, "before")
+            diffs += _bytes_diff(p, lay, prog, got, before, bad, places, "before", marks)
         wrong = np.flatnonzero(changed & (cover == 1) & (got != sim.offchip))
         if wrong.size:
             diffs.append(f"abort: {wrong.size} off-chip bytes written with values IsaSim's "
                          f"complete STOREs do not have")
-            diffs += _bytes_diff(p, lay, got, sim.offchip, wrong, places, "IsaSim")
+            diffs += _bytes_diff(p, lay, prog, got, sim.offchip, wrong, places, "IsaSim",
+                                 marks)
     else:
         bad = np.flatnonzero(got != sim.offchip)
         if bad.size:
             diffs.append(f"off-chip memory: {bad.size} bytes differ")
-            diffs += _bytes_diff(p, lay, got, sim.offchip, bad, places, "IsaSim")
+            diffs += _bytes_diff(p, lay, prog, got, sim.offchip, bad, places, "IsaSim", marks)
     return diffs
 
 
-def _bytes_diff(p, lay, got, ref, idx, places, ref_name, limit=6) -> list[str]:
-    B = p.offchip_bytes_per_cycle
-    out = []
-    words = np.unique(idx // B)
-    for w in words[:limit]:
-        a, b = w * B, (w + 1) * B
-        out.append(f"  bus word {w} ({_where(p, lay, int(w), places)}): "
-                   f"RTL {got[a:b].tobytes().hex()}, {ref_name} {ref[a:b].tobytes().hex()}")
-    if words.size > limit:
-        out.append(f"  ... {words.size - limit} more bus words")
-    return out
-
-
-def _pack_batches(programs: list[Program], lay: MemLayout) -> list[list[Program]]:
-    batches, cur, used = [], [], 0
+def _pack_batches(programs: list[Program], lay: MemLayout, jobs_per_run: int, reserve: int = 0
+                  ) -> list[list[Program]]:
+    """Consecutive programs per memory image: as many as its program area holds (less
+    ``reserve`` bus words), at most ``jobs_per_run``."""
+    batches, cur, used = [], [], reserve
     for prog in programs:
         need = len(prog.words) * lay.uop_bus if prog.placed else 0
-        if cur and used + need > lay.prog_words:
+        if cur and (used + need > lay.prog_words or len(cur) >= jobs_per_run):
             batches.append(cur)
-            cur, used = [], 0
+            cur, used = [], reserve
         cur.append(prog)
         used += need
     if cur:
@@ -1106,37 +1325,63 @@ def _pack_batches(programs: list[Program], lay: MemLayout) -> list[list[Program]
     return batches
 
 
+def _sync_from_dumps(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim) -> bool:
+    """After a mismatching job that ran to its final STOREs: take the chip's buffer words from
+    its dumps into IsaSim, so later jobs are compared on equal state. True if the dumps cover
+    every word the program wrote."""
+    if rtl.error != Err.NONE or prog.expect != Err.NONE or not prog.dumped:
+        return False
+    B = p.offchip_bytes_per_cycle
+    for buf, lo, hi in prog.dumped:
+        bpw = bus_words_per(p, buf)
+        a = (lay.dump[buf] + lo * bpw) * B
+        sim.bufs[buf][lo:hi] = sim._from_bus(buf, rtl.offchip[a:a + (hi - lo) * bpw * B])
+    return all(any(b == buf and lo <= wlo and whi <= hi for b, lo, hi in prog.dumped)
+               for buf, (wlo, whi) in prog.writes.items())
+
+
 def run_campaign(p: ChipParams, seed: int, n_valid: int, n_illegal: int, *,
-                 name: str | None = None, log=print, replay: str = "") -> CampaignReport:
+                 name: str | None = None, log=print, replay: str = "",
+                 jobs_per_run: int = 60, twins: float = 0.1) -> CampaignReport:
     """Generate a campaign (:func:`make_programs`), run it on the RTL and compare with IsaSim
     (:func:`run_programs`)."""
     t0 = time.perf_counter()
-    programs = make_programs(p, seed, n_valid, n_illegal)
+    programs = make_programs(p, seed, n_valid, n_illegal, twins=twins)
     t_gen = time.perf_counter() - t0
-    rep = run_programs(p, programs, seed, name=name, log=log, replay=replay)
+    rep = run_programs(p, programs, seed, name=name, log=log, replay=replay,
+                       jobs_per_run=jobs_per_run)
     rep.t_gen += t_gen
     rep.programs = n_valid + n_illegal
     return rep
 
 
 def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str | None = None,
-                 log=print, replay: str = "") -> CampaignReport:
-    """Lay ``programs`` out in memory images (random bytes from ``seed``; as many programs per
-    image as its program area holds), run each image's programs as jobs of one
-    :func:`sim.chip_rtl.run_jobs` call, and compare every job with IsaSim."""
+                 log=print, replay: str = "", jobs_per_run: int = 60) -> CampaignReport:
+    """Lay ``programs`` out in memory images (random bytes from ``seed`` and the run's
+    number; as many programs per image as its program area holds, at most ``jobs_per_run``),
+    run each image's programs as jobs of one :func:`sim.chip_rtl.run_jobs` call, and compare
+    every job with IsaSim (one instance per image, its state carried from job to job as the
+    chip's buffers are). ``log`` gets a progress line per run and every mismatch."""
     from sim.chip_rtl import Job, run_jobs
     from sim.isa_sim import IsaSim
 
     rep = CampaignReport(seed, p)
     t0 = time.perf_counter()
     lay = mem_layout(p)
-    batches = _pack_batches(programs, lay)
+    # every run starts with the buffers loaded whole from its image (random and tame words)
+    where = {id(prog): i for i, prog in enumerate(programs)}  # twin_of: a list position
+    reserve = (len(Buf) + 1) * lay.uop_bus
+    batches = _pack_batches(programs, lay, jobs_per_run, reserve)
+    batches = [[gen_resync(p, lay, seed, _RUN_INDEX + bi), *batch]
+               for bi, batch in enumerate(batches)]
     rep.t_gen = time.perf_counter() - t0
-    rep.programs = sum(prog.kind != "resync" for prog in programs)
+    rep.programs = sum(prog.kind != "resync" and prog.twin_of is None for prog in programs)
     B = p.offchip_bytes_per_cycle
+    cycles_at = {}
+    t_start = time.perf_counter()
     for bi, batch in enumerate(batches):
         t0 = time.perf_counter()
-        image = _rng(seed, bi, 4).integers(0, 256, p.offchip_kib * 1024, dtype=np.uint8)
+        image = make_image(p, lay, seed, bi)
         jobs, places, addr = [], {}, lay.prog_base
         for ji, prog in enumerate(batch):
             if prog.placed:
@@ -1154,20 +1399,41 @@ def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str
         rep.t_gen += time.perf_counter() - t0
         t0 = time.perf_counter()
         results = run_jobs(p, image, jobs, name=name)
-        rep.t_rtl += time.perf_counter() - t0
+        t_run = time.perf_counter() - t0
+        rep.t_rtl += t_run
         t0 = time.perf_counter()
         sim = IsaSim(p, offchip=image)
         dirty = False
+        run_cycles, run_bad = 0, 0
         for ji, (prog, res, job) in enumerate(zip(batch, results, jobs, strict=True)):
             rep.jobs += 1
-            k = prog.kind + (" (abort)" if prog.tainted else "")
+            k = prog.kind + (" (abort)" if prog.tainted else "") + \
+                (" (jitter twin)" if prog.twin_of is not None else "")
             rep.by_kind[k] = rep.by_kind.get(k, 0) + 1
-            rep.cycles += res.counters.get(Counter.CYCLES, 0)
+            if prog.kind == "illegal":
+                ik = prog.note.split(":")[0]
+                rep.illegal[ik] = rep.illegal.get(ik, 0) + 1
+            cyc = res.counters.get(Counter.CYCLES, 0)
+            rep.cycles += cyc
+            run_cycles += cyc
+            rep.ops += res.counters.get(Counter.UOPS, 0)
+            rep.worst_budget = max(rep.worst_budget, cyc / job.max_cycles)
             before = sim.offchip.copy()
-            diffs = compare_job(p, lay, prog, res, sim, before, job.max_cycles, places)
+            marks: dict = {}
+            diffs = compare_job(p, lay, prog, res, sim, before, job.max_cycles, places, marks)
+            if id(prog) in where:
+                cycles_at[where[id(prog)]] = (cyc, prog.stalls)
+            if prog.twin_of is not None and prog.twin_of in cycles_at:
+                other = cycles_at[prog.twin_of][0]
+                quiet, stalled = (other, cyc) if prog.stalls else (cyc, other)
+                rep.twins.append((prog.index, quiet, stalled))
+                if stalled <= quiet and not res.timed_out:
+                    diffs.append(f"jitter twin: {stalled} cycles with memory stalls, "
+                                 f"{quiet} without (the stalls were not applied?)")
             if prog.tainted:  # IsaSim completed what the chip dropped: take the chip's memory
                 sim.offchip[:] = res.offchip
             if diffs:
+                run_bad += 1
                 m = Mismatch(seed, bi, ji, prog.index, prog.kind, dirty, diffs)
                 hdr = (f"MISMATCH seed {seed} run {bi} job {ji} (program {prog.index}, "
                        f"{prog.kind}{', abort' if prog.tainted else ''}"
@@ -1176,20 +1442,25 @@ def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str
                        f"  job: prog_addr {job.prog_addr} prog_len {job.prog_len} pos_init "
                        f"{job.pos_init} mem interval/jitter/max/seed {prog.mem} "
                        f"max_cycles {job.max_cycles}; RTL {res.error.name} pc {res.error_pc} "
-                       f"cycles {res.counters.get(Counter.CYCLES)}\n")
+                       f"cycles {cyc}\n")
                 body = "\n".join("  " + d for d in diffs)
-                listing = format_program(prog.words[:400], mark=prog.expect_pc
-                                         if prog.expect else None) if prog.placed else \
+                legend = ("  program (>> the failing op or the last writer of a differing "
+                          "word, S> its STORE, R> the RTL's error_pc, I> IsaSim's):\n")
+                listing = format_program(prog.words, marks) if prog.placed else \
                     f"  ({prog.length} micro-ops, not placed)"
-                m.text = hdr + body + "\n  program:\n" + listing + (
+                m.text = hdr + body + "\n" + legend + listing + (
                     f"\n  replay: {replay}" if replay else "")
                 rep.mismatches.append(m)
                 log(m.text)
-                # keep comparing: take the chip's memory, buffers stay suspect until a resync
+                # keep comparing: take the chip's memory (and the buffers it dumped)
                 sim.offchip[:] = res.offchip
-                dirty = True
-            if prog.kind == "resync":
+                if not (not prog.tainted and _sync_from_dumps(p, lay, prog, res, sim)):
+                    dirty = True
+            if prog.kind == "resync" and prog.resync_all:
                 dirty = False
         rep.batches += 1
         rep.t_sim += time.perf_counter() - t0
+        log(f"run {bi + 1}/{len(batches)}: {len(batch)} jobs, {run_cycles} cycles in "
+            f"{t_run:.1f} s, {run_bad} mismatching; total {rep.jobs} jobs, "
+            f"{len(rep.mismatches)} mismatching, {time.perf_counter() - t_start:.0f} s")
     return rep
