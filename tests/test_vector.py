@@ -80,7 +80,8 @@ def simulate(dut, feeds: dict, drains: dict, stall: float = 0.0, seed: int = 0,
              max_cycles: int = 200_000):
     """Run ``dut``: for each input port name in ``feeds`` push its payloads (dicts for
     :func:`pack`) in order, with valid dropped for random cycles (probability ``stall``); for
-    each output port in ``drains`` collect that many payloads, with ready dropped likewise.
+    each output port in ``drains`` collect that many payloads, with ready dropped likewise;
+    then ``busy`` must have dropped.
     Returns ({port: [unpacked payloads]}, {port: [cycle of each transfer]})."""
     prng = np.random.default_rng(seed)
     got = {name: [] for name in drains}
@@ -125,6 +126,9 @@ def simulate(dut, feeds: dict, drains: dict, stall: float = 0.0, seed: int = 0,
                     got[name].append(unpack(layout, bits))
                     when[name].append(cycle - 1)
             ctx.set(port.ready, 0)
+            if len(drains) == 1 and hasattr(dut, "busy"):  # idle once the last beat left
+                await ctx.tick().repeat(2)
+                assert not ctx.get(dut.busy), f"{type(dut).__name__} still busy"
         return tb
 
     sim = Simulator(dut)
@@ -482,10 +486,10 @@ def test_norm(rng, stall, lanes):
 
 
 def test_norm_throughput(rng):
-    """Rows of at least MIN_FULL_RATE_BEATS beats stream back to back at one beat per cycle
-    (D = 384, MiniLM's LayerNorm); shorter rows are still exact."""
+    """Rows of MIN_FULL_RATE_BEATS beats (18: D = 288; MiniLM's D = 384 is 24) stream back to
+    back at one beat per cycle, LayerNorm and RMSNorm alternating; the latency is as stated."""
     dut = Normalizer(P, max_beats=32)
-    nb = max(dut.MIN_FULL_RATE_BEATS, 24)
+    nb = dut.MIN_FULL_RATE_BEATS
     cases = [(rng.integers(-(1 << 24), 1 << 24, nb * L), to_q16(rng.normal(1, .1, nb * L)),
               to_q16(rng.normal(0, 1, nb * L)), 42950, k % 2) for k in range(5)]
     _, outs, when = _run_norm(rng, cases, 0.0, dut=dut)
@@ -579,6 +583,8 @@ def test_softmax_every_exponent(rng):
 
 
 def test_softmax_throughput(rng):
+    """Rows of MIN_FULL_RATE_BEATS beats back to back at one beat per cycle; latency as
+    stated."""
     dut = Softmax(P, max_beats=32)
     nb = dut.MIN_FULL_RATE_BEATS
     cases = [(rng.integers(-(1 << 20), 1 << 20, nb * L), int(rng.integers(1, nb * L + 1)))
@@ -589,3 +595,47 @@ def test_softmax_throughput(rng):
     assert np.all(np.diff(ti) == 1), np.diff(ti)
     assert np.all(np.diff(to) == 1), np.diff(to)
     assert to[0] - ti[nb - 1] == dut.latency(nb), (to[0] - ti[nb - 1], dut.latency(nb))
+
+
+# -- long sweeps (make test-slow) ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pwl_every_input_in_range(rng):
+    """Every input inside both tables' ranges (3.1 M values), GELU and SiLU·mul."""
+    beats = []
+    for fn, table in ((PwlFn.GELU, gelu_table()), (PwlFn.SILU_MUL, silu_table())):
+        for x in _beats(np.arange(table.lo, table.hi)):
+            beats.append((fn, x))
+    up = rng.integers(I32_MIN, I32_MAX, (len(beats), L))
+    got, _ = simulate(PwlUnit(P), {"i_beat": [{"fn": fn.value, "x": x, "up": u}
+                                              for (fn, x), u in zip(beats, up, strict=True)]},
+                      {"o_beat": len(beats)}, max_cycles=1 << 24)
+    out = lanes_of(got["o_beat"])
+    for fn in PwlFn:
+        sel = np.array([f == fn for f, _ in beats])
+        x = np.array([b for _, b in beats])[sel]
+        want = G.gelu(x) if fn == PwlFn.GELU else G.silu_mul(x, up[sel])
+        assert np.array_equal(out[sel], want), fn
+
+
+@pytest.mark.slow
+def test_rows_soak(rng):
+    """Many random rows of random lengths (1 .. capacity) and magnitudes through the three
+    row units, with stalls."""
+    def row(n):
+        mag = np.repeat(2.0 ** rng.uniform(0, 30, -(-n // 16)), 16)[:n]
+        return np.round(rng.normal(size=n) * mag).clip(I32_MIN, I32_MAX).astype(np.int64)
+
+    lengths = rng.integers(1, 32 * L + 1, 150)
+    q_cases = [(row(n), int(rng.integers(2)), int(rng.integers(2))) for n in lengths]
+    _, outs, _ = _run_quant(rng, q_cases, 0.2)
+    _check_quant(q_cases, outs)
+    n_cases = [(row(n), to_q16(rng.normal(1, 0.3, n)), to_q16(rng.normal(0, 1, n)),
+                int(rng.choice([0, 42950, EPS_MAX])), int(rng.integers(2))) for n in lengths]
+    _, outs, _ = _run_norm(rng, n_cases, 0.2)
+    _check_norm(n_cases, outs)
+    s_cases = [(row(n) >> int(rng.integers(0, 16)), int(rng.integers(1, n + 1)))
+               for n in lengths]
+    _, outs, _ = _run_softmax(rng, s_cases, 0.2)
+    _check_softmax(s_cases, outs)

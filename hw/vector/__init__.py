@@ -8,7 +8,14 @@
 - :mod:`.common`: the free-running pipeline with credit-checked output FIFO they all use.
 
 Every component streams beats of ``ChipParams.vector_lanes`` lanes with valid/ready
-(``amaranth.lib.stream``) and is bit-exact with its ``sim.golden`` function.
+(``amaranth.lib.stream``) and is bit-exact with its ``sim.golden`` function. All take one beat
+per cycle; the row reductions do so with rows back to back (reductions pipelined across rows
+through row FIFOs), as long as a row has at least the serial divider's occupancy in beats
+(18 with 2 quotient bits per cycle) for norms and softmax.
+
+Standalone so far: the vector unit's controller (``VEC`` commands, buffer readers and
+writers, PRM constants, ``pos``) and its place in ``hw/chip.py`` are the next step. Row
+capacities (``max_beats``) are constructor arguments until ``ChipParams`` has a field for them.
 """
 
 from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope

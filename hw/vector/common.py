@@ -20,7 +20,8 @@ from amaranth.hdl import Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 
 __all__ = ["Pipe", "wide_lanes", "rshift_round_const", "saturate", "bitlen", "clamp",
-           "tree", "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
+           "tree", "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out",
+           "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
 
@@ -59,6 +60,23 @@ def bitlen(m, v, name: str):
         with m.If(v[i]):
             m.d.comb += out.eq(i + 1)
     return out
+
+
+def delay(m, sig, stages: int, name: str) -> list:
+    """``sig`` and its copies delayed by 1 .. ``stages`` cycles (index k: delayed k), to carry
+    a beat's side information along a pipeline."""
+    out = [sig]
+    for k in range(stages):
+        r = Signal.like(sig, name=f"{name}{k + 1}")
+        m.d.sync += r.eq(out[-1])
+        out.append(r)
+    return out
+
+
+def signed_bits(values) -> int:
+    """Smallest signed width holding every int of ``values`` (ROM fields sized to a table)."""
+    lo, hi = min(int(v) for v in values), max(int(v) for v in values)
+    return max(hi, -lo - 1).bit_length() + 1
 
 
 def tree(values, op):

@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..luts import gelu_table, silu_table
 from ..params import ChipParams
-from .common import Pipe, connect_out, rshift_round_const, saturate, wide_lanes
+from .common import Pipe, connect_out, rshift_round_const, saturate, signed_bits, wide_lanes
 
 __all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "pwl_in_layout", "rope_in_layout",
            "ROPE_TRIG_BITS"]
@@ -26,11 +26,6 @@ __all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "pwl_in_layout", "rope_in_
 #: cos/sin of RoPE are Q.F in [-1, 1] (``sw.quantize.rope_table``): F + 2 signed bits.
 ROPE_TRIG_BITS = 18
 
-
-def _signed_bits(values) -> int:
-    """Smallest signed width holding every value of ``values``."""
-    lo, hi = min(int(v) for v in values), max(int(v) for v in values)
-    return max(hi, -lo - 1).bit_length() + 1
 
 
 class ResidualAdd(wiring.Component):
@@ -125,8 +120,8 @@ class PwlUnit(wiring.Component):
             v = [int(x) for x in t.values]
             vals += v[:-1]
             rises += [b - a for a, b in zip(v[:-1], v[1:], strict=True)]
-        layout = data.StructLayout({"v": signed(_signed_bits(vals)),
-                                    "d": signed(_signed_bits(rises))})
+        layout = data.StructLayout({"v": signed(signed_bits(vals)),
+                                    "d": signed(signed_bits(rises))})
         init = [{"v": v, "d": d} for v, d in zip(vals, rises, strict=True)]
         return base, layout, init
 

@@ -34,6 +34,7 @@ from .common import (
     RowTracker,
     bitlen,
     connect_out,
+    delay,
     row_beat_layout,
     rshift_round_const,
     saturate,
@@ -64,14 +65,6 @@ def norm_param_layout(p: ChipParams) -> data.StructLayout:
     return data.StructLayout({"gamma": wide_lanes(p.vector_lanes),
                               "beta": wide_lanes(p.vector_lanes)})
 
-
-def _delay(m, sig, stages, name):
-    out = [sig]
-    for k in range(stages):
-        r = Signal.like(sig, name=f"{name}{k + 1}")
-        m.d.sync += r.eq(out[-1])
-        out.append(r)
-    return out
 
 
 class Normalizer(wiring.Component):
@@ -174,13 +167,13 @@ class Normalizer(wiring.Component):
                          l2[k].eq(tree([lo1[n] for n in lanes], mn))]
         s3, h3, l3 = Signal(signed(36)), Signal(signed(32)), Signal(signed(32))
         m.d.sync += [s3.eq(tree(s2, lambda a, b: a + b)), h3.eq(tree(h2, mx)), l3.eq(tree(l2, mn))]
-        first = _delay(m, pos1.first, 3, "p1_first")
-        beat_v = _delay(m, take1, 3, "p1_v")
+        first = delay(m, pos1.first, 3, "p1_first")
+        beat_v = delay(m, take1, 3, "p1_v")
         row_in = Signal(data.StructLayout({"count": unsigned(cb), "rms": 1,
                                            "eps": unsigned(EPS_BITS)}))
         m.d.comb += [row_in.count.eq(i.payload.count), row_in.rms.eq(i.payload.rms),
                      row_in.eps.eq(i.payload.eps_q32)]
-        row3 = _delay(m, row_in, 3, "p1_row")[3]
+        row3 = delay(m, row_in, 3, "p1_row")[3]
         st = stats.result
         with m.If(beat_v[3]):
             m.d.sync += [st.sum.eq(Mux(first[3], s3, st.sum + s3)),
@@ -254,13 +247,13 @@ class Normalizer(wiring.Component):
                                        lambda a, b: a + b))
         bs4 = Signal(unsigned(35))
         m.d.sync += bs4.eq(tree(qs3, lambda a, b: a + b))
-        first2 = _delay(m, pos2.first, 4, "p2_first")
-        v2 = _delay(m, take2, 4, "p2_v")
+        first2 = delay(m, pos2.first, 4, "p2_first")
+        v2 = delay(m, take2, 4, "p2_v")
         par_in = Signal(data.StructLayout({"sh": signed(6), "count": unsigned(cb),
                                            "eps": unsigned(EPS_BITS)}))
         m.d.comb += [par_in.sh.eq(sh), par_in.count.eq(r2.payload.count),
                      par_in.eps.eq(r2.payload.eps)]
-        par4 = _delay(m, par_in, 4, "p2_par")[4]
+        par4 = delay(m, par_in, 4, "p2_par")[4]
         sr = ssq.result
         with m.If(v2[4]):
             m.d.sync += [sr.ssq.eq(Mux(first2[4], bs4, sr.ssq + bs4)), sr.sh.eq(par4.sh),
@@ -307,10 +300,10 @@ class Normalizer(wiring.Component):
                      cb_.ready.eq(take3), gb.ready.eq(take3),
                      r3.ready.eq(take3 & cb_.payload.last), out.take.eq(take3)]
         inv = r3.payload.inv
-        last = _delay(m, cb_.payload.last, self.P3_STAGES - 1, "p3_last")[-1]
-        rms = _delay(m, cb_.payload.rms, self.P3_STAGES - 1, "p3_rms")[-1]
-        gamma = _delay(m, gb.payload.gamma, 2, "p3_gamma")[2]
-        beta = _delay(m, gb.payload.beta, 3, "p3_beta")[3]
+        last = delay(m, cb_.payload.last, self.P3_STAGES - 1, "p3_last")[-1]
+        rms = delay(m, cb_.payload.rms, self.P3_STAGES - 1, "p3_rms")[-1]
+        gamma = delay(m, gb.payload.gamma, 2, "p3_gamma")[2]
+        beta = delay(m, gb.payload.beta, 3, "p3_beta")[3]
         for n in range(L):
             pr1 = Signal(signed(42), name=f"csinv{n}")
             n2 = Signal(signed(27), name=f"n{n}")

@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import ChipParams
-from .common import Pipe, RowTracker, bitlen, clamp, connect_out, row_beat_layout, tree
+from .common import Pipe, RowTracker, bitlen, clamp, connect_out, delay, row_beat_layout, tree
 
 __all__ = ["Quantizer", "quant_in_layout", "quant_out_layout"]
 
@@ -139,19 +139,11 @@ class Quantizer(wiring.Component):
             m.d.sync += [rows.result.data[n].eq(x), mag1[n].eq(Mux(x < 0, -x, x))]
         m.d.sync += rows.result.last.eq(i.payload.last)
 
-        def delay(sig, stages, name):
-            out = [sig]
-            for k in range(stages):
-                r = Signal.like(sig, name=f"{name}{k + 1}")
-                m.d.sync += r.eq(out[-1])
-                out.append(r)
-            return out
-
-        first = delay(pos.first, 3, "first")
-        gfirst = delay(gbeat == 0, 3, "gfirst")
-        a15 = delay(i.payload.a15, 4, "a15")
-        per_row = delay(i.payload.per_row, 4, "per_row")
-        beat_v = delay(take, 3, "beat_v")
+        first = delay(m, pos.first, 3, "first")
+        gfirst = delay(m, gbeat == 0, 3, "gfirst")
+        a15 = delay(m, i.payload.a15, 4, "a15")
+        per_row = delay(m, i.payload.per_row, 4, "per_row")
+        beat_v = delay(m, take, 3, "beat_v")
 
         # stages 1 -> 2 -> 3: the beat's largest magnitude (a max tree, two levels per stage)
         quads = [tree([mag1[n] for n in range(q, min(q + 4, L))],

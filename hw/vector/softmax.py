@@ -24,7 +24,16 @@ from amaranth.lib.wiring import In, Out
 
 from ..luts import exp2_table
 from ..params import ChipParams
-from .common import Pipe, RowTracker, connect_out, row_beat_layout, rshift_round_const, tree
+from .common import (
+    Pipe,
+    RowTracker,
+    connect_out,
+    delay,
+    row_beat_layout,
+    rshift_round_const,
+    signed_bits,
+    tree,
+)
 from .serial import SerialDivider
 
 __all__ = ["Softmax", "softmax_in_layout", "MAX_S", "LOG2E_SHIFT", "LOG2E"]
@@ -42,18 +51,6 @@ def softmax_in_layout(p: ChipParams) -> data.StructLayout:
     return row_beat_layout(p.vector_lanes, {"visible": unsigned(MAX_S.bit_length())})
 
 
-def _delay(m, sig, stages, name):
-    out = [sig]
-    for k in range(stages):
-        r = Signal.like(sig, name=f"{name}{k + 1}")
-        m.d.sync += r.eq(out[-1])
-        out.append(r)
-    return out
-
-
-def _signed_bits(values) -> int:
-    lo, hi = min(int(v) for v in values), max(int(v) for v in values)
-    return max(hi, -lo - 1).bit_length() + 1
 
 
 class Softmax(wiring.Component):
@@ -90,7 +87,7 @@ class Softmax(wiring.Component):
 
     def latency(self, beats: int) -> int:
         """Cycles from the last input beat of a row of ``beats`` beats to its first output
-        beat, with the divider idle and the consumer ready (``beats + 38`` with ``steps`` = 2)."""
+        beat, with the divider idle and the consumer ready (``beats + 40`` with ``steps`` = 2)."""
         f = Pipe.FIFO_LATENCY
         div = -(-32 // self.steps) + 1
         return (self.P1_STAGES + f) + (beats - 1) + (self.P2_SUM_STAGES + f) + div + (1 + f) \
@@ -131,9 +128,9 @@ class Softmax(wiring.Component):
             m.d.sync += h2[k].eq(tree([hi1[n] for n in range(q, min(q + 4, L))], mx))
         h3 = Signal(signed(32))
         m.d.sync += h3.eq(tree(h2, mx))
-        first = _delay(m, pos1.first, 3, "p1_first")[3]
-        v3 = _delay(m, take1, 3, "p1_v")[3]
-        vis3 = _delay(m, i.payload.visible, 3, "p1_vis")[3]
+        first = delay(m, pos1.first, 3, "p1_first")[3]
+        v3 = delay(m, take1, 3, "p1_v")[3]
+        vis3 = delay(m, i.payload.visible, 3, "p1_vis")[3]
         with m.If(v3):
             m.d.sync += [rows.result.max.eq(Mux(first | (h3 > rows.result.max), h3,
                                                 rows.result.max)),
@@ -152,17 +149,17 @@ class Softmax(wiring.Component):
         m.d.comb += [take2.eq(xa.valid & ra.valid & credit2), xa.ready.eq(take2),
                      ra.ready.eq(take2 & xa.payload.last), beats_b.take.eq(take2),
                      sums.take.eq(take2 & xa.payload.last)]
-        last2 = _delay(m, xa.payload.last, self.P2_E_STAGES - 1, "p2_last")[-1]
+        last2 = delay(m, xa.payload.last, self.P2_E_STAGES - 1, "p2_last")[-1]
         m.d.sync += beats_b.result.last.eq(last2)
 
         tab = [int(t) for t in exp2_table(num)]
         rises = [b - a for a, b in zip(tab[:-1], tab[1:], strict=True)]
         rom_l = data.StructLayout({"e0": unsigned(max(tab).bit_length()),
-                                   "d": signed(_signed_bits(rises))})
+                                   "d": signed(signed_bits(rises))})
         init = [{"e0": a, "d": d} for a, d in zip(tab[:-1], rises, strict=True)]
         for n in range(L):
             live = pos2.index * L + n < ra.payload.visible
-            lv = _delay(m, live, 5, f"live{n}_")
+            lv = delay(m, live, 5, f"live{n}_")
             # stage 0 -> 1: -z = max - s, clamped to [0, 2**31 - 1] (masked keys may exceed
             # the max; their e is dropped)
             d0 = Signal(signed(34), name=f"negz{n}")
@@ -202,8 +199,8 @@ class Softmax(wiring.Component):
                                        lambda a, b: a + b))
         bs8 = Signal(unsigned(e_bits + (L - 1).bit_length()))
         m.d.sync += bs8.eq(tree(qs7, lambda a, b: a + b))
-        first8 = _delay(m, pos2.first, 8, "p2_first")[8]
-        v8 = _delay(m, take2, 8, "p2_v")[8]
+        first8 = delay(m, pos2.first, 8, "p2_first")[8]
+        v8 = delay(m, take2, 8, "p2_v")[8]
         with m.If(v8):
             m.d.sync += sums.result.sum.eq(Mux(first8, bs8, sums.result.sum + bs8))
 
@@ -221,7 +218,7 @@ class Softmax(wiring.Component):
         take3 = Signal()
         m.d.comb += [take3.eq(eb.valid & r3.valid & out.credit), eb.ready.eq(take3),
                      r3.ready.eq(take3 & eb.payload.last), out.take.eq(take3)]
-        last3 = _delay(m, eb.payload.last, 1, "p3_last")[1]
+        last3 = delay(m, eb.payload.last, 1, "p3_last")[1]
         for n in range(L):
             pr = Signal(unsigned(e_bits + 32), name=f"erecip{n}")
             m.d.sync += [pr.eq(eb.payload.e[n] * r3.payload.recip),
