@@ -273,7 +273,7 @@ class IsaSim:
             self._restart()
             self._boot_fail = True
             return
-        raw = self.read_offchip(prog_addr, prog_len * per).reshape(prog_len, -1)
+        raw = self.read_offchip(prog_addr, prog_len * per).reshape(prog_len, per * self.bus_bytes)
         self.load_program(raw[:, : word_bytes(INSTR)])
 
     def _restart(self):
