@@ -11,7 +11,7 @@ export OMP_NUM_THREADS      := 1
 # Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
 export AMARANTH_USE_YOSYS   := builtin
 
-.PHONY: install test test-slow lint accuracy synth clean help
+.PHONY: install test test-slow lint accuracy synth synth-chip clean help
 
 help:
 	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
@@ -21,6 +21,8 @@ help:
 	@echo "make lint       ruff check"
 	@echo "make synth      FPGA build of the grid, prints Fmax and utilization"
 	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker; ULX3S: ~10 min)"
+	@echo "make synth-chip FPGA build of the whole chip (no vector unit), same report"
+	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~25 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +48,14 @@ accuracy:
 lint:
 	$(BIN)/ruff check .
 
-# The FPGA board the `synth` target builds the grid for (scripts/synth.py --help).
+# The FPGA board the `synth` targets build for (scripts/synth.py --help).
 BOARD ?= ulx3s-85f
 
 synth:
 	$(PY) scripts/synth.py --board $(BOARD)
+
+synth-chip:
+	$(PY) scripts/synth.py --board $(BOARD) --design chip
 
 clean:
 	rm -rf build

@@ -1,30 +1,75 @@
-"""A board top for synthesis: the systolic grid fed by LFSRs, its outputs folded onto the LEDs.
+"""Board tops for synthesis: the systolic grid, or the whole chip, driven by LFSRs, every
+output folded onto the LEDs.
 
-Purpose: measure what the grid costs on an FPGA (Fmax, LUTs, FFs, DSPs, EBRs) with nothing
-optimized away, without the rest of the chip. ``scripts/synth.py`` builds it.
+Purpose: measure what the design costs on an FPGA (Fmax, LUTs, FFs, DSPs, EBRs) with nothing
+optimized away. ``scripts/synth.py`` builds them (``--design grid``, the default, or
+``--design chip``).
 
-- Every field of ``w_row`` and ``a_row`` comes from its own 32-bit LFSR (own seed), and so do
-  the ``valid`` bits and ``o_row.ready``: all three streams stall at random. A stream's LFSRs
-  step only when nothing is offered or the offer is taken, so a payload holds while ``valid``
-  waits for ``ready`` (the stream rule).
-- Every bit of ``o_row.payload`` goes into a 32-bit multiple-input signature register (MISR):
-  the payload is XOR-folded to 32 bits and registered, then the MISR shifts it in. Its parity
-  (registered) drives LED 0, so every PE, every psum bit and the FIFO are in the fan-in of a pin
-  and synthesis can drop none of them. The other LEDs show further signatures (see
-  :data:`LED_SIGNALS`).
+Shared by both tops (:class:`_BoardTop`):
+
+- Stimulus from 32-bit Galois LFSRs (:class:`Lfsr`), each with its own seed. A stream driven
+  by LFSRs steps them only when nothing is offered or the offer is taken, so a payload holds
+  while ``valid`` waits for ``ready`` (the stream rule).
+- Outputs go into 32-bit multiple-input signature registers (MISR, :func:`_signature`): the
+  value is XOR-folded to 32 bits and registered, then the MISR shifts it in. The LEDs show
+  the MISRs' parity and further status bits, so everything that feeds a MISR is in the fan-in
+  of a pin and synthesis can drop none of it.
 - Clock: the board's default clock. On ECP5 boards whose clock differs from
-  ``params.clock_mhz`` an EHXPLLL makes the grid clock (ULX3S: 25 -> 100 MHz; OrangeCrab:
+  ``params.clock_mhz`` an EHXPLLL makes the design clock (ULX3S: 25 -> 100 MHz; OrangeCrab:
   48 -> 100 MHz); nextpnr derives the output frequency from the PLL dividers and the input pin
   constraint, so it reports Fmax against ``params.clock_mhz``. ECPIX-5 (100 MHz) and iCEBreaker
-  (12 MHz) run the grid on the board clock directly.
+  (12 MHz) run on the board clock directly.
 - Without a platform (``amaranth.sim``) there is no PLL and no pin: the LED values are the
   ``leds`` signal.
+
+:class:`GridBoardTop`: the grid alone (:data:`LED_SIGNALS`). Every field of ``w_row`` and
+``a_row`` comes from its own LFSR, and so do the ``valid`` bits and ``o_row.ready``: all three
+streams stall at random. Every bit of ``o_row.payload`` goes into the output MISR.
+
+:class:`ChipBoardTop`: the whole chip (:class:`hw.chip.Chip`: buffers, boot loader,
+sequencer, LOAD/STORE DMA, GEMM engine with the grid, KV engine; no vector unit yet;
+:data:`CHIP_LED_SIGNALS`).
+
+- Host: ``start`` is a one-cycle pulse (from a register) 16 cycles after the chip went idle,
+  so runs follow each other. ``prog_addr``, ``prog_len`` and ``pos_init`` come from LFSRs
+  that step on every start: mostly a short program (4..19 micro-ops) at a low address and a
+  small ``pos``; one run in 16 takes full-width random values (usually ``Err.PROG_LOAD``).
+- Off-chip bus (:class:`hw.bus.BusSignature`): an LFSR-driven responder. ``rd_addr`` is
+  accepted at random (3 in 4 cycles) while its 8-entry FIFO has room; every accepted address
+  gets exactly one response, in order, from a registered output stage that is loaded at
+  random (3 in 4 cycles) when the FIFO has an address and the stage is free or taken. Read
+  data come from LFSRs. Reads inside the current program (``prog_addr`` ..
+  ``prog_addr + prog_len * ceil(128 / bus_bits) - 1``) are *shaped* micro-op words when a
+  micro-op takes a power-of-two number of bus words: an opcode drawn from
+  :data:`PROGRAM_OPS` (LOAD, STORE, GEMM, KV_APPEND, WAIT, SETPOS, NOP, HALT) and random
+  argument fields cut to a few low bits (:data:`FIELD_MASKS`: small addresses, lengths and
+  strides), so many micro-ops pass the units' checks and the chip really loads, stores,
+  multiplies and appends; one micro-op in 16 stays fully random (mostly
+  ``Err.ILLEGAL_OP``), so every bit of the micro-op memory is live. ``wr`` is accepted at
+  random (3 in 4 cycles).
+- Signatures: every accepted write (address and data) into ``wr_misr``; every read address
+  (as it leaves the FIFO) into ``rd_misr``; every cycle ``running``, ``done``, ``error``,
+  ``error_pc``, ``pos`` and all counters into ``status_misr``. LED 0 is the parity of the
+  three.
+
+Chip synthesis configuration (:attr:`Board.chip_params`, :data:`CHIP_85F`): the default
+``ChipParams`` buffers need about 450 EBR (18 Kbit DP16KD) on ECP5, the 85F has 208. Yosys
+maps each memory to DP16KD blocks (512 x 36 / 1 K x 18 / 2 K x 9 / ...) and replicates the
+whole memory per read port (the chip has 2 on WGT and PRM, 3 on ACT and KV, 1 on ACC and the
+micro-op memory; the group scaler's accumulator is one more 1024-bit-wide memory). Words wider
+than 36 bits cost a block per 36 bits however shallow the memory is (PRM: 640 bits, ACC:
+512 bits, the accumulator: 1024 bits), so only the deep buffers can shrink. :data:`CHIP_85F`
+keeps the 16 x 16 W4A8 grid, ``prm_entries`` and ``acc_entries`` (256, one block deep) and
+cuts WGT, ACT, ACC and KV to 16 KiB each and the micro-op memory to 1024 entries: 152 EBR
+measured (73 %), leaving room for the vector unit's buffers (README, "FPGA builds").
 """
 
+import math
 from dataclasses import dataclass
 
 from amaranth.build import ResourceError
 from amaranth.hdl import (
+    Array,
     Cat,
     ClockDomain,
     ClockSignal,
@@ -32,41 +77,66 @@ from amaranth.hdl import (
     Elaboratable,
     Instance,
     Module,
+    Mux,
     Signal,
 )
-from amaranth.lib import io
+from amaranth.lib import data, fifo, io
 from amaranth_boards.ecpix5 import ECPIX585Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from .chip import Chip
 from .grid import SystolicArray
+from .isa import ARGS, INSTR_BITS, OP_ARGS, OP_BITS, Op, bus_bits
 from .params import ChipParams
 
-__all__ = ["Board", "BOARDS", "Lfsr", "GridBoardTop", "ecp5_pll_dividers", "LED_SIGNALS"]
+__all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop",
+           "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
+           "FIELD_MASKS", "FIELD_SET"]
+
+#: The whole chip on an 85k-LUT ECP5 (208 EBR): the default chip with smaller deep buffers
+#: (module docstring).
+CHIP_85F = ChipParams(weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16, kv_sram_kib=16,
+                      uop_depth=1024)
 
 
 @dataclass(frozen=True)
 class Board:
-    """A board the grid is built for: its platform class, FPGA family and default grid."""
+    """A board the design is built for: its platform class, FPGA family, the default grid
+    (``params``) and the whole-chip configuration (``chip_params``; ``None`` if the chip does
+    not fit the board)."""
 
     name: str
     platform: type
     family: str  # "ecp5" or "ice40"
     params: ChipParams
+    chip_params: ChipParams | None = None
 
 
 BOARDS = {b.name: b for b in [
-    Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams()),
-    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams()),
-    Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams()),
+    Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams(), CHIP_85F),
+    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(), CHIP_85F),
+    Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F),
     # UP5K: 8 SB_MAC16, 5280 LCs; a 2 x 4 grid (4 PEs) fits, on the 12 MHz board clock.
+    # The chip does not (30 4-Kbit EBRs).
     Board("icebreaker", ICEBreakerPlatform, "ice40", ChipParams(rows=2, cols=4, clock_mhz=12)),
 ]}
 
 # What each LED shows, in order (a board with fewer LEDs shows the first ones).
 LED_SIGNALS = ["out_parity", "heartbeat", "busy", "locked", "misr_msb", "a_rows_msb",
                "w_rows_msb", "o_rows_msb"]
+CHIP_LED_SIGNALS = ["sig_parity", "heartbeat", "running", "locked", "error", "wr_misr_msb",
+                    "status_misr_msb", "starts_msb"]
+
+#: Opcodes of shaped program words (ChipBoardTop), drawn uniformly from these 16 entries.
+PROGRAM_OPS = ((Op.LOAD,) * 3 + (Op.STORE,) * 3 + (Op.GEMM,) * 3 + (Op.KV_APPEND,) * 2
+               + (Op.WAIT,) * 2 + (Op.SETPOS, Op.NOP, Op.HALT))
+#: Bits kept of each argument field in shaped program words; other fields keep their low
+#: 3 bits, or all of them if at most 4 bits wide (enums, WAIT's count).
+FIELD_MASKS = {"off": 0xFF, "d": 0x30, "cap": 0x3F, "k_tiles": 0x3, "n_tiles": 0x3}
+#: Bits set in each argument field of shaped program words (lengths at least 1).
+FIELD_SET = {"words": 1, "t_len": 1, "k_tiles": 1, "n_tiles": 1, "d": 0x10}
 
 
 class Lfsr(Elaboratable):
@@ -83,10 +153,15 @@ class Lfsr(Elaboratable):
         self.value = Signal(32, init=seed)
         self.en = Signal(init=1)
 
+    @classmethod
+    def step(cls, value):
+        """The next state of a 32-bit value (an expression)."""
+        return (value >> 1) ^ (value[0].replicate(32) & cls.TAPS)
+
     def elaborate(self, platform):
         m = Module()
         step = Signal(32)
-        m.d.comb += step.eq((self.value >> 1) ^ (self.value[0].replicate(32) & self.TAPS))
+        m.d.comb += step.eq(self.step(self.value))
         with m.If(self.en):
             m.d.sync += self.value.eq(step)
         return m
@@ -122,33 +197,34 @@ def ecp5_pll_dividers(f_in_mhz: float, f_out_mhz: float) -> dict:
             "CLKOP_CPHASE": (outdiv - 1) // 2, "f_out_mhz": fout}
 
 
-class GridBoardTop(Elaboratable):
-    """:class:`SystolicArray` (``params``) on ``board`` (a key of :data:`BOARDS`), LFSR-driven.
+class _BoardTop(Elaboratable):
+    """What the board tops share: the board, clocking, LFSR seeds, signatures, LED pins.
 
-    Attributes for simulation and tests: ``array`` (the grid), ``leds`` (LED values, in the
-    order of :data:`LED_SIGNALS`), ``misr`` (the output signature).
+    ``LED_NAMES``: what each LED shows, in order; ``leds`` their values.
     """
+
+    LED_NAMES: list = []
 
     def __init__(self, params: ChipParams, board: str):
         if board not in BOARDS:
             raise ValueError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
         self.params = params
         self.board = BOARDS[board]
-        self.array = SystolicArray(params)
-        self.leds = Signal(len(LED_SIGNALS))
-        self.misr = Signal(32)
+        self.leds = Signal(len(self.LED_NAMES))
 
     # -- clocking ---------------------------------------------------------------------------
 
     def _clock(self, m, platform) -> Signal:
         """Make the ``sync`` domain at ``params.clock_mhz``; returns the 'clock ready' bit."""
+        if platform is None:
+            return Const(1)
         board_mhz = platform.default_clk_frequency / 1e6
         target = self.params.clock_mhz
         if abs(board_mhz - target) < 1e-6:
             return Const(1)  # the platform makes ``sync`` from the board clock and its reset
         if self.board.family != "ecp5":
-            raise ValueError(f"{self.board.name}: the grid clock ({target} MHz) must equal the "
-                             f"board clock ({board_mhz:g} MHz); there is no PLL path for "
+            raise ValueError(f"{self.board.name}: the design clock ({target} MHz) must equal "
+                             f"the board clock ({board_mhz:g} MHz); there is no PLL path for "
                              f"{self.board.family}")
         div = ecp5_pll_dividers(board_mhz, target)
         m.submodules.clk_buf = clk_buf = io.Buffer(
@@ -172,8 +248,8 @@ class GridBoardTop(Elaboratable):
         )
         # Reset as the platform does it for the board clock: no reset nets on the flops (every
         # flop takes its init value from the global set/reset), GSR held until the PLL locks
-        # and released synchronously to the grid clock. A sync reset on every flop costs
-        # packing freedom, and (Yosys 0.70) made synth_ecp5's abc9 step crash on this design.
+        # and released synchronously to the design clock. A sync reset on every flop costs
+        # packing freedom, and (Yosys 0.70) made synth_ecp5's abc9 step crash on the grid.
         m.domains.sync = ClockDomain("sync", reset_less=True)
         m.d.comb += ClockSignal("sync").eq(clk)
         gsr0, gsr1 = Signal(), Signal()
@@ -184,18 +260,47 @@ class GridBoardTop(Elaboratable):
                                           o_Q=gsr1)
         return locked
 
-    # -- the design -------------------------------------------------------------------------
+    # -- stimulus and observation -----------------------------------------------------------
 
-    def elaborate(self, platform):
-        m = Module()
-        locked = self._clock(m, platform) if platform is not None else Const(1)
-        m.submodules.array = array = self.array
+    @staticmethod
+    def _lfsrs(m):
+        """A factory ``lfsr(name) -> Lfsr``: each a submodule ``lfsr_<name>`` of ``m`` with
+        the next distinct seed."""
         seeds = iter(_seeds())
 
         def lfsr(name):
             gen = Lfsr(next(seeds))
             m.submodules[f"lfsr_{name}"] = gen
             return gen
+        return lfsr
+
+    def _drive_leds(self, m, platform, values: dict):
+        """``leds`` from ``values`` (by :attr:`LED_NAMES`), and the board's LED pins."""
+        m.d.comb += self.leds.eq(Cat(values[name] for name in self.LED_NAMES))
+        if platform is not None:
+            for i, pin in enumerate(_led_pins(m, platform, len(self.LED_NAMES))):
+                m.d.comb += pin.eq(self.leds[i])
+
+
+class GridBoardTop(_BoardTop):
+    """:class:`SystolicArray` (``params``) on ``board`` (a key of :data:`BOARDS`), LFSR-driven.
+
+    Attributes for simulation and tests: ``array`` (the grid), ``leds`` (LED values, in the
+    order of :data:`LED_SIGNALS`), ``misr`` (the output signature).
+    """
+
+    LED_NAMES = LED_SIGNALS
+
+    def __init__(self, params: ChipParams, board: str):
+        super().__init__(params, board)
+        self.array = SystolicArray(params)
+        self.misr = Signal(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        locked = self._clock(m, platform)
+        m.submodules.array = array = self.array
+        lfsr = self._lfsrs(m)
 
         # -- weight rows: one LFSR per byte, the mode, valid --------------------------------
         w = array.w_row
@@ -228,16 +333,7 @@ class GridBoardTop(Elaboratable):
         o = array.o_row
         o_ready = lfsr("o_ready")
         m.d.comb += o.ready.eq(o_ready.value[0] | o_ready.value[1])
-        bits = o.payload.as_value()
-        fold = Signal(32)
-        fold_valid = Signal()
-        m.d.sync += [
-            fold.eq(_xor_fold(bits, 32)),
-            fold_valid.eq(o.valid & o.ready),
-        ]
-        with m.If(fold_valid):
-            m.d.sync += self.misr.eq(
-                ((self.misr >> 1) ^ (self.misr[0].replicate(32) & Lfsr.TAPS)) ^ fold)
+        _signature(m, o.payload.as_value(), o.valid & o.ready, self.misr)
 
         # -- further signatures for the other LEDs ------------------------------------------
         out_parity = Signal()
@@ -258,17 +354,178 @@ class GridBoardTop(Elaboratable):
             w_rows.eq(w_rows + fired[1]),
             o_rows.eq(o_rows + fired[2]),
         ]
-        values = {
+        self._drive_leds(m, platform, {
             "out_parity": out_parity, "heartbeat": heartbeat[-1], "busy": busy,
             "locked": locked, "misr_msb": self.misr[-1], "a_rows_msb": a_rows[-1],
             "w_rows_msb": w_rows[-1], "o_rows_msb": o_rows[-1],
-        }
-        m.d.comb += self.leds.eq(Cat(values[name] for name in LED_SIGNALS))
-
-        if platform is not None:
-            for i, pin in enumerate(_led_pins(m, platform, len(LED_SIGNALS))):
-                m.d.comb += pin.eq(self.leds[i])
+        })
         return m
+
+
+class ChipBoardTop(_BoardTop):
+    """:class:`hw.chip.Chip` (``params``) on ``board``, with an LFSR host and off-chip bus
+    (module docstring).
+
+    Attributes for simulation and tests: ``chip``, ``leds`` (in the order of
+    :data:`CHIP_LED_SIGNALS`), ``start`` (the chip's start pulse), the signatures
+    ``wr_misr``, ``rd_misr`` and ``status_misr``, and ``starts`` (runs started).
+    """
+
+    LED_NAMES = CHIP_LED_SIGNALS
+    RD_FIFO_DEPTH = 8
+    IDLE_CYCLES = 16  # from the chip going idle to the next start
+
+    def __init__(self, params: ChipParams, board: str):
+        super().__init__(params, board)
+        self.chip = Chip(params)
+        self.start = Signal()
+        self.wr_misr = Signal(32)
+        self.rd_misr = Signal(32)
+        self.status_misr = Signal(32)
+        self.starts = Signal(24)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        locked = self._clock(m, platform)
+        m.submodules.chip = chip = self.chip
+        lfsr = self._lfsrs(m)
+        B = bus_bits(p)
+        IB = math.ceil(INSTR_BITS / B)  # bus words per micro-op
+        shaped = IB & (IB - 1) == 0  # shaping needs the word index as address bits
+        ib_log2 = IB.bit_length() - 1
+
+        # -- host: start when idle, the run's program and pos from LFSRs --------------------
+        start = self.start
+        idle = Signal(range(self.IDLE_CYCLES))
+        with m.If(chip.running | start):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != self.IDLE_CYCLES - 1):
+            m.d.sync += idle.eq(idle + 1)
+        m.d.sync += start.eq(~chip.running & ~start & (idle == self.IDLE_CYCLES - 1))
+        h_small, h_addr, h_len_pos = lfsr("host"), lfsr("host_addr"), lfsr("host_len_pos")
+        for gen in (h_small, h_addr, h_len_pos):
+            m.d.comb += gen.en.eq(start)  # a new draw for the next run
+        wild_run = h_small.value[28:32] == 0  # 1 in 16 runs: full-width values
+        m.d.comb += [
+            chip.start.eq(start),
+            chip.prog_addr.eq(Mux(wild_run, h_addr.value, h_small.value[:11])),
+            chip.prog_len.eq(Mux(wild_run, h_len_pos.value[:16], 4 + h_small.value[12:16])),
+            chip.pos_init.eq(Mux(wild_run, h_len_pos.value[16:], h_small.value[16:19])),
+        ]
+        run_addr = Signal(32)  # the running program's window, for shaping
+        run_words = Signal(16 + IB.bit_length())
+        with m.If(start):
+            m.d.sync += [run_addr.eq(chip.prog_addr), run_words.eq(chip.prog_len * IB)]
+
+        # -- bus reads: addresses into a FIFO, responses from a registered stage ------------
+        bus = chip.bus
+        m.submodules.rd_fifo = q = fifo.SyncFIFOBuffered(width=32, depth=self.RD_FIFO_DEPTH)
+        rd_gate = lfsr("rd_ready")
+        m.d.comb += [
+            bus.rd_addr.ready.eq(q.w_rdy & (rd_gate.value[0] | rd_gate.value[1])),
+            q.w_data.eq(bus.rd_addr.payload),
+            q.w_en.eq(bus.rd_addr.valid & bus.rd_addr.ready),
+        ]
+        rsp_gate = lfsr("rd_valid")
+        rsp_valid = Signal()
+        rsp_data = Signal(B)
+        load = Signal()  # the response stage takes the next address's data
+        m.d.comb += [
+            load.eq(q.r_rdy & (~rsp_valid | bus.rd_data.ready)
+                    & (rsp_gate.value[0] | rsp_gate.value[1])),
+            q.r_en.eq(load),
+            bus.rd_data.valid.eq(rsp_valid),
+            bus.rd_data.payload.eq(rsp_data),
+        ]
+        rd_gens = [lfsr(f"rd{i}") for i in range(math.ceil(B / 32))]
+        for gen in rd_gens:
+            m.d.comb += gen.en.eq(load)
+        rand = Cat(gen.value for gen in rd_gens)[:B]
+        word = Signal(B)
+        if shaped:
+            # the micro-op word index, from the address relative to the program's start
+            off = Signal(32)
+            idx = Signal(range(IB))
+            in_prog = Signal()
+            m.d.comb += [off.eq(q.r_data - run_addr), in_prog.eq(off < run_words),
+                         idx.eq(off[:ib_log2])]
+            # the opcode and 'wild' draw of a micro-op, held over its later bus words
+            pick = lfsr("rd_op")
+            m.d.comb += pick.en.eq(load)
+            held_sel, held_wild = Signal(4), Signal()
+            sel = Mux(idx == 0, pick.value[:4], held_sel)
+            wild = Mux(idx == 0, pick.value[4:8] == 0, held_wild)
+            with m.If(load & in_prog & (idx == 0)):
+                m.d.sync += [held_sel.eq(pick.value[:4]), held_wild.eq(pick.value[4:8] == 0)]
+            masks, sets = _program_tables(IB * B)
+            mask_w = Array(Const(v, IB * B) for v in masks)[sel].word_select(idx, B)
+            set_w = Array(Const(v, IB * B) for v in sets)[sel].word_select(idx, B)
+            m.d.comb += word.eq(Mux(in_prog & ~wild, (rand & mask_w) | set_w, rand))
+        else:
+            m.d.comb += word.eq(rand)
+        with m.If(load):
+            m.d.sync += [rsp_valid.eq(1), rsp_data.eq(word)]
+        with m.Elif(bus.rd_data.ready):
+            m.d.sync += rsp_valid.eq(0)
+
+        # -- bus writes: random back-pressure ------------------------------------------------
+        wr_gate = lfsr("wr_ready")
+        m.d.comb += bus.wr.ready.eq(wr_gate.value[0] | wr_gate.value[1])
+
+        # -- signatures -----------------------------------------------------------------------
+        _signature(m, bus.wr.payload.as_value(), bus.wr.valid & bus.wr.ready, self.wr_misr)
+        _signature(m, q.r_data, load, self.rd_misr)
+        status = Cat(chip.running, chip.done, chip.error, chip.error_pc, chip.pos,
+                     chip.counters.as_value())
+        _signature(m, status, Const(1), self.status_misr)
+
+        sig_parity = Signal()
+        error = Signal()
+        heartbeat = Signal(27)
+        m.d.sync += [
+            sig_parity.eq(self.wr_misr.xor() ^ self.rd_misr.xor() ^ self.status_misr.xor()),
+            error.eq(chip.error != 0),
+            heartbeat.eq(heartbeat + 1),
+            self.starts.eq(self.starts + start),
+        ]
+        self._drive_leds(m, platform, {
+            "sig_parity": sig_parity, "heartbeat": heartbeat[-1], "running": chip.running,
+            "locked": locked, "error": error, "wr_misr_msb": self.wr_misr[-1],
+            "status_misr_msb": self.status_misr[-1], "starts_msb": self.starts[-1],
+        })
+        return m
+
+
+def _program_tables(width: int):
+    """Per entry of :data:`PROGRAM_OPS`: the micro-op bits taken from the LFSRs (a mask,
+    ``width`` bits; those above ``INSTR_BITS`` all random) and the bits set (the opcode and
+    :data:`FIELD_SET`)."""
+    masks, sets = [], []
+    for op in PROGRAM_OPS:
+        mask = ((1 << width) - 1) & ~((1 << INSTR_BITS) - 1)
+        bits = int(op)
+        member = OP_ARGS[op]
+        if member is not None:
+            for name, f in data.Layout.cast(ARGS[member].shape):
+                full = (1 << f.width) - 1
+                keep = FIELD_MASKS.get(name, full if f.width <= 4 else 0b111)
+                mask |= (keep & full) << (OP_BITS + f.offset)
+                bits |= (FIELD_SET.get(name, 0) & full) << (OP_BITS + f.offset)
+        masks.append(mask & ~bits)
+        sets.append(bits)
+    return masks, sets
+
+
+def _signature(m, value, en, misr):
+    """Shift ``value`` into the 32-bit MISR ``misr`` (a Signal) in cycles where ``en``:
+    ``value`` XOR-folded to 32 bits and registered with ``en``, then shifted in."""
+    fold = Signal(32, name=f"{misr.name}_fold")
+    fold_en = Signal(name=f"{misr.name}_en")
+    m.d.sync += [fold.eq(_xor_fold(value, 32)), fold_en.eq(en)]
+    with m.If(fold_en):
+        m.d.sync += misr.eq(Lfsr.step(misr) ^ fold)
+    return misr
 
 
 def _seeds():

@@ -1,14 +1,20 @@
-"""Synthesize the systolic grid for an FPGA board and print Fmax, utilization, critical path.
+"""Synthesize the systolic grid, or the whole chip, for an FPGA board and print Fmax,
+utilization, critical path.
 
-    .venv/bin/python scripts/synth.py [--board ulx3s-85f] [--rows R --cols C] [--seed N]
+    .venv/bin/python scripts/synth.py [--board ulx3s-85f] [--design grid|chip]
+                                      [--rows R --cols C] [--seed N]
     .venv/bin/python scripts/synth.py --board icebreaker --elaborate-only
 
-The design is ``hw.board_top.GridBoardTop`` (the grid fed by LFSRs, its outputs folded onto the
-LEDs, a PLL to ``clock_mhz`` on ECP5). The board platform (amaranth-boards) writes the build plan
-into ``build/synth/<board>-<R>x<C>/`` (relative: YoWASP tools cannot see ``/tmp``), and the
-plan's script runs YoWASP Yosys, nextpnr and the packer there. Tool output goes to ``synth.log``
-in that folder (Yosys' own log is ``grid_top.rpt``, nextpnr's ``grid_top.tim``); the console
-shows the elapsed time and the tool's latest log line. Figures come from nextpnr's ``--report``
+``--design grid`` (default) builds ``hw.board_top.GridBoardTop`` (the grid fed by LFSRs, its
+outputs folded onto the LEDs, a PLL to ``clock_mhz`` on ECP5) with the board's ``params``;
+``--design chip`` builds ``hw.board_top.ChipBoardTop`` (the whole chip with an LFSR host and
+off-chip bus responder) with the board's ``chip_params`` (smaller buffers that fit the FPGA's
+block RAM). The board platform (amaranth-boards) writes the build plan into
+``build/synth/<board>-<R>x<C>/`` (chip: ``<board>-chip-<R>x<C>/``; relative: YoWASP tools
+cannot see ``/tmp``), and the plan's script runs YoWASP Yosys, nextpnr and the packer there.
+Tool output goes to ``synth.log`` in that folder (Yosys' own log is ``<top>.rpt``, nextpnr's
+``<top>.tim``, with ``<top>`` ``grid_top`` or ``chip_top``); the console shows the elapsed
+time and the tool's latest log line. Figures come from nextpnr's ``--report``
 JSON (falling back to its log) and Yosys' cell statistics, and are written to
 ``synth_report.json`` in the build folder.
 
@@ -17,7 +23,7 @@ seconds, no toolchain; the default test suite uses it.
 
 Timing: nextpnr runs with ``--timing-allow-fail`` so a design below target still reports its
 Fmax; the exit code is non-zero only if a tool fails. nextpnr-ecp5 is single-threaded: a 16 x 16
-grid takes about 10 minutes.
+grid takes about 10 minutes, the chip about 25 (README, "FPGA builds").
 """
 
 import argparse
@@ -29,13 +35,18 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from hw.board_top import BOARDS, GridBoardTop
+from hw.board_top import BOARDS, ChipBoardTop, GridBoardTop
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME = "grid_top"
+#: Designs: name -> (top module name, board top class, the Board field with its ChipParams).
+DESIGNS = {
+    "grid": ("grid_top", GridBoardTop, "params"),
+    "chip": ("chip_top", ChipBoardTop, "chip_params"),
+}
+NAME = DESIGNS["grid"][0]
 REPORT = "synth_report.json"  # the figures, in the build folder
 
 # Environment variable Amaranth reads -> the YoWASP tool (from pip) it should run.
@@ -70,8 +81,17 @@ CP_STEP = r"Info:\s+(type|clk-to-q|routing|logic|setup)\s"
 ICE40_TOTALS = {"SB_LUT4": 5280, "SB_DFF*": 5280}
 
 
-def build_dir_for(board: str, rows: int, cols: int) -> Path:
-    return Path("build") / "synth" / f"{board}-{rows}x{cols}"
+def build_dir_for(board: str, rows: int, cols: int, design: str = "grid") -> Path:
+    tag = "" if design == "grid" else f"{design}-"
+    return Path("build") / "synth" / f"{board}-{tag}{rows}x{cols}"
+
+
+def design_params(board: str, design: str):
+    """The board's ChipParams for ``design``; ``ValueError`` if the design does not fit."""
+    params = getattr(BOARDS[board], DESIGNS[design][2])
+    if params is None:
+        raise ValueError(f"no {design} configuration for {board} (it does not fit)")
+    return params
 
 
 def find_tool(tool: str) -> str:
@@ -100,28 +120,30 @@ def tool_env(family: str) -> dict:
     return env
 
 
-def prepare(board: str, params, build_dir: Path, seed: int):
-    """Elaborate the board top and write the platform's build plan into ``build_dir``.
+def prepare(board: str, params, build_dir: Path, seed: int, design: str = "grid"):
+    """Elaborate the board top of ``design`` and write the platform's build plan into
+    ``build_dir``.
 
     Returns the plan. Uses ``platform.build(..., do_build=False)``: the same plan ``build``
     would run, but we run its script ourselves to log and time the tools.
     """
     spec = BOARDS[board]
+    name, top_class, _ = DESIGNS[design]
     platform = spec.platform()
-    opts = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail --report {NAME}.report.json"}
+    opts = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail --report {name}.report.json"}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
-    top = GridBoardTop(params, board)
+    top = top_class(params, board)
     plan = platform.build(
-        top, name=NAME, build_dir=str(build_dir), do_build=False, do_program=False, **opts
+        top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
     plan.extract(str(build_dir))
     return plan
 
 
-def pe_count(build_dir: Path) -> int:
+def pe_count(build_dir: Path, name: str = NAME) -> int:
     """Processing elements in the written RTLIL (modules named ``...grid.pe_<r>_<c>``)."""
-    text = (build_dir / f"{NAME}.il").read_text()
+    text = (build_dir / f"{name}.il").read_text()
     return len(set(re.findall(r"^module \\\S*\.grid\.pe_\d+_\d+$", text, re.MULTILINE)))
 
 
@@ -139,15 +161,15 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def run_tools(plan, build_dir: Path, env: dict) -> float:
+def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
     """Run the plan's script in ``build_dir``; output to ``synth.log``; progress on stderr.
 
     Returns the elapsed seconds; exits with the log's tail if a tool fails.
     """
     log_path = build_dir / "synth.log"
-    stages = [("yosys", build_dir / f"{NAME}.rpt"), ("nextpnr", build_dir / f"{NAME}.tim")]
+    stages = [("yosys", build_dir / f"{name}.rpt"), ("nextpnr", build_dir / f"{name}.tim")]
     # Stale logs and reports would confuse the progress display and the figures.
-    for path in [p for _, p in stages] + [build_dir / f"{NAME}.report.json", build_dir / REPORT]:
+    for path in [p for _, p in stages] + [build_dir / f"{name}.report.json", build_dir / REPORT]:
         path.unlink(missing_ok=True)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
@@ -184,9 +206,21 @@ def run_tools(plan, build_dir: Path, env: dict) -> float:
         for _, path in stages:
             if path.exists():
                 tail += [f"--- {path.name}:"] + path.read_text(errors="replace").splitlines()[-15:]
+        # A design too big for the device fails in placement, after nextpnr has printed its
+        # utilisation: say which resources overflow.
+        over = []
+        if stages[1][1].exists():
+            util = parse_nextpnr_log(stages[1][1])["utilization"]
+            over = [
+                f"{cell} {u['used']}/{u['available']}"
+                for cell, u in util.items()
+                if u["available"] and u["used"] > u["available"]
+            ]
         sys.exit(
             f"synth: the build script failed (exit {proc.returncode}) after "
-            f"{_mmss(elapsed)}; log: {log_path}\n" + "\n".join(tail)
+            f"{_mmss(elapsed)}; log: {log_path}\n"
+            + "\n".join(tail)
+            + (f"\nsynth: the design does not fit the device: {', '.join(over)}" if over else "")
         )
     return elapsed
 
@@ -267,10 +301,10 @@ def parse_nextpnr_log(path: Path) -> dict:
     return {"fmax": fmax, "utilization": util, "critical_path_text": reports}
 
 
-def parse_yosys_stat(path: Path) -> dict:
+def parse_yosys_stat(path: Path, name: str = NAME) -> dict:
     """Cell counts of the design's top from the last ``stat`` in Yosys' log."""
     lines = path.read_text(errors="replace").splitlines()
-    tops = [i for i, ln in enumerate(lines) if re.match(rf"=== {NAME} ===", ln.strip())]
+    tops = [i for i, ln in enumerate(lines) if re.match(rf"=== {name} ===", ln.strip())]
     if not tops:
         return {}
     cells = {}
@@ -288,14 +322,17 @@ def parse_yosys_stat(path: Path) -> dict:
     return cells
 
 
-def summarize(board: str, params, build_dir: Path, elapsed: float, seed: int) -> dict:
+def summarize(
+    board: str, params, build_dir: Path, elapsed: float, seed: int, design: str = "grid"
+) -> dict:
     spec = BOARDS[board]
-    log = parse_nextpnr_log(build_dir / f"{NAME}.tim")
-    report_path = build_dir / f"{NAME}.report.json"
+    name = DESIGNS[design][0]
+    log = parse_nextpnr_log(build_dir / f"{name}.tim")
+    report_path = build_dir / f"{name}.report.json"
     rep = parse_nextpnr_report(report_path) if report_path.exists() else {}
     fmax = rep.get("fmax") or log["fmax"]
     util = rep.get("utilization") or log["utilization"]
-    cells = parse_yosys_stat(build_dir / f"{NAME}.rpt")
+    cells = parse_yosys_stat(build_dir / f"{name}.rpt", name)
     target = float(params.clock_mhz)
     resources = {}
     for label, (ecp5, ice40) in RESOURCES.items():
@@ -314,9 +351,11 @@ def summarize(board: str, params, build_dir: Path, elapsed: float, seed: int) ->
     return {
         "board": board,
         "device": spec.platform.device,
+        "design": design,
         "rows": params.rows,
         "cols": params.cols,
-        "pes": pe_count(build_dir),
+        "pes": pe_count(build_dir, name),
+        "params": _params_dict(params),
         "seed": seed,
         "target_mhz": target,
         "fmax_mhz": worst[1]["achieved"] if worst else None,
@@ -333,10 +372,34 @@ def summarize(board: str, params, build_dir: Path, elapsed: float, seed: int) ->
     }
 
 
+def describe(design: str, params, pes: int) -> str:
+    """``grid RxC (N PEs)``, or for the chip also its buffer sizes."""
+    grid = f"{params.rows}x{params.cols} grid ({pes} PEs)"
+    if design == "grid":
+        return grid
+    return (
+        f"chip, {grid}, buffers WGT/ACT/ACC/KV {params.weight_sram_kib}/{params.act_sram_kib}/"
+        f"{params.acc_sram_kib}/{params.kv_sram_kib} KiB, PRM {params.prm_entries}, "
+        f"uop {params.uop_depth}"
+    )
+
+
+def _params_dict(params) -> dict:
+    d = asdict(params)
+    d.pop("numerics", None)
+    return d
+
+
 def print_summary(s: dict) -> None:
+    params = replace(BOARDS[s["board"]].params, **s["params"]) if "params" in s else None
+    what = (
+        describe(s.get("design", "grid"), params, s["pes"])
+        if params
+        else f"grid {s['rows']}x{s['cols']} ({s['pes']} PEs)"
+    )
     print(
-        f"{s['board']} ({s['device']}), grid {s['rows']}x{s['cols']} ({s['pes']} PEs), "
-        f"seed {s['seed']}, built in {_mmss(s['build_seconds'])}"
+        f"{s['board']} ({s['device']}), {what}, seed {s['seed']}, "
+        f"built in {_mmss(s['build_seconds'])}"
     )
     if s["fmax_mhz"] is None:
         print("  Fmax: not found in the nextpnr report or log")
@@ -380,13 +443,20 @@ def print_summary(s: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", choices=sorted(BOARDS), default="ulx3s-85f")
+    ap.add_argument(
+        "--design",
+        choices=sorted(DESIGNS),
+        default="grid",
+        help="grid: the systolic grid alone (default); chip: the whole chip (hw/chip.py)",
+    )
     ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument(
         "--build-dir",
         type=Path,
-        help="build folder, relative to the project (default build/synth/<board>-<R>x<C>)",
+        help="build folder, relative to the project (default build/synth/<board>-<R>x<C>, "
+        "chip: <board>-chip-<R>x<C>)",
     )
     ap.add_argument(
         "--elaborate-only", action="store_true", help="write RTLIL/Verilog/constraints, run no tool"
@@ -394,23 +464,29 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     spec = BOARDS[args.board]
+    design = args.design
+    name = DESIGNS[design][0]
     try:
         params = replace(
-            spec.params, **{k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v}
+            design_params(args.board, design),
+            **{k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v},
         )
     except ValueError as e:
         ap.error(str(e))
     os.chdir(ROOT)  # the build folder is relative to the project (YoWASP cannot see /tmp)
-    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols)
+    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols, design)
     if build_dir.is_absolute():
         ap.error("--build-dir must be relative to the project (YoWASP tools cannot see /tmp)")
     env = None if args.elaborate_only else tool_env(spec.family)  # fail early if tools missing
 
     t0 = time.monotonic()
-    plan = prepare(args.board, params, build_dir, args.seed)
-    pes = pe_count(build_dir)
+    try:
+        plan = prepare(args.board, params, build_dir, args.seed, design)
+    except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
+        ap.error(str(e))
+    pes = pe_count(build_dir, name)
     print(
-        f"elaborated {args.board} {params.rows}x{params.cols} grid ({pes} PEs) in "
+        f"elaborated {args.board} {describe(design, params, pes)} in "
         f"{time.monotonic() - t0:.1f} s -> {build_dir}/"
     )
     if args.elaborate_only:
@@ -418,13 +494,13 @@ def main(argv=None) -> int:
 
     # Amaranth's own conversions stay on the built-in Yosys; the script uses the YoWASP ones.
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    elapsed = run_tools(plan, build_dir, env)
-    summary = summarize(args.board, params, build_dir, elapsed, args.seed)
+    elapsed = run_tools(plan, build_dir, env, name)
+    summary = summarize(args.board, params, build_dir, elapsed, args.seed, design)
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     print(
         f"figures: {build_dir / REPORT}; logs: {build_dir / 'synth.log'}, "
-        f"{build_dir / (NAME + '.rpt')}, {build_dir / (NAME + '.tim')}"
+        f"{build_dir / (name + '.rpt')}, {build_dir / (name + '.tim')}"
     )
     return 0
 

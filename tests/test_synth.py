@@ -1,8 +1,9 @@
-"""The FPGA synthesis flow: the board top (hw/board_top.py) and scripts/synth.py.
+"""The FPGA synthesis flow: the board tops (hw/board_top.py) and scripts/synth.py.
 
 Default tests only elaborate (``--elaborate-only``: the platform's build plan, no toolchain) and
-simulate the board top briefly; the full iCEBreaker build (Yosys + nextpnr, ~10 s) is slow-marked.
-The ULX3S 16 x 16 build (~10 min) is a benchmark, run by hand: ``make synth``.
+simulate the board tops briefly; the full iCEBreaker build (Yosys + nextpnr, ~10 s) is
+slow-marked. The ULX3S builds (grid ~10 min, chip ~25 min) are benchmarks, run by hand:
+``make synth``, ``make synth-chip``.
 """
 
 import json
@@ -12,7 +13,19 @@ from pathlib import Path
 import pytest
 from amaranth.sim import Simulator
 
-from hw.board_top import BOARDS, LED_SIGNALS, GridBoardTop, Lfsr, ecp5_pll_dividers
+from hw.board_top import (
+    BOARDS,
+    CHIP_85F,
+    CHIP_LED_SIGNALS,
+    LED_SIGNALS,
+    PROGRAM_OPS,
+    ChipBoardTop,
+    GridBoardTop,
+    Lfsr,
+    _program_tables,
+    ecp5_pll_dividers,
+)
+from hw.isa import INSTR_BITS, OP_BITS, Counter, Err
 from hw.params import ChipParams
 from scripts import synth
 
@@ -41,6 +54,106 @@ def test_elaborate_overrides_grid_size():
     assert synth.main(["--board", "ulx3s-85f", "--rows", "4", "--cols", "8",
                        "--build-dir", str(build_dir), "--elaborate-only"]) == 0
     assert synth.pe_count(synth.ROOT / build_dir) == 4 * 4
+
+
+def test_elaborates_chip_for_ulx3s():
+    """The whole chip's board top elaborates for the ULX3S-85F: the grid's PEs, the buffers as
+    memories, the PLL, the LED pins."""
+    build_dir = TEST_DIR / "ulx3s-85f-chip"
+    assert synth.main(["--board", "ulx3s-85f", "--design", "chip", "--build-dir",
+                       str(build_dir), "--elaborate-only"]) == 0
+    build_dir = synth.ROOT / build_dir
+    params = BOARDS["ulx3s-85f"].chip_params
+    assert synth.pe_count(build_dir, "chip_top") == params.rows * params.cols // 2
+    assert "led" in (build_dir / "chip_top.lpf").read_text()
+    rtlil = (build_dir / "chip_top.il").read_text()
+    assert "EHXPLLL" in rtlil
+    # WGT, ACT, ACC, PRM, KV, the micro-op memory and the scaler's accumulator at least
+    memories = re.findall(r"^\s*memory width \d+ size \d+ \\(\S+)$", rtlil, re.MULTILINE)
+    for name in ("mem_wgt", "mem_act", "mem_acc", "mem_prm", "mem_kv", "uop", "ymem"):
+        assert name in memories, memories
+
+
+def test_chip_design_config():
+    """Every 85F board builds the chip with its 16x16 W4A8 grid and smaller buffers; the
+    iCEBreaker has no chip configuration, and asking for one is a usage error."""
+    for board in ("ulx3s-85f", "orangecrab-85f", "ecpix5-85"):
+        assert BOARDS[board].chip_params == CHIP_85F
+    assert (CHIP_85F.rows, CHIP_85F.cols, CHIP_85F.clock_mhz) == (16, 16, 100)
+    assert synth.build_dir_for("ulx3s-85f", 16, 16, "chip").name == "ulx3s-85f-chip-16x16"
+    assert synth.build_dir_for("ulx3s-85f", 16, 16).name == "ulx3s-85f-16x16"
+    with pytest.raises(SystemExit):
+        synth.main(["--board", "icebreaker", "--design", "chip", "--elaborate-only"])
+
+
+def test_program_tables():
+    """Shaped micro-op words: the opcode is set, never random; set and random bits never
+    overlap; NOP/HALT have no random bits below INSTR_BITS."""
+    masks, sets = _program_tables(128)
+    for op, mask, bits in zip(PROGRAM_OPS, masks, sets, strict=True):
+        assert bits & ((1 << OP_BITS) - 1) == op
+        assert mask & ((1 << OP_BITS) - 1) == 0 and mask & bits == 0
+        if op.name in ("NOP", "HALT"):
+            assert mask == 0
+    wide, _ = _program_tables(256)
+    assert all(w >> INSTR_BITS == (1 << 128) - 1 for w in wide)
+
+
+# The chip's board top in simulation: small buffers and a 4x8 grid keep it fast.
+SMALL_CHIP = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
+                        kv_sram_kib=2, prm_entries=32, acc_entries=32, uop_depth=256,
+                        offchip_kib=64)
+
+
+def test_chip_board_top_runs():
+    """In simulation (no PLL, no pins) the LFSR host starts run after run, the bus responder
+    answers every read address once and in order with back-pressure on all three streams,
+    programs really run (micro-ops issue, the grid takes rows, some runs end without error,
+    STOREs write) and the signatures change."""
+    top = ChipBoardTop(SMALL_CHIP, "ulx3s-85f")
+    chip, bus = top.chip, top.chip.bus
+    seen = {"addr": 0, "rsp": 0, "wr": 0, "addr_stall": 0, "rsp_stall": 0, "wr_stall": 0,
+            "max_pending": 0, "ok": 0, "runs": 0, "uops": 0, "rows": 0,
+            "wr_misr": set(), "rd_misr": set(), "status_misr": set()}
+
+    async def bench(ctx):
+        was_done = 0
+        for _ in range(3000):
+            await ctx.tick()
+            seen["addr"] += ctx.get(bus.rd_addr.valid & bus.rd_addr.ready)
+            seen["rsp"] += ctx.get(bus.rd_data.valid & bus.rd_data.ready)
+            seen["wr"] += ctx.get(bus.wr.valid & bus.wr.ready)
+            seen["addr_stall"] += ctx.get(bus.rd_addr.valid & ~bus.rd_addr.ready)
+            seen["rsp_stall"] += ctx.get(bus.rd_data.valid & ~bus.rd_data.ready)
+            seen["wr_stall"] += ctx.get(bus.wr.valid & ~bus.wr.ready)
+            # a response never precedes its address
+            assert seen["rsp"] <= seen["addr"]
+            seen["max_pending"] = max(seen["max_pending"], seen["addr"] - seen["rsp"])
+            done = ctx.get(chip.done)
+            if done and not was_done:
+                seen["runs"] += 1
+                seen["ok"] += ctx.get(chip.error) == Err.NONE
+                counters = ctx.get(chip.counters)
+                seen["uops"] += counters[Counter.UOPS]
+                seen["rows"] += counters[Counter.GRID_ROWS]
+            was_done = done
+            for name in ("wr_misr", "rd_misr", "status_misr"):
+                seen[name].add(ctx.get(getattr(top, name)))
+        seen["starts"] = ctx.get(top.starts)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["starts"] >= 20 and seen["runs"] >= seen["starts"] - 1, seen
+    assert seen["addr"] > 300 and seen["rsp"] >= seen["addr"] - seen["max_pending"], seen
+    assert seen["max_pending"] <= ChipBoardTop.RD_FIFO_DEPTH + 1, seen
+    assert seen["wr"] > 10, seen
+    assert seen["addr_stall"] > 0 and seen["wr_stall"] > 0, seen
+    assert seen["ok"] >= 3 and seen["uops"] > 50 and seen["rows"] > 0, seen
+    assert len(seen["wr_misr"]) > 10 and len(seen["rd_misr"]) > 100, seen
+    assert len(seen["status_misr"]) > 1000, seen
+    assert len(top.leds) == len(CHIP_LED_SIGNALS)
 
 
 def test_pll_dividers():
