@@ -12,11 +12,13 @@ the test functions only check their results:
    split into chained ``first`` / ``final`` ops, with and without double-buffered weight
    loads: stored results == ``sim.golden.gemm``, the whole memory, error, ``pos`` and the
    counters UOPS / GRID_ROWS / LOAD_WORDS / STORE_WORDS == IsaSim's (and ``WeightGemm``'s);
-2. attention on the KV cache over 26 positions (a 4-token prefill, 20 single-token decode
-   jobs, one job holding two decode steps): KV_APPEND of keys and values, QKᵀ and the A15
-   P·V with ``dyn = POS``; the cache and the P·V parameters stay on chip between jobs;
-   results == ``sim.golden.gemm_act``, memory / ``pos`` / counters == IsaSim's; every job
-   with its own random memory latency jitter and bandwidth;
+   one job where a LOAD into ACC runs beside the GEMMs writing ACC and a LOAD into KV beside
+   KV_APPENDs (shared write ports, disjoint words);
+2. attention on the KV cache over 32 positions (a 3-token prefill, 21 single-token decode
+   jobs, a 6-token step, one job holding two decode steps): KV_APPEND of keys and values,
+   QKᵀ and the A15 P·V with ``dyn = POS``; the cache and the P·V parameters stay on chip
+   between jobs; results == ``sim.golden.gemm_act``, memory / ``pos`` / counters ==
+   IsaSim's; every job with its own random memory latency jitter and bandwidth;
 3. stalls: one double-buffered GEMM program under interval 0 / 1 / 2 / 3 and two jitter
    settings: identical results, CYCLES grows with slower memory;
 4. errors: every case of ``sim.programs.error_cases`` and the boot errors end with the
@@ -38,6 +40,7 @@ from hw.isa import (
     Buf,
     Counter,
     Err,
+    KvKind,
     Op,
     Unit,
     buffer_depth,
@@ -55,6 +58,7 @@ from sim.programs import (
     KvHead,
     WeightGemm,
     acc_words,
+    act_fields,
     attention_step,
     error_cases,
     random_problem,
@@ -96,7 +100,9 @@ STALLS = [
     ("jitter_interval2", 2, 200, 9, 12345),
 ]
 ATT_D, ATT_CAP, ATT_SHIFT = 32, 32, 9
-ATT_STEPS = [4] + [1] * 20  # one job each; then one job with two single-token steps
+#: tokens per step, one job each (the 6-token step crosses a key block of PC = 8 and a value
+#: K-tile of R = 16); then one job with two single-token steps, filling the cache to ATT_CAP
+ATT_STEPS = [3] + [1] * 10 + [6] + [1] * 11
 
 
 @dataclass
@@ -157,6 +163,43 @@ def build_plan(seed: int) -> Plan:
         assert len(wg.ops) == min(n_ops, wg.nb) * k_ops
         add(f"gemm_{name}", "gemm", wg.prog, wg=wg, want=want)
 
+    # units sharing a buffer's write port at once, on disjoint words (no WAIT needed): a LOAD
+    # into ACC while GEMMs write their outputs there, a LOAD into KV while KV_APPENDs write
+    # byte lanes of other KV words
+    wg, want = gemm_problem(8, 8, 256, 64, n_ops=4, k_ops=2)
+    assert [decode(w)[0] for w in wg.prog[-3:]] == [Op.WAIT, Op.STORE, Op.HALT]
+    kvh = KvHead(P, 32, 16, base=12000)
+    k8, ks = G.quantize_rows(to_wide(rng.normal(size=(8, kvh.d)) * 3))
+    v8, vs = G.quantize_rows(to_wide(rng.normal(size=(8, kvh.d))), group=None)
+    rows = [act_fields(R, k8, ks.mant, ks.exp, ks.group),
+            act_fields(R, v8, vs.mant, vs.exp, vs.group)]
+    kv_act = 3000
+    a_off, a_n = img.put(Buf.ACT, {f: np.concatenate([r[f] for r in rows]) for f in rows[0]})
+    n_acc, n_kv = 100, 300
+    acc_src = img.put_bytes(rng.integers(0, 256, n_acc * bus_words_per(P, Buf.ACC) * B,
+                                         dtype=np.uint8))
+    kv_src = img.put_bytes(rng.integers(0, 256, n_kv * bus_words_per(P, Buf.KV) * B,
+                                        dtype=np.uint8))
+    acc_dst = img.reserve(Buf.ACC, n_acc)
+    kv_dst = img.reserve(Buf.KV, n_kv)
+    head_dst = img.reserve(Buf.KV, kvh.end - kvh.base)
+    prog = wg.prog[:-3] + [
+        encode(Op.LOAD, buf=Buf.ACT, sram=kv_act, words=a_n, off=a_off),
+        encode(Op.WAIT, unit=Unit.LOAD, count=0),
+        encode(Op.LOAD, buf=Buf.KV, sram=10000, words=n_kv, off=kv_src),
+        kvh.append(KvKind.KEY, 8, kv_act),
+        kvh.append(KvKind.VALUE, 8, kv_act + 8 * kvh.words_per_row),
+        encode(Op.LOAD, buf=Buf.ACC, sram=700, words=n_acc, off=acc_src),
+        encode(Op.WAIT, unit=Unit.GEMM, count=0),
+        encode(Op.WAIT, unit=Unit.LOAD, count=0),
+        encode(Op.WAIT, unit=Unit.KV, count=0),
+        *wg.prog[-2:-1],
+        encode(Op.STORE, buf=Buf.ACC, sram=700, words=n_acc, off=acc_dst),
+        encode(Op.STORE, buf=Buf.KV, sram=10000, words=n_kv, off=kv_dst),
+        encode(Op.STORE, buf=Buf.KV, sram=kvh.base, words=kvh.end - kvh.base, off=head_dst),
+        encode(Op.HALT)]
+    add("concurrent_writes", "concurrent", prog, dict(pos_init=5), wg=wg, want=want)
+
     # -- 2. attention over the KV cache (base clear of the error cases' KV words)
     head = KvHead(P, ATT_D, ATT_CAP, base=2048)
     S = sum(ATT_STEPS) + 2
@@ -189,7 +232,7 @@ def build_plan(seed: int) -> Plan:
     s2 = step(pos + 1, 1, load_prm=False, prm_base=40, act_base=200, acc_base=100)
     add(f"attn_{len(ATT_STEPS):02d}_pos{pos}_two_steps", "attn", s1[0].prog[:-1] + s2[0].prog,
         dict(pos_init=pos, **mem_cfg()), steps=[s1, s2])
-    assert pos + 2 == S <= ATT_CAP
+    assert pos + 2 == S == ATT_CAP
 
     # -- 3. one program under several memory speeds; a clear job zeroes its output first
     wg, want = gemm_problem(4, 4, 128, 64, n_ops=4, double_buffer=True)
@@ -319,8 +362,8 @@ def get(rtl, name):
 # -- every job: status, memory and counters against the ISA simulator ----------------------------
 
 
-@pytest.mark.parametrize("name", entries("gemm", "attn", "clear", "stall", "error", "boot",
-                                         "abort", "recover"))
+@pytest.mark.parametrize("name", entries("gemm", "concurrent", "attn", "clear", "stall",
+                                         "error", "boot", "abort", "recover"))
 def test_job_matches_isa_sim(rtl, isa, name):
     i, e, r = get(rtl, name)
     ref = isa[i]
@@ -372,6 +415,13 @@ def test_gemm_matches_golden(rtl, name):
     assert not acc[:, :, e.wg.nc:].any()  # INT8: lanes c >= PC
     assert not acc[:, :, : e.wg.nc].reshape(e.wg.T, -1)[:, e.wg.N:].any()  # padding
     assert {k: r.counters[k] for k in UNTIMED} == e.wg.counters
+
+
+def test_concurrent_writes_gemm_result(rtl):
+    """The GEMM of the job whose LOADs and KV_APPENDs share write ports with it (its memory
+    as a whole is compared with IsaSim's by test_job_matches_isa_sim)."""
+    _, e, r = get(rtl, "concurrent_writes")
+    assert r.error == Err.NONE and np.array_equal(e.wg.result(r.offchip), e.want)
 
 
 def test_gemm_variants_cover_the_issue():
