@@ -1,25 +1,33 @@
 """Differential fuzzing of the chip RTL (``hw/chip.py`` under Verilator,
 :func:`sim.chip_rtl.run_jobs`) against the instruction-level simulator
-(:class:`sim.isa_sim.IsaSim`).
+(:class:`sim.isa_sim.IsaSim`). The command line is ``scripts/fuzz_chip.py``; the tests are
+``tests/test_chip_fuzz.py``.
 
 What is generated (everything from one integer seed, program ``i`` from ``(seed, i)`` alone):
 
-- an off-chip memory image of random bytes, split into a *data area* (random LOADs read
-  anywhere in memory; STOREs write only here) whose top holds one *dump region* per buffer,
-  and a *program area* (the programs of the jobs, never written);
+- an off-chip memory image per Verilator run (:func:`make_image`): random bytes, split into a
+  *data area* (random LOADs read anywhere in memory; STOREs write only here) whose top holds
+  one *dump region* per buffer and whose bottom two *zones* of tame ACT and PRM words (group
+  shifts, exponents, scales, output shifts in their working ranges: LOADs prefer them, so
+  that GEMM outputs are often neither 0 nor saturated), and a *program area* (the programs
+  of the jobs, never written);
 - **valid programs**: random ``LOAD`` / ``STORE`` (random buffer, in-range sizes and
   addresses, biased to the edges), ``GEMM`` (both modes, ``wsrc`` WGT / KV_TILED / KV_ROWS,
   ``psrc`` PRM / KV, ``dyn = POS``, chains of non-``first`` ops carrying sums with the same
-  ``n_tiles`` / ``t_len``, overlapping ACC outputs now and then, fields an op does not use left
-  random), ``KV_APPEND`` (legal ``d``, ``cap`` and ``pos``), attention-shaped sequences
-  (append keys and values, QKᵀ with ``psrc = KV`` and P·V, both ``dyn``), ``SETPOS``, ``NOP``,
-  redundant ``WAIT``\\ s, and at the end STOREs of ACC, KV and every buffer the program wrote
-  to its dump region, then ``HALT``. Units run concurrently, so the generator makes the result
-  deterministic: it tracks, per unit, the buffer / off-chip regions (read or written) of the
-  ops issued since its last ``WAIT``, and before issuing an op it waits for every *other* unit
-  whose pending ops conflict (overlap, one of them writing) with ``WAIT unit, n``, ``n`` the
-  number of that unit's ops issued after the newest conflicting one (ops of one unit run in
-  order: no wait). Independent ops stay in flight together.
+  ``n_tiles`` / ``t_len``, long ``t_len`` now and then, overlapping ACT rows and ACC outputs
+  now and then, fields an op does not use left random), ``KV_APPEND`` (legal ``d``, ``cap``
+  and ``pos``; its data and scale words apart, as ``hw/isa.py`` orders no writes within one
+  op), attention-shaped sequences (append keys and values, QKᵀ with ``psrc = KV`` and P·V,
+  both ``dyn``), ``SETPOS`` (now and then a long context), ``NOP``, redundant ``WAIT``\\ s,
+  random bits above an op's arguments now and then, and at the end STOREs of the buffers to
+  their dump regions (every buffer the program wrote, ACC and KV; big buffers whole now and
+  then, else the hull of the words written), then ``HALT``. Units run concurrently, so the
+  generator makes the result deterministic: it tracks, per unit, the buffer / off-chip
+  regions (read or written) of the ops issued since its last ``WAIT``, and before issuing an
+  op it waits for every *other* unit whose pending ops conflict (overlap, one of them
+  writing) with ``WAIT unit, n``, ``n`` the number of that unit's ops issued after the newest
+  conflicting one, or 0 (ops of one unit run in order: no wait). Independent ops stay in
+  flight together.
 - **illegal programs**: a valid prefix, then exactly one op that must fail (illegal opcode,
   an undefined enum value patched into a legal word through :func:`hw.isa.leaf_fields`
   offsets, ``BAD_FIELD`` sizes, ``SRAM_RANGE`` and ``OFFCHIP_RANGE`` at the boundary and far
@@ -27,18 +35,29 @@ What is generated (everything from one integer seed, program ``i`` from ``(seed,
   ``SETPOS`` overflow, a missing ``HALT`` -> ``PROG_RANGE``, a program longer than
   ``uop_depth`` or past the end of memory -> ``PROG_LOAD``), followed by ``WAIT`` on the failing
   unit and ops that must never run. The expected error and ``error_pc`` are the generator's
-  intent, cross-checked with IsaSim. Either the prefix is drained first (*quiesced*: every
-  result compared), or the error hits while ops of the prefix are in flight (*abort*: the chip
-  drops them; only status, ``UOPS`` and the rule "off-chip bytes change only inside the
-  destinations of issued STOREs" are checked, and the next job, a *resync* program, reloads
-  every buffer from memory).
+  intent (:data:`ILLEGAL_KINDS`), checked against IsaSim too. Either the prefix is drained
+  first (*quiesced*: every result compared), or the error hits while ops of the prefix are in
+  flight (*abort*: the chip drops them; only status, ``UOPS`` and the rule "off-chip bytes
+  change only inside the destinations of issued STOREs, and where one STORE covers them, to
+  IsaSim's values" are checked, and the next job, a *resync* program, reloads the buffer
+  words the prefix may have written);
+- **jitter twins**: now and then a valid program runs again under another memory
+  configuration (stalls if it had none, else none): compared with IsaSim like any job, and
+  the run with stalls must take more cycles;
+- every job gets a random configuration of the memory model (bandwidth ``interval``, latency
+  ``jitter`` probability and maximum, its seed), none in about half of them.
 
-:func:`run_campaign` lays the programs out in images (as many per :func:`run_jobs` call as the
-program area holds), runs them as jobs with random memory stalls, and compares each job with
-IsaSim (one instance per image, state carried from job to job as the chip's buffers are):
-``error``, ``error_pc``, ``pos``, the counters ``UOPS`` / ``GRID_ROWS`` / ``LOAD_WORDS`` /
-``STORE_WORDS``, and the whole off-chip memory after every job; every job runs under a cycle
-budget derived from its ops and must finish in it.
+:func:`run_campaign` (:func:`make_programs` + :func:`run_programs`) lays the programs out in
+images (as many per :func:`run_jobs` call as the program area holds, at most
+``jobs_per_run``; each run starts with a job loading every buffer from its image), runs them
+and compares each job with IsaSim (one instance per image, state carried from job to job as
+the chip's buffers are): ``error``, ``error_pc``, ``pos``, the counters ``UOPS`` /
+``GRID_ROWS`` / ``LOAD_WORDS`` / ``STORE_WORDS``, and the whole off-chip memory after every
+job; every job runs under a cycle bound derived from its ops (:meth:`Program.max_cycles`)
+and must finish in it. A mismatch (:class:`Mismatch`) lists the differences (off-chip bytes
+with the STORE that wrote them and the op that last wrote the stored buffer word) and the
+program with those ops marked; IsaSim then takes the chip's memory and dumped buffers, so
+later jobs are compared on equal state where possible.
 """
 
 from __future__ import annotations
@@ -508,6 +527,8 @@ class _Builder:
         if value is None:
             add = rng.random() < 0.4
             value = int(rng.integers(0, 6)) if add else int(rng.integers(0, 3 * self.p.cols))
+            if not add and rng.random() < 0.08:  # a long context now and then
+                value = int(rng.integers(0, 64 * self.p.cols))
         new = self.pos + value if add else value
         assert 0 <= new < 1 << 16
         self.pos = new
@@ -524,12 +545,16 @@ class _Builder:
         for _ in range(tries):
             cont = self.gemm_left is not None and (rng.random() < 0.35 if chain is None
                                                     else chain)
+            big = rng.random() < 0.12  # now and then longer runs and more tiles
             if cont:
                 n, T = self.gemm_left
+            elif big:
+                T = int(rng.integers(1, max(2, p.acc_entries // 2) + 1))
+                n = int(rng.integers(1, 9))
             else:
                 T = int(rng.integers(1, 5))
                 n = int(rng.integers(1, 5))
-            k = int(rng.integers(1, 5))
+            k = int(rng.integers(1, 13 if big else 5))
             first = 0 if cont else 1
             final = int(rng.random() < (0.75 if first else 0.6))
             wsrc = WSrc(int(rng.choice(3, p=[0.5, 0.25, 0.25])))
