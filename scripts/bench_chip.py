@@ -40,7 +40,8 @@ import numpy as np  # noqa: E402
 from hw.isa import Counter, GridMode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
-from sim.programs import Image, ncols_of, random_problem, uop_bus_words, weight_gemm  # noqa: E402
+from sim.programs import Image, ncols_of, uop_bus_words, weight_gemm  # noqa: E402
+from sw.quantize import random_gemm  # noqa: E402
 
 
 def main(argv=None):
@@ -74,7 +75,8 @@ def main(argv=None):
     print(f"{'T':>4} {'B/cyc':>6} {'cycles':>9} {'grid busy':>9} {'MAC util':>8} "
           f"{'roofline':>9} {'ratio':>6} {'sim kHz':>8}")
     for T in args.t:
-        x8, xs, qw, bias = random_problem(rng, T, args.k, args.n, args.bits)
+        x, qw, bias = random_gemm(rng, T, args.k, args.n, args.bits)
+        x8, xs = G.quantize_rows(x)
         img = Image(p)
         wg = weight_gemm(p, img, x8, xs, qw, bias, n_ops=nb, double_buffer=True)
         prog_addr, prog_len = img.put_program(wg.prog)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from amaranth.lib.wiring import In
 
 from hw.isa import Counter, Err

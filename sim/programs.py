@@ -10,20 +10,22 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
   (:meth:`Image.put`), micro-op programs (:meth:`Image.put_program`), room for results
   (:meth:`Image.reserve`);
 - buffer word builders: :func:`act_fields` (A8 rows and their ``sim.golden.ActScale``),
-  :func:`weight_fields` and :func:`prm_fields` (an ``sw.quantize.QWeight``), :func:`gscale`;
+  :func:`weight_fields` and :func:`prm_fields` (weights: an ``sw.quantize.QWeight`` or any
+  object with its fields, as ``sim.golden.gemm`` takes them; ``sim/`` does not import the
+  compiler), :func:`gscale`;
   :func:`bus_image` / :func:`from_bus` convert to and from the off-chip form;
 - program builders: :func:`weight_gemm` (load -> GEMM -> store of a weight GEMM, optionally
   split into chained ops over N and K with double-buffered weight loads) and, for attention
   on the KV cache, :class:`KvHead` (a head's region: ``KV_APPEND``, QKᵀ and P·V GEMMs) with
   :func:`attention_step` (one prefill or decode step as a whole program);
-- :func:`random_problem`, :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
+- :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
   values, also ones ``encode`` refuses), :func:`error_cases` (one micro-op per check of
   ``hw/isa.py``);
 - :func:`isa_jobs`: the jobs of ``sim.chip_rtl.run_jobs`` on the ISA simulator (the reference
   the RTL is compared with).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -54,11 +56,10 @@ from hw.isa import (
 )
 from hw.params import ChipParams
 from sim import golden as G
-from sw.quantize import QWeight, quantize_float, to_wide
 
 __all__ = [
     "Image", "bus_image", "from_bus", "uop_bus_words", "gscale", "act_fields", "ncols_of",
-    "weight_fields", "prm_fields", "random_problem", "sub_weight", "raw_op", "acc_words",
+    "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
     "isa_jobs", "ErrorCase", "error_cases",
 ]
@@ -202,7 +203,7 @@ def weight_fields(p: ChipParams, q, mode: GridMode) -> dict:
     return {"": b.reshape(-1, PC)}
 
 
-def prm_fields(p: ChipParams, qw: QWeight, bias, mode: GridMode) -> tuple[dict, dict]:
+def prm_fields(p: ChipParams, qw, bias, mode: GridMode) -> tuple[dict, dict]:
     """Group words (block j, weight group g at j * K/32 + g) and out words (block j)."""
     C = p.cols
     nc = ncols_of(p, mode)
@@ -225,36 +226,14 @@ def prm_fields(p: ChipParams, qw: QWeight, bias, mode: GridMode) -> tuple[dict, 
     return group, out
 
 
-def random_problem(rng, T: int, K: int, N: int, bits: int):
-    """A weight GEMM as tests/test_gemm.py draws it: activations over three decades per group
-    of 16, weights from normals, Q4_1-like random offsets for INT4. Returns
-    ``(x8, xs, qw, bias)`` for ``sim.golden.gemm``."""
-    x = rng.normal(size=(T, K)) * np.repeat(10.0 ** rng.uniform(-2, 1, (T, K // 16)), 16, 1)
-    x8, xs = G.quantize_rows(to_wide(x))
-    qw = quantize_float(rng.normal(size=(N, K)) * 0.1, bits=bits)
-    if bits == 4:
-        qw = QWeight(
-            qw.q,
-            qw.scale,
-            rng.integers(-3000, 3000, qw.scale.shape).astype(np.int16),
-            qw.shift,
-            bits,
-        )
-    return x8, xs, qw, to_wide(rng.normal(size=N))
-
-
-def sub_weight(qw: QWeight, k0: int, k1: int, n0: int = 0, n1: int | None = None) -> QWeight:
+def sub_weight(qw, k0: int, k1: int, n0: int = 0, n1: int | None = None):
     """Columns ``n0 .. n1 - 1`` and K range ``k0 .. k1 - 1`` (whole weight groups) of ``qw``."""
     g = G.NUM.group
     assert k0 % g == 0 and k1 % g == 0, (k0, k1)
     n = slice(n0, n1)
-    return QWeight(
-        qw.q[n, k0:k1],
-        qw.scale[n, k0 // g : k1 // g],
-        None if qw.offset is None else qw.offset[n, k0 // g : k1 // g],
-        qw.shift[n],
-        qw.bits,
-    )
+    return replace(qw, q=qw.q[n, k0:k1], scale=qw.scale[n, k0 // g : k1 // g],
+                   offset=None if qw.offset is None else qw.offset[n, k0 // g : k1 // g],
+                   shift=qw.shift[n])
 
 
 def raw_op(op, member: str | None = None, **fields) -> int:
@@ -300,7 +279,7 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def weight_gemm(p: ChipParams, img: Image, x8, xs, qw: QWeight, bias, *, n_ops: int = 1,
+def weight_gemm(p: ChipParams, img: Image, x8, xs, qw, bias, *, n_ops: int = 1,
                 k_ops: int = 1, double_buffer: bool = False, base: dict | None = None,
                 exp_rng=None) -> WeightGemm:
     """Lay out ``y = sim.golden.gemm(x8, xs, qw, bias)`` in ``img`` and build its program.

@@ -30,6 +30,7 @@ __all__ = [
     "to_wide",
     "from_wide",
     "quantize_float",
+    "random_gemm",
     "from_gguf_blocks",
     "dequantize",
     "conversion_report",
@@ -376,3 +377,21 @@ def quantize_smollm2(model, positions: int | None = None, act_passes: int = 2,
     return QSmolLM2(config=c, token_embd=embd, lm_head=head, layers=layers,
                     output_norm=wide("output_norm.weight"), rope_cos=cos, rope_sin=sin,
                     act_passes=act_passes)
+
+
+def random_gemm(rng, T: int, K: int, N: int, bits: int, offsets: bool | None = None,
+                num: Numerics = NUM):
+    """A random weight GEMM in the chip's formats, for tests and benchmarks.
+
+    Activations: wide [T, K] from normals whose magnitude spans three decades from one
+    activation group of 16 to the next (so the group scales differ). Weights: normals times
+    0.1, quantized by :func:`quantize_float` (``bits`` 4 or 8); with ``offsets`` (default: for
+    INT4) Q4_1-like random group offsets. Bias: wide [N]. Returns ``(x, qw, bias)``; the
+    activations still need the chip's dynamic quantization (``sim.golden.quantize_rows``).
+    """
+    x = rng.normal(size=(T, K)) * np.repeat(10.0 ** rng.uniform(-2, 1, (T, -(-K // 16))), 16,
+                                            axis=1)[:, :K]
+    qw = quantize_float(rng.normal(size=(N, K)) * 0.1, bits=bits, num=num)
+    if bits == 4 if offsets is None else offsets:
+        qw = replace(qw, offset=rng.integers(-3000, 3000, qw.scale.shape).astype(np.int16))
+    return to_wide(x, num), qw, to_wide(rng.normal(size=N), num)

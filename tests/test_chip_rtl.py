@@ -61,11 +61,10 @@ from sim.programs import (
     act_fields,
     attention_step,
     error_cases,
-    random_problem,
     raw_op,
     weight_gemm,
 )
-from sw.quantize import to_wide
+from sw.quantize import random_gemm, to_wide
 
 SEED = int(os.environ.get("CHIP_SEED", np.random.SeedSequence().entropy % 2**32))
 P = ChipParams()
@@ -152,7 +151,8 @@ def build_plan(seed: int) -> Plan:
         return entries[-1]
 
     def gemm_problem(bits, T, K, N, **kw):
-        x8, xs, qw, bias = random_problem(rng, T, K, N, bits)
+        x, qw, bias = random_gemm(rng, T, K, N, bits)
+        x8, xs = G.quantize_rows(x)
         wg = weight_gemm(P, img, x8, xs, qw, bias, exp_rng=rng, **kw)
         return wg, G.gemm(x8, xs, qw, bias)
 

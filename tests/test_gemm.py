@@ -19,7 +19,7 @@ from hw.grid import GridMode
 from hw.params import ChipParams
 from sim import golden as G
 from sim.gemm_ref import collect, plan_gemm
-from sw.quantize import QWeight, quantize_float, to_wide
+from sw.quantize import random_gemm, to_wide
 
 SEED = int(os.environ.get("GEMM_SEED", np.random.SeedSequence().entropy % 2**32))
 F = G.NUM.frac_bits
@@ -80,13 +80,8 @@ PARAMS = ChipParams(rows=4, cols=8)  # 4 x 4 PEs, 8 W4A8 / 4 INT8 output columns
 @pytest.mark.parametrize("bits, offsets, stall", [(4, True, 0.3), (8, False, 0.0)])
 def test_gemm_matches_golden(rng, bits, offsets, stall):
     T, K, N = 5, 64, 10
-    x = rng.normal(size=(T, K)) * np.repeat(10.0 ** rng.uniform(-2, 1, (T, K // 16)), 16, 1)
-    x8, xs = G.quantize_rows(to_wide(x))
-    qw = quantize_float(rng.normal(size=(N, K)) * 0.1, bits=bits)
-    if offsets:  # Q4_1-like: scale and offset per group
-        qw = QWeight(qw.q, qw.scale, (rng.integers(-3000, 3000, qw.scale.shape)).astype(np.int16),
-                     qw.shift, bits)
-    bias = to_wide(rng.normal(size=N))
+    x, qw, bias = random_gemm(rng, T, K, N, bits, offsets)  # offsets: Q4_1-like
+    x8, xs = G.quantize_rows(x)
     want = G.gemm(x8, xs, qw, bias)
     mode = GridMode.W4A8 if bits == 4 else GridMode.INT8
     ga = xs.group

@@ -41,15 +41,14 @@ from sim.programs import (
     act_fields,
     bus_image,
     error_cases,
-    ncols_of,
     gscale,
+    ncols_of,
     prm_fields,
     pv_planes,
-    random_problem,
     weight_fields,
     weight_gemm,
 )
-from sw.quantize import to_wide
+from sw.quantize import random_gemm, to_wide
 
 SEED = int(os.environ.get("ISA_SEED", np.random.SeedSequence().entropy % 2**32))
 F = G.NUM.frac_bits
@@ -74,7 +73,8 @@ def test_weight_gemm_matches_golden(rng, p, bits, T, split):
     """K = 96 (three weight groups), N = 37 (partial last block); ``split``: K as two GEMM
     micro-ops (64 + 32 on separate weight tiles), the second adding to the first's sums."""
     K, N = 96, 37
-    x8, xs, qw, bias = random_problem(rng, T, K, N, bits)
+    x, qw, bias = random_gemm(rng, T, K, N, bits)
+    x8, xs = G.quantize_rows(x)
     img = Image(p)
     wg = weight_gemm(p, img, x8, xs, qw, bias, k_ops=2 if split else 1,
                      base=dict(wgt=5, act=3, prm=2, acc=7), exp_rng=rng)
@@ -98,7 +98,8 @@ def test_streamed_weight_gemm_matches_golden(rng, p, bits):
     (``double_buffer``), N in four ops and K in two: each op's operands are loaded while the
     previous op runs, into the region the op before that has finished with."""
     T, K, N = 2, 128, 4 * ncols_of(p, GridMode.W4A8 if bits == 4 else GridMode.INT8) + 3
-    x8, xs, qw, bias = random_problem(rng, T, K, N, bits)
+    x, qw, bias = random_gemm(rng, T, K, N, bits)
+    x8, xs = G.quantize_rows(x)
     img = Image(p)
     wg = weight_gemm(p, img, x8, xs, qw, bias, n_ops=4, k_ops=2, double_buffer=True)
     assert len(wg.ops) == 8
@@ -225,7 +226,8 @@ def test_sums_persist_between_ops(rng):
     p = P4
     R, C = p.rows, p.cols
     T, K, N = 3, 32, 2 * C
-    x8, xs, qw, bias = random_problem(rng, T, K, N, 4)
+    x, qw, bias = random_gemm(rng, T, K, N, 4)
+    x8, xs = G.quantize_rows(x)
     want = G.gemm(x8, xs, qw, bias)
     act = act_fields(R, x8, xs.mant, xs.exp, xs.group)
     zero = act_fields(R, np.zeros((T, R), np.int64), np.ones((T, 1), np.int64), xs.exp, 16)
