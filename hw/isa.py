@@ -211,7 +211,7 @@ class Counter(enum.IntEnum):
     """Performance counters, in the order the host reads them (``hw/chip.py``)."""
 
     CYCLES = 0           #: cycles from start to done
-    UOPS = 1             #: micro-ops issued
+    UOPS = 1             #: micro-ops issued (incl. any issued before a unit's error arrived)
     BUSY_LOAD = 2        #: cycles each unit had work
     BUSY_STORE = 3
     BUSY_GEMM = 4
