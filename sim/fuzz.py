@@ -94,7 +94,7 @@ from hw.params import ChipParams
 __all__ = [
     "SMALL", "R16", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
     "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
-    "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS",
+    "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS", "check_order",
 ]
 
 #: A 4x8 grid with 2 KiB buffers: ops reach the buffer ends and collide often; a quick build.
@@ -329,6 +329,37 @@ def _conflict(fa, fb) -> bool:
     return False
 
 
+def check_order(words: list, fps: list) -> list[str]:
+    """The ordering the micro-ops ``words`` state, checked against the footprints ``fps`` (per
+    word, ``[(space, lo, hi, write)]`` of a queued op, or None): for every queued op, the
+    ops of *other* units issued before it that no ``WAIT`` has surely finished (``WAIT unit,
+    n`` finishes all but the newest ``n`` of the unit's ops, which finish in order) must not
+    conflict with it. Returns the violations (empty: the program's results do not depend on
+    the units' timing). Independent of the generator's own bookkeeping."""
+    issued = {u: [] for u in QUEUED}
+    done = {u: 0 for u in QUEUED}  # how many of the unit's ops surely finished
+    out = []
+    for pc, w in enumerate(words):
+        op, f = decode(w)
+        if op == Op.WAIT and f["unit"] in issued:
+            u = Unit(f["unit"])
+            done[u] = max(done[u], len(issued[u]) - f["count"])
+        elif op == Op.HALT:
+            break
+        elif op in OP_UNIT:
+            me = OP_UNIT[op]
+            fp = fps[pc] if pc < len(fps) else None
+            for u in QUEUED:
+                if u == me or fp is None:
+                    continue
+                for q in issued[u][done[u]:]:
+                    if _conflict(fps[q] or [], fp):
+                        out.append(f"op {pc} ({op.name}) overlaps op {q} ({u.name}) that may "
+                                   f"still run")
+            issued[me].append(pc)
+    return out
+
+
 # -- programs ---------------------------------------------------------------------------------
 
 
@@ -417,9 +448,9 @@ class _Builder:
 
     def wait(self, unit: Unit, count: int = 0):
         self.emit(Op.WAIT, unit=unit, count=count)
-        if unit in self.pending:
+        if unit in self.pending:  # at most ``count`` of the unit's ops still run: the newest
             pend = self.pending[unit]
-            self.pending[unit] = pend[len(pend) - count:] if count else []
+            self.pending[unit] = pend[max(0, len(pend) - count):] if count else []
 
     def drain(self):
         for u in QUEUED:
@@ -801,6 +832,8 @@ def gen_valid(p: ChipParams, lay: MemLayout, seed: int, index: int, n_ops: int |
     b.final_stores()
     b.emit(Op.HALT)
     assert len(b.words) <= p.uop_depth
+    bad = check_order(b.words, b.fps)
+    assert not bad, f"generator: program {index} of seed {seed} races: {bad[:3]}"
     return b.program(index, "valid", pos_init=pos)
 
 
@@ -1073,6 +1106,8 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
     b.emit(Op.HALT)
     prog = b.program(index, "illegal", pos_init=pos, expect=expect, expect_pc=bad_pc,
                      tainted=tainted, note=f"{kind}: {note}")
+    races = check_order(b.words, b.fps)
+    assert not races, f"generator: program {index} of seed {seed} races: {races[:3]}"
     prog.stores, prog.writes, prog.dumped = stores, writes, []
     return prog
 
