@@ -82,9 +82,10 @@ from amaranth.lib import data, enum
 from .params import ChipParams
 
 __all__ = [
-    "Op", "Unit", "Buf", "WSrc", "PSrc", "Dyn", "KvKind", "VecFn", "VecBuf", "Err", "Counter",
-    "GridMode", "INSTR_BITS", "OP_BITS", "DmaArgs", "GemmArgs", "KvArgs", "VecArgs", "WaitArgs",
-    "PosArgs", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode", "decode",
+    "Op", "Unit", "Buf", "WSrc", "PSrc", "Dyn", "KvKind", "VecFn", "QuantMode", "VecBuf", "Err",
+    "Counter", "GridMode", "INSTR_BITS", "OP_BITS", "DmaArgs", "GemmArgs", "KvArgs", "VecArgs",
+    "WaitArgs", "PosArgs", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode",
+    "decode",
     "act_word", "wgt_word", "acc_word", "kv_word", "prm_group_word", "prm_out_word", "prm_word",
     "word_layout", "bus_bits", "bus_words_per", "buffer_depth", "KV_EXP_LANE_BITS",
     "check_params", "leaf_fields", "word_bytes", "pack_words", "unpack_words",
@@ -172,23 +173,36 @@ class KvKind(enum.IntEnum, shape=unsigned(1)):
 
 
 class VecFn(enum.IntEnum, shape=unsigned(5)):
-    """Vector-unit operations, one per operation of the golden model (``sim/golden.py``).
-    Executed by the vector unit (issue 5); a chip built without it raises
-    ``Err.UNSUPPORTED``."""
+    """Vector-unit operations, one per operation of the golden model (``sim/golden.py``); the
+    exact contract of each is :class:`VecArgs`. A chip built without the vector unit raises
+    ``Err.UNSUPPORTED`` for every ``VEC``; one with it raises ``Err.BAD_FIELD`` for a value
+    not listed here."""
 
-    QUANT = 0       #: wide (ACC) -> A8 (ACT): ``quantize_rows``; ``flags`` bit 0: A15 planes
-    RESIDUAL = 1    #: ACC + ACC -> ACC: ``residual_add``
-    LAYERNORM = 2   #: ``layernorm`` (gamma/beta from PRM at ``prm``)
-    RMSNORM = 3     #: ``rmsnorm``
-    SOFTMAX = 4     #: ``softmax`` with causal mask from ``pos`` (``flags`` bit 0: causal)
-    GELU = 5        #: ``gelu``
-    SILU_MUL = 6    #: ``silu_mul`` (a: gate, b: up)
-    ROPE = 7        #: ``rope`` on adjacent pairs, tables at ``prm``, positions from ``pos``
-    EMBED = 8       #: ``embed``: gather rows of a table by token id
-    COPY = 9        #: move rows between buffers
+    QUANT = 0       #: wide rows (ACC) -> A8 rows (ACT): ``quantize_rows`` (:class:`QuantMode`)
+    RESIDUAL = 1    #: ``residual_add(a, b)``: ACC + ACC -> ACC
+    LAYERNORM = 2   #: ``layernorm(a, gamma, beta, eps)``, constants in PRM at ``prm``
+    RMSNORM = 3     #: ``rmsnorm(a, gamma, eps)``, constants in PRM at ``prm``
+    SOFTMAX = 4     #: ``softmax(a, q_pos)``, the causal mask from ``pos`` (``causal``)
+    GELU = 5        #: ``gelu(a)``
+    SILU_MUL = 6    #: ``silu_mul(a, b)`` (a: gate, b: up)
+    ROPE = 7        #: ``rope`` on adjacent pairs, table rows ``pos + t`` in ACC at ``src_b``
+    COPY = 8        #: rows moved within ACC (optionally repacked) or within ACT
+
+
+class QuantMode(enum.IntEnum, shape=unsigned(2)):
+    """What ``VEC QUANT`` writes per row (``sim.golden.quantize_rows`` /
+    ``quantize_residual``); a mode with two blocks writes the second block of ``rows`` rows at
+    ``dst + (rows + t) * dst_stride`` (:class:`VecArgs`), so one ``GEMM`` with
+    ``t_len = 2 * rows`` reads both (A8X2)."""
+
+    INT8 = 0   #: one A8 row (``bits = 8``)
+    A15 = 1    #: two INT8 planes of 15-bit values (``bits = 15``): ``x >> 7``, ``x & 127``
+    A8X2 = 2   #: two A8 passes (``quantize_residual``): the row, then its residual
 
 
 class VecBuf(enum.IntEnum, shape=unsigned(1)):
+    """The buffer ``VEC COPY`` moves rows within."""
+
     ACC = 0
     ACT = 1
 
@@ -306,19 +320,112 @@ class KvArgs(data.Struct):
 
 
 class VecArgs(data.Struct):
-    """``VEC``: ``fn`` over ``rows`` rows of ``length`` words, from ``src_a`` (and ``src_b``)
-    to ``dst``, constants at PRM ``prm`` (the vector unit is issue 5)."""
+    """``VEC``: the vector unit applies ``fn`` to ``rows`` rows of ``length`` elements each,
+    the arithmetic of its ``sim.golden`` function bit for bit. With ``dyn = POS`` the length
+    is ``pos + rows`` instead of the field (the keys a step's ``rows`` query rows see, as a
+    ``GEMM`` with ``dyn = POS``), so one program serves every decode step. ``pos`` is the
+    context register as the sequencer attached it to the op.
+
+    Row formats (``R``, ``C``: ``ChipParams.rows``, ``cols``; ``PC = C / 2``):
+
+    - a *wide row* is ``length`` INT32 in ACC, ``E`` per word: element ``i`` of row ``t`` of
+      operand ``a`` is lane ``i % E`` of word ``src_a + t * src_stride + i // E``; ``E = C``,
+      or ``E = PC`` with ``half`` (the layout INT8-mode GEMMs write: lanes ``PC ..`` are not
+      read). ``half`` holds for every ACC row of the op. Operand ``b`` is read the same way
+      from ``src_b`` (same ``src_stride``), results are written to ``dst + t * dst_stride``.
+      A row is ``W = ceil(length / E)`` words, all written: lanes beyond ``length`` (and
+      lanes ``PC ..`` with ``half``) are 0;
+    - an *A8 row* is ``ceil(length / R)`` ACT words (:func:`act_word`) at
+      ``dst + t * dst_stride``: element ``i`` in lane ``i % R`` of word ``i // R``, lanes
+      beyond ``length`` 0; each word carries the scale of the activation group of its first
+      element and the row exponent, as ``GEMM`` reads them (``sim.programs.act_fields``);
+    - constants: gamma, beta and eps in PRM *out* words (``bias`` lanes, ``C`` values per
+      word, ``Wc = ceil(length / C)`` words per vector); the RoPE table in ACC; V's scales in
+      the KV cache, where ``KV_APPEND`` put them.
+
+    Per ``fn`` (:class:`VecFn`):
+
+    ``QUANT``      ``quantize_rows(a, group, bits)`` to A8 rows at ``dst``; ``group`` is
+                   ``act_group``, or the whole row with ``per_row`` (V for the KV cache).
+                   ``qmode`` (:class:`QuantMode`): ``INT8`` writes one block of ``rows`` A8
+                   rows; ``A15`` (``bits = 15``) the high plane ``x >> 7`` and then, at
+                   ``dst + (rows + t) * dst_stride``, the low plane ``x & 127`` with the same
+                   scales; ``A8X2`` the two passes of ``quantize_residual`` (the second at
+                   ``dst + (rows + t) * dst_stride``).
+                   With ``vfold`` (attention probabilities, ``sim.golden.fold_v_scales``):
+                   first ``p'[t, j] = rshift_round(p[t, j] * mant_v[j], e_max[t] - exp_v[j])``
+                   with ``p`` read as the low 17 bits of each element, unsigned (``SOFTMAX``
+                   writes ``0 .. 2**F``), and ``e_max[t]`` the largest ``exp_v[j]`` over the
+                   keys row ``t`` sees (``j <= pos + t`` with ``causal``, else all
+                   ``length``); every word of row
+                   ``t`` then carries ``exp + e_max[t]`` (modulo 2**8), so a P·V ``GEMM`` with
+                   out shift ``F`` (``frac_bits``) computes what ``attention_head`` does,
+                   ``gemm_act(p15, ps, v, None, shift=F - e_max)``. The scale of key ``j``
+                   comes from the value scale region at ``src_b`` as ``KV_APPEND`` wrote it,
+                   with ``G = vgroups`` (head dim / ``act_group``): ``mant_v = 2**gshift``
+                   (0 if ``gzero``) from lane ``j % PC`` of word
+                   ``src_b + (j // PC) * (G + 1)`` (group 0), ``exp_v`` from lane ``j % PC``
+                   of word ``src_b + (j // PC) * (G + 1) + G``.
+    ``RESIDUAL``   ``residual_add(a, b)`` to wide rows at ``dst``.
+    ``LAYERNORM``  ``layernorm(a, gamma, beta, eps)``: ``gamma[i]`` is lane ``i % C`` of PRM
+                   word ``prm + i // C``, ``beta[i]`` of word ``prm + Wc + i // C``,
+                   ``eps_q32 = round(eps * 2**(2 F))`` the low 17 bits of lane 0 of word
+                   ``prm + 2 * Wc`` (``hw.vector.norm.EPS_BITS``).
+    ``RMSNORM``    ``rmsnorm(a, gamma, eps)``: gamma at ``prm``, eps at ``prm + Wc``.
+    ``SOFTMAX``    ``softmax(a, q_pos)`` to Q.F probabilities at ``dst``: with ``causal`` row
+                   ``t`` is query position ``pos + t`` (keys ``j > pos + t`` give 0), without
+                   every key is visible.
+    ``GELU``       ``gelu(a)``.
+    ``SILU_MUL``   ``silu_mul(a, b)``: ``a`` the gate, ``b`` the up projection.
+    ``ROPE``       ``rope`` of one head (``length`` = head dim, even): row ``t`` is the token
+                   at position ``pos + t``; ``cos[i]``, ``sin[i]`` of its pair ``(2i, 2i+1)``
+                   are elements ``2i``, ``2i + 1`` of row ``pos + t`` of the table, wide rows of
+                   ``length`` elements at ``src_b + (pos + t) * W`` (the op's ``E``), each used
+                   as its low 18 bits, signed (``hw.vector.elementwise.ROPE_TRIG_BITS``; Q.F
+                   cos and sin lie in ``[-2**F, 2**F]``).
+    ``COPY``       rows of ``buf`` (:class:`VecBuf`) from ``src_a`` to ``dst``: wide rows (with
+                   ``repack`` written in the other layout: ``E = C`` if ``half``, else
+                   ``PC``), or A8 rows word for word (``ceil(length / R)`` words, scales and
+                   all).
+
+    Fields a ``fn`` does not name are ignored. Rows are processed in order, each read before
+    it is written, so ``dst = src_a`` with equal strides works in place; a destination that
+    overlaps another row's source is undefined (the ISA simulator reads every source first).
+    Where two written rows share a word the later row stays.
+
+    Checked before anything is written, in this order:
+
+    - ``Err.BAD_FIELD``: ``fn`` not a :class:`VecFn`; ``QUANT`` with ``qmode`` not a
+      :class:`QuantMode`, or ``vfold`` with ``vgroups = 0``; ``rows = 0``; ``length`` (after
+      ``dyn``) 0; a row operation (``QUANT``, ``LAYERNORM``, ``RMSNORM``, ``SOFTMAX``) longer
+      than ``ChipParams.vector_row`` elements (the row FIFOs of ``hw/vector``); ``ROPE``
+      with an odd ``length``;
+    - ``Err.SRAM_RANGE``: any word the op reads or writes beyond its buffer: the source rows,
+      ``b``'s rows, the table rows ``pos .. pos + rows - 1`` (``ROPE``), the PRM constants,
+      the scale words of keys ``0 .. length - 1`` (``vfold``), the destination rows (both
+      blocks of ``A15`` / ``A8X2``);
+    - ``Err.BAD_FIELD``: ``vfold`` and a key ``j < length`` whose scale lane is not one
+      ``QUANT`` writes (``gzero = 0`` and ``gshift > act_headroom``).
+    """
 
     fn: VecFn
-    sbuf: VecBuf
-    dbuf: VecBuf
+    qmode: QuantMode
+    per_row: unsigned(1)
+    vfold: unsigned(1)
+    causal: unsigned(1)
+    dyn: Dyn
+    half: unsigned(1)
+    buf: VecBuf
+    repack: unsigned(1)
     src_a: unsigned(14)
-    src_b: unsigned(14)
+    src_b: unsigned(16)
+    src_stride: unsigned(10)
     dst: unsigned(14)
+    dst_stride: unsigned(10)
     rows: unsigned(9)
-    length: unsigned(10)
+    length: unsigned(13)
     prm: unsigned(10)
-    flags: unsigned(8)
+    vgroups: unsigned(4)
 
 
 class WaitArgs(data.Struct):
@@ -490,16 +597,17 @@ def buffer_depth(p: ChipParams, buf: Buf) -> int:
     return kib * 8192 // bits
 
 
-#: The micro-op field that addresses each buffer (its width bounds the buffer's depth).
-_ADDR_FIELDS = {Buf.WGT: ("gemm", "w_addr"), Buf.ACT: ("gemm", "a_addr"),
-                Buf.ACC: ("gemm", "acc_addr"), Buf.PRM: ("gemm", "prm_addr"),
-                Buf.KV: ("kv", "kv_addr")}
+#: The micro-op fields that address each buffer (their widths bound the buffer's depth).
+_ADDR_FIELDS = [(Buf.WGT, "gemm", "w_addr"), (Buf.ACT, "gemm", "a_addr"),
+                (Buf.ACC, "gemm", "acc_addr"), (Buf.PRM, "gemm", "prm_addr"),
+                (Buf.KV, "kv", "kv_addr"), (Buf.ACC, "vec", "src_a"), (Buf.ACT, "vec", "dst"),
+                (Buf.KV, "vec", "src_b"), (Buf.PRM, "vec", "prm")]
 
 
 def check_params(p: ChipParams) -> None:
     """Raise ``ValueError`` if a buffer of ``p`` is deeper than the micro-op fields that
     address it, or the scaler's accumulator deeper than ``t_len`` can count."""
-    for buf, (member, name) in _ADDR_FIELDS.items():
+    for buf, member, name in _ADDR_FIELDS:
         width = _fields(data.Layout.cast(ARGS[member].shape))[name].width
         depth = buffer_depth(p, buf)
         if depth > 1 << width:

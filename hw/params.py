@@ -121,6 +121,11 @@ class ChipParams:
         one micro-op to the next).
     ``vector_lanes``
         Elements the vector unit takes per cycle.
+    ``vector_row``
+        Longest row (elements) of the vector unit's row operations (``VEC`` ``QUANT``,
+        ``LAYERNORM``, ``RMSNORM``, ``SOFTMAX``; ``hw/isa.py``): each holds a whole row in its
+        row FIFOs (``max_beats = ceil(vector_row / vector_lanes)`` of ``hw/vector``), and the
+        norm's and softmax's divisors are sized for at most 4096 elements.
     ``offchip_bytes_per_cycle``, ``offchip_latency``, ``offchip_kib``
         The modelled off-chip memory: bus width (one bus word per cycle at full rate), read
         latency in cycles, and size.
@@ -141,6 +146,7 @@ class ChipParams:
     prm_entries: int = 256
     acc_entries: int = 256
     vector_lanes: int = 16
+    vector_row: int = 2048
     offchip_bytes_per_cycle: int = 8
     offchip_latency: int = 16
     offchip_kib: int = 1024
@@ -168,6 +174,7 @@ class ChipParams:
         _check_range(self, "prm_entries", 16, 1024)
         _check_range(self, "acc_entries", 16, 511)
         _check_range(self, "vector_lanes", 1, 64)
+        _check_range(self, "vector_row", 16, 4096)
         _check_range(self, "offchip_bytes_per_cycle", 1, 256)
         _check_range(self, "offchip_latency", 1, 1024)
         _check_range(self, "offchip_kib", 1, 1 << 22)

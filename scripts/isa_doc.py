@@ -52,6 +52,7 @@ ENUMS = [
     isa.Dyn,
     isa.KvKind,
     isa.VecFn,
+    isa.QuantMode,
     isa.VecBuf,
     isa.Err,
     isa.Counter,

@@ -50,6 +50,7 @@ __all__ = [
     "quantize_act",
     "quantize_residual",
     "attention_head",
+    "fold_v_scales",
     "residual_add",
     "layernorm",
     "rmsnorm",
@@ -448,15 +449,30 @@ def attention_head(q8, qs: ActScale, k8, ks: ActScale, v8, vs: ActScale, q_pos=N
         raise ValueError("attention_head: V needs one scale per token (group=None)")
     s = gemm_act(q8, qs, k8, ks)
     p = softmax(s, q_pos)
-    S = vs.exp.shape[-1]
-    ev = vs.exp[..., None, :]  # [..., 1, S]
+    pp, e_max = fold_v_scales(p, vs.mant[..., 0], vs.exp, q_pos)
+    p15, ps = quantize_rows(pp, bits=15)
+    return gemm_act(p15, ps, np.swapaxes(v8, -1, -2), None, shift=F - e_max)
+
+
+def fold_v_scales(p, v_mant, v_exp, q_pos=None):
+    """V's per-token scales folded into probabilities (:func:`attention_head`).
+
+    ``p`` [..., T, S] (Q.F, masked entries 0), ``v_mant`` / ``v_exp`` [..., S] the mantissa
+    and exponent of each key's V row. With ``e_max`` [..., T, 1] the largest ``v_exp`` over
+    the keys a row sees (``j <= q_pos[i]``; all without ``q_pos``), returns
+    ``(rshift_round(p * v_mant, e_max - v_exp), e_max)``: ``p * V`` then equals
+    ``p' * v8 * 2**e_max``.
+    """
+    v_exp = np.asarray(v_exp, np.int64)
+    S = v_exp.shape[-1]
+    ev = v_exp[..., None, :]  # [..., 1, S]
     if q_pos is not None:  # a row aligns only to the keys it sees
         visible = np.arange(S)[None, :] <= np.asarray(q_pos)[:, None]
         ev = np.where(visible, ev, np.iinfo(np.int64).min)
     e_max = np.max(ev, axis=-1, keepdims=True)  # per row [..., T, 1]
-    pp = rshift_round(p * vs.mant[..., None, :, 0], np.maximum(e_max - vs.exp[..., None, :], -63))
-    p15, ps = quantize_rows(pp, bits=15)
-    return gemm_act(p15, ps, np.swapaxes(v8, -1, -2), None, shift=F - e_max)
+    pp = rshift_round(np.asarray(p, np.int64) * np.asarray(v_mant, np.int64)[..., None, :],
+                      np.maximum(e_max - v_exp[..., None, :], -63))
+    return pp, e_max
 
 
 # -- element-wise and row-wise vector operations -------------------------------------------------

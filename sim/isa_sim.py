@@ -23,8 +23,9 @@ through :func:`hw.isa.unpack_words` of :data:`hw.isa.INSTR`, and the op then fai
 Execution: every op runs through a dispatch table, ``IsaSim.handlers`` (:class:`hw.isa.Op` ->
 ``handler(args)``, ``args`` the decoded fields). A handler checks everything first, raising
 :class:`OpError` with the :class:`hw.isa.Err`, and only then writes: a failing op writes
-nothing. The vector unit plugs in later as ``sim.handlers[Op.VEC] = handler``; until then
-``VEC`` is ``Err.UNSUPPORTED``. ``done`` means stopped, as the chip's ``done``: by ``HALT``
+nothing. ``VEC`` runs only on a simulator built with ``vector=True`` (the chip with its
+vector unit); otherwise, as on the RTL without it, ``VEC`` is ``Err.UNSUPPORTED``.
+``done`` means stopped, as the chip's ``done``: by ``HALT``
 (``pc`` stays on it) or by an error (``error``, ``error_pc`` = the failing op's index, ``pc``
 stays there). Checks and their order:
 
@@ -45,6 +46,7 @@ stays there). Checks and their order:
 - ``KV_APPEND``: ``t_len = 0``, ``d`` 0 or not a multiple of ``act_group`` and of ``PC``:
   ``BAD_FIELD``; ``pos + t_len > cap``: ``KV_OVERFLOW``; the region for ``cap`` tokens (data
   and scales) or the ACT rows beyond their buffers: ``SRAM_RANGE``.
+- ``VEC``: the checks of :class:`hw.isa.VecArgs`, in its order (fields, ranges, V scales).
 
 Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``):
 
@@ -67,6 +69,9 @@ Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``
   block while ``k_tiles <= 128`` (a ``dyn`` ``k_tiles`` may exceed it);
 - ACC outputs land in tile order (block ``j``, then row ``t``): if two land on one word
   (``acc_stride`` too small), the later one stays;
+- VEC runs the ``sim.golden`` function of its ``fn`` on whole operands, every source read
+  before any word is written; ``eps`` of the norms goes to the golden function as
+  ``eps_q32 / 2**(2 F)`` (which it rounds back to ``eps_q32`` exactly);
 - KV_APPEND takes a token's row ``exp`` from its first ACT word and group ``g``'s scale from the
   ACT word where the group starts (word ``g * act_group / R``); the "16" of the KV layout is
   ``Numerics.act_group``; a KV scale lane is ``gshift | gzero << 5`` (bits 6, 7 zero; ignored
@@ -98,7 +103,10 @@ from hw.isa import (
     KvKind,
     Op,
     PSrc,
+    QuantMode,
     Unit,
+    VecBuf,
+    VecFn,
     WSrc,
     act_word,
     buffer_depth,
@@ -112,6 +120,9 @@ from hw.isa import (
     word_layout,
 )
 from hw.params import ChipParams
+from hw.vector.elementwise import ROPE_TRIG_BITS
+from hw.vector.norm import EPS_BITS
+from sim import golden as G
 from sim.golden import rshift_round, saturate
 
 __all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "round_output"]
@@ -130,6 +141,10 @@ TIMED_COUNTERS = (
 )
 
 POS_MAX = (1 << 16) - 1
+#: VEC functions that hold a whole row (``ChipParams.vector_row`` bounds their length).
+_ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
+#: ``VEC QUANT vfold`` reads probabilities as their low 17 bits (``0 .. 2**F``).
+_P_MASK = (1 << 17) - 1
 #: Bound on the int64 temporaries of one GEMM chunk (elements).
 _CHUNK = 1 << 21
 
@@ -180,7 +195,9 @@ class IsaSim:
     """Executes micro-op programs (see the module docstring for state, checks and counters).
 
     ``offchip``: initial off-chip contents (uint8, at most ``offchip_kib`` KiB, copied to the
-    start of a zeroed memory). Typical use::
+    start of a zeroed memory). ``vector``: the chip has the vector unit (``VEC`` runs);
+    without it, as the RTL of ``hw/chip.py`` today, ``VEC`` is ``Err.UNSUPPORTED``. Typical
+    use::
 
         sim = IsaSim(params)
         sim.write_offchip(addr, sim.image_words(Buf.ACT, fields))
@@ -189,7 +206,8 @@ class IsaSim:
         out = sim.offchip_words(Buf.ACC, sim.read_offchip(out_addr, n))
     """
 
-    def __init__(self, params: ChipParams = ChipParams(), offchip: np.ndarray | None = None):
+    def __init__(self, params: ChipParams = ChipParams(), offchip: np.ndarray | None = None,
+                 vector: bool = False):
         check_params(params)
         self.params = params
         p = params
@@ -239,6 +257,8 @@ class IsaSim:
             Op.GEMM: self._gemm,
             Op.KV_APPEND: self._kv_append,
         }
+        if vector:
+            self.handlers[Op.VEC] = self._vec
 
     # -- program and control ------------------------------------------------------------------
 
@@ -658,3 +678,176 @@ class IsaSim:
         words = self._read(Buf.KV, uniq)[kv_leaf]  # [u, PC]
         words[inv, np.repeat(lane, rows.shape[1])] = vals.ravel()
         self.bufs[Buf.KV][uniq] = pack_words(self.layouts[Buf.KV], {kv_leaf: words})
+
+    # -- the vector unit ----------------------------------------------------------------------
+
+    def _wide_idx(self, base, stride, rows, W):
+        """ACC word addresses [rows, W] of wide rows at ``base + t * stride``."""
+        return base + np.arange(rows)[:, None] * stride + np.arange(W)
+
+    def _wide_read(self, idx, E, length):
+        """Wide rows [rows, length] from the ACC words ``idx`` [rows, W], ``E`` per word."""
+        words = self._read(Buf.ACC, idx)[_leaf(self.layouts[Buf.ACC])]  # [rows, W, C]
+        rows, W = idx.shape
+        return words[..., :E].reshape(rows, W * E)[:, :length]
+
+    def _wide_words(self, vals, E, W):
+        """Wide rows [rows, length] -> ACC words [rows * W, C]: ``E`` per word, the other
+        lanes 0."""
+        rows, length = vals.shape
+        flat = np.zeros((rows, W * E), np.int64)
+        flat[:, :length] = vals
+        words = np.zeros((rows, W, self.params.cols), np.int64)
+        words[..., :E] = flat.reshape(rows, W, E)
+        return pack_words(self.layouts[Buf.ACC], {_leaf(self.layouts[Buf.ACC]): words.reshape(
+            rows * W, -1)})
+
+    def _act_words(self, x8, mant, exp, group):
+        """A8 rows [rows, length] with their scales (``sim.golden.ActScale`` fields ``mant``
+        [rows, groups], ``exp`` [rows], ``group``) -> ACT words [rows * ceil(length / R)]:
+        each word with the scale of its first element's group (``hw/isa.py``, ``VecArgs``)."""
+        R = self.params.rows
+        rows, length = x8.shape
+        nw = -(-length // R)
+        data_ = np.zeros((rows, nw * R), np.int64)
+        data_[:, :length] = x8
+        m = np.asarray(mant, np.int64)[:, (np.arange(nw) * R) // group]  # [rows, nw]
+        gshift = np.where(m > 0, np.log2(np.maximum(m, 1)).round(), 0).astype(np.int64)
+        assert np.array_equal(np.where(m > 0, np.left_shift(1, gshift), 0), m)
+        e = (np.asarray(exp, np.int64) + 128) % 256 - 128  # the 8-bit exp field wraps
+        return pack_words(self.layouts[Buf.ACT], {
+            "data": data_.reshape(rows * nw, R),
+            "gshift": gshift.ravel(),
+            "gzero": (m == 0).astype(np.int64).ravel(),
+            "exp": np.repeat(e, nw),
+        })
+
+    def _write_last(self, buf, idx, words):
+        """Words [n] at addresses ``idx`` [n] (in row order): where two land on one address
+        the later stays."""
+        flat = np.asarray(idx).ravel()
+        _, last = np.unique(flat[::-1], return_index=True)
+        keep = np.sort(flat.size - 1 - last)
+        self.bufs[buf][flat[keep]] = words[keep]
+
+    def _vec(self, a):
+        """``VEC`` (``hw/isa.py``, :class:`hw.isa.VecArgs`): checks, then the golden function
+        of ``fn`` on the rows."""
+        p = self.params
+        num = p.numerics
+        R, C = p.rows, p.cols
+        PC = C // 2
+        fn = _enum(VecFn, a["fn"], "fn")
+        qmode, vfold = QuantMode.INT8, False
+        if fn == VecFn.QUANT:
+            qmode = _enum(QuantMode, a["qmode"], "qmode")
+            vfold = bool(a["vfold"])
+            if vfold and a["vgroups"] == 0:
+                raise OpError(Err.BAD_FIELD, "vfold with vgroups = 0")
+        rows = a["rows"]
+        length = self.pos + rows if a["dyn"] == Dyn.POS else a["length"]
+        if rows == 0 or length == 0:
+            raise OpError(Err.BAD_FIELD, f"rows {rows}, length {length}")
+        if fn in _ROW_FNS and length > p.vector_row:
+            raise OpError(Err.BAD_FIELD, f"{fn.name} row of {length} > {p.vector_row}")
+        if fn == VecFn.ROPE and length % 2:
+            raise OpError(Err.BAD_FIELD, f"ROPE of odd length {length}")
+
+        # -- every address the op touches -----------------------------------------------------
+        half = bool(a["half"])
+        E = PC if half else C
+        W = -(-length // E)
+        Wc = -(-length // C)  # PRM constant words
+        Wq = -(-length // R)  # ACT words of an A8 row
+        src_a, src_b, sst = a["src_a"], a["src_b"], a["src_stride"]
+        dst, dstr = a["dst"], a["dst_stride"]
+        copy_act = fn == VecFn.COPY and _enum(VecBuf, a["buf"], "buf") == VecBuf.ACT
+        if copy_act:
+            a_idx = self._wide_idx(src_a, sst, rows, Wq)
+            self._range(Buf.ACT, a_idx, "source rows")
+        else:
+            a_idx = self._wide_idx(src_a, sst, rows, W)
+            self._range(Buf.ACC, a_idx, "source rows")
+        if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL):
+            b_idx = self._wide_idx(src_b, sst, rows, W)
+            self._range(Buf.ACC, b_idx, "b rows")
+        if fn == VecFn.ROPE:
+            tab_idx = self._wide_idx(src_b + self.pos * W, W, rows, W)
+            self._range(Buf.ACC, tab_idx, "RoPE table rows")
+        if fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
+            n_vec = 2 if fn == VecFn.LAYERNORM else 1
+            prm_idx = a["prm"] + np.arange(n_vec * Wc + 1)
+            self._range(Buf.PRM, prm_idx, "norm constants")
+        if vfold:
+            Gv = a["vgroups"]
+            blk = src_b + np.arange(-(-length // PC)) * (Gv + 1)
+            self._range(Buf.KV, blk + Gv, "V scales")
+        if fn == VecFn.QUANT:
+            blocks = 1 if qmode == QuantMode.INT8 else 2
+            d_idx = self._wide_idx(dst, dstr, blocks * rows, Wq)
+            self._range(Buf.ACT, d_idx, "destination rows")
+        elif copy_act:
+            d_idx = self._wide_idx(dst, dstr, rows, Wq)
+            self._range(Buf.ACT, d_idx, "destination rows")
+        else:
+            E_out = (C if half else PC) if fn == VecFn.COPY and a["repack"] else E
+            W_out = -(-length // E_out)
+            d_idx = self._wide_idx(dst, dstr, rows, W_out)
+            self._range(Buf.ACC, d_idx, "destination rows")
+
+        # -- operands and the golden function ---------------------------------------------------
+        if copy_act:
+            self._write_last(Buf.ACT, d_idx, self.bufs[Buf.ACT][a_idx.ravel()].copy())
+            return
+        x = self._wide_read(a_idx, E, length)
+        q_pos = self.pos + np.arange(rows) if a["causal"] else None
+        if fn == VecFn.QUANT:
+            group = None if a["per_row"] else num.act_group
+            e_add = np.zeros(rows, np.int64)
+            if vfold:
+                kv_leaf = _leaf(self.layouts[Buf.KV])
+                j = np.arange(length)
+                lanes = self._read(Buf.KV, blk)[kv_leaf][j // PC, j % PC]  # [length]
+                gb = self._gshift_bits
+                gshift, gzero = lanes & ((1 << gb) - 1), (lanes >> gb) & 1
+                if np.any((gzero == 0) & (gshift > num.act_headroom)):
+                    raise OpError(Err.BAD_FIELD, "a V scale with gshift > act_headroom")
+                exp_v = _signed(self._read(Buf.KV, blk + Gv)[kv_leaf][j // PC, j % PC], 8)
+                mant_v = np.where(gzero == 1, 0, np.left_shift(1, gshift))
+                x, e_max = G.fold_v_scales(x & _P_MASK, mant_v, exp_v, q_pos)
+                e_add = e_max[:, 0]
+            if qmode == QuantMode.A8X2:
+                (hi, hs), (lo, ls) = G.quantize_residual(x, group, num=num)
+                blocks = [(hi, hs), (lo, ls)]
+            else:
+                xq, xs = G.quantize_rows(x, group, bits=15 if qmode == QuantMode.A15 else 8,
+                                         num=num)
+                xq = np.asarray(xq, np.int64)
+                blocks = [(xq >> 7, xs), (xq & 127, xs)] if qmode == QuantMode.A15 \
+                    else [(xq, xs)]
+            words = np.concatenate([self._act_words(np.asarray(v, np.int64), s.mant,
+                                                    s.exp + e_add, s.group)
+                                    for v, s in blocks])
+            self._write_last(Buf.ACT, d_idx, words)
+            return
+        if fn == VecFn.COPY:
+            self._write_last(Buf.ACC, d_idx, self._wide_words(x, E_out, W_out))
+            return
+        if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL):
+            b = self._wide_read(b_idx, E, length)
+            out = G.residual_add(x, b) if fn == VecFn.RESIDUAL else G.silu_mul(x, b, num=num)
+        elif fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
+            bias = self._read(Buf.PRM, prm_idx)["out.bias"]  # [n_vec * Wc + 1, C]
+            consts = bias[:-1].reshape(n_vec, Wc * C)[:, :length]
+            eps = int(bias[-1, 0] & ((1 << EPS_BITS) - 1)) / (1 << (2 * num.frac_bits))
+            out = G.layernorm(x, consts[0], consts[1], eps, num=num) if fn == VecFn.LAYERNORM \
+                else G.rmsnorm(x, consts[0], eps, num=num)
+        elif fn == VecFn.SOFTMAX:
+            out = G.softmax(x, q_pos, num=num)
+        elif fn == VecFn.GELU:
+            out = G.gelu(x, num=num)
+        else:  # ROPE
+            tab = _signed(self._wide_read(tab_idx, E, length) & ((1 << ROPE_TRIG_BITS) - 1),
+                          ROPE_TRIG_BITS)
+            out = G.rope(x[:, None, :], tab[:, 0::2], tab[:, 1::2], num=num)[:, 0, :]
+        self._write_last(Buf.ACC, d_idx, self._wide_words(out, E, W))

@@ -25,6 +25,7 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
   the RTL is compared with).
 """
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -42,7 +43,9 @@ from hw.isa import (
     KvKind,
     Op,
     PSrc,
+    QuantMode,
     Unit,
+    VecBuf,
     VecFn,
     WSrc,
     buffer_depth,
@@ -59,6 +62,7 @@ from sim import golden as G
 
 __all__ = [
     "Image", "bus_image", "from_bus", "uop_bus_words", "gscale", "act_fields", "ncols_of",
+    "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
     "isa_jobs", "ErrorCase", "error_cases",
@@ -242,6 +246,70 @@ def raw_op(op, member: str | None = None, **fields) -> int:
     f = {"op": [int(op)]}
     f.update({f"args.{member}.{k}": [int(v)] for k, v in fields.items()})
     return int.from_bytes(pack_words(INSTR, f)[0].tobytes(), "little")
+
+
+# -- vector-unit rows (hw.isa.VecArgs) ----------------------------------------------------------
+
+
+def per_word(p: ChipParams, half: bool) -> int:
+    """Elements of a wide row per ACC word: ``cols``, or ``cols / 2`` with ``half``."""
+    return p.cols // 2 if half else p.cols
+
+
+def wide_fields(p: ChipParams, x, *, half: bool = False, stride: int | None = None,
+                junk=None) -> dict:
+    """Wide rows [T, N] -> ACC words (``VecArgs``): row ``t`` in the ``W = ceil(N / E)`` words
+    from ``t * stride`` on (default ``W``), element ``i`` in lane ``i % E`` of word ``i // E``.
+    Every other lane and word is 0, or random INT32 from the generator ``junk`` (what an op
+    must not read)."""
+    x = np.asarray(x, np.int64)
+    T, N = x.shape
+    C, E = p.cols, per_word(p, half)
+    W = -(-N // E)
+    stride = W if stride is None else stride
+    n = (T - 1) * stride + W
+    words = np.zeros((n, C), np.int64) if junk is None else \
+        junk.integers(-(1 << 31), 1 << 31, (n, C))
+    i = np.arange(N)
+    rows = np.arange(T)[:, None] * stride + i // E
+    words[rows, np.broadcast_to(i % E, rows.shape)] = x
+    return {"": words}
+
+
+def wide_rows(p: ChipParams, words, length: int, *, half: bool = False,
+              stride: int | None = None) -> np.ndarray:
+    """The inverse of :func:`wide_fields`: ACC words [n, C] -> wide rows [T, length] (T from
+    the number of words)."""
+    words = np.asarray(words, np.int64)
+    E = per_word(p, half)
+    W = -(-length // E)
+    stride = W if stride is None else stride
+    T = (len(words) - W) // stride + 1
+    i = np.arange(length)
+    return words[np.arange(T)[:, None] * stride + i // E, i % E]
+
+
+def norm_prm_fields(p: ChipParams, vectors, eps: float) -> dict:
+    """PRM out words of a ``VEC LAYERNORM`` (``vectors = [gamma, beta]``) or ``RMSNORM``
+    (``[gamma]``): each vector in ``ceil(N / C)`` words of ``bias`` lanes, then the eps word
+    (``eps_q32 = round(eps * 2**(2 F))`` in lane 0)."""
+    C = p.cols
+    N = len(vectors[0])
+    Wc = -(-N // C)
+    bias = np.zeros((len(vectors) * Wc + 1, C), np.int64)
+    for k, v in enumerate(vectors):
+        bias[k * Wc : (k + 1) * Wc].reshape(-1)[:N] = v
+    bias[-1, 0] = round(eps * (1 << (2 * p.numerics.frac_bits)))
+    return {"out.shift": np.zeros_like(bias), "out.bias": bias}
+
+
+def rope_fields(p: ChipParams, cos, sin, *, half: bool = False) -> dict:
+    """The ``VEC ROPE`` table in ACC: position ``s`` is a wide row of ``d`` elements,
+    ``cos[s, i]`` at ``2i`` and ``sin[s, i]`` at ``2i + 1`` (``sw.quantize.rope_table``)."""
+    cos = np.asarray(cos, np.int64)
+    tab = np.empty((cos.shape[0], 2 * cos.shape[1]), np.int64)
+    tab[:, 0::2], tab[:, 1::2] = cos, sin
+    return wide_fields(p, tab, half=half)
 
 
 # -- load -> GEMM -> store ---------------------------------------------------------------------
@@ -594,13 +662,15 @@ class ErrorCase(NamedTuple):
     err: Err
 
 
-def error_cases(p: ChipParams) -> list[ErrorCase]:
+def error_cases(p: ChipParams, vector: bool = False) -> list[ErrorCase]:
     """Every check of ``hw/isa.py`` (and the order between two checks) on chip ``p``, with a
     boundary case that passes beside most: bad opcodes, VEC (no vector unit), DMA fields and
     ranges per buffer, WAIT / SETPOS fields, GEMM fields and every address range per buffer and
     source, KV_APPEND fields, overflow and regions. The ops read whatever the buffers hold;
     DMA cases touch off-chip bus words from 0 on (up to two ACC words) and the last three ACT
-    words of the memory. ``kv_d_not_pc`` only exists where ``PC > 16``."""
+    words of the memory. ``kv_d_not_pc`` only exists where ``PC > 16``. ``vector``: the chip
+    has the vector unit (``IsaSim(vector=True)``): the checks of ``VEC`` instead of
+    ``UNSUPPORTED``."""
     R, PC = p.rows, p.cols // 2
     dep = {b: buffer_depth(p, b) for b in Buf}
     nbus = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
@@ -636,8 +706,11 @@ def error_cases(p: ChipParams) -> list[ErrorCase]:
 
     case("illegal_op_04", [], raw_op(0x04), Err.ILLEGAL_OP)
     case("illegal_op_3f", [encode(Op.NOP)], raw_op(0x3F), Err.ILLEGAL_OP)
-    case("vec_unsupported", [], encode(Op.VEC, fn=VecFn.SOFTMAX, rows=2), Err.UNSUPPORTED)
-    case("vec_bad_fn_unsupported", [], raw_op(Op.VEC, "vec", fn=31), Err.UNSUPPORTED)
+    if vector:
+        _vec_error_cases(p, case)
+    else:
+        case("vec_unsupported", [], encode(Op.VEC, fn=VecFn.SOFTMAX, rows=2), Err.UNSUPPORTED)
+        case("vec_bad_fn_unsupported", [], raw_op(Op.VEC, "vec", fn=31), Err.UNSUPPORTED)
     # -- DMA
     for op in (Op.LOAD, Op.STORE):
         n = op.name.lower()
@@ -722,3 +795,87 @@ def error_cases(p: ChipParams) -> list[ErrorCase]:
     case("kv_scale_region_fits", [], kv(kv_saddr=dep[Buf.KV] - scale_words), Err.NONE)
     case("kv_act_range", [], kv(a_addr=dep[Buf.ACT] - 3), Err.SRAM_RANGE)
     return cases
+
+
+def _vec_error_cases(p: ChipParams, case) -> None:
+    """The checks of ``VEC`` (``hw.isa.VecArgs``), each with a boundary that fits beside it.
+    Rows of 40 elements (W words each), three per operand, in disjoint regions."""
+    R, C, PC = p.rows, p.cols, p.cols // 2
+    dep = {b: buffer_depth(p, b) for b in Buf}
+    A, T, L = dep[Buf.ACC], dep[Buf.ACT], 40
+    W, Wh, Wq, Wc = -(-L // C), -(-L // PC), -(-L // R), -(-L // C)
+    top = dep[Buf.PRM]
+    cap = p.vector_row
+
+    def vec(**kw):
+        f = dict(fn=VecFn.RESIDUAL, rows=3, length=L, src_a=0, src_b=3 * Wh, src_stride=W,
+                 dst=6 * Wh, dst_stride=W)
+        f.update(kw)
+        return raw_op(Op.VEC, "vec", **f)
+
+    def quant(**kw):
+        return vec(**{"fn": VecFn.QUANT, "dst": 0, "dst_stride": Wq, **kw})
+
+    end = 2 * W + W  # words of three rows at stride W
+    case("vec_ok", [], vec(), Err.NONE)
+    case("vec_bad_fn_9", [], raw_op(Op.VEC, "vec", fn=9, rows=1, length=1), Err.BAD_FIELD)
+    case("vec_bad_fn_31", [], raw_op(Op.VEC, "vec", fn=31, rows=1, length=1), Err.BAD_FIELD)
+    case("vec_rows_0", [], vec(rows=0), Err.BAD_FIELD)
+    case("vec_length_0", [], vec(length=0), Err.BAD_FIELD)
+    case("vec_rows_0_before_range", [], vec(rows=0, src_a=A - 1), Err.BAD_FIELD)
+    case("vec_quant_ok", [], quant(), Err.NONE)
+    case("vec_quant_qmode_3", [], quant(qmode=3), Err.BAD_FIELD)
+    case("vec_quant_vfold_vgroups_0", [], quant(vfold=1), Err.BAD_FIELD)
+    case("vec_rope_odd", [], vec(fn=VecFn.ROPE, length=L - 1), Err.BAD_FIELD)
+    # row operations hold a whole row; element-wise ones do not
+    case("vec_row_limit", [], vec(fn=VecFn.SOFTMAX, rows=1, length=cap + 1), Err.BAD_FIELD)
+    case("vec_row_fits", [], vec(fn=VecFn.SOFTMAX, rows=1, length=cap), Err.NONE)
+    case("vec_elementwise_long", [], vec(fn=VecFn.GELU, rows=1, length=cap + 1), Err.NONE)
+    case("vec_dyn_row_limit", [encode(Op.SETPOS, value=cap)],
+         vec(fn=VecFn.SOFTMAX, rows=1, dyn=Dyn.POS, causal=1), Err.BAD_FIELD)
+    case("vec_dyn_row_fits", [encode(Op.SETPOS, value=cap - 1)],
+         vec(fn=VecFn.SOFTMAX, rows=1, dyn=Dyn.POS, causal=1), Err.NONE)
+    # ranges: source, b, destination (ACC, and ACT for QUANT), PRM, table, KV
+    case("vec_src_range", [], vec(src_a=A - end + 1), Err.SRAM_RANGE)
+    case("vec_src_fits", [], vec(src_a=A - end), Err.NONE)
+    case("vec_half_src_range", [], vec(half=1, src_stride=Wh, src_a=A - 3 * Wh + 1),
+         Err.SRAM_RANGE)
+    case("vec_b_range", [], vec(src_b=A - end + 1), Err.SRAM_RANGE)
+    case("vec_b_unread", [], vec(fn=VecFn.GELU, src_b=A - 1), Err.NONE)
+    case("vec_dst_range", [], vec(dst=A - end + 1), Err.SRAM_RANGE)
+    case("vec_dst_fits", [], vec(dst=A - end), Err.NONE)
+    case("vec_quant_dst_range", [], quant(dst=T - 3 * Wq + 1), Err.SRAM_RANGE)
+    case("vec_quant_int8_fits", [], quant(dst=T - 3 * Wq), Err.NONE)
+    case("vec_quant_a15_range", [], quant(qmode=QuantMode.A15, dst=T - 3 * Wq), Err.SRAM_RANGE)
+    case("vec_quant_a8x2_fits", [], quant(qmode=QuantMode.A8X2, dst=T - 6 * Wq), Err.NONE)
+    case("vec_layernorm_prm_range", [], vec(fn=VecFn.LAYERNORM, prm=top - 2 * Wc),
+         Err.SRAM_RANGE)
+    case("vec_layernorm_prm_fits", [], vec(fn=VecFn.LAYERNORM, prm=top - 2 * Wc - 1), Err.NONE)
+    case("vec_rmsnorm_prm_range", [], vec(fn=VecFn.RMSNORM, prm=top - Wc), Err.SRAM_RANGE)
+    case("vec_rmsnorm_prm_fits", [], vec(fn=VecFn.RMSNORM, prm=top - Wc - 1), Err.NONE)
+    pos = (A - 9 * Wh) // W - 3  # table rows pos .. pos + 2 end before 9 Wh + (pos + 3) W
+    case("vec_rope_table_range", [encode(Op.SETPOS, value=pos + 1)],
+         vec(fn=VecFn.ROPE, src_b=9 * Wh), Err.SRAM_RANGE)
+    case("vec_rope_table_fits", [encode(Op.SETPOS, value=pos)], vec(fn=VecFn.ROPE, src_b=9 * Wh),
+         Err.NONE)
+    case("vec_copy_act_range", [], vec(fn=VecFn.COPY, buf=VecBuf.ACT, src_a=T - 3 * Wq + 1,
+                                       src_stride=Wq, dst=0, dst_stride=Wq), Err.SRAM_RANGE)
+    case("vec_copy_act_fits", [], vec(fn=VecFn.COPY, buf=VecBuf.ACT, src_a=T - 3 * Wq,
+                                      src_stride=Wq, dst=0, dst_stride=Wq), Err.NONE)
+    case("vec_copy_repack_range", [], vec(fn=VecFn.COPY, repack=1, dst_stride=Wh,
+                                          dst=A - 3 * Wh + 1), Err.SRAM_RANGE)
+    case("vec_copy_repack_fits", [], vec(fn=VecFn.COPY, repack=1, dst_stride=Wh,
+                                         dst=A - 3 * Wh), Err.NONE)
+    # vfold: V's scales as KV_APPEND wrote them from a per-row QUANT (gshift = act_headroom
+    # or gzero, whatever ACC holds), for the 40 keys the op reads
+    d = 16 * PC // math.gcd(16, PC)
+    nb, G = -(-L // PC), d // 16
+    kv_s = dep[Buf.KV] - nb * (G + 1)
+    prefix = [raw_op(Op.VEC, "vec", fn=VecFn.QUANT, per_row=1, rows=L, length=d, src_a=0,
+                     src_stride=-(-d // C), dst=0, dst_stride=d // R),
+              encode(Op.KV_APPEND, kind=KvKind.VALUE, t_len=L, a_addr=0, a_stride=d // R,
+                     kv_addr=0, kv_saddr=kv_s, d=d, cap=L)]
+    vfold = dict(qmode=QuantMode.A15, vfold=1, causal=1, vgroups=G, src_b=kv_s,
+                 dst=L * d // R)
+    case("vec_vfold_fits", prefix, quant(**vfold), Err.NONE)
+    case("vec_vfold_kv_range", prefix, quant(**{**vfold, "src_b": kv_s + 1}), Err.SRAM_RANGE)

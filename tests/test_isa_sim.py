@@ -290,9 +290,9 @@ def random_state(p, seed):
     return bufs, y, mem
 
 
-def new_sim(p, state):
+def new_sim(p, state, vector=False):
     bufs, y, mem = state
-    sim = IsaSim(p, mem)
+    sim = IsaSim(p, mem, vector=vector)
     for b in Buf:
         sim.bufs[b][:] = bufs[b]
     sim.y[:] = y
@@ -304,24 +304,29 @@ PC64 = ChipParams(rows=16, cols=64)  # PC = 32: d = 16 is a multiple of 16 but n
 
 def error_params():
     """Every case of ``sim.programs.error_cases`` on the default chip, and the one that needs
-    ``PC > 16``."""
-    cases = [(ChipParams(), c) for c in error_cases(ChipParams())]
-    cases += [(PC64, c) for c in error_cases(PC64) if c.name == "kv_d_not_pc"]
-    return [pytest.param(p, c.prefix, c.op, c.err, id=c.name) for p, c in cases]
+    ``PC > 16``; the ``VEC`` cases of a chip with the vector unit (``vector=True``) on the
+    default chip and on 4x8."""
+    cases = [(ChipParams(), c, False, c.name) for c in error_cases(ChipParams())]
+    cases += [(PC64, c, False, c.name) for c in error_cases(PC64) if c.name == "kv_d_not_pc"]
+    for p, tag in ((ChipParams(), "16x16"), (P4, "4x8")):
+        cases += [(p, c, True, f"{c.name}-{tag}") for c in error_cases(p, vector=True)
+                  if c.name.startswith("vec_")]
+    return [pytest.param(p, c.prefix, c.op, c.err, vector, id=name)
+            for p, c, vector, name in cases]
 
 
-@pytest.mark.parametrize("p, prefix, op, err", error_params())
-def test_errors(p, prefix, op, err):
+@pytest.mark.parametrize("p, prefix, op, err, vector", error_params())
+def test_errors(p, prefix, op, err, vector):
     """The op fails with ``err`` at its pc and leaves every buffer, ``y``, memory and ``pos``
     exactly as a run that halts right before it (``Err.NONE`` cases: boundaries that fit)."""
     state = random_state(p, zlib_seed(prefix, op))
-    sim = new_sim(p, state)
+    sim = new_sim(p, state, vector)
     sim.load_program(prefix + [op, encode(Op.HALT)])
     assert sim.run() == err
     if err == Err.NONE:
         assert sim.done and sim.counters[Counter.UOPS] == len(prefix) + 2
         return
-    ref = new_sim(p, state)
+    ref = new_sim(p, state, vector)
     ref.load_program(prefix + [encode(Op.HALT)])
     assert ref.run() == Err.NONE
     assert sim.error_pc == sim.pc == len(prefix) and sim.done
