@@ -374,6 +374,10 @@ class Program:
     expect: Err = Err.NONE
     expect_pc: int = 0
     tainted: bool = False           # the error hits with ops in flight (abort)
+    late: list = field(default_factory=list)    # (lo, hi) STOREs after the failing op that
+    #                                 may issue before its unit reports the error (abort)
+    uops: tuple | None = None       # (lo, hi): UOPS depends on when the error arrives
+    illegal: str = ""               # the ILLEGAL_KINDS entry of an illegal program
     note: str = ""
     prog_len: int | None = None     # job's prog_len if not len(words)
     placed: bool = True             # words go into the image
@@ -762,6 +766,21 @@ class _Builder:
             if err == Err.NONE:
                 self.gemm(pv2, fp, eff)
 
+    def random_queued_op(self):
+        """A LOAD, STORE, GEMM or KV_APPEND (no SETPOS, no WAIT but those ``issue`` needs)."""
+        r = self.rng.random()
+        got = None
+        if r < 0.3:
+            got = self.gemm()
+        elif r < 0.45:
+            kv = self.kv_fields()
+            if kv is not None:
+                got = self.kv_append(*kv)
+        elif r < 0.7:
+            got = self.store()
+        if got is None:
+            self.load()
+
     def random_op(self):
         rng = self.rng
         r = rng.random()
@@ -1040,15 +1059,16 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
         n = p.uop_depth + 1 + int(rng.integers(0, 40))
         if rng.random() < 0.1:
             n = (1 << 16) - 1
-        return Program(index, "illegal", [encode(Op.NOP)] * n, pos_init=pos, expect=expect,
-                       expect_pc=0, note=f"{kind}: prog_len {n} > uop_depth {p.uop_depth}",
+        return Program(index, "illegal", [encode(Op.NOP)] * n, illegal=kind, pos_init=pos,
+                       expect=expect, expect_pc=0,
+                       note=f"{kind}: prog_len {n} > uop_depth {p.uop_depth}",
                        placed=False, prog_addr=int(rng.integers(0, lay.bus_words)), mem=mem)
     if kind == "prog_beyond":
         n = int(rng.integers(1, 12))
         addr = (int(rng.integers(lay.bus_words - n * lay.uop_bus + 1, lay.bus_words + 1))
                 if rng.random() < 0.7 else int(rng.integers(lay.bus_words, 1 << 32)))
-        return Program(index, "illegal", [encode(Op.HALT)] * n, pos_init=pos, expect=expect,
-                       expect_pc=0, note=f"{kind}: {n} micro-ops at bus word {addr}",
+        return Program(index, "illegal", [encode(Op.HALT)] * n, illegal=kind, pos_init=pos,
+                       expect=expect, expect_pc=0, note=f"{kind}: {n} micro-ops at bus word {addr}",
                        placed=False, prog_addr=addr, sim_skip=True, mem=mem)
     for _ in range(int(rng.integers(0, 10))):
         b.random_op()
@@ -1056,7 +1076,7 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
     if kind == "prog_range":
         if not tainted:
             b.drain()
-        return b.program(index, "illegal", pos_init=pos, expect=expect,
+        return b.program(index, "illegal", illegal=kind, pos_init=pos, expect=expect,
                          expect_pc=len(b.words), tainted=tainted, note=f"{kind}: no HALT")
     if not tainted:
         b.drain()
@@ -1095,20 +1115,32 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
     bad_pc = b.raw(word, 200)
     # what ran: the STOREs and buffer writes of the prefix (the ops below never issue)
     stores, writes = list(b.stores), dict(b.writes)
+    # late: no WAIT on the failing unit, so queued ops after it may issue (and run, in part)
+    # before the unit reports the error; they are dropped then
+    late = tainted and unit is not None and rng.random() < 0.5
     if unit is not None:
         b.pending[unit].append([])
-        b.wait(unit, 0)
-    # ops that must never run: they would write memory or buffers if they did
-    for _ in range(int(rng.integers(0, 4))):
-        b.random_op()
+        if not late:
+            b.wait(unit, 0)
+    n_stores = len(b.stores)
+    if late:
+        for _ in range(int(rng.integers(1, 5))):
+            b.random_queued_op()
+    else:  # ops that must never run: they would write memory or buffers if they did
+        for _ in range(int(rng.integers(0, 4))):
+            b.random_op()
     if rng.random() < 0.5:
         b.store(Buf.ACC, b.depth[Buf.ACC], 0, lay.dump[Buf.ACC])
     b.emit(Op.HALT)
-    prog = b.program(index, "illegal", pos_init=pos, expect=expect, expect_pc=bad_pc,
-                     tainted=tainted, note=f"{kind}: {note}")
+    prog = b.program(index, "illegal", illegal=kind, pos_init=pos, expect=expect, expect_pc=bad_pc,
+                     tainted=tainted, note=f"{kind}{' (late)' if late else ''}: {note}")
     races = check_order(b.words, b.fps)
     assert not races, f"generator: program {index} of seed {seed} races: {races[:3]}"
-    prog.stores, prog.writes, prog.dumped = stores, writes, []
+    prog.stores, prog.dumped = stores, []
+    prog.writes = dict(b.writes) if late else writes
+    if late:
+        prog.late = b.stores[n_stores:]
+        prog.uops = (bad_pc + 1, len(b.words))
     return prog
 
 
@@ -1275,6 +1307,7 @@ class CampaignReport:
     ops: int = 0                                  # micro-ops the chip issued (UOPS)
     worst_budget: float = 0.0                     # max cycles / max_cycles of a job
     twins: list = field(default_factory=list)     # (program, cycles no stalls, with stalls)
+    late_issued: int = 0                          # jobs that issued ops past a failing op
     mismatches: list = field(default_factory=list)
     t_gen: float = 0.0
     t_rtl: float = 0.0
@@ -1289,7 +1322,8 @@ class CampaignReport:
                 f"{self.ops} micro-ops, {self.cycles} chip cycles (slowest job at "
                 f"{self.worst_budget:.0%} of its cycle bound); jitter twins: {len(self.twins)}, "
                 f"{slower} slower with stalls, all compared with IsaSim"
-                + (f"\n  illegal kinds: {ill}" if ill else "")
+                + (f"\n  illegal kinds: {ill}; {self.late_issued} job(s) issued ops past the "
+                   f"failing one before its error arrived" if ill else "")
                 + f"\n  {len(self.mismatches)} mismatching job(s); generate {self.t_gen:.1f} s, "
                 f"RTL {self.t_rtl:.1f} s (incl. build), ISA sim + compare {self.t_sim:.1f} s")
 
@@ -1337,17 +1371,28 @@ def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: 
         diffs.append(f"pos: RTL {rtl.pos}, IsaSim {s_pos}")
     counters = (Counter.UOPS,) if prog.tainted else COMPARED
     for c in counters:
-        if rtl.counters.get(c, 0) != s_cnt[c]:
-            diffs.append(f"counter {c.name}: RTL {rtl.counters.get(c, 0)}, IsaSim {s_cnt[c]}")
+        got_c = rtl.counters.get(c, 0)
+        if c == Counter.UOPS and prog.uops is not None:
+            lo, hi = prog.uops
+            if not lo <= got_c <= hi:
+                diffs.append(f"counter UOPS: RTL {got_c}, not in {lo}..{hi} (the failing op, "
+                             f"and ops after it issued before its unit reported the error)")
+        elif got_c != s_cnt[c]:
+            diffs.append(f"counter {c.name}: RTL {got_c}, IsaSim {s_cnt[c]}")
     got = rtl.offchip
     B = p.offchip_bytes_per_cycle
     if prog.tainted:
-        # the chip dropped ops in flight: bytes may change only inside issued STOREs
+        # the chip dropped ops in flight: bytes may change only inside issued STOREs, and
+        # where one STORE before the failing op covers them, to IsaSim's values (the STOREs
+        # after it, ``late``, IsaSim never ran)
         allowed = np.zeros(got.size, bool)
         cover = np.zeros(got.size, np.int32)
         for lo, hi in prog.stores:
             allowed[lo * B:hi * B] = True
             cover[lo * B:hi * B] += 1
+        for lo, hi in prog.late:
+            allowed[lo * B:hi * B] = True
+            cover[lo * B:hi * B] += 2
         changed = got != before
         bad = np.flatnonzero(changed & ~allowed)
         if bad.size:
@@ -1471,13 +1516,15 @@ def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str
                 (" (jitter twin)" if prog.twin_of is not None else "")
             rep.by_kind[k] = rep.by_kind.get(k, 0) + 1
             if prog.kind == "illegal":
-                ik = prog.note.split(":")[0]
+                ik = prog.illegal + (" (late)" if prog.late or prog.uops else "")
                 rep.illegal[ik] = rep.illegal.get(ik, 0) + 1
             cyc = res.counters.get(Counter.CYCLES, 0)
             rep.cycles += cyc
             run_cycles += cyc
             rep.ops += res.counters.get(Counter.UOPS, 0)
             rep.worst_budget = max(rep.worst_budget, cyc / job.max_cycles)
+            if prog.uops is not None and res.counters.get(Counter.UOPS, 0) > prog.uops[0]:
+                rep.late_issued += 1
             before = sim.offchip.copy()
             marks: dict = {}
             diffs = compare_job(p, lay, prog, res, sim, before, job.max_cycles, places, marks)

@@ -92,8 +92,8 @@ def test_illegal_intent_matches_isa_sim(name):
     for kind, err in ILLEGAL_KINDS.items():
         for i in range(12):
             prog = gen_illegal(p, lay, 100 + i, i, kind)
-            assert prog.expect == ILLEGAL_KINDS[prog.note.split(":")[0]]
-            if prog.note.startswith(kind):
+            assert prog.expect == ILLEGAL_KINDS[prog.illegal]
+            if prog.illegal == kind:
                 seen[kind] += 1
             if prog.sim_skip:  # a program beyond the memory: IsaSim.boot's check
                 sim = copy.deepcopy(base)
@@ -135,6 +135,7 @@ def test_campaign_mix():
                 orig = progs[prog.twin_of]
                 assert orig.words == prog.words and orig.stalls != prog.stalls
         assert any(x.stalls for x in progs) and any(not x.stalls for x in progs)
+        assert any(x.uops is not None and x.late for x in progs)  # ops queued after the error
 
 
 # -- the WAITs: results independent of timing ------------------------------------------------
