@@ -34,6 +34,7 @@ import numpy as np
 from hw.isa import (
     INSTR,
     INSTR_BITS,
+    OP_UNIT,
     PRM_STEP_NEVER,
     Buf,
     Counter,
@@ -51,6 +52,7 @@ from hw.isa import (
     buffer_depth,
     bus_bits,
     bus_words_per,
+    decode,
     encode,
     pack_words,
     unpack_words,
@@ -65,7 +67,8 @@ __all__ = [
     "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
-    "isa_jobs", "ErrorCase", "error_cases",
+    "isa_jobs", "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "LayerProgram",
+    "minilm_layer_program",
 ]
 
 
@@ -514,16 +517,18 @@ class KvHead:
             k_tiles=self.d // self.p.rows, n_tiles=0)
 
     def pv(self, plane: int, t_len: int, a_addr: int, a_stride: int, acc_addr: int,
-           prm_addr: int, oprm_addr: int) -> int:
+           prm_addr: int, oprm_addr: int, acc_stride: int | None = None) -> int:
         """One plane of an A15 P·V (``plane`` 0: the high INT8 plane, ``first``; 1: the low
         plane, ``final``) over every visible value (``dyn = POS``): group words
         ``prm_addr + j`` (scale 128 resp. 1 in the first ``PC`` lanes), out words
-        ``oprm_addr + j``; ``d / PC`` output blocks at ``acc_addr + t * d / PC + j``."""
+        ``oprm_addr + j``; ``d / PC`` output blocks at ``acc_addr + t * acc_stride + j``
+        (default ``acc_stride``: ``d / PC``)."""
         nv = self.d // (self.p.cols // 2)
         return encode(
             Op.GEMM, mode=GridMode.INT8, wsrc=WSrc.KV_ROWS, psrc=PSrc.PRM,
             first=int(plane == 0), final=int(plane == 1), dyn=Dyn.POS, w_addr=self.val,
-            a_addr=a_addr, a_stride=a_stride, acc_addr=acc_addr, acc_stride=nv,
+            a_addr=a_addr, a_stride=a_stride, acc_addr=acc_addr,
+            acc_stride=nv if acc_stride is None else acc_stride,
             prm_addr=prm_addr, prm_step=PRM_STEP_NEVER, oprm_addr=oprm_addr, t_len=t_len,
             k_tiles=0, n_tiles=nv)
 
@@ -879,3 +884,322 @@ def _vec_error_cases(p: ChipParams, case) -> None:
                  dst=L * d // R)
     case("vec_vfold_fits", prefix, quant(**vfold), Err.NONE)
     case("vec_vfold_kv_range", prefix, quant(**{**vfold, "src_b": kv_s + 1}), Err.SRAM_RANGE)
+
+
+# -- hand-laid-out programs: footprints, WAITs, streamed weights, whole layers ----------------
+
+#: The off-chip memory as a footprint space (beside the buffers).
+OFFCHIP = "offchip"
+
+
+def _hull(base, stride, n, width):
+    """[lo, hi) of ``n`` rows of ``width`` words from ``base``, ``stride`` apart."""
+    return base, base + (n - 1) * stride + width
+
+
+def footprint(p: ChipParams, word: int, pos: int) -> list:
+    """``[(space, lo, hi, write)]``: hulls of the words a valid micro-op may read or write
+    (``hw/isa.py``), for every context ``pos`` up to the given one (ops that follow ``pos``
+    grow with it; a RoPE table and a KV region are taken whole). Spaces: :class:`Buf` and
+    :data:`OFFCHIP`. Ops of no unit: ``[]``."""
+    R, PC = p.rows, p.cols // 2
+    op, f = decode(word)
+    if op in (Op.LOAD, Op.STORE):
+        buf = Buf(f["buf"])
+        n_bus = f["words"] * bus_words_per(p, buf)
+        load = op == Op.LOAD
+        return [(buf, f["sram"], f["sram"] + f["words"], load),
+                (OFFCHIP, f["off"], f["off"] + n_bus, not load)]
+    if op == Op.GEMM:
+        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
+        if f["dyn"] == Dyn.POS:
+            if f["wsrc"] == WSrc.KV_TILED:
+                n = -(-(pos + T) // PC)
+            else:
+                k = -(-(pos + T) // R)
+        G_ = -(-k // (1 << f["prm_step"]))
+        wbuf = Buf.WGT if f["wsrc"] == WSrc.WGT else Buf.KV
+        fp = [(wbuf, f["w_addr"], f["w_addr"] + n * k * R, False),
+              (Buf.ACT, *_hull(f["a_addr"], f["a_stride"], T, k), False)]
+        if f["psrc"] == PSrc.PRM:
+            fp += [(Buf.PRM, f["prm_addr"], f["prm_addr"] + n * G_, False),
+                   (Buf.PRM, f["oprm_addr"], f["oprm_addr"] + n, False)]
+        else:
+            fp.append((Buf.KV, f["prm_addr"], f["prm_addr"] + n * (G_ + 1), False))
+        if f["final"]:
+            fp.append((Buf.ACC, *_hull(f["acc_addr"], f["acc_stride"], T, n), True))
+        return fp
+    if op == Op.KV_APPEND:
+        d, cap = f["d"], f["cap"]
+        blocks = -(-cap // PC)
+        size = blocks * d if f["kind"] == KvKind.KEY else cap * d // PC
+        return [(Buf.ACT, *_hull(f["a_addr"], f["a_stride"], f["t_len"], d // R), False),
+                (Buf.KV, f["kv_addr"], f["kv_addr"] + size, True),
+                (Buf.KV, f["kv_saddr"],
+                 f["kv_saddr"] + blocks * (d // p.numerics.act_group + 1), True)]
+    if op == Op.VEC:
+        return _vec_footprint(p, f, pos)
+    return []
+
+
+def _vec_footprint(p: ChipParams, f: dict, pos: int) -> list:
+    R, C, PC = p.rows, p.cols, p.cols // 2
+    fn, rows = VecFn(f["fn"]), f["rows"]
+    length = pos + rows if f["dyn"] == Dyn.POS else f["length"]
+    E = PC if f["half"] else C
+    W, Wc, Wq = -(-length // E), -(-length // C), -(-length // R)
+    sst, dst = f["src_stride"], f["dst_stride"]
+    copy_act = fn == VecFn.COPY and f["buf"] == VecBuf.ACT
+    fp = [(Buf.ACT, *_hull(f["src_a"], sst, rows, Wq), False) if copy_act
+          else (Buf.ACC, *_hull(f["src_a"], sst, rows, W), False)]
+    if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL):
+        fp.append((Buf.ACC, *_hull(f["src_b"], sst, rows, W), False))
+    if fn == VecFn.ROPE:
+        fp.append((Buf.ACC, f["src_b"], f["src_b"] + (pos + rows) * W, False))
+    if fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
+        n_vec = 2 if fn == VecFn.LAYERNORM else 1
+        fp.append((Buf.PRM, f["prm"], f["prm"] + n_vec * Wc + 1, False))
+    if fn == VecFn.QUANT:
+        if f["vfold"]:
+            G_ = f["vgroups"]
+            fp.append((Buf.KV, f["src_b"], f["src_b"] + -(-length // PC) * (G_ + 1), False))
+        blocks = 1 if f["qmode"] == QuantMode.INT8 else 2
+        fp.append((Buf.ACT, *_hull(f["dst"], dst, blocks * rows, Wq), True))
+    elif copy_act:
+        fp.append((Buf.ACT, *_hull(f["dst"], dst, rows, Wq), True))
+    else:
+        E_out = (C if f["half"] else PC) if fn == VecFn.COPY and f["repack"] else E
+        fp.append((Buf.ACC, *_hull(f["dst"], dst, rows, -(-length // E_out)), True))
+    return fp
+
+
+def _conflict(fa, fb) -> bool:
+    return any(sa == sb and (wa or wb) and la < hb and lb < ha
+               for sa, la, ha, wa in fa for sb, lb, hb, wb in fb)
+
+
+class Builder:
+    """A micro-op program on an :class:`Image`, written op by op; every ``WAIT`` is placed
+    from the ops' :func:`footprint`\\ s: before an op, for each other unit, a ``WAIT`` that
+    surely finishes the newest of its unfinished ops whose footprint conflicts (a write
+    against a read or write of a common word). Ops of one unit run in order (their queue),
+    so they need none. ``pos_hi``: the largest ``pos`` the program may run at (a decode
+    program serves many steps), for the footprints of ops that follow ``pos``.
+
+    Buffers are handed out by :meth:`alloc` (a bump allocator per buffer; reuse a region by
+    passing its address again, the WAITs keep it safe)."""
+
+    def __init__(self, p: ChipParams, img: Image | None = None, pos_hi: int = 0):
+        self.p = p
+        self.img = img if img is not None else Image(p)
+        self.pos_hi = pos_hi
+        self.ops: list[int] = []
+        self.pending = {u: [] for u in Unit}  # footprints of possibly unfinished ops
+        self.top = dict.fromkeys(Buf, 0)
+
+    def alloc(self, buf: Buf, n: int) -> int:
+        addr = self.top[buf]
+        if addr + n > buffer_depth(self.p, buf):
+            raise ValueError(f"Builder: {n} {buf.name} words at {addr} do not fit "
+                             f"its {buffer_depth(self.p, buf)}")
+        self.top[buf] += n
+        return addr
+
+    def emit(self, word: int) -> None:
+        op, _ = decode(word)
+        unit = OP_UNIT.get(op)
+        if unit is not None:
+            fp = footprint(self.p, word, self.pos_hi)
+            for u, pend in self.pending.items():
+                hits = [i for i, q in enumerate(pend) if _conflict(q, fp)]
+                if u == unit or not hits:
+                    continue
+                count = min(len(pend) - hits[-1] - 1, 15)  # all but the newest `count` finish
+                self.ops.append(encode(Op.WAIT, unit=u, count=count))
+                self.pending[u] = pend[len(pend) - count:] if count else []
+            self.pending[unit].append(fp)
+        self.ops.append(word)
+
+    def load(self, buf: Buf, sram: int, fields: dict) -> int:
+        """LOAD words of ``buf`` (placed in the image); returns how many."""
+        off, n = self.img.put(buf, fields)
+        self.emit(encode(Op.LOAD, buf=buf, sram=sram, words=n, off=off))
+        return n
+
+    def store(self, buf: Buf, sram: int, n: int) -> int:
+        """STORE ``n`` words of ``buf`` to room reserved in the image; returns its address."""
+        off = self.img.reserve(buf, n)
+        self.emit(encode(Op.STORE, buf=buf, sram=sram, words=n, off=off))
+        return off
+
+    def vec(self, fn: VecFn, **fields) -> None:
+        self.emit(encode(Op.VEC, fn=fn, **fields))
+
+    def weight_gemm(self, qw, bias, a_addr: int, t_len: int, acc_addr: int, acc_stride: int,
+                    wgt: tuple[int, int], prm: tuple[int, int]) -> None:
+        """``gemm(x8, xs, qw, bias)`` of the ``t_len`` A8 rows at ACT ``a_addr`` (``K / R``
+        words each) into ACC ``acc_addr + t * acc_stride + j``, the weights streamed: output
+        blocks in chunks as large as half of each region ``(base, words)`` of WGT and PRM
+        holds, the two halves alternating (a chunk's tiles, group and out words are loaded
+        while the chunk before runs)."""
+        p = self.p
+        R = p.rows
+        mode = GridMode.W4A8 if qw.bits == 4 else GridMode.INT8
+        N, K = qw.q.shape
+        nc = ncols_of(p, mode)
+        nb, kt = -(-N // nc), K // R
+        grp = G.NUM.group
+        step = int(np.log2(grp // R))
+        groups = K // grp
+        half_w, half_p = wgt[1] // 2, prm[1] // 2
+        per = min(half_w // (kt * R), half_p // (groups + 1), nb, 255)
+        if per < 1:
+            raise ValueError(f"Builder.weight_gemm: one block of {kt} K-tiles does not fit "
+                             f"half of WGT {wgt} and PRM {prm}")
+        bias = np.zeros(N, np.int64) if bias is None else np.asarray(bias, np.int64)
+        for i, j0 in enumerate(range(0, nb, per)):
+            j1 = min(j0 + per, nb)
+            sw = sub_weight(qw, 0, K, j0 * nc, min(j1 * nc, N))
+            group, out = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
+            w_sram = wgt[0] + (i % 2) * half_w
+            p_sram = prm[0] + (i % 2) * half_p
+            self.load(Buf.WGT, w_sram, weight_fields(p, sw.q, mode))
+            ng = self.load(Buf.PRM, p_sram, group)
+            self.load(Buf.PRM, p_sram + ng, out)
+            self.emit(encode(
+                Op.GEMM, mode=mode, wsrc=WSrc.WGT, psrc=PSrc.PRM, first=1, final=1,
+                dyn=Dyn.STATIC, w_addr=w_sram, a_addr=a_addr, a_stride=kt,
+                acc_addr=acc_addr + j0, acc_stride=acc_stride, prm_addr=p_sram, prm_step=step,
+                oprm_addr=p_sram + ng, t_len=t_len, k_tiles=kt, n_tiles=j1 - j0))
+
+    def program(self) -> list[int]:
+        """The micro-ops, ending in ``HALT`` (which drains every unit)."""
+        return self.ops + [encode(Op.HALT)]
+
+
+@dataclass
+class LayerProgram:
+    """A whole-layer program (:func:`minilm_layer_program`) and where its result lands."""
+
+    p: ChipParams
+    img: Image
+    prog: list
+    out_off: int      #: bus address of the stored ACC rows
+    rows: int
+    length: int
+    half: bool
+    counters: dict = field(default_factory=dict)
+
+    def result(self, mem) -> np.ndarray:
+        """The layer's output, wide [rows, length], from an off-chip memory."""
+        W = -(-self.length // per_word(self.p, self.half))
+        words = acc_words(self.p, mem, self.out_off, self.rows * W)
+        return wide_rows(self.p, words, self.length, half=self.half)
+
+
+def minilm_layer_program(p: ChipParams, h, L, cfg, img: Image | None = None) -> LayerProgram:
+    """One post-LN encoder layer, ``sim.golden_models.minilm_layer(h, L, cfg)``, as a single
+    program: ``h`` (wide [T, d]) is loaded into ACC, the output stored from ACC.
+
+    INT8 weights: every GEMM writes ``PC`` lanes per ACC word, so every wide row lives in the
+    ``half`` layout. ACC: ``h``, K, V, the scores, the attention output and Q (which then
+    holds the output projection, ``h1`` after the first LayerNorm); FFN1's output and FFN2's
+    reuse the space below Q when it is large enough. ACT: one region for the GEMM inputs
+    (x, attention, ``h1``), one for the heads (q, k, v, P planes; then FFN2's input). PRM:
+    P·V parameters, the two LayerNorms' constants, the rest for streamed GEMM parameters; WGT
+    wholly for streamed weights. KV: a region per head (``KvHead``, ``cap = T``).
+
+    Per head: QUANT q, k (groups) and v (per row) from the head's slice of the Q, K, V
+    rows; KV_APPEND k, v at ``pos = 0``; QKᵀ; SOFTMAX (every key visible); QUANT A15 with
+    V's scales folded in; the two P·V planes into the head's slice of the attention rows.
+    """
+    R, C, PC = p.rows, p.cols, p.cols // 2
+    h = np.asarray(h, np.int64)
+    T, D = h.shape
+    H, dh, Dff = cfg.n_heads, cfg.d_head, cfg.d_ff
+    E = PC  # INT8 GEMM outputs: the half layout
+    WD, WF, KD, KF = D // E, Dff // E, D // R, Dff // R
+    nq, kq, nv, wq = -(-T // PC), -(-T // R), dh // PC, dh // R
+    b = Builder(p, img)
+    # ACC
+    acc_h = b.alloc(Buf.ACC, T * WD)
+    acc_k = b.alloc(Buf.ACC, T * WD)
+    acc_v = b.alloc(Buf.ACC, T * WD)
+    acc_s = b.alloc(Buf.ACC, T * nq)
+    acc_att = b.alloc(Buf.ACC, T * WD)
+    acc_q = b.alloc(Buf.ACC, T * WD)
+    acc_f = 0 if T * WF <= acc_q else b.alloc(Buf.ACC, T * WF)
+    # ACT
+    act_x = b.alloc(Buf.ACT, T * KD)
+    head_words = 3 * T * wq + 2 * T * kq
+    act_heads = b.alloc(Buf.ACT, max(H * head_words, T * KF))
+    act_g = act_heads
+    # PRM
+    heads = []
+    kv = 0
+    for _ in range(H):
+        heads.append(KvHead(p, dh, T, base=kv))
+        kv = heads[-1].end
+    pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+    prm_pv = b.alloc(Buf.PRM, 3 * nv)
+    Wc = -(-D // C)
+    prm_ln1 = b.alloc(Buf.PRM, 2 * Wc + 1)
+    prm_ln2 = b.alloc(Buf.PRM, 2 * Wc + 1)
+    prm_gemm = (b.top[Buf.PRM], buffer_depth(p, Buf.PRM) - b.top[Buf.PRM])
+    wgt = (0, buffer_depth(p, Buf.WGT))
+    if kv > buffer_depth(p, Buf.KV):
+        raise ValueError(f"minilm_layer_program: {H} heads need {kv} KV words")
+
+    def gemm(qw, bias, a, out, stride):
+        b.weight_gemm(qw, bias, a, T, out, stride, wgt, prm_gemm)
+
+    def quant(src, stride, length, dst, **kw):
+        b.vec(VecFn.QUANT, half=1, rows=T, length=length, src_a=src, src_stride=stride,
+              dst=dst, dst_stride=-(-length // R), **kw)
+
+    def rows_op(fn, src, length, dst=None, **kw):
+        W = length // E
+        b.vec(fn, half=1, rows=T, length=length, src_a=src, src_stride=W,
+              dst=src if dst is None else dst, dst_stride=W, **kw)
+
+    b.emit(encode(Op.SETPOS, value=0))
+    b.load(Buf.ACC, acc_h, wide_fields(p, h, half=True))
+    b.load(Buf.PRM, prm_pv, pv_g)
+    b.load(Buf.PRM, prm_pv + 2 * nv, pv_o)
+    b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [L.ln1_g, L.ln1_b], cfg.ln_eps))
+    b.load(Buf.PRM, prm_ln2, norm_prm_fields(p, [L.ln2_g, L.ln2_b], cfg.ln_eps))
+
+    quant(acc_h, WD, D, act_x)
+    for qw, bias, out in ((L.wq, L.bq, acc_q), (L.wk, L.bk, acc_k), (L.wv, L.bv, acc_v)):
+        gemm(qw, bias, act_x, out, WD)
+    for i, kvh in enumerate(heads):
+        a_q = act_heads + i * head_words
+        a_k, a_v, a_p = a_q + T * wq, a_q + 2 * T * wq, a_q + 3 * T * wq
+        col = i * dh // E
+        quant(acc_q + col, WD, dh, a_q)
+        quant(acc_k + col, WD, dh, a_k)
+        quant(acc_v + col, WD, dh, a_v, per_row=1)
+        b.emit(kvh.append(KvKind.KEY, T, a_k))
+        b.emit(kvh.append(KvKind.VALUE, T, a_v))
+        b.emit(kvh.qk(T, a_q, acc_s, nq))
+        b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, src_a=acc_s, src_stride=nq,
+              dst=acc_s, dst_stride=nq)
+        b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1, rows=T,
+              src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G, dst=a_p,
+              dst_stride=kq)
+        b.emit(kvh.pv(0, T, a_p, kq, acc_att + col, prm_pv, prm_pv + 2 * nv, WD))
+        b.emit(kvh.pv(1, T, a_p + T * kq, kq, acc_att + col, prm_pv + nv, prm_pv + 2 * nv, WD))
+    quant(acc_att, WD, D, act_x)
+    gemm(L.wo, L.bo, act_x, acc_q, WD)
+    rows_op(VecFn.RESIDUAL, acc_q, D, src_b=acc_h)
+    rows_op(VecFn.LAYERNORM, acc_q, D, prm=prm_ln1)  # h1
+    quant(acc_q, WD, D, act_x)
+    gemm(L.w1, L.b1, act_x, acc_f, WF)
+    rows_op(VecFn.GELU, acc_f, Dff)
+    quant(acc_f, WF, Dff, act_g)
+    gemm(L.w2, L.b2, act_g, acc_f, WD)
+    rows_op(VecFn.RESIDUAL, acc_f, D, src_b=acc_q)
+    rows_op(VecFn.LAYERNORM, acc_f, D, prm=prm_ln2)
+    out_off = b.store(Buf.ACC, acc_f, T * WD)
+    prog = b.program()
+    return LayerProgram(p, b.img, prog, out_off, T, D, True, {Counter.UOPS: len(prog)})
