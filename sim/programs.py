@@ -68,7 +68,7 @@ __all__ = [
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
     "isa_jobs", "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "LayerProgram",
-    "minilm_layer_program",
+    "minilm_layer_program", "smollm2_layer_program",
 ]
 
 
@@ -108,6 +108,8 @@ class Image:
         self.p = p
         self.mem = np.zeros(p.offchip_kib * 1024, np.uint8)
         self.next = 0
+        #: (key, buffer) -> (bus address, words) of regions placed once (:class:`Builder`)
+        self.placed: dict = {}
 
     @property
     def bus_words(self) -> int:
@@ -1020,9 +1022,16 @@ class Builder:
             self.pending[unit].append(fp)
         self.ops.append(word)
 
-    def load(self, buf: Buf, sram: int, fields: dict) -> int:
-        """LOAD words of ``buf`` (placed in the image); returns how many."""
-        off, n = self.img.put(buf, fields)
+    def load(self, buf: Buf, sram: int, fields: dict, key=None) -> int:
+        """LOAD words of ``buf`` (placed in the image; with ``key``, placed once per image
+        and shared by every program that loads the same key); returns how many."""
+        cache = self.img.placed
+        if key is not None and (key, buf) in cache:
+            off, n = cache[key, buf]
+        else:
+            off, n = self.img.put(buf, fields)
+            if key is not None:
+                cache[key, buf] = off, n
         self.emit(encode(Op.LOAD, buf=buf, sram=sram, words=n, off=off))
         return n
 
@@ -1056,16 +1065,18 @@ class Builder:
         if per < 1:
             raise ValueError(f"Builder.weight_gemm: one block of {kt} K-tiles does not fit "
                              f"half of WGT {wgt} and PRM {prm}")
-        bias = np.zeros(N, np.int64) if bias is None else np.asarray(bias, np.int64)
+        bias_id = None if bias is None else id(bias)  # keys name objects alive while built
+        bias = np.zeros(N, np.int64) if bias is None else bias
         for i, j0 in enumerate(range(0, nb, per)):
             j1 = min(j0 + per, nb)
             sw = sub_weight(qw, 0, K, j0 * nc, min(j1 * nc, N))
             group, out = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
             w_sram = wgt[0] + (i % 2) * half_w
             p_sram = prm[0] + (i % 2) * half_p
-            self.load(Buf.WGT, w_sram, weight_fields(p, sw.q, mode))
-            ng = self.load(Buf.PRM, p_sram, group)
-            self.load(Buf.PRM, p_sram + ng, out)
+            key = (id(qw), bias_id, j0, j1)
+            self.load(Buf.WGT, w_sram, weight_fields(p, sw.q, mode), key=key)
+            ng = self.load(Buf.PRM, p_sram, group, key=key + ("group",))
+            self.load(Buf.PRM, p_sram + ng, out, key=key + ("out",))
             self.emit(encode(
                 Op.GEMM, mode=mode, wsrc=WSrc.WGT, psrc=PSrc.PRM, first=1, final=1,
                 dyn=Dyn.STATIC, w_addr=w_sram, a_addr=a_addr, a_stride=kt,
@@ -1079,7 +1090,8 @@ class Builder:
 
 @dataclass
 class LayerProgram:
-    """A whole-layer program (:func:`minilm_layer_program`) and where its result lands."""
+    """A whole-layer program (:func:`minilm_layer_program`, :func:`smollm2_layer_program`)
+    and where its input and result are."""
 
     p: ChipParams
     img: Image
@@ -1089,12 +1101,20 @@ class LayerProgram:
     length: int
     half: bool
     counters: dict = field(default_factory=dict)
+    in_off: int | None = None  #: bus address of the input rows the host writes, if any
 
     def result(self, mem) -> np.ndarray:
         """The layer's output, wide [rows, length], from an off-chip memory."""
         W = -(-self.length // per_word(self.p, self.half))
         words = acc_words(self.p, mem, self.out_off, self.rows * W)
         return wide_rows(self.p, words, self.length, half=self.half)
+
+    def write_input(self, mem, h) -> None:
+        """The host's part: the input rows ``h`` (wide [rows, length]) into the input slot
+        of the off-chip memory ``mem`` (uint8, written in place)."""
+        raw = bus_image(self.p, Buf.ACC, wide_fields(self.p, h, half=self.half)).ravel()
+        B = self.p.offchip_bytes_per_cycle
+        mem[self.in_off * B : self.in_off * B + raw.size] = raw
 
 
 def minilm_layer_program(p: ChipParams, h, L, cfg, img: Image | None = None) -> LayerProgram:
@@ -1203,3 +1223,146 @@ def minilm_layer_program(p: ChipParams, h, L, cfg, img: Image | None = None) -> 
     out_off = b.store(Buf.ACC, acc_f, T * WD)
     prog = b.program()
     return LayerProgram(p, b.img, prog, out_off, T, D, True, {Counter.UOPS: len(prog)})
+
+
+def smollm2_layer_program(p: ChipParams, L, cfg, rope_cos, rope_sin, T: int, cap: int,
+                          img: Image | None = None) -> LayerProgram:
+    """One llama decoder layer, ``sim.golden_models.SmolLM2Golden.layer`` with A8x2
+    activations (``act_passes = 2``), on ``T`` tokens at positions ``pos .. pos + T - 1``
+    (``pos`` the context register): one program serves every step of that ``T`` (a prefill,
+    or every decode step with ``T = 1``), the KV cache (``cap`` tokens per KV head) staying
+    on chip between them. The host writes the step's input rows into the input slot
+    (:meth:`LayerProgram.write_input`), runs the program and reads the output rows; the
+    program ends with ``SETPOS pos += T``.
+
+    W4A8 weights: GEMM outputs fill whole ACC words, so the residual stream and the
+    projections use the full layout; the QKᵀ scores and P·V outputs (INT8-mode GEMMs) the
+    ``half`` layout. Every linear layer takes its input as the two A8 passes of
+    ``QUANT A8X2``: one GEMM over both blocks (``t_len = 2 T``) and a ``RESIDUAL`` of its two
+    output halves give ``gemm_passes`` (exact while the residual pass alone stays within
+    INT32). RoPE runs per head on the table rows ``pos + t`` (loaded into ACC by every
+    program); grouped-query attention maps query head ``h`` to KV head ``h // (H / Hkv)``.
+    """
+    R, C, PC = p.rows, p.cols, p.cols // 2
+    D, H, Hkv, dh, Dff = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff
+    rep = H // Hkv
+    T2 = 2 * T
+    WD, WK, WF, WA = D // C, Hkv * dh // C, Dff // C, D // PC
+    KD, KF = D // R, Dff // R
+    nq, kq, nv, wq, hw = -(-cap // PC), -(-cap // R), dh // PC, dh // R, dh // C
+    b = Builder(p, img, pos_hi=cap - T)
+    # ACC: table, residual stream, norm output, then the attention phase's rows; the FFN
+    # phase reuses the space after the norm output
+    acc_tab = b.alloc(Buf.ACC, cap * hw)
+    acc_h = b.alloc(Buf.ACC, T * WD)
+    acc_n = b.alloc(Buf.ACC, T * WD)
+    scratch = b.top[Buf.ACC]
+    acc_q = b.alloc(Buf.ACC, T2 * WD)
+    acc_k = b.alloc(Buf.ACC, T2 * WK)
+    acc_v = b.alloc(Buf.ACC, T2 * WK)
+    acc_s = b.alloc(Buf.ACC, T * nq)
+    acc_att = b.alloc(Buf.ACC, T * WA)
+    acc_o = b.alloc(Buf.ACC, T2 * WD)
+    acc_g, acc_u = scratch, scratch + T2 * WF
+    acc_d = acc_u
+    b.top[Buf.ACC] = max(b.top[Buf.ACC], scratch)
+    b.alloc(Buf.ACC, max(0, acc_u + T2 * WF - b.top[Buf.ACC]))  # checks that the FFN fits
+    # ACT: the GEMM inputs (two blocks), then per query head q8 and P's planes, per KV head
+    # k8 and v8
+    act_x = b.alloc(Buf.ACT, T2 * max(KD, KF))
+    act_q = b.alloc(Buf.ACT, H * (T * wq + 2 * T * kq))
+    act_kv = b.alloc(Buf.ACT, Hkv * 2 * T * wq)
+    # KV: a region per KV head
+    heads, kv = [], 0
+    for _ in range(Hkv):
+        heads.append(KvHead(p, dh, cap, base=kv))
+        kv = heads[-1].end
+    if kv > buffer_depth(p, Buf.KV):
+        raise ValueError(f"smollm2_layer_program: {Hkv} KV heads need {kv} KV words")
+    # PRM: P·V parameters, the two RMSNorms, the rest for streamed GEMM parameters
+    Wc = -(-D // C)
+    prm_pv = b.alloc(Buf.PRM, 3 * nv)
+    prm_n1 = b.alloc(Buf.PRM, Wc + 1)
+    prm_n2 = b.alloc(Buf.PRM, Wc + 1)
+    prm_gemm = (b.top[Buf.PRM], buffer_depth(p, Buf.PRM) - b.top[Buf.PRM])
+    wgt = (0, buffer_depth(p, Buf.WGT))
+
+    def gemm(qw, a, out, stride):
+        b.weight_gemm(qw, None, a, T2, out, stride, wgt, prm_gemm)
+
+    def rows(fn, src, length, stride, dst=None, **kw):
+        b.vec(fn, rows=T, length=length, src_a=src, src_stride=stride,
+              dst=src if dst is None else dst, dst_stride=stride, **kw)
+
+    def passes(src, length, stride, half=0):  # QUANT A8X2 to act_x
+        b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=T, length=length,
+              src_a=src, src_stride=stride, dst=act_x, dst_stride=-(-length // R))
+
+    def sum_passes(acc, length, stride):  # gemm_passes: the two output halves added
+        rows(VecFn.RESIDUAL, acc, length, stride, src_b=acc + T * stride)
+
+    in_off = b.img.reserve(Buf.ACC, T * WD)
+    b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
+    b.load(Buf.ACC, acc_tab, rope_fields(p, rope_cos[:cap], rope_sin[:cap]), key="rope")
+    pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+    b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
+    b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+    b.load(Buf.PRM, prm_n1, norm_prm_fields(p, [L.attn_norm], cfg.rms_eps), key=(id(L), 1))
+    b.load(Buf.PRM, prm_n2, norm_prm_fields(p, [L.ffn_norm], cfg.rms_eps), key=(id(L), 2))
+
+    # -- attention
+    rows(VecFn.RMSNORM, acc_h, D, WD, dst=acc_n, prm=prm_n1)
+    passes(acc_n, D, WD)
+    for qw, out, stride in ((L.wq, acc_q, WD), (L.wk, acc_k, WK), (L.wv, acc_v, WK)):
+        gemm(qw, act_x, out, stride)
+    sum_passes(acc_q, D, WD)
+    sum_passes(acc_k, Hkv * dh, WK)
+    sum_passes(acc_v, Hkv * dh, WK)
+    for acc, n, stride in ((acc_q, H, WD), (acc_k, Hkv, WK)):
+        for i in range(n):
+            rows(VecFn.ROPE, acc + i * hw, dh, stride, src_b=acc_tab)
+    for j, kvh in enumerate(heads):
+        a_k = act_kv + j * 2 * T * wq
+        a_v = a_k + T * wq
+        for acc, a, per_row in ((acc_k, a_k, 0), (acc_v, a_v, 1)):
+            b.vec(VecFn.QUANT, per_row=per_row, rows=T, length=dh, src_a=acc + j * hw,
+                  src_stride=WK, dst=a, dst_stride=wq)
+        b.emit(kvh.append(KvKind.KEY, T, a_k))
+        b.emit(kvh.append(KvKind.VALUE, T, a_v))
+    for i in range(H):
+        kvh = heads[i // rep]
+        a_q = act_q + i * (T * wq + 2 * T * kq)
+        a_p = a_q + T * wq
+        b.vec(VecFn.QUANT, rows=T, length=dh, src_a=acc_q + i * hw, src_stride=WD, dst=a_q,
+              dst_stride=wq)
+        b.emit(kvh.qk(T, a_q, acc_s, nq))
+        b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, causal=1, src_a=acc_s,
+              src_stride=nq, dst=acc_s, dst_stride=nq)
+        b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS, half=1,
+              rows=T, src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G, dst=a_p,
+              dst_stride=kq)
+        col = acc_att + i * nv
+        b.emit(kvh.pv(0, T, a_p, kq, col, prm_pv, prm_pv + 2 * nv, WA))
+        b.emit(kvh.pv(1, T, a_p + T * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv, WA))
+    passes(acc_att, D, WA, half=1)
+    gemm(L.wo, act_x, acc_o, WD)
+    sum_passes(acc_o, D, WD)
+    rows(VecFn.RESIDUAL, acc_h, D, WD, src_b=acc_o)
+
+    # -- feed-forward
+    rows(VecFn.RMSNORM, acc_h, D, WD, dst=acc_n, prm=prm_n2)
+    passes(acc_n, D, WD)
+    gemm(L.wg, act_x, acc_g, WF)
+    gemm(L.wu, act_x, acc_u, WF)
+    sum_passes(acc_g, Dff, WF)
+    sum_passes(acc_u, Dff, WF)
+    rows(VecFn.SILU_MUL, acc_g, Dff, WF, src_b=acc_u)
+    passes(acc_g, Dff, WF)
+    gemm(L.wd, act_x, acc_d, WD)
+    sum_passes(acc_d, D, WD)
+    rows(VecFn.RESIDUAL, acc_h, D, WD, src_b=acc_d)
+    out_off = b.store(Buf.ACC, acc_h, T * WD)
+    b.emit(encode(Op.SETPOS, add=1, value=T))
+    prog = b.program()
+    return LayerProgram(p, b.img, prog, out_off, T, D, False, {Counter.UOPS: len(prog)},
+                        in_off)

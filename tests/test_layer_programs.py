@@ -3,10 +3,13 @@ models on the real weights (DESIGN.md §4, installed offline).
 
 - one all-MiniLM-L6-v2 encoder layer (``sim.programs.minilm_layer_program``) on 16 real
   tokens: bit for bit ``sim.golden_models.minilm_layer``;
-- its WAITs (placed from the ops' footprints by ``sim.programs.Builder``) make the result
-  independent of the schedule: the same program under random schedules of an atomic-op
-  model of the sequencer and its queues (VEC included) gives the same bits, and without its
-  WAITs it does not.
+- one SmolLM2-135M decoder layer (``sim.programs.smollm2_layer_program``) on 8 prompt
+  tokens, then 4 decode steps all run by one program (the KV cache stays on chip): each
+  step bit for bit ``sim.golden_models.SmolLM2Golden.layer``;
+- the programs' WAITs (placed from the ops' footprints by ``sim.programs.Builder``) make
+  the results independent of the schedule: the same programs under random schedules of an
+  atomic-op model of the sequencer and its queues (VEC included) give the same bits, and
+  without their WAITs they do not.
 
 Expected values come from the golden models only, never from a program's own output.
 """
@@ -22,12 +25,13 @@ import pytest  # noqa: E402
 
 from hw.isa import OP_UNIT, Err, Op, Unit, decode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
-from sim.golden_models import minilm_embeddings, minilm_layer  # noqa: E402
+from sim import golden as G  # noqa: E402
+from sim.golden_models import SmolLM2Golden, minilm_embeddings, minilm_layer  # noqa: E402
 from sim.isa_sim import IsaSim  # noqa: E402
-from sim.programs import minilm_layer_program  # noqa: E402
-from sw.models import load_minilm  # noqa: E402
-from sw.quantize import quantize_minilm  # noqa: E402
-from sw.tokenizer import MiniLMTokenizer  # noqa: E402
+from sim.programs import Image, minilm_layer_program, smollm2_layer_program  # noqa: E402
+from sw.models import load_minilm, load_smollm2  # noqa: E402
+from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
+from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
 
 #: The chip of the layer tests: the default one with 256 KiB of ACC (a MiniLM layer at 16
 #: tokens keeps ~3.9 k wide words live in the half layout) and 4 MiB of off-chip memory
@@ -70,16 +74,17 @@ def test_minilm_layer_bit_exact(minilm, minilm_prog):
 # -- schedules ----------------------------------------------------------------------------------
 
 
-def scheduled(p, mem, prog, rng, wait_ok=True, late=False) -> IsaSim:
-    """Run ``prog`` as the chip orders it, each op atomic: the sequencer dispatches in order
-    to per-unit queues (``queue_depth + 1`` deep), ``WAIT unit, n`` stalls while more than
-    ``n`` ops of ``unit`` are unfinished (not at all without ``wait_ok``), ``HALT`` until all
-    are; each unit executes its oldest op at a random moment with the ``pos`` it was
-    dispatched with. ``late``: units run only while the sequencer is stalled."""
-    sim = IsaSim(p, mem, vector=True)
+def scheduled(sim: IsaSim, prog, rng, wait_ok=True, late=False) -> IsaSim:
+    """Run ``prog`` on ``sim`` (in place) as the chip orders it, each op atomic: the
+    sequencer dispatches in order to per-unit queues (``queue_depth + 1`` deep), ``WAIT unit,
+    n`` stalls while more than ``n`` ops of ``unit`` are unfinished (not at all without
+    ``wait_ok``), ``HALT`` until all are; each unit executes its oldest op at a random moment
+    with the ``pos`` it was dispatched with. ``late``: units run only while the sequencer is
+    stalled."""
+    p = sim.params
     ops = [sim._decode(w) for w in prog]
     queues = {u: deque() for u in Unit}
-    pc, pos = 0, 0
+    pc, pos = 0, sim.pos
     depth = p.queue_depth + 1
     while True:
         op, f = ops[pc]
@@ -107,7 +112,12 @@ def scheduled(p, mem, prog, rng, wait_ok=True, late=False) -> IsaSim:
             sim.pos = qpos
             sim.handlers[qop](qf)
             sim.pos = pos
+    sim.pos = pos
     return sim
+
+
+def fresh(p, mem) -> IsaSim:
+    return IsaSim(p, mem, vector=True)
 
 
 def test_minilm_layer_any_schedule(minilm, minilm_prog):
@@ -118,9 +128,9 @@ def test_minilm_layer_any_schedule(minilm, minilm_prog):
     want = minilm_layer(h, m.layers[0], m.config)
     rng = np.random.default_rng(7)
     for late in (True, False):
-        sim = scheduled(P_MINILM, lp.img.mem, lp.prog, rng, late=late)
+        sim = scheduled(fresh(P_MINILM, lp.img.mem), lp.prog, rng, late=late)
         assert np.array_equal(lp.result(sim.offchip), want), f"late={late}"
-    sim = scheduled(P_MINILM, lp.img.mem, lp.prog, rng, wait_ok=False, late=True)
+    sim = scheduled(fresh(P_MINILM, lp.img.mem), lp.prog, rng, wait_ok=False, late=True)
     assert not np.array_equal(lp.result(sim.offchip), want)
 
 
@@ -131,3 +141,70 @@ def test_minilm_program_is_not_sequential_only(minilm_prog):
     waits = [f for op, f in words if op == Op.WAIT]
     assert any(f["unit"] == Unit.GEMM and f["count"] == 1 for f in waits)
     assert len(waits) < len(words) / 2
+
+
+# -- SmolLM2: prefill, then decode steps with one program ---------------------------------------
+
+#: The same chip with 8 MiB off-chip (two programs' streams of a W4A8 layer share it).
+P_SMOL = ChipParams(acc_sram_kib=256, offchip_kib=8192)
+CAP = 12  # 8 prompt tokens + 4 decode steps
+STEPS = [(0, 8)] + [(8 + i, 1) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    model = load_smollm2()
+    m = quantize_smollm2(model, positions=16)
+    tok = SmolLM2Tokenizer(model)
+    ids = tok.encode(tok.chat_prompt("What is the capital of France?"))[:CAP]
+    emb = G.embed(np.asarray(ids), m.token_embd)
+    gold = SmolLM2Golden(m)
+    cache = gold.new_cache(capacity=CAP)
+    want = [gold.layer(0, emb[p0 : p0 + t], cache, p0) for p0, t in STEPS]
+    img = Image(P_SMOL)
+    progs = {t: smollm2_layer_program(P_SMOL, m.layers[0], m.config, m.rope_cos, m.rope_sin,
+                                      t, CAP, img) for t in (8, 1)}
+    return emb, want, img, progs
+
+
+def run_steps(smollm2, run):
+    """Every step on one simulator (the KV cache stays on chip): the host writes the step's
+    input rows, ``run(sim, program)`` runs it; returns the outputs."""
+    emb, _, img, progs = smollm2
+    sim = fresh(P_SMOL, img.mem)
+    out = []
+    for p0, t in STEPS:
+        lp = progs[t]
+        assert sim.pos == p0
+        lp.write_input(sim.offchip, emb[p0 : p0 + t])
+        run(sim, lp.prog)
+        out.append(lp.result(sim.offchip))
+    return out
+
+
+def test_smollm2_layer_prefill_and_decode(smollm2):
+    """Layer 0 of SmolLM2-135M on 8 prompt tokens, then 4 decode steps all run by one
+    program (dyn QKᵀ / SOFTMAX / vfold / P·V, RoPE rows from pos): every step's output
+    equals ``SmolLM2Golden.layer`` bit for bit (GQA over the cache, RMSNorm, A8x2 GEMMs,
+    SiLU·mul)."""
+    _, want, _, progs = smollm2
+    assert all(len(lp.prog) <= P_SMOL.uop_depth for lp in progs.values())
+
+    def run(sim, prog):
+        sim.load_program(prog)
+        assert sim.run() == Err.NONE
+
+    got = run_steps(smollm2, run)
+    for (p0, t), g, w in zip(STEPS, got, want, strict=True):
+        assert np.array_equal(g, w), f"step at pos {p0} ({t} tokens)"
+    print(f"SmolLM2 layer: {len(progs[8].prog)} / {len(progs[1].prog)} micro-ops "
+          "(prefill / decode)")
+
+
+def test_smollm2_layer_any_schedule(smollm2):
+    """The same steps under random (lazy) schedules give the golden outputs."""
+    _, want, _, _ = smollm2
+    rng = np.random.default_rng(11)
+    got = run_steps(smollm2, lambda sim, prog: scheduled(sim, prog, rng, late=True))
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
