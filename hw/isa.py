@@ -391,7 +391,10 @@ class VecArgs(data.Struct):
     Fields a ``fn`` does not name are ignored. Rows are processed in order, each read before
     it is written, so ``dst = src_a`` with equal strides works in place; a destination that
     overlaps another row's source is undefined (the ISA simulator reads every source first).
-    Where two written rows share a word the later row stays.
+    Where two written rows share a word the later row stays. ``VEC`` ops take effect in
+    order (an op reads what the ``VEC`` ops before it wrote); against other units only
+    ``WAIT`` orders them. The unit reads ACC (two rows in step for ``RESIDUAL`` /
+    ``SILU_MUL``), ACT (``COPY``), PRM and KV, and writes ACC or ACT.
 
     Checked before anything is written, in this order:
 

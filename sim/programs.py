@@ -18,9 +18,17 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
   split into chained ops over N and K with double-buffered weight loads) and, for attention
   on the KV cache, :class:`KvHead` (a head's region: ``KV_APPEND``, QKᵀ and P·V GEMMs) with
   :func:`attention_step` (one prefill or decode step as a whole program);
+- vector-unit rows (``hw.isa.VecArgs``): :func:`wide_fields` / :func:`wide_rows` (wide rows
+  in ACC, full or ``half`` layout), :func:`norm_prm_fields` (gamma, beta, eps in PRM),
+  :func:`rope_fields` (the RoPE table in ACC);
+- whole layers, hand laid out (the compiler is a later issue): :class:`Builder` (a program
+  whose WAITs are placed from each op's :func:`footprint`, weights streamed through
+  alternating WGT / PRM halves), :func:`minilm_layer_program` (a MiniLM encoder layer) and
+  :func:`smollm2_layer_program` (a SmolLM2 decoder layer: one program per prefill, one for
+  every decode step), returning a :class:`LayerProgram`;
 - :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
   values, also ones ``encode`` refuses), :func:`error_cases` (one micro-op per check of
-  ``hw/isa.py``);
+  ``hw/isa.py``, ``VEC`` ones for a chip with the vector unit);
 - :func:`isa_jobs`: the jobs of ``sim.chip_rtl.run_jobs`` on the ISA simulator (the reference
   the RTL is compared with).
 """

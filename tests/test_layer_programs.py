@@ -23,12 +23,17 @@ from collections import deque  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hw.isa import OP_UNIT, Err, Op, Unit, decode  # noqa: E402
+from hw.isa import OP_UNIT, Buf, Err, Op, Unit, decode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.golden_models import SmolLM2Golden, minilm_embeddings, minilm_layer  # noqa: E402
 from sim.isa_sim import IsaSim  # noqa: E402
-from sim.programs import Image, minilm_layer_program, smollm2_layer_program  # noqa: E402
+from sim.programs import (  # noqa: E402
+    Image,
+    footprint,
+    minilm_layer_program,
+    smollm2_layer_program,
+)
 from sw.models import load_minilm, load_smollm2  # noqa: E402
 from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
 from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
@@ -208,3 +213,32 @@ def test_smollm2_layer_any_schedule(smollm2):
     got = run_steps(smollm2, lambda sim, prog: scheduled(sim, prog, rng, late=True))
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
+
+
+def test_footprints_cover_every_write(minilm_prog, smollm2):
+    """The footprints the WAITs are placed from cover every buffer word an op writes: run
+    the MiniLM program and the SmolLM2 prefill and a decode step op by op, and compare the
+    buffers before and after each op."""
+    _, _, img, progs = smollm2
+    runs = [(P_MINILM, minilm_prog.img.mem, [minilm_prog.prog]),
+            (P_SMOL, img.mem, [progs[8].prog, progs[1].prog])]
+    checked = 0
+    for p, mem, programs in runs:
+        sim = fresh(p, mem)
+        for prog in programs:
+            sim.load_program(prog)
+            while not sim.done:
+                op, _ = decode(prog[sim.pc])
+                fp = footprint(p, prog[sim.pc], sim.pos)
+                before = {b: sim.bufs[b].copy() for b in Buf}
+                assert sim.step() == Err.NONE
+                for b in Buf:
+                    changed = np.flatnonzero((sim.bufs[b] != before[b]).any(axis=1))
+                    inside = np.zeros(len(changed), bool)
+                    for space, lo, hi, write in fp:
+                        if space == b and write:
+                            inside |= (changed >= lo) & (changed < hi)
+                    assert inside.all(), f"{op.name} at pc {sim.pc - 1} wrote {b.name} " \
+                        f"words {changed[~inside][:5]} outside its footprint {fp}"
+                    checked += len(changed)
+    assert checked > 10000

@@ -14,8 +14,13 @@ through row FIFOs), as long as a row has at least the serial divider's occupancy
 (18 with 2 quotient bits per cycle) for norms and softmax.
 
 Standalone so far: the vector unit's controller (``VEC`` commands, buffer readers and
-writers, PRM constants, ``pos``) and its place in ``hw/chip.py`` are the next step. Row
-capacities (``max_beats``) are constructor arguments until ``ChipParams`` has a field for them.
+writers, PRM constants, ``pos``) and its place in ``hw/chip.py`` are the next step; the
+contract it must meet is ``hw.isa.VecArgs`` (run by ``sim.isa_sim.IsaSim(vector=True)``).
+Beyond these components it needs: a lane adapter for ``half`` ACC rows (``PC`` elements per
+word), ``QUANT``'s ``A8X2`` mode (a second quantizer on the residual ``x - dequant(hi)``) and
+``vfold`` (a pre-pass over V's scales in KV, then ``p * mant_v`` rounded by
+``e_max - exp_v`` ahead of the quantizer), and ``COPY``. Row capacities: ``max_beats =
+ceil(ChipParams.vector_row / vector_lanes)``.
 """
 
 from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope
