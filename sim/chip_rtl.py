@@ -18,13 +18,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import amaranth
 import numpy as np
 from amaranth.lib.wiring import In
 
 from hw.isa import Counter, Err
 from hw.params import ChipParams
 from sim.offchip import read_memh, write_memh
-from sim.rtl import BUILD, run_cocotb
+from sim.rtl import BUILD, ROOT, run_cocotb, source_key
 
 __all__ = ["Job", "JobResult", "run_jobs", "CHIP_VERILATOR_ARGS"]
 
@@ -106,8 +107,12 @@ def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: st
         for port, m in top.signature.members.items())
     if not vlt.exists() or vlt.read_text() != vlt_text:
         vlt.write_text(vlt_text)
+    # conversion to Verilog takes ~10 s: skipped while params and sources are unchanged
+    key = source_key(params, amaranth.__version__, paths=[
+        ROOT / "hw", ROOT / "sim" / "chip_sim.py", ROOT / "sim" / "offchip.py",
+        STORAGE_VERILOG])
     run_cocotb(top, "chip_sim", "tests.rtl.tb_chip", name=name, waves=waves, run_dir=run,
-               sources=[STORAGE_VERILOG],
+               sources=[STORAGE_VERILOG], design_key=key,
                build_args=["--no-public-flat-rw", str(vlt), *CHIP_VERILATOR_ARGS],
                plusargs=[f"+offchip_init={init}", f"+offchip_dump={run / 'offchip_dump.hex'}"],
                extra_env={"CHIP_JOBS": str(spec), "CHIP_RESULTS": str(out),

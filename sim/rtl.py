@@ -13,6 +13,7 @@ naming the tests and pointing at the log, so pytest shows why.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import sys
@@ -41,6 +42,20 @@ def verilator_executable() -> str:
     return found
 
 
+def source_key(*parts, paths=()) -> str:
+    """A digest of ``parts`` (reprs) and of the contents of ``paths`` (files, or folders:
+    every ``*.py`` and ``*.v`` under them): a ``design_key`` for :func:`run_cocotb`."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode() + b"\0")
+    for path in paths:
+        path = Path(path)
+        files = sorted([*path.rglob("*.py"), *path.rglob("*.v")]) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def write_verilog(component, name: str, build_dir: Path | None = None, ports=None) -> Path:
     """Convert ``component`` to ``<build_dir>/<name>.v``; keep the file if unchanged."""
     from amaranth.back import verilog
@@ -59,7 +74,8 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
                extra_env: dict[str, str] | None = None, seed: int | None = None,
                verbose: bool = False, sources: list[Path] | None = None,
                plusargs: list[str] | None = None,
-               build_args: list[str] | None = None, run_dir: Path | None = None) -> Path:
+               build_args: list[str] | None = None, run_dir: Path | None = None,
+               design_key: str | None = None) -> Path:
     """Build ``design`` with Verilator and run the cocotb tests in ``test_module``.
 
     ``design`` is an Amaranth component (converted here, top module named ``toplevel``) or a
@@ -72,7 +88,11 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
     binary, read by ``$value$plusargs``. ``build_args`` are extra Verilator flags (after
     :data:`VERILATOR_ARGS`). ``run_dir`` (default: the build directory) holds the run's
     log, results and waveform, so several processes can run one build at once; the build
-    itself is serialized by a lock file in the build directory. Returns the results XML path.
+    itself is serialized by a lock file in the build directory. ``design`` may also be a
+    function returning the component, with ``design_key`` a string that changes whenever the
+    Verilog would (see :func:`source_key`): when the build directory's Verilog was written for
+    the same key, the design is neither elaborated nor converted (seconds saved per run of a
+    large design). Returns the results XML path.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -101,7 +121,15 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
             if not source.exists():
                 raise FileNotFoundError(f"Verilog source {source} does not exist")
         else:
-            source = write_verilog(design, toplevel, build_dir)
+            source = build_dir / f"{toplevel}.v"
+            stamp = build_dir / f"{toplevel}.key"
+            if (design_key is None or not source.exists() or not stamp.exists()
+                    or stamp.read_text() != design_key):
+                stamp.unlink(missing_ok=True)
+                source = write_verilog(design() if callable(design) and not hasattr(
+                    design, "elaborate") else design, toplevel, build_dir)
+                if design_key is not None:
+                    stamp.write_text(design_key)
         runner.build(sources=[*extra, source], hdl_toplevel=toplevel, build_dir=build_dir,
                      build_args=[*VERILATOR_ARGS, *(build_args or [])], waves=waves,
                      always=False, verbose=verbose, timescale=("1ns", "1ps"),
