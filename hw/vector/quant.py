@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import ChipParams
-from .common import Pipe, RowTracker, bitlen, clamp, connect_out, delay, row_beat_layout, tree
+from .common import WIDE, Pipe, RowTracker, bitlen, clamp, connect_out, delay, tree
 
 __all__ = ["Quantizer", "quant_in_layout", "quant_out_layout"]
 
@@ -37,22 +37,30 @@ def _count_bits(max_beats: int, lanes: int) -> int:
     return (max_beats * lanes).bit_length()
 
 
-def quant_in_layout(p: ChipParams, max_beats: int) -> data.StructLayout:
+def quant_in_layout(p: ChipParams, max_beats: int, data_bits: int = WIDE,
+                    side=None) -> data.StructLayout:
     """A beat of a wide row for :class:`Quantizer`. Per row (constant over its beats):
     ``count`` the row's elements (lanes from ``count`` on are zero padding), ``a15`` 15-bit
     values (``bits=15``; else INT8), ``per_row`` one scale for the whole row
-    (``group=None``; else groups of ``act_group``)."""
-    return row_beat_layout(p.vector_lanes, {
-        "count": unsigned(_count_bits(max_beats, p.vector_lanes)),
+    (``group=None``; else groups of ``act_group``). Values are ``data_bits`` wide (INT32 by
+    default); ``side`` (a shape, optional) rides along to the beat's output unchanged."""
+    L = p.vector_lanes
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(data_bits), L),
+        "last": 1,
+        "count": unsigned(_count_bits(max_beats, L)),
         "a15": 1,
         "per_row": 1,
+        **({"side": side} if side is not None else {}),
     })
 
 
-def quant_out_layout(p: ChipParams) -> data.StructLayout:
+def quant_out_layout(p: ChipParams, x_bits: int | None = None, side=None) -> data.StructLayout:
     """A quantized beat: the values as two planes ``data`` (INT8; the A15 value's ``x >> 7``)
     and ``lo`` (A15: ``x & 127``; INT8: 0), the beat's group scale (mantissa ``2**gshift``, or
-    0 if ``gzero``), the row exponent and ``last``: the fields of ``hw.isa.act_word``."""
+    0 if ``gzero``), the row exponent and ``last``: the fields of ``hw.isa.act_word``. With
+    ``x_bits`` also ``x``, the beat's input values (padding lanes 0), and with ``side`` the
+    beat's side data."""
     L = p.vector_lanes
     return data.StructLayout({
         "data": data.ArrayLayout(signed(8), L),
@@ -61,6 +69,8 @@ def quant_out_layout(p: ChipParams) -> data.StructLayout:
         "gzero": 1,
         "exp": signed(EXP_BITS),
         "last": 1,
+        **({"x": data.ArrayLayout(signed(x_bits), L)} if x_bits else {}),
+        **({"side": side} if side is not None else {}),
     })
 
 
@@ -71,6 +81,11 @@ class Quantizer(wiring.Component):
     beat, in order. Rows of at most ``max_beats`` beats (longer rows would never finish pass 1:
     the controller must refuse them). ``act_group`` must be a multiple of the lane count (a
     group is ``act_group / lanes`` beats; the last group of a row may be partial).
+    ``data_bits``: width of the input values, 32..39 (the vector unit's V-scale fold feeds up
+    to 2**37, and the residual of such a row one bit more). ``pass_x``: every output beat
+    also carries its input values (padding masked to 0), for a second pass over the residual
+    (``golden.quantize_residual``); ``side``: a shape carried from each input beat to its
+    output beat (the row FIFO holds it).
 
     Throughput: one beat per cycle, rows back to back. Latency: a row's first output beat
     leaves ``P1_ROW_STAGES + FIFO_LATENCY + P2_STAGES + FIFO_LATENCY`` cycles after its last
@@ -80,7 +95,8 @@ class Quantizer(wiring.Component):
     P1_ROW_STAGES = 5  # |x|, two max-tree levels, group / row maxima, exponents
     P2_STAGES = 2      # rounding shift and clamp, planes
 
-    def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128):
+    def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128,
+                 data_bits: int = WIDE, pass_x: bool = False, side=None):
         num = params.numerics
         L = params.vector_lanes
         if num.act_group % L:
@@ -88,13 +104,17 @@ class Quantizer(wiring.Component):
                              f"vector_lanes = {L}")
         if num.act_headroom >= 1 << GSHIFT_BITS:
             raise ValueError("Quantizer: act_headroom does not fit the group shift field")
+        if not WIDE <= data_bits <= 39:  # the rounding shift e - 1 stays below 32
+            raise ValueError(f"Quantizer: data_bits = {data_bits} outside {WIDE}..39")
         self.params = params
         self.max_beats = max_beats
+        self.data_bits, self.pass_x, self.side = data_bits, pass_x, side
         self.group_beats = num.act_group // L
         self.LATENCY = self.P1_ROW_STAGES + self.P2_STAGES + 2 * Pipe.FIFO_LATENCY
         super().__init__({
-            "i_beat": In(stream.Signature(quant_in_layout(params, max_beats))),
-            "o_beat": Out(stream.Signature(quant_out_layout(params))),
+            "i_beat": In(stream.Signature(quant_in_layout(params, max_beats, data_bits, side))),
+            "o_beat": Out(stream.Signature(quant_out_layout(
+                params, data_bits if pass_x else None, side))),
             "busy": Out(1),
         })
 
@@ -107,7 +127,9 @@ class Quantizer(wiring.Component):
         depth = self.max_beats + 16  # a whole row, plus the stages before pass 2 starts on it
 
         # -- pass 1 ----------------------------------------------------------------------------
-        beat_l = data.StructLayout({"data": data.ArrayLayout(signed(32), L), "last": 1})
+        db = self.data_bits
+        side = {"side": self.side} if self.side is not None else {}
+        beat_l = data.StructLayout({"data": data.ArrayLayout(signed(db), L), "last": 1, **side})
         grp_l = data.StructLayout({"e": signed(7), "nz": 1})
         row_l = data.StructLayout({"emax": signed(7), "nz": 1, "a15": 1, "per_row": 1})
         rows = Pipe(m, "p1_beats", beat_l, 1, depth)
@@ -132,12 +154,14 @@ class Quantizer(wiring.Component):
         ]
 
         # stage 0 -> 1: mask the padding lanes; |x|
-        mag1 = Signal(data.ArrayLayout(unsigned(32), L))
+        mag1 = Signal(data.ArrayLayout(unsigned(db), L))
         for n in range(L):
             live = pos.index * L + n < i.payload.count
             x = Mux(live, i.payload.data[n], 0)
             m.d.sync += [rows.result.data[n].eq(x), mag1[n].eq(Mux(x < 0, -x, x))]
         m.d.sync += rows.result.last.eq(i.payload.last)
+        if side:
+            m.d.sync += rows.result.side.eq(i.payload.side)
 
         first = delay(m, pos.first, 3, "first")
         gfirst = delay(m, gbeat == 0, 3, "gfirst")
@@ -148,16 +172,16 @@ class Quantizer(wiring.Component):
         # stages 1 -> 2 -> 3: the beat's largest magnitude (a max tree, two levels per stage)
         quads = [tree([mag1[n] for n in range(q, min(q + 4, L))],
                       lambda a, b: Mux(a > b, a, b)) for q in range(0, L, 4)]
-        mag2 = Signal(data.ArrayLayout(unsigned(32), len(quads)))
+        mag2 = Signal(data.ArrayLayout(unsigned(db), len(quads)))
         for k, q in enumerate(quads):
             m.d.sync += mag2[k].eq(q)
-        bmax3 = Signal(unsigned(32))
+        bmax3 = Signal(unsigned(db))
         m.d.sync += bmax3.eq(tree([mag2[k] for k in range(len(quads))],
                                   lambda a, b: Mux(a > b, a, b)))
 
         # stage 3 -> 4: running maxima of the group and of the row
-        gmax4 = Signal(unsigned(32))
-        rmax4 = Signal(unsigned(32))
+        gmax4 = Signal(unsigned(db))
+        rmax4 = Signal(unsigned(db))
         with m.If(beat_v[3]):
             m.d.sync += [gmax4.eq(Mux(gfirst[3] | (bmax3 > gmax4), bmax3, gmax4)),
                          rmax4.eq(Mux(first[3] | (bmax3 > rmax4), bmax3, rmax4))]
@@ -173,7 +197,8 @@ class Quantizer(wiring.Component):
         ]
 
         # -- pass 2 ----------------------------------------------------------------------------
-        out = Pipe(m, "p2", quant_out_layout(p), self.P2_STAGES)
+        out = Pipe(m, "p2", quant_out_layout(p, db if self.pass_x else None, self.side),
+                   self.P2_STAGES)
         beat, grp, row = rows.out, grps.out, rowq.out
         take2 = Signal()
         gbeat2 = Signal(range(gb))
@@ -205,7 +230,8 @@ class Quantizer(wiring.Component):
         gshift = Mux(r.per_row, H, d)
         res = out.result
         s1_info = Signal(data.StructLayout({"gshift": unsigned(GSHIFT_BITS), "gzero": 1,
-                                            "exp": signed(EXP_BITS), "last": 1, "a15": 1}))
+                                            "exp": signed(EXP_BITS), "last": 1, "a15": 1,
+                                            **side}))
         m.d.sync += [
             s1_info.gshift.eq(Mux(gzero, 0, gshift)),
             s1_info.gzero.eq(gzero),
@@ -213,11 +239,16 @@ class Quantizer(wiring.Component):
             s1_info.last.eq(beat.payload.last),
             s1_info.a15.eq(r.a15),
         ]
+        if side:
+            m.d.sync += [s1_info.side.eq(beat.payload.side), res.side.eq(s1_info.side)]
+        if self.pass_x:
+            x1 = Signal(data.ArrayLayout(signed(db), L))
+            m.d.sync += [x1.eq(beat.payload.data), res.x.eq(x1)]
         sm1 = Signal(signed(7))
         m.d.comb += sm1.eq(e - 1)
         for n in range(L):
             x = beat.payload.data[n]
-            t = Signal(signed(48), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**48
+            t = Signal(signed(db + 1), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**16
             m.d.comb += t.eq(Mux(sm1 >= 0, x >> sm1.as_unsigned()[:5], x << (-sm1)[:4]))
             q1 = Signal(signed(16), name=f"q{n}")
             rounded = (t + 1) >> 1

@@ -1,0 +1,745 @@
+"""The vector unit of the chip: runs ``VEC`` micro-ops (``hw/isa.py``, :class:`hw.isa.VecArgs`)
+on the components of ``hw/vector``.
+
+A micro-op is checked first (``Err.BAD_FIELD`` / ``Err.SRAM_RANGE`` in the order of the
+``VecArgs`` docstring; with ``vfold`` the V scales are then loaded and checked), before any
+word is written. Then it runs as one *sweep* (two for the two-block ``QUANT`` modes) of four
+concurrent generators::
+
+    reader ── ACC a, ACC b (or ACT) ──> beat assembler ──> component(s) ──> writer ── ACC / ACT
+    params ── PRM gamma, beta ───────────────────────────> Normalizer
+
+- **reader**: for each row ``t`` and word ``w`` one read of operand ``a`` (ACC, or ACT for
+  ``COPY`` of A8 rows) and, in step, one of ``b`` (ACC: ``RESIDUAL`` / ``SILU_MUL`` operand
+  ``b``, the ``ROPE`` table row ``pos + t``); one word per cycle through two ACC read ports;
+- **beat assembler**: ``L / E`` words (``E`` elements each: ``C``, or ``PC`` with ``half``)
+  into one beat of ``L = vector_lanes`` elements; the last beat of a row may be partial (its
+  other lanes are stale: every component masks lanes beyond the row, and so does the writer);
+- **components**: one per ``fn``, as ``hw/vector`` defines them (``ResidualAdd``,
+  ``PwlUnit``, ``Rope``, ``Normalizer``, ``Softmax``, ``Quantizer``); ``COPY`` goes straight
+  to the writer. ``QUANT`` with ``vfold`` passes a fold stage first (per element
+  ``rshift_round(p * mant_v, e_max - exp_v)``, from a local copy of V's scales with their
+  running maximum); ``A8X2``'s second sweep quantizes again, subtracts the dequantized first
+  pass (``golden.quantize_residual``) and quantizes the residual with a second ``Quantizer``;
+- **writer**: each output beat into ``L / E_out`` ACC words (lanes beyond the row, and lanes
+  ``PC ..`` with ``half``, 0) or ``L / R`` ACT words (A8: data, the beat's group scale, the
+  row exponent, plus ``e_max`` with ``vfold``), in row order, one word per cycle;
+- **params** (``LAYERNORM`` / ``RMSNORM``): per output beat its gamma (and beta) words from
+  PRM, into the normalizer's parameter stream.
+
+Throughput: one ACC word read and one word written per cycle: one beat per cycle in the full
+layout with ``vector_lanes = cols``, one per two cycles in the half layout; row operations as
+their components allow (norms and softmax at full rate for rows of >= 18 beats; ``LAYERNORM``
+in the full layout reads two PRM words per beat, so half rate). ``QUANT`` ``A15`` / ``A8X2``
+run two sweeps over the source (the second after the first has drained), ``vfold`` first
+loads ``ceil(length / PC)`` pairs of KV words (two cycles each). Between micro-ops the unit
+drains (about the latency of the op's component).
+
+``abort`` drops the current micro-op: the generators stop, the datapath (components, FIFOs)
+is reset while it is held, nothing more is written.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..bus import MemReader
+from ..gemm_engine import cmd_layout, pc_bits
+from ..isa import (Buf, Dyn, Err, QuantMode, VecArgs, VecBuf, VecFn, acc_word, act_word,
+                   buffer_depth, kv_word, prm_word)
+from ..params import ChipParams
+from .common import Pipe, saturate, wide_lanes
+from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
+from .norm import EPS_BITS, Normalizer
+from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
+from .softmax import Softmax
+
+__all__ = ["VecEngine", "FOLD_BITS"]
+
+#: ``vfold`` values: ``p`` (17 bits) times ``mant_v`` (up to ``2**act_headroom``), signed.
+FOLD_BITS = 17 + 20 + 1
+#: The ``vfold`` probability: the low 17 bits of each element, unsigned.
+P_BITS = 17
+
+
+def _bits(layout) -> int:
+    return data.Layout.cast(layout).size
+
+
+def _log2(n: int, what: str) -> int:
+    k = n.bit_length() - 1
+    if 1 << k != n:
+        raise ValueError(f"VecEngine: {what} = {n} must be a power of two")
+    return k
+
+
+def _ceil_shift(v, k: int):
+    """``ceil(v / 2**k)``."""
+    return (v + (1 << k) - 1) >> k if k else v
+
+
+def _pick(values, index):
+    """``values[index]`` for a list of expressions and a run-time index (a mux)."""
+    values = list(values)
+    if len(values) == 1:
+        return values[0]
+    return Array(values)[index[:(len(values) - 1).bit_length()]]
+
+
+class VecEngine(wiring.Component):
+    """Executes VEC micro-ops (module docstring). Read ports wired by the chip: ``acc_a_*``,
+    ``acc_b_*`` (ACC), ``act_*`` (ACT), ``prm_*`` (PRM), ``kv_*`` (KV); writes: ``acc_wr``
+    (ACC words), ``act_wr`` (ACT words), each a valid/ready stream (the chip's write-port
+    arbiter may hold ``ready`` low). ``done`` / ``err_*`` pulse once per micro-op; ``abort``
+    drops the current one. Needs ``cols``, ``rows`` and ``vector_lanes`` powers of two with
+    ``cols`` and ``rows`` dividing ``vector_lanes``."""
+
+    #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
+    ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
+
+    def __init__(self, params: ChipParams = ChipParams()):
+        p = params
+        self.params = p
+        L, R, C = p.vector_lanes, p.rows, p.cols
+        _log2(L, "vector_lanes")
+        _log2(R, "rows")
+        _log2(C, "cols")
+        if L % C or L % R:
+            raise ValueError(f"VecEngine: vector_lanes = {L} must be a multiple of cols = {C} "
+                             f"and of rows = {R}")
+        self.max_beats = -(-p.vector_row // L)
+        ab, cb = _bits(act_word(p)), _bits(acc_word(p))
+        ports = {}
+        for name, bits in (("acc_a", cb), ("acc_b", cb), ("act", ab), ("prm", _bits(prm_word(p))),
+                           ("kv", _bits(kv_word(p)))):
+            ports[f"{name}_addr"] = Out(16)
+            ports[f"{name}_en"] = Out(1)
+            ports[f"{name}_data"] = In(bits)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(p))),
+            **ports,
+            "acc_wr": Out(stream.Signature(data.StructLayout({"addr": unsigned(16),
+                                                              "data": unsigned(cb)}))),
+            "act_wr": Out(stream.Signature(data.StructLayout({"addr": unsigned(16),
+                                                              "data": unsigned(ab)}))),
+            "done": Out(1),
+            "err_valid": Out(1),
+            "err_code": Out(Err),
+            "err_pc": Out(pc_bits(p)),
+            "busy": Out(1),
+            "abort": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        num = p.numerics
+        R, C, L = p.rows, p.cols, p.vector_lanes
+        PC = C // 2
+        lr, lc, ll = _log2(R, "rows"), _log2(C, "cols"), _log2(L, "vector_lanes")
+        lpc = lc - 1
+        H = num.act_headroom
+        depth = {b: buffer_depth(p, b) for b in Buf}
+        max_beats = self.max_beats
+        KF, KH, KQ, KC = L // C, L // PC, L // R, L // C  # words per beat
+
+        # -- the micro-op and its derived sizes (registered in IDLE / EFF / PROD) -------------
+        a = Signal(VecArgs)
+        pos = Signal(16)
+        pc = Signal.like(self.err_pc)
+        fn = a.fn
+        is_ = {f: Signal(name=f"is_{f.name.lower()}") for f in VecFn}
+        for f in VecFn:
+            m.d.comb += is_[f].eq(fn == f)
+        quant = is_[VecFn.QUANT]
+        norm = is_[VecFn.LAYERNORM] | is_[VecFn.RMSNORM]
+        copy_act = Signal()
+        vfold = Signal()
+        two = Signal()       # QUANT A15 / A8X2: two blocks, two sweeps
+        a8x2 = Signal()
+        a15 = Signal()
+        m.d.comb += [
+            copy_act.eq(is_[VecFn.COPY] & (a.buf == VecBuf.ACT)),
+            vfold.eq(quant & a.vfold),
+            a15.eq(quant & (a.qmode == QuantMode.A15)),
+            a8x2.eq(quant & (a.qmode == QuantMode.A8X2)),
+            two.eq(a15 | a8x2),
+        ]
+        half = a.half
+        out_half = Signal()  # the written layout (COPY with repack: the other one)
+        m.d.comb += out_half.eq(half ^ (is_[VecFn.COPY] & a.repack))
+
+        length = Signal(18)  # after dyn
+        W = Signal(18)       # ACC words of a row (E = C, or PC with half)
+        Wo = Signal(18)      # ACC words of a written row
+        Wq = Signal(18)      # ACT words of an A8 row
+        Wc = Signal(18)      # PRM words of a constant vector
+        nblk = Signal(18)    # KV key blocks (vfold)
+        Wr = Signal(18)      # words read per row
+        Ww = Signal(18)      # words written per row
+        p_src = Signal(24)   # (rows - 1) * src_stride
+        p_dst = Signal(24)   # (blocks * rows - 1) * dst_stride
+        p_blk = Signal(24)   # rows * dst_stride: the second block
+        p_tab = Signal(40)   # (pos + rows) * W: end of the RoPE table rows
+        p_posw = Signal(40)  # pos * W: the first table row
+        p_kv = Signal(28)    # (nblk - 1) * (vgroups + 1)
+        n_vec = Signal(2)
+        m.d.comb += n_vec.eq(Mux(is_[VecFn.LAYERNORM], 2, 1))
+
+        running = Signal()
+        m.d.comb += [self.busy.eq(running | (self.cmd.valid & ~self.abort)),
+                     self.err_pc.eq(pc)]
+        err_code = Signal(Err)
+        sweep = Signal()
+        go = Signal()        # one-cycle pulse: a sweep's generators start
+        finished = Signal()  # the sweep's last word written, the datapath empty
+        eps = Signal(EPS_BITS)
+        setup = Signal()
+
+        # local copy of V's scales (vfold): per key gshift | gzero << 5, exp; its running max
+        key_l = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
+        vsc = Memory(shape=data.ArrayLayout(key_l, L), depth=max_beats, init=[])
+        vmax = Memory(shape=data.ArrayLayout(signed(EXP_BITS), L), depth=max_beats, init=[])
+        m.submodules.vsc = vsc
+        m.submodules.vmax = vmax
+        vsc_w = vsc.write_port(granularity=PC)
+        vmax_w = vmax.write_port(granularity=PC)
+        vsc_r = vsc.read_port()
+        vmax_r = vmax.read_port()
+
+        # V-scale loading (state LOADV): alternate reads of a block's scale and exp words
+        lv_blk = Signal(18)
+        lv_addr = Signal(24)    # scale word of block lv_blk
+        lv_ph = Signal()        # 0: read the scale word, 1: the exp word
+        lv_got = Signal(2)      # the data arriving: 1 scale word, 2 exp word
+        lv_scale = Signal(kv_word(p))
+        lv_bad = Signal()
+        lv_run = Signal(signed(EXP_BITS))  # running max of exp_v
+        lv_wblk = Signal(18)    # block of the data arriving
+        lv_issue = Signal()
+        kvd = kv_word(p)(self.kv_data)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~self.abort)
+                with m.If(self.cmd.valid & ~self.abort):
+                    cmd = self.cmd.payload
+                    m.d.sync += [a.eq(cmd.args.vec), pos.eq(cmd.pos), pc.eq(cmd.pc),
+                                 running.eq(1)]
+                    m.next = "EFF"
+            with m.State("EFF"):
+                ln = Signal(18)
+                m.d.comb += ln.eq(Mux(a.dyn == Dyn.POS, pos + a.rows, a.length))
+                w = Mux(half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))
+                m.d.sync += [
+                    length.eq(ln), W.eq(w),
+                    Wo.eq(Mux(out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
+                    Wq.eq(_ceil_shift(ln, lr)), Wc.eq(_ceil_shift(ln, lc)),
+                    nblk.eq(_ceil_shift(ln, lpc)),
+                ]
+                m.next = "PROD"
+            with m.State("PROD"):
+                rows_dst = Mux(two, a.rows << 1, a.rows)
+                m.d.sync += [
+                    p_src.eq((a.rows - 1) * a.src_stride),
+                    p_dst.eq((rows_dst - 1) * a.dst_stride),
+                    p_blk.eq(a.rows * a.dst_stride),
+                    p_tab.eq((pos + a.rows) * W),
+                    p_posw.eq(pos * W),
+                    p_kv.eq((nblk - 1) * (a.vgroups + 1)),
+                    Wr.eq(Mux(copy_act, Wq, W)),
+                    Ww.eq(Mux(quant | copy_act, Wq, Wo)),
+                ]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                row_fn = quant | norm | is_[VecFn.SOFTMAX]
+                bad = ((fn > max(VecFn))
+                       | (quant & ((a.qmode > max(QuantMode))
+                                   | (a.vfold & (a.vgroups == 0))))
+                       | (a.rows == 0) | (length == 0)
+                       | (row_fn & (length > p.vector_row))
+                       | (is_[VecFn.ROPE] & length[0]))
+                acc_d, act_d = depth[Buf.ACC], depth[Buf.ACT]
+                rng = ((a.src_a + p_src + Wr > Mux(copy_act, act_d, acc_d))
+                       | ((is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL])
+                          & (a.src_b + p_src + W > acc_d))
+                       | (is_[VecFn.ROPE] & (a.src_b + p_tab > acc_d))
+                       | (norm & (a.prm + n_vec * Wc + 1 > depth[Buf.PRM]))
+                       | (vfold & (a.src_b + p_kv + a.vgroups + 1 > depth[Buf.KV]))
+                       | (a.dst + p_dst + Ww > Mux(quant | copy_act, act_d, acc_d)))
+                with m.If(bad | rng):
+                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD, Err.SRAM_RANGE))
+                    m.next = "ERROR"
+                with m.Elif(vfold):
+                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(a.src_b), lv_ph.eq(0), lv_bad.eq(0),
+                                 lv_got.eq(0)]
+                    m.next = "LOADV"
+                with m.Else():
+                    m.next = "SETUP"
+            with m.State("LOADV"):
+                # issue: scale word, then exp word of block lv_blk
+                m.d.comb += [lv_issue.eq(lv_blk < nblk),
+                             self.kv_addr.eq(Mux(lv_ph, lv_addr + a.vgroups, lv_addr)),
+                             self.kv_en.eq(lv_issue)]
+                m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
+                with m.If(lv_issue):
+                    m.d.sync += lv_ph.eq(~lv_ph)
+                    with m.If(lv_ph):
+                        m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + a.vgroups + 1),
+                                     lv_wblk.eq(lv_blk)]
+                with m.If(lv_got == 1):
+                    m.d.sync += lv_scale.eq(self.kv_data)
+                with m.If(lv_got == 2):
+                    # keys j = blk * PC + l < length: check, running max, write the chunk
+                    run = lv_run
+                    bad_any = 0
+                    chunk = lv_wblk[:ll - lpc]  # the block's PC keys within an entry of L
+                    for lane in range(PC):
+                        live = (lv_wblk << lpc) + lane < length
+                        sc = lv_scale[lane]
+                        ev = kvd[lane].as_signed()
+                        first = (lv_wblk == 0) & (lane == 0)
+                        new = Mux(first | (ev > run), ev, run)
+                        run = Mux(live, new, run)
+                        bad_any = bad_any | (live & ~sc[GSHIFT_BITS] & (sc[:GSHIFT_BITS] > H))
+                        for k in range(KH):  # the lane of key j in the entry
+                            m.d.comb += [
+                                vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
+                                vsc_w.data[k * PC + lane].ev.eq(ev),
+                                vmax_w.data[k * PC + lane].eq(run),
+                            ]
+                    m.d.sync += [lv_run.eq(run), lv_bad.eq(lv_bad | bad_any)]
+                    m.d.comb += [vsc_w.addr.eq(lv_wblk >> (ll - lpc)),
+                                 vmax_w.addr.eq(lv_wblk >> (ll - lpc))]
+                    for k in range(KH):
+                        m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
+                with m.If((lv_blk == nblk) & (lv_got == 0)):
+                    with m.If(lv_bad):
+                        m.d.sync += err_code.eq(Err.BAD_FIELD)
+                        m.next = "ERROR"
+                    with m.Else():
+                        m.next = "SETUP"
+            with m.State("ERROR"):
+                m.d.comb += [self.err_valid.eq(1), self.err_code.eq(err_code),
+                             self.done.eq(1)]
+                m.d.sync += running.eq(0)
+                m.next = "IDLE"
+            with m.State("SETUP"):  # the norm's eps: one PRM word
+                m.d.comb += [setup.eq(1), self.prm_addr.eq(a.prm + n_vec * Wc),
+                             self.prm_en.eq(1)]
+                m.d.sync += sweep.eq(0)
+                m.next = "EPS"
+            with m.State("EPS"):
+                m.d.sync += eps.eq(prm_word(p)(self.prm_data).out.bias[0][:EPS_BITS])
+                m.d.comb += go.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(self.abort):
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+                with m.Elif(finished):
+                    with m.If(two & ~sweep):
+                        m.d.sync += sweep.eq(1)
+                        m.next = "SWEEP2"
+                    with m.Else():
+                        m.d.comb += self.done.eq(1)
+                        m.d.sync += running.eq(0)
+                        m.next = "IDLE"
+            with m.State("SWEEP2"):
+                m.d.comb += go.eq(1)
+                m.next = "RUN"
+
+        # the PRM port: the eps word in SETUP, else the normalizer's parameters
+        prd_addr = Signal(16)
+        prd_en = Signal()
+        with m.If(~setup):
+            m.d.comb += [self.prm_addr.eq(prd_addr), self.prm_en.eq(prd_en)]
+
+        # -- the datapath: reset while abort holds ----------------------------------------------
+        dp = Module()
+        m.submodules.dp = ResetInserter(self.abort)(dp)
+        env = SimpleNamespace(**{k: v for k, v in locals().items()
+                                 if k not in ("self", "m", "dp")})
+        self._datapath(dp, env)
+        return m
+
+    def _datapath(self, m, e):
+        """The generators, assembler, components and writer of a running micro-op (``m`` is
+        the datapath module; ``e``: the signals of :meth:`elaborate`)."""
+        p = self.params
+        num = p.numerics
+        R, C, L, PC = e.R, e.C, e.L, e.PC
+        lr, lc, lpc = e.lr, e.lc, e.lpc
+        a, pos, length, W, Wr, Ww, Wc = e.a, e.pos, e.length, e.W, e.Wr, e.Ww, e.Wc
+        is_, go, sweep = e.is_, e.go, e.sweep
+        half, out_half, copy_act, vfold, a15, a8x2 = (e.half, e.out_half, e.copy_act, e.vfold,
+                                                       e.a15, e.a8x2)
+        quant, norm = e.quant, e.norm
+        max_beats = e.max_beats
+        KF, KH, KQ, KC = e.KF, e.KH, e.KQ, e.KC
+        F = num.frac_bits
+        cb = _bits(acc_word(p))
+        ab = _bits(act_word(p))
+
+        # -- reader: operand a (ACC, or ACT for COPY of A8 rows) and b, in step ---------------
+        rmeta_l = data.StructLayout({"k": range(KH), "beat_last": 1, "last": 1,
+                                     "t": unsigned(9), "b": unsigned(13)})
+        m.submodules.ard = ard = MemReader(16, max(cb, ab), rmeta_l)
+        m.submodules.brd = brd = MemReader(16, cb, unsigned(1))
+        use_b = is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL] | is_[VecFn.ROPE]
+        r_on = Signal()
+        rt = Signal(9)
+        rw = Signal(18)
+        rk = Signal(range(KH))
+        rb = Signal(13)
+        a_row = Signal(24)
+        b_row = Signal(40)
+        kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
+        with m.If(go):
+            m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rb.eq(0),
+                         a_row.eq(a.src_a),
+                         b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
+        issue = Signal()
+        row_end = rw == Wr - 1
+        beat_end = row_end | (rk == kin_last)
+        m.d.comb += [
+            issue.eq(r_on & ard.i.ready & brd.i.ready),
+            ard.i.valid.eq(issue), brd.i.valid.eq(issue),
+            ard.i.payload.addr.eq(a_row + rw),
+            ard.i.payload.meta.k.eq(rk),
+            ard.i.payload.meta.beat_last.eq(beat_end),
+            ard.i.payload.meta.last.eq(row_end),
+            ard.i.payload.meta.t.eq(rt),
+            ard.i.payload.meta.b.eq(rb),
+            brd.i.payload.addr.eq(Mux(use_b, b_row + rw, 0)),
+        ]
+        with m.If(issue):
+            with m.If(row_end):
+                m.d.sync += [rw.eq(0), rk.eq(0), rb.eq(0), rt.eq(rt + 1),
+                             a_row.eq(a_row + a.src_stride),
+                             b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
+                with m.If(rt == a.rows - 1):
+                    m.d.sync += r_on.eq(0)
+            with m.Else():
+                m.d.sync += [rw.eq(rw + 1), rk.eq(Mux(beat_end, 0, rk + 1)),
+                             rb.eq(rb + beat_end)]
+        m.d.comb += [
+            self.acc_a_addr.eq(ard.rd_addr), self.act_addr.eq(ard.rd_addr),
+            self.acc_a_en.eq(ard.rd_en & ~copy_act), self.act_en.eq(ard.rd_en & copy_act),
+            ard.rd_data.eq(Mux(copy_act, self.act_data, self.acc_a_data)),
+            self.acc_b_addr.eq(brd.rd_addr), self.acc_b_en.eq(brd.rd_en & use_b),
+            brd.rd_data.eq(self.acc_b_data),
+        ]
+
+        # -- beat assembler: L / E words into one beat ----------------------------------------
+        beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "t": unsigned(9),
+                                    "b_idx": unsigned(13), "last": 1})
+        beat = stream.Signature(beat_l).create(path=("beat",))
+        asm_valid = Signal()
+        raw_act = Signal(ab)  # COPY of A8 rows: the ACT word as it is
+        word_take = Signal()
+        m.d.comb += [
+            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | beat.ready)),
+            ard.o.ready.eq(word_take), brd.o.ready.eq(word_take),
+            beat.valid.eq(asm_valid),
+        ]
+        wa = acc_word(p)(ard.o.payload.data[:cb])
+        wb = acc_word(p)(brd.o.payload.data)
+        k_in = ard.o.payload.meta.k
+        with m.If(word_take):
+            for lane in range(L):
+                with m.If(Mux(half, k_in == lane // PC, k_in == lane // C)):
+                    m.d.sync += [
+                        beat.payload.a[lane].eq(Mux(half, wa[lane % PC], wa[lane % C])),
+                        beat.payload.b[lane].eq(Mux(half, wb[lane % PC], wb[lane % C])),
+                    ]
+            m.d.sync += raw_act.eq(ard.o.payload.data[:ab])
+            meta = ard.o.payload.meta
+            with m.If(meta.beat_last):
+                m.d.sync += [asm_valid.eq(1), beat.payload.t.eq(meta.t),
+                             beat.payload.b_idx.eq(meta.b), beat.payload.last.eq(meta.last)]
+            with m.Elif(beat.ready):
+                m.d.sync += asm_valid.eq(0)
+        with m.Elif(asm_valid & beat.ready):
+            m.d.sync += asm_valid.eq(0)
+
+        # -- components ------------------------------------------------------------------------
+        side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
+        m.submodules.add = add = ResidualAdd(p)
+        m.submodules.pwl = pwl = PwlUnit(p)
+        m.submodules.rope = rope = Rope(p)
+        m.submodules.norm = nrm = Normalizer(p, max_beats=max_beats)
+        m.submodules.smax = smx = Softmax(p, max_beats=max_beats)
+        m.submodules.q1 = q1 = Quantizer(p, max_beats=max_beats, data_bits=FOLD_BITS,
+                                         pass_x=True, side=side_l)
+        m.submodules.q2 = q2 = Quantizer(p, max_beats=max_beats, data_bits=FOLD_BITS + 1,
+                                         side=side_l)
+        bp = beat.payload
+        vis_causal = Signal(18)
+        m.d.comb += vis_causal.eq(pos + bp.t + 1)
+        visible = Mux(a.causal & (vis_causal < length), vis_causal, length)
+        m.d.comb += [
+            add.i_beat.payload.a.eq(bp.a), add.i_beat.payload.b.eq(bp.b),
+            pwl.i_beat.payload.fn.eq(Mux(is_[VecFn.SILU_MUL], PwlFn.SILU_MUL, PwlFn.GELU)),
+            pwl.i_beat.payload.x.eq(bp.a), pwl.i_beat.payload.up.eq(bp.b),
+            rope.i_beat.payload.x.eq(bp.a),
+            nrm.i_beat.payload.data.eq(bp.a), nrm.i_beat.payload.last.eq(bp.last),
+            nrm.i_beat.payload.count.eq(length), nrm.i_beat.payload.rms.eq(is_[VecFn.RMSNORM]),
+            nrm.i_beat.payload.eps_q32.eq(e.eps),
+            smx.i_beat.payload.data.eq(bp.a), smx.i_beat.payload.last.eq(bp.last),
+            smx.i_beat.payload.visible.eq(visible),
+        ]
+        for i in range(L // 2):
+            m.d.comb += [rope.i_beat.payload.cos[i].eq(bp.b[2 * i][:ROPE_TRIG_BITS]),
+                         rope.i_beat.payload.sin[i].eq(bp.b[2 * i + 1][:ROPE_TRIG_BITS])]
+
+        # vfold: p' = rshift_round(p * mant_v, e_max - exp_v) (0 for keys the row does not see)
+        fold_l = data.StructLayout({"data": data.ArrayLayout(signed(FOLD_BITS), L), "last": 1,
+                                    "emax": side_l})
+        fold = Pipe(m, "fold", fold_l, 3)  # memories read; shift and mask; round
+        kk = Signal(18)  # the row's last visible key: its running max is e_max
+        m.d.comb += kk.eq(visible - 1)
+        vsc_r, vmax_r = e.vsc_r, e.vmax_r
+        m.d.comb += [vsc_r.addr.eq(bp.b_idx), vmax_r.addr.eq(kk >> e.ll)]
+        p1 = Signal(data.ArrayLayout(unsigned(P_BITS), L))
+        b1 = Signal(13)
+        vis1 = Signal(18)
+        lane1 = Signal(range(L))
+        last1 = Signal()
+        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(visible), lane1.eq(kk[:e.ll] if e.ll else 0),
+                     last1.eq(bp.last)]
+        for lane in range(L):
+            m.d.sync += p1[lane].eq(bp.a[lane][:P_BITS])
+        emax1 = Signal(signed(EXP_BITS))
+        m.d.comb += emax1.eq(_pick((vmax_r.data[i] for i in range(L)), lane1))
+        v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
+        s2 = Signal(data.ArrayLayout(unsigned(6), L))
+        emax2 = Signal(signed(EXP_BITS))
+        last2 = Signal()
+        m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
+        for lane in range(L):
+            key = vsc_r.data[lane]
+            seen = (b1 << e.ll) + lane < vis1
+            s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
+            m.d.comb += s.eq(emax1 - key.ev)
+            m.d.sync += [
+                v2[lane].eq(Mux(seen & ~key.sc[GSHIFT_BITS],
+                                p1[lane] << key.sc[:GSHIFT_BITS], 0)),
+                s2[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
+            ]
+            sm1 = (s2[lane] - 1)[:6]
+            m.d.sync += fold.result.data[lane].eq(
+                Mux(s2[lane] == 0, v2[lane], ((v2[lane] >> sm1) + 1) >> 1))
+        m.d.sync += [fold.result.last.eq(last2), fold.result.emax.eq(emax2)]
+
+        # Q1: the row (sweep 0), or again for A8X2's residual (sweep 1)
+        qi = q1.i_beat.payload
+        fo = fold.out
+        m.d.comb += [
+            qi.count.eq(length), qi.a15.eq(a15), qi.per_row.eq(a.per_row),
+        ]
+        with m.If(vfold):
+            m.d.comb += [qi.data.eq(fo.payload.data), qi.last.eq(fo.payload.last),
+                         qi.side.eq(fo.payload.emax), q1.i_beat.valid.eq(fo.valid),
+                         fo.ready.eq(q1.i_beat.ready)]
+        with m.Else():
+            for lane in range(L):
+                m.d.comb += qi.data[lane].eq(bp.a[lane])
+            m.d.comb += [qi.last.eq(bp.last), qi.side.eq(0)]
+
+        # A8X2 residual: r = x - dequantize(q1), into Q2
+        res_l = data.StructLayout({"data": data.ArrayLayout(signed(FOLD_BITS + 1), L),
+                                   "last": 1, "side": side_l})
+        res = Pipe(m, "res", res_l, 2)
+        qo = q1.o_beat.payload
+        v1r = Signal(data.ArrayLayout(signed(8 + 2 ** GSHIFT_BITS), L))
+        x1r = Signal(data.ArrayLayout(signed(FOLD_BITS), L))
+        sh1 = Signal(signed(EXP_BITS + 1))
+        m.d.sync += [sh1.eq(-qo.exp), x1r.eq(qo.x)]
+        for lane in range(L):
+            m.d.sync += v1r[lane].eq(Mux(qo.gzero, 0, qo.data[lane] << qo.gshift))
+        shr = (sh1 - 1).as_unsigned()[:EXP_BITS]
+        for lane in range(L):
+            right = ((v1r[lane] >> Mux(shr > 40, 40, shr)) + 1) >> 1
+            kl = (-sh1).as_unsigned()[:EXP_BITS]
+            left = saturate(v1r[lane] << Mux(kl > 32, 32, kl)[:6])
+            deq = Mux(sh1 > 0, right, left)
+            m.d.sync += res.result.data[lane].eq(x1r[lane] - deq)
+        side1 = Signal(side_l)
+        last1r = Signal()
+        m.d.sync += [side1.eq(qo.side), last1r.eq(qo.last),
+                     res.result.side.eq(side1), res.result.last.eq(last1r)]
+        r2 = q2.i_beat.payload
+        m.d.comb += [r2.data.eq(res.out.payload.data), r2.last.eq(res.out.payload.last),
+                     r2.side.eq(res.out.payload.side), r2.count.eq(length), r2.a15.eq(0),
+                     r2.per_row.eq(a.per_row), q2.i_beat.valid.eq(res.out.valid),
+                     res.out.ready.eq(q2.i_beat.ready)]
+        a8x2_res = a8x2 & sweep
+        m.d.comb += [res.take.eq(a8x2_res & q1.o_beat.valid & res.credit)]
+
+        # beat -> the fn's component
+        sel_in = {VecFn.RESIDUAL: add.i_beat, VecFn.GELU: pwl.i_beat,
+                  VecFn.SILU_MUL: pwl.i_beat, VecFn.ROPE: rope.i_beat,
+                  VecFn.LAYERNORM: nrm.i_beat, VecFn.RMSNORM: nrm.i_beat,
+                  VecFn.SOFTMAX: smx.i_beat}
+        for f, port in sel_in.items():
+            with m.If(is_[f]):
+                m.d.comb += [port.valid.eq(beat.valid), beat.ready.eq(port.ready)]
+        with m.If(quant & vfold):
+            m.d.comb += [fold.take.eq(beat.valid & fold.credit), beat.ready.eq(fold.credit)]
+        with m.If(quant & ~vfold):
+            m.d.comb += [q1.i_beat.valid.eq(beat.valid), beat.ready.eq(q1.i_beat.ready)]
+
+        # -- normalizer parameters: gamma (and beta) words per output beat -----------------------
+        pmeta_l = data.StructLayout({"v": 1, "k": range(KC), "beat_last": 1})
+        m.submodules.prd = prd = MemReader(16, _bits(prm_word(p)), pmeta_l)
+        p_on = Signal()
+        pt = Signal(9)
+        pb = Signal(13)   # beat of the row
+        pv = Signal()     # 0 gamma, 1 beta
+        pk = Signal(range(KC))
+        pw = Signal(18)   # word of the vector: pb * KC + pk
+        Bt = Signal(18)
+        m.d.comb += Bt.eq(_ceil_shift(length, e.ll))
+        with m.If(go):
+            m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0)]
+        p_issue = Signal()
+        vec_end = pk == KC - 1
+        lastv = pv | is_[VecFn.RMSNORM]
+        m.d.comb += [
+            p_issue.eq(p_on & prd.i.ready),
+            prd.i.valid.eq(p_issue),
+            prd.i.payload.addr.eq(a.prm + Mux(pv, Wc, 0) + Mux(pw < Wc, pw, Wc - 1)),
+            prd.i.payload.meta.v.eq(pv), prd.i.payload.meta.k.eq(pk),
+            prd.i.payload.meta.beat_last.eq(vec_end & lastv),
+        ]
+        with m.If(p_issue):
+            with m.If(~vec_end):
+                m.d.sync += [pk.eq(pk + 1), pw.eq(pw + 1)]
+            with m.Elif(~lastv):
+                m.d.sync += [pk.eq(0), pv.eq(1), pw.eq(pw - (KC - 1))]
+            with m.Else():
+                m.d.sync += [pk.eq(0), pv.eq(0)]
+                with m.If(pb == Bt - 1):
+                    m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1)]
+                    with m.If(pt == a.rows - 1):
+                        m.d.sync += p_on.eq(0)
+                with m.Else():
+                    m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1)]
+        m.d.comb += [e.prd_addr.eq(prd.rd_addr), e.prd_en.eq(prd.rd_en)]
+        m.d.comb += prd.rd_data.eq(self.prm_data)
+        par = nrm.i_param
+        par_valid = Signal()
+        par_take = Signal()
+        m.d.comb += [par_take.eq(prd.o.valid & (~par_valid | par.ready)),
+                     prd.o.ready.eq(par_take), par.valid.eq(par_valid)]
+        bias = prm_word(p)(prd.o.payload.data).out.bias
+        pm = prd.o.payload.meta
+        with m.If(par_take):
+            for lane in range(L):
+                with m.If(pm.k == lane // C):
+                    with m.If(pm.v):
+                        m.d.sync += par.payload.beta[lane].eq(bias[lane % C])
+                    with m.Else():
+                        m.d.sync += par.payload.gamma[lane].eq(bias[lane % C])
+            with m.If(pm.beat_last):
+                m.d.sync += par_valid.eq(1)
+            with m.Elif(par.ready):
+                m.d.sync += par_valid.eq(0)
+        with m.Elif(par_valid & par.ready):
+            m.d.sync += par_valid.eq(0)
+
+        # -- writer --------------------------------------------------------------------------------
+        # the output beat of the op's fn: wide lanes, or an A8 beat, or a raw ACT word
+        o_valid = Signal()
+        o_ready = Signal()
+        o_wide = Signal(wide_lanes(L))
+        o_q8 = Signal(data.ArrayLayout(signed(8), L))
+        o_gshift = Signal(GSHIFT_BITS)
+        o_gzero = Signal()
+        o_exp = Signal(EXP_BITS)
+        wide_src = {VecFn.RESIDUAL: (add.o_beat, add.o_beat.payload),
+                    VecFn.GELU: (pwl.o_beat, pwl.o_beat.payload),
+                    VecFn.SILU_MUL: (pwl.o_beat, pwl.o_beat.payload),
+                    VecFn.ROPE: (rope.o_beat, rope.o_beat.payload),
+                    VecFn.LAYERNORM: (nrm.o_beat, nrm.o_beat.payload.data),
+                    VecFn.RMSNORM: (nrm.o_beat, nrm.o_beat.payload.data),
+                    VecFn.SOFTMAX: (smx.o_beat, smx.o_beat.payload.data)}
+        for f, (port, payload) in wide_src.items():
+            with m.If(is_[f]):
+                m.d.comb += [o_valid.eq(port.valid), port.ready.eq(o_ready), o_wide.eq(payload)]
+        with m.If(is_[VecFn.COPY]):
+            m.d.comb += [o_valid.eq(beat.valid), beat.ready.eq(o_ready), o_wide.eq(bp.a)]
+        with m.If(quant):
+            with m.If(a8x2_res):
+                qb = q2.o_beat
+                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready),
+                             q1.o_beat.ready.eq(res.credit)]
+            with m.Else():
+                qb = q1.o_beat
+                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready)]
+        q1p, q2p = q1.o_beat.payload, q2.o_beat.payload
+        lo_plane = a15 & sweep
+        for lane in range(L):
+            m.d.comb += o_q8[lane].eq(Mux(a8x2_res, q2p.data[lane],
+                                          Mux(lo_plane, q1p.lo[lane], q1p.data[lane])))
+        m.d.comb += [
+            o_gshift.eq(Mux(a8x2_res, q2p.gshift, q1p.gshift)),
+            o_gzero.eq(Mux(a8x2_res, q2p.gzero, q1p.gzero)),
+            o_exp.eq(Mux(a8x2_res, q2p.exp + q2p.side, q1p.exp + q1p.side)),
+        ]
+
+        w_on = Signal()
+        wt = Signal(9)
+        ww = Signal(18)
+        wk = Signal(range(KH))
+        w_row = Signal(24)
+        w_rem = Signal(signed(20))  # elements of the row from word ww on
+        E_w = Mux(out_half, PC, C)
+        kout_last = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
+        with m.If(go):
+            m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), w_rem.eq(length),
+                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
+        to_act = quant | copy_act
+        w_addr = w_row + ww
+        accw = self.acc_wr.payload
+        actw = self.act_wr.payload
+        m.d.comb += [accw.addr.eq(w_addr), actw.addr.eq(w_addr),
+                     self.acc_wr.valid.eq(w_on & o_valid & ~to_act),
+                     self.act_wr.valid.eq(w_on & o_valid & to_act)]
+        word = acc_word(p)(accw.data)
+        for c in range(C):
+            full = _pick((o_wide[k * C + c] for k in range(KF)), wk)
+            live = c < w_rem
+            if c < PC:
+                hv = _pick((o_wide[k * PC + c] for k in range(KH)), wk)
+                m.d.comb += word[c].eq(Mux(live, Mux(out_half, hv, full), 0))
+            else:
+                m.d.comb += word[c].eq(Mux(live & ~out_half, full, 0))
+        aw = act_word(p)(Signal(ab, name="act_word_out"))
+        for r in range(R):
+            m.d.comb += aw.data[r].eq(_pick((o_q8[k * R + r] for k in range(KQ)), wk))
+        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp),
+                     actw.data.eq(Mux(copy_act, raw_act, aw.as_value()))]
+        w_fire = Signal()
+        m.d.comb += w_fire.eq(w_on & o_valid & Mux(to_act, self.act_wr.ready,
+                                                   self.acc_wr.ready))
+        w_row_end = ww == Ww - 1
+        m.d.comb += o_ready.eq(w_fire & (w_row_end | (wk == kout_last)))
+        with m.If(w_fire):
+            with m.If(w_row_end):
+                m.d.sync += [ww.eq(0), wk.eq(0), wt.eq(wt + 1), w_rem.eq(length),
+                             w_row.eq(w_row + a.dst_stride)]
+                with m.If(wt == a.rows - 1):
+                    m.d.sync += w_on.eq(0)
+            with m.Else():
+                m.d.sync += [ww.eq(ww + 1), wk.eq(Mux(wk == kout_last, 0, wk + 1)),
+                             w_rem.eq(w_rem - E_w)]
+
+        busy = (r_on | w_on | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
+                | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
+                | fold.busy | res.busy)
+        m.d.comb += e.finished.eq(~go & ~busy)
