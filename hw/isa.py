@@ -355,9 +355,10 @@ class VecArgs(data.Struct):
                    With ``vfold`` (attention probabilities, ``sim.golden.fold_v_scales``):
                    first ``p'[t, j] = rshift_round(p[t, j] * mant_v[j], e_max[t] - exp_v[j])``
                    with ``p`` read as the low 17 bits of each element, unsigned (``SOFTMAX``
-                   writes ``0 .. 2**F``), and ``e_max[t]`` the largest ``exp_v[j]`` over the
-                   keys row ``t`` sees (``j <= pos + t`` with ``causal``, else all
-                   ``length``); every word of row
+                   writes ``0 .. 2**F``), taken as 0 for the keys row ``t`` does not see
+                   (``j > pos + t`` with ``causal``: masked, whatever ACC holds), and
+                   ``e_max[t]`` the largest ``exp_v[j]`` over the keys row ``t`` sees (``j <=
+                   pos + t`` with ``causal``, else all ``length``); every word of row
                    ``t`` then carries ``exp + e_max[t]`` (modulo 2**8), so a P·V ``GEMM`` with
                    out shift ``F`` (``frac_bits``) computes what ``attention_head`` does,
                    ``gemm_act(p15, ps, v, None, shift=F - e_max)``. The scale of key ``j``
@@ -388,10 +389,13 @@ class VecArgs(data.Struct):
                    ``PC``), or A8 rows word for word (``ceil(length / R)`` words, scales and
                    all).
 
-    Fields a ``fn`` does not name are ignored. Rows are processed in order, each read before
-    it is written, so ``dst = src_a`` with equal strides works in place; a destination that
-    overlaps another row's source is undefined (the ISA simulator reads every source first).
-    Where two written rows share a word the later row stays. ``VEC`` ops take effect in
+    Fields a ``fn`` does not name are ignored. Rows are processed in order, each word read
+    before the word at its place in the destination is written, so ``dst = src_a`` (or
+    ``src_b``) with equal strides works in place (``COPY`` with ``repack`` excepted); any
+    other overlap between the words an op writes and the words it reads is undefined (the ISA
+    simulator reads every source first; the RTL streams). Where two written words share an
+    address the later stays: rows in order, and ``A15`` / ``A8X2`` write their whole first
+    block before the second. ``VEC`` ops take effect in
     order (an op reads what the ``VEC`` ops before it wrote); against other units only
     ``WAIT`` orders them. The unit reads ACC (two rows in step for ``RESIDUAL`` /
     ``SILU_MUL``), ACT (``COPY``), PRM and KV, and writes ACC or ACT.

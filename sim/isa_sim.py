@@ -814,7 +814,10 @@ class IsaSim:
                     raise OpError(Err.BAD_FIELD, "a V scale with gshift > act_headroom")
                 exp_v = _signed(self._read(Buf.KV, blk + Gv)[kv_leaf][j // PC, j % PC], 8)
                 mant_v = np.where(gzero == 1, 0, np.left_shift(1, gshift))
-                x, e_max = G.fold_v_scales(x & _P_MASK, mant_v, exp_v, q_pos)
+                p_ = x & _P_MASK
+                if q_pos is not None:  # keys a row does not see are masked (p = 0)
+                    p_ = np.where(j[None, :] <= q_pos[:, None], p_, 0)
+                x, e_max = G.fold_v_scales(p_, mant_v, exp_v, q_pos)
                 e_add = e_max[:, 0]
             if qmode == QuantMode.A8X2:
                 (hi, hs), (lo, ls) = G.quantize_residual(x, group, num=num)

@@ -466,6 +466,39 @@ def test_vfold_probabilities_low_bits(rng):
     check_act(out, act_want(p, [(p15 >> 7, ps), (p15 & 127, ps)], e_max[:, 0]))
 
 
+def test_vfold_masked_keys(rng):
+    """With ``causal``, the keys a row does not see fold to 0 whatever ACC holds there (the
+    golden model's masked p = 0): garbage beyond each row's last visible key changes
+    nothing."""
+    p = P16
+    head = KvHead(p, 16, 16, base=0)
+    v8, vs = G.quantize_rows(to_wide(rng.normal(size=(10, 16))), group=None)
+    pos, T = 7, 3
+    pp = G.softmax(to_wide(rng.normal(size=(T, pos + T))), pos + np.arange(T))
+    noisy = pp.copy()
+    for t in range(T):
+        noisy[t, pos + t + 1:] = rng.integers(0, 1 << 31, T - 1 - t)
+    outs = []
+    for probs in (pp, noisy):
+        pr = Program(p)
+        pr.load(Buf.ACT, 0, act_fields(p.rows, v8, vs.mant, vs.exp, vs.group))
+        pr.load(Buf.ACC, 0, wide_fields(p, probs, half=True))
+        pr.wait(Unit.LOAD)
+        pr.ops += [head.append(KvKind.VALUE, 10, 0), encode(Op.WAIT, unit=Unit.KV, count=0),
+                   encode(Op.SETPOS, value=pos),
+                   vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS,
+                       half=1, rows=T, src_a=0, src_stride=2, src_b=head.val_s,
+                       vgroups=head.G, dst=20, dst_stride=1)]
+        pr.wait(Unit.VEC)
+        pr.store(Buf.ACT, 20, 2 * T)
+        outs.append(pr.run()[1][0])
+    x, e_max = G.fold_v_scales(pp, vs.mant[:, 0], vs.exp, pos + np.arange(T))
+    p15, ps = G.quantize_rows(x, bits=15)
+    p15 = p15.astype(np.int64)
+    for out in outs:
+        check_act(out, act_want(p, [(p15 >> 7, ps), (p15 & 127, ps)], e_max[:, 0]))
+
+
 def test_vfold_bad_scale(rng):
     """A V scale lane with ``gshift > act_headroom`` (no QUANT writes one) is BAD_FIELD, and
     the op writes nothing."""

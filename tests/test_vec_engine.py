@@ -139,8 +139,7 @@ def run_op(sim: IsaSim, word: int, pos: int = 0, stall: bool = True,
 
 def random_sim(rng) -> IsaSim:
     """An IsaSim whose ACC holds wide values of every magnitude (a decade per word, INT32 ends
-    now and then), ACT / PRM random words, KV V-scale lanes as ``KV_APPEND`` writes them
-    (``gshift <= act_headroom`` or ``gzero``) in even words, random exponents in odd ones."""
+    now and then), ACT / PRM / KV random words."""
     sim = IsaSim(P, vector=True)
     n = DEP[Buf.ACC]
     mag = 10.0 ** rng.uniform(-2, 9.3, (n, 1))
@@ -151,13 +150,21 @@ def random_sim(rng) -> IsaSim:
     for b in (Buf.ACT, Buf.PRM):
         raw = rng.integers(0, 256, sim.bufs[b].shape, dtype=np.uint8)
         sim.bufs[b][:] = raw & sim._mask[b]
-    kv = rng.integers(0, 256, sim.bufs[Buf.KV].shape, dtype=np.uint8)
-    H = P.numerics.act_headroom
-    scl = np.where(rng.random(kv[0::2].shape) < 0.1, 1 << 5,
-                   rng.integers(H - 3, H + 1, kv[0::2].shape))
-    kv[0::2] = scl
-    sim.bufs[Buf.KV][:] = kv
+    sim.bufs[Buf.KV][:] = rng.integers(0, 256, sim.bufs[Buf.KV].shape, dtype=np.uint8)
     return sim
+
+
+def v_scales(sim, rng, src_b: int, G: int, keys: int, exp_lo: int = -128, exp_hi: int = 128):
+    """V-scale words of ``keys`` keys at KV ``src_b`` (``G`` group words and an exponent word
+    per block of ``PC`` keys) as ``KV_APPEND`` writes them from a per-row QUANT: group 0's
+    lane ``gshift = act_headroom`` or ``gzero``; exponents in ``[exp_lo, exp_hi)``."""
+    PC = P.cols // 2
+    H = P.numerics.act_headroom
+    for b in range(-(-keys // PC)):
+        w = src_b + b * (G + 1)
+        sim.bufs[Buf.KV][w] = np.where(rng.random(PC) < 0.15, 1 << 5, H)
+        sim.bufs[Buf.KV][w + G] = rng.integers(exp_lo, exp_hi, PC).astype(np.int8).view(
+            np.uint8)
 
 
 def vec(fn, **kw):
@@ -236,10 +243,12 @@ def test_quant(rng, qmode, per_row, half):
 
 @pytest.mark.parametrize("qmode", list(QuantMode), ids=str)
 @pytest.mark.parametrize("causal", [0, 1], ids=["all", "causal"])
-def test_quant_vfold(rng, qmode, causal):
-    """Probabilities with V's scales folded in: 3 query rows at pos 8 over 11 keys (dyn)."""
+@pytest.mark.parametrize("G, exps", [(2, (-128, 128)), (1, (-9, -3))], ids=["wild", "tame"])
+def test_quant_vfold(rng, qmode, causal, G, exps):
+    """Probabilities (any low 17 bits) with V's scales folded in: 3 query rows at pos 8 over
+    11 keys (dyn); exponents over the whole byte (most keys shifted out) or close together."""
     sim = random_sim(rng)
-    G = 2
+    v_scales(sim, rng, 4, G, 11, *exps)
     run_op(sim, vec(VecFn.QUANT, qmode=qmode, vfold=1, causal=causal, dyn=Dyn.POS, half=1,
                     rows=3, src_a=0, src_stride=3, src_b=4, vgroups=G, dst=0,
                     dst_stride=3), pos=8)
@@ -309,6 +318,7 @@ def test_vfold_bad_scale(rng):
     sim = random_sim(rng)
     op = dict(qmode=QuantMode.A15, vfold=1, half=1, rows=2, length=10, src_a=0, src_stride=3,
               src_b=0, vgroups=1, dst=0, dst_stride=3)
+    v_scales(sim, rng, 0, 1, 10)
     sim.bufs[Buf.KV][2, 1] = 21  # block 1 (keys 4..7), lane 1: key 5
     err, _ = run_op(sim, vec(VecFn.QUANT, **op))
     assert err == Err.BAD_FIELD
