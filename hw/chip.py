@@ -4,9 +4,14 @@
 
     host ports ── start, prog_addr, prog_len, pos_init ──> sequencer ── status, counters
                                                               │ per-unit command queues
-          ┌─────────────── LOAD ─── STORE ─── GEMM ─── KV ────┘   (VEC: the next issue)
-    off-chip bus <──> DMA engines     │         │        │
+          ┌─────────────── LOAD ─── STORE ─── GEMM ─── KV ─── VEC (optional)
+    off-chip bus <──> DMA engines     │         │        │       │
                         │  WGT ACT ACC PRM KV buffers (amaranth.lib.memory)  UOP memory
+
+The vector unit (``hw/vector/engine.py``) is built with ``Chip(params, vector=True)``;
+without it ``VEC`` is ``Err.UNSUPPORTED`` (``sim.isa_sim.IsaSim(vector=...)`` models both).
+Buffer write ports are shared: ACC takes GEMM outputs first, then VEC results, then LOADs;
+ACT takes VEC results before LOADs (a unit's write waits while one before it writes).
 
 On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep
 their contents: the KV cache lives across runs), ``pos = pos_init``, and the sequencer loads
@@ -28,7 +33,7 @@ time on ``counters``.
 
 import math
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -40,26 +45,31 @@ from .isa import (INSTR, INSTR_BITS, Buf, Counter, Err, Op, Unit, buffer_depth, 
                   check_params)
 from .kv import KvEngine
 from .params import ChipParams
+from .vector.engine import VecEngine
 
 __all__ = ["Chip", "COUNTER_BITS", "QUEUED_UNITS"]
 
 COUNTER_BITS = 48
-#: Units with a command queue in this build (no vector unit yet: ``VEC`` is UNSUPPORTED).
+#: Units with a command queue in a build without the vector unit (``VEC`` is UNSUPPORTED);
+#: ``Chip.queued_units`` is the tuple of a build.
 QUEUED_UNITS = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
 _OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
             Op.KV_APPEND: Unit.KV}
 
 
 class Chip(wiring.Component):
-    """The accelerator without its vector unit (``ChipParams`` sizes everything)."""
+    """The accelerator (``ChipParams`` sizes everything); ``vector``: with the vector unit."""
 
-    def __init__(self, params: ChipParams = ChipParams()):
+    def __init__(self, params: ChipParams = ChipParams(), vector: bool = False):
         check_params(params)
         self.params = params
+        self.vector = vector
+        self.queued_units = QUEUED_UNITS + ((Unit.VEC,) if vector else ())
         self.load = LoadEngine(params)
         self.store = StoreEngine(params)
         self.gemm = GemmEngine(params)
         self.kv = KvEngine(params)
+        self.vec = VecEngine(params) if vector else None
         super().__init__({
             "bus": Out(BusSignature(params)),
             "start": In(1),
@@ -104,11 +114,17 @@ class Chip(wiring.Component):
         store = unit("store", self.store)
         gemm = unit("gemm", self.gemm)
         kv = unit("kv", self.kv)
-        done_of = {Unit.LOAD: load.done, Unit.STORE: store.done, Unit.GEMM: gemm.done,
-                   Unit.KV: kv.done}
-        busy_of = {Unit.LOAD: load.busy, Unit.STORE: store.busy, Unit.GEMM: gemm.busy,
-                   Unit.KV: kv.busy}
-        errs = [load, store, gemm, kv]
+        units = {Unit.LOAD: load, Unit.STORE: store, Unit.GEMM: gemm, Unit.KV: kv}
+        vec = None
+        if self.vector:
+            vec = units[Unit.VEC] = unit("vec", self.vec)
+        queued = self.queued_units
+        op_unit = {**_OP_UNIT, **({Op.VEC: Unit.VEC} if vec is not None else {})}
+        done_of = {u: e.done for u, e in units.items()}
+        busy_of = {u: e.busy for u, e in units.items()}
+        errs = list(units.values())
+        units_busy = Signal(1)
+        m.d.comb += units_busy.eq(Cat(*busy_of.values()).any())
 
         # GEMM read ports
         for name, buf in (("wgt", Buf.WGT), ("kvw", Buf.KV), ("act", Buf.ACT),
@@ -121,20 +137,45 @@ class Chip(wiring.Component):
         kv_act = mems[Buf.ACT].read_port()
         m.d.comb += [kv_act.addr.eq(kv.act_addr), kv_act.en.eq(kv.act_en),
                      kv.act_data.eq(kv_act.data)]
+        # vector unit: ACC (two, operands a and b), ACT, PRM and KV read ports
+        if vec is not None:
+            for name, buf in (("acc_a", Buf.ACC), ("acc_b", Buf.ACC), ("act", Buf.ACT),
+                              ("prm", Buf.PRM), ("kv", Buf.KV)):
+                port = mems[buf].read_port()
+                m.d.comb += [port.addr.eq(getattr(vec, f"{name}_addr")),
+                             port.en.eq(getattr(vec, f"{name}_en")),
+                             getattr(vec, f"{name}_data").eq(port.data)]
 
-        # -- buffer writes: DMA loads, GEMM outputs (ACC), KV appends (KV) ------------------------
+        # -- buffer writes: DMA loads, GEMM outputs (ACC), KV appends (KV), VEC results ---------
+        # (ACC: GEMM, then VEC, then LOAD; ACT: VEC, then LOAD)
         lw = load.buf_wr
+        vec_acc = vec.acc_wr.valid if vec is not None else C(0, 1)
+        vec_act = vec.act_wr.valid if vec is not None else C(0, 1)
         for buf in Buf:
             wp = wports[buf]
             mine = lw.valid & (lw.payload.buf == buf)
             nb = word_bits(p, buf)
             if buf == Buf.ACC:
                 g = gemm.acc_wr
+                addr, wdata = lw.payload.addr, lw.payload.data[:nb]
+                if vec is not None:
+                    v = vec.acc_wr
+                    addr = Mux(v.valid, v.payload.addr, addr)
+                    wdata = Mux(v.valid, v.payload.data, wdata)
+                    m.d.comb += v.ready.eq(~g.valid)
                 m.d.comb += [
-                    wp.addr.eq(Mux(g.valid, g.payload.addr, lw.payload.addr)),
-                    wp.data.eq(Mux(g.valid, g.payload.data, lw.payload.data[:nb])),
-                    wp.en.eq(g.valid | mine),
+                    wp.addr.eq(Mux(g.valid, g.payload.addr, addr)),
+                    wp.data.eq(Mux(g.valid, g.payload.data, wdata)),
+                    wp.en.eq(g.valid | vec_acc | mine),
                     g.ready.eq(1),
+                ]
+            elif buf == Buf.ACT and vec is not None:
+                v = vec.act_wr
+                m.d.comb += [
+                    wp.addr.eq(Mux(v.valid, v.payload.addr, lw.payload.addr)),
+                    wp.data.eq(Mux(v.valid, v.payload.data, lw.payload.data[:nb])),
+                    wp.en.eq(v.valid | mine),
+                    v.ready.eq(1),
                 ]
             elif buf == Buf.KV:
                 k = kv.kv_wr
@@ -148,8 +189,9 @@ class Chip(wiring.Component):
             else:
                 m.d.comb += [wp.addr.eq(lw.payload.addr), wp.data.eq(lw.payload.data[:nb]),
                              wp.en.eq(mine)]
-        m.d.comb += lw.ready.eq(Mux(lw.payload.buf == Buf.ACC, ~gemm.acc_wr.valid,
-                                    Mux(lw.payload.buf == Buf.KV, ~kv.kv_wr.valid, 1)))
+        m.d.comb += lw.ready.eq(Mux(lw.payload.buf == Buf.ACC, ~gemm.acc_wr.valid & ~vec_acc,
+                                    Mux(lw.payload.buf == Buf.KV, ~kv.kv_wr.valid,
+                                        Mux(lw.payload.buf == Buf.ACT, ~vec_act, 1))))
 
         # -- buffer reads for STORE -------------------------------------------------------------
         m.submodules.store_rd = srd = ResetInserter(start)(
@@ -177,12 +219,14 @@ class Chip(wiring.Component):
         # -- command queues ---------------------------------------------------------------------
         cl = cmd_layout(p)
         queues = {}
-        for u in QUEUED_UNITS:
+        for u in queued:
             q = ResetInserter(start)(fifo.SyncFIFOBuffered(width=cl.size, depth=p.queue_depth))
             m.submodules[f"q_{u.name.lower()}"] = q
             queues[u] = q
-        for u, eng in ((Unit.GEMM, gemm), (Unit.KV, kv)):
-            q = queues[u]
+        for u in queued:
+            if u in (Unit.LOAD, Unit.STORE):
+                continue
+            q, eng = queues[u], units[u]
             m.d.comb += [eng.cmd.valid.eq(q.r_rdy), eng.cmd.payload.eq(q.r_data),
                          q.r_en.eq(eng.cmd.ready)]
         for u, eng in ((Unit.LOAD, load), (Unit.STORE, store)):
@@ -199,17 +243,15 @@ class Chip(wiring.Component):
         err_pc = Signal(pcw + 1)
         m.d.comb += [self.error.eq(err), self.error_pc.eq(err_pc), self.pos.eq(pos)]
         outstanding = {u: Signal(range(p.queue_depth + 3), name=f"out_{u.name.lower()}")
-                       for u in QUEUED_UNITS}
-        push = {u: Signal(1, name=f"push_{u.name.lower()}") for u in QUEUED_UNITS}
-        for u in QUEUED_UNITS:
+                       for u in queued}
+        push = {u: Signal(1, name=f"push_{u.name.lower()}") for u in queued}
+        for u in queued:
             with m.If(start):
                 m.d.sync += outstanding[u].eq(0)
             with m.Else():
                 m.d.sync += outstanding[u].eq(outstanding[u] + push[u] - done_of[u])
         any_busy = Signal(1)
-        m.d.comb += any_busy.eq(
-            sum(outstanding[u] != 0 for u in QUEUED_UNITS).bool()
-            | load.busy | store.busy | gemm.busy | kv.busy)
+        m.d.comb += any_busy.eq(sum(outstanding[u] != 0 for u in queued).bool() | units_busy)
 
         # unit-reported errors (the first one wins; a sequencer error has the same rule)
         unit_err = Signal(1)
@@ -246,6 +288,7 @@ class Chip(wiring.Component):
             inc[Counter.BUSY_STORE].eq(store.busy),
             inc[Counter.BUSY_GEMM].eq(gemm.busy),
             inc[Counter.BUSY_KV].eq(kv.busy),
+            inc[Counter.BUSY_VEC].eq(vec.busy if vec is not None else C(0, 1)),
             inc[Counter.STALL_MEM].eq(load.stall_mem | store.stall_mem),
             inc[Counter.GRID_ROWS].eq(gemm.rows),
             inc[Counter.LOAD_WORDS].eq(load.words),
@@ -335,7 +378,7 @@ class Chip(wiring.Component):
                         m.next = "DRAIN"
                     with m.Else():
                         level = Signal.like(outstanding[Unit.LOAD])
-                        for u in QUEUED_UNITS:
+                        for u in queued:
                             with m.If(w.unit == u):
                                 m.d.comb += level.eq(outstanding[u])
                         with m.If(level <= w.count):
@@ -353,11 +396,12 @@ class Chip(wiring.Component):
                     with m.Else():
                         m.d.sync += pos.eq(new)
                         m.d.comb += nxt.eq(1)
-                with m.Elif(op == Op.VEC):
-                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
-                                 inc[Counter.UOPS].eq(1)]
-                    m.next = "DRAIN"
-                for o, u in _OP_UNIT.items():
+                if vec is None:
+                    with m.Elif(op == Op.VEC):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                for o, u in op_unit.items():
                     with m.Elif(op == o):
                         q = queues[u]
                         entry = Signal(cl, name=f"entry_{u.name.lower()}")
@@ -376,8 +420,7 @@ class Chip(wiring.Component):
                     m.d.sync += pc.eq(pc + 1)
                     m.next = "FETCH"
             with m.State("DRAIN"):
-                with m.If(~any_busy | (abort & ~(load.busy | store.busy | gemm.busy
-                                                 | kv.busy))):
+                with m.If(~any_busy | (abort & ~units_busy)):
                     m.d.sync += [self.running.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
         return m

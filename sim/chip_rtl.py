@@ -65,9 +65,10 @@ class JobResult:
 
 
 def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: str | None = None,
-             waves: bool | None = None) -> list[JobResult]:
+             waves: bool | None = None, vector: bool = False) -> list[JobResult]:
     """Run ``jobs`` one after the other on one Verilator simulation whose off-chip memory
-    starts as ``image`` (uint8 bytes, at most ``offchip_kib`` KiB).
+    starts as ``image`` (uint8 bytes, at most ``offchip_kib`` KiB); ``vector``: the chip
+    with its vector unit (``hw.chip.Chip(params, vector=True)``, a build of its own).
 
     The Verilator build is shared (``build/rtl/<name>/``, serialized by a lock); each call
     runs in its own ``build/rtl/<name>/runs/<pid>_*/``, removed afterwards unless the run
@@ -77,7 +78,7 @@ def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: st
     from sim.chip_sim import STORAGE_VERILOG, ChipSim
 
     name = name or (f"chip_r{params.rows}c{params.cols}_b{params.offchip_bytes_per_cycle}"
-                    f"_{abs(hash(params)) % 10**8:08d}")
+                    f"{'_vec' if vector else ''}_{abs(hash(params)) % 10**8:08d}")
     build = BUILD / name
     build.mkdir(parents=True, exist_ok=True)
     B = params.offchip_bytes_per_cycle
@@ -101,14 +102,14 @@ def run_jobs(params: ChipParams, image: np.ndarray, jobs: list[Job], *, name: st
     # re-evaluate all combinational logic on every eval() (16 k cycles/s measured); only the
     # top-level ports need to be visible to tb_chip.
     vlt = build / "public_ports.vlt"
-    top = ChipSim(params)
+    top = ChipSim(params, vector=vector)
     vlt_text = "`verilator_config\n" + "".join(
         f'public_flat_{"rw" if m.flow == In else "rd"} -module "chip_sim" -var "{port}"\n'
         for port, m in top.signature.members.items())
     if not vlt.exists() or vlt.read_text() != vlt_text:
         vlt.write_text(vlt_text)
     # conversion to Verilog takes ~10 s: skipped while params and sources are unchanged
-    key = source_key(params, amaranth.__version__, paths=[
+    key = source_key(params, vector, amaranth.__version__, paths=[
         ROOT / "hw", ROOT / "sim" / "chip_sim.py", ROOT / "sim" / "offchip.py",
         STORAGE_VERILOG])
     run_cocotb(top, "chip_sim", "tests.rtl.tb_chip", name=name, waves=waves, run_dir=run,

@@ -1,8 +1,9 @@
 """The chip with its modelled off-chip memory: the top that Verilator simulates.
 
-:class:`ChipSim` joins :class:`hw.chip.Chip` and :class:`sim.offchip.OffchipMemory` (Verilog
-storage by default, so a whole memory image is loaded in bulk by ``$readmemh`` and read
-back by ``$writememh``, never word by word from Python) and exposes the host ports of both:
+:class:`ChipSim` joins :class:`hw.chip.Chip` (with its vector unit if ``vector``) and
+:class:`sim.offchip.OffchipMemory` (Verilog storage by default, so a whole memory image is
+loaded in bulk by ``$readmemh`` and read back by ``$writememh``, never word by word from
+Python) and exposes the host ports of both:
 ``start``, ``prog_addr``, ``prog_len``, ``pos_init``, status (``running``, ``done``,
 ``error``, ``error_pc``, ``pos``), ``counters`` and the memory model's configuration
 (``cfg_interval``, ``cfg_jitter``, ``cfg_jitter_max``, ``cfg_seed``), ``dump`` and
@@ -28,9 +29,10 @@ __all__ = ["ChipSim", "STORAGE_VERILOG"]
 
 
 class ChipSim(wiring.Component):
-    def __init__(self, params: ChipParams = ChipParams(), storage: str = "verilog", init=None):
+    def __init__(self, params: ChipParams = ChipParams(), storage: str = "verilog", init=None,
+                 vector: bool = False):
         self.params = params
-        self.chip = Chip(params)
+        self.chip = Chip(params, vector=vector)
         self.mem = OffchipMemory(params, storage=storage, init=init)
         chip_members = {k: v for k, v in self.chip.signature.members.items() if k != "bus"}
         mem_members = {k: self.mem.signature.members[k] for k in (
