@@ -95,6 +95,7 @@ from hw.isa import (
     INSTR,
     INSTR_BITS,
     OP_ARGS,
+    OP_UNIT,
     Buf,
     Counter,
     Dyn,
@@ -316,6 +317,52 @@ class IsaSim:
             if self.done or self.error != Err.NONE:
                 return self.error
         raise RuntimeError(f"IsaSim.run: no HALT within {max_ops} micro-ops (pc = {self.pc})")
+
+    def run_scheduled(self, words, rng, *, wait_ok: bool = True, late: bool = False,
+                      pos: int | None = None) -> "IsaSim":
+        """Run the micro-ops ``words`` (valid ones: no error handling) as the chip could order
+        them, each op atomic: the sequencer dispatches in order to per-unit queues
+        (``queue_depth + 1`` deep, the op in the engine included), ``WAIT unit, n`` stalls
+        while more than ``n`` ops of ``unit`` are unfinished (never, without ``wait_ok``),
+        ``HALT`` until all are; each unit executes its oldest op at a random moment (``rng``),
+        with the ``pos`` it was dispatched with. ``late``: units run only while the sequencer
+        is stalled (ops stay in flight as long as the program lets them). Starts at ``pos``
+        (default: the current one). A program whose results differ from :meth:`run`'s under
+        some schedule lacks a ``WAIT``. Returns ``self``."""
+        from collections import deque
+
+        ops = [self._decode(w) for w in words]
+        queues = {u: deque() for u in Unit}
+        pc, pos = 0, self.pos if pos is None else pos
+        depth = self.params.queue_depth + 1
+        while True:
+            op, f = ops[pc]
+            unit = OP_UNIT.get(op)
+            if op == Op.WAIT:
+                ready = len(queues[f["unit"]]) <= f["count"] or not wait_ok
+            elif op == Op.HALT:
+                ready = not any(queues.values())
+            elif unit is not None:
+                ready = len(queues[unit]) < depth
+            else:
+                ready = True
+            busy = [u for u in Unit if queues[u]]
+            if ready and (not busy or late or rng.random() < 0.55):
+                if op == Op.HALT:
+                    break
+                if unit is not None:
+                    queues[unit].append((op, f, pos))
+                elif op == Op.SETPOS:
+                    pos = pos + f["value"] if f["add"] else f["value"]
+                pc += 1
+            else:
+                u = busy[int(rng.integers(0, len(busy)))]
+                qop, qf, qpos = queues[u].popleft()
+                self.pos = qpos
+                self.handlers[qop](qf)
+                self.pos = pos
+        self.pos = pos
+        return self
 
     def step(self) -> Err:
         """Execute the micro-op at ``pc`` (nothing once halted or failed); returns ``error``.

@@ -14,7 +14,6 @@ twins; longer campaigns on the other configurations are ``slow``.
 """
 
 import copy
-from collections import deque
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from sim.fuzz import (
     DEFAULT,
     ILLEGAL_KINDS,
     PARAMS,
-    QUEUED,
     SMALL,
     Program,
     check_order,
@@ -255,46 +253,10 @@ def test_check_order():
 
 
 def _scheduled(p, start: IsaSim, prog: Program, rng, wait_ok=True, late=False) -> IsaSim:
-    """Run ``prog`` as the chip orders it, each op atomic: the sequencer dispatches in order
-    to per-unit queues (``queue_depth + 1`` deep, an op in the engine included), ``WAIT unit,
-    n`` stalls while more than ``n`` ops of ``unit`` are unfinished, ``HALT`` until all are;
-    each unit executes its oldest op at a random moment, with the ``pos`` it was dispatched
-    with. The schedule is random; ``late``: units run only while the sequencer is stalled
-    (ops stay in flight as long as the program lets them)."""
-    sim = copy.deepcopy(start)
-    ops = [sim._decode(w) for w in prog.words]
-    queues = {u: deque() for u in QUEUED}
-    pc, pos = 0, prog.pos_init
-    depth = p.queue_depth + 1
-    while True:
-        op, f = ops[pc]
-        unit = fuzz.OP_UNIT.get(op)
-        if op == Op.WAIT:
-            ready = f["unit"] not in queues or len(queues[f["unit"]]) <= f["count"] or \
-                not wait_ok
-        elif op == Op.HALT:
-            ready = not any(queues.values())
-        elif unit is not None:
-            ready = len(queues[unit]) < depth
-        else:
-            ready = True
-        busy = [u for u in QUEUED if queues[u]]
-        if ready and (not busy or late or rng.random() < 0.55):
-            if op == Op.HALT:
-                break
-            if unit is not None:
-                queues[unit].append((op, f, pos))
-            elif op == Op.SETPOS:
-                pos = pos + f["value"] if f["add"] else f["value"]
-            pc += 1
-        else:
-            u = busy[int(rng.integers(0, len(busy)))]
-            qop, qf, qpos = queues[u].popleft()
-            sim.pos = qpos
-            sim.handlers[qop](qf)
-            sim.pos = pos
-    sim.pos = pos
-    return sim
+    """``prog`` from ``start`` (a copy) under a random schedule of atomic ops
+    (:meth:`IsaSim.run_scheduled`)."""
+    return copy.deepcopy(start).run_scheduled(prog.words, rng, wait_ok=wait_ok, late=late,
+                                              pos=prog.pos_init)
 
 
 def _same_state(a: IsaSim, b: IsaSim) -> bool:

@@ -18,12 +18,11 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from collections import deque  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hw.isa import OP_UNIT, Buf, Err, Op, Unit, decode  # noqa: E402
+from hw.isa import Buf, Err, Op, Unit, decode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.golden_models import SmolLM2Golden, minilm_embeddings, minilm_layer  # noqa: E402
@@ -80,45 +79,9 @@ def test_minilm_layer_bit_exact(minilm, minilm_prog):
 
 
 def scheduled(sim: IsaSim, prog, rng, wait_ok=True, late=False) -> IsaSim:
-    """Run ``prog`` on ``sim`` (in place) as the chip orders it, each op atomic: the
-    sequencer dispatches in order to per-unit queues (``queue_depth + 1`` deep), ``WAIT unit,
-    n`` stalls while more than ``n`` ops of ``unit`` are unfinished (not at all without
-    ``wait_ok``), ``HALT`` until all are; each unit executes its oldest op at a random moment
-    with the ``pos`` it was dispatched with. ``late``: units run only while the sequencer is
-    stalled."""
-    p = sim.params
-    ops = [sim._decode(w) for w in prog]
-    queues = {u: deque() for u in Unit}
-    pc, pos = 0, sim.pos
-    depth = p.queue_depth + 1
-    while True:
-        op, f = ops[pc]
-        unit = OP_UNIT.get(op)
-        if op == Op.WAIT:
-            ready = len(queues[f["unit"]]) <= f["count"] or not wait_ok
-        elif op == Op.HALT:
-            ready = not any(queues.values())
-        elif unit is not None:
-            ready = len(queues[unit]) < depth
-        else:
-            ready = True
-        busy = [u for u in Unit if queues[u]]
-        if ready and (not busy or late or rng.random() < 0.55):
-            if op == Op.HALT:
-                break
-            if unit is not None:
-                queues[unit].append((op, f, pos))
-            elif op == Op.SETPOS:
-                pos = pos + f["value"] if f["add"] else f["value"]
-            pc += 1
-        else:
-            u = busy[int(rng.integers(0, len(busy)))]
-            qop, qf, qpos = queues[u].popleft()
-            sim.pos = qpos
-            sim.handlers[qop](qf)
-            sim.pos = pos
-    sim.pos = pos
-    return sim
+    """``prog`` on ``sim`` (in place) under a random schedule of atomic ops
+    (:meth:`IsaSim.run_scheduled`)."""
+    return sim.run_scheduled(prog, rng, wait_ok=wait_ok, late=late)
 
 
 def fresh(p, mem) -> IsaSim:
