@@ -196,8 +196,9 @@ class IsaSim:
     """Executes micro-op programs (see the module docstring for state, checks and counters).
 
     ``offchip``: initial off-chip contents (uint8, at most ``offchip_kib`` KiB, copied to the
-    start of a zeroed memory). ``vector``: the chip has the vector unit (``VEC`` runs);
-    without it, as the RTL of ``hw/chip.py`` today, ``VEC`` is ``Err.UNSUPPORTED``. Typical
+    start of a zeroed memory). ``vector``: the chip has the vector unit (``VEC`` runs;
+    ``hw.chip.Chip(params, vector=True)``); without it, as ``Chip(params)``, ``VEC`` is
+    ``Err.UNSUPPORTED``. Typical
     use::
 
         sim = IsaSim(params)

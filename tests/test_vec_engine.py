@@ -22,8 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from hw.isa import (Buf, Dyn, Err, Op, QuantMode, VecBuf, VecFn, buffer_depth, encode,
-                    word_layout)
+from hw.isa import Buf, Dyn, Err, Op, QuantMode, VecBuf, VecFn, buffer_depth, encode, word_layout
 from hw.params import ChipParams
 from hw.vector.engine import VecEngine
 from sim.isa_sim import IsaSim

@@ -13,21 +13,22 @@ per cycle; the row reductions do so with rows back to back (reductions pipelined
 through row FIFOs), as long as a row has at least the serial divider's occupancy in beats
 (18 with 2 quotient bits per cycle) for norms and softmax.
 
-Standalone so far: the vector unit's controller (``VEC`` commands, buffer readers and
-writers, PRM constants, ``pos``) and its place in ``hw/chip.py`` are the next step; the
-contract it must meet is ``hw.isa.VecArgs`` (run by ``sim.isa_sim.IsaSim(vector=True)``).
-Beyond these components it needs: a lane adapter for ``half`` ACC rows (``PC`` elements per
-word), ``QUANT``'s ``A8X2`` mode (a second quantizer on the residual ``x - dequant(hi)``) and
-``vfold`` (a pre-pass over V's scales in KV, then ``p * mant_v`` rounded by
-``e_max - exp_v`` ahead of the quantizer), and ``COPY``. Row capacities: ``max_beats =
-ceil(ChipParams.vector_row / vector_lanes)``.
+- :mod:`.engine`: the controller, :class:`VecEngine`: ``VEC`` micro-ops (``hw.isa.VecArgs``,
+  run by ``sim.isa_sim.IsaSim(vector=True)``) on these components, a unit of ``hw/chip.py``
+  (``Chip(params, vector=True)``): checks, buffer readers and writers, the beat assembler for
+  ``half`` ACC rows (``PC`` elements per word), PRM constants, ``QUANT``'s ``A8X2`` (a second
+  quantizer on the residual ``x - dequant(hi)``) and ``vfold`` (V's scales loaded from KV,
+  then ``p * mant_v`` rounded by ``e_max - exp_v`` ahead of the quantizer), ``COPY``. Row
+  capacities: ``max_beats = ceil(ChipParams.vector_row / vector_lanes)``.
 """
 
 from .elementwise import PwlFn, PwlUnit, ResidualAdd, Rope
+from .engine import VecEngine
 from .norm import Normalizer
 from .quant import Quantizer
 from .serial import SerialDivider, SerialIsqrt
 from .softmax import Softmax
 
 __all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "Quantizer", "Normalizer",
-           "Softmax", "SerialDivider", "SerialIsqrt"]
+           "Softmax", "SerialDivider", "SerialIsqrt",
+           "VecEngine"]

@@ -48,8 +48,20 @@ from amaranth.lib.wiring import In, Out
 
 from ..bus import MemReader
 from ..gemm_engine import cmd_layout, pc_bits
-from ..isa import (Buf, Dyn, Err, QuantMode, VecArgs, VecBuf, VecFn, acc_word, act_word,
-                   buffer_depth, kv_word, prm_word)
+from ..isa import (
+    Buf,
+    Dyn,
+    Err,
+    QuantMode,
+    VecArgs,
+    VecBuf,
+    VecFn,
+    acc_word,
+    act_word,
+    buffer_depth,
+    kv_word,
+    prm_word,
+)
 from ..params import ChipParams
 from .common import Pipe, saturate, wide_lanes
 from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
@@ -316,7 +328,10 @@ class VecEngine(wiring.Component):
                                  vmax_w.addr.eq(lv_wblk >> (ll - lpc))]
                     for k in range(KH):
                         m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
-                with m.If((lv_blk == nblk) & (lv_got == 0)):
+                with m.If(self.abort):
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+                with m.Elif((lv_blk == nblk) & (lv_got == 0)):
                     with m.If(lv_bad):
                         m.d.sync += err_code.eq(Err.BAD_FIELD)
                         m.next = "ERROR"
@@ -370,9 +385,7 @@ class VecEngine(wiring.Component):
         """The generators, assembler, components and writer of a running micro-op (``m`` is
         the datapath module; ``e``: the signals of :meth:`elaborate`)."""
         p = self.params
-        num = p.numerics
         R, C, L, PC = e.R, e.C, e.L, e.PC
-        lr, lc, lpc = e.lr, e.lc, e.lpc
         a, pos, length, W, Wr, Ww, Wc = e.a, e.pos, e.length, e.W, e.Wr, e.Ww, e.Wc
         is_, go, sweep = e.is_, e.go, e.sweep
         half, out_half, copy_act, vfold, a15, a8x2 = (e.half, e.out_half, e.copy_act, e.vfold,
@@ -380,7 +393,6 @@ class VecEngine(wiring.Component):
         quant, norm = e.quant, e.norm
         max_beats = e.max_beats
         KF, KH, KQ, KC = e.KF, e.KH, e.KQ, e.KC
-        F = num.frac_bits
         cb = _bits(acc_word(p))
         ab = _bits(act_word(p))
 
