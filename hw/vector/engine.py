@@ -156,7 +156,7 @@ class VecEngine(wiring.Component):
         H = num.act_headroom
         depth = {b: buffer_depth(p, b) for b in Buf}
         max_beats = self.max_beats
-        KF, KH, KQ, KC = L // C, L // PC, L // R, L // C  # words per beat
+        KH = L // PC  # half-layout ACC words per beat (the most a beat takes)
 
         # -- the micro-op and its derived sizes (registered in IDLE / EFF / PROD) -------------
         a = Signal(VecArgs)
@@ -376,23 +376,29 @@ class VecEngine(wiring.Component):
         # -- the datapath: reset while abort holds ----------------------------------------------
         dp = Module()
         m.submodules.dp = ResetInserter(self.abort)(dp)
-        env = SimpleNamespace(**{k: v for k, v in locals().items()
-                                 if k not in ("self", "m", "dp")})
-        self._datapath(dp, env)
+        op = SimpleNamespace(
+            a=a, pos=pos, is_=is_, quant=quant, norm=norm, copy_act=copy_act, vfold=vfold,
+            a15=a15, a8x2=a8x2, out_half=out_half, length=length, W=W, Wr=Wr, Ww=Ww, Wc=Wc,
+            p_posw=p_posw, p_blk=p_blk, eps=eps, sweep=sweep, go=go, finished=finished,
+            vsc_r=vsc_r, vmax_r=vmax_r, prd_addr=prd_addr, prd_en=prd_en)
+        self._datapath(dp, op)
         return m
 
     def _datapath(self, m, e):
         """The generators, assembler, components and writer of a running micro-op (``m`` is
-        the datapath module; ``e``: the signals of :meth:`elaborate`)."""
+        the datapath module; ``e``: the op's registers and the signals shared with
+        :meth:`elaborate`)."""
         p = self.params
-        R, C, L, PC = e.R, e.C, e.L, e.PC
+        R, C, L = p.rows, p.cols, p.vector_lanes
+        PC = C // 2
+        ll = _log2(L, "vector_lanes")
+        KF, KH, KQ, KC = L // C, L // PC, L // R, L // C  # words per beat
+        max_beats = self.max_beats
         a, pos, length, W, Wr, Ww, Wc = e.a, e.pos, e.length, e.W, e.Wr, e.Ww, e.Wc
         is_, go, sweep = e.is_, e.go, e.sweep
-        half, out_half, copy_act, vfold, a15, a8x2 = (e.half, e.out_half, e.copy_act, e.vfold,
+        half, out_half, copy_act, vfold, a15, a8x2 = (a.half, e.out_half, e.copy_act, e.vfold,
                                                        e.a15, e.a8x2)
         quant, norm = e.quant, e.norm
-        max_beats = e.max_beats
-        KF, KH, KQ, KC = e.KF, e.KH, e.KQ, e.KC
         cb = _bits(acc_word(p))
         ab = _bits(act_word(p))
 
@@ -515,13 +521,13 @@ class VecEngine(wiring.Component):
         kk = Signal(18)  # the row's last visible key: its running max is e_max
         m.d.comb += kk.eq(visible - 1)
         vsc_r, vmax_r = e.vsc_r, e.vmax_r
-        m.d.comb += [vsc_r.addr.eq(bp.b_idx), vmax_r.addr.eq(kk >> e.ll)]
+        m.d.comb += [vsc_r.addr.eq(bp.b_idx), vmax_r.addr.eq(kk >> ll)]
         p1 = Signal(data.ArrayLayout(unsigned(P_BITS), L))
         b1 = Signal(13)
         vis1 = Signal(18)
         lane1 = Signal(range(L))
         last1 = Signal()
-        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(visible), lane1.eq(kk[:e.ll] if e.ll else 0),
+        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(visible), lane1.eq(kk[:ll] if ll else 0),
                      last1.eq(bp.last)]
         for lane in range(L):
             m.d.sync += p1[lane].eq(bp.a[lane][:P_BITS])
@@ -534,7 +540,7 @@ class VecEngine(wiring.Component):
         m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
         for lane in range(L):
             key = vsc_r.data[lane]
-            seen = (b1 << e.ll) + lane < vis1
+            seen = (b1 << ll) + lane < vis1
             s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
             m.d.comb += s.eq(emax1 - key.ev)
             m.d.sync += [
@@ -615,7 +621,7 @@ class VecEngine(wiring.Component):
         pk = Signal(range(KC))
         pw = Signal(18)   # word of the vector: pb * KC + pk
         Bt = Signal(18)
-        m.d.comb += Bt.eq(_ceil_shift(length, e.ll))
+        m.d.comb += Bt.eq(_ceil_shift(length, ll))
         with m.If(go):
             m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0)]
         p_issue = Signal()
