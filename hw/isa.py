@@ -216,7 +216,7 @@ class Err(enum.IntEnum, shape=unsigned(4)):
     SRAM_RANGE = 3      #: an access beyond a buffer's depth
     OFFCHIP_RANGE = 4   #: an off-chip address beyond the modelled memory
     KV_OVERFLOW = 5     #: ``pos + t_len`` beyond a KV region's capacity
-    UNSUPPORTED = 6     #: an op this build has no unit for (``VEC`` before the vector unit)
+    UNSUPPORTED = 6     #: an op this build has no unit for (``VEC`` without the vector unit)
     PROG_RANGE = 7      #: the program counter ran past the loaded program without ``HALT``
     PROG_LOAD = 8       #: the program does not fit the micro-op memory
 
