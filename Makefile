@@ -22,7 +22,7 @@ help:
 	@echo "make synth      FPGA build of the grid, prints Fmax and utilization"
 	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker; ULX3S: ~10 min)"
 	@echo "make synth-chip FPGA build of the whole chip (no vector unit), same report"
-	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~25 min)"
+	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~17 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -52,16 +52,26 @@ sequencer, LOAD/STORE DMA, GEMM engine with the grid, KV engine; no vector unit 
   ``error_pc``, ``pos`` and all counters into ``status_misr``. LED 0 is the parity of the
   three.
 
-Chip synthesis configuration (:attr:`Board.chip_params`, :data:`CHIP_85F`): the default
-``ChipParams`` buffers need about 450 EBR (18 Kbit DP16KD) on ECP5, the 85F has 208. Yosys
-maps each memory to DP16KD blocks (512 x 36 / 1 K x 18 / 2 K x 9 / ...) and replicates the
-whole memory per read port (the chip has 2 on WGT and PRM, 3 on ACT and KV, 1 on ACC and the
-micro-op memory; the group scaler's accumulator is one more 1024-bit-wide memory). Words wider
-than 36 bits cost a block per 36 bits however shallow the memory is (PRM: 640 bits, ACC:
-512 bits, the accumulator: 1024 bits), so only the deep buffers can shrink. :data:`CHIP_85F`
-keeps the 16 x 16 W4A8 grid, ``prm_entries`` and ``acc_entries`` (256, one block deep) and
-cuts WGT, ACT, ACC and KV to 16 KiB each and the micro-op memory to 1024 entries: 152 EBR
-measured (73 %), leaving room for the vector unit's buffers (README, "FPGA builds").
+Chip synthesis configuration (:attr:`Board.chip_params`, :data:`CHIP_85F`), measured with
+Yosys 0.70 and nextpnr-ecp5 on the LFE5U-85F (208 EBR, 156 MULT18X18D, 83,640 LUT4 cells):
+
+- Block RAM. Yosys maps every buffer to DP16KD blocks (byte-enable KV writes included; the
+  small queues go to LUT RAM) and replicates a memory per read port: WGT and PRM have 2, ACT
+  and KV 3, ACC and the micro-op memory 1, and the group scaler's accumulator is one more
+  1024-bit memory. A word wider than 36 bits costs a block per 36 bits however shallow the
+  memory (PRM 640 bits, ACC 512, the accumulator 1024 at a 16-column grid), so only the deep
+  buffers can shrink. The default buffers need about 450 EBR; 16 KiB each for WGT, ACT, ACC and
+  KV and 1024 micro-ops need 152 at a 16 x 16 grid, 113 at 16 x 8.
+- The 16 x 16 grid does not fit: 237 of 156 MULT18X18D (128 for the PEs; 64 for the group
+  scaler's ``scale * acc`` (22 x 20 bits) and ``offset * xsum`` (16 x 20) products, two blocks
+  each, 16 columns; the rest for the GEMM and KV engines' address products and the DMA
+  engines' constant products) and 80,493 of 83,640 LUT4 cells (96 %) after packing. Products
+  in fabric would cost about 2,000 LUT4 per column (Booth), which do not fit either.
+- :data:`CHIP_85F` therefore has a 16 x 8 grid (16 rows along K, 8 W4A8 output columns:
+  64 PEs) with those buffers: 125 MULT18X18D (80 %), 113 DP16KD (54 %), 44,826 LUT4 cells
+  (54 %), 20,870 FF after routing. ``scripts/synth.py --design chip --cols 16`` reproduces the
+  16 x 16 overflow (nextpnr stops in placement and the script names the resources that
+  overflow).
 """
 
 import math
@@ -95,10 +105,10 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop"
            "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
            "FIELD_MASKS", "FIELD_SET"]
 
-#: The whole chip on an 85k-LUT ECP5 (208 EBR): the default chip with smaller deep buffers
-#: (module docstring).
-CHIP_85F = ChipParams(weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16, kv_sram_kib=16,
-                      uop_depth=1024)
+#: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 8 grid and smaller deep
+#: buffers (module docstring: the 16 x 16 grid does not fit).
+CHIP_85F = ChipParams(cols=8, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
+                      kv_sram_kib=16, uop_depth=1024)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ seconds, no toolchain; the default test suite uses it.
 
 Timing: nextpnr runs with ``--timing-allow-fail`` so a design below target still reports its
 Fmax; the exit code is non-zero only if a tool fails. nextpnr-ecp5 is single-threaded: a 16 x 16
-grid takes about 10 minutes, the chip about 25 (README, "FPGA builds").
+grid takes about 10 minutes, the chip (with router2, ``--router``) about 17 (README, "FPGA
+builds").
 """
 
 import argparse
@@ -120,7 +121,9 @@ def tool_env(family: str) -> dict:
     return env
 
 
-def prepare(board: str, params, build_dir: Path, seed: int, design: str = "grid"):
+def prepare(
+    board: str, params, build_dir: Path, seed: int, design: str = "grid", router: str = ""
+):
     """Elaborate the board top of ``design`` and write the platform's build plan into
     ``build_dir``.
 
@@ -130,7 +133,10 @@ def prepare(board: str, params, build_dir: Path, seed: int, design: str = "grid"
     spec = BOARDS[board]
     name, top_class, _ = DESIGNS[design]
     platform = spec.platform()
-    opts = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail --report {name}.report.json"}
+    nextpnr = f"--seed {seed} --timing-allow-fail --report {name}.report.json"
+    if router:
+        nextpnr += f" --router {router}"
+    opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
     top = top_class(params, board)
@@ -426,7 +432,9 @@ def print_summary(s: dict) -> None:
     for block in s["critical_path_text"]:
         if f"'{clock}'" not in block[0]:
             continue
-        steps = [ln.removeprefix("Info:") for ln in block[:-1] if re.match(CP_STEP, ln)]
+        steps = [
+            _short_names(ln.removeprefix("Info:")) for ln in block[:-1] if re.match(CP_STEP, ln)
+        ]
         shown = steps[:CP_LINES] + (["      ..."] + steps[-1:] if len(steps) > CP_LINES else [])
         print(
             "\n".join(
@@ -435,6 +443,33 @@ def print_summary(s: dict) -> None:
                 + ["  | " + block[-1].removeprefix("Info: ")]
             )
         )
+        sources = _path_sources(block)
+        if sources:
+            print("  | design source lines on the path (steps): " + ", ".join(
+                f"{src} ({n})" for src, n in sources))
+
+
+def _short_names(line: str, keep: int = 70) -> str:
+    """Yosys names a LUT after the chain of cells it came from; keep their ends."""
+    def cut(m):
+        name = m.group(0)
+        return name if len(name) <= keep else f"{name[:keep // 2]}...{name[-keep // 2:]}"
+    return re.sub(rf"\S{{{keep + 1},}}", cut, line)
+
+
+def _path_sources(block: list) -> list:
+    """The project's source lines a critical path's cells come from, by count, in path order
+    of first appearance."""
+    counts = {}
+    for ln in block:
+        for path, line in re.findall(r"(\S+\.py):(\d+)", ln):
+            try:
+                rel = Path(path).resolve().relative_to(ROOT)
+            except ValueError:
+                continue
+            key = f"{rel}:{line}"
+            counts[key] = counts.get(key, 0) + 1
+    return list(counts.items())
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -452,6 +487,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument(
+        "--router",
+        choices=["router1", "router2"],
+        help="nextpnr router (default: router1 for the grid, router2 for the chip, on which "
+        "router1 did not converge in 30 minutes of congestion rip-up)",
+    )
     ap.add_argument(
         "--build-dir",
         type=Path,
@@ -481,7 +522,8 @@ def main(argv=None) -> int:
 
     t0 = time.monotonic()
     try:
-        plan = prepare(args.board, params, build_dir, args.seed, design)
+        router = args.router or ("router2" if design == "chip" else "")
+        plan = prepare(args.board, params, build_dir, args.seed, design, router)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
     pes = pe_count(build_dir, name)
@@ -496,6 +538,7 @@ def main(argv=None) -> int:
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
     elapsed = run_tools(plan, build_dir, env, name)
     summary = summarize(args.board, params, build_dir, elapsed, args.seed, design)
+    summary["router"] = router or "router1"
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     print(

@@ -2,7 +2,7 @@
 
 Default tests only elaborate (``--elaborate-only``: the platform's build plan, no toolchain) and
 simulate the board tops briefly; the full iCEBreaker build (Yosys + nextpnr, ~10 s) is
-slow-marked. The ULX3S builds (grid ~10 min, chip ~25 min) are benchmarks, run by hand:
+slow-marked. The ULX3S builds (grid ~10 min, chip ~17 min) are benchmarks, run by hand:
 ``make synth``, ``make synth-chip``.
 """
 
@@ -75,12 +75,13 @@ def test_elaborates_chip_for_ulx3s():
 
 
 def test_chip_design_config():
-    """Every 85F board builds the chip with its 16x16 W4A8 grid and smaller buffers; the
-    iCEBreaker has no chip configuration, and asking for one is a usage error."""
+    """Every 85F board builds the chip with a 16-row grid (a 16x16 one does not fit) and
+    smaller buffers; the iCEBreaker has no chip configuration, and asking for one is a usage
+    error."""
     for board in ("ulx3s-85f", "orangecrab-85f", "ecpix5-85"):
         assert BOARDS[board].chip_params == CHIP_85F
-    assert (CHIP_85F.rows, CHIP_85F.cols, CHIP_85F.clock_mhz) == (16, 16, 100)
-    assert synth.build_dir_for("ulx3s-85f", 16, 16, "chip").name == "ulx3s-85f-chip-16x16"
+    assert (CHIP_85F.rows, CHIP_85F.cols, CHIP_85F.clock_mhz) == (16, 8, 100)
+    assert synth.build_dir_for("ulx3s-85f", 16, 8, "chip").name == "ulx3s-85f-chip-16x8"
     assert synth.build_dir_for("ulx3s-85f", 16, 16).name == "ulx3s-85f-16x16"
     with pytest.raises(SystemExit):
         synth.main(["--board", "icebreaker", "--design", "chip", "--elaborate-only"])
@@ -245,3 +246,19 @@ def test_icebreaker_full_build(capsys):
     assert (build_dir / "grid_top.bin").exists()
     out = capsys.readouterr().out
     assert re.search(r"Fmax [\d.]+ MHz vs target 12 MHz", out)
+
+
+def test_critical_path_display():
+    """Long Yosys cell names are cut in the middle; the project's source lines on a path are
+    counted in path order."""
+    line = "  logic 0.45 4.29 Source " + "x" * 300 + ".F"
+    assert len(synth._short_names(line)) < 120
+    block = [
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):",
+        f"Info:      {synth.ROOT}/hw/gemm.py:195",
+        f"Info:      {synth.ROOT}/hw/gemm.py:93",
+        f"Info:      {synth.ROOT}/hw/gemm.py:93",
+        "Info:      /share/lattice/cells_map_trellis.v:133.22-133.24",
+        "Info: 1.00 ns logic, 2.00 ns routing",
+    ]
+    assert synth._path_sources(block) == [("hw/gemm.py:195", 1), ("hw/gemm.py:93", 2)]
