@@ -65,7 +65,7 @@ Yosys 0.70 and nextpnr-ecp5 on the LFE5U-85F (208 EBR, 156 MULT18X18D, 83,640 LU
 - The 16 x 16 grid does not fit: 237 of 156 MULT18X18D (128 for the PEs; 64 for the group
   scaler's ``scale * acc`` (22 x 20 bits) and ``offset * xsum`` (16 x 20) products, two blocks
   each, 16 columns; the rest for the GEMM and KV engines' address products and the DMA
-  engines' constant products) and 80,493 of 83,640 LUT4 cells (96 %) after packing. Products
+  engines' constant products) and 79,624 of 83,640 LUT4 cells (95 %) after packing. Products
   in fabric would cost about 2,000 LUT4 per column (Booth), which do not fit either.
 - :data:`CHIP_85F` therefore has a 16 x 8 grid (16 rows along K, 8 W4A8 output columns:
   64 PEs) with those buffers: 125 MULT18X18D (80 %), 113 DP16KD (54 %), 44,826 LUT4 cells
