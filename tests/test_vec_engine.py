@@ -180,7 +180,7 @@ def rng():
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["full", "half"])
-@pytest.mark.parametrize("fn", [VecFn.RESIDUAL, VecFn.GELU, VecFn.SILU_MUL], ids=str)
+@pytest.mark.parametrize("fn", [VecFn.RESIDUAL, VecFn.GELU, VecFn.SILU_MUL], ids=lambda v: v.name)
 def test_elementwise(rng, fn, half):
     """3 rows of 21 elements (a partial last word and beat), gaps between rows."""
     sim = random_sim(rng)
@@ -210,7 +210,7 @@ def test_rope(rng, half):
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["full", "half"])
-@pytest.mark.parametrize("fn", [VecFn.LAYERNORM, VecFn.RMSNORM], ids=str)
+@pytest.mark.parametrize("fn", [VecFn.LAYERNORM, VecFn.RMSNORM], ids=lambda v: v.name)
 def test_norm(rng, fn, half):
     sim = random_sim(rng)
     E = P.cols // 2 if half else P.cols
@@ -229,7 +229,7 @@ def test_softmax(rng, mode):
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["full", "half"])
-@pytest.mark.parametrize("qmode", list(QuantMode), ids=str)
+@pytest.mark.parametrize("qmode", list(QuantMode), ids=lambda v: v.name)
 @pytest.mark.parametrize("per_row", [0, 1], ids=["group", "per_row"])
 def test_quant(rng, qmode, per_row, half):
     """3 rows of 27 elements (a partial group and ACT word); two blocks for A15 / A8X2."""
@@ -240,7 +240,7 @@ def test_quant(rng, qmode, per_row, half):
                     src_a=5, src_stride=W, dst=3, dst_stride=-(-27 // P.rows) + 1))
 
 
-@pytest.mark.parametrize("qmode", list(QuantMode), ids=str)
+@pytest.mark.parametrize("qmode", list(QuantMode), ids=lambda v: v.name)
 @pytest.mark.parametrize("causal", [0, 1], ids=["all", "causal"])
 @pytest.mark.parametrize("G, exps", [(2, (-128, 128)), (1, (-9, -3))], ids=["wild", "tame"])
 def test_quant_vfold(rng, qmode, causal, G, exps):
