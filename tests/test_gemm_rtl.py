@@ -45,8 +45,11 @@ def test_gemm_rtl_4x4_pes():
     run_gemm(ChipParams(rows=4, cols=8), GEMM_KS="32,64", GEMM_STALL=0.3, GEMM_N=6)
 
 
+@pytest.mark.slow
 def test_gemm_rtl_16x16():
-    """K = 128 on the 16 x 16 grid: 8 K-tiles, 8 activation groups, 4 weight groups."""
+    """K = 128 on the 16 x 16 grid: 8 K-tiles, 8 activation groups, 4 weight groups.
+    Slow-marked for the default suite's time budget: the 16 x 16 GEMM unit runs on Verilator
+    in every GEMM of tests/test_chip_rtl.py (inside the chip, vs golden)."""
     run_gemm(ChipParams(rows=16, cols=16), GEMM_KS="32,64,128", GEMM_STALL=0.25, GEMM_N=4)
 
 

@@ -41,7 +41,10 @@ def test_grid_rtl_4x4_pes():
     run_grid(ChipParams(rows=4, cols=8), GRID_N_TILES=300, GRID_STALL=0.3)
 
 
+@pytest.mark.slow
 def test_grid_rtl_16x16_w4a8():
+    """Slow-marked for the default suite's time budget: the default 16 x 16 grid runs in W4A8
+    on Verilator in every GEMM of tests/test_chip_rtl.py (inside the chip, vs golden)."""
     run_grid(ChipParams(rows=16, cols=16), GRID_N_TILES=100, GRID_STALL=0.25)
 
 
