@@ -56,6 +56,21 @@ def source_key(*parts, paths=()) -> str:
     return h.hexdigest()
 
 
+def _mark_used(obj, seen=None) -> None:
+    """Mark ``obj`` and the elaboratables among its attributes (recursively) as used."""
+    from amaranth.hdl import Elaboratable
+
+    seen = set() if seen is None else seen
+    if not isinstance(obj, Elaboratable) or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    obj._MustUse__used = True
+    for value in vars(obj).values():
+        for item in value.values() if isinstance(value, dict) else (
+                value if isinstance(value, (list, tuple)) else [value]):
+            _mark_used(item, seen)
+
+
 def write_verilog(component, name: str, build_dir: Path | None = None, ports=None) -> Path:
     """Convert ``component`` to ``<build_dir>/<name>.v``; keep the file if unchanged."""
     from amaranth.back import verilog
@@ -123,8 +138,11 @@ def run_cocotb(design, toplevel: str, test_module: str, *, name: str | None = No
         else:
             source = build_dir / f"{toplevel}.v"
             stamp = build_dir / f"{toplevel}.key"
-            if (design_key is None or not source.exists() or not stamp.exists()
-                    or stamp.read_text() != design_key):
+            fresh = (design_key is not None and source.exists() and stamp.exists()
+                     and stamp.read_text() == design_key)
+            if fresh:
+                _mark_used(design)  # not elaborated on purpose: no "never used" warnings
+            else:
                 stamp.unlink(missing_ok=True)
                 source = write_verilog(design() if callable(design) and not hasattr(
                     design, "elaborate") else design, toplevel, build_dir)
