@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hw.chip import QUEUED_UNITS
 from hw.isa import (
     INSTR,
     INSTR_BITS,
@@ -89,7 +90,9 @@ from hw.isa import (
     encode,
     leaf_fields,
 )
+from hw.isa import OP_UNIT as ISA_OP_UNIT
 from hw.params import ChipParams
+from sim.isa_sim import UNTIMED_COUNTERS
 
 __all__ = [
     "SMALL", "R16", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
@@ -112,12 +115,11 @@ PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT}
 _DUMP_WHOLE = 4096
 _BIG_DMA = 512
 
-QUEUED = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
-OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
-           Op.KV_APPEND: Unit.KV}
+QUEUED = QUEUED_UNITS  # VEC only as an illegal op (a chip without the vector unit)
+OP_UNIT = {op: u for op, u in ISA_OP_UNIT.items() if u in QUEUED}
 OFF = "OFF"  # the off-chip memory as a footprint space (buffers are Buf members)
 #: Counters IsaSim models (the rest need timing).
-COMPARED = (Counter.UOPS, Counter.GRID_ROWS, Counter.LOAD_WORDS, Counter.STORE_WORDS)
+COMPARED = UNTIMED_COUNTERS
 
 _LEAVES = {path: (off, width) for path, off, width, _, _ in leaf_fields(INSTR)}
 #: Bits of an INSTR word used by each op (opcode and its argument struct).

@@ -126,7 +126,7 @@ from hw.vector.norm import EPS_BITS
 from sim import golden as G
 from sim.golden import rshift_round, saturate
 
-__all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "round_output"]
+__all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "UNTIMED_COUNTERS", "round_output"]
 
 #: Counters only a timing model (the RTL) measures; the simulator leaves them 0.
 TIMED_COUNTERS = (
@@ -140,6 +140,8 @@ TIMED_COUNTERS = (
     Counter.STALL_QUEUE,
     Counter.STALL_MEM,
 )
+#: Counters the simulator counts as the chip does (the RTL must match them exactly).
+UNTIMED_COUNTERS = tuple(c for c in Counter if c not in TIMED_COUNTERS)
 
 POS_MAX = (1 << 16) - 1
 #: VEC functions that hold a whole row (``ChipParams.vector_row`` bounds their length).

@@ -51,7 +51,7 @@ from hw.isa import (
 from hw.params import ChipParams
 from sim import golden as G
 from sim.chip_rtl import Job, run_jobs
-from sim.isa_sim import IsaSim
+from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
 from sim.programs import (
     AttentionStep,
     Image,
@@ -72,7 +72,7 @@ R, C, PC = P.rows, P.cols, P.cols // 2
 B = P.offchip_bytes_per_cycle
 NBUS = P.offchip_kib * 1024 // B
 #: Counters both the RTL and the ISA simulator count.
-UNTIMED = (Counter.UOPS, Counter.GRID_ROWS, Counter.LOAD_WORDS, Counter.STORE_WORDS)
+UNTIMED = UNTIMED_COUNTERS
 #: Cycle budget of a job of the error programs (boot included): the job's max_cycles.
 ERR_BUDGET = 3000
 #: Cycles within which a failing one-op error program must be done (boot included).

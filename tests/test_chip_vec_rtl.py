@@ -50,7 +50,7 @@ from hw.isa import (
 from hw.params import ChipParams
 from sim import golden as G
 from sim.chip_rtl import Job, run_jobs
-from sim.isa_sim import IsaSim
+from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
 from sim.programs import (
     Image,
     KvHead,
@@ -69,7 +69,7 @@ B = P.offchip_bytes_per_cycle
 NBUS = P.offchip_kib * 1024 // B
 DEP = {b: buffer_depth(P, b) for b in Buf}
 #: Counters both the RTL and the ISA simulator count.
-UNTIMED = (Counter.UOPS, Counter.GRID_ROWS, Counter.LOAD_WORDS, Counter.STORE_WORDS)
+UNTIMED = UNTIMED_COUNTERS
 ERR_BUDGET = 20000  # cycles of an error-case job (some "fits" cases run long VEC ops)
 ERR_CYCLES = 200    # a failing one-op error program is done within this (boot included)
 
