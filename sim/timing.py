@@ -1,0 +1,819 @@
+"""Cycle-exact timing model of the chip (``hw/chip.py``): how many cycles a micro-op program
+takes, and when each micro-op was issued, started and finished, without simulating cycles.
+
+:func:`predict` returns a :class:`Timing`: the job's ``Counter.CYCLES`` as the chip counts it
+(from ``start`` to ``done``), the other timed counters (``BUSY_*``, ``STALL_WAIT``,
+``STALL_QUEUE``, ``STALL_MEM``; ``sim.isa_sim.TIMED_COUNTERS``) and per micro-op its
+``issue`` cycle (the sequencer pushed it into its unit's queue), ``start`` (the unit took
+it) and ``end`` (the unit's ``done`` pulse). Cycle 0 is the cycle the chip sees ``start``;
+``CYCLES`` counts cycles 1 .. the last cycle of ``running``.
+
+It models the chip at micro-op granularity, event by event, in program order:
+
+- **boot**: ``prog_len * ceil(128 / bus_bits)`` bus reads at one per ``max(1, interval)``
+  cycles from cycle 2, the first fetch ``offchip_latency + 2`` cycles after the last;
+- **sequencer**: ``FETCH`` + ``EXEC`` (two cycles per micro-op); a queued op is pushed in the
+  first ``EXEC`` cycle its unit's queue has room (``SyncFIFOBuffered(queue_depth)``: an entry
+  reaches the output register one cycle after it is written or in the cycle the one before
+  leaves, and is readable the cycle after); ``WAIT unit, n`` ends in the first cycle after the
+  ``done`` pulse that leaves ``n`` ops of ``unit`` unfinished; ``HALT`` drains every unit;
+- **GEMM** (closed form, :meth:`Model.gemm_cycles`): ``EFF``/``PROD``/``CHECK``, the first
+  weight tile through its ``MemReader`` (``1 + Pipe.FIFO_LATENCY`` cycles) into the grid,
+  then one K-tile per ``max(rows, t_len + 1)`` cycles (the weight tile's ``rows`` rows, or
+  the tile's ``t_len`` activation rows plus the group scaler's one-cycle gap while it pairs
+  the next tile's two parameter words), ``SystolicArray.latency`` + its output FIFO, and the
+  ``GroupScaler.STAGES`` pipeline (final rows: to the ACC write);
+- **KV_APPEND** (closed form): the ``KvEngine`` FSM, ``2 + rows + 1`` cycles per ACT word plus
+  a scale byte per activation group and an exponent byte per token;
+- **LOAD** (closed form per command): requests at one per ``max(1, interval)`` cycles, the
+  front end's cycle between commands, responses ``offchip_latency`` later, the response FIFO
+  (2 cycles) and the buffer write; commands overlap as the DMA's front end runs ahead
+  (``hw/dma.py``);
+- **STORE**: a per-cycle mirror of the ``StoreEngine`` control (request credits, the chip's
+  ``MemReader`` on the buffer port, response FIFO, word splitting, the write channel's
+  ``interval``), run lazily only while a STORE is in flight (stores are results: small);
+- **VEC**: the duration of each distinct op (its fields, ``pos`` where the op depends on it)
+  measured once by running ``hw.vector.engine.VecEngine`` alone in ``amaranth.sim``
+  (:func:`vec_cycles`; cached in memory and in ``build/timing/``, keyed by the hw sources),
+  since the vector unit's many pipelines have no closed form here yet.
+
+Every latency comes from the hw classes (``SystolicArray.latency``, ``GroupScaler.STAGES`` /
+``fifo_depth``, ``Pipe.FIFO_LATENCY``, ``MemReader.depth``, ``LoadEngine.resp_depth``,
+``StoreEngine.resp_depth``) or from their FSMs' state sequences (named below, with the states
+they count); the tests (``tests/test_timing.py``) compare every figure with the Verilator
+chip.
+
+Predictability rules
+--------------------
+Units share buffer write ports (ACC: GEMM > VEC > LOAD; ACT: VEC > LOAD; KV: KV_APPEND >
+LOAD): a lower-priority write waits while a higher one writes, which this model does not
+follow cycle by cycle. A program must therefore keep these apart in time (enforced with
+``WAIT``; :func:`predict` checks them on its own schedule and raises :class:`RuleViolation`
+naming both ops, never returning a wrong number):
+
+1. no ``LOAD`` into ACC while a ``GEMM`` with ``final`` writes its outputs or a ``VEC``
+   writing ACC runs;
+2. no ``LOAD`` into ACT while a ``VEC`` writing ACT (``QUANT``, ``COPY`` of ACT) runs;
+3. no ``LOAD`` into KV while a ``KV_APPEND`` runs;
+4. no ``VEC`` writing ACC while a ``GEMM`` with ``final`` writes its outputs.
+
+A LOAD's window is from its first buffer write to its last; a final GEMM's from its first
+output write to its ``done``; a VEC's and a KV_APPEND's from start to end. Also: the memory
+must be deterministic (no jitter: ``Job.jitter = 0``), ``offchip_latency + 3`` must stay
+below ``LoadEngine.resp_depth`` (it does for the default), and the program must run without
+error (check it with ``sim.isa_sim.IsaSim``; :func:`predict` raises ``ValueError`` for the
+sequencer's own errors and does not model unit errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hw.bus import MemReader
+from hw.chip import QUEUED_UNITS
+from hw.dma import LoadEngine, StoreEngine
+from hw.gemm import GroupScaler
+from hw.grid import SystolicArray
+from hw.isa import (
+    INSTR_BITS,
+    OP_BITS,
+    OP_UNIT,
+    Buf,
+    Counter,
+    Dyn,
+    Op,
+    Unit,
+    VecBuf,
+    VecFn,
+    WSrc,
+    bus_bits,
+    bus_words_per,
+    decode,
+)
+from hw.params import ChipParams
+from hw.vector.common import Pipe
+
+__all__ = ["predict", "Timing", "OpTiming", "RuleViolation", "Model", "vec_cycles",
+           "MODELED_COUNTERS"]
+
+#: Timed counters :func:`predict` models (``STALL_MEM`` only when no LOAD stalls while a STORE
+#: stalls; otherwise it is left out of :attr:`Timing.counters`).
+MODELED_COUNTERS = (Counter.CYCLES, Counter.BUSY_LOAD, Counter.BUSY_STORE, Counter.BUSY_GEMM,
+                    Counter.BUSY_VEC, Counter.BUSY_KV, Counter.STALL_WAIT, Counter.STALL_QUEUE,
+                    Counter.STALL_MEM)
+
+# -- FSM state counts (hw/chip.py, hw/gemm_engine.py, hw/kv.py): named after their states -----
+#: Sequencer: ``IDLE`` (start seen) -> ``BOOTCHK`` -> ``BOOT``: the first boot request in 2.
+_BOOT_FIRST_REQUEST = 2
+#: ``BOOT`` sees the last micro-op complete one cycle after its last word, ``FETCH`` next.
+_BOOT_TO_FETCH = 2
+#: GEMM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` (start pulse): 3 cycles.
+_GEMM_SETUP = 3
+#: GEMM: the group scaler's stages that hold a non-final row (s1..s3; s4 keeps final rows).
+_SCALER_NONFINAL = 3
+#: GEMM: the tile's two parameter words are paired one per cycle (``have`` toggles), so the
+#: next tile's entry is valid 2 cycles after the last row of a tile enters the scaler.
+_PARAM_GAP = 1
+#: KV: ``IDLE`` (accept) -> ``PROD`` -> ``PROD2`` -> ``CHECK``.
+_KV_SETUP = 3
+#: KV: per token ``TOKEN``; per ACT word ``READ``, ``LATCH``, ``rows`` x ``ELEM``, ``NEXT``
+#: (+ ``SCALE`` on a group's first word, + ``EXP`` on word 0).
+_KV_TOKEN = 1
+_KV_WORD = 3
+#: KV: the activation group of a scale byte (``hw/kv.py`` tests ``(w << lr) & 15``).
+_KV_SCALE_GROUP = 16
+#: DMA: a command is accepted in the front end's ``IDLE``, its first request loads into the
+#: request register in ``ISSUE`` the next cycle (offered the cycle after).
+_DMA_ISSUE = 1
+
+
+class RuleViolation(ValueError):
+    """The program breaks a predictability rule (module docstring): its timing depends on
+    write-port arbitration this model does not follow."""
+
+
+@dataclass
+class OpTiming:
+    """One micro-op of the schedule: ``pc``, the decoded op, its unit (``None`` for the
+    sequencer's own ops), and cycles: ``issue`` (the sequencer's ``EXEC`` cycle that
+    executed or pushed it), ``start`` (its unit accepted it), ``end`` (its ``done`` pulse)."""
+
+    pc: int
+    op: Op
+    unit: Unit | None
+    issue: int
+    start: int | None = None
+    end: int | None = None
+    fields: dict = field(default_factory=dict, repr=False)
+    pos: int = 0
+
+
+@dataclass
+class Timing:
+    cycles: int
+    counters: dict          #: Counter -> int, the modelled timed counters
+    ops: list               #: OpTiming per executed micro-op, in program order
+
+    def schedule(self, limit: int | None = None) -> str:
+        """The schedule as text: one line per micro-op."""
+        lines = [f"{'pc':>5} {'op':<10} {'unit':<6} {'issue':>9} {'start':>9} {'end':>9}"]
+        for o in self.ops[:limit]:
+            lines.append(f"{o.pc:>5} {o.op.name:<10} {o.unit.name if o.unit is not None else '':<6}"
+                         f" {o.issue:>9} {'' if o.start is None else o.start:>9}"
+                         f" {'' if o.end is None else o.end:>9}")
+        return "\n".join(lines)
+
+
+def _union_len(intervals) -> int:
+    """Cycles covered by closed intervals ``[a, b]``."""
+    total, cur_a, cur_b = 0, None, None
+    for a, b in sorted(intervals):
+        if cur_b is None or a > cur_b + 1:
+            if cur_b is not None:
+                total += cur_b - cur_a + 1
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_b is not None:
+        total += cur_b - cur_a + 1
+    return total
+
+
+# -- unit models -------------------------------------------------------------------------------
+
+
+class _Unit:
+    """Per-unit bookkeeping: each command ``c`` has ``qr`` (readable at the queue head),
+    ``start`` (accepted), ``end`` (done pulse), the busy interval and a write window."""
+
+    def __init__(self, model: Model, unit: Unit):
+        self.model = model
+        self.unit = unit
+        self.cmds: list[OpTiming] = []
+        self.busy: list[tuple[int, int]] = []
+        self.windows: list[tuple[int, int]] = []   # write window per command (rules)
+
+    def start_of(self, c: int) -> int:
+        return self.cmds[c].start
+
+    def end_of(self, c: int) -> int:
+        return self.cmds[c].end
+
+
+class _SerialUnit(_Unit):
+    """A unit that takes its next command in ``IDLE``, the cycle after the previous ``done``,
+    and whose op takes a duration given by ``duration(op) -> (cycles, window)``: GEMM, KV,
+    VEC (``busy = running | cmd.valid``: from acceptance to done)."""
+
+    def __init__(self, model, unit, duration):
+        super().__init__(model, unit)
+        self.duration = duration
+
+    def submit(self, o: OpTiming, qr: int) -> None:
+        prev = self.cmds[-1].end + 1 if self.cmds else 0
+        o.start = a = max(qr, prev)
+        dur, win = self.duration(o)
+        o.end = a + dur
+        self.cmds.append(o)
+        self.busy.append((a, o.end))
+        self.windows.append((a + win[0], a + win[1]) if win is not None else None)
+
+
+class _LoadUnit(_Unit):
+    """``LoadEngine`` (``hw/dma.py``) in closed form per command (module docstring)."""
+
+    def __init__(self, model):
+        super().__init__(model, Unit.LOAD)
+        self.front_idle = 0     # first cycle the front end is back in IDLE
+        self.x_last = None      # memory accept of the previous command's last request
+        self.p_last = None      # the previous command's last response pop
+        self.job_pops = []      # cycle each command's job left the jobs FIFO
+        self.stalls = []        # (active_lo, active_hi, first_pop, step, n) per command
+
+    def submit(self, o: OpTiming, qr: int) -> None:
+        m = self.model
+        f = o.fields
+        I, L = m.I, m.L
+        n = f["words"] * bus_words_per(m.p, Buf(f["buf"]))
+        c = len(self.cmds)
+        # accepted in IDLE when the 2-deep jobs FIFO has room (the job two back has left it)
+        a = max(qr, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
+        # the back end takes the job once the previous command's last word has left
+        pj = max(a + 1, self.p_last + 1 if self.p_last is not None else 0)
+        r0 = max(a + _DMA_ISSUE, self.x_last if self.x_last is not None else 0)
+        x0 = max(r0 + 1, m.rd_free)
+        x_end = x0 + (n - 1) * I
+        r_last = x0 + (n - 2) * I if n >= 2 else r0
+        self.front_idle = r_last + 1
+        m.rd_free = x_end + I
+        self.x_last = x_end
+        # response valid L cycles after acceptance, readable 2 later from the response FIFO
+        p0 = x0 + L + Pipe.FIFO_LATENCY
+        p_end = x_end + L + Pipe.FIFO_LATENCY
+        assert p0 >= pj + 1, "LOAD: response before its job is active (model assumption broken)"
+        self.p_last = p_end
+        self.job_pops.append(pj)
+        o.start, o.end = a, p_end + 2   # buffer write the cycle after the pop; done registered
+        self.cmds.append(o)
+        self.busy.append((a + 1, p_end + 1))
+        self.windows.append((p0 + 1, p_end + 1))
+        self.stalls.append((pj + 1, p_end, p0, I, n))
+
+    def stalling(self, t: int) -> bool:
+        """Whether ``stall_mem`` of the LOAD engine is high in cycle ``t``."""
+        for lo, hi, p0, step, n in self.stalls:
+            if lo <= t <= hi:
+                return not (t >= p0 and (t - p0) % step == 0 and (t - p0) // step < n)
+        return False
+
+    def stall_count(self) -> int:
+        return sum(hi - lo + 1 - n for lo, hi, _, _, n in self.stalls)
+
+
+class _Fifo:
+    """Occupancy of an ``amaranth.lib.fifo`` FIFO (``buffered``: SyncFIFOBuffered), one cycle
+    at a time: :meth:`step` takes this cycle's ``w_en`` / ``r_en`` (after reading
+    :attr:`w_rdy` / :attr:`r_rdy`)."""
+
+    def __init__(self, depth: int, buffered: bool):
+        self.depth, self.buffered = depth, buffered
+        self.inner = 0
+        self.out = 0
+
+    @property
+    def level(self):
+        return self.inner + self.out
+
+    @property
+    def w_rdy(self):
+        return self.inner != self.depth - 1 if self.buffered else self.inner != self.depth
+
+    @property
+    def r_rdy(self):
+        return bool(self.out) if self.buffered else self.inner != 0
+
+    def step(self, w_en, r_en):
+        w = w_en and self.w_rdy
+        if not self.buffered:
+            self.inner += int(w) - int(r_en and self.r_rdy)
+            return
+        inner_read = self.inner != 0 and (not self.out or r_en)
+        self.inner += int(w) - int(inner_read)
+        if inner_read:
+            self.out = 1
+        elif r_en:
+            self.out = 0
+
+    def empty(self):
+        return self.inner == 0 and self.out == 0
+
+
+class _StoreUnit(_Unit):
+    """``StoreEngine`` (``hw/dma.py``) with the chip's store ``MemReader``, mirrored cycle by
+    cycle while a STORE is in flight (lazily: only up to the event asked for)."""
+
+    def __init__(self, model):
+        super().__init__(model, Unit.STORE)
+        p = model.p
+        se = StoreEngine(p)
+        self.resp_depth = se.resp_depth
+        self.rd_depth = MemReader(16, 8).depth
+        self.t = 0
+        self.front = "IDLE"
+        self.iss_left = 0
+        self.req_valid = False
+        self.reserved = 0
+        self.jobs = []              # (index, written cycle)
+        self.srd_inflight = False
+        self.srd_q = _Fifo(self.rd_depth, True)
+        self.resp = _Fifo(self.resp_depth, False)
+        self.active = False
+        self.j_left = 0
+        self.j_bpw = 1
+        self.j_cmd = None
+        self.wr_valid = False
+        self.w_k = 0
+        self.w_last_k = 0
+        self.w_last = False
+        self.w_cmd = None
+        self.wr_wait = 0
+        self.next_accept = 0        # index of the next command to accept
+        self.stall_cycles = []
+        self.busy_cycles = 0
+        self.busy_first = None
+
+    def submit(self, o: OpTiming, qr: int) -> None:
+        o.start = None
+        o.end = None
+        o._qr = qr
+        self.cmds.append(o)
+
+    def _idle(self):
+        return (self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
+                and self.reserved == 0 and not self.srd_inflight and self.srd_q.empty()
+                and self.resp.empty())
+
+    def _step(self):
+        """One cycle of the store engine, at cycle ``self.t``."""
+        t, m = self.t, self.model
+        I = m.I
+        # fast-forward over idle stretches to the next command's arrival
+        if self._idle():
+            nxt = self.cmds[self.next_accept]._qr if self.next_accept < len(self.cmds) else None
+            if nxt is not None and nxt > t:
+                self.wr_wait = max(0, self.wr_wait - (nxt - t))
+                self.t = t = nxt
+        srd_i_ready = self.srd_q.level + int(self.srd_inflight) < self.rd_depth
+        srd_take = self.req_valid and srd_i_ready
+        wr_ready = self.wr_wait == 0
+        wr_take = self.wr_valid and wr_ready
+        word_done = wr_take and self.w_k == self.w_last_k
+        pop = self.active and self.resp.r_rdy and (not self.wr_valid or word_done)
+        jobs_rdy = any(w < t for _, w in self.jobs)
+        job_pop = (not self.active) and jobs_rdy
+        accept = False
+        req_load = False
+        if self.front == "IDLE":
+            c = self.next_accept
+            if c < len(self.cmds) and self.cmds[c]._qr <= t and len(self.jobs) < 2:
+                accept = True
+        else:
+            credit = self.reserved < self.resp_depth or pop
+            req_free = (not self.req_valid) or srd_i_ready
+            req_load = req_free and credit
+        busy = (self.front != "IDLE" or jobs_rdy or self.active or self.wr_valid
+                or self.reserved != 0)
+        if busy:
+            self.busy_cycles += 1
+        if self.wr_valid and not wr_ready:
+            self.stall_cycles.append(t)
+        # -- next state --
+        self.reserved += int(req_load) - int(pop)
+        if self.req_valid and srd_i_ready:
+            self.req_valid = False
+        if req_load:
+            self.req_valid = True
+        q_r_rdy = self.srd_q.r_rdy
+        resp_w_rdy = self.resp.w_rdy
+        self.srd_q.step(self.srd_inflight, resp_w_rdy)
+        self.srd_inflight = srd_take
+        self.resp.step(q_r_rdy, pop)
+        if word_done and self.w_last:
+            self.w_cmd.end = t + 1          # done is registered
+        if job_pop:
+            idx, _ = self.jobs.pop(0)
+            o = self.cmds[idx]
+            self.active = True
+            self.j_left = o.fields["words"]
+            self.j_bpw = bus_words_per(m.p, Buf(o.fields["buf"]))
+            self.j_cmd = o
+        if wr_take:
+            if self.w_k == self.w_last_k:
+                self.wr_valid = False
+            self.w_k += 1
+            self.wr_wait = I - 1
+        elif self.wr_wait:
+            self.wr_wait -= 1
+        if pop:
+            self.wr_valid = True
+            self.w_k = 0
+            self.w_last_k = self.j_bpw - 1
+            self.w_last = self.j_left == 1
+            self.w_cmd = self.j_cmd
+            if self.j_left == 1:
+                self.active = False
+            self.j_left -= 1
+        if accept:
+            o = self.cmds[self.next_accept]
+            o.start = t
+            self.jobs.append((self.next_accept, t))
+            self.next_accept += 1
+            self.front = "ISSUE"
+            self.iss_left = o.fields["words"]
+        elif req_load:
+            if self.iss_left == 1:
+                self.front = "IDLE"
+            self.iss_left -= 1
+        self.t = t + 1
+
+    def start_of(self, c: int) -> int:
+        while self.cmds[c].start is None:
+            self._step()
+        return self.cmds[c].start
+
+    def end_of(self, c: int) -> int:
+        while self.cmds[c].end is None:
+            self._step()
+        return self.cmds[c].end
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+class Model:
+    """The per-unit duration models of one chip configuration (``params``, ``vector``)."""
+
+    def __init__(self, params: ChipParams, *, vector: bool = False, interval: int = 0,
+                 latency: int | None = None):
+        p = self.p = params
+        self.vector = vector
+        if not 0 <= interval <= 255:
+            raise ValueError(f"interval = {interval} is not a memory interval (0..255)")
+        self.I = max(1, interval)
+        self.L = p.offchip_latency if latency is None else latency
+        if self.L != p.offchip_latency:
+            raise ValueError(f"latency = {self.L}: the memory model's latency is "
+                             f"ChipParams.offchip_latency = {p.offchip_latency}")
+        resp = LoadEngine(p).resp_depth
+        if self.L + 3 >= resp:
+            raise NotImplementedError(
+                f"LOAD credits bind (latency {self.L} + 3 >= resp_depth {resp}): not modelled")
+        arr = SystolicArray(p)
+        self.grid_out = arr.latency + Pipe.FIFO_LATENCY   # accepted row -> scaler input
+        sc = GroupScaler(p)
+        self.scaler_stages = sc.STAGES
+        if sc.STAGES + Pipe.FIFO_LATENCY >= sc.fifo_depth:
+            raise NotImplementedError(
+                f"GroupScaler credits bind ({sc.STAGES} stages, FIFO {sc.fifo_depth}): final "
+                f"rows below one per cycle are not modelled")
+        self.reader = 1 + Pipe.FIFO_LATENCY   # MemReader: read port + SyncFIFOBuffered
+        self.rd_free = 0
+
+    # -- closed forms ---------------------------------------------------------------------
+    def gemm_eff(self, f: dict, pos: int) -> tuple[int, int, int]:
+        R, PC = self.p.rows, self.p.cols // 2
+        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
+        if f["dyn"] == Dyn.POS:
+            if f["wsrc"] == WSrc.KV_TILED:
+                n = -(-(pos + T) // PC)
+            elif f["wsrc"] == WSrc.KV_ROWS:
+                k = -(-(pos + T) // R)
+        return T, n, k
+
+    def gemm_cycles(self, f: dict, pos: int) -> tuple[int, tuple[int, int] | None]:
+        """(cycles from acceptance to ``done``, the ACC write window relative to
+        acceptance or None) of a GEMM."""
+        R = self.p.rows
+        T, n, k = self.gemm_eff(f, pos)
+        N = n * k
+        s = _GEMM_SETUP                       # CHECK: generators start the next cycle
+        latch0 = s + self.reader + R          # tile 0's last weight row enters the grid
+        e0 = latch0 + 1 + self.grid_out       # its first activation row enters the scaler
+        period = max(R, T + _PARAM_GAP)
+        y = e0 + (N - 1) * period + T - 1     # the last row enters the scaler
+        if f["final"]:
+            end = y + self.scaler_stages + Pipe.FIFO_LATENCY + 1
+            first_final = e0 + (k - 1) * period + self.scaler_stages + Pipe.FIFO_LATENCY
+            return end, (first_final, end)
+        return y + _SCALER_NONFINAL + 1, None
+
+    def kv_cycles(self, f: dict, pos: int) -> tuple[int, tuple[int, int]]:
+        R = self.p.rows
+        words = f["d"] // R
+        per_token = _KV_TOKEN + sum(
+            _KV_WORD + R + int((w * R) % _KV_SCALE_GROUP == 0) + int(w == 0)
+            for w in range(words))
+        end = _KV_SETUP + f["t_len"] * per_token
+        return end, (0, end)
+
+    def vec_cycles(self, f: dict, pos: int) -> tuple[int, tuple[int, int]]:
+        cyc = vec_cycles(self.p, f, pos)
+        return cyc, (0, cyc)
+
+
+def _vec_writes(f: dict) -> Buf:
+    fn = VecFn(f["fn"])
+    if fn == VecFn.QUANT or (fn == VecFn.COPY and f["buf"] == VecBuf.ACT):
+        return Buf.ACT
+    return Buf.ACC
+
+
+# -- VEC durations: VecEngine in amaranth.sim ----------------------------------------------------
+
+_VEC_CACHE: dict = {}
+_CACHE_DIR = Path(__file__).resolve().parent.parent / "build" / "timing"
+
+
+def _vec_key(p: ChipParams, f: dict, pos: int) -> tuple:
+    """The fields a VEC op's duration depends on (addresses and strides do not)."""
+    fn = VecFn(f["fn"])
+    length = pos + f["rows"] if f["dyn"] == Dyn.POS else f["length"]
+    keep = ["fn", "rows", "half"]
+    if fn == VecFn.QUANT:
+        keep += ["qmode", "per_row", "vfold", "causal", "vgroups"]
+    if fn == VecFn.SOFTMAX:
+        keep += ["causal"]
+    if fn == VecFn.COPY:
+        keep += ["buf", "repack"]
+    k = tuple((name, int(f[name])) for name in keep)
+    causal_pos = pos if (fn in (VecFn.SOFTMAX, VecFn.QUANT) and f["causal"]) else 0
+    return k + (("length", length), ("pos", causal_pos))
+
+
+def _hw_key(p: ChipParams) -> str:
+    """A digest of the hw sources and the params: cached VEC durations follow the hw."""
+    root = Path(__file__).resolve().parent.parent / "hw"
+    h = hashlib.sha256(repr(p).encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _cache_file(p: ChipParams) -> Path:
+    return _CACHE_DIR / f"vec_{_hw_key(p)}.json"
+
+
+def _load_cache(p: ChipParams) -> dict:
+    key = (p, "vec")
+    if key not in _VEC_CACHE:
+        path = _cache_file(p)
+        table = {}
+        if path.exists():
+            try:
+                table = {tuple(tuple(x) for x in json.loads(k)): v
+                         for k, v in json.loads(path.read_text()).items()}
+            except (ValueError, TypeError):
+                table = {}
+        _VEC_CACHE[key] = table
+    return _VEC_CACHE[key]
+
+
+def _save_cache(p: ChipParams) -> None:
+    table = _VEC_CACHE[(p, "vec")]
+    path = _cache_file(p)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{id(table)}.tmp")
+    tmp.write_text(json.dumps({json.dumps(k): v for k, v in table.items()}))
+    tmp.replace(path)
+
+
+def measure_vec(p: ChipParams, ops: list[tuple[dict, int]]) -> list[int]:
+    """Cycles from acceptance to ``done`` of each VEC op ``(fields, pos)``, run one after the
+    other on ``VecEngine(p)`` alone in ``amaranth.sim`` (read data 0, write ports always
+    ready: the rules keep other units' writes away)."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from hw.isa import encode
+    from hw.vector.engine import VecEngine
+
+    eng = VecEngine(p)
+    top = Module()
+    top.submodules.eng = eng
+    now = Signal(40)
+    top.d.sync += now.eq(now + 1)
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    out = []
+    width = len(eng.cmd.payload.args.as_value())
+
+    async def tb(ctx):
+        ctx.set(eng.acc_wr.ready, 1)
+        ctx.set(eng.act_wr.ready, 1)
+        for f, pos in ops:
+            word = encode(Op.VEC, **f)
+            ctx.set(eng.cmd.payload.args.as_value(), (word >> OP_BITS) & ((1 << width) - 1))
+            ctx.set(eng.cmd.payload.pos, pos)
+            ctx.set(eng.cmd.valid, 1)
+            assert ctx.get(eng.cmd.ready), "VecEngine not idle"
+            a = ctx.get(now)                 # accepted at this cycle's edge
+            await ctx.tick()
+            ctx.set(eng.cmd.valid, 0)
+            if not ctx.get(eng.done):
+                await ctx.tick().until(eng.done)
+            if ctx.get(eng.err_valid):
+                raise ValueError(f"VEC {f} at pos {pos} fails its checks "
+                                 f"(Err {ctx.get(eng.err_code)}): predict needs legal programs")
+            out.append(ctx.get(now) - a)
+            await ctx.tick()
+
+    sim.add_testbench(tb)
+    sim.run()
+    return out
+
+
+def vec_cycles(p: ChipParams, f: dict, pos: int) -> int:
+    """Cycles from a VEC op's acceptance to its ``done`` (cached; :func:`prepare_vec` measures
+    many at once)."""
+    table = _load_cache(p)
+    key = _vec_key(p, f, pos)
+    if key not in table:
+        prepare_vec(p, [(f, pos)])
+    return table[key]
+
+
+def prepare_vec(p: ChipParams, ops: list[tuple[dict, int]]) -> None:
+    """Measure the VEC ops ``(fields, pos)`` not in the cache yet, in one simulation."""
+    table = _load_cache(p)
+    todo = {}
+    for f, pos in ops:
+        key = _vec_key(p, f, pos)
+        if key not in table and key not in todo:
+            todo[key] = (f, pos)
+    if not todo:
+        return
+    cycles = measure_vec(p, list(todo.values()))
+    for key, cyc in zip(todo, cycles, strict=True):
+        table[key] = cyc
+    _save_cache(p)
+
+
+# -- predict ------------------------------------------------------------------------------------
+
+
+def _check_rules(units: dict, ops: list) -> None:
+    def spans(unit, pred):
+        u = units.get(unit)
+        if u is None:
+            return []
+        return [(o, w) for o, w in zip(u.cmds, u.windows, strict=True) if w is not None and pred(o)]
+
+    loads = units[Unit.LOAD]
+    load_w = {b: [(o, w) for o, w in zip(loads.cmds, loads.windows, strict=True)
+                  if o.fields["buf"] == b] for b in Buf}
+    gemm_acc = spans(Unit.GEMM, lambda o: o.fields["final"])
+    vec_acc = spans(Unit.VEC, lambda o: _vec_writes(o.fields) == Buf.ACC)
+    vec_act = spans(Unit.VEC, lambda o: _vec_writes(o.fields) == Buf.ACT)
+    kv = spans(Unit.KV, lambda o: True)
+    pairs = [(1, load_w[Buf.ACC], gemm_acc + vec_acc), (2, load_w[Buf.ACT], vec_act),
+             (3, load_w[Buf.KV], kv), (4, vec_acc, gemm_acc)]
+    for rule, low, high in pairs:
+        for ol, (la, lb) in low:
+            for oh, (ha, hb) in high:
+                if la <= hb and ha <= lb:
+                    raise RuleViolation(
+                        f"predictability rule {rule}: {ol.op.name} at pc {ol.pc} (writes cycles "
+                        f"{la}..{lb}) overlaps {oh.op.name} at pc {oh.pc} (cycles {ha}..{hb}) on "
+                        f"a shared buffer write port; separate them with a WAIT "
+                        f"(sim/timing.py)")
+
+
+def predict(params: ChipParams, program_words, *, vector: bool = False, interval: int = 0,
+            latency: int | None = None, pos_init: int = 0, check_rules: bool = True) -> Timing:
+    """The cycle-exact timing of a job running ``program_words`` (the micro-ops as ints, as
+    loaded at ``prog_addr``) on ``Chip(params, vector=vector)`` with the memory model's
+    ``interval`` (no jitter) and ``pos_init``. Raises :class:`RuleViolation` for a program
+    that breaks a predictability rule (module docstring) and ``ValueError`` for one that ends
+    in a sequencer error."""
+    p = params
+    words = [int(w) for w in program_words]
+    model = Model(p, vector=vector, interval=interval, latency=latency)
+    I, L = model.I, model.L
+    D = p.queue_depth
+    if not words:
+        raise ValueError("predict: an empty program ends in Err.PROG_RANGE")
+    if len(words) > p.uop_depth:
+        raise ValueError(f"predict: {len(words)} micro-ops do not fit uop_depth = {p.uop_depth}")
+    queued = QUEUED_UNITS + ((Unit.VEC,) if vector else ())
+
+    # VEC durations first, all in one simulation (pos at dispatch is known without timing)
+    if vector:
+        pos, vops = pos_init, []
+        for w in words:
+            op, f = decode(w)
+            if op == Op.SETPOS:
+                pos = (pos + f["value"] if f["add"] else f["value"])
+            elif op == Op.VEC:
+                vops.append((f, pos))
+            elif op == Op.HALT:
+                break
+        prepare_vec(p, vops)
+
+    units = {
+        Unit.LOAD: _LoadUnit(model),
+        Unit.STORE: _StoreUnit(model),
+        Unit.GEMM: _SerialUnit(model, Unit.GEMM, lambda o: model.gemm_cycles(o.fields, o.pos)),
+        Unit.KV: _SerialUnit(model, Unit.KV, lambda o: model.kv_cycles(o.fields, o.pos)),
+    }
+    if vector:
+        units[Unit.VEC] = _SerialUnit(model, Unit.VEC,
+                                      lambda o: model.vec_cycles(o.fields, o.pos))
+    ys = {u: [] for u in queued}     # cycle each entry moved to its queue's output register
+
+    # boot
+    IB = math.ceil(INSTR_BITS / bus_bits(p))
+    n_boot = len(words) * IB
+    last_boot = _BOOT_FIRST_REQUEST + (n_boot - 1) * I
+    model.rd_free = last_boot + I
+    fetch = last_boot + L + _BOOT_TO_FETCH
+    stall_wait = stall_queue = 0
+    pos = pos_init
+    ops = []
+    pc = 0
+    while True:
+        if pc >= len(words):
+            raise ValueError(f"predict: pc {pc} runs past the program: Err.PROG_RANGE")
+        op, f = decode(words[pc])
+        x = fetch + 1  # EXEC
+        if not isinstance(op, Op):
+            raise ValueError(f"predict: pc {pc}: opcode {op:#x} is Err.ILLEGAL_OP")
+        o = OpTiming(pc, op, None, x, fields=f, pos=pos)
+        if op == Op.HALT:
+            o.start = x
+            ops.append(o)
+            break
+        if op == Op.NOP:
+            pass
+        elif op == Op.SETPOS:
+            new = pos + f["value"] if f["add"] else f["value"]
+            if new >= 1 << 16:
+                raise ValueError(f"predict: pc {pc}: SETPOS to {new} is Err.BAD_FIELD")
+            pos = new
+        elif op == Op.WAIT:
+            if not isinstance(f["unit"], Unit) or f["unit"] not in units:
+                raise ValueError(f"predict: pc {pc}: WAIT on unit {f['unit']} "
+                                 f"({'Err.BAD_FIELD' if f['unit'] > max(Unit) else 'no queue'})")
+            u = units[f["unit"]]
+            k = len(u.cmds) - f["count"] - 1
+            if k >= 0:
+                x = max(x, u.end_of(k) + 1)
+            stall_wait += x - o.issue
+            o.issue = o.start = x
+        else:
+            uid = OP_UNIT[op]
+            if uid not in units:
+                raise ValueError(f"predict: pc {pc}: {op.name} without its unit is "
+                                 f"Err.UNSUPPORTED")
+            u = units[uid]
+            o.unit = uid
+            c = len(u.cmds)
+            y = ys[uid]
+            if c >= D - 1:
+                x = max(x, y[c - D + 1] + 1)      # the queue's inner storage has room
+            stall_queue += x - o.issue
+            o.issue = x
+            yc = max(x + 1, u.start_of(c - 1)) if c else x + 1
+            y.append(yc)
+            u.submit(o, yc + 1)
+        ops.append(o)
+        fetch = x + 1
+        pc += 1
+
+    halt = ops[-1].issue
+    ends = [u.end_of(c) for u in units.values() for c in range(len(u.cmds))]
+    last = max([halt + 1] + [e + 1 for e in ends])
+    for u in units.values():  # resolve every start of a lazily modelled unit
+        for c in range(len(u.cmds)):
+            u.start_of(c)
+    counters = {Counter.CYCLES: last, Counter.STALL_WAIT: stall_wait,
+                Counter.STALL_QUEUE: stall_queue}
+    busy = {Unit.LOAD: Counter.BUSY_LOAD, Unit.STORE: Counter.BUSY_STORE,
+            Unit.GEMM: Counter.BUSY_GEMM, Unit.VEC: Counter.BUSY_VEC, Unit.KV: Counter.BUSY_KV}
+    for uid, cnt in busy.items():
+        u = units.get(uid)
+        if u is None:
+            counters[cnt] = 0
+        elif uid == Unit.STORE:
+            counters[cnt] = u.busy_cycles
+        else:
+            counters[cnt] = _union_len(u.busy)
+    lu, su = units[Unit.LOAD], units[Unit.STORE]
+    if not any(lu.stalling(t) for t in su.stall_cycles):
+        counters[Counter.STALL_MEM] = lu.stall_count() + len(su.stall_cycles)
+    if check_rules:
+        _check_rules(units, ops)
+    return Timing(last, counters, ops)
