@@ -627,10 +627,24 @@ def check_params(p: ChipParams) -> None:
 # -- numpy codec of buffer words (used by the compiler's memory images and the ISA simulator) --
 
 
+_LEAVES: dict = {}  # id(layout) -> (layout, leaves): the codec's hot path asks again and again
+
+
 def leaf_fields(layout, prefix: str = "", offset: int = 0) -> list[tuple[str, int, int, bool, int]]:
     """The leaves of a layout: ``(path, bit offset, width, signed, count)``; an array of
     scalars is one leaf with ``count`` elements spaced ``width`` apart (so it unpacks as one
     numpy column block). Union members all start at bit 0."""
+    if not prefix and not offset:
+        hit = _LEAVES.get(id(layout))
+        if hit is not None and hit[0] is layout:
+            return hit[1]
+        leaves = _leaf_fields(layout, "", 0)
+        _LEAVES[id(layout)] = (layout, leaves)
+        return leaves
+    return _leaf_fields(layout, prefix, offset)
+
+
+def _leaf_fields(layout, prefix: str, offset: int) -> list[tuple[str, int, int, bool, int]]:
     layout = data.Layout.cast(layout)
     out = []
     if isinstance(layout, data.ArrayLayout):
@@ -638,7 +652,7 @@ def leaf_fields(layout, prefix: str = "", offset: int = 0) -> list[tuple[str, in
         if isinstance(elem, data.Layout):
             esize = data.Layout.cast(elem).size
             for i in range(layout.length):
-                out += leaf_fields(elem, f"{prefix}[{i}]", offset + i * esize)
+                out += _leaf_fields(elem, f"{prefix}[{i}]", offset + i * esize)
         else:
             s = _shape_of(elem)
             out.append((prefix, offset, s.width, s.signed, layout.length))
@@ -650,7 +664,7 @@ def leaf_fields(layout, prefix: str = "", offset: int = 0) -> list[tuple[str, in
         except TypeError:
             sub = None
         if sub is not None:
-            out += leaf_fields(sub, path, offset + f.offset)
+            out += _leaf_fields(sub, path, offset + f.offset)
         else:
             s = _shape_of(f.shape)
             out.append((path, offset + f.offset, s.width, s.signed, 1))
@@ -670,17 +684,34 @@ def word_bytes(layout) -> int:
 
 def unpack_words(layout, raw):
     """Raw words ``raw`` (uint8 [..., word_bytes]) -> {field path: int64 array [...] or
-    [..., count]} for every leaf of ``layout`` (union members all decoded)."""
+    [..., count]} for every leaf of ``layout`` (union members all decoded).
+
+    Byte-aligned 8/16/32-bit leaves are read as numpy views; any other leaf gathers the 8
+    bytes that hold each of its elements as a little-endian uint64 and shifts and masks."""
     import numpy as np
 
     raw = np.asarray(raw, np.uint8)
-    bits = np.unpackbits(raw, axis=-1, bitorder="little").astype(np.int64)
+    lead = raw.shape[:-1]
+    flat = raw.reshape(-1, raw.shape[-1])
+    padded = None
     out = {}
     for path, off, width, sgn, count in leaf_fields(layout):
-        w = bits[..., off:off + width * count].reshape(*bits.shape[:-1], count, width)
-        v = (w << np.arange(width, dtype=np.int64)).sum(-1)
-        if sgn:
-            v = np.where(v >= 1 << (width - 1), v - (1 << width), v)
+        if off % 8 == 0 and width in (8, 16, 32):
+            nb = width // 8
+            chunk = np.ascontiguousarray(flat[:, off // 8: off // 8 + nb * count])
+            v = chunk.view(f"<{'i' if sgn else 'u'}{nb}").astype(np.int64)
+        else:
+            if padded is None:  # 8 spare bytes: every element's uint64 gather stays inside
+                padded = np.zeros((flat.shape[0], flat.shape[1] + 8), np.uint8)
+                padded[:, :flat.shape[1]] = flat
+            starts = off + width * np.arange(count)
+            idx = (starts // 8)[:, None] + np.arange(8)
+            g = np.ascontiguousarray(padded[:, idx]).view("<u8")[..., 0]  # [n, count]
+            v = ((g >> (starts % 8).astype(np.uint64)) & np.uint64((1 << width) - 1))
+            v = v.astype(np.int64)
+            if sgn:
+                v = np.where(v >= 1 << (width - 1), v - (1 << width), v)
+        v = v.reshape(*lead, count)
         out[path] = v if count > 1 else v[..., 0]
     return out
 

@@ -177,8 +177,9 @@ def _leaf(layout) -> str:
 
 
 def _signed(v, bits):
-    v = np.asarray(v, np.int64)
-    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+    """``bits``-bit two's complement values of unsigned ``v`` (int64)."""
+    half = 1 << (bits - 1)
+    return ((np.asarray(v, np.int64) + half) & ((1 << bits) - 1)) - half
 
 
 def round_output(y, sh):
