@@ -1,0 +1,573 @@
+"""The compiler: a real model -> micro-op programs and the off-chip memory image they run on.
+
+Input: a model in the chip's formats (``sw/quantize.py``: :class:`~sw.quantize.QMiniLM`, INT8
+weights; :class:`~sw.quantize.QSmolLM2`, its GGUF Q4_1 / Q8_0 blocks unchanged) and a
+:class:`~hw.params.ChipParams`. Output: a :class:`CompiledModel`: one :class:`~sim.programs.Image`
+(every weight, constant and table placed once, in the buffer word formats of ``hw/isa.py``)
+and the programs that run on it, each one step of the model with no host in the loop:
+
+- **SmolLM2** (:class:`SmolLM2Compiled`): a program per step length ``T`` (a prefill chunk of
+  ``T`` tokens, or ``T = 1`` for decode), all 30 decoder layers, the final RMSNorm and the LM
+  head: the host writes the step's input rows (the token embeddings, ``sim.golden.embed``, a
+  table lookup) into the input slot, starts the program with ``pos`` = the tokens already in
+  the cache, and reads back the last token's logits (it then picks the next token). The KV
+  cache stays on chip between steps (a region per layer and KV head, ``cap`` positions);
+  every program ends with ``SETPOS pos += T``, so one decode program serves every position.
+- **MiniLM** (:class:`MiniLMCompiled`): one program per sequence length: the embedding sums
+  and LayerNorm, the 6 encoder layers; the host writes the word embeddings of the tokens and
+  reads back the last hidden states (mean pooling and L2 normalization stay on the host, as
+  ``sw/reference.py`` does them).
+
+Tiling and schedule (per op, :class:`sim.programs.Builder`): the residual stream and every
+intermediate of a layer live in ACC / ACT (the ``half`` layout for INT8 GEMM outputs); weight
+GEMMs stream their weights and column parameters through alternating halves of WGT and PRM,
+each chunk loaded while the one before runs; attention runs per head on the KV cache
+(``KV_APPEND``, QKᵀ, softmax, P·V in two planes); every ``WAIT`` is placed from the ops'
+buffer footprints, so units overlap wherever the data allow.
+
+What does not fit is a :class:`CompileError` naming the buffer, the words needed and the words
+the configuration has (and the ``ChipParams`` field to grow), before any program is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.isa import (
+    Buf,
+    Dyn,
+    KvKind,
+    Op,
+    QuantMode,
+    VecFn,
+    buffer_depth,
+    bus_words_per,
+    encode,
+    word_bytes,
+    word_layout,
+)
+from hw.params import ChipParams
+from sim import golden as G
+from sim.programs import (
+    Builder,
+    Image,
+    KvHead,
+    acc_words,
+    bus_image,
+    norm_prm_fields,
+    per_word,
+    rope_fields,
+    sub_weight,
+    wide_fields,
+    wide_rows,
+)
+
+__all__ = ["CompileError", "Section", "Program", "CompiledModel", "SmolLM2Compiled",
+           "MiniLMCompiled", "buffer_kib"]
+
+#: Which ``ChipParams`` field sizes each buffer (for error messages).
+_BUF_FIELD = {Buf.WGT: "weight_sram_kib", Buf.ACT: "act_sram_kib", Buf.ACC: "acc_sram_kib",
+              Buf.KV: "kv_sram_kib", Buf.PRM: "prm_entries"}
+
+
+class CompileError(ValueError):
+    """A model, sequence length or context that does not fit the configured chip."""
+
+
+def buffer_kib(p: ChipParams, buf: Buf, words: int) -> float:
+    """KiB of ``words`` words of ``buf``."""
+    return words * word_bytes(word_layout(p, buf)) / 1024
+
+
+@dataclass
+class Section:
+    """Micro-ops ``start .. end - 1`` of a program do ``label`` (a layer, the LM head...)."""
+
+    label: str
+    start: int
+    end: int
+
+
+@dataclass
+class Program:
+    """One compiled step: micro-ops placed in the image at ``addr`` (``length`` ops), the
+    buffer words it uses, its sections, and where its input / output rows are."""
+
+    name: str
+    T: int
+    words: list[int]
+    addr: int
+    sections: list[Section]
+    usage: dict            #: Buf -> words used (high-water mark)
+    in_off: int            #: bus address of the input rows the host writes
+    out_off: int           #: bus address of the output rows the program stores
+    out_rows: int
+    out_len: int
+    out_half: bool         #: the output rows' layout (``half``: ``PC`` per ACC word)
+    in_half: bool          #: the input rows' layout
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+
+class _Plan:
+    """Bump allocation of the buffers of one program, checked as a whole: every region is
+    handed out first, then :meth:`check` raises one :class:`CompileError` listing every
+    buffer that overflows (what needs it and by how much)."""
+
+    def __init__(self, p: ChipParams, what: str):
+        self.p = p
+        self.what = what
+        self.top = dict.fromkeys(Buf, 0)
+        self.parts: dict[Buf, list[tuple[str, int]]] = {b: [] for b in Buf}
+
+    def alloc(self, buf: Buf, n: int, name: str) -> int:
+        addr = self.top[buf]
+        self.top[buf] += n
+        self.parts[buf].append((name, n))
+        return addr
+
+    def rest(self, buf: Buf, name: str, at_least: int) -> tuple[int, int]:
+        """Everything left of ``buf`` (at least ``at_least`` words): ``(base, words)``."""
+        base = self.top[buf]
+        n = max(buffer_depth(self.p, buf) - base, at_least)
+        self.alloc(buf, n, name)
+        return base, n
+
+    def check(self) -> None:
+        bad = []
+        for buf, used in self.top.items():
+            have = buffer_depth(self.p, buf)
+            if used > have:
+                parts = ", ".join(f"{name} {n}" for name, n in self.parts[buf])
+                unit = "entries" if buf == Buf.PRM else (
+                    f"words, {buffer_kib(self.p, buf, used):.0f} KiB")
+                bad.append(f"{buf.name} needs {used} {unit} but the chip has {have} "
+                           f"(short by {used - have}; grow ChipParams.{_BUF_FIELD[buf]}): "
+                           f"{parts}")
+        if bad:
+            raise CompileError(f"{self.what} does not fit the chip: " + "; ".join(bad))
+
+
+@dataclass
+class CompiledModel:
+    """An image and the programs compiled onto it (built on demand by ``program``)."""
+
+    p: ChipParams
+    img: Image
+    programs: dict = field(default_factory=dict)
+
+    def _place(self, name: str, T: int, b: Builder, plan: _Plan, sections, in_off, out_off,
+               out_rows, out_len, out_half, in_half) -> Program:
+        words = b.program()
+        if len(words) > self.p.uop_depth:
+            raise CompileError(f"{name}: {len(words)} micro-ops do not fit the micro-op memory "
+                               f"of {self.p.uop_depth} (grow ChipParams.uop_depth)")
+        addr, _ = self.img.put_program(words)
+        prog = Program(name, T, words, addr, sections, dict(plan.top), in_off, out_off,
+                       out_rows, out_len, out_half, in_half)
+        self.programs[name] = prog
+        return prog
+
+    def result(self, prog: Program, mem) -> np.ndarray:
+        """A program's output rows (wide [out_rows, out_len]) from an off-chip memory."""
+        W = -(-prog.out_len // per_word(self.p, prog.out_half))
+        words = acc_words(self.p, mem, prog.out_off, prog.out_rows * W)
+        return wide_rows(self.p, words, prog.out_len, half=prog.out_half)
+
+    def input_bytes(self, prog: Program, rows) -> np.ndarray:
+        """The input rows (wide [T, d]) as the bytes the host writes at ``prog.in_off``."""
+        rows = np.asarray(rows)
+        if rows.shape[0] != prog.T:
+            raise ValueError(f"{prog.name}: {rows.shape[0]} input rows for a {prog.T}-row step")
+        return bus_image(self.p, Buf.ACC, wide_fields(self.p, rows, half=prog.in_half)).ravel()
+
+    def output_bus_words(self, prog: Program) -> int:
+        W = -(-prog.out_len // per_word(self.p, prog.out_half))
+        return prog.out_rows * W * bus_words_per(self.p, Buf.ACC)
+
+
+def _sections_start(b: Builder) -> int:
+    return len(b.ops)
+
+
+# -- SmolLM2 ----------------------------------------------------------------------------------
+
+
+class SmolLM2Compiled(CompiledModel):
+    """SmolLM2 compiled for a chip: ``cap`` KV-cache positions (prompt plus generated
+    tokens), prefill chunks of at most ``chunk`` tokens. :meth:`program` builds (once) the
+    step program of ``T`` tokens."""
+
+    def __init__(self, m, p: ChipParams, cap: int, chunk: int = 16, head_chunk: int = 2048):
+        cfg = m.config
+        if m.act_passes != 2:
+            raise CompileError("the compiler schedules SmolLM2 with A8x2 activations "
+                               f"(act_passes = 2), got act_passes = {m.act_passes}")
+        if cap < 1:
+            raise CompileError(f"KV cache capacity must be at least 1 token, got {cap}")
+        table = m.rope_cos.shape[0]
+        if cap > table:
+            raise CompileError(f"a context of {cap} tokens is beyond the model's RoPE table "
+                               f"({table} positions; quantize with more positions)")
+        if cap > cfg.context_length:
+            raise CompileError(f"a context of {cap} tokens is beyond SmolLM2's context length "
+                               f"{cfg.context_length}")
+        if not 1 <= chunk <= cap:
+            raise CompileError(f"prefill chunk must be 1..{cap} tokens, got {chunk}")
+        super().__init__(p, Image(p))
+        self.m, self.cfg, self.cap, self.chunk = m, cfg, cap, chunk
+        # the KV cache: a region per layer and KV head, fixed for every program
+        heads, kv = [], 0
+        for _ in range(cfg.n_layers):
+            row = []
+            for _ in range(cfg.n_kv_heads):
+                row.append(KvHead(p, cfg.d_head, cap, base=kv))
+                kv = row[-1].end
+            heads.append(row)
+        if kv > buffer_depth(p, Buf.KV):
+            have = buffer_depth(p, Buf.KV)
+            raise CompileError(
+                f"the KV cache for {cap} positions ({cfg.n_layers} layers x {cfg.n_kv_heads} "
+                f"KV heads x {cfg.d_head} dims) needs {kv} KV words "
+                f"({buffer_kib(p, Buf.KV, kv):.0f} KiB) but the chip has {have} "
+                f"({buffer_kib(p, Buf.KV, have):.0f} KiB; grow ChipParams.kv_sram_kib or "
+                f"shorten the context)")
+        self.heads = heads
+        self.kv_words = kv
+        # the LM head in column chunks (objects kept: the image places each chunk once)
+        V = m.lm_head.q.shape[0]
+        step = head_chunk
+        self.head_chunks = [(n0, min(n0 + step, V),
+                             sub_weight(m.lm_head, 0, m.lm_head.q.shape[1], n0, min(n0 + step, V)))
+                            for n0 in range(0, V, step)]
+        self.vocab = V
+        self.logits_off = self.img.reserve(Buf.ACC, self._logit_words())
+
+    def _logit_words(self) -> int:
+        return -(-self.vocab // per_word(self.p, True))
+
+    def chunks(self, n: int) -> list[int]:
+        """Prefill chunk lengths for ``n`` prompt tokens."""
+        return [min(self.chunk, n - i) for i in range(0, n, self.chunk)]
+
+    def program(self, T: int) -> Program:
+        name = f"smollm2_T{T}"
+        if name not in self.programs:
+            self._build(T, name)
+        return self.programs[name]
+
+    def _build(self, T: int, name: str) -> Program:
+        p, cfg, m, cap = self.p, self.cfg, self.m, self.cap
+        if not 1 <= T <= cap:
+            raise CompileError(f"{name}: a step of {T} tokens does not fit the {cap}-token "
+                               "KV cache")
+        R, C, PC = p.rows, p.cols, p.cols // 2
+        D, H, Hkv, dh, Dff = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff
+        rep = H // Hkv
+        T2 = 2 * T
+        WD, WK, WF, WA = D // C, Hkv * dh // C, Dff // C, D // PC
+        KD, KF = D // R, Dff // R
+        nq, kq, nv, wq, hw = -(-cap // PC), -(-cap // R), dh // PC, dh // R, dh // C
+        HC = max(n1 - n0 for n0, n1, _ in self.head_chunks)
+        WL = -(-HC // PC)  # ACC words of one LM-head chunk row (INT8 GEMM: half layout)
+        pl = _Plan(p, f"SmolLM2 step of {T} tokens (KV cache of {cap})")
+        # ACC: RoPE table, residual stream, norm output; then the attention phase, the FFN
+        # phase and the LM head reuse one scratch region
+        acc_tab = pl.alloc(Buf.ACC, cap * hw, "RoPE table")
+        acc_h = pl.alloc(Buf.ACC, T * WD, "residual stream")
+        acc_n = pl.alloc(Buf.ACC, T * WD, "norm output")
+        scratch = pl.top[Buf.ACC]
+        att = [("q", T2 * WD), ("k", T2 * WK), ("v", T2 * WK), ("scores", T * nq),
+               ("attention", T * WA), ("o", T2 * WD)]
+        ffn = [("gate", T2 * WF), ("up", T2 * WF)]
+        head = [("logits (2 buffers)", 2 * 2 * WL)]
+        regions = {}
+        need = 0
+        for phase in (att, ffn, head):
+            at = scratch
+            for nm, n in phase:
+                regions[nm] = at
+                at += n
+            need = max(need, at - scratch)
+        pl.alloc(Buf.ACC, need, "scratch (attention / FFN / LM head)")
+        acc_q, acc_k, acc_v = regions["q"], regions["k"], regions["v"]
+        acc_s, acc_att, acc_o = regions["scores"], regions["attention"], regions["o"]
+        acc_g, acc_u = regions["gate"], regions["up"]
+        acc_d = acc_u
+        acc_l = regions["logits (2 buffers)"]
+        # ACT: the GEMM inputs (two blocks), per query head q8 and P's planes, per KV head
+        # k8 and v8
+        act_x = pl.alloc(Buf.ACT, T2 * max(KD, KF), "GEMM inputs (A8x2)")
+        act_q = pl.alloc(Buf.ACT, H * (T * wq + 2 * T * kq), "queries and P planes")
+        act_kv = pl.alloc(Buf.ACT, Hkv * 2 * T * wq, "new keys and values")
+        # PRM: P·V parameters, the norm gains (reloaded per layer), streamed GEMM parameters
+        Wc = -(-D // C)
+        prm_pv = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
+        prm_n1 = pl.alloc(Buf.PRM, Wc + 1, "attention RMSNorm")
+        prm_n2 = pl.alloc(Buf.PRM, Wc + 1, "FFN / final RMSNorm")
+        groups = max(qw.q.shape[1] for qw in (m.layers[0].wd, m.lm_head)) // G.NUM.group
+        prm_gemm = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
+        wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
+        pl.alloc(Buf.KV, self.kv_words, f"KV cache ({cap} positions)")
+        pl.check()
+
+        b = Builder(p, self.img, pos_hi=cap - T)
+        b.top.update(pl.top)
+        sections = []
+
+        def gemm(qw, a, out, stride, t_len=T2):
+            b.weight_gemm(qw, None, a, t_len, out, stride, wgt, prm_gemm)
+
+        def rows(fn, src, length, stride, dst=None, n=T, **kw):
+            b.vec(fn, rows=n, length=length, src_a=src, src_stride=stride,
+                  dst=src if dst is None else dst, dst_stride=stride, **kw)
+
+        def passes(src, length, stride, half=0, n=T):  # QUANT A8X2 to act_x
+            b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=n, length=length,
+                  src_a=src, src_stride=stride, dst=act_x, dst_stride=-(-length // R))
+
+        def sum_passes(acc, length, stride, n=T, **kw):  # gemm_passes: the halves added
+            rows(VecFn.RESIDUAL, acc, length, stride, n=n, src_b=acc + n * stride, **kw)
+
+        def section(label, start):
+            sections.append(Section(label, start, len(b.ops)))
+
+        s0 = _sections_start(b)
+        in_off = b.img.reserve(Buf.ACC, T * WD)
+        b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
+        b.load(Buf.ACC, acc_tab, rope_fields(p, m.rope_cos[:cap], m.rope_sin[:cap]),
+               key=("rope", cap))
+        pv_g, pv_o = self.heads[0][0].pv_params(G.NUM.frac_bits)
+        b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
+        b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+        section("input, RoPE table, constants", s0)
+
+        for li, L in enumerate(m.layers):
+            s0 = _sections_start(b)
+            heads = self.heads[li]
+            b.load(Buf.PRM, prm_n1, norm_prm_fields(p, [L.attn_norm], cfg.rms_eps),
+                   key=(id(L), 1))
+            b.load(Buf.PRM, prm_n2, norm_prm_fields(p, [L.ffn_norm], cfg.rms_eps),
+                   key=(id(L), 2))
+            # -- attention
+            rows(VecFn.RMSNORM, acc_h, D, WD, dst=acc_n, prm=prm_n1)
+            passes(acc_n, D, WD)
+            for qw, out, stride in ((L.wq, acc_q, WD), (L.wk, acc_k, WK), (L.wv, acc_v, WK)):
+                gemm(qw, act_x, out, stride)
+            sum_passes(acc_q, D, WD)
+            sum_passes(acc_k, Hkv * dh, WK)
+            sum_passes(acc_v, Hkv * dh, WK)
+            for acc, n, stride in ((acc_q, H, WD), (acc_k, Hkv, WK)):
+                for i in range(n):
+                    rows(VecFn.ROPE, acc + i * hw, dh, stride, src_b=acc_tab)
+            for j, kvh in enumerate(heads):
+                a_k = act_kv + j * 2 * T * wq
+                a_v = a_k + T * wq
+                for acc, a, per_row in ((acc_k, a_k, 0), (acc_v, a_v, 1)):
+                    b.vec(VecFn.QUANT, per_row=per_row, rows=T, length=dh,
+                          src_a=acc + j * hw, src_stride=WK, dst=a, dst_stride=wq)
+                b.emit(kvh.append(KvKind.KEY, T, a_k))
+                b.emit(kvh.append(KvKind.VALUE, T, a_v))
+            for i in range(H):
+                kvh = heads[i // rep]
+                a_q = act_q + i * (T * wq + 2 * T * kq)
+                a_p = a_q + T * wq
+                b.vec(VecFn.QUANT, rows=T, length=dh, src_a=acc_q + i * hw, src_stride=WD,
+                      dst=a_q, dst_stride=wq)
+                b.emit(kvh.qk(T, a_q, acc_s, nq))
+                b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, causal=1, src_a=acc_s,
+                      src_stride=nq, dst=acc_s, dst_stride=nq)
+                b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS,
+                      half=1, rows=T, src_a=acc_s, src_stride=nq, src_b=kvh.val_s,
+                      vgroups=kvh.G, dst=a_p, dst_stride=kq)
+                col = acc_att + i * nv
+                b.emit(kvh.pv(0, T, a_p, kq, col, prm_pv, prm_pv + 2 * nv, WA))
+                b.emit(kvh.pv(1, T, a_p + T * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv, WA))
+            passes(acc_att, D, WA, half=1)
+            gemm(L.wo, act_x, acc_o, WD)
+            sum_passes(acc_o, D, WD)
+            rows(VecFn.RESIDUAL, acc_h, D, WD, src_b=acc_o)
+            # -- feed-forward
+            rows(VecFn.RMSNORM, acc_h, D, WD, dst=acc_n, prm=prm_n2)
+            passes(acc_n, D, WD)
+            gemm(L.wg, act_x, acc_g, WF)
+            gemm(L.wu, act_x, acc_u, WF)
+            sum_passes(acc_g, Dff, WF)
+            sum_passes(acc_u, Dff, WF)
+            rows(VecFn.SILU_MUL, acc_g, Dff, WF, src_b=acc_u)
+            passes(acc_g, Dff, WF)
+            gemm(L.wd, act_x, acc_d, WD)
+            sum_passes(acc_d, D, WD)
+            rows(VecFn.RESIDUAL, acc_h, D, WD, src_b=acc_d)
+            section(f"layer {li}", s0)
+
+        # -- the last token: final RMSNorm, the LM head in column chunks, logits stored
+        s0 = _sections_start(b)
+        last = acc_h + (T - 1) * WD
+        b.load(Buf.PRM, prm_n2, norm_prm_fields(p, [m.output_norm], cfg.rms_eps),
+               key="output_norm")
+        rows(VecFn.RMSNORM, last, D, WD, dst=acc_n, prm=prm_n2, n=1)
+        passes(acc_n, D, WD, n=1)
+        bus = bus_words_per(p, Buf.ACC)
+        for i, (n0, n1, qw) in enumerate(self.head_chunks):
+            out = acc_l + (i % 2) * 2 * WL
+            gemm(qw, act_x, out, WL, t_len=2)
+            sum_passes(out, n1 - n0, WL, n=1, half=1)
+            n = -(-(n1 - n0) // PC)
+            b.emit(encode(Op.STORE, buf=Buf.ACC, sram=out, words=n,
+                          off=self.logits_off + (n0 // PC) * bus))
+        b.emit(encode(Op.SETPOS, add=1, value=T))
+        section("final norm, LM head, logits", s0)
+        return self._place(name, T, b, pl, sections, in_off, self.logits_off, 1, self.vocab,
+                           True, False)
+
+    def embed(self, ids) -> np.ndarray:
+        """The host's part of a step: the input rows (token embeddings) of ``ids``."""
+        return G.embed(np.asarray(ids, np.int64), self.m.token_embd)
+
+
+# -- MiniLM -----------------------------------------------------------------------------------
+
+
+class MiniLMCompiled(CompiledModel):
+    """all-MiniLM-L6-v2 compiled for a chip; :meth:`program` builds (once) the encoder
+    program of ``T`` tokens."""
+
+    def __init__(self, m, p: ChipParams):
+        super().__init__(p, Image(p))
+        self.m, self.cfg = m, m.config
+
+    def program(self, T: int) -> Program:
+        name = f"minilm_T{T}"
+        if name not in self.programs:
+            self._build(T, name)
+        return self.programs[name]
+
+    def embed(self, ids) -> np.ndarray:
+        """The host's part: the word embeddings of ``ids`` (wide [T, d])."""
+        return G.embed(np.asarray(ids, np.int64), self.m.word)
+
+    def _build(self, T: int, name: str) -> Program:
+        p, cfg, m = self.p, self.cfg, self.m
+        if not 1 <= T <= cfg.max_seq_len:
+            raise CompileError(f"{name}: {T} tokens; MiniLM takes 1..{cfg.max_seq_len}")
+        R, C, PC = p.rows, p.cols, p.cols // 2
+        D, H, dh, Dff = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_ff
+        E = PC  # INT8 GEMM outputs: the half layout
+        WD, WF, KD, KF = D // E, Dff // E, D // R, Dff // R
+        nq, kq, nv, wq = -(-T // PC), -(-T // R), dh // PC, dh // R
+        pl = _Plan(p, f"MiniLM on {T} tokens")
+        acc_h = pl.alloc(Buf.ACC, T * WD, "hidden states")
+        acc_k = pl.alloc(Buf.ACC, T * WD, "K")
+        acc_v = pl.alloc(Buf.ACC, T * WD, "V")
+        acc_s = pl.alloc(Buf.ACC, T * nq, "scores")
+        acc_att = pl.alloc(Buf.ACC, T * WD, "attention output")
+        acc_q = pl.alloc(Buf.ACC, T * WD, "Q / output projection / h1")
+        # FFN1's output (and FFN2's) below Q when it fits there (h, K, V... are dead by then)
+        acc_f = 0 if T * WF <= acc_q else pl.alloc(Buf.ACC, T * WF, "FFN")
+        acc_e = acc_k  # the embedding phase: position and token-type rows (before K exists)
+        act_x = pl.alloc(Buf.ACT, T * KD, "GEMM inputs")
+        head_words = 3 * T * wq + 2 * T * kq
+        act_heads = pl.alloc(Buf.ACT, max(H * head_words, T * KF), "heads / FFN2 input")
+        act_g = act_heads
+        heads, kv = [], 0
+        for _ in range(H):
+            heads.append(KvHead(p, dh, T, base=kv))
+            kv = heads[-1].end
+        pl.alloc(Buf.KV, kv, f"K and V of {H} heads")
+        Wc = -(-D // C)
+        prm_pv = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
+        prm_ln1 = pl.alloc(Buf.PRM, 2 * Wc + 1, "LayerNorm 1 / embedding LayerNorm")
+        prm_ln2 = pl.alloc(Buf.PRM, 2 * Wc + 1, "LayerNorm 2")
+        groups = Dff // G.NUM.group
+        prm_gemm = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
+        wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
+        pl.check()
+
+        b = Builder(p, self.img)
+        b.top.update(pl.top)
+        sections = []
+
+        def section(label, start):
+            sections.append(Section(label, start, len(b.ops)))
+
+        def gemm(qw, bias, a, out, stride):
+            b.weight_gemm(qw, bias, a, T, out, stride, wgt, prm_gemm)
+
+        def quant(src, stride, length, dst, **kw):
+            b.vec(VecFn.QUANT, half=1, rows=T, length=length, src_a=src, src_stride=stride,
+                  dst=dst, dst_stride=-(-length // R), **kw)
+
+        def rows_op(fn, src, length, dst=None, **kw):
+            W = length // E
+            b.vec(fn, half=1, rows=T, length=length, src_a=src, src_stride=W,
+                  dst=src if dst is None else dst, dst_stride=W, **kw)
+
+        # -- embeddings: word (written by the host) + position + token type 0, LayerNorm
+        s0 = _sections_start(b)
+        b.emit(encode(Op.SETPOS, value=0))
+        in_off = b.img.reserve(Buf.ACC, T * WD)
+        b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
+        pos_rows = G.embed(np.arange(T), m.pos)
+        type_rows = G.embed(np.zeros(T, np.int64), m.type)
+        b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", T))
+        b.load(Buf.ACC, acc_e + T * WD, wide_fields(p, type_rows, half=True), key=("type", T))
+        b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
+               key="emb_ln")
+        rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e)
+        rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e + T * WD)
+        rows_op(VecFn.LAYERNORM, acc_h, D, prm=prm_ln1)
+        pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+        b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
+        b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+        section("embeddings", s0)
+
+        for li, L in enumerate(m.layers):
+            s0 = _sections_start(b)
+            b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [L.ln1_g, L.ln1_b], cfg.ln_eps),
+                   key=(id(L), 1))
+            b.load(Buf.PRM, prm_ln2, norm_prm_fields(p, [L.ln2_g, L.ln2_b], cfg.ln_eps),
+                   key=(id(L), 2))
+            quant(acc_h, WD, D, act_x)
+            for qw, bias, out in ((L.wq, L.bq, acc_q), (L.wk, L.bk, acc_k),
+                                  (L.wv, L.bv, acc_v)):
+                gemm(qw, bias, act_x, out, WD)
+            for i, kvh in enumerate(heads):
+                a_q = act_heads + i * head_words
+                a_k, a_v, a_p = a_q + T * wq, a_q + 2 * T * wq, a_q + 3 * T * wq
+                col = i * dh // E
+                quant(acc_q + col, WD, dh, a_q)
+                quant(acc_k + col, WD, dh, a_k)
+                quant(acc_v + col, WD, dh, a_v, per_row=1)
+                b.emit(kvh.append(KvKind.KEY, T, a_k))
+                b.emit(kvh.append(KvKind.VALUE, T, a_v))
+                b.emit(kvh.qk(T, a_q, acc_s, nq))
+                b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, src_a=acc_s, src_stride=nq,
+                      dst=acc_s, dst_stride=nq)
+                b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1, rows=T,
+                      src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G, dst=a_p,
+                      dst_stride=kq)
+                b.emit(kvh.pv(0, T, a_p, kq, acc_att + col, prm_pv, prm_pv + 2 * nv, WD))
+                b.emit(kvh.pv(1, T, a_p + T * kq, kq, acc_att + col, prm_pv + nv,
+                              prm_pv + 2 * nv, WD))
+            quant(acc_att, WD, D, act_x)
+            gemm(L.wo, L.bo, act_x, acc_q, WD)
+            rows_op(VecFn.RESIDUAL, acc_q, D, src_b=acc_h)
+            rows_op(VecFn.LAYERNORM, acc_q, D, prm=prm_ln1)  # h1
+            quant(acc_q, WD, D, act_x)
+            gemm(L.w1, L.b1, act_x, acc_f, WF)
+            rows_op(VecFn.GELU, acc_f, Dff)
+            quant(acc_f, WF, Dff, act_g)
+            gemm(L.w2, L.b2, act_g, acc_f, WD)
+            rows_op(VecFn.RESIDUAL, acc_f, D, src_b=acc_q)
+            rows_op(VecFn.LAYERNORM, acc_f, D, dst=acc_h, prm=prm_ln2)
+            section(f"layer {li}", s0)
+        s0 = _sections_start(b)
+        out_off = b.img.reserve(Buf.ACC, T * WD)
+        b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))
+        section("store", s0)
+        return self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
