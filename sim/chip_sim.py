@@ -6,8 +6,9 @@ loaded in bulk by ``$readmemh`` and read back by ``$writememh``, never word by w
 Python) and exposes the host ports of both:
 ``start``, ``prog_addr``, ``prog_len``, ``pos_init``, status (``running``, ``done``,
 ``error``, ``error_pc``, ``pos``), ``counters`` and the memory model's configuration
-(``cfg_interval``, ``cfg_jitter``, ``cfg_jitter_max``, ``cfg_seed``), ``dump`` and
-``range_error``.
+(``cfg_interval``, ``cfg_jitter``, ``cfg_jitter_max``, ``cfg_seed``), ``dump``, the host's region
+access between runs (``load``, ``save``, ``region_first``, ``region_last``: see
+:mod:`sim.offchip`) and ``range_error``.
 
 Every host input is registered once (one cycle late) and the synchronous reset comes from a
 flop driven by ``rst`` rather than from the port itself: Amaranth folds the reset (and the
@@ -25,7 +26,11 @@ from hw.chip import Chip
 from hw.params import ChipParams
 from sim.offchip import STORAGE_VERILOG, OffchipMemory
 
-__all__ = ["ChipSim", "STORAGE_VERILOG"]
+__all__ = ["ChipSim", "STORAGE_VERILOG", "MEM_HOST_INPUTS"]
+
+#: The memory model's inputs that ChipSim exposes (registered once, like the chip's inputs).
+MEM_HOST_INPUTS = ("cfg_interval", "cfg_jitter", "cfg_jitter_max", "cfg_seed", "dump", "load",
+                   "save", "region_first", "region_last")
 
 
 class ChipSim(wiring.Component):
@@ -36,8 +41,7 @@ class ChipSim(wiring.Component):
         self.mem = OffchipMemory(params, storage=storage, init=init)
         chip_members = {k: v for k, v in self.chip.signature.members.items() if k != "bus"}
         mem_members = {k: self.mem.signature.members[k] for k in (
-            "cfg_interval", "cfg_jitter", "cfg_jitter_max", "cfg_seed", "dump",
-            "range_error")}
+            *MEM_HOST_INPUTS, "range_error")}
         super().__init__({**chip_members, **mem_members, "clk": In(1), "rst": In(1)})
 
     def elaborate(self, platform):
@@ -56,7 +60,7 @@ class ChipSim(wiring.Component):
             ours = getattr(self, name)
             if name in ("clk", "rst"):
                 continue
-            if name in ("cfg_interval", "cfg_jitter", "cfg_jitter_max", "cfg_seed", "dump"):
+            if name in MEM_HOST_INPUTS:
                 m.d.host += getattr(mem, name).eq(ours)
             elif name == "range_error":
                 m.d.comb += ours.eq(mem.range_error)

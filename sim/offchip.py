@@ -23,6 +23,14 @@ time but are meant as static configuration):
     ``storage="verilog"`` only: on a cycle where it is high the storage writes its whole
     contents to the ``+offchip_dump=<path>`` file (writes accepted in that same cycle are not
     included). Ignored with ``storage="amaranth"``.
+``load``, ``save`` (1 bit each), ``region_first``, ``region_last`` (bus-word addresses)
+    ``storage="verilog"`` only, for a host that accesses the memory between runs of the chip
+    (``sim.chip_rtl.RtlSession``): on a cycle where ``load`` is high, bus words
+    ``region_first .. region_last`` (inclusive) are read from the ``+offchip_load=<path>``
+    file (:func:`write_region_bin` writes it); where ``save`` is high they are written to
+    ``+offchip_save=<path>`` (:func:`read_region_bin` reads it). Binary files, so a region
+    of a hundred megabytes takes a second, not a minute of hex. Ignored with
+    ``storage="amaranth"``.
 
 Contract (the bus's streams are ``amaranth.lib.stream`` valid/ready):
 
@@ -76,6 +84,8 @@ __all__ = [
     "jitter_extra",
     "write_memh",
     "read_memh",
+    "write_region_bin",
+    "read_region_bin",
 ]
 
 #: The Verilog storage module of ``storage="verilog"``.
@@ -134,6 +144,8 @@ class OffchipMemory(wiring.Component):
         self.storage = storage
         self.depth = offchip_words(params)
         self.width = bus_bits(params)
+        #: Width of a bus-word address of the storage.
+        self.abits = max(1, (self.depth - 1).bit_length())
         if init is not None:
             if storage != "amaranth":
                 raise ValueError(
@@ -163,6 +175,10 @@ class OffchipMemory(wiring.Component):
                 "cfg_jitter_max": In(8),
                 "cfg_seed": In(32),
                 "dump": In(1),
+                "load": In(1),
+                "save": In(1),
+                "region_first": In(self.abits),
+                "region_last": In(self.abits),
                 "range_error": Out(1),
             }
         )
@@ -176,8 +192,7 @@ class OffchipMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        depth, width = self.depth, self.width
-        abits = max(1, (depth - 1).bit_length())
+        depth, width, abits = self.depth, self.width, self.abits
 
         # -- storage: one registered read port, one write port ---------------------------------
         st_rd_en, st_rd_addr, st_rd_data = Signal(), Signal(abits), Signal(width)
@@ -203,6 +218,10 @@ class OffchipMemory(wiring.Component):
                 p_ABITS=abits,
                 i_clk=ClockSignal(),
                 i_dump=self.dump,
+                i_load=self.load,
+                i_save=self.save,
+                i_region_first=self.region_first,
+                i_region_last=self.region_last,
                 i_rd_en=st_rd_en,
                 i_rd_addr=st_rd_addr,
                 o_rd_data=st_rd_data,
@@ -396,3 +415,33 @@ def read_memh(path, bus_bytes: int, words: int | None = None) -> np.ndarray:
         raise ValueError(f"{path}: {addr} words, expected {words} (missing lines?)")
     raw = b"".join(out[i].to_bytes(bus_bytes, "little") for i in range(addr))
     return np.frombuffer(raw, np.uint8).copy()
+
+
+# -- regions for the Verilog storage's load / save ($fread / $fwrite "%u") ---------------------
+
+
+def write_region_bin(path, raw_bytes, bus_bytes: int) -> Path:
+    """Write ``raw_bytes`` (a whole number of bus words) as the ``+offchip_load`` file of the
+    Verilog storage: what ``$fread`` into the memory expects, each bus word's bytes most
+    significant first (the chip's bus words are little-endian, so each word is reversed)."""
+    raw = np.asarray(raw_bytes, np.uint8).reshape(-1)
+    if raw.size % bus_bytes:
+        raise ValueError(f"write_region_bin: {raw.size} bytes are not a whole number of "
+                         f"{bus_bytes}-byte bus words")
+    path = Path(path)
+    raw.reshape(-1, bus_bytes)[:, ::-1].tofile(path)
+    return path
+
+
+def read_region_bin(path, bus_bytes: int, words: int) -> np.ndarray:
+    """Read ``words`` bus words from a ``+offchip_save`` file of the Verilog storage
+    (``$fwrite("%u")`` of each word: least significant byte first, padded with zero bytes to
+    a multiple of 4) back to bytes (uint8, ``words * bus_bytes``, little-endian words).
+    ``ValueError`` naming the file when its size is not that of ``words`` words."""
+    path = Path(path)
+    padded = -(-bus_bytes // 4) * 4
+    raw = np.fromfile(path, np.uint8)
+    if raw.size != words * padded:
+        raise ValueError(f"{path}: {raw.size} bytes, expected {words} bus words of "
+                         f"{padded} bytes ({bus_bytes} padded to 32-bit units)")
+    return raw.reshape(words, padded)[:, :bus_bytes].reshape(-1).copy()
