@@ -11,7 +11,7 @@ Pass a ``ChipParams`` explicitly to whatever needs it; there is no global config
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ["Numerics", "ChipParams"]
+__all__ = ["Numerics", "ChipParams", "PRESETS", "preset"]
 
 
 def _check_range(obj, name, lo, hi):
@@ -200,3 +200,27 @@ class ChipParams:
         if isinstance(values.get("numerics"), dict):
             values["numerics"] = Numerics(**values["numerics"])
         return cls(**values)
+
+
+#: Named configurations (:func:`preset`):
+#:
+#: - ``default``: the chip of DESIGN.md, 16 x 16 grid, 64 KiB buffers;
+#: - ``sim``: the same grid with the memories a whole model needs, for the simulators: WGT
+#:   128 KiB and 1024 PRM entries (weights streamed in bigger chunks: SmolLM2 needs ~12 k
+#:   micro-ops per step instead of ~33 k), ACT 256 KiB, ACC 1 MiB and KV 512 KiB (the
+#:   largest the micro-op address fields reach), 64 k micro-ops, 192 MiB off-chip.
+PRESETS = {
+    "default": ChipParams(),
+    "sim": ChipParams(weight_sram_kib=128, act_sram_kib=256, acc_sram_kib=1024,
+                      kv_sram_kib=512, prm_entries=1024, uop_depth=1 << 16,
+                      offchip_kib=192 * 1024),
+}
+
+
+def preset(name: str) -> ChipParams:
+    """The configuration ``name`` of :data:`PRESETS`; ``ValueError`` naming the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown chip configuration {name!r}; known: "
+                         f"{', '.join(sorted(PRESETS))}") from None

