@@ -66,18 +66,25 @@ def main(argv=None) -> int:
                          "bad fields, SRAM / off-chip / KV ranges, missing HALT, program too "
                          "long or beyond memory), sometimes with the ops before it still in "
                          "flight (the chip aborts them)")
-    ap.add_argument("--twins", type=float, default=0.1, metavar="P",
+    ap.add_argument("--twins", type=float, default=None, metavar="P",
                     help="probability that a valid program runs again under another memory "
                          "configuration (stalls if it had none, else none): its results are "
                          "checked like any job's and its cycle count must differ the right way "
-                         "(default 0.1)")
+                         "(default 0.1, with --timing 0)")
     ap.add_argument("--jobs-per-run", type=int, default=60, metavar="J",
                     help="jobs per Verilator simulation (one memory image each; default 60): "
                          "a progress line follows each run")
+    ap.add_argument("--timing", action="store_true",
+                    help="also predict every legal job's cycles with sim.timing.predict and "
+                         "compare them (and the other timed counters it models) with the "
+                         "RTL's; the memory runs without jitter (each job keeps its interval) "
+                         "and there are no jitter twins unless --twins is given")
     ap.add_argument("--show", type=int, metavar="I", default=None,
                     help="print program I of the campaign (and its twin / resync, if any) and "
                          "exit without simulating")
     args = ap.parse_args(argv)
+    if args.twins is None:
+        args.twins = 0.0 if args.timing else 0.1
     if not 0 <= args.illegal <= 1:
         ap.error("--illegal SHARE must lie in 0..1")
     seed = random.randrange(1 << 31) if args.seed is None else args.seed
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
     p = PARAMS[args.params]
     replay = (f"{sys.executable} scripts/fuzz_chip.py --seed {seed} --programs {args.programs}"
               f" --params {args.params} --illegal {args.illegal} --twins {args.twins}"
-              f" --jobs-per-run {args.jobs_per_run}")
+              f" --jobs-per-run {args.jobs_per_run}{' --timing' if args.timing else ''}")
     print(f"chip fuzz: seed {seed}; {n_valid} valid + {n_illegal} illegal programs on "
           f"'{args.params}' ({_CONFIGS[args.params]})\nreplay: {replay}", flush=True)
     if args.show is not None:
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
         return 0
     t0 = time.perf_counter()
     rep = run_campaign(p, seed, n_valid, n_illegal, replay=replay, twins=args.twins,
-                       jobs_per_run=args.jobs_per_run, log=lambda s: print(s, flush=True))
+                       jobs_per_run=args.jobs_per_run, log=lambda s: print(s, flush=True),
+                       timing=args.timing)
     print(rep.summary())
     print(f"wall time {time.perf_counter() - t0:.0f} s")
     print(f"{'FAILED' if rep.mismatches else 'OK'}: seed {seed}; replay: {replay}")

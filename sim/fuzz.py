@@ -1314,6 +1314,13 @@ class CampaignReport:
     t_gen: float = 0.0
     t_rtl: float = 0.0
     t_sim: float = 0.0
+    timing: bool = False                          # predicted cycles compared (--timing)
+    timed_jobs: int = 0                           # jobs whose prediction was compared
+    timed_cycles: int = 0                         # their RTL cycles
+    timed_mismatches: int = 0                     # jobs whose prediction differs
+    timed_rules: int = 0                          # legal jobs that break a timing rule
+    timed_other: int = 0                          # jobs not predicted (errors, jitter)
+    t_timing: float = 0.0
 
     def summary(self) -> str:
         slower = sum(b > a for _, a, b in self.twins)
@@ -1327,7 +1334,12 @@ class CampaignReport:
                 + (f"\n  illegal kinds: {ill}; {self.late_issued} job(s) issued ops past the "
                    f"failing one before its error arrived" if ill else "")
                 + f"\n  {len(self.mismatches)} mismatching job(s); generate {self.t_gen:.1f} s, "
-                f"RTL {self.t_rtl:.1f} s (incl. build), ISA sim + compare {self.t_sim:.1f} s")
+                f"RTL {self.t_rtl:.1f} s (incl. build), ISA sim + compare {self.t_sim:.1f} s"
+                + (f"\n  timing (sim.timing.predict vs RTL): {self.timed_jobs} jobs compared, "
+                   f"{self.timed_cycles} cycles, {self.timed_mismatches} mismatching; "
+                   f"{self.timed_rules} legal job(s) break a predictability rule, "
+                   f"{self.timed_other} not predicted (error-ending jobs); "
+                   f"{self.t_timing:.1f} s" if self.timing else ""))
 
 
 def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: np.ndarray,
@@ -1415,6 +1427,25 @@ def compare_job(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim, before: 
     return diffs
 
 
+def compare_timing(p: ChipParams, prog: Program, rtl) -> tuple[str, list[str]]:
+    """``sim.timing.predict`` of a job against the RTL's counters: ``("compared", diffs)``,
+    ``("rule", [why])`` for a legal job that breaks a predictability rule, or ``("skip", [])``
+    for a job the model does not predict (one that ends in an error, memory jitter)."""
+    from sim.timing import RuleViolation, predict
+
+    iv, jit, jmax, _ = prog.mem
+    if (rtl.error != Err.NONE or prog.expect != Err.NONE or not prog.placed
+            or (jit and jmax) or rtl.timed_out):
+        return "skip", []
+    try:
+        t = predict(p, prog.words[:prog.length], interval=iv, pos_init=prog.pos_init)
+    except RuleViolation as e:
+        return "rule", [str(e)]
+    diffs = [f"timing: counter {c.name}: predicted {v}, RTL {rtl.counters.get(c, 0)}"
+             for c, v in t.counters.items() if v != rtl.counters.get(c, 0)]
+    return "compared", diffs
+
+
 def _pack_batches(programs: list[Program], lay: MemLayout, jobs_per_run: int, reserve: int = 0
                   ) -> list[list[Program]]:
     """Consecutive programs per memory image: as many as its program area holds (less
@@ -1449,22 +1480,28 @@ def _sync_from_dumps(p: ChipParams, lay: MemLayout, prog: Program, rtl, sim) -> 
 
 def run_campaign(p: ChipParams, seed: int, n_valid: int, n_illegal: int, *,
                  name: str | None = None, log=print, replay: str = "",
-                 jobs_per_run: int = 60, twins: float = 0.1) -> CampaignReport:
+                 jobs_per_run: int = 60, twins: float = 0.1,
+                 timing: bool = False) -> CampaignReport:
     """Generate a campaign (:func:`make_programs`), run it on the RTL and compare with IsaSim
-    (:func:`run_programs`)."""
+    (:func:`run_programs`); ``timing``: also the cycles ``sim.timing.predict`` predicts."""
     t0 = time.perf_counter()
     programs = make_programs(p, seed, n_valid, n_illegal, twins=twins)
     t_gen = time.perf_counter() - t0
     rep = run_programs(p, programs, seed, name=name, log=log, replay=replay,
-                       jobs_per_run=jobs_per_run)
+                       jobs_per_run=jobs_per_run, timing=timing)
     rep.t_gen += t_gen
     rep.programs = n_valid + n_illegal
     return rep
 
 
 def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str | None = None,
-                 log=print, replay: str = "", jobs_per_run: int = 60) -> CampaignReport:
-    """Lay ``programs`` out in memory images (random bytes from ``seed`` and the run's
+                 log=print, replay: str = "", jobs_per_run: int = 60,
+                 timing: bool = False) -> CampaignReport:
+    """With ``timing`` every job runs without memory jitter (its interval kept) and each
+    legal one is also compared with :func:`sim.timing.predict` (:func:`compare_timing`): its
+    predicted timed counters must equal the RTL's.
+
+    Lay ``programs`` out in memory images (random bytes from ``seed`` and the run's
     number; as many programs per image as its program area holds, at most ``jobs_per_run``),
     run each image's programs as jobs of one :func:`sim.chip_rtl.run_jobs` call, and compare
     every job with IsaSim (one instance per image, its state carried from job to job as the
@@ -1472,9 +1509,12 @@ def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str
     from sim.chip_rtl import Job, run_jobs
     from sim.isa_sim import IsaSim
 
-    rep = CampaignReport(seed, p)
+    rep = CampaignReport(seed, p, timing=timing)
     t0 = time.perf_counter()
     lay = mem_layout(p)
+    if timing:  # deterministic memory: the jitter dropped, the interval kept
+        for prog in programs:
+            prog.mem = (prog.mem[0], 0, 0, prog.mem[3])
     # every run starts with the buffers loaded whole from its image (random and tame words)
     where = {id(prog): i for i, prog in enumerate(programs)}  # twin_of: a list position
     reserve = (len(Buf) + 1) * lay.uop_bus
@@ -1530,9 +1570,22 @@ def run_programs(p: ChipParams, programs: list[Program], seed: int, *, name: str
             before = sim.offchip.copy()
             marks: dict = {}
             diffs = compare_job(p, lay, prog, res, sim, before, job.max_cycles, places, marks)
+            if timing:
+                t1 = time.perf_counter()
+                what, tdiffs = compare_timing(p, prog, res)
+                rep.t_timing += time.perf_counter() - t1
+                if what == "compared":
+                    rep.timed_jobs += 1
+                    rep.timed_cycles += cyc
+                    rep.timed_mismatches += bool(tdiffs)
+                    diffs += tdiffs
+                elif what == "rule":
+                    rep.timed_rules += 1
+                else:
+                    rep.timed_other += 1
             if id(prog) in where:
                 cycles_at[where[id(prog)]] = (cyc, prog.stalls)
-            if prog.twin_of is not None and prog.twin_of in cycles_at:
+            if prog.twin_of is not None and prog.twin_of in cycles_at and not timing:
                 other = cycles_at[prog.twin_of][0]
                 quiet, stalled = (other, cyc) if prog.stalls else (cyc, other)
                 rep.twins.append((prog.index, quiet, stalled))
