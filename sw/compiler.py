@@ -200,10 +200,19 @@ def _sections_start(b: Builder) -> int:
 class SmolLM2Compiled(CompiledModel):
     """SmolLM2 compiled for a chip: ``cap`` KV-cache positions (prompt plus generated
     tokens), prefill chunks of at most ``chunk`` tokens. :meth:`program` builds (once) the
-    step program of ``T`` tokens."""
+    step program of ``T`` tokens.
 
-    def __init__(self, m, p: ChipParams, cap: int, chunk: int = 16, head_chunk: int = 2048):
+    ``layers``: compile only the first ``layers`` decoder layers (tests, benchmarks); with
+    ``head = False`` a step stores its ``T`` output rows of the residual stream (wide
+    ``[T, d]``) instead of the last token's logits."""
+
+    def __init__(self, m, p: ChipParams, cap: int, chunk: int = 16, head_chunk: int = 2048,
+                 layers: int | None = None, head: bool = True):
         cfg = m.config
+        n_layers = cfg.n_layers if layers is None else layers
+        if not 1 <= n_layers <= cfg.n_layers:
+            raise CompileError(f"layers must be 1..{cfg.n_layers}, got {layers}")
+        self.n_layers, self.head = n_layers, head
         if m.act_passes != 2:
             raise CompileError("the compiler schedules SmolLM2 with A8x2 activations "
                                f"(act_passes = 2), got act_passes = {m.act_passes}")
@@ -222,7 +231,7 @@ class SmolLM2Compiled(CompiledModel):
         self.m, self.cfg, self.cap, self.chunk = m, cfg, cap, chunk
         # the KV cache: a region per layer and KV head, fixed for every program
         heads, kv = [], 0
-        for _ in range(cfg.n_layers):
+        for _ in range(n_layers):
             row = []
             for _ in range(cfg.n_kv_heads):
                 row.append(KvHead(p, cfg.d_head, cap, base=kv))
@@ -231,7 +240,7 @@ class SmolLM2Compiled(CompiledModel):
         if kv > buffer_depth(p, Buf.KV):
             have = buffer_depth(p, Buf.KV)
             raise CompileError(
-                f"the KV cache for {cap} positions ({cfg.n_layers} layers x {cfg.n_kv_heads} "
+                f"the KV cache for {cap} positions ({n_layers} layers x {cfg.n_kv_heads} "
                 f"KV heads x {cfg.d_head} dims) needs {kv} KV words "
                 f"({buffer_kib(p, Buf.KV, kv):.0f} KiB) but the chip has {have} "
                 f"({buffer_kib(p, Buf.KV, have):.0f} KiB; grow ChipParams.kv_sram_kib or "
@@ -346,7 +355,7 @@ class SmolLM2Compiled(CompiledModel):
         b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
         section("input, RoPE table, constants", s0)
 
-        for li, L in enumerate(m.layers):
+        for li, L in enumerate(m.layers[:self.n_layers]):
             s0 = _sections_start(b)
             heads = self.heads[li]
             b.load(Buf.PRM, prm_n1, norm_prm_fields(p, [L.attn_norm], cfg.rms_eps),
@@ -405,6 +414,14 @@ class SmolLM2Compiled(CompiledModel):
             rows(VecFn.RESIDUAL, acc_h, D, WD, src_b=acc_d)
             section(f"layer {li}", s0)
 
+        if not self.head:  # the residual stream out
+            s0 = _sections_start(b)
+            out_off = b.img.reserve(Buf.ACC, T * WD)
+            b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))
+            b.emit(encode(Op.SETPOS, add=1, value=T))
+            section("store", s0)
+            return self._place(name, T, b, pl, sections, in_off, out_off, T, D, False, False)
+
         # -- the last token: final RMSNorm, the LM head in column chunks, logits stored
         s0 = _sections_start(b)
         last = acc_h + (T - 1) * WD
@@ -435,11 +452,17 @@ class SmolLM2Compiled(CompiledModel):
 
 class MiniLMCompiled(CompiledModel):
     """all-MiniLM-L6-v2 compiled for a chip; :meth:`program` builds (once) the encoder
-    program of ``T`` tokens."""
+    program of ``T`` tokens. ``layers``: only the first ``layers`` encoder layers;
+    ``embeddings = False``: the input rows are the first layer's input (no embedding sums
+    and LayerNorm on chip; the host writes wide hidden states)."""
 
-    def __init__(self, m, p: ChipParams):
+    def __init__(self, m, p: ChipParams, layers: int | None = None, embeddings: bool = True):
+        n = m.config.n_layers if layers is None else layers
+        if not 1 <= n <= m.config.n_layers:
+            raise CompileError(f"layers must be 1..{m.config.n_layers}, got {layers}")
         super().__init__(p, Image(p))
         self.m, self.cfg = m, m.config
+        self.n_layers, self.embeddings = n, embeddings
 
     def program(self, T: int) -> Program:
         name = f"minilm_T{T}"
@@ -512,21 +535,23 @@ class MiniLMCompiled(CompiledModel):
         b.emit(encode(Op.SETPOS, value=0))
         in_off = b.img.reserve(Buf.ACC, T * WD)
         b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
-        pos_rows = G.embed(np.arange(T), m.pos)
-        type_rows = G.embed(np.zeros(T, np.int64), m.type)
-        b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", T))
-        b.load(Buf.ACC, acc_e + T * WD, wide_fields(p, type_rows, half=True), key=("type", T))
-        b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
-               key="emb_ln")
-        rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e)
-        rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e + T * WD)
-        rows_op(VecFn.LAYERNORM, acc_h, D, prm=prm_ln1)
+        if self.embeddings:
+            pos_rows = G.embed(np.arange(T), m.pos)
+            type_rows = G.embed(np.zeros(T, np.int64), m.type)
+            b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", T))
+            b.load(Buf.ACC, acc_e + T * WD, wide_fields(p, type_rows, half=True),
+                   key=("type", T))
+            b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
+                   key="emb_ln")
+            rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e)
+            rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e + T * WD)
+            rows_op(VecFn.LAYERNORM, acc_h, D, prm=prm_ln1)
         pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
         b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
         b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
-        section("embeddings", s0)
+        section("embeddings" if self.embeddings else "input", s0)
 
-        for li, L in enumerate(m.layers):
+        for li, L in enumerate(m.layers[:self.n_layers]):
             s0 = _sections_start(b)
             b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [L.ln1_g, L.ln1_b], cfg.ln_eps),
                    key=(id(L), 1))
@@ -566,6 +591,7 @@ class MiniLMCompiled(CompiledModel):
             rows_op(VecFn.RESIDUAL, acc_f, D, src_b=acc_q)
             rows_op(VecFn.LAYERNORM, acc_f, D, dst=acc_h, prm=prm_ln2)
             section(f"layer {li}", s0)
+
         s0 = _sections_start(b)
         out_off = b.img.reserve(Buf.ACC, T * WD)
         b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))

@@ -1,0 +1,174 @@
+"""The compiler and runtime on the ISA simulator: real models, compiled to micro-op programs
+(``sw/compiler.py``), run by the runtime (``sw/runtime.py``), against the golden models.
+
+- all-MiniLM-L6-v2: every layer, embeddings on chip, two sentence lengths: the last hidden
+  states equal ``sim.golden_models.minilm_encode`` bit for bit;
+- SmolLM2-135M: all 30 layers, the final norm and the LM head, prefill in chunks and then
+  greedy decode with the KV cache on chip: the logits of every step equal
+  ``SmolLM2Golden.forward`` bit for bit;
+- what does not fit (context, SRAM, micro-op memory) and bad input are clear errors, from
+  the compiler and from the ``chip`` command line.
+
+Expected values come from the golden models only.
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from hw.isa import Counter, Op, decode  # noqa: E402
+from hw.params import ChipParams, preset  # noqa: E402
+from sim.golden_models import SmolLM2Golden, minilm_encode  # noqa: E402
+from sim.programs import uop_bus_words  # noqa: E402
+from sw.compiler import CompileError, MiniLMCompiled, SmolLM2Compiled  # noqa: E402
+from sw.models import load_minilm, load_smollm2  # noqa: E402
+from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
+from sw.runtime import (  # noqa: E402
+    ChipError,
+    DeviceError,
+    MiniLMRunner,
+    SmolLM2Runner,
+    open_device,
+)
+from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
+
+P = preset("sim")
+CAP = 40
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    model = load_minilm()
+    return quantize_minilm(model), MiniLMTokenizer(model.path)
+
+
+def test_minilm_whole_model_bit_exact(minilm):
+    """Two sentences of different lengths through one compiled image (a program per
+    length): the chip's last hidden states are the golden model's, bit for bit."""
+    qm, tok = minilm
+    c = MiniLMCompiled(qm, P)
+    with open_device("isa", c) as dev:
+        r = MiniLMRunner(c, dev)
+        for s in ("A man is playing a guitar.",
+                  "The quick brown fox jumps over the lazy dog near the quiet river bank."):
+            ids = tok.encode(s)
+            assert np.array_equal(r.hidden(ids), minilm_encode(ids, qm)), s
+    assert len(c.programs) == 2
+    # the embedding is mean-pooled and normalized on the host
+    e = r.embed(tok.encode("A man is playing a guitar."))
+    assert abs(np.linalg.norm(e) - 1) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    model = load_smollm2()
+    tok = SmolLM2Tokenizer(model)
+    m = quantize_smollm2(model, positions=CAP)
+    return m, tok, SmolLM2Compiled(m, P, cap=CAP, chunk=16)
+
+
+def test_smollm2_whole_model_bit_exact(smollm2):
+    """A chat prompt in prefill chunks of 16, 16, 5 tokens, then greedy decode up to the
+    context: every step's logits equal the golden model's (all 30 layers, GQA over the
+    growing KV cache, the tied LM head), and the answer starts as the golden one does."""
+    m, tok, c = smollm2
+    ids = tok.encode(tok.chat_prompt("What is the capital of France?"))
+    assert c.chunks(len(ids)) == [16, 16, 5]
+    gold = SmolLM2Golden(m)
+    cache = gold.new_cache(CAP)
+    with open_device("isa", c) as dev:
+        r = SmolLM2Runner(c, dev)
+        logits = r.prefill(ids)
+        want = gold.forward(ids, cache)[-1]
+        assert np.array_equal(logits, want), "prefill"
+        out = []
+        while r.pos < CAP:
+            tok_id = int(np.argmax(logits))
+            out.append(tok_id)
+            logits = r.decode(tok_id)
+            assert np.array_equal(logits, gold.forward([tok_id], cache)[-1]), f"token {len(out)}"
+        with pytest.raises(ValueError, match="exceed its 40 positions"):
+            r.decode(0)
+    assert tok.decode(out) == "The capital of"  # the context ends there (CAP)
+    # the decode program is one program for every position: ops issued, not re-compiled
+    assert [ph for ph, _, _ in r.stats].count("decode") == CAP - len(ids)
+    assert all(st.counters[Counter.UOPS] == c.program(1).length
+               for ph, _, st in r.stats if ph == "decode")
+
+
+def test_smollm2_program_shape(smollm2):
+    """The decode program streams every weight once: its LOADs move each layer's weights and
+    the LM head (the image holds them once, shared by every program), and weight loads
+    overlap the GEMMs (streamed halves, WAIT GEMM with count 1)."""
+    _, _, c = smollm2
+    prog = c.program(1)
+    ops = [decode(w) for w in prog.words]
+    loads = [f for op, f in ops if op == Op.LOAD]
+    offs = [f["off"] for f in loads]
+    assert len(offs) == len(set(offs)) + 0, "a region loaded twice in one step"
+    assert any(op == Op.WAIT and f["count"] == 1 for op, f in ops)
+    assert [s.label for s in prog.sections][-1] == "final norm, LM head, logits"
+    assert sum(1 for s in prog.sections if s.label.startswith("layer ")) == 30
+
+
+def test_fit_errors(smollm2, minilm):
+    """What does not fit names the buffer (or the context), what needs it, and by how
+    much."""
+    m, _, _ = smollm2
+    with pytest.raises(CompileError, match=r"KV cache for 40 positions .* needs 62100 KV "
+                                           r"words .* has 16384 .*ChipParams.kv_sram_kib"):
+        SmolLM2Compiled(m, ChipParams(), cap=CAP)
+    with pytest.raises(CompileError, match="beyond the model's RoPE table"):
+        SmolLM2Compiled(m, P, cap=CAP + 1)
+    small = replace(P, acc_sram_kib=64)
+    with pytest.raises(CompileError, match=r"ACC needs \d+ words.*short by \d+.*acc_sram_kib"):
+        SmolLM2Compiled(m, small, cap=CAP, chunk=16).program(16)
+    with pytest.raises(CompileError, match="micro-ops do not fit the micro-op memory"):
+        SmolLM2Compiled(m, replace(P, uop_depth=4096), cap=CAP).program(1)
+    qm, _ = minilm
+    with pytest.raises(CompileError, match="MiniLM takes 1..256"):
+        MiniLMCompiled(qm, P).program(300)
+    with pytest.raises(CompileError, match=r"MiniLM on 256 tokens does not fit.*ACC"):
+        MiniLMCompiled(qm, P).program(256)
+
+
+def test_runtime_errors(minilm):
+    """An empty input, an unknown device and the board backend (not built yet) are clear
+    errors; a chip error names the error and the micro-op."""
+    qm, _ = minilm
+    c = MiniLMCompiled(qm, P, layers=1)
+    with open_device("isa", c) as dev:
+        with pytest.raises(ValueError, match="empty input"):
+            MiniLMRunner(c, dev).hidden([])
+        prog = c.program(4)
+        dev.sync()
+        bad = (prog.words[3] & ~0x3F) | 0x3F  # an undefined opcode in the device's copy
+        per = uop_bus_words(P) * P.offchip_bytes_per_cycle
+        raw = np.zeros(per, np.uint8)
+        raw[:16] = np.frombuffer(bad.to_bytes(16, "little"), np.uint8)
+        dev.write(prog.addr + 3 * uop_bus_words(P), raw)
+        with pytest.raises(ChipError, match="ILLEGAL_OP at micro-op 3 of minilm_T4"):
+            dev.step(prog, np.zeros((4, 384), np.int64), 0)
+    with pytest.raises(DeviceError, match="unknown device 'fpga'"):
+        open_device("fpga", c)
+    with pytest.raises(DeviceError, match="board backend is not built yet"):
+        open_device("board", c)
+
+
+def test_cli_errors(capsys):
+    """The command line: an empty prompt, a context beyond the configuration and a wrong
+    configuration name are one-line errors with exit status 2, no traceback."""
+    from scripts.chip import main
+
+    assert main(["generate", "   "]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--max-tokens", "100", "What is the capital of France?"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the KV cache for 137 positions" in err and "Traceback" not in err
+    assert main(["embed", "--config", "nonesuch", "hello"]) == 2
+    assert "unknown chip configuration 'nonesuch'" in capsys.readouterr().err
