@@ -107,6 +107,7 @@ class Program:
     out_len: int
     out_half: bool         #: the output rows' layout (``half``: ``PC`` per ACC word)
     in_half: bool          #: the input rows' layout
+    block: int | None = None  #: MiniLM: the row block the program runs in
 
     @property
     def length(self) -> int:
@@ -452,12 +453,17 @@ class SmolLM2Compiled(CompiledModel):
 
 class MiniLMCompiled(CompiledModel):
     """all-MiniLM-L6-v2 compiled for a chip; :meth:`program` builds (once) the encoder
-    program of ``T`` tokens. ``layers``: only the first ``layers`` encoder layers;
+    program of ``T`` tokens, in row blocks of ``block`` tokens (default: the largest that
+    fits the buffers). ``layers``: only the first ``layers`` encoder layers;
     ``embeddings = False``: the input rows are the first layer's input (no embedding sums
     and LayerNorm on chip; the host writes wide hidden states)."""
 
-    def __init__(self, m, p: ChipParams, layers: int | None = None, embeddings: bool = True):
+    def __init__(self, m, p: ChipParams, layers: int | None = None, embeddings: bool = True,
+                 block: int | None = None):
         n = m.config.n_layers if layers is None else layers
+        if block is not None and block < 1:
+            raise CompileError(f"row block must be at least 1 token, got {block}")
+        self.block = block
         if not 1 <= n <= m.config.n_layers:
             raise CompileError(f"layers must be 1..{m.config.n_layers}, got {layers}")
         super().__init__(p, Image(p))
@@ -475,28 +481,55 @@ class MiniLMCompiled(CompiledModel):
         return G.embed(np.asarray(ids, np.int64), self.m.word)
 
     def _build(self, T: int, name: str) -> Program:
-        p, cfg, m = self.p, self.cfg, self.m
+        cfg = self.cfg
         if not 1 <= T <= cfg.max_seq_len:
             raise CompileError(f"{name}: {T} tokens; MiniLM takes 1..{cfg.max_seq_len}")
+        if self.block is not None:
+            return self._build_blocked(T, name, min(self.block, T))
+        err = None
+        for tb in sorted({T, *(b for b in (256, 128, 64, 32, 16, 8) if b < T)}, reverse=True):
+            try:
+                return self._build_blocked(T, name, tb)
+            except CompileError as e:  # the largest row block that fits; else the
+                err = e                # shortfall of the smallest
+        raise err
+
+    def _build_blocked(self, T: int, name: str, Tb: int) -> Program:
+        """The encoder on ``T`` tokens in row blocks of ``Tb``: per block, the embeddings
+        and the Q, K, V projections (K and V appended to the cache at the block's
+        positions); then per block, attention over all ``T`` keys, the output projection,
+        both LayerNorms and the FFN, the block's rows of the hidden states overwritten. Each
+        weight GEMM streams its weights once per block."""
+        p, cfg, m = self.p, self.cfg, self.m
         R, C, PC = p.rows, p.cols, p.cols // 2
         D, H, dh, Dff = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_ff
         E = PC  # INT8 GEMM outputs: the half layout
         WD, WF, KD, KF = D // E, Dff // E, D // R, Dff // R
         nq, kq, nv, wq = -(-T // PC), -(-T // R), dh // PC, dh // R
-        pl = _Plan(p, f"MiniLM on {T} tokens")
+        blocks = [(t0, min(Tb, T - t0)) for t0 in range(0, T, Tb)]
+        pl = _Plan(p, f"MiniLM on {T} tokens (row blocks of {Tb})")
         acc_h = pl.alloc(Buf.ACC, T * WD, "hidden states")
-        acc_k = pl.alloc(Buf.ACC, T * WD, "K")
-        acc_v = pl.alloc(Buf.ACC, T * WD, "V")
-        acc_s = pl.alloc(Buf.ACC, T * nq, "scores")
-        acc_att = pl.alloc(Buf.ACC, T * WD, "attention output")
-        acc_q = pl.alloc(Buf.ACC, T * WD, "Q / output projection / h1")
-        # FFN1's output (and FFN2's) below Q when it fits there (h, K, V... are dead by then)
-        acc_f = 0 if T * WF <= acc_q else pl.alloc(Buf.ACC, T * WF, "FFN")
-        acc_e = acc_k  # the embedding phase: position and token-type rows (before K exists)
-        act_x = pl.alloc(Buf.ACT, T * KD, "GEMM inputs")
-        head_words = 3 * T * wq + 2 * T * kq
-        act_heads = pl.alloc(Buf.ACT, max(H * head_words, T * KF), "heads / FFN2 input")
-        act_g = act_heads
+        scratch = pl.top[Buf.ACC]
+        phase_a = [("q", Tb * WD), ("k", Tb * WD), ("v", Tb * WD)]
+        phase_b = [("scores", Tb * nq), ("attention / FFN2", Tb * WD), ("h1", Tb * WD),
+                   ("FFN1", Tb * WF)]
+        reg, need = {}, 0
+        for phase in (phase_a, phase_b):
+            at = scratch
+            for nm, n in phase:
+                reg[nm] = at
+                at += n
+            need = max(need, at - scratch)
+        pl.alloc(Buf.ACC, need, "block scratch")
+        acc_q, acc_k, acc_v = reg["q"], reg["k"], reg["v"]
+        acc_e = acc_k  # embeddings: position and token-type rows of a block (2 Tb rows)
+        acc_s, acc_att, acc_o, acc_f = (reg["scores"], reg["attention / FFN2"], reg["h1"],
+                                        reg["FFN1"])
+        act_x = pl.alloc(Buf.ACT, Tb * KD, "GEMM inputs")
+        act_g = pl.alloc(Buf.ACT, Tb * KF, "FFN2 input")
+        act_q = pl.alloc(Buf.ACT, H * T * wq, "queries of every head")
+        act_kv = pl.alloc(Buf.ACT, H * 2 * Tb * wq, "a block's keys and values")
+        act_p = pl.alloc(Buf.ACT, 2 * 2 * Tb * kq, "P planes (two heads)")
         heads, kv = [], 0
         for _ in range(H):
             heads.append(KvHead(p, dh, T, base=kv))
@@ -518,37 +551,38 @@ class MiniLMCompiled(CompiledModel):
         def section(label, start):
             sections.append(Section(label, start, len(b.ops)))
 
-        def gemm(qw, bias, a, out, stride):
-            b.weight_gemm(qw, bias, a, T, out, stride, wgt, prm_gemm)
+        def gemm(qw, bias, a, n, out, stride):
+            b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm)
 
-        def quant(src, stride, length, dst, **kw):
-            b.vec(VecFn.QUANT, half=1, rows=T, length=length, src_a=src, src_stride=stride,
+        def quant(src, stride, length, dst, n, **kw):
+            b.vec(VecFn.QUANT, half=1, rows=n, length=length, src_a=src, src_stride=stride,
                   dst=dst, dst_stride=-(-length // R), **kw)
 
-        def rows_op(fn, src, length, dst=None, **kw):
+        def rows_op(fn, src, length, n, dst=None, **kw):
             W = length // E
-            b.vec(fn, half=1, rows=T, length=length, src_a=src, src_stride=W,
+            b.vec(fn, half=1, rows=n, length=length, src_a=src, src_stride=W,
                   dst=src if dst is None else dst, dst_stride=W, **kw)
 
-        # -- embeddings: word (written by the host) + position + token type 0, LayerNorm
         s0 = _sections_start(b)
-        b.emit(encode(Op.SETPOS, value=0))
         in_off = b.img.reserve(Buf.ACC, T * WD)
         b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
-        if self.embeddings:
-            pos_rows = G.embed(np.arange(T), m.pos)
-            type_rows = G.embed(np.zeros(T, np.int64), m.type)
-            b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", T))
-            b.load(Buf.ACC, acc_e + T * WD, wide_fields(p, type_rows, half=True),
-                   key=("type", T))
-            b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
-                   key="emb_ln")
-            rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e)
-            rows_op(VecFn.RESIDUAL, acc_h, D, src_b=acc_e + T * WD)
-            rows_op(VecFn.LAYERNORM, acc_h, D, prm=prm_ln1)
         pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
         b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
         b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+        if self.embeddings:
+            # word (written by the host) + position + token type 0, then LayerNorm
+            b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
+                   key="emb_ln")
+            for t0, n in blocks:
+                h = acc_h + t0 * WD
+                pos_rows = G.embed(np.arange(t0, t0 + n), m.pos)
+                type_rows = G.embed(np.zeros(n, np.int64), m.type)
+                b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", t0, n))
+                b.load(Buf.ACC, acc_e + n * WD, wide_fields(p, type_rows, half=True),
+                       key=("type", n))
+                rows_op(VecFn.RESIDUAL, h, D, n, src_b=acc_e)
+                rows_op(VecFn.RESIDUAL, h, D, n, src_b=acc_e + n * WD)
+                rows_op(VecFn.LAYERNORM, h, D, n, prm=prm_ln1)
         section("embeddings" if self.embeddings else "input", s0)
 
         for li, L in enumerate(m.layers[:self.n_layers]):
@@ -557,43 +591,55 @@ class MiniLMCompiled(CompiledModel):
                    key=(id(L), 1))
             b.load(Buf.PRM, prm_ln2, norm_prm_fields(p, [L.ln2_g, L.ln2_b], cfg.ln_eps),
                    key=(id(L), 2))
-            quant(acc_h, WD, D, act_x)
-            for qw, bias, out in ((L.wq, L.bq, acc_q), (L.wk, L.bk, acc_k),
-                                  (L.wv, L.bv, acc_v)):
-                gemm(qw, bias, act_x, out, WD)
-            for i, kvh in enumerate(heads):
-                a_q = act_heads + i * head_words
-                a_k, a_v, a_p = a_q + T * wq, a_q + 2 * T * wq, a_q + 3 * T * wq
-                col = i * dh // E
-                quant(acc_q + col, WD, dh, a_q)
-                quant(acc_k + col, WD, dh, a_k)
-                quant(acc_v + col, WD, dh, a_v, per_row=1)
-                b.emit(kvh.append(KvKind.KEY, T, a_k))
-                b.emit(kvh.append(KvKind.VALUE, T, a_v))
-                b.emit(kvh.qk(T, a_q, acc_s, nq))
-                b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, src_a=acc_s, src_stride=nq,
-                      dst=acc_s, dst_stride=nq)
-                b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1, rows=T,
-                      src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G, dst=a_p,
-                      dst_stride=kq)
-                b.emit(kvh.pv(0, T, a_p, kq, acc_att + col, prm_pv, prm_pv + 2 * nv, WD))
-                b.emit(kvh.pv(1, T, a_p + T * kq, kq, acc_att + col, prm_pv + nv,
-                              prm_pv + 2 * nv, WD))
-            quant(acc_att, WD, D, act_x)
-            gemm(L.wo, L.bo, act_x, acc_q, WD)
-            rows_op(VecFn.RESIDUAL, acc_q, D, src_b=acc_h)
-            rows_op(VecFn.LAYERNORM, acc_q, D, prm=prm_ln1)  # h1
-            quant(acc_q, WD, D, act_x)
-            gemm(L.w1, L.b1, act_x, acc_f, WF)
-            rows_op(VecFn.GELU, acc_f, Dff)
-            quant(acc_f, WF, Dff, act_g)
-            gemm(L.w2, L.b2, act_g, acc_f, WD)
-            rows_op(VecFn.RESIDUAL, acc_f, D, src_b=acc_q)
-            rows_op(VecFn.LAYERNORM, acc_f, D, dst=acc_h, prm=prm_ln2)
+            # -- phase A: Q, K, V of each block; K and V into the cache at its positions
+            for t0, n in blocks:
+                quant(acc_h + t0 * WD, WD, D, act_x, n)
+                for qw, bias, out in ((L.wq, L.bq, acc_q), (L.wk, L.bk, acc_k),
+                                      (L.wv, L.bv, acc_v)):
+                    gemm(qw, bias, act_x, n, out, WD)
+                b.emit(encode(Op.SETPOS, value=t0))
+                for i, kvh in enumerate(heads):
+                    col = i * dh // E
+                    a_k = act_kv + i * 2 * Tb * wq
+                    a_v = a_k + Tb * wq
+                    quant(acc_q + col, WD, dh, act_q + (i * T + t0) * wq, n)
+                    quant(acc_k + col, WD, dh, a_k, n)
+                    quant(acc_v + col, WD, dh, a_v, n, per_row=1)
+                    b.emit(kvh.append(KvKind.KEY, n, a_k))
+                    b.emit(kvh.append(KvKind.VALUE, n, a_v))
+            # -- phase B: attention over every key, then the rest of the layer, per block
+            for t0, n in blocks:
+                b.emit(encode(Op.SETPOS, value=T - n))  # pos + rows = T keys visible
+                for i, kvh in enumerate(heads):
+                    a_p = act_p + (i % 2) * 2 * Tb * kq
+                    col = i * dh // E
+                    b.emit(kvh.qk(n, act_q + (i * T + t0) * wq, acc_s, nq))
+                    b.vec(VecFn.SOFTMAX, half=1, rows=n, dyn=Dyn.POS, src_a=acc_s,
+                          src_stride=nq, dst=acc_s, dst_stride=nq)
+                    b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1,
+                          rows=n, src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G,
+                          dst=a_p, dst_stride=kq)
+                    b.emit(kvh.pv(0, n, a_p, kq, acc_att + col, prm_pv, prm_pv + 2 * nv, WD))
+                    b.emit(kvh.pv(1, n, a_p + n * kq, kq, acc_att + col, prm_pv + nv,
+                                  prm_pv + 2 * nv, WD))
+                h = acc_h + t0 * WD
+                quant(acc_att, WD, D, act_x, n)
+                gemm(L.wo, L.bo, act_x, n, acc_o, WD)
+                rows_op(VecFn.RESIDUAL, acc_o, D, n, src_b=h)
+                rows_op(VecFn.LAYERNORM, acc_o, D, n, prm=prm_ln1)  # h1
+                quant(acc_o, WD, D, act_x, n)
+                gemm(L.w1, L.b1, act_x, n, acc_f, WF)
+                rows_op(VecFn.GELU, acc_f, Dff, n)
+                quant(acc_f, WF, Dff, act_g, n)
+                gemm(L.w2, L.b2, act_g, n, acc_att, WD)
+                rows_op(VecFn.RESIDUAL, acc_att, D, n, src_b=acc_o)
+                rows_op(VecFn.LAYERNORM, acc_att, D, n, dst=h, prm=prm_ln2)
             section(f"layer {li}", s0)
 
         s0 = _sections_start(b)
         out_off = b.img.reserve(Buf.ACC, T * WD)
         b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))
         section("store", s0)
-        return self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
+        prog = self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
+        prog.block = Tb
+        return prog

@@ -47,6 +47,21 @@ def minilm():
     return quantize_minilm(model), MiniLMTokenizer(model.path)
 
 
+def test_minilm_row_blocks_bit_exact(minilm):
+    """Row-block schedules (blocks of 8 over 26 tokens: a short last block; all 128 tokens
+    in blocks of 32, the largest that fits the 'sim' ACC): two layers equal golden."""
+    qm, _ = minilm
+    rng = np.random.default_rng(5)
+    for T, block, want_block in ((26, 8, 8), (128, None, 32)):
+        c = MiniLMCompiled(qm, P, layers=2, block=block)
+        ids = [101, *rng.integers(1000, 20000, T - 2), 102]
+        with open_device("isa", c) as dev:
+            h = MiniLMRunner(c, dev).hidden(ids)
+        assert c.program(T).block == want_block
+        sub = replace(qm, layers=qm.layers[:2])
+        assert np.array_equal(h, minilm_encode(ids, sub)), T
+
+
 def test_minilm_whole_model_bit_exact(minilm):
     """Two sentences of different lengths through one compiled image (a program per
     length): the chip's last hidden states are the golden model's, bit for bit."""
@@ -133,8 +148,9 @@ def test_fit_errors(smollm2, minilm):
     qm, _ = minilm
     with pytest.raises(CompileError, match="MiniLM takes 1..256"):
         MiniLMCompiled(qm, P).program(300)
-    with pytest.raises(CompileError, match=r"MiniLM on 256 tokens does not fit.*ACC"):
-        MiniLMCompiled(qm, P).program(256)
+    with pytest.raises(CompileError, match=r"MiniLM on 256 tokens \(row blocks of 8\) does "
+                                           r"not fit the chip: ACC needs 14848 words"):
+        MiniLMCompiled(qm, replace(P, acc_sram_kib=512)).program(256)
 
 
 def test_runtime_errors(minilm):
