@@ -63,13 +63,13 @@ from ..isa import (
     prm_word,
 )
 from ..params import ChipParams
-from .common import Pipe, saturate, wide_lanes
+from .common import Pipe, connect_out, saturate, wide_lanes
 from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
 from .norm import EPS_BITS, Normalizer
 from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
 from .softmax import Softmax
 
-__all__ = ["VecEngine", "FOLD_BITS"]
+__all__ = ["VecEngine", "FoldStage", "FOLD_BITS"]
 
 #: ``vfold`` values: ``p`` (17 bits) times ``mant_v`` (up to ``2**act_headroom``), signed.
 FOLD_BITS = 17 + 20 + 1
@@ -101,6 +101,85 @@ def _pick(values, index):
     return Array(values)[index[:(len(values) - 1).bit_length()]]
 
 
+class FoldStage(wiring.Component):
+    """``vfold``'s fold of V's scales into the probabilities ahead of the quantizer: per
+    element ``rshift_round(p * 2**gshift_v, e_max - exp_v)``, 0 for keys the row does not see
+    (``j >= visible``) and for keys whose V group is zero (``golden``'s masked ``p = 0``).
+
+    ``i_beat``: the beat's probabilities ``p`` (``P_BITS`` unsigned each), its index ``b_idx``
+    in the row, the row's ``visible`` keys and ``last``. V's scales come from the engine's
+    local copy: ``vsc_addr`` / ``vsc_data`` (per key ``sc = gshift | gzero << 5`` and
+    ``ev = exp_v``, an entry per beat) and ``vmax_addr`` / ``vmax_data`` (the running maximum
+    of ``exp_v`` up to each key; the row's ``e_max`` is the one of its last visible key), two
+    synchronous read ports the engine owns. ``o_beat``: ``FOLD_BITS`` values, ``last`` and
+    ``emax``. Pipeline (``STAGES`` = 3, one beat per cycle): memories read; shift by gshift
+    and mask; round by ``e_max - exp_v``."""
+
+    STAGES = 3
+
+    def __init__(self, params: ChipParams, max_beats: int):
+        L = params.vector_lanes
+        self.params, self.max_beats = params, max_beats
+        self.key_layout = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1),
+                                             "ev": signed(EXP_BITS)})
+        super().__init__({
+            "i_beat": In(stream.Signature(data.StructLayout({
+                "p": data.ArrayLayout(unsigned(P_BITS), L), "b_idx": unsigned(13),
+                "visible": unsigned(18), "last": 1}))),
+            "vsc_addr": Out(range(max_beats)),
+            "vsc_data": In(data.ArrayLayout(self.key_layout, L)),
+            "vmax_addr": Out(range(max_beats)),
+            "vmax_data": In(data.ArrayLayout(signed(EXP_BITS), L)),
+            "o_beat": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(FOLD_BITS), L), "last": 1,
+                "emax": signed(EXP_BITS)}))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.params.vector_lanes
+        ll = _log2(L, "vector_lanes")
+        fold = Pipe(m, "fold", self.o_beat.payload.shape(), self.STAGES)
+        bp = self.i_beat.payload
+        m.d.comb += [self.i_beat.ready.eq(fold.credit),
+                     fold.take.eq(self.i_beat.valid & fold.credit),
+                     self.busy.eq(fold.busy)]
+        kk = Signal(18)  # the row's last visible key: its running max is e_max
+        m.d.comb += [kk.eq(bp.visible - 1),
+                     self.vsc_addr.eq(bp.b_idx), self.vmax_addr.eq(kk >> ll)]
+        p1 = Signal(data.ArrayLayout(unsigned(P_BITS), L))
+        b1 = Signal(13)
+        vis1 = Signal(18)
+        lane1 = Signal(range(L))
+        last1 = Signal()
+        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(bp.visible), lane1.eq(kk[:ll] if ll else 0),
+                     last1.eq(bp.last), p1.eq(bp.p)]
+        emax1 = Signal(signed(EXP_BITS))
+        m.d.comb += emax1.eq(_pick((self.vmax_data[i] for i in range(L)), lane1))
+        v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
+        s2 = Signal(data.ArrayLayout(unsigned(6), L))
+        emax2 = Signal(signed(EXP_BITS))
+        last2 = Signal()
+        m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
+        for lane in range(L):
+            key = self.vsc_data[lane]
+            seen = (b1 << ll) + lane < vis1
+            s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
+            m.d.comb += s.eq(emax1 - key.ev)
+            m.d.sync += [
+                v2[lane].eq(Mux(seen & ~key.sc[GSHIFT_BITS],
+                                p1[lane] << key.sc[:GSHIFT_BITS], 0)),
+                s2[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
+            ]
+            sm1 = (s2[lane] - 1)[:6]
+            m.d.sync += fold.result.data[lane].eq(
+                Mux(s2[lane] == 0, v2[lane], ((v2[lane] >> sm1) + 1) >> 1))
+        m.d.sync += [fold.result.last.eq(last2), fold.result.emax.eq(emax2)]
+        connect_out(m, fold.out, self.o_beat)
+        return m
+
+
 class VecEngine(wiring.Component):
     """Executes VEC micro-ops (module docstring). Read ports wired by the chip: ``acc_a_*``,
     ``acc_b_*`` (ACC), ``act_*`` (ACT), ``prm_*`` (PRM), ``kv_*`` (KV); writes: ``acc_wr``
@@ -123,6 +202,21 @@ class VecEngine(wiring.Component):
             raise ValueError(f"VecEngine: vector_lanes = {L} must be a multiple of cols = {C} "
                              f"and of rows = {R}")
         self.max_beats = -(-p.vector_row // L)
+        #: The datapath's components, by name (``scripts/synth.py --design vector`` measures
+        #: each on its own): ``q1`` quantizes rows (and the V-scale fold's output), ``q2``
+        #: A8X2's residual.
+        side = signed(EXP_BITS)  # vfold's e_max, carried to the writer
+        mb = self.max_beats
+        self.parts = {
+            "q1": Quantizer(p, max_beats=mb, data_bits=FOLD_BITS, pass_x=True, side=side),
+            "q2": Quantizer(p, max_beats=mb, data_bits=FOLD_BITS + 1, side=side),
+            "norm": Normalizer(p, max_beats=mb),
+            "smax": Softmax(p, max_beats=mb),
+            "pwl": PwlUnit(p),
+            "rope": Rope(p),
+            "add": ResidualAdd(p),
+            "fold": FoldStage(p, mb),
+        }
         ab, cb = _bits(act_word(p)), _bits(acc_word(p))
         ports = {}
         for name, bits in (("acc_a", cb), ("acc_b", cb), ("act", ab), ("prm", _bits(prm_word(p))),
@@ -212,7 +306,7 @@ class VecEngine(wiring.Component):
         setup = Signal()
 
         # local copy of V's scales (vfold): per key gshift | gzero << 5, exp; its running max
-        key_l = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
+        key_l = self.parts["fold"].key_layout
         vsc = Memory(shape=data.ArrayLayout(key_l, L), depth=max_beats, init=[])
         vmax = Memory(shape=data.ArrayLayout(signed(EXP_BITS), L), depth=max_beats, init=[])
         m.submodules.vsc = vsc
@@ -393,7 +487,6 @@ class VecEngine(wiring.Component):
         PC = C // 2
         ll = _log2(L, "vector_lanes")
         KF, KH, KQ, KC = L // C, L // PC, L // R, L // C  # words per beat
-        max_beats = self.max_beats
         a, pos, length, W, Wr, Ww, Wc = e.a, e.pos, e.length, e.W, e.Wr, e.Ww, e.Wc
         is_, go, sweep = e.is_, e.go, e.sweep
         half, out_half, copy_act, vfold, a15, a8x2 = (a.half, e.out_half, e.copy_act, e.vfold,
@@ -486,15 +579,14 @@ class VecEngine(wiring.Component):
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
-        m.submodules.add = add = ResidualAdd(p)
-        m.submodules.pwl = pwl = PwlUnit(p)
-        m.submodules.rope = rope = Rope(p)
-        m.submodules.norm = nrm = Normalizer(p, max_beats=max_beats)
-        m.submodules.smax = smx = Softmax(p, max_beats=max_beats)
-        m.submodules.q1 = q1 = Quantizer(p, max_beats=max_beats, data_bits=FOLD_BITS,
-                                         pass_x=True, side=side_l)
-        m.submodules.q2 = q2 = Quantizer(p, max_beats=max_beats, data_bits=FOLD_BITS + 1,
-                                         side=side_l)
+        parts = self.parts
+        m.submodules.add = add = parts["add"]
+        m.submodules.pwl = pwl = parts["pwl"]
+        m.submodules.rope = rope = parts["rope"]
+        m.submodules.norm = nrm = parts["norm"]
+        m.submodules.smax = smx = parts["smax"]
+        m.submodules.q1 = q1 = parts["q1"]
+        m.submodules.q2 = q2 = parts["q2"]
         bp = beat.payload
         vis_causal = Signal(18)
         m.d.comb += vis_causal.eq(pos + bp.t + 1)
@@ -515,47 +607,17 @@ class VecEngine(wiring.Component):
                          rope.i_beat.payload.sin[i].eq(bp.b[2 * i + 1][:ROPE_TRIG_BITS])]
 
         # vfold: p' = rshift_round(p * mant_v, e_max - exp_v) (0 for keys the row does not see)
-        fold_l = data.StructLayout({"data": data.ArrayLayout(signed(FOLD_BITS), L), "last": 1,
-                                    "emax": side_l})
-        fold = Pipe(m, "fold", fold_l, 3)  # memories read; shift and mask; round
-        kk = Signal(18)  # the row's last visible key: its running max is e_max
-        m.d.comb += kk.eq(visible - 1)
-        vsc_r, vmax_r = e.vsc_r, e.vmax_r
-        m.d.comb += [vsc_r.addr.eq(bp.b_idx), vmax_r.addr.eq(kk >> ll)]
-        p1 = Signal(data.ArrayLayout(unsigned(P_BITS), L))
-        b1 = Signal(13)
-        vis1 = Signal(18)
-        lane1 = Signal(range(L))
-        last1 = Signal()
-        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(visible), lane1.eq(kk[:ll] if ll else 0),
-                     last1.eq(bp.last)]
+        m.submodules.fold = fold = self.parts["fold"]
+        fi = fold.i_beat.payload
+        m.d.comb += [fi.b_idx.eq(bp.b_idx), fi.visible.eq(visible), fi.last.eq(bp.last),
+                     e.vsc_r.addr.eq(fold.vsc_addr), fold.vsc_data.eq(e.vsc_r.data),
+                     e.vmax_r.addr.eq(fold.vmax_addr), fold.vmax_data.eq(e.vmax_r.data)]
         for lane in range(L):
-            m.d.sync += p1[lane].eq(bp.a[lane][:P_BITS])
-        emax1 = Signal(signed(EXP_BITS))
-        m.d.comb += emax1.eq(_pick((vmax_r.data[i] for i in range(L)), lane1))
-        v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
-        s2 = Signal(data.ArrayLayout(unsigned(6), L))
-        emax2 = Signal(signed(EXP_BITS))
-        last2 = Signal()
-        m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
-        for lane in range(L):
-            key = vsc_r.data[lane]
-            seen = (b1 << ll) + lane < vis1
-            s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
-            m.d.comb += s.eq(emax1 - key.ev)
-            m.d.sync += [
-                v2[lane].eq(Mux(seen & ~key.sc[GSHIFT_BITS],
-                                p1[lane] << key.sc[:GSHIFT_BITS], 0)),
-                s2[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
-            ]
-            sm1 = (s2[lane] - 1)[:6]
-            m.d.sync += fold.result.data[lane].eq(
-                Mux(s2[lane] == 0, v2[lane], ((v2[lane] >> sm1) + 1) >> 1))
-        m.d.sync += [fold.result.last.eq(last2), fold.result.emax.eq(emax2)]
+            m.d.comb += fi.p[lane].eq(bp.a[lane][:P_BITS])
 
         # Q1: the row (sweep 0), or again for A8X2's residual (sweep 1)
         qi = q1.i_beat.payload
-        fo = fold.out
+        fo = fold.o_beat
         m.d.comb += [
             qi.count.eq(length), qi.a15.eq(a15), qi.per_row.eq(a.per_row),
         ]
@@ -607,7 +669,7 @@ class VecEngine(wiring.Component):
             with m.If(is_[f]):
                 m.d.comb += [port.valid.eq(beat.valid), beat.ready.eq(port.ready)]
         with m.If(quant & vfold):
-            m.d.comb += [fold.take.eq(beat.valid & fold.credit), beat.ready.eq(fold.credit)]
+            m.d.comb += [fold.i_beat.valid.eq(beat.valid), beat.ready.eq(fold.i_beat.ready)]
         with m.If(quant & ~vfold):
             m.d.comb += [q1.i_beat.valid.eq(beat.valid), beat.ready.eq(q1.i_beat.ready)]
 
