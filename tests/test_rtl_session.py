@@ -15,12 +15,15 @@ must equal the golden model's:
 - a chip error (an illegal micro-op) is the job's ``error`` and the session goes on;
 - a job out of cycles raises ``ChipTimeout`` and the session goes on;
 - the whole memory equals IsaSim's at the end;
-- a killed simulator and one that does not answer in time raise ``RtlSessionError``.
+- a killed simulator and one that does not answer in time raise ``RtlSessionError``;
+- (slow, one small build per width) the storage's region ports at bus widths of 1 to 128
+  bytes, against a ``$writememh`` dump.
 
 Random data: seed printed; replay with SESSION_SEED=<seed>. Round-trip costs are printed
 (``-s``); ``scripts/bench_rtl_session.py`` measures them and the bulk load.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -34,7 +37,16 @@ from hw.params import ChipParams
 from sim import golden as G
 from sim.chip_rtl import ChipTimeout, RtlSession, RtlSessionError
 from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
+from sim.offchip import (
+    STORAGE_VERILOG,
+    OffchipMemory,
+    offchip_words,
+    read_memh,
+    read_region_bin,
+    write_region_bin,
+)
 from sim.programs import Image, KvHead, acc_words, attention_step, raw_op, weight_gemm
+from sim.rtl import BUILD, run_cocotb
 from sw.quantize import random_gemm, to_wide
 
 SEED = int(os.environ.get("SESSION_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -288,3 +300,43 @@ def test_silent_simulator_is_killed():
     assert _gone(s.pid)
     s.close()
     shutil.rmtree(s.run_dir, ignore_errors=True)
+
+
+# -- the storage's region ports at other bus widths ----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bus_bytes", [1, 2, 4, 16, 128])
+def test_storage_regions_any_width(bus_bytes):
+    """``load`` / ``save`` of the Verilog storage (what RtlSession's write / read use) at bus
+    widths other than the chip build's, where Verilator's $fread / $fwrite take other code
+    paths (bytes, 32-bit units, wide words): each loaded region shows up in a ``$writememh``
+    dump of the whole memory (an independent path) and saves back exactly; the memory starts
+    at 0 and words outside the regions stay as they were. One small build per width."""
+    p = ChipParams(offchip_bytes_per_cycle=bus_bytes, offchip_kib=1)
+    words = offchip_words(p)
+    rng = np.random.default_rng([SEED, bus_bytes])
+    steps = [(0, 0), (words - 1, words - 1), (0, words - 1), (1, min(2, words - 1))]
+    steps += [tuple(sorted(rng.integers(0, words, 2).tolist())) for _ in range(4)]
+    name = f"offchip_regions_b{bus_bytes}"
+    run = BUILD / name / "regions"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    mem = np.zeros((words, bus_bytes), np.uint8)
+    want_dump, want_save = [], []
+    for i, (first, last) in enumerate(steps):
+        data = rng.integers(0, 256, (last - first + 1, bus_bytes), dtype=np.uint8)
+        write_region_bin(run / f"load_{i}.bin", data, bus_bytes)
+        mem[first : last + 1] = data
+        want_dump.append(mem.copy())
+        want_save.append(data)
+    run_cocotb(OffchipMemory(p, storage="verilog"), "offchip_top", "tests.rtl.tb_offchip_region",
+               name=name, sources=[STORAGE_VERILOG], run_dir=run,
+               plusargs=[f"+offchip_load={run / 'load.bin'}", f"+offchip_save={run / 'save.bin'}",
+                         f"+offchip_dump={run / 'dump.hex'}"],
+               extra_env={"REGION_STEPS": json.dumps(steps), "REGION_DIR": str(run)})
+    for i, (first, last) in enumerate(steps):
+        dump = read_memh(run / f"dump_{i}.hex", bus_bytes, words=words).reshape(words, -1)
+        assert np.array_equal(dump, want_dump[i]), f"step {i} ({first}..{last}): dump"
+        saved = read_region_bin(run / f"save_{i}.bin", bus_bytes, last - first + 1)
+        assert np.array_equal(saved.reshape(-1, bus_bytes), want_save[i]), f"step {i}: save"
