@@ -168,6 +168,12 @@ class Timing:
         return "\n".join(lines)
 
 
+def _constants_of(component):
+    """A hw component built only to read its constants (never elaborated: no warning)."""
+    component._MustUse__silence = True
+    return component
+
+
 def _union_len(intervals) -> int:
     """Cycles covered by closed intervals ``[a, b]``."""
     total, cur_a, cur_b = 0, None, None
@@ -319,9 +325,9 @@ class _StoreUnit(_Unit):
     def __init__(self, model):
         super().__init__(model, Unit.STORE)
         p = model.p
-        se = StoreEngine(p)
+        se = _constants_of(StoreEngine(p))
         self.resp_depth = se.resp_depth
-        self.rd_depth = MemReader(16, 8).depth
+        self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.t = 0
         self.front = "IDLE"
         self.iss_left = 0
@@ -468,13 +474,13 @@ class Model:
         if self.L != p.offchip_latency:
             raise ValueError(f"latency = {self.L}: the memory model's latency is "
                              f"ChipParams.offchip_latency = {p.offchip_latency}")
-        resp = LoadEngine(p).resp_depth
+        resp = _constants_of(LoadEngine(p)).resp_depth
         if self.L + 3 >= resp:
             raise NotImplementedError(
                 f"LOAD credits bind (latency {self.L} + 3 >= resp_depth {resp}): not modelled")
-        arr = SystolicArray(p)
+        arr = _constants_of(SystolicArray(p))
         self.grid_out = arr.latency + Pipe.FIFO_LATENCY   # accepted row -> scaler input
-        sc = GroupScaler(p)
+        sc = _constants_of(GroupScaler(p))
         self.scaler_stages = sc.STAGES
         if sc.STAGES + Pipe.FIFO_LATENCY >= sc.fifo_depth:
             raise NotImplementedError(
