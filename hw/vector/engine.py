@@ -69,7 +69,7 @@ from .norm import EPS_BITS, Normalizer
 from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
 from .softmax import Softmax
 
-__all__ = ["VecEngine", "FoldStage", "FOLD_BITS"]
+__all__ = ["VecEngine", "FoldStage", "FOLD_BITS", "PART_NAMES", "datapath_parts"]
 
 #: ``vfold`` values: ``p`` (17 bits) times ``mant_v`` (up to ``2**act_headroom``), signed.
 FOLD_BITS = 17 + 20 + 1
@@ -109,37 +109,48 @@ class FoldStage(wiring.Component):
     ``i_beat``: the beat's probabilities ``p`` (``P_BITS`` unsigned each), its index ``b_idx``
     in the row, the row's ``visible`` keys and ``last``. V's scales come from the engine's
     local copy: ``vsc_addr`` / ``vsc_data`` (per key ``sc = gshift | gzero << 5`` and
-    ``ev = exp_v``, an entry per beat) and ``vmax_addr`` / ``vmax_data`` (the running maximum
-    of ``exp_v`` up to each key; the row's ``e_max`` is the one of its last visible key), two
-    synchronous read ports the engine owns. ``o_beat``: ``FOLD_BITS`` values, ``last`` and
+    ``ev = exp_v``) and ``vmax_addr`` / ``vmax_data`` (the running maximum of ``exp_v`` up to
+    each key; the row's ``e_max`` is the one of its last visible key), two synchronous read
+    ports the engine owns, with :meth:`entry_keys` keys per entry (a beat's, or a KV word's
+    ``cols / 2`` if more). ``o_beat``: ``FOLD_BITS`` values, ``last`` and
     ``emax``. Pipeline (``STAGES`` = 3, one beat per cycle): memories read; shift by gshift
     and mask; round by ``e_max - exp_v``."""
 
     STAGES = 3
+    #: A key's entry in ``vsc_data``.
+    KEY_LAYOUT = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
 
     def __init__(self, params: ChipParams, max_beats: int):
         L = params.vector_lanes
         self.params, self.max_beats = params, max_beats
-        self.key_layout = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1),
-                                             "ev": signed(EXP_BITS)})
+        EW = self.entry_keys(params)
+        entries = -(-max_beats * L // EW)
         super().__init__({
             "i_beat": In(stream.Signature(data.StructLayout({
                 "p": data.ArrayLayout(unsigned(P_BITS), L), "b_idx": unsigned(13),
                 "visible": unsigned(18), "last": 1}))),
-            "vsc_addr": Out(range(max_beats)),
-            "vsc_data": In(data.ArrayLayout(self.key_layout, L)),
-            "vmax_addr": Out(range(max_beats)),
-            "vmax_data": In(data.ArrayLayout(signed(EXP_BITS), L)),
+            "vsc_addr": Out(range(entries)),
+            "vsc_data": In(data.ArrayLayout(self.KEY_LAYOUT, EW)),
+            "vmax_addr": Out(range(entries)),
+            "vmax_data": In(data.ArrayLayout(signed(EXP_BITS), EW)),
             "o_beat": Out(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(FOLD_BITS), L), "last": 1,
                 "emax": signed(EXP_BITS)}))),
             "busy": Out(1),
         })
 
+    @staticmethod
+    def entry_keys(params: ChipParams) -> int:
+        """Keys per entry of the V-scale copy: ``max(vector_lanes, cols / 2)``."""
+        return max(params.vector_lanes, params.cols // 2)
+
     def elaborate(self, platform):
         m = Module()
         L = self.params.vector_lanes
         ll = _log2(L, "vector_lanes")
+        EW = self.entry_keys(self.params)
+        lew = _log2(EW, "V-scale entry")
+        lsub = lew - ll  # beats per entry: 2**lsub
         fold = Pipe(m, "fold", self.o_beat.payload.shape(), self.STAGES)
         bp = self.i_beat.payload
         m.d.comb += [self.i_beat.ready.eq(fold.credit),
@@ -147,23 +158,26 @@ class FoldStage(wiring.Component):
                      self.busy.eq(fold.busy)]
         kk = Signal(18)  # the row's last visible key: its running max is e_max
         m.d.comb += [kk.eq(bp.visible - 1),
-                     self.vsc_addr.eq(bp.b_idx), self.vmax_addr.eq(kk >> ll)]
+                     self.vsc_addr.eq(bp.b_idx >> lsub), self.vmax_addr.eq(kk >> lew)]
         p1 = Signal(data.ArrayLayout(unsigned(P_BITS), L))
         b1 = Signal(13)
         vis1 = Signal(18)
-        lane1 = Signal(range(L))
+        lane1 = Signal(range(EW))
         last1 = Signal()
-        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(bp.visible), lane1.eq(kk[:ll] if ll else 0),
+        m.d.sync += [b1.eq(bp.b_idx), vis1.eq(bp.visible), lane1.eq(kk[:lew] if lew else 0),
                      last1.eq(bp.last), p1.eq(bp.p)]
         emax1 = Signal(signed(EXP_BITS))
-        m.d.comb += emax1.eq(_pick((self.vmax_data[i] for i in range(L)), lane1))
+        m.d.comb += emax1.eq(_pick((self.vmax_data[i] for i in range(EW)), lane1))
         v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
         s2 = Signal(data.ArrayLayout(unsigned(6), L))
         emax2 = Signal(signed(EXP_BITS))
         last2 = Signal()
         m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
+        sub1 = b1[:lsub] if lsub else 0  # the beat's keys within the entry
         for lane in range(L):
-            key = self.vsc_data[lane]
+            key = _pick((self.vsc_data[j * L + lane].as_value() for j in range(1 << lsub)),
+                        sub1)
+            key = self.KEY_LAYOUT(key)
             seen = (b1 << ll) + lane < vis1
             s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
             m.d.comb += s.eq(emax1 - key.ev)
@@ -180,13 +194,42 @@ class FoldStage(wiring.Component):
         return m
 
 
+#: The components of the vector unit's datapath (:func:`datapath_parts`), by name.
+PART_NAMES = ("q1", "q2", "norm", "smax", "pwl", "rope", "add", "fold")
+
+
+def datapath_parts(params: ChipParams, names=PART_NAMES) -> dict:
+    """Fresh instances of the datapath's components (``names`` of :data:`PART_NAMES`), as
+    :class:`VecEngine` builds them: ``q1`` quantizes rows (and the fold's output), ``q2``
+    A8X2's residual, ``fold`` is :class:`FoldStage`. ``scripts/synth.py --design vector``
+    synthesizes each on its own."""
+    mb = -(-params.vector_row // params.vector_lanes)
+    side = signed(EXP_BITS)  # vfold's e_max, carried to the writer
+    make = {
+        "q1": lambda: Quantizer(params, max_beats=mb, data_bits=FOLD_BITS, pass_x=True,
+                                side=side),
+        "q2": lambda: Quantizer(params, max_beats=mb, data_bits=FOLD_BITS + 1, side=side),
+        "norm": lambda: Normalizer(params, max_beats=mb),
+        "smax": lambda: Softmax(params, max_beats=mb),
+        "pwl": lambda: PwlUnit(params),
+        "rope": lambda: Rope(params),
+        "add": lambda: ResidualAdd(params),
+        "fold": lambda: FoldStage(params, mb),
+    }
+    return {n: make[n]() for n in names}
+
+
 class VecEngine(wiring.Component):
     """Executes VEC micro-ops (module docstring). Read ports wired by the chip: ``acc_a_*``,
     ``acc_b_*`` (ACC), ``act_*`` (ACT), ``prm_*`` (PRM), ``kv_*`` (KV); writes: ``acc_wr``
     (ACC words), ``act_wr`` (ACT words), each a valid/ready stream (the chip's write-port
     arbiter may hold ``ready`` low). ``done`` / ``err_*`` pulse once per micro-op; ``abort``
-    drops the current one. Needs ``cols``, ``rows`` and ``vector_lanes`` powers of two with
-    ``cols`` and ``rows`` dividing ``vector_lanes``."""
+    drops the current one. Needs ``cols``, ``rows`` and ``vector_lanes`` powers of two,
+    ``vector_lanes >= 2``. Beats and buffer words meet in *pieces* of ``min(L, E)`` elements
+    (``E``: ``cols``, ``cols / 2`` or ``rows`` elements per ACC, half ACC or ACT word): a beat
+    wider than a word takes several words; a word wider than a beat (fewer lanes, e.g. the
+    FPGA configuration's) is read once per piece, and the writer gathers a word's pieces
+    before it writes the word. Either way one piece moves per cycle."""
 
     #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
     ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
@@ -198,25 +241,9 @@ class VecEngine(wiring.Component):
         _log2(L, "vector_lanes")
         _log2(R, "rows")
         _log2(C, "cols")
-        if L % C or L % R:
-            raise ValueError(f"VecEngine: vector_lanes = {L} must be a multiple of cols = {C} "
-                             f"and of rows = {R}")
+        if L < 2:
+            raise ValueError(f"VecEngine: vector_lanes = {L} must be at least 2 (RoPE pairs)")
         self.max_beats = -(-p.vector_row // L)
-        #: The datapath's components, by name (``scripts/synth.py --design vector`` measures
-        #: each on its own): ``q1`` quantizes rows (and the V-scale fold's output), ``q2``
-        #: A8X2's residual.
-        side = signed(EXP_BITS)  # vfold's e_max, carried to the writer
-        mb = self.max_beats
-        self.parts = {
-            "q1": Quantizer(p, max_beats=mb, data_bits=FOLD_BITS, pass_x=True, side=side),
-            "q2": Quantizer(p, max_beats=mb, data_bits=FOLD_BITS + 1, side=side),
-            "norm": Normalizer(p, max_beats=mb),
-            "smax": Softmax(p, max_beats=mb),
-            "pwl": PwlUnit(p),
-            "rope": Rope(p),
-            "add": ResidualAdd(p),
-            "fold": FoldStage(p, mb),
-        }
         ab, cb = _bits(act_word(p)), _bits(acc_word(p))
         ports = {}
         for name, bits in (("acc_a", cb), ("acc_b", cb), ("act", ab), ("prm", _bits(prm_word(p))),
@@ -245,12 +272,14 @@ class VecEngine(wiring.Component):
         num = p.numerics
         R, C, L = p.rows, p.cols, p.vector_lanes
         PC = C // 2
-        lr, lc, ll = _log2(R, "rows"), _log2(C, "cols"), _log2(L, "vector_lanes")
+        lr, lc = _log2(R, "rows"), _log2(C, "cols")
         lpc = lc - 1
         H = num.act_headroom
         depth = {b: buffer_depth(p, b) for b in Buf}
         max_beats = self.max_beats
-        KH = L // PC  # half-layout ACC words per beat (the most a beat takes)
+        EW = max(L, PC)  # keys per entry of the V-scale copy: a beat's, or a KV word's
+        KE = EW // PC    # KV words per entry
+        lke = _log2(KE, "V-scale chunks")
 
         # -- the micro-op and its derived sizes (registered in IDLE / EFF / PROD) -------------
         a = Signal(VecArgs)
@@ -306,9 +335,10 @@ class VecEngine(wiring.Component):
         setup = Signal()
 
         # local copy of V's scales (vfold): per key gshift | gzero << 5, exp; its running max
-        key_l = self.parts["fold"].key_layout
-        vsc = Memory(shape=data.ArrayLayout(key_l, L), depth=max_beats, init=[])
-        vmax = Memory(shape=data.ArrayLayout(signed(EXP_BITS), L), depth=max_beats, init=[])
+        key_l = FoldStage.KEY_LAYOUT
+        entries = -(-max_beats * L // EW)
+        vsc = Memory(shape=data.ArrayLayout(key_l, EW), depth=entries, init=[])
+        vmax = Memory(shape=data.ArrayLayout(signed(EXP_BITS), EW), depth=entries, init=[])
         m.submodules.vsc = vsc
         m.submodules.vmax = vmax
         vsc_w = vsc.write_port(granularity=PC)
@@ -402,7 +432,7 @@ class VecEngine(wiring.Component):
                     # keys j = blk * PC + l < length: check, running max, write the chunk
                     run = lv_run
                     bad_any = 0
-                    chunk = lv_wblk[:ll - lpc]  # the block's PC keys within an entry of L
+                    chunk = lv_wblk[:lke] if lke else 0  # the block's PC keys in an entry
                     for lane in range(PC):
                         live = (lv_wblk << lpc) + lane < length
                         sc = lv_scale[lane]
@@ -411,16 +441,15 @@ class VecEngine(wiring.Component):
                         new = Mux(first | (ev > run), ev, run)
                         run = Mux(live, new, run)
                         bad_any = bad_any | (live & ~sc[GSHIFT_BITS] & (sc[:GSHIFT_BITS] > H))
-                        for k in range(KH):  # the lane of key j in the entry
+                        for k in range(KE):  # the lane of key j in the entry
                             m.d.comb += [
                                 vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
                                 vsc_w.data[k * PC + lane].ev.eq(ev),
                                 vmax_w.data[k * PC + lane].eq(run),
                             ]
                     m.d.sync += [lv_run.eq(run), lv_bad.eq(lv_bad | bad_any)]
-                    m.d.comb += [vsc_w.addr.eq(lv_wblk >> (ll - lpc)),
-                                 vmax_w.addr.eq(lv_wblk >> (ll - lpc))]
-                    for k in range(KH):
+                    m.d.comb += [vsc_w.addr.eq(lv_wblk >> lke), vmax_w.addr.eq(lv_wblk >> lke)]
+                    for k in range(KE):
                         m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
@@ -486,8 +515,13 @@ class VecEngine(wiring.Component):
         R, C, L = p.rows, p.cols, p.vector_lanes
         PC = C // 2
         ll = _log2(L, "vector_lanes")
-        KF, KH, KQ, KC = L // C, L // PC, L // R, L // C  # words per beat
-        a, pos, length, W, Wr, Ww, Wc = e.a, e.pos, e.length, e.W, e.Wr, e.Ww, e.Wc
+        # A word and a beat meet in *pieces* of min(L, E) elements (E = C, PC, or R elements
+        # per ACC / half ACC / ACT word): a beat takes L / piece of them, a word gives
+        # E / piece (one of the two is 1).
+        Pf, Ph, Pq = min(L, C), min(L, PC), min(L, R)
+        KF, KH, KQ, KC = L // Pf, L // Ph, L // Pq, L // Pf  # pieces per beat
+        SF, SH, SQ = C // Pf, PC // Ph, R // Pq              # pieces per word
+        a, pos, length, W, Wc = e.a, e.pos, e.length, e.W, e.Wc
         is_, go, sweep = e.is_, e.go, e.sweep
         half, out_half, copy_act, vfold, a15, a8x2 = (a.half, e.out_half, e.copy_act, e.vfold,
                                                        e.a15, e.a8x2)
@@ -496,8 +530,8 @@ class VecEngine(wiring.Component):
         ab = _bits(act_word(p))
 
         # -- reader: operand a (ACC, or ACT for COPY of A8 rows) and b, in step ---------------
-        rmeta_l = data.StructLayout({"k": range(KH), "beat_last": 1, "last": 1,
-                                     "t": unsigned(9), "b": unsigned(13)})
+        rmeta_l = data.StructLayout({"k": range(KH), "j": range(SF), "beat_last": 1,
+                                     "last": 1, "t": unsigned(9), "b": unsigned(13)})
         m.submodules.ard = ard = MemReader(16, max(cb, ab), rmeta_l)
         m.submodules.brd = brd = MemReader(16, cb, unsigned(1))
         use_b = is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL] | is_[VecFn.ROPE]
@@ -505,22 +539,28 @@ class VecEngine(wiring.Component):
         rt = Signal(9)
         rw = Signal(18)
         rk = Signal(range(KH))
+        rj = Signal(range(SF))    # piece of the word
+        r_rem = Signal(signed(20))  # elements of the row from the piece on
         rb = Signal(13)
         a_row = Signal(24)
         b_row = Signal(40)
         kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
+        jin_last = Mux(copy_act, 0, Mux(half, SH - 1, SF - 1))
+        piece = Mux(copy_act, R, Mux(half, Ph, Pf))
         with m.If(go):
-            m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rb.eq(0),
-                         a_row.eq(a.src_a),
+            m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0),
+                         r_rem.eq(length), a_row.eq(a.src_a),
                          b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
         issue = Signal()
-        row_end = rw == Wr - 1
+        row_end = r_rem <= piece
+        word_end = row_end | (rj == jin_last)
         beat_end = row_end | (rk == kin_last)
         m.d.comb += [
             issue.eq(r_on & ard.i.ready & brd.i.ready),
             ard.i.valid.eq(issue), brd.i.valid.eq(issue),
             ard.i.payload.addr.eq(a_row + rw),
             ard.i.payload.meta.k.eq(rk),
+            ard.i.payload.meta.j.eq(rj),
             ard.i.payload.meta.beat_last.eq(beat_end),
             ard.i.payload.meta.last.eq(row_end),
             ard.i.payload.meta.t.eq(rt),
@@ -529,14 +569,15 @@ class VecEngine(wiring.Component):
         ]
         with m.If(issue):
             with m.If(row_end):
-                m.d.sync += [rw.eq(0), rk.eq(0), rb.eq(0), rt.eq(rt + 1),
-                             a_row.eq(a_row + a.src_stride),
+                m.d.sync += [rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0), rt.eq(rt + 1),
+                             r_rem.eq(length), a_row.eq(a_row + a.src_stride),
                              b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
                 with m.If(rt == a.rows - 1):
                     m.d.sync += r_on.eq(0)
             with m.Else():
-                m.d.sync += [rw.eq(rw + 1), rk.eq(Mux(beat_end, 0, rk + 1)),
-                             rb.eq(rb + beat_end)]
+                m.d.sync += [rw.eq(rw + word_end), rj.eq(Mux(word_end, 0, rj + 1)),
+                             rk.eq(Mux(beat_end, 0, rk + 1)), rb.eq(rb + beat_end),
+                             r_rem.eq(r_rem - piece)]
         m.d.comb += [
             self.acc_a_addr.eq(ard.rd_addr), self.act_addr.eq(ard.rd_addr),
             self.acc_a_en.eq(ard.rd_en & ~copy_act), self.act_en.eq(ard.rd_en & copy_act),
@@ -560,13 +601,16 @@ class VecEngine(wiring.Component):
         wa = acc_word(p)(ard.o.payload.data[:cb])
         wb = acc_word(p)(brd.o.payload.data)
         k_in = ard.o.payload.meta.k
+        j_in = ard.o.payload.meta.j
         with m.If(word_take):
             for lane in range(L):
-                with m.If(Mux(half, k_in == lane // PC, k_in == lane // C)):
-                    m.d.sync += [
-                        beat.payload.a[lane].eq(Mux(half, wa[lane % PC], wa[lane % C])),
-                        beat.payload.b[lane].eq(Mux(half, wb[lane % PC], wb[lane % C])),
-                    ]
+                def elem(w, lane=lane):  # the lane's element of the word's piece j_in
+                    full = _pick((w[j * Pf + lane % Pf] for j in range(SF)), j_in)
+                    hv = _pick((w[j * Ph + lane % Ph] for j in range(SH)), j_in)
+                    return Mux(half, hv, full)
+                with m.If(Mux(half, k_in == lane // Ph, k_in == lane // Pf)):
+                    m.d.sync += [beat.payload.a[lane].eq(elem(wa)),
+                                 beat.payload.b[lane].eq(elem(wb))]
             m.d.sync += raw_act.eq(ard.o.payload.data[:ab])
             meta = ard.o.payload.meta
             with m.If(meta.beat_last):
@@ -579,7 +623,7 @@ class VecEngine(wiring.Component):
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
-        parts = self.parts
+        parts = datapath_parts(p)
         m.submodules.add = add = parts["add"]
         m.submodules.pwl = pwl = parts["pwl"]
         m.submodules.rope = rope = parts["rope"]
@@ -607,7 +651,7 @@ class VecEngine(wiring.Component):
                          rope.i_beat.payload.sin[i].eq(bp.b[2 * i + 1][:ROPE_TRIG_BITS])]
 
         # vfold: p' = rshift_round(p * mant_v, e_max - exp_v) (0 for keys the row does not see)
-        m.submodules.fold = fold = self.parts["fold"]
+        m.submodules.fold = fold = parts["fold"]
         fi = fold.i_beat.payload
         m.d.comb += [fi.b_idx.eq(bp.b_idx), fi.visible.eq(visible), fi.last.eq(bp.last),
                      e.vsc_r.addr.eq(fold.vsc_addr), fold.vsc_data.eq(e.vsc_r.data),
@@ -674,14 +718,16 @@ class VecEngine(wiring.Component):
             m.d.comb += [q1.i_beat.valid.eq(beat.valid), beat.ready.eq(q1.i_beat.ready)]
 
         # -- normalizer parameters: gamma (and beta) words per output beat -----------------------
-        pmeta_l = data.StructLayout({"v": 1, "k": range(KC), "beat_last": 1})
+        pmeta_l = data.StructLayout({"v": 1, "k": range(KC), "j": range(SF), "beat_last": 1})
         m.submodules.prd = prd = MemReader(16, _bits(prm_word(p)), pmeta_l)
         p_on = Signal()
         pt = Signal(9)
         pb = Signal(13)   # beat of the row
         pv = Signal()     # 0 gamma, 1 beta
         pk = Signal(range(KC))
-        pw = Signal(18)   # word of the vector: pb * KC + pk
+        pw = Signal(18)   # piece of the vector: pb * KC + pk
+        lsf = _log2(SF, "pieces per word")
+        pword = pw >> lsf  # its word
         Bt = Signal(18)
         m.d.comb += Bt.eq(_ceil_shift(length, ll))
         with m.If(go):
@@ -692,8 +738,9 @@ class VecEngine(wiring.Component):
         m.d.comb += [
             p_issue.eq(p_on & prd.i.ready),
             prd.i.valid.eq(p_issue),
-            prd.i.payload.addr.eq(a.prm + Mux(pv, Wc, 0) + Mux(pw < Wc, pw, Wc - 1)),
+            prd.i.payload.addr.eq(a.prm + Mux(pv, Wc, 0) + Mux(pword < Wc, pword, Wc - 1)),
             prd.i.payload.meta.v.eq(pv), prd.i.payload.meta.k.eq(pk),
+            prd.i.payload.meta.j.eq(pw[:lsf] if lsf else 0),
             prd.i.payload.meta.beat_last.eq(vec_end & lastv),
         ]
         with m.If(p_issue):
@@ -720,11 +767,12 @@ class VecEngine(wiring.Component):
         pm = prd.o.payload.meta
         with m.If(par_take):
             for lane in range(L):
-                with m.If(pm.k == lane // C):
+                bl = _pick((bias[j * Pf + lane % Pf] for j in range(SF)), pm.j)
+                with m.If(pm.k == lane // Pf):
                     with m.If(pm.v):
-                        m.d.sync += par.payload.beta[lane].eq(bias[lane % C])
+                        m.d.sync += par.payload.beta[lane].eq(bl)
                     with m.Else():
-                        m.d.sync += par.payload.gamma[lane].eq(bias[lane % C])
+                        m.d.sync += par.payload.gamma[lane].eq(bl)
             with m.If(pm.beat_last):
                 m.d.sync += par_valid.eq(1)
             with m.Elif(par.ready):
@@ -775,49 +823,74 @@ class VecEngine(wiring.Component):
         w_on = Signal()
         wt = Signal(9)
         ww = Signal(18)
-        wk = Signal(range(KH))
+        wk = Signal(range(max(KF, KH, KQ)))  # piece of the beat
+        wj = Signal(range(max(SF, SH, SQ)))  # piece of the word
         w_row = Signal(24)
-        w_rem = Signal(signed(20))  # elements of the row from word ww on
+        w_rem = Signal(signed(20))   # elements of the row from word ww on
+        wp_rem = Signal(signed(20))  # elements of the row from the piece on
         E_w = Mux(out_half, PC, C)
+        po = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
         kout_last = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
+        jout_last = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
-            m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), w_rem.eq(length),
-                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
+            m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
+                         wp_rem.eq(length), w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
         to_act = quant | copy_act
         w_addr = w_row + ww
         accw = self.acc_wr.payload
         actw = self.act_wr.payload
+        w_row_end = wp_rem <= po               # the row's last piece
+        w_word = w_row_end | (wj == jout_last)  # a word's last piece: write it
         m.d.comb += [accw.addr.eq(w_addr), actw.addr.eq(w_addr),
-                     self.acc_wr.valid.eq(w_on & o_valid & ~to_act),
-                     self.act_wr.valid.eq(w_on & o_valid & to_act)]
+                     self.acc_wr.valid.eq(w_on & o_valid & w_word & ~to_act),
+                     self.act_wr.valid.eq(w_on & o_valid & w_word & to_act)]
+        # words wider than a beat (L < E) gather their earlier pieces here
+        hold_w = Signal(wide_lanes(C)) if SF > 1 else None
+        hold_q = Signal(data.ArrayLayout(signed(8), R)) if SQ > 1 else None
+
+        def gathered(c, P, S, K, E, src, hold):
+            """Element c of the written word (pieces of P elements, S per word, K per
+            beat, E per word) from the beat ``src`` and the pieces held."""
+            if S == 1:
+                return _pick((src[k * E + c] for k in range(K)), wk)
+            return Mux(wj == c // P, src[c % P], hold[c])
+
         word = acc_word(p)(accw.data)
         for c in range(C):
-            full = _pick((o_wide[k * C + c] for k in range(KF)), wk)
+            full = gathered(c, Pf, SF, KF, C, o_wide, hold_w)
             live = c < w_rem
             if c < PC:
-                hv = _pick((o_wide[k * PC + c] for k in range(KH)), wk)
+                hv = gathered(c, Ph, SH, KH, PC, o_wide, hold_w)
                 m.d.comb += word[c].eq(Mux(live, Mux(out_half, hv, full), 0))
             else:
                 m.d.comb += word[c].eq(Mux(live & ~out_half, full, 0))
         aw = act_word(p)(Signal(ab, name="act_word_out"))
         for r in range(R):
-            m.d.comb += aw.data[r].eq(_pick((o_q8[k * R + r] for k in range(KQ)), wk))
+            m.d.comb += aw.data[r].eq(gathered(r, Pq, SQ, KQ, R, o_q8, hold_q))
         m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp),
                      actw.data.eq(Mux(copy_act, raw_act, aw.as_value()))]
-        w_fire = Signal()
-        m.d.comb += w_fire.eq(w_on & o_valid & Mux(to_act, self.act_wr.ready,
-                                                   self.acc_wr.ready))
-        w_row_end = ww == Ww - 1
-        m.d.comb += o_ready.eq(w_fire & (w_row_end | (wk == kout_last)))
-        with m.If(w_fire):
+        w_step = Signal()  # a piece is written, or held for its word
+        m.d.comb += w_step.eq(w_on & o_valid & (~w_word | Mux(to_act, self.act_wr.ready,
+                                                             self.acc_wr.ready)))
+        m.d.comb += o_ready.eq(w_step & (w_row_end | (wk == kout_last)))
+        with m.If(w_step & ~w_word):
+            if hold_w is not None:  # L < C: a piece is the whole beat
+                for c in range(C):
+                    m.d.sync += hold_w[c].eq(Mux(wj == c // L, o_wide[c % L], hold_w[c]))
+            if hold_q is not None:
+                for r in range(R):
+                    m.d.sync += hold_q[r].eq(Mux(wj == r // L, o_q8[r % L], hold_q[r]))
+        with m.If(w_step):
             with m.If(w_row_end):
-                m.d.sync += [ww.eq(0), wk.eq(0), wt.eq(wt + 1), w_rem.eq(length),
-                             w_row.eq(w_row + a.dst_stride)]
+                m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
+                             wp_rem.eq(length), w_row.eq(w_row + a.dst_stride)]
                 with m.If(wt == a.rows - 1):
                     m.d.sync += w_on.eq(0)
             with m.Else():
-                m.d.sync += [ww.eq(ww + 1), wk.eq(Mux(wk == kout_last, 0, wk + 1)),
-                             w_rem.eq(w_rem - E_w)]
+                m.d.sync += [wk.eq(Mux(wk == kout_last, 0, wk + 1)), wp_rem.eq(wp_rem - po),
+                             wj.eq(Mux(w_word, 0, wj + 1))]
+                with m.If(w_word):
+                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
 
         busy = (r_on | w_on | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
