@@ -105,10 +105,11 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop"
            "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
            "FIELD_MASKS", "FIELD_SET"]
 
-#: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 8 grid and smaller deep
-#: buffers (module docstring: the 16 x 16 grid does not fit).
+#: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 8 grid, smaller deep
+#: buffers and a 2-lane vector unit (module docstring: the 16 x 16 grid does not fit, nor
+#: do 16 vector lanes).
 CHIP_85F = ChipParams(cols=8, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
-                      kv_sram_kib=16, uop_depth=1024)
+                      kv_sram_kib=16, uop_depth=1024, vector_lanes=2)
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,9 @@ class ChipBoardTop(_BoardTop):
     """:class:`hw.chip.Chip` (``params``) on ``board``, with an LFSR host and off-chip bus
     (module docstring).
 
+    ``vector``: the chip with its vector unit (``Chip(params, vector=True)``; random micro-op
+    words reach it, so none of it is optimized away).
+
     Attributes for simulation and tests: ``chip``, ``leds`` (in the order of
     :data:`CHIP_LED_SIGNALS`), ``start`` (the chip's start pulse), the signatures
     ``wr_misr``, ``rd_misr`` and ``status_misr``, and ``starts`` (runs started).
@@ -385,9 +389,9 @@ class ChipBoardTop(_BoardTop):
     RD_FIFO_DEPTH = 8
     IDLE_CYCLES = 16  # from the chip going idle to the next start
 
-    def __init__(self, params: ChipParams, board: str):
+    def __init__(self, params: ChipParams, board: str, vector: bool = False):
         super().__init__(params, board)
-        self.chip = Chip(params)
+        self.chip = Chip(params, vector=vector)
         self.start = Signal()
         self.wr_misr = Signal(32)
         self.rd_misr = Signal(32)

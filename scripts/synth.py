@@ -39,7 +39,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from amaranth.back import rtlil
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Value
+
 from hw.board_top import BOARDS, ChipBoardTop, GridBoardTop
+from hw.vector import VecEngine
+from hw.vector.engine import PART_NAMES, datapath_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Designs: name -> (top module name, board top class, the Board field with its ChipParams).
@@ -82,8 +87,9 @@ CP_STEP = r"Info:\s+(type|clk-to-q|routing|logic|setup)\s"
 ICE40_TOTALS = {"SB_LUT4": 5280, "SB_DFF*": 5280}
 
 
-def build_dir_for(board: str, rows: int, cols: int, design: str = "grid") -> Path:
-    tag = "" if design == "grid" else f"{design}-"
+def build_dir_for(board: str, rows: int, cols: int, design: str = "grid",
+                  vector: bool = True) -> Path:
+    tag = "" if design == "grid" else f"{design}-" if vector else f"{design}-novec-"
     return Path("build") / "synth" / f"{board}-{tag}{rows}x{cols}"
 
 
@@ -122,7 +128,8 @@ def tool_env(family: str) -> dict:
 
 
 def prepare(
-    board: str, params, build_dir: Path, seed: int, design: str = "grid", router: str = ""
+    board: str, params, build_dir: Path, seed: int, design: str = "grid", router: str = "",
+    vector: bool = True,
 ):
     """Elaborate the board top of ``design`` and write the platform's build plan into
     ``build_dir``.
@@ -139,7 +146,7 @@ def prepare(
     opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
-    top = top_class(params, board)
+    top = top_class(params, board, vector=vector) if design == "chip" else top_class(params, board)
     plan = platform.build(
         top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
@@ -378,15 +385,17 @@ def summarize(
     }
 
 
-def describe(design: str, params, pes: int) -> str:
-    """``grid RxC (N PEs)``, or for the chip also its buffer sizes."""
+def describe(design: str, params, pes: int, vector: bool = False) -> str:
+    """``grid RxC (N PEs)``, or for the chip also its buffer sizes and vector unit."""
     grid = f"{params.rows}x{params.cols} grid ({pes} PEs)"
     if design == "grid":
         return grid
+    vec = (f"vector unit {params.vector_lanes} lanes, rows up to {params.vector_row}"
+           if vector else "no vector unit")
     return (
         f"chip, {grid}, buffers WGT/ACT/ACC/KV {params.weight_sram_kib}/{params.act_sram_kib}/"
         f"{params.acc_sram_kib}/{params.kv_sram_kib} KiB, PRM {params.prm_entries}, "
-        f"uop {params.uop_depth}"
+        f"uop {params.uop_depth}, {vec}"
     )
 
 
@@ -399,7 +408,7 @@ def _params_dict(params) -> dict:
 def print_summary(s: dict) -> None:
     params = replace(BOARDS[s["board"]].params, **s["params"]) if "params" in s else None
     what = (
-        describe(s.get("design", "grid"), params, s["pes"])
+        describe(s.get("design", "grid"), params, s["pes"], s.get("vector", False))
         if params
         else f"grid {s['rows']}x{s['cols']} ({s['pes']} PEs)"
     )
@@ -472,6 +481,91 @@ def _path_sources(block: list) -> list:
     return list(counts.items())
 
 
+# -- the vector unit alone (Yosys only) ---------------------------------------------------------
+
+#: What Yosys' cell counts are checked against (DESIGN.md section 7): the ECP5 parts the boards
+#: carry. FFs: one per LUT4 (two of each per slice).
+DEVICE_TOTALS = {"LFE5U-85F": {"LUT4": 83640, "FF": 83640, "DSP": 156, "EBR": 208}}
+#: Yosys cells per resource row of the vector report; LUT4 counts a CCU2C (two-bit adder
+#: slice half) as two LUT4, as nextpnr does.
+VECTOR_CELLS = {"LUT4": {"LUT4": 1, "CCU2C": 2}, "LUTRAM": {"TRELLIS_DPR16X4": 1},
+                "FF": {"TRELLIS_FF": 1}, "DSP": {"MULT18X18D": 1}, "EBR": {"DP16KD": 1}}
+
+
+class _Resetless(Elaboratable):
+    """``part`` in a ``sync`` domain without a reset, as on the board (``hw/board_top.py``:
+    every flop starts from its init value; a sync reset on every flop made Yosys 0.70's abc9
+    step crash on some of the vector components)."""
+
+    def __init__(self, part):
+        self.part = part
+        self.domain = ClockDomain("sync", reset_less=True)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.domain
+        m.submodules.part = self.part
+        return m
+
+    def ports(self) -> list:
+        sig = self.part.signature
+        return [Value.cast(v) for _, _, v in sig.flatten(self.part)] + [self.domain.clk]
+
+
+def vector_part(params, name: str):
+    """The vector unit (``engine``: ``hw.vector.VecEngine``), or one of its datapath
+    components (``hw.vector.engine.datapath_parts``)."""
+    return VecEngine(params) if name == "engine" else datapath_parts(params, [name])[name]
+
+
+def synth_vector(params, build_dir: Path, parts: list, env: dict) -> dict:
+    """Yosys ``synth_ecp5`` of each of ``parts`` (names of :func:`vector_parts`) on its own;
+    returns ``{name: {row: count, "seconds": s}}`` (rows of :data:`VECTOR_CELLS`)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in parts:
+        top = f"vec_{name}"
+        wrapped = _Resetless(vector_part(params, name))
+        (build_dir / f"{top}.il").write_text(rtlil.convert(wrapped, name=top,
+                                                          ports=wrapped.ports()))
+        (build_dir / f"{top}.ys").write_text(f"read_rtlil {top}.il\nsynth_ecp5 -top {top}\n")
+        t0 = time.monotonic()
+        with open(build_dir / "synth.log", "a") as log:
+            proc = subprocess.run([env["YOSYS"], "-q", "-l", f"{top}.rpt", f"{top}.ys"],
+                                  cwd=build_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        elapsed = time.monotonic() - t0
+        if proc.returncode != 0:
+            tail = (build_dir / f"{top}.rpt").read_text(errors="replace").splitlines()[-10:]
+            sys.exit(f"synth: Yosys failed on {name} after {_mmss(elapsed)}; log: "
+                     f"{build_dir / (top + '.rpt')}\n" + "\n".join(tail))
+        cells = parse_yosys_stat(build_dir / f"{top}.rpt", top)
+        row = {label: sum(k * cells.get(c, 0) for c, k in w.items())
+               for label, w in VECTOR_CELLS.items()}
+        out[name] = {**row, "seconds": round(elapsed, 1), "yosys_cells": cells}
+        print(f"  [{_mmss(elapsed)}] {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()),
+              file=sys.stderr, flush=True)
+    return out
+
+
+def print_vector(board: str, params, figures: dict) -> None:
+    device = BOARDS[board].platform.device
+    totals = DEVICE_TOTALS.get(device, {})
+    print(f"vector unit on {board} ({device}), vector_lanes {params.vector_lanes}, "
+          f"vector_row {params.vector_row}, grid {params.rows}x{params.cols}: Yosys synth_ecp5 "
+          f"cells (before place-and-route; nextpnr adds feed-through LUTs)")
+    labels = list(VECTOR_CELLS)
+    print("  " + f"{'part':8s}" + "".join(f"{lb:>9s}" for lb in labels) + "   seconds")
+    for name, row in figures.items():
+        print("  " + f"{name:8s}" + "".join(f"{row[lb]:9d}" for lb in labels)
+              + f"   {row['seconds']:7.0f}")
+    if "engine" in figures:
+        eng = figures["engine"]
+        share = "".join(
+            f"{(f'{100 * eng[lb] / totals[lb]:.0f} %') if lb in totals else '':>9s}"
+            for lb in labels)
+        print("  " + f"{'of chip':8s}" + share + "   (the whole unit vs the device)")
+
+
 # -- command line -------------------------------------------------------------------------------
 
 
@@ -480,9 +574,19 @@ def main(argv=None) -> int:
     ap.add_argument("--board", choices=sorted(BOARDS), default="ulx3s-85f")
     ap.add_argument(
         "--design",
-        choices=sorted(DESIGNS),
+        choices=sorted(DESIGNS) + ["vector"],
         default="grid",
-        help="grid: the systolic grid alone (default); chip: the whole chip (hw/chip.py)",
+        help="grid: the systolic grid alone (default); chip: the whole chip (hw/chip.py); "
+        "vector: the vector unit of the board's chip configuration, Yosys cell counts of the "
+        "whole unit and of each of its components (no place-and-route)",
+    )
+    ap.add_argument("--lanes", type=int, help="chip, vector: vector_lanes (default: the board's)")
+    ap.add_argument("--no-vector", action="store_true",
+                    help="chip: without the vector unit (build folder <board>-chip-novec-<R>x<C>)")
+    ap.add_argument(
+        "--parts",
+        help="vector: comma-separated parts to synthesize (default: all; engine is the whole "
+        "unit, the others its components)",
     )
     ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
@@ -506,16 +610,21 @@ def main(argv=None) -> int:
 
     spec = BOARDS[args.board]
     design = args.design
+    if design == "vector":
+        return _main_vector(ap, args)
     name = DESIGNS[design][0]
     try:
         params = replace(
             design_params(args.board, design),
-            **{k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v},
+            **{k: v for k, v in (("rows", args.rows), ("cols", args.cols),
+                                 ("vector_lanes", args.lanes)) if v},
         )
     except ValueError as e:
         ap.error(str(e))
+    vector = design == "chip" and not args.no_vector
     os.chdir(ROOT)  # the build folder is relative to the project (YoWASP cannot see /tmp)
-    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols, design)
+    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols, design,
+                                                vector)
     if build_dir.is_absolute():
         ap.error("--build-dir must be relative to the project (YoWASP tools cannot see /tmp)")
     env = None if args.elaborate_only else tool_env(spec.family)  # fail early if tools missing
@@ -523,12 +632,12 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     try:
         router = args.router or ("router2" if design == "chip" else "")
-        plan = prepare(args.board, params, build_dir, args.seed, design, router)
+        plan = prepare(args.board, params, build_dir, args.seed, design, router, vector)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
     pes = pe_count(build_dir, name)
     print(
-        f"elaborated {args.board} {describe(design, params, pes)} in "
+        f"elaborated {args.board} {describe(design, params, pes, vector)} in "
         f"{time.monotonic() - t0:.1f} s -> {build_dir}/"
     )
     if args.elaborate_only:
@@ -539,12 +648,57 @@ def main(argv=None) -> int:
     elapsed = run_tools(plan, build_dir, env, name)
     summary = summarize(args.board, params, build_dir, elapsed, args.seed, design)
     summary["router"] = router or "router1"
+    summary["vector"] = vector
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     print(
         f"figures: {build_dir / REPORT}; logs: {build_dir / 'synth.log'}, "
         f"{build_dir / (name + '.rpt')}, {build_dir / (name + '.tim')}"
     )
+    return 0
+
+
+def _main_vector(ap, args) -> int:
+    spec = BOARDS[args.board]
+    if spec.family != "ecp5":
+        ap.error("--design vector: ECP5 boards only")
+    try:
+        params = replace(
+            design_params(args.board, "chip"),
+            **{k: v for k, v in (("rows", args.rows), ("cols", args.cols),
+                                 ("vector_lanes", args.lanes)) if v},
+        )
+        known = ["engine", *PART_NAMES]
+    except ValueError as e:
+        ap.error(str(e))
+    parts = args.parts.split(",") if args.parts else known
+    unknown = [p for p in parts if p not in known]
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    os.chdir(ROOT)
+    build_dir = args.build_dir or (
+        Path("build") / "synth" / f"{args.board}-vector-L{params.vector_lanes}")
+    if build_dir.is_absolute():
+        ap.error("--build-dir must be relative to the project (YoWASP tools cannot see /tmp)")
+    try:  # elaborate every part first: a configuration the unit refuses fails here
+        for name in parts:
+            wrapped = _Resetless(vector_part(params, name))
+            rtlil.convert(wrapped, name=f"vec_{name}", ports=wrapped.ports())
+    except ValueError as e:
+        ap.error(str(e))
+    if args.elaborate_only:
+        print(f"elaborated the vector unit's {', '.join(parts)}")
+        return 0
+    env = tool_env(spec.family)
+    env.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    (build_dir / "synth.log").unlink(missing_ok=True)
+    figures = synth_vector(params, build_dir, parts, env)
+    summary = {"board": args.board, "design": "vector", "params": _params_dict(params),
+               "parts": figures}
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
+    print_vector(args.board, params, figures)
+    print(f"figures: {build_dir / REPORT}; Yosys logs: {build_dir}/vec_<part>.rpt")
     return 0
 
 
