@@ -988,19 +988,31 @@ def _conflict(fa, fb) -> bool:
                for sa, la, ha, wa in fa for sb, lb, hb, wb in fb)
 
 
+def _port_conflict(fa, fb) -> bool:
+    """Both ops write the same on-chip buffer: they share its write port (``hw/chip.py``),
+    so their timing would depend on its arbitration (``sim/timing.py``'s predictability
+    rules 1-4: ops of two units that write one buffer must not overlap)."""
+    return any(sa == sb and wa and wb and sa != OFFCHIP
+               for sa, _, _, wa in fa for sb, _, _, wb in fb)
+
+
 class Builder:
     """A micro-op program on an :class:`Image`, written op by op; every ``WAIT`` is placed
     from the ops' :func:`footprint`\\ s: before an op, for each other unit, a ``WAIT`` that
     surely finishes the newest of its unfinished ops whose footprint conflicts (a write
-    against a read or write of a common word). Ops of one unit run in order (their queue),
-    so they need none. ``pos_hi``: the largest ``pos`` the program may run at (a decode
-    program serves many steps), for the footprints of ops that follow ``pos``.
+    against a read or write of a common word; with ``ports``, also two writes of one buffer
+    anywhere in it, so the program's timing is predictable: ``sim/timing.py``). Ops of one
+    unit run in order (their queue), so they need none. ``pos_hi``: the largest ``pos`` the
+    program may run at (a decode program serves many steps), for the footprints of ops
+    that follow ``pos``.
 
     Buffers are handed out by :meth:`alloc` (a bump allocator per buffer; reuse a region by
     passing its address again, the WAITs keep it safe)."""
 
-    def __init__(self, p: ChipParams, img: Image | None = None, pos_hi: int = 0):
+    def __init__(self, p: ChipParams, img: Image | None = None, pos_hi: int = 0,
+                 ports: bool = True):
         self.p = p
+        self.ports = ports
         self.img = img if img is not None else Image(p)
         self.pos_hi = pos_hi
         self.ops: list[int] = []
@@ -1021,7 +1033,8 @@ class Builder:
         if unit is not None:
             fp = footprint(self.p, word, self.pos_hi)
             for u, pend in self.pending.items():
-                hits = [i for i, q in enumerate(pend) if _conflict(q, fp)]
+                hits = [i for i, q in enumerate(pend)
+                        if _conflict(q, fp) or (self.ports and _port_conflict(q, fp))]
                 if u == unit or not hits:
                     continue
                 count = min(len(pend) - hits[-1] - 1, 15)  # all but the newest `count` finish
