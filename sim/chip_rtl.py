@@ -207,8 +207,8 @@ class RtlSession:
     session stays usable, as after a job ending with a chip error (``JobResult.error``).
     """
 
-    #: Seconds per simulated cycle assumed for a run's default timeout (a slow build, or
-    #: tracing, is still well above 10 k cycles/s).
+    #: Seconds per simulated cycle assumed for a run's default timeout: 10 k cycles/s, far
+    #: below the ~200 k of the chip builds (tracing is slower, but not measured here).
     SECONDS_PER_CYCLE = 1e-4
 
     def __init__(self, params: ChipParams, image=None, *, vector: bool = False,
@@ -258,9 +258,7 @@ class RtlSession:
         try:
             self._connect(start_timeout_s)
             t0 = time.perf_counter()
-            if image.size:
-                self.write(0, np.concatenate(
-                    [image, np.zeros(-image.size % B, np.uint8)]))
+            self.write(0, image)
             #: Seconds the initial image took to load (host file + $fread).
             self.load_s = time.perf_counter() - t0
         except BaseException:
