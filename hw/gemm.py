@@ -23,7 +23,7 @@ scaler information (mantissa, exponent, accumulator row, first/final flags and t
 sum, computed here) in a side FIFO that lines up with the grid's in-order outputs.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -32,7 +32,8 @@ from .grid import SystolicArray, act_row_layout, psum_width, weight_row_layout
 from .params import ChipParams
 
 __all__ = ["GroupScaler", "GemmUnit", "row_info_layout", "tile_param_layout",
-           "scaler_in_layout", "gemm_out_layout", "SCALE_BITS", "GSHIFT_BITS", "Y_BITS"]
+           "scaler_in_layout", "gemm_out_layout", "xsum_width", "SCALE_BITS", "GSHIFT_BITS",
+           "Y_BITS"]
 
 #: Column scale: a weight group's INT16 scale, or an activation group mantissa (< 2**21).
 SCALE_BITS = 22
@@ -71,11 +72,16 @@ def tile_param_layout(params: ChipParams) -> data.StructLayout:
     })
 
 
+def xsum_width(rows: int) -> int:
+    """Bits of the sum of ``rows`` INT8 activations."""
+    return 8 + max(rows - 1, 1).bit_length()
+
+
 def scaler_in_layout(params: ChipParams) -> data.StructLayout:
     pw = psum_width(params.rows)
     return data.StructLayout({
         "acc": data.ArrayLayout(signed(pw), params.cols),
-        "xsum": signed(pw),
+        "xsum": signed(xsum_width(params.rows)),
         "info": row_info_layout(params),
         "last": 1,  # last row of the K-tile: its parameters are released after it
     })
@@ -100,20 +106,30 @@ class GroupScaler(wiring.Component):
     one entry per K-tile, held while the tile's rows pass and released after the row marked
     ``last``), ``o_row`` (:func:`gemm_out_layout`, one per ``final`` row).
 
-    Pipeline (one row per cycle, 5 stages): register; ``Z = scale*acc + offset*xsum``;
-    ``P = Z << (gshift + kshift)`` (0 if ``gzero``; modulo 2**64) and read ``Y[t]``;
-    ``Y = (first ? 0 : Y[t]) + P`` written back (the read is transparent to this write, so
-    consecutive rows on the same t, as in GEMV, see each other's sums); on ``final`` rows
-    ``saturate32(rshift_round(Y, shift - exp) + bias)``.
-    Rows are admitted only against free output FIFO entries, so ``o_row`` back-pressure never
-    stalls the pipeline mid-flight.
+    Pipeline (one row per cycle, :attr:`STAGES` = 7 stages from a row's acceptance to its
+    output FIFO write): register; the products ``scale * acc`` and ``offset * xsum``;
+    ``Z = scale*acc + offset*xsum``; ``P = Z << (gshift + kshift)`` (0 if ``gzero``; modulo
+    2**64) and read ``Y[t]``; ``Y = (first ? 0 : Y[t]) + P`` written back (the read is
+    transparent to this write, so consecutive rows on the same t, as in GEMV, see each other's
+    sums); on ``final`` rows the shift by ``shift - exp`` (right: ``Y >> (s - 1)``, left:
+    ``Y << -s``, both clamped to 36 bits, which saturate the output the same way), then
+    ``saturate32(rshift_round(Y, shift - exp) + bias)``. Rows are admitted only against free
+    output FIFO entries, so ``o_row`` back-pressure never stalls the pipeline mid-flight; the
+    FIFO (``STAGES + 3`` entries by default) keeps one row per cycle flowing.
+
+    Multipliers: ``scale * acc`` is ``scale * acc[:17]`` (22 x 17 bits: two 18 x 18 DSP
+    blocks) plus ``scale * acc[17:]`` (a 3-bit signed factor: shifts and adds in logic);
+    ``offset * xsum`` is 16 x :func:`xsum_width` bits (one block up to 1024 rows).
     """
 
-    STAGES = 5
+    #: Stages from a row's acceptance to its output FIFO write (the timing model's latency).
+    STAGES = 7
+    #: ``acc`` bits that go to the DSP product; the rest multiply in logic.
+    ACC_LO = 17
 
-    def __init__(self, params: ChipParams = ChipParams(), fifo_depth: int = 8):
+    def __init__(self, params: ChipParams = ChipParams(), fifo_depth: int | None = None):
         self.params = params
-        self.fifo_depth = fifo_depth
+        self.fifo_depth = self.STAGES + 3 if fifo_depth is None else fifo_depth
         super().__init__({
             "i_row": In(stream.Signature(scaler_in_layout(params))),
             "i_param": In(stream.Signature(tile_param_layout(params))),
@@ -150,10 +166,14 @@ class GroupScaler(wiring.Component):
         s1_par = Signal(tile_param_layout(p))
         m.d.sync += [s1_v.eq(take), s1.eq(self.i_row.payload), s1_par.eq(self.i_param.payload)]
 
-        # -- stage 2: Z = scale * acc + offset * xsum ------------------------------------------
-        zw = SCALE_BITS + psum_width(p.rows) + 1
+        # -- stage 2: the products scale * acc (DSP part and logic part), offset * xsum ------
+        pw = psum_width(p.rows)
+        lo = min(self.ACC_LO, pw - 1)
+        hib = pw - lo  # bits of acc[lo:], signed
         s2_v = Signal(1)
-        s2_z = Signal(data.ArrayLayout(signed(zw), C))
+        s2_pa = Signal(data.ArrayLayout(signed(SCALE_BITS + lo + 1), C))  # scale * acc[:lo]
+        s2_pb = Signal(data.ArrayLayout(signed(SCALE_BITS + hib), C))     # scale * acc[lo:]
+        s2_po = Signal(data.ArrayLayout(signed(16 + xsum_width(p.rows)), C))
         s2_info = Signal(info_l)
         s2_par = Signal(data.StructLayout({"shift": data.ArrayLayout(signed(EXP_BITS + 1), C),
                                            "bias": data.ArrayLayout(signed(32), C)}))
@@ -161,64 +181,92 @@ class GroupScaler(wiring.Component):
         m.d.sync += [s2_v.eq(s1_v), s2_info.eq(s1.info), s2_ksh.eq(s1_par.kshift),
                      s2_par.shift.eq(s1_par.shift), s2_par.bias.eq(s1_par.bias)]
         for n in range(C):
-            m.d.sync += s2_z[n].eq(s1_par.scale[n] * s1.acc[n] + s1_par.offset[n] * s1.xsum)
+            sc = s1_par.scale[n]
+            acc_lo = s1.acc[n].as_unsigned()[:lo]
+            acc_hi = s1.acc[n][lo:].as_signed()
+            # acc_hi * scale as shifts and adds: a few bits, not worth a DSP block
+            terms = [Mux(acc_hi[i], sc << i, 0) for i in range(hib - 1)]
+            terms.append(Mux(acc_hi[hib - 1], -(sc << (hib - 1)), 0))
+            m.d.sync += [s2_pa[n].eq(sc * acc_lo), s2_pb[n].eq(sum(terms)),
+                         s2_po[n].eq(s1_par.offset[n] * s1.xsum)]
 
-        # -- stage 3: P = Z << gshift (the activation's power-of-two scale); read Y[t] -----------
+        # -- stage 3: Z = scale * acc + offset * xsum --------------------------------------------
+        zw = SCALE_BITS + pw + 1
         s3_v = Signal(1)
-        s3_p = Signal(data.ArrayLayout(signed(Y_BITS), C))
+        s3_z = Signal(data.ArrayLayout(signed(zw), C))
         s3_info = Signal(info_l)
         s3_par = Signal.like(s2_par)
-        m.d.comb += [rport.addr.eq(s2_info.t), rport.en.eq(s2_v)]
-        m.d.sync += [s3_v.eq(s2_v), s3_info.eq(s2_info), s3_par.eq(s2_par)]
+        s3_ksh = Signal.like(s2_ksh)
+        m.d.sync += [s3_v.eq(s2_v), s3_info.eq(s2_info), s3_par.eq(s2_par), s3_ksh.eq(s2_ksh)]
         for n in range(C):
-            amount = Signal(GSHIFT_BITS + 1, name=f"pshift{n}")
-            m.d.comb += amount.eq(s2_info.gshift + s2_ksh[n])
-            m.d.sync += s3_p[n].eq(Mux(s2_info.gzero, 0, s2_z[n] << amount))
+            m.d.sync += s3_z[n].eq(s2_pa[n] + (s2_pb[n] << lo) + s2_po[n])
 
-        # -- stage 4: Y = (first ? 0 : Y[t]) + P, written back ---------------------------------
-        y = Signal(data.ArrayLayout(signed(Y_BITS), C))
-        for n in range(C):
-            m.d.comb += y[n].eq(Mux(s3_info.first, 0, rport.data[n]) + s3_p[n])
-        m.d.comb += [wport.addr.eq(s3_info.t), wport.data.eq(y), wport.en.eq(s3_v)]
+        # -- stage 4: P = Z << gshift (the activation's power-of-two scale); read Y[t] -----------
         s4_v = Signal(1)
-        s4_y = Signal.like(y)
+        s4_p = Signal(data.ArrayLayout(signed(Y_BITS), C))
         s4_info = Signal(info_l)
         s4_par = Signal.like(s2_par)
-        m.d.sync += [s4_v.eq(s3_v & s3_info.final), s4_y.eq(y), s4_info.eq(s3_info),
-                     s4_par.eq(s3_par)]
-
-        # -- stage 5: out = saturate32(rshift_round(Y, shift - exp) + bias) --------------------
-        s5_v = Signal(1)
-        s5 = Signal(out_l)
+        m.d.comb += [rport.addr.eq(s3_info.t), rport.en.eq(s3_v)]
+        m.d.sync += [s4_v.eq(s3_v), s4_info.eq(s3_info), s4_par.eq(s3_par)]
         for n in range(C):
-            sh = Signal(signed(EXP_BITS + 2), name=f"sh{n}")
-            m.d.comb += sh.eq(s4_par.shift[n] - s4_info.exp)
-            yv = s4_y[n]
-            r = Signal(signed(Y_BITS + 1), name=f"r{n}")
+            amount = Signal(GSHIFT_BITS + 1, name=f"pshift{n}")
+            m.d.comb += amount.eq(s3_info.gshift + s3_ksh[n])
+            m.d.sync += s4_p[n].eq(Mux(s3_info.gzero, 0, s3_z[n] << amount))
+
+        # -- stage 5: Y = (first ? 0 : Y[t]) + P, written back; the output shift amount ---------
+        y = Signal(data.ArrayLayout(signed(Y_BITS), C))
+        for n in range(C):
+            m.d.comb += y[n].eq(Mux(s4_info.first, 0, rport.data[n]) + s4_p[n])
+        m.d.comb += [wport.addr.eq(s4_info.t), wport.data.eq(y), wport.en.eq(s4_v)]
+        s5_v = Signal(1)
+        s5_y = Signal.like(y)
+        s5_t = Signal.like(s4_info.t)
+        s5_sh = Signal(data.ArrayLayout(signed(EXP_BITS + 2), C))
+        s5_bias = Signal.like(s4_par.bias)
+        m.d.sync += [s5_v.eq(s4_v & s4_info.final), s5_y.eq(y), s5_t.eq(s4_info.t),
+                     s5_bias.eq(s4_par.bias)]
+        for n in range(C):
+            m.d.sync += s5_sh[n].eq(s4_par.shift[n] - s4_info.exp)
+
+        # -- stage 6: the shift by s = shift - exp, clamped to 36 bits -----------------------------
+        # right (s >= 1): Y >> (s - 1), then round in stage 7; |Y| < 2**62, so s >= 63 gives 0.
+        # left (s <= 0): Y << -s; any |result| >= 2**34 saturates the INT32 output the same way
+        # the golden model's clamp does, and so does any clamp beyond that: 36 bits.
+        s6_v = Signal(1)
+        s6_r = Signal(data.ArrayLayout(signed(36), C))  # right: Y >> (s - 1); left: the result
+        s6_right = Signal(C)
+        s6_bias = Signal.like(s5_bias)
+        s6_t = Signal.like(s5_t)
+        m.d.sync += [s6_v.eq(s5_v), s6_bias.eq(s5_bias), s6_t.eq(s5_t)]
+        for n in range(C):
+            sh = s5_sh[n]
+            yv = s5_y[n]
+            r = Signal(signed(36), name=f"r{n}")
             with m.If(sh >= 63):
-                m.d.comb += r.eq(0)  # |Y| < 2**62: rounds to 0
+                m.d.comb += r.eq(0)
             with m.Elif(sh > 0):
-                shp = Signal(6, name=f"shp{n}")
                 shm1 = Signal(6, name=f"shm1_{n}")
-                half = Signal(signed(Y_BITS + 1), name=f"half{n}")
-                m.d.comb += [shp.eq(sh[0:6]), shm1.eq(sh[0:6] - 1),
-                             half.eq(Const(1, signed(Y_BITS + 1)) << shm1),
-                             r.eq((yv + half) >> shp)]
+                m.d.comb += [shm1.eq(sh[0:6] - 1), r.eq(_saturate(yv >> shm1, 36))]
             with m.Else():
-                # Left shift; any |result| >= 2**34 saturates the INT32 output the same way
-                # the golden model's clamp does, so clamp there instead of at 2**62.
                 k = Signal(range(64), name=f"k{n}")
                 m.d.comb += k.eq(Mux(-sh > 35, 35, -sh))
                 yc = _saturate(yv, 36)
                 m.d.comb += r.eq(_saturate(yc << k, 36))
-            m.d.sync += s5.data[n].eq(_saturate(r + s4_par.bias[n], 32))
-        m.d.sync += [s5_v.eq(s4_v), s5.t.eq(s4_info.t)]
+            m.d.sync += [s6_r[n].eq(r), s6_right[n].eq((sh > 0) & (sh < 63))]
 
-        m.d.comb += [ofifo.w_data.eq(s5), ofifo.w_en.eq(s5_v)]
-        m.d.comb += self.busy.eq(s1_v | s2_v | s3_v | s4_v | s5_v | (inflight != 0)
-                                 | ofifo.r_rdy)
+        # -- stage 7: out = saturate32(round + bias) -----------------------------------------------
+        s7_v = Signal(1)
+        s7 = Signal(out_l)
+        for n in range(C):
+            rn = Mux(s6_right[n], (s6_r[n] + 1) >> 1, s6_r[n])
+            m.d.sync += s7.data[n].eq(_saturate(rn + s6_bias[n], 32))
+        m.d.sync += [s7_v.eq(s6_v), s7.t.eq(s6_t)]
+
+        m.d.comb += [ofifo.w_data.eq(s7), ofifo.w_en.eq(s7_v)]
+        m.d.comb += self.busy.eq(s1_v | s2_v | s3_v | s4_v | s5_v | s6_v | s7_v
+                                 | (inflight != 0) | ofifo.r_rdy)
         enter = take & self.i_row.payload.info.final
-        m.d.sync += inflight.eq(inflight + enter - s5_v)
+        m.d.sync += inflight.eq(inflight + enter - s7_v)
         m.d.comb += [
             self.o_row.payload.eq(ofifo.r_data),
             self.o_row.valid.eq(ofifo.r_rdy),
@@ -257,7 +305,7 @@ class GemmUnit(wiring.Component):
         p = self.params
         m.submodules.array = arr = self.array
         m.submodules.scaler = sc = GroupScaler(p)
-        side_l = data.StructLayout({"info": row_info_layout(p), "xsum": signed(psum_width(p.rows))})
+        side_l = data.StructLayout({"info": row_info_layout(p), "xsum": signed(xsum_width(p.rows))})
         m.submodules.side = side = fifo.SyncFIFOBuffered(
             width=side_l.size, depth=arr.fifo_depth + arr.latency + 2)
 
@@ -266,7 +314,7 @@ class GemmUnit(wiring.Component):
         wiring.connect(m, sc.o_row, wiring.flipped(self.o_row))
 
         # activation rows: into the grid and, in step, their scaler info into the side FIFO
-        xsum = Signal(signed(psum_width(p.rows)))
+        xsum = Signal(signed(xsum_width(p.rows)))
         m.d.comb += xsum.eq(sum(self.a_row.payload.data[r] for r in range(p.rows)))
         side_in = Signal(side_l)
         m.d.comb += [
