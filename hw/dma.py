@@ -85,6 +85,13 @@ def _status_ports(p: ChipParams) -> dict:
     }
 
 
+def _times(v, k: int):
+    """``v * k`` for a constant ``k >= 0`` as shifts and adds: Yosys maps a constant product
+    that is not a power of two to a DSP block, which these address checks do not need."""
+    terms = [v << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum(terms[1:], terms[0]) if terms else 0
+
+
 def _max_bpw(p: ChipParams) -> int:
     return max(bus_words_per(p, b) for b in Buf)
 
@@ -122,9 +129,9 @@ class _DmaEngine(wiring.Component):
             for b in Buf:
                 with m.Case(b):
                     m.d.comb += [
-                        total.eq(args.words * bpw[b]),
+                        total.eq(_times(args.words, bpw[b])),
                         sram_bad.eq(args.sram + args.words > buffer_depth(p, b)),
-                        off_bad.eq(args.off + args.words * bpw[b] > mem_words),
+                        off_bad.eq(args.off + _times(args.words, bpw[b]) > mem_words),
                     ]
             with m.Default():
                 m.d.comb += bad_buf.eq(1)
