@@ -113,8 +113,10 @@ _BOOT_FIRST_REQUEST = 2
 _BOOT_TO_FETCH = 2
 #: GEMM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` (start pulse): 3 cycles.
 _GEMM_SETUP = 3
-#: GEMM: the group scaler's stages that hold a non-final row (s1..s3; s4 keeps final rows).
-_SCALER_NONFINAL = 3
+#: GEMM: the group scaler's stages that hold a non-final row (s1..s4 of the 7-stage scaler;
+#: s5 keeps final rows only). Not a named constant of ``hw/gemm.py`` yet: it must become one
+#: (e.g. ``GroupScaler.FINAL_STAGE``) when the scaler's pipelining lands there.
+_SCALER_NONFINAL = 4
 #: GEMM: the tile's two parameter words are paired one per cycle (``have`` toggles), so the
 #: next tile's entry is valid 2 cycles after the last row of a tile enters the scaler.
 _PARAM_GAP = 1
