@@ -338,7 +338,7 @@ class VecArgs(data.Struct):
     - an *A8 row* is ``ceil(length / R)`` ACT words (:func:`act_word`) at
       ``dst + t * dst_stride``: element ``i`` in lane ``i % R`` of word ``i // R``, lanes
       beyond ``length`` 0; each word carries the scale of the activation group of its first
-      element and the row exponent, as ``GEMM`` reads them (``sim.programs.act_fields``);
+      element and the row exponent, as ``GEMM`` reads them (``sw.programs.act_fields``);
     - constants: gamma, beta and eps in PRM *out* words (``bias`` lanes, ``C`` values per
       word, ``Wc = ceil(length / C)`` words per vector); the RoPE table in ACC; V's scales in
       the KV cache, where ``KV_APPEND`` put them.

@@ -151,10 +151,12 @@ def main(argv=None) -> int:
 
     # -- the main job on the ISA simulator
     log("SmolLM2 on the ISA simulator: 1 decode step ...")
-    from sw.runtime import SmolLM2Runner, open_device
+    from sim.devices import open_sim_device
+    from sim.golden import embed
+    from sw.runtime import SmolLM2Runner
 
-    with open_device("isa", call) as dev:
-        r = SmolLM2Runner(call, dev)
+    with open_sim_device("isa", call) as dev:
+        r = SmolLM2Runner(call, dev, embed)
         r.pos = positions[0]
         t0 = time.monotonic()
         r.decode(1)
@@ -176,9 +178,11 @@ def main(argv=None) -> int:
 
 def rtl_rows(p, qm, m, args) -> list:
     """Compiled layers on Verilator: measured cycles vs the prediction, bit-exact outputs."""
+    from sim.devices import open_sim_device
+    from sim.golden import embed
     from sim.golden_models import SmolLM2Golden, minilm_layer
     from sw.compiler import MiniLMCompiled, SmolLM2Compiled
-    from sw.runtime import SmolLM2Runner, open_device
+    from sw.runtime import Runner, SmolLM2Runner
 
     out = []
     rng = np.random.default_rng(1)
@@ -188,8 +192,8 @@ def rtl_rows(p, qm, m, args) -> list:
     prog = cm.program(T)
     t, why = predict(p, prog)
     log("MiniLM layer on Verilator ...")
-    with open_device("rtl", cm) as dev:
-        got, st = dev.step(prog, h, 0)
+    with open_sim_device("rtl", cm) as dev:
+        got, st = Runner(cm, dev, embed).step(prog, h, 0)
     ok = np.array_equal(got, minilm_layer(h, qm.layers[0], qm.config))
     pred = "n/a" if t is None else f"{t.cycles:,}"
     out.append((f"MiniLM layer {T} tokens on RTL: measured / predicted cycles",
@@ -198,13 +202,15 @@ def rtl_rows(p, qm, m, args) -> list:
     c1 = SmolLM2Compiled(m, p, cap=12, chunk=8, layers=1, head=False)
     gold = SmolLM2Golden(m)
     cache = gold.new_cache(12)
-    emb = c1.embed(rng.integers(0, 49152, 12))
+    emb = c1.inputs(embed, rng.integers(0, 49152, 12))
+    for n in (8, 1):
+        c1.program(n)
     log("SmolLM2 layer on Verilator: prefill 8, decode 4 ...")
-    with open_device("rtl", c1) as dev:
-        r = SmolLM2Runner(c1, dev)
+    with open_sim_device("rtl", c1) as dev:
+        r = SmolLM2Runner(c1, dev, embed)
         for p0, n in [(0, 8), (8, 1), (9, 1), (10, 1), (11, 1)]:
             prog = c1.program(n)
-            got, st = dev.step(prog, emb[p0:p0 + n], p0)
+            got, st = r.step(prog, emb[p0:p0 + n], p0)
             want = gold.layer(0, emb[p0:p0 + n], cache, p0)
             t, why = predict(p, prog, p0)
             pred = "n/a" if t is None else f"{t.cycles:,}"

@@ -4,7 +4,7 @@ A GEMM of ``--k`` x ``--n`` weights (W4A8 by default: INT4 with group scales and
 over ``--t`` activation rows, streamed from off-chip memory as a layer larger than the
 buffers is: one GEMM micro-op per block of output columns, the weights and group parameters
 of block ``j + 1`` LOADed into the other half of the double-buffered WGT / PRM space while
-the GEMM of block ``j`` runs, ordered only by ``WAIT`` micro-ops (``sim.programs.weight_gemm``
+the GEMM of block ``j`` runs, ordered only by ``WAIT`` micro-ops (``sw.programs.weight_gemm``
 with ``double_buffer``). For each memory bandwidth (the off-chip model accepts one bus word
 per channel every ``interval`` cycles: ``offchip_bytes_per_cycle / interval`` bytes per
 cycle) it prints:
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from hw.isa import Counter, GridMode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
-from sim.programs import Image, ncols_of, uop_bus_words, weight_gemm  # noqa: E402
+from sw.programs import Image, ncols_of, uop_bus_words, weight_gemm  # noqa: E402
 from sw.quantize import random_gemm  # noqa: E402
 
 

@@ -3,7 +3,7 @@ the host round trips of a decode step (write the next token's inputs, run, read 
 
 The chip is ``ChipParams(offchip_kib=--offchip-mib * 1024)`` (a Verilator build of its own:
 the first run builds it, ~5 min here). The image is ``--image-mib`` MiB of random bytes with
-a small weight GEMM (``sim.programs.weight_gemm``) at its start. Before any figure is
+a small weight GEMM (``sw.programs.weight_gemm``) at its start. Before any figure is
 printed, the GEMM run on the loaded image is checked against the golden model
 (``sim.golden.gemm``) and the whole image is read back and compared with what was written.
 
@@ -32,7 +32,7 @@ from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.chip_rtl import RtlSession  # noqa: E402
 from sim.offchip import write_memh, write_region_bin  # noqa: E402
-from sim.programs import Image, weight_gemm  # noqa: E402
+from sw.programs import Image, weight_gemm  # noqa: E402
 from sw.quantize import random_gemm  # noqa: E402
 
 

@@ -12,7 +12,7 @@ INT8-mode GEMMs write) layouts, on 1 row and on ``--rows`` rows. Printed per op:
 constants, a RoPE table) is loaded once by the first job; each job runs its op in place,
 waits and stores the result.
 
-(b) **Layer share.** The whole-layer programs of ``sim/programs.py``
+(b) **Layer share.** The whole-layer programs of ``sw/programs.py``
 (``minilm_layer_program``: one all-MiniLM-L6-v2 encoder layer, INT8 weights, half layout;
 ``smollm2_layer_program``: one SmolLM2-135M decoder layer prefill, W4A8 weights, A8x2
 activations) with the real weights, on the chip as built (off-chip bus
@@ -60,7 +60,7 @@ from hw.isa import (  # noqa: E402
     encode,
 )
 from hw.params import ChipParams  # noqa: E402
-from sim.programs import (  # noqa: E402
+from sw.programs import (  # noqa: E402
     Image,
     norm_prm_fields,
     per_word,
@@ -95,8 +95,7 @@ def log(msg: str) -> None:
 
 def check_jobs(p, image, jobs, res, what: str):
     """Every job's error, memory and untimed counters equal IsaSim's on the same jobs."""
-    from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
-    from sim.programs import isa_jobs
+    from sim.isa_sim import UNTIMED_COUNTERS, IsaSim, isa_jobs
 
     ref = isa_jobs(p, image, jobs, sim=IsaSim(p, image, vector=True))
     for i, (r, rr) in enumerate(zip(res, ref, strict=True)):
@@ -290,8 +289,8 @@ def report_layer(name, p, prog, r, prog_len, pos_init=0):
 def minilm_job(p, tokens: int):
     from sim.chip_rtl import Job
     from sim.golden_models import minilm_embeddings, minilm_layer
-    from sim.programs import minilm_layer_program
     from sw.models import load_minilm
+    from sw.programs import minilm_layer_program
     from sw.quantize import quantize_minilm
     from sw.tokenizer import MiniLMTokenizer
 
@@ -311,8 +310,8 @@ def smollm2_job(p, tokens: int):
     from sim import golden as G
     from sim.chip_rtl import Job
     from sim.golden_models import SmolLM2Golden
-    from sim.programs import smollm2_layer_program
     from sw.models import load_smollm2
+    from sw.programs import smollm2_layer_program
     from sw.quantize import quantize_smollm2
     from sw.tokenizer import SmolLM2Tokenizer
 

@@ -90,6 +90,22 @@ def _smollm2_compiled(args, model, n_prompt: int):
     return c
 
 
+def _open_device(args, c):
+    """The device ``--device`` names, on the compiled model's image."""
+    if args.device == "board":
+        from sw.runtime import BoardDevice
+
+        return BoardDevice(c)
+    from sim.devices import open_sim_device
+
+    t0 = time.monotonic()
+    kw = {"timing": args.cycles} if args.device == "isa" else {}
+    dev = open_sim_device(args.device, c, **kw)
+    if args.device == "rtl":
+        _err(f"Verilator chip started in {time.monotonic() - t0:.1f} s (image loaded)")
+    return dev
+
+
 def _fmt_rate(n: float, dt: float, unit: str) -> str:
     return f"{n / dt:.2f} {unit}/s" if n and dt > 0 else f"n/a {unit}/s"
 
@@ -136,12 +152,11 @@ def cmd_generate(args) -> int:
         stream = engine.generate(ids, args.max_new_tokens, stop_ids=stop,
                                  cache=engine.new_cache(capacity))
     else:
-        from sw.runtime import SmolLM2Runner, open_device
+        from sim.golden import embed
+        from sw.runtime import SmolLM2Runner
 
         c = _smollm2_compiled(args, model, len(ids))
-        kw = {"timing": args.cycles} if args.device == "isa" else {}
-        dev = open_device(args.device, c, **kw)
-        runner = SmolLM2Runner(c, dev)
+        runner = SmolLM2Runner(c, _open_device(args, c), embed)
         _err(f"device {args.device}: prompt {len(ids)} tokens in chunks of "
              f"{c.chunks(len(ids))}")
         stream = runner.generate(ids, args.max_new_tokens, stop_ids=stop,
@@ -214,12 +229,12 @@ def cmd_embed(args) -> int:
     _err(f"MiniLM loaded and converted in {time.monotonic() - t0:.1f} s")
     runner = None
     if args.device not in ("golden", "float"):
+        from sim.golden import embed
         from sw.compiler import MiniLMCompiled
-        from sw.runtime import MiniLMRunner, open_device
+        from sw.runtime import MiniLMRunner
 
         c = MiniLMCompiled(qm, _config(args))
-        kw = {"timing": args.cycles} if args.device == "isa" else {}
-        runner = MiniLMRunner(c, open_device(args.device, c, **kw))
+        runner = MiniLMRunner(c, _open_device(args, c), embed)
     embs = []
     width = max(len(s) for s in args.sentences)
     try:

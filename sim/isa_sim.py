@@ -126,7 +126,7 @@ from hw.vector.norm import EPS_BITS
 from sim import golden as G
 from sim.golden import rshift_round, saturate
 
-__all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "UNTIMED_COUNTERS", "round_output"]
+__all__ = ["IsaSim", "OpError", "TIMED_COUNTERS", "UNTIMED_COUNTERS", "round_output", "isa_jobs"]
 
 #: Counters only a timing model (the RTL) measures; the simulator leaves them 0.
 TIMED_COUNTERS = (
@@ -905,3 +905,23 @@ class IsaSim:
                           ROPE_TRIG_BITS)
             out = G.rope(x[:, None, :], tab[:, 0::2], tab[:, 1::2], num=num)[:, 0, :]
         self._write_last(Buf.ACC, d_idx, self._wide_words(out, E, W))
+
+
+def isa_jobs(p: ChipParams, image, jobs, sim=None) -> list:
+    """Run ``sim.chip_rtl.Job``\\ s one after the other on one :class:`sim.isa_sim.IsaSim`
+    whose off-chip memory starts as ``image`` (buffers, scaler sums and the memory carry over
+    from job to job, as on the chip): each job boots its program from off-chip memory with
+    its ``pos_init`` (:meth:`~sim.isa_sim.IsaSim.boot`) and runs to ``HALT`` or an error.
+    Returns ``sim.chip_rtl.JobResult``\\ s (the timed counters 0, the memory after the job);
+    the memory model's settings and ``max_cycles`` have no meaning here. ``sim``: continue
+    on that simulator instead of a new one."""
+    from sim.chip_rtl import JobResult
+
+    sim = sim or IsaSim(p, image)
+    out = []
+    for job in jobs:
+        sim.boot(job.prog_addr, job.prog_len, job.pos_init)
+        sim.run()
+        out.append(JobResult(error=sim.error, error_pc=sim.error_pc, pos=sim.pos,
+                             counters=dict(sim.counters), offchip=sim.offchip.copy()))
+    return out

@@ -2,23 +2,28 @@
 
 Input: a model in the chip's formats (``sw/quantize.py``: :class:`~sw.quantize.QMiniLM`, INT8
 weights; :class:`~sw.quantize.QSmolLM2`, its GGUF Q4_1 / Q8_0 blocks unchanged) and a
-:class:`~hw.params.ChipParams`. Output: a :class:`CompiledModel`: one :class:`~sim.programs.Image`
+:class:`~hw.params.ChipParams`. Output: a :class:`CompiledModel`: one :class:`~sw.programs.Image`
 (every weight, constant and table placed once, in the buffer word formats of ``hw/isa.py``)
 and the programs that run on it, each one step of the model with no host in the loop:
 
 - **SmolLM2** (:class:`SmolLM2Compiled`): a program per step length ``T`` (a prefill chunk of
   ``T`` tokens, or ``T = 1`` for decode), all 30 decoder layers, the final RMSNorm and the LM
-  head: the host writes the step's input rows (the token embeddings, ``sim.golden.embed``, a
-  table lookup) into the input slot, starts the program with ``pos`` = the tokens already in
-  the cache, and reads back the last token's logits (it then picks the next token). The KV
+  head: the host writes the step's input rows (the token embeddings: a table lookup the
+  runtime's caller provides) into the input slot, starts the program with ``pos`` = the
+  tokens already in the cache, and reads back the last token's logits (it then picks the
+  next token). The KV
   cache stays on chip between steps (a region per layer and KV head, ``cap`` positions);
   every program ends with ``SETPOS pos += T``, so one decode program serves every position.
 - **MiniLM** (:class:`MiniLMCompiled`): one program per sequence length: the embedding sums
-  and LayerNorm, the 6 encoder layers; the host writes the word embeddings of the tokens and
-  reads back the last hidden states (mean pooling and L2 normalization stay on the host, as
-  ``sw/reference.py`` does them).
+  and LayerNorm, the 6 encoder layers; the host writes the word, position and token-type
+  embedding rows of the tokens (its table lookups) and reads back the last hidden states
+  (mean pooling and L2 normalization stay on the host, as ``sw/reference.py`` does them).
 
-Tiling and schedule (per op, :class:`sim.programs.Builder`): the residual stream and every
+The host's embedding lookup is the one step of a model outside the chip; the runtime takes
+it as a function (``lookup(ids, table) -> wide rows``) from its caller, because ``sw/`` does
+not carry a copy of the golden numerics (``chip`` passes ``sim.golden.embed``).
+
+Tiling and schedule (per op, :class:`sw.programs.Builder`): the residual stream and every
 intermediate of a layer live in ACC / ACT (the ``half`` layout for INT8 GEMM outputs); weight
 GEMMs stream their weights and column parameters through alternating halves of WGT and PRM,
 each chunk loaded while the one before runs; attention runs per head on the KV cache
@@ -49,8 +54,7 @@ from hw.isa import (
     word_layout,
 )
 from hw.params import ChipParams
-from sim import golden as G
-from sim.programs import (
+from sw.programs import (
     Builder,
     Image,
     KvHead,
@@ -108,6 +112,7 @@ class Program:
     out_half: bool         #: the output rows' layout (``half``: ``PC`` per ACC word)
     in_half: bool          #: the input rows' layout
     block: int | None = None  #: MiniLM: the row block the program runs in
+    in_rows: int | None = None  #: input rows the host writes (default ``T``)
 
     @property
     def length(self) -> int:
@@ -173,6 +178,10 @@ class CompiledModel:
         self.programs[name] = prog
         return prog
 
+    def image_bytes(self) -> np.ndarray:
+        """The image as far as it is placed (what a device is opened on)."""
+        return self.img.mem[: self.img.next * self.p.offchip_bytes_per_cycle]
+
     def result(self, prog: Program, mem) -> np.ndarray:
         """A program's output rows (wide [out_rows, out_len]) from an off-chip memory."""
         W = -(-prog.out_len // per_word(self.p, prog.out_half))
@@ -182,8 +191,10 @@ class CompiledModel:
     def input_bytes(self, prog: Program, rows) -> np.ndarray:
         """The input rows (wide [T, d]) as the bytes the host writes at ``prog.in_off``."""
         rows = np.asarray(rows)
-        if rows.shape[0] != prog.T:
-            raise ValueError(f"{prog.name}: {rows.shape[0]} input rows for a {prog.T}-row step")
+        want = prog.T if prog.in_rows is None else prog.in_rows
+        if rows.shape[0] != want:
+            raise ValueError(f"{prog.name}: {rows.shape[0]} input rows, the program takes "
+                             f"{want}")
         return bus_image(self.p, Buf.ACC, wide_fields(self.p, rows, half=prog.in_half)).ravel()
 
     def output_bus_words(self, prog: Program) -> int:
@@ -319,7 +330,7 @@ class SmolLM2Compiled(CompiledModel):
         prm_pv = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
         prm_n1 = pl.alloc(Buf.PRM, Wc + 1, "attention RMSNorm")
         prm_n2 = pl.alloc(Buf.PRM, Wc + 1, "FFN / final RMSNorm")
-        groups = max(qw.q.shape[1] for qw in (m.layers[0].wd, m.lm_head)) // G.NUM.group
+        groups = max(qw.q.shape[1] for qw in (m.layers[0].wd, m.lm_head)) // p.numerics.group
         prm_gemm = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
         wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
         pl.alloc(Buf.KV, self.kv_words, f"KV cache ({cap} positions)")
@@ -351,7 +362,7 @@ class SmolLM2Compiled(CompiledModel):
         b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
         b.load(Buf.ACC, acc_tab, rope_fields(p, m.rope_cos[:cap], m.rope_sin[:cap]),
                key=("rope", cap))
-        pv_g, pv_o = self.heads[0][0].pv_params(G.NUM.frac_bits)
+        pv_g, pv_o = self.heads[0][0].pv_params(p.numerics.frac_bits)
         b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
         b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
         section("input, RoPE table, constants", s0)
@@ -443,9 +454,10 @@ class SmolLM2Compiled(CompiledModel):
         return self._place(name, T, b, pl, sections, in_off, self.logits_off, 1, self.vocab,
                            True, False)
 
-    def embed(self, ids) -> np.ndarray:
-        """The host's part of a step: the input rows (token embeddings) of ``ids``."""
-        return G.embed(np.asarray(ids, np.int64), self.m.token_embd)
+    def inputs(self, lookup, ids) -> np.ndarray:
+        """The input rows of a step on tokens ``ids``: their embeddings, ``lookup(ids,
+        table)`` of the token table (the host's table lookup; wide rows [T, d])."""
+        return lookup(np.asarray(ids, np.int64), self.m.token_embd)
 
 
 # -- MiniLM -----------------------------------------------------------------------------------
@@ -476,9 +488,18 @@ class MiniLMCompiled(CompiledModel):
             self._build(T, name)
         return self.programs[name]
 
-    def embed(self, ids) -> np.ndarray:
-        """The host's part: the word embeddings of ``ids`` (wide [T, d])."""
-        return G.embed(np.asarray(ids, np.int64), self.m.word)
+    def inputs(self, lookup, ids) -> np.ndarray:
+        """The input rows of the program for tokens ``ids``: with ``embeddings``, the word,
+        position and token-type (0) embeddings stacked ([3T, d]: ``lookup(ids, table)``, the
+        host's table lookups; the chip adds them and normalizes), else the ``T`` hidden rows
+        ``lookup`` returns for ``ids`` themselves."""
+        ids = np.asarray(ids, np.int64)
+        m = self.m
+        if not self.embeddings:
+            return lookup(ids, None)
+        T = len(ids)
+        return np.concatenate([lookup(ids, m.word), lookup(np.arange(T), m.pos),
+                               lookup(np.zeros(T, np.int64), m.type)])
 
     def _build(self, T: int, name: str) -> Program:
         cfg = self.cfg
@@ -539,7 +560,7 @@ class MiniLMCompiled(CompiledModel):
         prm_pv = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
         prm_ln1 = pl.alloc(Buf.PRM, 2 * Wc + 1, "LayerNorm 1 / embedding LayerNorm")
         prm_ln2 = pl.alloc(Buf.PRM, 2 * Wc + 1, "LayerNorm 2")
-        groups = Dff // G.NUM.group
+        groups = Dff // p.numerics.group
         prm_gemm = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
         wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
         pl.check()
@@ -564,22 +585,22 @@ class MiniLMCompiled(CompiledModel):
                   dst=src if dst is None else dst, dst_stride=W, **kw)
 
         s0 = _sections_start(b)
-        in_off = b.img.reserve(Buf.ACC, T * WD)
+        in_rows = 3 * T if self.embeddings else T
+        in_off = b.img.reserve(Buf.ACC, in_rows * WD)
+        bpw = bus_words_per(p, Buf.ACC)
         b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
-        pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+        pv_g, pv_o = heads[0].pv_params(p.numerics.frac_bits)
         b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
         b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
         if self.embeddings:
-            # word (written by the host) + position + token type 0, then LayerNorm
+            # word + position + token type 0 (the host's lookups, the input rows), LayerNorm
             b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [m.emb_ln_g, m.emb_ln_b], cfg.ln_eps),
                    key="emb_ln")
             for t0, n in blocks:
                 h = acc_h + t0 * WD
-                pos_rows = G.embed(np.arange(t0, t0 + n), m.pos)
-                type_rows = G.embed(np.zeros(n, np.int64), m.type)
-                b.load(Buf.ACC, acc_e, wide_fields(p, pos_rows, half=True), key=("pos", t0, n))
-                b.load(Buf.ACC, acc_e + n * WD, wide_fields(p, type_rows, half=True),
-                       key=("type", n))
+                for k in (1, 2):  # the block's position rows, then its token-type rows
+                    b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_e + (k - 1) * n * WD,
+                                  words=n * WD, off=in_off + (k * T + t0) * WD * bpw))
                 rows_op(VecFn.RESIDUAL, h, D, n, src_b=acc_e)
                 rows_op(VecFn.RESIDUAL, h, D, n, src_b=acc_e + n * WD)
                 rows_op(VecFn.LAYERNORM, h, D, n, prm=prm_ln1)
@@ -641,5 +662,5 @@ class MiniLMCompiled(CompiledModel):
         b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))
         section("store", s0)
         prog = self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
-        prog.block = Tb
+        prog.block, prog.in_rows = Tb, in_rows
         return prog

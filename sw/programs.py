@@ -29,8 +29,6 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
 - :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
   values, also ones ``encode`` refuses), :func:`error_cases` (one micro-op per check of
   ``hw/isa.py``, ``VEC`` ones for a chip with the vector unit);
-- :func:`isa_jobs`: the jobs of ``sim.chip_rtl.run_jobs`` on the ISA simulator (the reference
-  the RTL is compared with).
 """
 
 import math
@@ -67,15 +65,17 @@ from hw.isa import (
     word_bytes,
     word_layout,
 )
-from hw.params import ChipParams
-from sim import golden as G
+from hw.params import ChipParams, Numerics
+
+#: The number formats (the chip's; ``hw.params.Numerics``).
+NUM = Numerics()
 
 __all__ = [
     "Image", "bus_image", "from_bus", "uop_bus_words", "gscale", "act_fields", "ncols_of",
     "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
-    "isa_jobs", "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "LayerProgram",
+    "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "LayerProgram",
     "minilm_layer_program", "smollm2_layer_program",
 ]
 
@@ -225,7 +225,7 @@ def prm_fields(p: ChipParams, qw, bias, mode: GridMode) -> tuple[dict, dict]:
     C = p.cols
     nc = ncols_of(p, mode)
     N, K = qw.q.shape
-    nb, ng = -(-N // nc), K // G.NUM.group
+    nb, ng = -(-N // nc), K // NUM.group
 
     def lanes(v, shape_tail):  # per-column values [N, ...] -> [nb, ..., C]
         vp = np.zeros((nb * nc, *shape_tail), np.int64)
@@ -245,7 +245,7 @@ def prm_fields(p: ChipParams, qw, bias, mode: GridMode) -> tuple[dict, dict]:
 
 def sub_weight(qw, k0: int, k1: int, n0: int = 0, n1: int | None = None):
     """Columns ``n0 .. n1 - 1`` and K range ``k0 .. k1 - 1`` (whole weight groups) of ``qw``."""
-    g = G.NUM.group
+    g = NUM.group
     assert k0 % g == 0 and k1 % g == 0, (k0, k1)
     n = slice(n0, n1)
     return replace(qw, q=qw.q[n, k0:k1], scale=qw.scale[n, k0 // g : k1 // g],
@@ -390,7 +390,7 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw, bias, *, n_ops: int = 1,
     nc = ncols_of(p, mode)
     nb = -(-N // nc)
     kt_all = K // R
-    grp = G.NUM.group
+    grp = NUM.group
     assert K % grp == 0 and grp % R == 0
     step = int(np.log2(grp // R))
     b = {"wgt": 0, "act": 0, "prm": 0, "acc": 0, **(base or {})}
@@ -496,7 +496,7 @@ class KvHead:
     def __post_init__(self):
         PC = self.p.cols // 2
         blocks = -(-self.cap // PC)
-        self.G = self.d // G.NUM.act_group
+        self.G = self.d // NUM.act_group
         self.key = self.base
         self.key_s = self.key + blocks * self.d
         self.val = self.key_s + blocks * (self.G + 1)
@@ -523,7 +523,7 @@ class KvHead:
             Op.GEMM, mode=GridMode.INT8, wsrc=WSrc.KV_TILED, psrc=PSrc.KV, first=1, final=1,
             dyn=Dyn.POS, w_addr=self.key, a_addr=a_addr, a_stride=self.words_per_row,
             acc_addr=acc_addr, acc_stride=acc_stride, prm_addr=self.key_s,
-            prm_step=int(np.log2(G.NUM.act_group // self.p.rows)), t_len=t_len,
+            prm_step=int(np.log2(NUM.act_group // self.p.rows)), t_len=t_len,
             k_tiles=self.d // self.p.rows, n_tiles=0)
 
     def pv(self, plane: int, t_len: int, a_addr: int, a_stride: int, acc_addr: int,
@@ -638,30 +638,6 @@ def attention_step(head: KvHead, img: Image, pos: int, k8, ks, v8, vs, q8, qs, p
         Counter.STORE_WORDS: t_len * (nq + nv) * bus_words_per(p, Buf.ACC),
     }
     return AttentionStep(prog, pos, t_len, qk_off, nq, pv_off, nv, counters)
-
-
-# -- jobs on the ISA simulator -----------------------------------------------------------------
-
-
-def isa_jobs(p: ChipParams, image, jobs, sim=None) -> list:
-    """Run ``sim.chip_rtl.Job``\\ s one after the other on one :class:`sim.isa_sim.IsaSim`
-    whose off-chip memory starts as ``image`` (buffers, scaler sums and the memory carry over
-    from job to job, as on the chip): each job boots its program from off-chip memory with
-    its ``pos_init`` (:meth:`~sim.isa_sim.IsaSim.boot`) and runs to ``HALT`` or an error.
-    Returns ``sim.chip_rtl.JobResult``\\ s (the timed counters 0, the memory after the job);
-    the memory model's settings and ``max_cycles`` have no meaning here. ``sim``: continue
-    on that simulator instead of a new one."""
-    from sim.chip_rtl import JobResult
-    from sim.isa_sim import IsaSim
-
-    sim = sim or IsaSim(p, image)
-    out = []
-    for job in jobs:
-        sim.boot(job.prog_addr, job.prog_len, job.pos_init)
-        sim.run()
-        out.append(JobResult(error=sim.error, error_pc=sim.error_pc, pos=sim.pos,
-                             counters=dict(sim.counters), offchip=sim.offchip.copy()))
-    return out
 
 
 # -- one failing (or just fitting) micro-op per check ----------------------------------------
@@ -1078,7 +1054,7 @@ class Builder:
         N, K = qw.q.shape
         nc = ncols_of(p, mode)
         nb, kt = -(-N // nc), K // R
-        grp = G.NUM.group
+        grp = NUM.group
         step = int(np.log2(grp // R))
         groups = K // grp
         half_w, half_p = wgt[1] // 2, prm[1] // 2
@@ -1181,7 +1157,7 @@ def minilm_layer_program(p: ChipParams, h, L, cfg, img: Image | None = None) -> 
     for _ in range(H):
         heads.append(KvHead(p, dh, T, base=kv))
         kv = heads[-1].end
-    pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+    pv_g, pv_o = heads[0].pv_params(NUM.frac_bits)
     prm_pv = b.alloc(Buf.PRM, 3 * nv)
     Wc = -(-D // C)
     prm_ln1 = b.alloc(Buf.PRM, 2 * Wc + 1)
@@ -1325,7 +1301,7 @@ def smollm2_layer_program(p: ChipParams, L, cfg, rope_cos, rope_sin, T: int, cap
     in_off = b.img.reserve(Buf.ACC, T * WD)
     b.emit(encode(Op.LOAD, buf=Buf.ACC, sram=acc_h, words=T * WD, off=in_off))
     b.load(Buf.ACC, acc_tab, rope_fields(p, rope_cos[:cap], rope_sin[:cap]), key="rope")
-    pv_g, pv_o = heads[0].pv_params(G.NUM.frac_bits)
+    pv_g, pv_o = heads[0].pv_params(NUM.frac_bits)
     b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
     b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
     b.load(Buf.PRM, prm_n1, norm_prm_fields(p, [L.attn_norm], cfg.rms_eps), key=(id(L), 1))

@@ -1,40 +1,41 @@
 """The runtime: compiled programs (``sw/compiler.py``) on a device, and the models' host loops.
 
-One device interface, :class:`Device`, three backends (:func:`open_device`):
+A **device** is a chip with its off-chip memory; it keeps the chip's state (the KV cache,
+every buffer) across runs, as a board does. Its interface (:class:`Device`, matched by
+shape):
 
-- ``isa``: the ISA simulator (``sim/isa_sim.py``), the golden arithmetic op by op; fast.
-  Cycles are the timing model's prediction (``sim/timing.py``) when asked for.
-- ``rtl``: the chip's Verilog under Verilator (``sim.chip_rtl.RtlSession``): the off-chip
-  memory is bulk-loaded once, the chip runs freely (no Python per cycle), the host writes
-  inputs and reads results between runs; cycles are measured.
-- ``board``: a board over its UART host link (the board issue); the seam is here.
+- ``name``; ``write(bus_addr, raw)`` and ``read(bus_addr, n_bus) -> uint8`` of off-chip
+  memory regions (bus-word addresses);
+- ``run(prog_addr, prog_len, pos)`` starts the program at ``prog_addr`` with the context
+  register at ``pos`` and returns when the chip is done, with ``error``, ``error_pc``,
+  ``counters``, ``cycles`` (or None), ``wall_s``, ``timed_out``;
+- ``close()``.
 
-A device holds the off-chip memory image and the chip's state (the KV cache, every buffer)
-across runs, as a board does. :meth:`Device.run` starts one program and returns its
-:class:`RunStats`; a chip error becomes a :class:`ChipError` naming the error, the micro-op
-and its fields.
+Backends: the ISA simulator and the chip's Verilog under Verilator (``sim/devices.py``:
+``isa``, ``rtl``), and a dev board over its UART host link (:class:`BoardDevice`, the board
+issue; the seam is here). The caller opens a device on the compiled model's image
+(:meth:`~sw.compiler.CompiledModel.image_bytes`) and hands it to a runner.
 
 The host loops: :class:`SmolLM2Runner` (prefill in chunks, then greedy decode with the KV
-cache on chip; the host only looks up token embeddings and picks the argmax of the logits)
-and :class:`MiniLMRunner` (sentence embeddings: the chip computes the last hidden states, the
-host mean-pools and L2-normalizes).
+cache on chip) and :class:`MiniLMRunner` (sentence embeddings: the chip computes the last
+hidden states, the host mean-pools and L2-normalizes). The host's only model arithmetic is
+the embedding-table lookup, which the caller passes as ``lookup(ids, table)`` (the golden
+model's, ``sim.golden.embed``, in ``chip`` and the tests); a chip error becomes a
+:class:`ChipError` naming the error, the micro-op and its fields.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from hw.isa import Counter, Err, decode
-from hw.params import ChipParams
-from sw.compiler import CompiledModel, MiniLMCompiled, Program, SmolLM2Compiled
+from hw.isa import Err, decode
+from sw.compiler import CompiledModel, Program, SmolLM2Compiled
 
-__all__ = ["DEVICES", "Device", "IsaDevice", "RtlDevice", "BoardDevice", "ChipError",
-           "DeviceError", "RunStats", "open_device", "SmolLM2Runner", "MiniLMRunner"]
-
-DEVICES = ("isa", "rtl", "board")
+__all__ = ["Device", "BoardDevice", "ChipError", "DeviceError", "RunStats", "Runner",
+           "SmolLM2Runner", "MiniLMRunner"]
 
 
 class DeviceError(RuntimeError):
@@ -55,6 +56,31 @@ class ChipError(RuntimeError):
                          f"{prog.name}{what}")
 
 
+class Device(Protocol):
+    """What a runner needs of a device (module docstring)."""
+
+    name: str
+
+    def write(self, bus_addr: int, raw) -> None: ...
+
+    def read(self, bus_addr: int, n_bus: int) -> np.ndarray: ...
+
+    def run(self, prog_addr: int, prog_len: int, pos: int): ...
+
+    def close(self) -> None: ...
+
+
+class BoardDevice:
+    """A dev board over its UART host link: not built yet (the FPGA-board issue)."""
+
+    name = "board"
+
+    def __init__(self, *args, **kw):
+        raise DeviceError("the board backend is not built yet: it needs the board tops and "
+                          "their UART host link (the FPGA-board issue); use --device isa "
+                          "or rtl")
+
+
 @dataclass
 class RunStats:
     """One program run: the chip's cycles (measured on ``rtl``, predicted on ``isa`` when
@@ -63,169 +89,62 @@ class RunStats:
     cycles: int | None
     counters: dict = field(default_factory=dict)
     wall_s: float = 0.0
-    predicted: int | None = None
 
 
-class Device:
-    """A chip with its off-chip memory (the image of a :class:`CompiledModel`)."""
+class Runner:
+    """A compiled model on a device that holds its image up to ``synced`` bus words (default:
+    the whole image as it is now, i.e. the device was opened on :meth:`image_bytes`)."""
 
-    name = "?"
-
-    def __init__(self, model: CompiledModel):
-        self.model = model
-        self.p: ChipParams = model.p
-        #: bus words of the image the device holds: programs compiled after the device was
-        #: opened (the image only grows) are written to it before they run
-        self.synced = model.img.next
+    def __init__(self, compiled: CompiledModel, device, lookup, synced: int | None = None):
+        self.c, self.dev, self.lookup = compiled, device, lookup
+        self.synced = compiled.img.next if synced is None else synced
+        self.stats: list[tuple[str, int, RunStats]] = []  # (phase, tokens, stats)
 
     def sync(self) -> None:
-        """Write what the compiler placed in the image since the last sync."""
-        img, B = self.model.img, self.p.offchip_bytes_per_cycle
+        """Write what the compiler placed in the image since the device got it (programs
+        compiled later: the image only grows)."""
+        img, B = self.c.img, self.c.p.offchip_bytes_per_cycle
         if img.next > self.synced:
-            self.write(self.synced, img.mem[self.synced * B: img.next * B])
+            self.dev.write(self.synced, img.mem[self.synced * B: img.next * B])
             self.synced = img.next
 
-    def write(self, bus_addr: int, raw) -> None:
-        raise NotImplementedError
-
-    def read(self, bus_addr: int, n_bus: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def run(self, prog: Program, pos: int) -> RunStats:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # -- one compiled step: input rows in, output rows out ------------------------------------
     def step(self, prog: Program, rows, pos: int) -> tuple[np.ndarray, RunStats]:
-        """Write ``rows`` (wide [T, d]) to the program's input slot, run it at ``pos``, and
-        return its output rows and stats."""
-        m = self.model
+        """Write ``rows`` (wide) to the program's input slot, run it at ``pos``, return its
+        output rows and stats; :class:`ChipError` if the chip raised its error flag."""
+        c = self.c
         self.sync()
-        self.write(prog.in_off, m.input_bytes(prog, rows))
-        stats = self.run(prog, pos)
-        n = m.output_bus_words(prog)
-        raw = self.read(prog.out_off, n)
-        B = self.p.offchip_bytes_per_cycle
-        mem = np.zeros((prog.out_off + n) * B, np.uint8)
-        mem[prog.out_off * B:] = raw
-        return m.result(prog, mem), stats
-
-
-class IsaDevice(Device):
-    """The ISA simulator. ``timing``: predict each run's cycles with ``sim/timing.py``."""
-
-    name = "isa"
-
-    def __init__(self, model: CompiledModel, timing: bool = False):
-        from sim.isa_sim import IsaSim
-
-        super().__init__(model)
-        # the simulator works on the image in place: the compiled model keeps no other copy
-        self.sim = IsaSim(self.p, model.img.mem, vector=True)
-        self.timing = timing
-
-    def write(self, bus_addr: int, raw) -> None:
-        self.sim.write_offchip(bus_addr, raw)
-
-    def read(self, bus_addr: int, n_bus: int) -> np.ndarray:
-        return self.sim.read_offchip(bus_addr, n_bus)
-
-    def run(self, prog: Program, pos: int) -> RunStats:
-        t0 = time.monotonic()
-        self.sim.boot(prog.addr, prog.length, pos)
-        err = self.sim.run(max_ops=prog.length + 1)
-        wall = time.monotonic() - t0
-        if err != Err.NONE:
-            raise ChipError(prog, err, self.sim.error_pc)
-        predicted = None
-        if self.timing:
-            from sim.timing import predict
-
-            predicted = predict(self.p, prog.words, vector=True, pos_init=pos).cycles
-        return RunStats(predicted, dict(self.sim.counters), wall, predicted)
-
-
-class RtlDevice(Device):
-    """The chip's Verilog under Verilator, one simulation kept alive across runs."""
-
-    name = "rtl"
-
-    def __init__(self, model: CompiledModel, waves: bool | None = None):
-        super().__init__(model)
-        try:
-            from sim.chip_rtl import RtlSession
-        except ImportError as exc:  # pragma: no cover - until the session lands
-            raise DeviceError(f"the rtl device needs sim.chip_rtl.RtlSession: {exc}") from exc
-        img = model.img
-        used = img.next * self.p.offchip_bytes_per_cycle
-        self.session = RtlSession(self.p, img.mem[:used], vector=True, waves=waves)
-        self.session.__enter__()
-
-    def write(self, bus_addr: int, raw) -> None:
-        self.session.write(bus_addr, raw)
-
-    def read(self, bus_addr: int, n_bus: int) -> np.ndarray:
-        return self.session.read(bus_addr, n_bus)
-
-    def run(self, prog: Program, pos: int) -> RunStats:
-        t0 = time.monotonic()
-        r = self.session.run(prog.addr, prog.length, pos_init=pos)
-        wall = time.monotonic() - t0
-        if r.timed_out:
-            raise DeviceError(f"{prog.name}: the chip did not finish (Verilator timeout)")
+        self.dev.write(prog.in_off, c.input_bytes(prog, rows))
+        r = self.dev.run(prog.addr, prog.length, pos)
+        if getattr(r, "timed_out", False):
+            raise DeviceError(f"{prog.name}: the chip did not finish within its cycle budget")
         if r.error != Err.NONE:
-            raise ChipError(prog, r.error, r.error_pc)
-        return RunStats(r.counters.get(Counter.CYCLES), dict(r.counters), wall)
-
-    def close(self) -> None:
-        self.session.__exit__(None, None, None)
-
-
-class BoardDevice(Device):
-    """A dev board over its UART host link: not built yet (the board issue)."""
-
-    name = "board"
-
-    def __init__(self, model: CompiledModel, port: str | None = None):
-        raise DeviceError("the board backend is not built yet: it needs the board tops and "
-                          "their UART host link (the FPGA-board issue); use --device isa "
-                          "or rtl")
+            raise ChipError(prog, Err(r.error), r.error_pc)
+        n = c.output_bus_words(prog)
+        raw = self.dev.read(prog.out_off, n)
+        B = c.p.offchip_bytes_per_cycle
+        mem = np.zeros((prog.out_off + n) * B, np.uint8)
+        mem[prog.out_off * B:] = np.asarray(raw, np.uint8).ravel()
+        return c.result(prog, mem), RunStats(r.cycles, dict(r.counters), r.wall_s)
 
 
-def open_device(name: str, model: CompiledModel, **kw) -> Device:
-    """The backend ``name`` (one of :data:`DEVICES`) on ``model``'s image."""
-    if name == "isa":
-        return IsaDevice(model, **kw)
-    if name == "rtl":
-        return RtlDevice(model, **kw)
-    if name == "board":
-        return BoardDevice(model, **kw)
-    raise DeviceError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
-
-
-# -- host loops -------------------------------------------------------------------------------
-
-
-class SmolLM2Runner:
+class SmolLM2Runner(Runner):
     """Prefill and greedy decode of a :class:`SmolLM2Compiled` on a device."""
 
-    def __init__(self, compiled: SmolLM2Compiled, device: Device):
-        self.c, self.dev = compiled, device
+    def __init__(self, compiled: SmolLM2Compiled, device, lookup, synced: int | None = None):
+        super().__init__(compiled, device, lookup, synced)
         self.pos = 0          # tokens in the KV cache
-        self.stats: list[tuple[str, int, RunStats]] = []  # (phase, tokens, stats)
 
     def _check_room(self, n: int) -> None:
         if self.pos + n > self.c.cap:
             raise ValueError(f"{self.pos} tokens in the KV cache + {n} more exceed its "
                              f"{self.c.cap} positions")
+
+    def _run(self, phase: str, ids) -> np.ndarray:
+        T = len(ids)
+        logits, st = self.step(self.c.program(T), self.c.inputs(self.lookup, ids), self.pos)
+        self.stats.append((phase, T, st))
+        self.pos += T
+        return logits[0]
 
     def prefill(self, ids, progress=None) -> np.ndarray:
         """Run the prompt in chunks; returns the last token's logits (wide [vocab])."""
@@ -233,23 +152,18 @@ class SmolLM2Runner:
         if not ids:
             raise ValueError("empty prompt: nothing to run")
         self._check_room(len(ids))
-        i = 0
         chunks = self.c.chunks(len(ids))
+        i = 0
         for n, T in enumerate(chunks):
-            logits, st = self.dev.step(self.c.program(T), self.c.embed(ids[i:i + T]), self.pos)
-            self.stats.append(("prefill", T, st))
-            self.pos += T
+            logits = self._run("prefill", ids[i:i + T])
             i += T
             if progress is not None:
                 progress(n + 1, len(chunks))
-        return logits[0]
+        return logits
 
     def decode(self, tok: int) -> np.ndarray:
         self._check_room(1)
-        logits, st = self.dev.step(self.c.program(1), self.c.embed([tok]), self.pos)
-        self.stats.append(("decode", 1, st))
-        self.pos += 1
-        return logits[0]
+        return self._run("decode", [tok])
 
     def generate(self, ids, max_new_tokens: int, stop_ids=(), progress=None):
         """Greedy decoding (``sim.golden_models.SmolLM2Golden.generate``'s loop): yields token
@@ -263,12 +177,8 @@ class SmolLM2Runner:
             logits = self.decode(tok)
 
 
-class MiniLMRunner:
+class MiniLMRunner(Runner):
     """Sentence embeddings of a :class:`MiniLMCompiled` on a device."""
-
-    def __init__(self, compiled: MiniLMCompiled, device: Device):
-        self.c, self.dev = compiled, device
-        self.stats: list[tuple[str, int, RunStats]] = []
 
     def hidden(self, ids) -> np.ndarray:
         """The last hidden states (wide [T, d]) of token ids ``ids``."""
@@ -276,7 +186,7 @@ class MiniLMRunner:
         if not ids:
             raise ValueError("empty input: nothing to run")
         prog = self.c.program(len(ids))
-        h, st = self.dev.step(prog, self.c.embed(ids), 0)
+        h, st = self.step(prog, self.c.inputs(self.lookup, ids), 0)
         self.stats.append(("encode", len(ids), st))
         return h
 
@@ -286,3 +196,4 @@ class MiniLMRunner:
 
         e = from_wide(self.hidden(ids)).mean(axis=0)
         return e / max(np.linalg.norm(e), 1e-12)
+

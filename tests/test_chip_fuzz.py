@@ -315,9 +315,9 @@ def test_schedule_check_sees_missing_waits():
 
 
 def _fake_run_jobs(bug=None):
-    """``run_jobs`` on IsaSim (``sim.programs.isa_jobs``): CYCLES grows with memory stalls;
+    """``run_jobs`` on IsaSim (``sim.isa_sim.isa_jobs``): CYCLES grows with memory stalls;
     ``bug(i, result)`` may corrupt the result of job ``i``."""
-    from sim.programs import isa_jobs
+    from sim.isa_sim import isa_jobs
 
     def run_jobs(p, image, jobs, name=None):
         res = isa_jobs(p, image, jobs)

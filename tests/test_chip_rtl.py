@@ -1,11 +1,11 @@
 """The whole chip (``hw/chip.py``) on Verilator against the ISA simulator and the golden model.
 
-One off-chip image holds every program and its data (``sim/programs.py``: encoded only with
+One off-chip image holds every program and its data (``sw/programs.py``: encoded only with
 ``hw.isa.encode`` / ``raw_op``, laid out with the ``hw/isa.py`` codec); ONE
 ``sim.chip_rtl.run_jobs`` call runs all jobs one after the other on one Verilator simulation
 (``ChipSim`` with the default ``ChipParams``), so the on-chip buffers (KV cache, PRM words,
 the scaler's sums) carry over from job to job exactly as the same jobs carry over on one
-``sim.isa_sim.IsaSim`` (``sim.programs.isa_jobs``). The module-scoped fixtures run both once;
+``sim.isa_sim.IsaSim`` (``sim.isa_sim.isa_jobs``). The module-scoped fixtures run both once;
 the test functions only check their results:
 
 1. weight GEMMs, load -> GEMM -> store, INT8 and W4A8, N split over several micro-ops and K
@@ -21,7 +21,7 @@ the test functions only check their results:
    IsaSim's; every job with its own random memory latency jitter and bandwidth;
 3. stalls: one double-buffered GEMM program under interval 0 / 1 / 2 / 3 and two jitter
    settings: identical results, CYCLES grows with slower memory;
-4. errors: every case of ``sim.programs.error_cases`` and the boot errors end with the
+4. errors: every case of ``sw.programs.error_cases`` and the boot errors end with the
    expected ``Err`` at the expected pc, within a small cycle budget, with memory outside the
    program's STORE destinations untouched; errors that abort units in flight (an illegal op
    behind running GEMMs and loads, a failing LOAD during a long STORE, a failing GEMM queued
@@ -52,7 +52,7 @@ from hw.params import ChipParams
 from sim import golden as G
 from sim.chip_rtl import Job, run_jobs
 from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
-from sim.programs import (
+from sw.programs import (
     AttentionStep,
     Image,
     KvHead,

@@ -12,13 +12,13 @@ on one simulation (buffers carry over, as on one ``IsaSim``):
    with ``Program.run`` recording (their off-chip addresses relocated into one image);
 2. throughput: one VEC op per job on MiniLM / SmolLM2-sized rows, its cycles from
    ``BUSY_VEC`` (printed as a table);
-3. every case of ``sim.programs.error_cases(p, vector=True)`` (the VEC checks, and every
+3. every case of ``sw.programs.error_cases(p, vector=True)`` (the VEC checks, and every
    other check on this build).
 
 After every job: error, error_pc, ``pos``, the whole off-chip memory and the counters both
 simulators count equal IsaSim's. Random data: seed printed; replay with CHIP_SEED=<seed>.
 
-The whole MiniLM layer program (``sim.programs.minilm_layer_program``) runs on its own (slow,
+The whole MiniLM layer program (``sw.programs.minilm_layer_program``) runs on its own (slow,
 a second build with 256 KiB of ACC): bit for bit ``sim.golden_models.minilm_layer``.
 """
 
@@ -50,13 +50,12 @@ from hw.isa import (
 from hw.params import ChipParams
 from sim import golden as G
 from sim.chip_rtl import Job, run_jobs
-from sim.isa_sim import UNTIMED_COUNTERS, IsaSim
-from sim.programs import (
+from sim.isa_sim import UNTIMED_COUNTERS, IsaSim, isa_jobs
+from sw.programs import (
     Image,
     KvHead,
     act_fields,
     error_cases,
-    isa_jobs,
     norm_prm_fields,
     raw_op,
     wide_fields,
@@ -461,8 +460,8 @@ def test_minilm_layer_on_rtl():
     the wall time of the simulation."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from sim.golden_models import minilm_embeddings, minilm_layer
-    from sim.programs import minilm_layer_program
     from sw.models import load_minilm
+    from sw.programs import minilm_layer_program
     from sw.quantize import quantize_minilm
     from sw.tokenizer import MiniLMTokenizer
 
@@ -490,7 +489,7 @@ def test_minilm_layer_on_rtl():
 
 @pytest.mark.slow
 def test_smollm2_layer_on_rtl():
-    """Layer 0 of SmolLM2-135M (``sim.programs.smollm2_layer_program``: RMSNorm, A8X2 GEMMs,
+    """Layer 0 of SmolLM2-135M (``sw.programs.smollm2_layer_program``: RMSNorm, A8X2 GEMMs,
     RoPE from ``pos``, GQA attention over the on-chip cache with dyn / causal SOFTMAX and
     vfold, SiLU·mul) on the chip with its vector unit: an 8-token prefill, then 4 decode
     steps, one job each (the cache stays on chip; each job's program loads its step's input
@@ -498,8 +497,8 @@ def test_smollm2_layer_on_rtl():
     bit for bit ``SmolLM2Golden.layer``, memory and untimed counters equal IsaSim's."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from sim.golden_models import SmolLM2Golden
-    from sim.programs import bus_image, smollm2_layer_program
     from sw.models import load_smollm2
+    from sw.programs import bus_image, smollm2_layer_program
     from sw.quantize import quantize_smollm2
     from sw.tokenizer import SmolLM2Tokenizer
 

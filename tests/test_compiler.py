@@ -23,17 +23,19 @@ import pytest  # noqa: E402
 
 from hw.isa import Counter, Op, decode  # noqa: E402
 from hw.params import ChipParams, preset  # noqa: E402
+from sim.devices import open_sim_device as open_device  # noqa: E402
+from sim.golden import embed  # noqa: E402
 from sim.golden_models import SmolLM2Golden, minilm_encode  # noqa: E402
-from sim.programs import uop_bus_words  # noqa: E402
 from sw.compiler import CompileError, MiniLMCompiled, SmolLM2Compiled  # noqa: E402
 from sw.models import load_minilm, load_smollm2  # noqa: E402
+from sw.programs import uop_bus_words  # noqa: E402
 from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
 from sw.runtime import (  # noqa: E402
+    BoardDevice,
     ChipError,
     DeviceError,
     MiniLMRunner,
     SmolLM2Runner,
-    open_device,
 )
 from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
 
@@ -56,7 +58,7 @@ def test_minilm_row_blocks_bit_exact(minilm):
         c = MiniLMCompiled(qm, P, layers=2, block=block)
         ids = [101, *rng.integers(1000, 20000, T - 2), 102]
         with open_device("isa", c) as dev:
-            h = MiniLMRunner(c, dev).hidden(ids)
+            h = MiniLMRunner(c, dev, embed).hidden(ids)
         assert c.program(T).block == want_block
         sub = replace(qm, layers=qm.layers[:2])
         assert np.array_equal(h, minilm_encode(ids, sub)), T
@@ -68,7 +70,7 @@ def test_minilm_whole_model_bit_exact(minilm):
     qm, tok = minilm
     c = MiniLMCompiled(qm, P)
     with open_device("isa", c) as dev:
-        r = MiniLMRunner(c, dev)
+        r = MiniLMRunner(c, dev, embed)
         for s in ("A man is playing a guitar.",
                   "The quick brown fox jumps over the lazy dog near the quiet river bank."):
             ids = tok.encode(s)
@@ -97,7 +99,7 @@ def test_smollm2_whole_model_bit_exact(smollm2):
     gold = SmolLM2Golden(m)
     cache = gold.new_cache(CAP)
     with open_device("isa", c) as dev:
-        r = SmolLM2Runner(c, dev)
+        r = SmolLM2Runner(c, dev, embed)
         logits = r.prefill(ids)
         want = gold.forward(ids, cache)[-1]
         assert np.array_equal(logits, want), "prefill"
@@ -159,21 +161,22 @@ def test_runtime_errors(minilm):
     qm, _ = minilm
     c = MiniLMCompiled(qm, P, layers=1)
     with open_device("isa", c) as dev:
+        r = MiniLMRunner(c, dev, embed)
         with pytest.raises(ValueError, match="empty input"):
-            MiniLMRunner(c, dev).hidden([])
+            r.hidden([])
         prog = c.program(4)
-        dev.sync()
+        r.sync()  # the program compiled after the device was opened
         bad = (prog.words[3] & ~0x3F) | 0x3F  # an undefined opcode in the device's copy
         per = uop_bus_words(P) * P.offchip_bytes_per_cycle
         raw = np.zeros(per, np.uint8)
         raw[:16] = np.frombuffer(bad.to_bytes(16, "little"), np.uint8)
         dev.write(prog.addr + 3 * uop_bus_words(P), raw)
         with pytest.raises(ChipError, match="ILLEGAL_OP at micro-op 3 of minilm_T4"):
-            dev.step(prog, np.zeros((4, 384), np.int64), 0)
-    with pytest.raises(DeviceError, match="unknown device 'fpga'"):
+            r.step(prog, np.zeros((12, 384), np.int64), 0)
+    with pytest.raises(ValueError, match="unknown device 'fpga'"):
         open_device("fpga", c)
     with pytest.raises(DeviceError, match="board backend is not built yet"):
-        open_device("board", c)
+        BoardDevice(c)
 
 
 def test_cli_errors(capsys):

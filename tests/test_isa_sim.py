@@ -1,7 +1,7 @@
 """The instruction-level simulator (``sim/isa_sim.py``) against the golden model.
 
 Programs are encoded with ``hw.isa.encode``; memory images and programs are laid out by
-``sim/programs.py`` from the formats ``hw/isa.py`` documents (its codec, ``pack_words``), never
+``sw/programs.py`` from the formats ``hw/isa.py`` documents (its codec, ``pack_words``), never
 with the simulator's helpers; results travel back through ``STORE`` into off-chip memory and are
 compared bit for bit with ``sim.golden`` (``gemm``, ``gemm_act``). Error tests check the code, the
 failing ``pc`` and that the failing micro-op wrote nothing (against a run that stops right before
@@ -34,7 +34,7 @@ from hw.isa import (
 from hw.params import ChipParams
 from sim import golden as G
 from sim.isa_sim import TIMED_COUNTERS, IsaSim, round_output
-from sim.programs import (
+from sw.programs import (
     Image,
     KvHead,
     acc_words,
@@ -303,7 +303,7 @@ PC64 = ChipParams(rows=16, cols=64)  # PC = 32: d = 16 is a multiple of 16 but n
 
 
 def error_params():
-    """Every case of ``sim.programs.error_cases`` on the default chip, and the one that needs
+    """Every case of ``sw.programs.error_cases`` on the default chip, and the one that needs
     ``PC > 16``; the ``VEC`` cases of a chip with the vector unit (``vector=True``) on the
     default chip and on 4x8."""
     cases = [(ChipParams(), c, False, c.name) for c in error_cases(ChipParams())]

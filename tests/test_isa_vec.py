@@ -1,13 +1,13 @@
 """``VEC`` on the instruction-level simulator (``IsaSim(vector=True)``) against ``sim.golden``.
 
 Every ``VecFn`` runs in a real program (LOAD -> VEC -> STORE) on random data laid out by
-``sim/programs.py`` from the formats ``hw/isa.py`` documents, on two chips (16x16 and 4x8),
+``sw/programs.py`` from the formats ``hw/isa.py`` documents, on two chips (16x16 and 4x8),
 in both ACC layouts (``half`` or not), with row strides that leave gaps and junk in every
 lane and word the op must not read; the stored results are compared bit for bit with the
 golden function, and what the op must not write (gaps, padding lanes) is checked too. A
 whole attention head (QUANT, KV_APPEND, QKᵀ, SOFTMAX, QUANT with V's scales folded in,
 P·V) runs a prefill and two decode steps against ``sim.golden.attention_head``. The error
-cases of ``VEC`` are in ``sim.programs.error_cases(p, vector=True)``
+cases of ``VEC`` are in ``sw.programs.error_cases(p, vector=True)``
 (``tests/test_isa_sim.py``); the one that needs crafted data (a V scale outside the format)
 is here. Random tests print their seed; replay with ISA_SEED=<seed>.
 """
@@ -34,7 +34,7 @@ from hw.isa import (
 from hw.params import ChipParams
 from sim import golden as G
 from sim.isa_sim import IsaSim
-from sim.programs import (
+from sw.programs import (
     Image,
     KvHead,
     act_fields,
@@ -331,7 +331,7 @@ def test_quant(rng, p, half, qmode, per_row):
 def test_quant_a8x2_gemm(rng):
     """A8X2 as the GEMM takes it: one weight GEMM over both blocks (t_len = 2 T) and a
     RESIDUAL of its two output halves is ``gemm_passes`` of the two passes."""
-    from sim.programs import prm_fields, weight_fields
+    from sw.programs import prm_fields, weight_fields
     from sw.quantize import random_gemm
 
     p, T, K, N = P16, 3, 64, 16

@@ -1,12 +1,12 @@
 """Whole transformer layers as micro-op programs on the ISA simulator, against the golden
 models on the real weights (DESIGN.md §4, installed offline).
 
-- one all-MiniLM-L6-v2 encoder layer (``sim.programs.minilm_layer_program``) on 16 real
+- one all-MiniLM-L6-v2 encoder layer (``sw.programs.minilm_layer_program``) on 16 real
   tokens: bit for bit ``sim.golden_models.minilm_layer``;
-- one SmolLM2-135M decoder layer (``sim.programs.smollm2_layer_program``) on 8 prompt
+- one SmolLM2-135M decoder layer (``sw.programs.smollm2_layer_program``) on 8 prompt
   tokens, then 4 decode steps all run by one program (the KV cache stays on chip): each
   step bit for bit ``sim.golden_models.SmolLM2Golden.layer``;
-- the programs' WAITs (placed from the ops' footprints by ``sim.programs.Builder``) make
+- the programs' WAITs (placed from the ops' footprints by ``sw.programs.Builder``) make
   the results independent of the schedule: the same programs under random schedules of an
   atomic-op model of the sequencer and its queues (VEC included) give the same bits, and
   without their WAITs they do not.
@@ -27,13 +27,13 @@ from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.golden_models import SmolLM2Golden, minilm_embeddings, minilm_layer  # noqa: E402
 from sim.isa_sim import IsaSim  # noqa: E402
-from sim.programs import (  # noqa: E402
+from sw.models import load_minilm, load_smollm2  # noqa: E402
+from sw.programs import (  # noqa: E402
     Image,
     footprint,
     minilm_layer_program,
     smollm2_layer_program,
 )
-from sw.models import load_minilm, load_smollm2  # noqa: E402
 from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
 from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
 

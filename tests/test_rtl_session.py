@@ -8,7 +8,7 @@ must equal the golden model's:
 - weight GEMMs from the initial (bulk-loaded) image;
 - attention over the KV cache across runs: each step's program and input rows are written by
   the host into ONE slot of off-chip memory, overwriting the step before (as
-  ``sim.programs.attention_step`` lays them out), the keys / values appended in earlier runs
+  ``sw.programs.attention_step`` lays them out), the keys / values appended in earlier runs
   stay on chip, and each run's QKᵀ and P·V are read back;
 - region writes and reads at the first and last bus words, odd lengths, partial bus words,
   and out-of-range regions refused;
@@ -45,8 +45,8 @@ from sim.offchip import (
     read_region_bin,
     write_region_bin,
 )
-from sim.programs import Image, KvHead, acc_words, attention_step, raw_op, weight_gemm
 from sim.rtl import BUILD, run_cocotb
+from sw.programs import Image, KvHead, acc_words, attention_step, raw_op, weight_gemm
 from sw.quantize import random_gemm, to_wide
 
 SEED = int(os.environ.get("SESSION_SEED", np.random.SeedSequence().entropy % 2**32))

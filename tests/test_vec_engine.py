@@ -26,7 +26,7 @@ from hw.isa import Buf, Dyn, Err, Op, QuantMode, VecBuf, VecFn, buffer_depth, en
 from hw.params import ChipParams
 from hw.vector.engine import VecEngine
 from sim.isa_sim import IsaSim
-from sim.programs import raw_op
+from sw.programs import raw_op
 
 SEED = int(os.environ.get("VEC_SEED", np.random.SeedSequence().entropy % 2**32))
 #: A small chip: 4 x 8 grid (ACC words of 8 lanes, 4 in the half layout), 8 vector lanes.
