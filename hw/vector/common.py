@@ -16,7 +16,7 @@ The helpers below are the golden model's primitives (``sim/golden.py``) as Amara
 expressions; their docstrings say which, not how the golden model defines them.
 """
 
-from amaranth.hdl import Const, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 
 __all__ = ["Pipe", "wide_lanes", "rshift_round_const", "saturate", "bitlen", "clamp",
@@ -54,11 +54,26 @@ def clamp(v, lo: int, hi: int):
 
 
 def bitlen(m, v, name: str):
-    """``golden._bitlen`` of an unsigned value (0 for 0): a leading-one detector."""
-    out = Signal(range(len(v) + 1), name=name)
-    for i in range(len(v)):  # later assignments win: the highest set bit
-        with m.If(v[i]):
-            m.d.comb += out.eq(i + 1)
+    """``golden._bitlen`` of an unsigned value (0 for 0): a leading-one detector, as a
+    balanced tree (log2 levels of 2:1 multiplexers, not a chain of one per bit)."""
+    n = len(v)
+    size = 1 << max(n - 1, 0).bit_length()  # padded to a power of two
+
+    def lead(lo, width):
+        """(any bit set, index of the highest set bit) of v[lo : lo + width]."""
+        if width == 1:
+            bit = v[lo] if lo < n else Const(0, 1)
+            return bit, Const(0, 0)
+        half = width // 2
+        if lo + half >= n:  # the upper half is all padding
+            return lead(lo, half)[0], Cat(lead(lo, half)[1], Const(0, 1))
+        a_hi, i_hi = lead(lo + half, half)
+        a_lo, i_lo = lead(lo, half)
+        return a_hi | a_lo, Cat(Mux(a_hi, i_hi, i_lo), a_hi)
+
+    found, index = lead(0, size)
+    out = Signal(range(n + 1), name=name)
+    m.d.comb += out.eq(Mux(found, index + 1, 0))
     return out
 
 
