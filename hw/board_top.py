@@ -3,7 +3,7 @@ output folded onto the LEDs.
 
 Purpose: measure what the design costs on an FPGA (Fmax, LUTs, FFs, DSPs, EBRs) with nothing
 optimized away. ``scripts/synth.py`` builds them (``--design grid``, the default, or
-``--design chip``).
+``--design chip``, with the vector unit unless ``--no-vector``).
 
 Shared by both tops (:class:`_BoardTop`):
 
@@ -27,8 +27,8 @@ Shared by both tops (:class:`_BoardTop`):
 streams stall at random. Every bit of ``o_row.payload`` goes into the output MISR.
 
 :class:`ChipBoardTop`: the whole chip (:class:`hw.chip.Chip`: buffers, boot loader,
-sequencer, LOAD/STORE DMA, GEMM engine with the grid, KV engine; no vector unit yet;
-:data:`CHIP_LED_SIGNALS`).
+sequencer, LOAD/STORE DMA, GEMM engine with the grid, KV engine, and with ``vector`` the
+vector unit; :data:`CHIP_LED_SIGNALS`).
 
 - Host: ``start`` is a one-cycle pulse (from a register) 16 cycles after the chip went idle,
   so runs follow each other. ``prog_addr``, ``prog_len`` and ``pos_init`` come from LFSRs

@@ -58,7 +58,7 @@ def test_elaborate_overrides_grid_size():
 
 def test_elaborates_chip_for_ulx3s():
     """The whole chip's board top elaborates for the ULX3S-85F: the grid's PEs, the buffers as
-    memories, the PLL, the LED pins."""
+    memories, the vector unit, the PLL, the LED pins."""
     build_dir = TEST_DIR / "ulx3s-85f-chip"
     assert synth.main(["--board", "ulx3s-85f", "--design", "chip", "--build-dir",
                        str(build_dir), "--elaborate-only"]) == 0
@@ -70,8 +70,19 @@ def test_elaborates_chip_for_ulx3s():
     assert "EHXPLLL" in rtlil
     # WGT, ACT, ACC, PRM, KV, the micro-op memory and the scaler's accumulator at least
     memories = re.findall(r"^\s*memory width \d+ size \d+ \\(\S+)$", rtlil, re.MULTILINE)
-    for name in ("mem_wgt", "mem_act", "mem_acc", "mem_prm", "mem_kv", "uop", "ymem"):
+    for name in ("mem_wgt", "mem_act", "mem_acc", "mem_prm", "mem_kv", "uop", "ymem", "vsc"):
         assert name in memories, memories
+
+
+def test_vector_design():
+    """``--design vector`` elaborates the parts it is asked for (no tool); an unknown part is
+    a usage error naming the known ones; the chip without its vector unit builds in its own
+    folder."""
+    assert synth.main(["--design", "vector", "--parts", "add,fold", "--elaborate-only"]) == 0
+    with pytest.raises(SystemExit):
+        synth.main(["--design", "vector", "--parts", "adder", "--elaborate-only"])
+    assert synth.build_dir_for("ulx3s-85f", 16, 8, "chip", vector=False).name == \
+        "ulx3s-85f-chip-novec-16x8"
 
 
 def test_chip_design_config():
