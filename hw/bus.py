@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 from .isa import Buf, bus_bits, word_layout
 from .params import ChipParams
 
-__all__ = ["ADDR_BITS", "BusSignature", "MemReader", "max_word_bits", "buf_write_layout",
+__all__ = ["ADDR_BITS", "DMA_ADDR_BITS", "BusSignature", "MemReader", "max_word_bits", "buf_write_layout",
            "buf_read_layout", "word_bits"]
 
 #: Off-chip bus-word addresses.
@@ -38,13 +38,18 @@ def max_word_bits(p: ChipParams) -> int:
     return max(word_bits(p, b) for b in Buf)
 
 
+#: Buffer-word addresses of DMA transfers: ``sram + i`` for ``i < words`` (two 16-bit
+#: fields), which reaches past 2**16 in a KV buffer deeper than that (``hw/isa.py``).
+DMA_ADDR_BITS = 17
+
+
 def buf_write_layout(p: ChipParams) -> data.StructLayout:
-    return data.StructLayout({"buf": Buf, "addr": unsigned(16),
+    return data.StructLayout({"buf": Buf, "addr": unsigned(DMA_ADDR_BITS),
                               "data": unsigned(max_word_bits(p))})
 
 
 def buf_read_layout(p: ChipParams) -> data.StructLayout:
-    return data.StructLayout({"buf": Buf, "addr": unsigned(16)})
+    return data.StructLayout({"buf": Buf, "addr": unsigned(DMA_ADDR_BITS)})
 
 
 class BusSignature(wiring.Signature):

@@ -14,7 +14,7 @@ Buffer write ports are shared: ACC takes GEMM outputs first, then VEC results, t
 ACT takes VEC results before LOADs (a unit's write waits while one before it writes).
 
 On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep
-their contents: the KV cache lives across runs), ``pos = pos_init``, and the sequencer loads
+their contents: the KV cache lives across runs), ``pos = pos_init``, ``kv_base = 0``, and the sequencer loads
 ``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the micro-op memory
 (each micro-op is ``ceil(128 / bus_bits)`` bus words, low first; ``Err.PROG_LOAD`` if it
 does not fit ``uop_depth`` or the off-chip memory). It then fetches micro-ops in order (two
@@ -38,11 +38,11 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .bus import BusSignature, MemReader, max_word_bits, word_bits
+from .bus import DMA_ADDR_BITS, BusSignature, MemReader, max_word_bits, word_bits
 from .dma import LoadEngine, StoreEngine
 from .gemm_engine import GemmEngine, cmd_layout, pc_bits
-from .isa import (INSTR, INSTR_BITS, Buf, Counter, Err, Op, Unit, buffer_depth, bus_bits,
-                  check_params)
+from .isa import (INSTR, INSTR_BITS, Buf, Counter, Err, Op, PosReg, Unit, buffer_depth,
+                  bus_bits, check_params, kv_base_bits)
 from .kv import KvEngine
 from .params import ChipParams
 from .vector.engine import VecEngine
@@ -195,7 +195,7 @@ class Chip(wiring.Component):
 
         # -- buffer reads for STORE -------------------------------------------------------------
         m.submodules.store_rd = srd = ResetInserter(start)(
-            MemReader(16, max_word_bits(p), Buf))
+            MemReader(DMA_ADDR_BITS, max_word_bits(p), Buf))
         m.d.comb += [
             srd.i.valid.eq(store.buf_rd.valid),
             srd.i.payload.addr.eq(store.buf_rd.payload.addr),
@@ -239,6 +239,8 @@ class Chip(wiring.Component):
         pc = Signal(pcw + 1)
         prog_len = Signal(16)
         pos = Signal(16)
+        kv_base = Signal(kv_base_bits(p))
+        kv_depth = buffer_depth(p, Buf.KV)
         err = Signal(Err)
         err_pc = Signal(pcw + 1)
         m.d.comb += [self.error.eq(err), self.error_pc.eq(err_pc), self.pos.eq(pos)]
@@ -324,6 +326,7 @@ class Chip(wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [pc.eq(0), prog_len.eq(self.prog_len), pos.eq(self.pos_init),
+                                 kv_base.eq(0),
                                  req_left.eq(self.prog_len * IB), req_addr.eq(self.prog_addr),
                                  rsp_word.eq(0), rsp_uop.eq(0), self.running.eq(1),
                                  self.done.eq(0)]
@@ -387,14 +390,18 @@ class Chip(wiring.Component):
                             m.d.comb += inc[Counter.STALL_WAIT].eq(1)
                 with m.Elif(op == Op.SETPOS):
                     a = instr.args.pos
-                    new = Signal(17)
-                    m.d.comb += new.eq(Mux(a.add, pos + a.value, a.value))
-                    with m.If(new[16]):
+                    kvb = a.reg == PosReg.KV_BASE
+                    new = Signal(len(a.value) + 1)
+                    m.d.comb += new.eq(Mux(a.add, Mux(kvb, kv_base, pos) + a.value, a.value))
+                    with m.If(Mux(kvb, new >= kv_depth, new >= 1 << 16)):
                         m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
                                      inc[Counter.UOPS].eq(1)]
                         m.next = "DRAIN"
                     with m.Else():
-                        m.d.sync += pos.eq(new)
+                        with m.If(kvb):
+                            m.d.sync += kv_base.eq(new)
+                        with m.Else():
+                            m.d.sync += pos.eq(new)
                         m.d.comb += nxt.eq(1)
                 if vec is None:
                     with m.Elif(op == Op.VEC):
@@ -406,7 +413,8 @@ class Chip(wiring.Component):
                         q = queues[u]
                         entry = Signal(cl, name=f"entry_{u.name.lower()}")
                         m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
-                                     entry.pc.eq(pc), q.w_data.eq(entry)]
+                                     entry.kv_base.eq(kv_base), entry.pc.eq(pc),
+                                     q.w_data.eq(entry)]
                         with m.If(q.w_rdy):
                             m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
                         with m.Else():

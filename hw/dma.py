@@ -54,7 +54,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bus import ADDR_BITS, buf_read_layout, buf_write_layout, max_word_bits, word_bits
+from .bus import ADDR_BITS, DMA_ADDR_BITS, buf_read_layout, buf_write_layout, max_word_bits, word_bits
 from .isa import Buf, DmaArgs, Err, buffer_depth, bus_bits, bus_words_per
 from .params import ChipParams
 
@@ -276,7 +276,7 @@ class LoadEngine(_DmaEngine):
         # The job being assembled.
         active = Signal()
         j_buf = Signal(Buf)
-        j_addr = Signal(16)
+        j_addr = Signal(DMA_ADDR_BITS)
         j_left = Signal(16)
         last_k = Signal(range(max(nslot, 2)))
         k = Signal(range(max(nslot, 2)))          # slot the next bus word fills
@@ -375,7 +375,7 @@ class StoreEngine(_DmaEngine):
         nslot = _max_bpw(p)
 
         # Read requests carry the buffer of the command being issued.
-        req_addr = Signal(16)
+        req_addr = Signal(DMA_ADDR_BITS)
         with m.If(req_load):
             m.d.sync += self.buf_rd.payload.buf.eq(iss_buf)
         m.d.comb += self.buf_rd.payload.addr.eq(req_addr)

@@ -1,7 +1,9 @@
 """The GEMM unit of the chip: runs ``GEMM`` micro-ops (``hw/isa.py``, :class:`hw.isa.GemmArgs`)
 on the grid and group scaler (:class:`hw.gemm.GemmUnit`).
 
-A micro-op is checked first (two cycles: the products that bound every address, then the
+A micro-op's KV addresses (``w_addr`` from KV, ``prm_addr`` with ``psrc = KV``) get the
+``kv_base`` it was dispatched with as it is accepted (an adder before the registers, no extra
+cycle). It is checked first (two cycles: the products that bound every address, then the
 comparisons; ``Err.BAD_FIELD`` / ``Err.SRAM_RANGE`` before anything is read or written), then
 four independent address generators run its loops, each feeding one of the unit's streams
 through a :class:`hw.bus.MemReader`:
@@ -28,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 from .bus import MemReader
 from .gemm import GemmUnit, tile_param_layout
 from .isa import (ARGS, Dyn, Err, GemmArgs, PSrc, WSrc, acc_word, act_word, buffer_depth, Buf,
-                  kv_word, prm_word, wgt_word)
+                  kv_addr_bits, kv_base_bits, kv_word, prm_word, wgt_word)
 from .params import ChipParams
 
 __all__ = ["GemmEngine", "cmd_layout", "pc_bits"]
@@ -39,8 +41,16 @@ def pc_bits(p: ChipParams) -> int:
 
 
 def cmd_layout(p: ChipParams) -> data.StructLayout:
-    """A unit queue entry: the micro-op's arguments, ``pos`` at dispatch, its address."""
-    return data.StructLayout({"args": ARGS, "pos": unsigned(16), "pc": unsigned(pc_bits(p))})
+    """A unit queue entry: the micro-op's arguments, ``pos`` and ``kv_base`` at dispatch, its
+    address."""
+    return data.StructLayout({"args": ARGS, "pos": unsigned(16),
+                              "kv_base": unsigned(kv_base_bits(p)), "pc": unsigned(pc_bits(p))})
+
+
+def addr_bits(p: ChipParams) -> int:
+    """Width of the read addresses the GEMM unit generates (WGT, ACT, PRM, or KV with
+    ``kv_base``), with a spare bit for the generators' step past a block's end."""
+    return max(16, kv_addr_bits(p)) + 1
 
 
 def _bits(layout) -> int:
@@ -61,7 +71,7 @@ class GemmEngine(wiring.Component):
         kb, cb = _bits(kv_word(p)), _bits(acc_word(p))
         ports = {}
         for name, bits in (("wgt", wb), ("kvw", kb), ("act", ab), ("prm", pb), ("kvp", kb)):
-            ports[f"{name}_addr"] = Out(16)
+            ports[f"{name}_addr"] = Out(addr_bits(p))
             ports[f"{name}_en"] = Out(1)
             ports[f"{name}_data"] = In(bits)
         super().__init__({
@@ -89,6 +99,9 @@ class GemmEngine(wiring.Component):
         # -- the micro-op ------------------------------------------------------------------
         a = Signal(GemmArgs)
         pos = Signal(16)
+        AW = addr_bits(p)
+        w0 = Signal(AW)  # w_addr (+ kv_base from KV)
+        p0 = Signal(AW)  # prm_addr (+ kv_base with psrc = KV)
         pc = Signal.like(self.err_pc)
         n = Signal(17)   # effective n_tiles / k_tiles
         k = Signal(17)
@@ -113,8 +126,10 @@ class GemmEngine(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(~self.abort)
                 with m.If(self.cmd.valid & ~self.abort):
                     cmd = self.cmd.payload
-                    m.d.sync += [a.eq(cmd.args.gemm), pos.eq(cmd.pos), pc.eq(cmd.pc),
-                                 running.eq(1)]
+                    g = cmd.args.gemm
+                    m.d.sync += [a.eq(g), pos.eq(cmd.pos), pc.eq(cmd.pc), running.eq(1),
+                                 w0.eq(g.w_addr + Mux(g.wsrc != WSrc.WGT, cmd.kv_base, 0)),
+                                 p0.eq(g.prm_addr + Mux(g.psrc == PSrc.KV, cmd.kv_base, 0))]
                     m.next = "EFF"
             with m.State("EFF"):
                 vis = pos + a.t_len
@@ -147,9 +162,9 @@ class GemmEngine(wiring.Component):
                 bad = ((T == 0) | (n == 0) | (k == 0) | (a.wsrc == 3)
                        | ((a.dyn == Dyn.POS) & (a.wsrc == WSrc.WGT))
                        | Mux(both, T > p.acc_entries, p_y > p.acc_entries))
-                rng = ((a.w_addr + p_w > wdepth)
+                rng = ((w0 + p_w > wdepth)
                        | (a.a_addr + p_a + k > buffer_depth(p, Buf.ACT))
-                       | (a.prm_addr + p_prm > pdepth)
+                       | (p0 + p_prm > pdepth)
                        | ((a.psrc == PSrc.PRM) & (a.oprm_addr + n > buffer_depth(p, Buf.PRM)))
                        | (a.final & (a.acc_addr + p_acc + n > buffer_depth(p, Buf.ACC))))
                 with m.If(bad | rng):
@@ -177,20 +192,19 @@ class GemmEngine(wiring.Component):
         go = running & ~self.abort
 
         # -- weights ---------------------------------------------------------------------------
-        m.submodules.wr = wr = MemReader(16, max(_bits(wgt_word(p)), _bits(kv_word(p))))
+        m.submodules.wr = wr = MemReader(AW, max(_bits(wgt_word(p)), _bits(kv_word(p))))
         w_on = Signal(1)
         wj, wkt = Signal(17), Signal(17)
         wr_r = Signal(range(R))
-        w_base = Signal(17)   # tile-major: start of the tile; rows: row 0 of the tile
-        w_addr = Signal(17)
+        w_base = Signal(AW)   # tile-major: start of the tile; rows: row 0 of the tile
+        w_addr = Signal(AW)
         nR1 = Signal(32)      # (R - 1) * n
         nR = Signal(32)       # R * n
         rows_layout = a.wsrc == WSrc.KV_ROWS
         with m.If(start):
             m.d.sync += [w_on.eq(1), wj.eq(0), wkt.eq(0), wr_r.eq(R - 1),
-                         w_base.eq(a.w_addr), w_addr.eq(Mux(rows_layout,
-                                                            a.w_addr + (n << lr) - n,
-                                                            a.w_addr + R - 1)),
+                         w_base.eq(w0), w_addr.eq(Mux(rows_layout, w0 + (n << lr) - n,
+                                                      w0 + R - 1)),
                          nR1.eq((n << lr) - n), nR.eq(n << lr)]
         m.d.comb += [wr.i.valid.eq(w_on & go), wr.i.payload.addr.eq(w_addr)]
         with m.If(wr.i.valid & wr.i.ready):
@@ -200,9 +214,9 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 # next tile: kt + 1, or the next block
                 last_kt = wkt == k - 1
-                nb = Signal(17)
+                nb = Signal(AW)
                 with m.If(rows_layout):
-                    m.d.comb += nb.eq(Mux(last_kt, a.w_addr + wj + 1, w_base + nR))
+                    m.d.comb += nb.eq(Mux(last_kt, w0 + wj + 1, w_base + nR))
                     m.d.sync += w_addr.eq(nb + nR1)
                 with m.Else():
                     m.d.comb += nb.eq(w_base + R)
@@ -274,15 +288,15 @@ class GemmEngine(wiring.Component):
 
         # -- column parameters -----------------------------------------------------------------
         pbits = max(_bits(prm_word(p)), _bits(kv_word(p)))
-        m.submodules.pr = pr = MemReader(16, pbits, unsigned(1))
+        m.submodules.pr = pr = MemReader(AW, pbits, unsigned(1))
         p_on = Signal(1)
         pj, pkt = Signal(17), Signal(17)
         p_second = Signal(1)  # next read is the out / exponent word
-        pbase = Signal(17)
-        obase = Signal(17)
+        pbase = Signal(AW)
+        obase = Signal(AW)
         with m.If(start):
             m.d.sync += [p_on.eq(1), pj.eq(0), pkt.eq(0), p_second.eq(0),
-                         pbase.eq(a.prm_addr), obase.eq(a.oprm_addr)]
+                         pbase.eq(p0), obase.eq(a.oprm_addr)]
         kv_p = a.psrc == PSrc.KV
         m.d.comb += [
             pr.i.valid.eq(p_on & go),

@@ -69,6 +69,18 @@ current ``pos`` to every op it dispatches, so a later ``SETPOS`` never races a q
 ``KV_APPEND`` writes tokens ``pos .. pos + t_len - 1``; a GEMM with ``dyn = POS`` covers
 keys ``0 .. pos + t_len - 1`` (:class:`Dyn`).
 
+KV base: the second context register ``kv_base`` (KV words, 0 .. ``buffer_depth(KV) - 1``;
+``0`` at ``start``, set by ``SETPOS reg = KV_BASE``, :class:`PosReg`) lets the 16-bit KV
+address fields reach a KV buffer deeper than 2**16 words (:data:`KV_BASE_BITS`). Like ``pos``,
+the sequencer attaches the current ``kv_base`` to every op it dispatches, and every KV
+address an op computes is ``kv_base + field``: ``KV_APPEND``'s ``kv_addr`` and ``kv_saddr``,
+a GEMM's ``w_addr`` with ``wsrc`` ``KV_TILED`` / ``KV_ROWS`` and ``prm_addr`` with
+``psrc = KV``, and ``VEC QUANT vfold``'s ``src_b`` (every KV address in this docstring and
+the argument structs' is relative to it); every range check (``Err.SRAM_RANGE``) applies to
+the sums. A compiler sets it per layer, so each layer's heads are addressed within 2**16
+words of their base. ``LOAD`` / ``STORE`` address KV words ``sram ..`` directly (no base).
+A program that never sets ``kv_base`` runs as if the register did not exist.
+
 Errors (:class:`Err`) halt the chip cleanly: the sequencer stops issuing, the units finish
 or drop what they hold without writing outside any buffer, ``error`` and ``error_pc`` latch.
 """
@@ -84,7 +96,7 @@ from .params import ChipParams
 __all__ = [
     "Op", "Unit", "Buf", "WSrc", "PSrc", "Dyn", "KvKind", "VecFn", "QuantMode", "VecBuf", "Err",
     "Counter", "GridMode", "INSTR_BITS", "OP_BITS", "DmaArgs", "GemmArgs", "KvArgs", "VecArgs",
-    "WaitArgs", "PosArgs", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode",
+    "WaitArgs", "PosArgs", "PosReg", "KV_BASE_BITS", "kv_base_bits", "kv_addr_bits", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode",
     "decode",
     "act_word", "wgt_word", "acc_word", "kv_word", "prm_group_word", "prm_out_word", "prm_word",
     "word_layout", "bus_bits", "bus_words_per", "buffer_depth", "KV_EXP_LANE_BITS",
@@ -101,7 +113,7 @@ class Op(enum.IntEnum, shape=unsigned(OP_BITS)):
     NOP = 0x00       #: nothing
     HALT = 0x01      #: wait for every unit to drain, then stop (``done``)
     WAIT = 0x02      #: stall until at most ``count`` ops of ``unit`` are unfinished
-    SETPOS = 0x03    #: ``pos = value`` (or ``pos += value`` with ``add``)
+    SETPOS = 0x03    #: ``pos`` or ``kv_base`` ``= value`` (``+= value`` with ``add``)
     LOAD = 0x08      #: DMA off-chip -> buffer
     STORE = 0x09     #: DMA buffer -> off-chip
     GEMM = 0x10      #: tiled GEMM on the grid, outputs to ACC
@@ -440,9 +452,27 @@ class WaitArgs(data.Struct):
     count: unsigned(4)
 
 
+class PosReg(enum.IntEnum, shape=unsigned(1)):
+    """The context register a ``SETPOS`` sets (module docstring)."""
+
+    POS = 0      #: ``pos``, tokens in the KV cache (16 bits)
+    KV_BASE = 1  #: ``kv_base``, added to every KV address (KV words)
+
+
+#: Width of ``SETPOS``'s ``value``: a ``kv_base`` up to 2**20 - 1, so a KV buffer of up to
+#: 2**20 words (4096 KiB of 32-bit and wider KV words, the largest ``ChipParams`` allows;
+#: ``check_params``).
+KV_BASE_BITS = 20
+
+
 class PosArgs(data.Struct):
+    """``SETPOS``: ``reg`` (:class:`PosReg`) ``= value``, or ``+= value`` with ``add``.
+    ``Err.BAD_FIELD`` (the register keeps its value) if the result leaves the register's
+    range: ``pos`` 0 .. 65535, ``kv_base`` 0 .. ``buffer_depth(KV) - 1``."""
+
     add: unsigned(1)
-    value: unsigned(16)
+    value: unsigned(KV_BASE_BITS)
+    reg: PosReg
 
 
 #: The argument union of a micro-op, by member name.
@@ -604,24 +634,37 @@ def buffer_depth(p: ChipParams, buf: Buf) -> int:
     return kib * 8192 // bits
 
 
-#: The micro-op fields that address each buffer (their widths bound the buffer's depth).
+#: The micro-op fields that address each buffer (their widths bound the buffer's depth;
+#: KV fields add ``kv_base``, so ``SETPOS``'s ``pos.value`` bounds KV).
 _ADDR_FIELDS = [(Buf.WGT, "gemm", "w_addr"), (Buf.ACT, "gemm", "a_addr"),
                 (Buf.ACC, "gemm", "acc_addr"), (Buf.PRM, "gemm", "prm_addr"),
-                (Buf.KV, "kv", "kv_addr"), (Buf.ACC, "vec", "src_a"), (Buf.ACT, "vec", "dst"),
-                (Buf.KV, "vec", "src_b"), (Buf.PRM, "vec", "prm")]
+                (Buf.KV, "pos", "value"), (Buf.ACC, "vec", "src_a"), (Buf.ACT, "vec", "dst"),
+                (Buf.PRM, "vec", "prm")]
 
 
 def check_params(p: ChipParams) -> None:
     """Raise ``ValueError`` if a buffer of ``p`` is deeper than the micro-op fields that
-    address it, or the scaler's accumulator deeper than ``t_len`` can count."""
+    address it (KV: deeper than the largest ``kv_base`` ``SETPOS`` can set plus one)."""
     for buf, member, name in _ADDR_FIELDS:
         width = _fields(data.Layout.cast(ARGS[member].shape))[name].width
         depth = buffer_depth(p, buf)
         if depth > 1 << width:
+            what = " (kv_base)" if buf == Buf.KV else ""
             raise ValueError(f"ChipParams: the {buf.name} buffer has {depth} words, more than "
-                             f"the {width}-bit {member}.{name} field addresses ({1 << width})")
+                             f"the {width}-bit {member}.{name} field{what} addresses "
+                             f"({1 << width})")
         if depth < 1:
             raise ValueError(f"ChipParams: the {buf.name} buffer holds no word")
+
+
+def kv_base_bits(p: ChipParams) -> int:
+    """Width of the ``kv_base`` register of chip ``p`` (it holds 0 .. KV depth - 1)."""
+    return max(1, (buffer_depth(p, Buf.KV) - 1).bit_length())
+
+
+def kv_addr_bits(p: ChipParams) -> int:
+    """Width of a KV address as the units compute it, ``kv_base + field`` (a 16-bit field)."""
+    return (buffer_depth(p, Buf.KV) - 1 + (1 << 16) - 1).bit_length()
 
 
 # -- numpy codec of buffer words (used by the compiler's memory images and the ISA simulator) --

@@ -6,7 +6,8 @@ transposed, values token-major; scales and exponents in byte lanes; the module d
 ``hw/isa.py``). One element per cycle through a byte-lane write (the KV memory's write port
 has byte granularity), plus one scale byte per activation group and one exponent byte per
 token: about ``d * (1 + 1/R) + d/16 + 1`` cycles per token and head, small beside the GEMMs
-of a decode step. Checked first (``BAD_FIELD``, ``KV_OVERFLOW``, ``SRAM_RANGE``, in that
+of a decode step. ``kv_addr`` and ``kv_saddr`` get the ``kv_base`` the micro-op was dispatched
+with as it is accepted (adders before the registers, no extra cycle). Checked first (``BAD_FIELD``, ``KV_OVERFLOW``, ``SRAM_RANGE``, in that
 order); a rejected micro-op writes nothing.
 """
 
@@ -15,7 +16,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .gemm_engine import cmd_layout, pc_bits
-from .isa import Buf, Err, KvArgs, KvKind, act_word, buffer_depth
+from .isa import Buf, Err, KvArgs, KvKind, act_word, buffer_depth, kv_addr_bits
 from .params import ChipParams
 
 __all__ = ["KvEngine", "kv_write_layout"]
@@ -24,7 +25,7 @@ __all__ = ["KvEngine", "kv_write_layout"]
 def kv_write_layout(p: ChipParams) -> data.StructLayout:
     """A byte-lane write into the KV memory: ``data`` (PC bytes), lane enables ``en``."""
     PC = p.cols // 2
-    return data.StructLayout({"addr": unsigned(16), "data": unsigned(8 * PC),
+    return data.StructLayout({"addr": unsigned(kv_addr_bits(p)), "data": unsigned(8 * PC),
                               "en": unsigned(PC)})
 
 
@@ -57,6 +58,8 @@ class KvEngine(wiring.Component):
 
         a = Signal(KvArgs)
         pos = Signal(16)
+        kv_addr = Signal(kv_addr_bits(p))   # kv_base + kv_addr
+        kv_saddr = Signal(kv_addr_bits(p))  # kv_base + kv_saddr
         pc = Signal.like(self.err_pc)
         running = Signal(1)
         err_code = Signal(Err)
@@ -88,8 +91,10 @@ class KvEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.abort)
                 with m.If(self.cmd.valid & ~self.abort):
-                    m.d.sync += [a.eq(self.cmd.payload.args.kv), pos.eq(self.cmd.payload.pos),
-                                 pc.eq(self.cmd.payload.pc), running.eq(1)]
+                    cmd = self.cmd.payload
+                    m.d.sync += [a.eq(cmd.args.kv), pos.eq(cmd.pos), pc.eq(cmd.pc),
+                                 running.eq(1), kv_addr.eq(cmd.args.kv.kv_addr + cmd.kv_base),
+                                 kv_saddr.eq(cmd.args.kv.kv_saddr + cmd.kv_base)]
                     m.next = "PROD"
             with m.State("PROD"):
                 m.d.sync += [
@@ -107,8 +112,8 @@ class KvEngine(wiring.Component):
                        | ((a.d & (PC - 1)) != 0) | ((a.d & (R - 1)) != 0))
                 over = pos + a.t_len > a.cap
                 rng = ((a.a_addr + p_act + (a.d >> lr) > actd)
-                       | (a.kv_addr + Mux(key, p_key, p_val) > kvd)
-                       | (a.kv_saddr + p_scl > kvd))
+                       | (kv_addr + Mux(key, p_key, p_val) > kvd)
+                       | (kv_saddr + p_scl > kvd))
                 with m.If(bad | over | rng):
                     m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD,
                                                 Mux(over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
@@ -124,8 +129,8 @@ class KvEngine(wiring.Component):
             with m.State("TOKEN"):  # per-token bases
                 b = s >> lpc
                 m.d.sync += [
-                    kbase.eq(a.kv_addr + Mux(key, b * a.d, (s * a.d) >> lpc)),
-                    sbase.eq(a.kv_saddr + b * (G + 1)),
+                    kbase.eq(kv_addr + Mux(key, b * a.d, (s * a.d) >> lpc)),
+                    sbase.eq(kv_saddr + b * (G + 1)),
                     w.eq(0), e.eq(0),
                 ]
                 m.next = "READ"

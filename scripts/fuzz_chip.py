@@ -43,6 +43,8 @@ _CONFIGS = {
     "r16": "16x16 grid, 4-8 KiB buffers, 256 KiB off-chip",
     "default": "ChipParams() as built: 16x16 grid, 64-128 KiB buffers, 1 MiB off-chip "
                "(shares the Verilator build of tests/test_chip_rtl.py)",
+    "deepkv": "4x8 grid, 2 KiB buffers but a 384 KiB KV buffer (98,304 words: beyond the "
+              "16-bit KV fields, reached through kv_base), 2 MiB off-chip",
 }
 
 

@@ -54,11 +54,12 @@ ENUMS = [
     isa.VecFn,
     isa.QuantMode,
     isa.VecBuf,
+    isa.PosReg,
     isa.Err,
     isa.Counter,
 ]
 #: Module-level constants documented in a table.
-CONSTANTS = ["INSTR_BITS", "OP_BITS", "PRM_STEP_NEVER", "KV_EXP_LANE_BITS"]
+CONSTANTS = ["INSTR_BITS", "OP_BITS", "PRM_STEP_NEVER", "KV_EXP_LANE_BITS", "KV_BASE_BITS"]
 #: The functions that define each buffer's word format (for their docstrings).
 WORD_FUNCS = {
     isa.Buf.WGT: [isa.wgt_word],

@@ -18,7 +18,8 @@ What is generated (everything from one integer seed, program ``i`` from ``(seed,
   now and then, fields an op does not use left random), ``KV_APPEND`` (legal ``d``, ``cap``
   and ``pos``; its data and scale words apart, as ``hw/isa.py`` orders no writes within one
   op), attention-shaped sequences (append keys and values, QKᵀ with ``psrc = KV`` and P·V,
-  both ``dyn``), ``SETPOS`` (now and then a long context), ``NOP``, redundant ``WAIT``\\ s,
+  both ``dyn``), ``SETPOS`` (now and then a long context), ``SETPOS reg = KV_BASE`` (KV
+  fields of later ops relative to it), ``NOP``, redundant ``WAIT``\\ s,
   random bits above an op's arguments now and then, and at the end STOREs of the buffers to
   their dump regions (every buffer the program wrote, ACC and KV; big buffers whole now and
   then, else the hull of the words written), then ``HALT``. Units run concurrently, so the
@@ -32,7 +33,8 @@ What is generated (everything from one integer seed, program ``i`` from ``(seed,
   an undefined enum value patched into a legal word through :func:`hw.isa.leaf_fields`
   offsets, ``BAD_FIELD`` sizes, ``SRAM_RANGE`` and ``OFFCHIP_RANGE`` at the boundary and far
   beyond (incl. 16/32-bit wrap-around values), ``KV_OVERFLOW``, ``VEC`` -> ``UNSUPPORTED``,
-  ``SETPOS`` overflow, a missing ``HALT`` -> ``PROG_RANGE``, a program longer than
+  ``SETPOS`` overflow of ``pos`` or ``kv_base``, a KV op that a new ``kv_base`` pushes out of
+  its buffer (``SRAM_RANGE``), a missing ``HALT`` -> ``PROG_RANGE``, a program longer than
   ``uop_depth`` or past the end of memory -> ``PROG_LOAD``), followed by ``WAIT`` on the failing
   unit and ops that must never run. The expected error and ``error_pc`` are the generator's
   intent (:data:`ILLEGAL_KINDS`), checked against IsaSim too. Either the prefix is drained
@@ -72,6 +74,7 @@ from hw.chip import QUEUED_UNITS
 from hw.isa import (
     INSTR,
     INSTR_BITS,
+    KV_BASE_BITS,
     PRM_STEP_NEVER,
     Buf,
     Counter,
@@ -80,6 +83,7 @@ from hw.isa import (
     GridMode,
     KvKind,
     Op,
+    PosReg,
     PSrc,
     Unit,
     WSrc,
@@ -95,7 +99,7 @@ from hw.params import ChipParams
 from sim.isa_sim import UNTIMED_COUNTERS
 
 __all__ = [
-    "SMALL", "R16", "DEFAULT", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
+    "SMALL", "R16", "DEFAULT", "DEEPKV", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
     "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
     "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS", "check_order",
 ]
@@ -109,7 +113,14 @@ R16 = ChipParams(rows=16, cols=16, weight_sram_kib=4, act_sram_kib=4, acc_sram_k
 #: The chip as built (``ChipParams()``): its Verilator build is the one ``tests/test_chip_rtl.py``
 #: uses too (``run_jobs`` names builds by configuration).
 DEFAULT = ChipParams()
-PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT}
+#: A KV buffer deeper than the 16-bit KV fields (98,304 words: ``kv_base`` reaches the rest;
+#: LOAD / STORE reach it up to 2 * (2**16 - 1)), the rest as ``SMALL``.
+DEEPKV = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
+                    kv_sram_kib=384, prm_entries=32, acc_entries=32, uop_depth=256,
+                    offchip_kib=2048)
+PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT, "deepkv": DEEPKV}
+#: Largest value of a 16-bit field (DMA ``sram`` / ``words``, KV address fields).
+_F16 = (1 << 16) - 1
 #: Buffers of more bus words than this are dumped whole only now and then (else the hull of
 #: the words the program wrote), and DMA sizes beyond ``_BIG_DMA`` words are rare.
 _DUMP_WHOLE = 4096
@@ -243,9 +254,10 @@ def _dma_check(p, lay, f):
     return Err.NONE, [(buf, f["sram"], f["sram"] + f["words"]), (OFF, f["off"], f["off"] + n_bus)]
 
 
-def gemm_check(p: ChipParams, f: dict, pos: int):
-    """(Err, footprint, (n, k, T)) of a GEMM by ``hw/isa.py``: the footprint is
-    [(space, lo, hi, write)] hulls of every word it reads or writes."""
+def gemm_check(p: ChipParams, f: dict, pos: int, kv_base: int = 0):
+    """(Err, footprint, (n, k, T)) of a GEMM by ``hw/isa.py``, dispatched with ``pos`` and
+    ``kv_base``: the footprint is [(space, lo, hi, write)] hulls of every word it reads or
+    writes (absolute addresses)."""
     R, PC = p.rows, p.cols // 2
     try:
         wsrc = WSrc(f["wsrc"])
@@ -266,13 +278,15 @@ def gemm_check(p: ChipParams, f: dict, pos: int):
         return Err.BAD_FIELD, [], None
     wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
     G = -(-k // (1 << f["prm_step"]))
-    fp = [(wbuf, f["w_addr"], f["w_addr"] + n * k * R, False),
+    w0 = f["w_addr"] + (kv_base if wbuf == Buf.KV else 0)
+    fp = [(wbuf, w0, w0 + n * k * R, False),
           (Buf.ACT, f["a_addr"], f["a_addr"] + (T - 1) * f["a_stride"] + k, False)]
     if f["psrc"] == PSrc.PRM:
         fp += [(Buf.PRM, f["prm_addr"], f["prm_addr"] + n * G, False),
                (Buf.PRM, f["oprm_addr"], f["oprm_addr"] + n, False)]
     else:
-        fp += [(Buf.KV, f["prm_addr"], f["prm_addr"] + n * (G + 1), False)]
+        p0 = kv_base + f["prm_addr"]
+        fp += [(Buf.KV, p0, p0 + n * (G + 1), False)]
     if f["final"]:
         fp += [(Buf.ACC, f["acc_addr"], f["acc_addr"] + (T - 1) * f["acc_stride"] + n, True)]
     for space, _, hi, _ in fp:
@@ -281,8 +295,8 @@ def gemm_check(p: ChipParams, f: dict, pos: int):
     return Err.NONE, fp, (n, k, T)
 
 
-def kv_check(p: ChipParams, f: dict, pos: int):
-    """(Err, footprint) of a KV_APPEND by ``hw/isa.py``."""
+def kv_check(p: ChipParams, f: dict, pos: int, kv_base: int = 0):
+    """(Err, footprint) of a KV_APPEND by ``hw/isa.py`` (absolute addresses)."""
     R, PC = p.rows, p.cols // 2
     ag = p.numerics.act_group
     T, d, cap = f["t_len"], f["d"], f["cap"]
@@ -294,32 +308,34 @@ def kv_check(p: ChipParams, f: dict, pos: int):
     blocks = -(-cap // PC)
     key = f["kind"] == KvKind.KEY
     depth = buffer_depth(p, Buf.KV)
-    if f["kv_addr"] + (blocks * d if key else cap * d // PC) > depth:
+    kv_addr, kv_saddr = kv_base + f["kv_addr"], kv_base + f["kv_saddr"]
+    if kv_addr + (blocks * d if key else cap * d // PC) > depth:
         return Err.SRAM_RANGE, []
-    if f["kv_saddr"] + blocks * (G + 1) > depth:
+    if kv_saddr + blocks * (G + 1) > depth:
         return Err.SRAM_RANGE, []
     act_hi = f["a_addr"] + (T - 1) * f["a_stride"] + d // R
     if act_hi > buffer_depth(p, Buf.ACT):
         return Err.SRAM_RANGE, []
     b0, b1 = pos // PC, (pos + T - 1) // PC + 1
     if key:
-        data = (f["kv_addr"] + b0 * d, f["kv_addr"] + b1 * d)
+        data = (kv_addr + b0 * d, kv_addr + b1 * d)
     else:
-        data = (f["kv_addr"] + pos * d // PC, f["kv_addr"] + (pos + T) * d // PC)
+        data = (kv_addr + pos * d // PC, kv_addr + (pos + T) * d // PC)
     fp = [(Buf.ACT, f["a_addr"], act_hi, False), (Buf.KV, *data, True),
-          (Buf.KV, f["kv_saddr"] + b0 * (G + 1), f["kv_saddr"] + b1 * (G + 1), True)]
+          (Buf.KV, kv_saddr + b0 * (G + 1), kv_saddr + b1 * (G + 1), True)]
     return Err.NONE, fp
 
 
-def intent(p: ChipParams, lay: MemLayout, word: int, pos: int) -> Err:
-    """The error a LOAD / STORE / GEMM / KV_APPEND word must raise at ``pos`` (``hw/isa.py``)."""
+def intent(p: ChipParams, lay: MemLayout, word: int, pos: int, kv_base: int = 0) -> Err:
+    """The error a LOAD / STORE / GEMM / KV_APPEND word must raise at ``pos`` and ``kv_base``
+    (``hw/isa.py``)."""
     op, f = decode(word)
     if op in (Op.LOAD, Op.STORE):
         return _dma_check(p, lay, f)[0]
     if op == Op.GEMM:
-        return gemm_check(p, f, pos)[0]
+        return gemm_check(p, f, pos, kv_base)[0]
     if op == Op.KV_APPEND:
-        return kv_check(p, f, pos)[0]
+        return kv_check(p, f, pos, kv_base)[0]
     raise ValueError(f"intent: {op!r}")
 
 
@@ -413,11 +429,13 @@ class Program:
 
 
 class _Builder:
-    """Emits micro-ops, tracking the pending footprint of every unit and ``pos``."""
+    """Emits micro-ops, tracking the pending footprint of every unit, ``pos`` and ``kv_base``
+    (0 at the start of every job, as the chip's ``start`` sets it)."""
 
     def __init__(self, p: ChipParams, lay: MemLayout, rng: np.random.Generator, pos: int,
                  mem: tuple, junk: float = 0.08):
         self.p, self.lay, self.rng, self.pos, self.mem = p, lay, rng, pos, mem
+        self.kv_base = 0
         self.words: list[int] = []
         self.pending = {u: [] for u in QUEUED}
         self.gemm_left = None   # (n, T) of the sums the last GEMM left, if chainable
@@ -532,8 +550,8 @@ class _Builder:
         rng, lay = self.rng, self.lay
         buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
         depth, bpw = self.depth[buf], self.bpw[buf]
-        words = self._count(depth, bpw) if words is None else words
-        sram = self._addr(depth - words) if sram is None else sram
+        words = self._count(min(depth, _F16), bpw) if words is None else words
+        sram = self._addr(min(depth - words, _F16)) if sram is None else sram
         if off is None:
             off = self._zone_off(buf, words)
         if off is None:
@@ -549,8 +567,8 @@ class _Builder:
         rng, lay = self.rng, self.lay
         buf = Buf(int(rng.integers(0, 5))) if buf is None else buf
         depth, bpw = self.depth[buf], self.bpw[buf]
-        words = self._count(depth, bpw) if words is None else words
-        sram = self._addr(depth - words) if sram is None else sram
+        words = self._count(min(depth, _F16), bpw) if words is None else words
+        sram = self._addr(min(depth - words, _F16)) if sram is None else sram
         off = self._addr(lay.data_end - words * bpw) if off is None else off
         f = dict(buf=buf, sram=sram, words=words, off=off)
         err, ((_, a, b), (_, c, d)) = _dma_check(self.p, lay, f)
@@ -570,6 +588,32 @@ class _Builder:
         assert 0 <= new < 1 << 16
         self.pos = new
         return self.emit(Op.SETPOS, add=int(bool(add)), value=value)
+
+    def set_kv_base(self, value=None, add=None):
+        """``SETPOS reg = KV_BASE``: often back to 0, else anywhere in the KV buffer (near
+        its top the KV ops that follow mostly do not fit, and are not generated)."""
+        rng, kvd = self.rng, self.depth[Buf.KV]
+        if value is None:
+            r = rng.random()
+            add = r < 0.15 and self.kv_base < kvd - 1
+            if add:
+                value = int(rng.integers(0, min(kvd - 1 - self.kv_base, 64) + 1))
+            elif r < 0.45:
+                value = 0
+            elif r < 0.8:
+                value = int(rng.integers(0, max(1, kvd // 2)))
+            else:
+                value = int(rng.integers(0, kvd))
+        new = self.kv_base + value if add else value
+        assert 0 <= new < kvd
+        self.kv_base = new
+        return self.emit(Op.SETPOS, reg=PosReg.KV_BASE, add=int(bool(add)), value=value)
+
+    def kv_room(self, span: int) -> int | None:
+        """The largest KV address field with ``span`` words at ``kv_base + field`` in the
+        buffer (None if there is none)."""
+        hi = min(self.depth[Buf.KV] - self.kv_base - span, _F16)
+        return hi if hi >= 0 else None
 
     def gemm_cost(self, n, k, T):
         p = self.p
@@ -613,8 +657,9 @@ class _Builder:
             psrc = PSrc(int(rng.random() < 0.3))
             step = int(rng.integers(0, 8))
             G = -(-k // (1 << step))
-            wdepth = self.depth[Buf.WGT if wsrc == WSrc.WGT else Buf.KV]
-            if n * k * R > wdepth:
+            w_hi = self.depth[Buf.WGT] - n * k * R if wsrc == WSrc.WGT \
+                else self.kv_room(n * k * R)
+            if w_hi is None or w_hi < 0:
                 continue
             a_stride = int(rng.integers(k, k + 4)) if rng.random() < 0.8 \
                 else int(rng.integers(0, k + 1))
@@ -622,7 +667,7 @@ class _Builder:
             if a_span > self.depth[Buf.ACT]:
                 continue
             f = dict(mode=GridMode(int(rng.integers(0, 2))), wsrc=wsrc, psrc=psrc,
-                     first=first, final=final, dyn=dyn, w_addr=self._addr(wdepth - n * k * R),
+                     first=first, final=final, dyn=dyn, w_addr=self._addr(w_hi),
                      a_addr=self._addr(self.depth[Buf.ACT] - a_span), a_stride=a_stride,
                      prm_step=step, t_len=T, k_tiles=k_field, n_tiles=n_field)
             if psrc == PSrc.PRM:
@@ -631,9 +676,10 @@ class _Builder:
                 f["prm_addr"] = self._addr(self.depth[Buf.PRM] - n * G)
                 f["oprm_addr"] = self._addr(self.depth[Buf.PRM] - n)
             else:
-                if n * (G + 1) > self.depth[Buf.KV]:
+                p_hi = self.kv_room(n * (G + 1))
+                if p_hi is None:
                     continue
-                f["prm_addr"] = self._addr(self.depth[Buf.KV] - n * (G + 1))
+                f["prm_addr"] = self._addr(p_hi)
                 f["oprm_addr"] = int(rng.integers(0, 1 << 10))  # unused with psrc = KV
             if final:
                 acc_stride = int(rng.integers(n, n + 3)) if rng.random() < 0.85 \
@@ -646,8 +692,8 @@ class _Builder:
             else:  # not written: any value
                 f["acc_addr"] = int(rng.integers(0, 1 << 14))
                 f["acc_stride"] = int(rng.integers(0, 1 << 9))
-            err, fp, eff = gemm_check(p, f, self.pos)
-            assert err == Err.NONE, (err, f, self.pos)
+            err, fp, eff = gemm_check(p, f, self.pos, self.kv_base)
+            assert err == Err.NONE, (err, f, self.pos, self.kv_base)
             return f, fp, eff
         return None
 
@@ -685,7 +731,8 @@ class _Builder:
             blocks = -(-cap // PC)
             region = blocks * dd if kk == KvKind.KEY else cap * dd // PC
             sregion = blocks * (G + 1)
-            if region > kvd or sregion > kvd:
+            d_hi, s_hi = self.kv_room(region), self.kv_room(sregion)
+            if d_hi is None or s_hi is None:
                 return None
             wpr = dd // R
             a_stride = int(rng.integers(wpr, wpr + 4)) if rng.random() < 0.85 \
@@ -694,10 +741,9 @@ class _Builder:
             if span > actd:
                 continue
             f = dict(kind=kk, t_len=TT, a_addr=self._addr(actd - span), a_stride=a_stride,
-                     kv_addr=self._addr(kvd - region), kv_saddr=self._addr(kvd - sregion),
-                     d=dd, cap=cap)
-            err, fp = kv_check(p, f, self.pos)
-            assert err == Err.NONE, (err, f, self.pos)
+                     kv_addr=self._addr(d_hi), kv_saddr=self._addr(s_hi), d=dd, cap=cap)
+            err, fp = kv_check(p, f, self.pos, self.kv_base)
+            assert err == Err.NONE, (err, f, self.pos, self.kv_base)
             if _conflict([fp[1]], [fp[2]]):
                 continue  # data and scales on the same words: hw/isa.py orders no writes
             return f, fp
@@ -730,7 +776,8 @@ class _Builder:
         k, v = kf[0], vf[0]
         # P·V reads k_tiles * R token rows: make them part of the region
         k["cap"] = v["cap"] = max(k["cap"], v["cap"], R * -(-(self.pos + T) // R))
-        (ek, fk), (ev, fv) = kv_check(p, k, self.pos), kv_check(p, v, self.pos)
+        (ek, fk), (ev, fv) = kv_check(p, k, self.pos, self.kv_base), \
+            kv_check(p, v, self.pos, self.kv_base)
         if ek != Err.NONE or ev != Err.NONE:
             return
         self.kv_append(k, fk)
@@ -744,7 +791,7 @@ class _Builder:
                   prm_step=max(0, (p.numerics.act_group // R).bit_length() - 1),
                   oprm_addr=int(rng.integers(0, 1 << 10)), t_len=T, k_tiles=d // R,
                   n_tiles=int(rng.integers(0, 256)))
-        err, fp, eff = gemm_check(p, qk, self.pos)
+        err, fp, eff = gemm_check(p, qk, self.pos, self.kv_base)
         if err == Err.NONE:
             self.gemm(qk, fp, eff)
         kt = -(-(self.pos + T) // R)
@@ -757,14 +804,14 @@ class _Builder:
                   prm_step=PRM_STEP_NEVER,
                   oprm_addr=self._addr(max(0, self.depth[Buf.PRM] - npv)),
                   t_len=T, k_tiles=int(rng.integers(0, 128)), n_tiles=npv)
-        err, fp, eff = gemm_check(p, pv, self.pos)
+        err, fp, eff = gemm_check(p, pv, self.pos, self.kv_base)
         if err != Err.NONE:
             return
         self.gemm(pv, fp, eff)
         if not pv["final"]:  # the second A15 plane carries on the sums
             pv2 = dict(pv, first=0, final=1,
                        a_addr=self._addr(max(0, self.depth[Buf.ACT] - T * kt)))
-            err, fp, eff = gemm_check(p, pv2, self.pos)
+            err, fp, eff = gemm_check(p, pv2, self.pos, self.kv_base)
             if err == Err.NONE:
                 self.gemm(pv2, fp, eff)
 
@@ -798,9 +845,11 @@ class _Builder:
                 self.load()
         elif r < 0.78:
             self.attention()
-        elif r < 0.86:
+        elif r < 0.85:
             self.setpos()
-        elif r < 0.92:
+        elif r < 0.89:
+            self.set_kv_base()
+        elif r < 0.93:
             self.emit(Op.NOP)
         else:  # a redundant WAIT (VEC: no such unit in this build, never waits)
             self.wait(Unit(int(rng.integers(0, 5))), int(rng.integers(0, 16)))
@@ -821,8 +870,22 @@ class _Builder:
                 lo, hi = self.writes[b]
             else:
                 continue
-            self.store(b, hi - lo, lo, self.lay.dump[b] + lo * self.bpw[b])
+            for sram, words in _dma_chunks(lo, hi):
+                self.store(b, words, sram, self.lay.dump[b] + sram * self.bpw[b])
             self.dumped.append((b, lo, hi))
+
+
+def _dma_chunks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """(sram, words) of DMAs that cover buffer words ``lo .. hi - 1`` with 16-bit fields
+    (words beyond ``2 * (2**16 - 1)`` are out of a DMA's reach: not asked for)."""
+    out = []
+    while lo < hi:
+        sram = min(lo, _F16)
+        words = min(hi - sram, _F16)
+        assert words > 0, (lo, hi)
+        out.append((sram, words))
+        lo = sram + words
+    return out
 
 
 def _mem_cfg(rng) -> tuple:
@@ -869,10 +932,11 @@ def gen_resync(p: ChipParams, lay: MemLayout, seed: int, index: int,
     if whole:
         regions = {buf: (0, b.depth[buf]) for buf in Buf}
     for buf, (lo, hi) in sorted(regions.items()):
-        off = b._zone_off(buf, hi - lo)
-        if off is None:
-            off = b._addr(lay.data_end - (hi - lo) * b.bpw[buf])
-        b.load(buf, hi - lo, lo, off)
+        for sram, words in _dma_chunks(lo, hi):
+            off = b._zone_off(buf, words)
+            if off is None:
+                off = b._addr(lay.data_end - words * b.bpw[buf])
+            b.load(buf, words, sram, off)
     b.emit(Op.HALT)
     return b.program(index, "resync", resync_all=whole, note="resync " + ", ".join(
         f"{buf.name} {lo}..{hi - 1}" for buf, (lo, hi) in sorted(regions.items())))
@@ -884,6 +948,8 @@ ILLEGAL_KINDS = {
     "vec": Err.UNSUPPORTED,
     "wait_unit": Err.BAD_FIELD,
     "setpos_overflow": Err.BAD_FIELD,
+    "setpos_kv_base": Err.BAD_FIELD,
+    "kv_base_sram": Err.SRAM_RANGE,
     "dma_buf": Err.BAD_FIELD,
     "dma_words0": Err.BAD_FIELD,
     "dma_sram": Err.SRAM_RANGE,
@@ -917,8 +983,8 @@ def _bad_dma(b: _Builder, kind: str, rng):
     op = Op.LOAD if rng.random() < 0.5 else Op.STORE
     buf = Buf(int(rng.integers(0, 5)))
     depth, bpw = b.depth[buf], b.bpw[buf]
-    words = b._count(depth)
-    f = dict(buf=buf, sram=b._addr(depth - words), words=words,
+    words = b._count(min(depth, _F16))
+    f = dict(buf=buf, sram=b._addr(min(depth - words, _F16)), words=words,
              off=b._addr((lay.data_end if op == Op.STORE else lay.bus_words) - words * bpw))
     if kind == "dma_words0":
         f["words"] = 0
@@ -926,7 +992,7 @@ def _bad_dma(b: _Builder, kind: str, rng):
         r = rng.random()
         if r < 0.4:
             f["sram"] = _beyond(rng, depth - words, 1 << 16)
-        elif r < 0.7:  # sram + words wraps 16 bits
+        elif r < 0.7 and depth - words + 1 <= _F16:  # sram + words wraps 16 bits
             f["sram"] = int(rng.integers(max(depth - words + 1, (1 << 16) - words), 1 << 16))
         else:
             f["words"] = _beyond(rng, depth - f["sram"], 1 << 16)
@@ -980,9 +1046,9 @@ def _bad_gemm(b: _Builder, kind: str, rng):
         which = ["w", "a", "prm"] + (["oprm"] if f["psrc"] == PSrc.PRM else []) \
             + (["acc"] if f["final"] else [])
         w = which[int(rng.integers(0, len(which)))]
-        wdepth = b.depth[Buf.WGT if f["wsrc"] == WSrc.WGT else Buf.KV]
+        wroom = b.depth[Buf.WGT] if f["wsrc"] == WSrc.WGT else b.depth[Buf.KV] - b.kv_base
         if w == "w":
-            f["w_addr"] = _beyond(rng, wdepth - n * k * R, 1 << 16)
+            f["w_addr"] = _beyond(rng, max(0, wroom - n * k * R), 1 << 16)
         elif w == "a":
             f["a_addr"] = _beyond(rng, b.depth[Buf.ACT] - (T - 1) * f["a_stride"] - k, 1 << 14)
         elif w == "prm":
@@ -990,7 +1056,8 @@ def _bad_gemm(b: _Builder, kind: str, rng):
             if f["psrc"] == PSrc.PRM:
                 f["prm_addr"] = _beyond(rng, b.depth[Buf.PRM] - n * G, 1 << 16)
             else:
-                f["prm_addr"] = _beyond(rng, b.depth[Buf.KV] - n * (G + 1), 1 << 16)
+                f["prm_addr"] = _beyond(rng, max(0, b.depth[Buf.KV] - b.kv_base - n * (G + 1)),
+                                        1 << 16)
         elif w == "oprm":
             f["oprm_addr"] = _beyond(rng, b.depth[Buf.PRM] - n, 1 << 10)
         else:
@@ -1030,12 +1097,12 @@ def _bad_kv(b: _Builder, kind: str, rng):
         G = d // p.numerics.act_group
         blocks = -(-cap // PC)
         region = blocks * d if f["kind"] == KvKind.KEY else cap * d // PC
-        kvd = b.depth[Buf.KV]
+        kvd = b.depth[Buf.KV] - b.kv_base  # KV words above the base
         r = rng.random()
         if r < 0.35:
-            f["kv_addr"] = _beyond(rng, kvd - region, 1 << 16)
+            f["kv_addr"] = _beyond(rng, max(0, kvd - region), 1 << 16)
         elif r < 0.6:
-            f["kv_saddr"] = _beyond(rng, kvd - blocks * (G + 1), 1 << 16)
+            f["kv_saddr"] = _beyond(rng, max(0, kvd - blocks * (G + 1)), 1 << 16)
         elif r < 0.8:
             f["a_addr"] = _beyond(rng, b.depth[Buf.ACT] - (f["t_len"] - 1) * f["a_stride"]
                                   - d // R, 1 << 14)
@@ -1045,6 +1112,42 @@ def _bad_kv(b: _Builder, kind: str, rng):
             f["cap"] = min((1 << 12) - 1, need * (PC if f["kind"] == KvKind.KEY else 1)
                            + int(rng.integers(0, 4)))
     return encode(Op.KV_APPEND, **f), Op.KV_APPEND, f
+
+
+def _base_push(b: _Builder, rng):
+    """A GEMM (weights or parameters from KV) or KV_APPEND legal at the current ``kv_base``,
+    after a ``SETPOS KV_BASE`` that moves its KV words past the buffer's end (the same fields
+    with a smaller base fit): ``(word, op, fields)``, or None."""
+    p, kvd = b.p, b.depth[Buf.KV]
+    for _ in range(30):
+        if rng.random() < 0.5:
+            got = b.gemm_fields(chain=False)
+            if got is None or (got[0]["wsrc"] == WSrc.WGT and got[0]["psrc"] == PSrc.PRM):
+                continue
+            op, f, fp = Op.GEMM, got[0], got[1]
+        else:
+            got = b.kv_fields()
+            if got is None:
+                continue
+            op, (f, fp) = Op.KV_APPEND, got
+            # the region for cap tokens (checked whole), not only the tokens written
+            d, cap, PC = f["d"], f["cap"], p.cols // 2
+            blocks = -(-cap // PC)
+            size = blocks * d if f["kind"] == KvKind.KEY else cap * d // PC
+            fp = [(Buf.KV, b.kv_base + f["kv_addr"], b.kv_base + f["kv_addr"] + size, True),
+                  (Buf.KV, b.kv_base + f["kv_saddr"],
+                   b.kv_base + f["kv_saddr"] + blocks * (d // p.numerics.act_group + 1), True)]
+        end = max(hi for space, _, hi, _ in fp if space == Buf.KV) - b.kv_base
+        lo = kvd - end + 1  # the smallest base that pushes the op out
+        if lo > kvd - 1:
+            continue
+        base = int(rng.integers(max(lo, 0), kvd))
+        word = encode(op, **f)
+        if intent(p, b.lay, word, b.pos, base) != Err.SRAM_RANGE:
+            continue
+        b.set_kv_base(value=base, add=False)
+        return word, op, f
+    return None
 
 
 def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str | None = None
@@ -1098,15 +1201,38 @@ def gen_illegal(p: ChipParams, lay: MemLayout, seed: int, index: int, kind: str 
                      int(rng.integers(5, 8)))
         note = "WAIT unit 5..7"
     elif kind == "setpos_overflow":
-        v = int(rng.integers((1 << 16) - b.pos, 1 << 16))
-        word = encode(Op.SETPOS, add=1, value=v)
-        note = f"SETPOS add {v} at pos {b.pos}"
+        if rng.random() < 0.7:
+            v = int(rng.integers((1 << 16) - b.pos, 1 << 16))
+            word = encode(Op.SETPOS, add=1, value=v)
+            note = f"SETPOS add {v} at pos {b.pos}"
+        else:  # an absolute value beyond 16 bits
+            v = _beyond(rng, _F16, 1 << KV_BASE_BITS)
+            word = encode(Op.SETPOS, value=v)
+            note = f"SETPOS {v}"
+    elif kind == "setpos_kv_base":
+        kvd = b.depth[Buf.KV]
+        if rng.random() < 0.5:
+            v = _beyond(rng, kvd - 1, 1 << KV_BASE_BITS)
+            word = encode(Op.SETPOS, reg=PosReg.KV_BASE, value=v)
+            note = f"SETPOS KV_BASE {v} (KV depth {kvd})"
+        else:
+            v = int(rng.integers(kvd - b.kv_base, (1 << KV_BASE_BITS)))
+            word = encode(Op.SETPOS, reg=PosReg.KV_BASE, add=1, value=v)
+            note = f"SETPOS KV_BASE add {v} at {b.kv_base} (KV depth {kvd})"
+    elif kind == "kv_base_sram":
+        got = _base_push(b, rng)
+        if got is None:
+            return gen_illegal(p, lay, seed, index, "illegal_op")
+        word, op, f = got
+        unit = OP_UNIT[op]
+        note = f"{op.name} {f} at kv_base {b.kv_base}"
+        b.cost += 200
     else:
         make = _bad_dma if kind.startswith("dma") else \
             _bad_gemm if kind.startswith("gemm") else _bad_kv
         for _ in range(30):
             got = make(b, kind, rng)
-            if got is not None and intent(p, lay, got[0], b.pos) == expect:
+            if got is not None and intent(p, lay, got[0], b.pos, b.kv_base) == expect:
                 break
         else:  # no such op found here: fall back to an illegal opcode
             return gen_illegal(p, lay, seed, index, "illegal_op")

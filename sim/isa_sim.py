@@ -12,7 +12,8 @@ buffer of :class:`hw.isa.Buf` as raw little-endian words ``bufs[buf]`` (uint8
 ``[buffer_depth, word_bytes]``, the bits above the word's width kept 0), decoded and encoded
 only with :func:`hw.isa.unpack_words` / :func:`hw.isa.pack_words`; the group scaler's 64-bit
 sums ``y`` (int64 ``[acc_entries, cols]``, kept between micro-ops as the RTL's accumulator
-memory); the context register ``pos``; ``pc``, ``done``, ``error``, ``error_pc``; the
+memory); the context registers ``pos`` and ``kv_base`` (every KV address an op computes is
+``kv_base + field``, ``hw/isa.py``); ``pc``, ``done``, ``error``, ``error_pc``; the
 performance counters ``counters``.
 
 Micro-ops are decoded with :func:`hw.isa.decode`. A word whose enum field holds a value the
@@ -35,7 +36,8 @@ stays there). Checks and their order:
 - an opcode not in ``Op``: ``ILLEGAL_OP``; an op without a handler: ``UNSUPPORTED`` (before its
   fields are looked at: a chip without the unit cannot judge them);
 - ``WAIT``: ``unit`` not a ``Unit``: ``BAD_FIELD`` (otherwise nothing to do sequentially);
-- ``SETPOS``: ``BAD_FIELD`` if ``pos + value`` leaves 0..65535 (``pos`` is 16 bits);
+- ``SETPOS``: ``BAD_FIELD`` if the register's new value leaves its range (``pos``:
+  0..65535, 16 bits; ``kv_base``: 0 .. KV depth - 1); the register keeps its value;
 - ``LOAD`` / ``STORE``: unknown ``buf`` or ``words = 0``: ``BAD_FIELD``;
   ``sram + words > depth``: ``SRAM_RANGE``; ``off + words * bus_words_per > bus words``:
   ``OFFCHIP_RANGE``. An on-chip word is ``bus_words_per`` bus words, low bits first; STORE
@@ -103,6 +105,7 @@ from hw.isa import (
     GridMode,
     KvKind,
     Op,
+    PosReg,
     PSrc,
     QuantMode,
     Unit,
@@ -243,6 +246,7 @@ class IsaSim:
         self._gshift_bits = {path: w for path, _, w, _, _ in leaf_fields(act_word(p))}["gshift"]
 
         self.pos = 0
+        self.kv_base = 0
         self.program: list[int] = []
         self._boot_fail = False
         self.pc = 0
@@ -287,11 +291,13 @@ class IsaSim:
         self._restart()
 
     def boot(self, prog_addr: int, prog_len: int, pos_init: int = 0) -> None:
-        """What the chip's ``start`` does (``hw/chip.py``): ``pos = pos_init`` and the program
+        """What the chip's ``start`` does (``hw/chip.py``): ``pos = pos_init``, ``kv_base = 0``
+        and the program
         is the ``prog_len`` micro-ops at off-chip bus word ``prog_addr`` (``ceil(128 / bus
         bits)`` bus words each, low first). A program longer than ``uop_depth`` or beyond the
         off-chip memory fails with ``Err.PROG_LOAD`` when run. Then :meth:`run`."""
         self.pos = pos_init
+        self.kv_base = 0
         per = -(-INSTR_BITS // (8 * self.bus_bytes))
         if prog_len > self.params.uop_depth or prog_addr + prog_len * per > self.bus_words:
             self.program = []
@@ -311,10 +317,12 @@ class IsaSim:
 
     def run(self, max_ops: int = 10**7) -> Err:
         """Execute from ``pc = 0`` until ``HALT`` or an error; returns ``error``. Memory,
-        buffers, ``y`` and ``pos`` carry over from before. ``RuntimeError`` if ``max_ops``
+        buffers, ``y`` and ``pos`` carry over from before; ``kv_base`` starts at 0 (as the
+        chip's ``start`` sets it). ``RuntimeError`` if ``max_ops``
         micro-ops run without either."""
         boot_fail = self._boot_fail
         self._restart()
+        self.kv_base = 0
         self._boot_fail = boot_fail
         for _ in range(max_ops):
             self.step()
@@ -329,15 +337,16 @@ class IsaSim:
         (``queue_depth + 1`` deep, the op in the engine included), ``WAIT unit, n`` stalls
         while more than ``n`` ops of ``unit`` are unfinished (never, without ``wait_ok``),
         ``HALT`` until all are; each unit executes its oldest op at a random moment (``rng``),
-        with the ``pos`` it was dispatched with. ``late``: units run only while the sequencer
+        with the ``pos`` and ``kv_base`` it was dispatched with. ``late``: units run only while the sequencer
         is stalled (ops stay in flight as long as the program lets them). Starts at ``pos``
-        (default: the current one). A program whose results differ from :meth:`run`'s under
+        (default: the current one) and ``kv_base = 0``. A program whose results differ from :meth:`run`'s under
         some schedule lacks a ``WAIT``. Returns ``self``."""
         from collections import deque
 
         ops = [self._decode(w) for w in words]
         queues = {u: deque() for u in Unit}
         pc, pos = 0, self.pos if pos is None else pos
+        base = 0
         depth = self.params.queue_depth + 1
         while True:
             op, f = ops[pc]
@@ -355,17 +364,18 @@ class IsaSim:
                 if op == Op.HALT:
                     break
                 if unit is not None:
-                    queues[unit].append((op, f, pos))
+                    queues[unit].append((op, f, pos, base))
+                elif op == Op.SETPOS and f["reg"] == PosReg.KV_BASE:
+                    base = base + f["value"] if f["add"] else f["value"]
                 elif op == Op.SETPOS:
                     pos = pos + f["value"] if f["add"] else f["value"]
                 pc += 1
             else:
                 u = busy[int(rng.integers(0, len(busy)))]
-                qop, qf, qpos = queues[u].popleft()
-                self.pos = qpos
+                qop, qf, self.pos, self.kv_base = queues[u].popleft()
                 self.handlers[qop](qf)
-                self.pos = pos
-        self.pos = pos
+                self.pos, self.kv_base = pos, base
+        self.pos, self.kv_base = pos, base
         return self
 
     def step(self) -> Err:
@@ -509,10 +519,13 @@ class IsaSim:
         _enum(Unit, args["unit"], "unit")
 
     def _setpos(self, args):
-        pos = self.pos + args["value"] if args["add"] else args["value"]
-        if not 0 <= pos <= POS_MAX:
-            raise OpError(Err.BAD_FIELD, f"pos {pos} leaves 0..{POS_MAX}")
-        self.pos = pos
+        reg = _enum(PosReg, args["reg"], "reg")
+        name = "kv_base" if reg == PosReg.KV_BASE else "pos"
+        top = self.depth[Buf.KV] - 1 if reg == PosReg.KV_BASE else POS_MAX
+        new = getattr(self, name) + args["value"] if args["add"] else args["value"]
+        if not 0 <= new <= top:
+            raise OpError(Err.BAD_FIELD, f"{name} {new} leaves 0..{top}")
+        setattr(self, name, new)
 
     def _dma_check(self, args):
         buf = _enum(Buf, args["buf"], "buf")
@@ -580,11 +593,12 @@ class IsaSim:
         kt = np.arange(k_tiles)
         t = np.arange(t_len)
         r = np.arange(R)
-        if wsrc == WSrc.KV_ROWS:
-            w_idx = a["w_addr"] + (kt[None, :, None] * R + r) * n_tiles + j[:, None, None]
-        else:
-            w_idx = a["w_addr"] + ((j[:, None] * k_tiles + kt) * R)[:, :, None] + r
         wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
+        w_addr = a["w_addr"] + (self.kv_base if wbuf == Buf.KV else 0)
+        if wsrc == WSrc.KV_ROWS:
+            w_idx = w_addr + (kt[None, :, None] * R + r) * n_tiles + j[:, None, None]
+        else:
+            w_idx = w_addr + ((j[:, None] * k_tiles + kt) * R)[:, :, None] + r
         a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + kt  # [t, kt]
         step = a["prm_step"]
         groups, g_of_kt = -(-k_tiles // (1 << step)), kt >> step
@@ -593,8 +607,9 @@ class IsaSim:
             s_idx = a["prm_addr"] + j[:, None] * groups + g_of_kt  # [n, kt]
             o_idx = a["oprm_addr"] + j
         else:
-            s_idx = a["prm_addr"] + j[:, None] * (groups + 1) + g_of_kt
-            o_idx = a["prm_addr"] + j * (groups + 1) + groups
+            prm_addr = self.kv_base + a["prm_addr"]
+            s_idx = prm_addr + j[:, None] * (groups + 1) + g_of_kt
+            o_idx = prm_addr + j * (groups + 1) + groups
         acc_idx = a["acc_addr"] + t[None, :] * a["acc_stride"] + j[:, None]  # [n, t]
         self._range(wbuf, w_idx, "weight rows")
         self._range(Buf.ACT, a_idx, "activation rows")
@@ -692,7 +707,7 @@ class IsaSim:
         G = d // ag
         wpr = d // R  # ACT words per row
         blocks = -(-cap // PC)
-        kv_addr, kv_saddr = a["kv_addr"], a["kv_saddr"]
+        kv_addr, kv_saddr = self.kv_base + a["kv_addr"], self.kv_base + a["kv_saddr"]
         data_end = kv_addr + (blocks * d if kind == KvKind.KEY else cap * (d // PC))
         if data_end > self.depth[Buf.KV]:
             raise OpError(Err.SRAM_RANGE, f"KV data region ends at {data_end}")
@@ -831,7 +846,7 @@ class IsaSim:
             self._range(Buf.PRM, prm_idx, "norm constants")
         if vfold:
             Gv = a["vgroups"]
-            blk = src_b + np.arange(-(-length // PC)) * (Gv + 1)
+            blk = self.kv_base + src_b + np.arange(-(-length // PC)) * (Gv + 1)
             self._range(Buf.KV, blk + Gv, "V scales")
         if fn == VecFn.QUANT:
             blocks = 1 if qmode == QuantMode.INT8 else 2

@@ -86,10 +86,12 @@ from hw.isa import (
     Counter,
     Dyn,
     Op,
+    PosReg,
     Unit,
     VecBuf,
     VecFn,
     WSrc,
+    buffer_depth,
     bus_bits,
     bus_words_per,
     decode,
@@ -726,7 +728,7 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
         pos, vops = pos_init, []
         for w in words:
             op, f = decode(w)
-            if op == Op.SETPOS:
+            if op == Op.SETPOS and f["reg"] == PosReg.POS:
                 pos = (pos + f["value"] if f["add"] else f["value"])
             elif op == Op.VEC:
                 vops.append((f, pos))
@@ -752,7 +754,7 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
     model.rd_free = last_boot + I
     fetch = last_boot + L + _BOOT_TO_FETCH
     stall_wait = stall_queue = 0
-    pos = pos_init
+    pos, kv_base = pos_init, 0
     ops = []
     pc = 0
     while True:
@@ -769,11 +771,16 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
             break
         if op == Op.NOP:
             pass
-        elif op == Op.SETPOS:
-            new = pos + f["value"] if f["add"] else f["value"]
-            if new >= 1 << 16:
-                raise ValueError(f"predict: pc {pc}: SETPOS to {new} is Err.BAD_FIELD")
-            pos = new
+        elif op == Op.SETPOS:  # kv_base moves no unit's timing: only its range matters
+            kvb = f["reg"] == PosReg.KV_BASE
+            new = (kv_base if kvb else pos) + f["value"] if f["add"] else f["value"]
+            if new >= (buffer_depth(p, Buf.KV) if kvb else 1 << 16):
+                raise ValueError(f"predict: pc {pc}: SETPOS {f['reg'].name} to {new} is "
+                                 "Err.BAD_FIELD")
+            if kvb:
+                kv_base = new
+            else:
+                pos = new
         elif op == Op.WAIT:
             if not isinstance(f["unit"], Unit):
                 raise ValueError(f"predict: pc {pc}: WAIT on unit {f['unit']}: Err.BAD_FIELD")

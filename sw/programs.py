@@ -49,6 +49,7 @@ from hw.isa import (
     GridMode,
     KvKind,
     Op,
+    PosReg,
     PSrc,
     QuantMode,
     Unit,
@@ -729,6 +730,21 @@ def error_cases(p: ChipParams, vector: bool = False) -> list[ErrorCase]:
          Err.BAD_FIELD)
     case("setpos_add_ok", [encode(Op.SETPOS, value=65534)], encode(Op.SETPOS, add=1, value=1),
          Err.NONE)
+    case("setpos_wide", [], encode(Op.SETPOS, value=65536), Err.BAD_FIELD)
+    # kv_base: 0 .. KV depth - 1 (a wider SETPOS value), set and added like pos
+    KVB = PosReg.KV_BASE
+    case("setpos_kv_base_range", [], encode(Op.SETPOS, reg=KVB, value=dep[Buf.KV]),
+         Err.BAD_FIELD)
+    case("setpos_kv_base_fits", [], encode(Op.SETPOS, reg=KVB, value=dep[Buf.KV] - 1),
+         Err.NONE)
+    case("setpos_kv_base_add_range", [encode(Op.SETPOS, reg=KVB, value=dep[Buf.KV] - 2)],
+         encode(Op.SETPOS, reg=KVB, add=1, value=2), Err.BAD_FIELD)
+    case("setpos_kv_base_add_fits", [encode(Op.SETPOS, reg=KVB, value=dep[Buf.KV] - 2)],
+         encode(Op.SETPOS, reg=KVB, add=1, value=1), Err.NONE)
+    # a base moves KV addresses only: B words in, the KV regions end B words earlier
+    B = dep[Buf.KV] - min(dep[Buf.KV] // 2, 1 << 15)
+    base = [encode(Op.SETPOS, reg=KVB, value=B)]
+    kvt = dep[Buf.KV] - B  # KV words left above the base
     # -- GEMM fields
     case("gemm_ok", [], gemm(), Err.NONE)
     for f in ("t_len", "k_tiles", "n_tiles"):
@@ -767,6 +783,16 @@ def error_cases(p: ChipParams, vector: bool = False) -> list[ErrorCase]:
          Err.SRAM_RANGE)
     case("gemm_kv_prm_fits", [], gemm(psrc=PSrc.KV, prm_addr=dep[Buf.KV] - 4), Err.NONE)
     case("gemm_prm_out_fits", [], gemm(oprm_addr=dep[Buf.PRM] - 2), Err.NONE)
+    case("gemm_kv_tiled_base_range", base, gemm(wsrc=WSrc.KV_TILED, w_addr=kvt - nkr + 1),
+         Err.SRAM_RANGE)
+    case("gemm_kv_tiled_base_fits", base, gemm(wsrc=WSrc.KV_TILED, w_addr=kvt - nkr), Err.NONE)
+    case("gemm_kv_rows_base_range", base, gemm(wsrc=WSrc.KV_ROWS, w_addr=kvt - nkr + 1),
+         Err.SRAM_RANGE)
+    case("gemm_kv_rows_base_fits", base, gemm(wsrc=WSrc.KV_ROWS, w_addr=kvt - nkr), Err.NONE)
+    case("gemm_kv_prm_base_range", base, gemm(psrc=PSrc.KV, prm_addr=kvt - 3), Err.SRAM_RANGE)
+    case("gemm_kv_prm_base_fits", base, gemm(psrc=PSrc.KV, prm_addr=kvt - 4), Err.NONE)
+    case("gemm_wgt_prm_ignore_base", base,
+         gemm(w_addr=dep[Buf.WGT] - nkr, oprm_addr=dep[Buf.PRM] - 2), Err.NONE)
     # -- KV_APPEND
     case("kv_ok", [], kv(), Err.NONE)
     case("kv_t_len_0", [], kv(t_len=0), Err.BAD_FIELD)
@@ -785,6 +811,16 @@ def error_cases(p: ChipParams, vector: bool = False) -> list[ErrorCase]:
     case("kv_scale_region", [], kv(kv_saddr=dep[Buf.KV] - scale_words + 1), Err.SRAM_RANGE)
     case("kv_scale_region_fits", [], kv(kv_saddr=dep[Buf.KV] - scale_words), Err.NONE)
     case("kv_act_range", [], kv(a_addr=dep[Buf.ACT] - 3), Err.SRAM_RANGE)
+    case("kv_key_base_region", base, kv(kv_addr=kvt - key_words + 1), Err.SRAM_RANGE)
+    case("kv_key_base_fits", base, kv(kv_addr=kvt - key_words), Err.NONE)
+    case("kv_value_base_region", base, kv(kind=KvKind.VALUE, kv_addr=kvt - val_words + 1),
+         Err.SRAM_RANGE)
+    case("kv_scale_base_region", base, kv(kv_saddr=kvt - scale_words + 1), Err.SRAM_RANGE)
+    case("kv_scale_base_fits", base, kv(kv_saddr=kvt - scale_words), Err.NONE)
+    # the base leaves pos alone (and pos the base)
+    case("kv_base_overflow", [encode(Op.SETPOS, value=cap - 1), *base], kv(), Err.KV_OVERFLOW)
+    case("kv_base_overflow_fits", [encode(Op.SETPOS, value=cap - 2), *base,
+                                   encode(Op.SETPOS, add=1, value=0)], kv(), Err.NONE)
     return cases
 
 
@@ -870,6 +906,17 @@ def _vec_error_cases(p: ChipParams, case) -> None:
                  dst=L * d // R)
     case("vec_vfold_fits", prefix, quant(**vfold), Err.NONE)
     case("vec_vfold_kv_range", prefix, quant(**{**vfold, "src_b": kv_s + 1}), Err.SRAM_RANGE)
+    # the same with a KV base: the scales B words in, src_b relative to it; ACC's src_b
+    # (operand b) ignores the base
+    B = dep[Buf.KV] // 2
+    kvb = [encode(Op.SETPOS, reg=PosReg.KV_BASE, value=B)]
+    prefix_b = [prefix[0], *kvb,
+                encode(Op.KV_APPEND, kind=KvKind.VALUE, t_len=L, a_addr=0, a_stride=d // R,
+                       kv_addr=0, kv_saddr=kv_s - B, d=d, cap=L)]
+    case("vec_vfold_base_fits", prefix_b, quant(**{**vfold, "src_b": kv_s - B}), Err.NONE)
+    case("vec_vfold_base_range", prefix_b, quant(**{**vfold, "src_b": kv_s - B + 1}),
+         Err.SRAM_RANGE)
+    case("vec_b_base_range", kvb, vec(src_b=A - end + 1), Err.SRAM_RANGE)
 
 
 # -- hand-laid-out programs: footprints, WAITs, streamed weights, whole layers ----------------
@@ -883,13 +930,15 @@ def _hull(base, stride, n, width):
     return base, base + (n - 1) * stride + width
 
 
-def footprint(p: ChipParams, word: int, pos: int) -> list:
+def footprint(p: ChipParams, word: int, pos: int, kv_base: int = 0) -> list:
     """``[(space, lo, hi, write)]``: hulls of the words a valid micro-op may read or write
     (``hw/isa.py``), for every context ``pos`` up to the given one (ops that follow ``pos``
-    grow with it; a RoPE table and a KV region are taken whole). Spaces: :class:`Buf` and
+    grow with it; a RoPE table and a KV region are taken whole), dispatched with the KV base
+    ``kv_base`` (KV hulls are absolute: ``kv_base + field``). Spaces: :class:`Buf` and
     :data:`OFFCHIP`. Ops of no unit: ``[]``."""
     R, PC = p.rows, p.cols // 2
     op, f = decode(word)
+    kb = kv_base
     if op in (Op.LOAD, Op.STORE):
         buf = Buf(f["buf"])
         n_bus = f["words"] * bus_words_per(p, buf)
@@ -905,13 +954,14 @@ def footprint(p: ChipParams, word: int, pos: int) -> list:
                 k = -(-(pos + T) // R)
         G_ = -(-k // (1 << f["prm_step"]))
         wbuf = Buf.WGT if f["wsrc"] == WSrc.WGT else Buf.KV
-        fp = [(wbuf, f["w_addr"], f["w_addr"] + n * k * R, False),
+        w0 = f["w_addr"] + (kb if wbuf == Buf.KV else 0)
+        fp = [(wbuf, w0, w0 + n * k * R, False),
               (Buf.ACT, *_hull(f["a_addr"], f["a_stride"], T, k), False)]
         if f["psrc"] == PSrc.PRM:
             fp += [(Buf.PRM, f["prm_addr"], f["prm_addr"] + n * G_, False),
                    (Buf.PRM, f["oprm_addr"], f["oprm_addr"] + n, False)]
         else:
-            fp.append((Buf.KV, f["prm_addr"], f["prm_addr"] + n * (G_ + 1), False))
+            fp.append((Buf.KV, kb + f["prm_addr"], kb + f["prm_addr"] + n * (G_ + 1), False))
         if f["final"]:
             fp.append((Buf.ACC, *_hull(f["acc_addr"], f["acc_stride"], T, n), True))
         return fp
@@ -920,15 +970,15 @@ def footprint(p: ChipParams, word: int, pos: int) -> list:
         blocks = -(-cap // PC)
         size = blocks * d if f["kind"] == KvKind.KEY else cap * d // PC
         return [(Buf.ACT, *_hull(f["a_addr"], f["a_stride"], f["t_len"], d // R), False),
-                (Buf.KV, f["kv_addr"], f["kv_addr"] + size, True),
-                (Buf.KV, f["kv_saddr"],
-                 f["kv_saddr"] + blocks * (d // p.numerics.act_group + 1), True)]
+                (Buf.KV, kb + f["kv_addr"], kb + f["kv_addr"] + size, True),
+                (Buf.KV, kb + f["kv_saddr"],
+                 kb + f["kv_saddr"] + blocks * (d // p.numerics.act_group + 1), True)]
     if op == Op.VEC:
-        return _vec_footprint(p, f, pos)
+        return _vec_footprint(p, f, pos, kb)
     return []
 
 
-def _vec_footprint(p: ChipParams, f: dict, pos: int) -> list:
+def _vec_footprint(p: ChipParams, f: dict, pos: int, kb: int) -> list:
     R, C, PC = p.rows, p.cols, p.cols // 2
     fn, rows = VecFn(f["fn"]), f["rows"]
     length = pos + rows if f["dyn"] == Dyn.POS else f["length"]
@@ -948,7 +998,8 @@ def _vec_footprint(p: ChipParams, f: dict, pos: int) -> list:
     if fn == VecFn.QUANT:
         if f["vfold"]:
             G_ = f["vgroups"]
-            fp.append((Buf.KV, f["src_b"], f["src_b"] + -(-length // PC) * (G_ + 1), False))
+            v0 = kb + f["src_b"]
+            fp.append((Buf.KV, v0, v0 + -(-length // PC) * (G_ + 1), False))
         blocks = 1 if f["qmode"] == QuantMode.INT8 else 2
         fp.append((Buf.ACT, *_hull(f["dst"], dst, blocks * rows, Wq), True))
     elif copy_act:
@@ -980,7 +1031,9 @@ class Builder:
     anywhere in it, so the program's timing is predictable: ``sim/timing.py``). Ops of one
     unit run in order (their queue), so they need none. ``pos_hi``: the largest ``pos`` the
     program may run at (a decode program serves many steps), for the footprints of ops
-    that follow ``pos``.
+    that follow ``pos``. ``kv_base``: the KV base as the emitted ops leave it (0 at the
+    program's start, as on the chip; every ``SETPOS reg = KV_BASE`` moves it), which every
+    op's footprint adds to its KV addresses.
 
     Buffers are handed out by :meth:`alloc` (a bump allocator per buffer; reuse a region by
     passing its address again, the WAITs keep it safe)."""
@@ -991,6 +1044,7 @@ class Builder:
         self.ports = ports
         self.img = img if img is not None else Image(p)
         self.pos_hi = pos_hi
+        self.kv_base = 0
         self.ops: list[int] = []
         self.pending = {u: [] for u in Unit}  # footprints of possibly unfinished ops
         self.top = dict.fromkeys(Buf, 0)
@@ -1004,10 +1058,16 @@ class Builder:
         return addr
 
     def emit(self, word: int) -> None:
-        op, _ = decode(word)
+        op, f = decode(word)
         unit = OP_UNIT.get(op)
+        if op == Op.SETPOS and f["reg"] == PosReg.KV_BASE:
+            base = self.kv_base + f["value"] if f["add"] else f["value"]
+            if not 0 <= base < buffer_depth(self.p, Buf.KV):
+                raise ValueError(f"Builder: kv_base {base} is beyond the KV buffer "
+                                 f"({buffer_depth(self.p, Buf.KV)} words)")
+            self.kv_base = base
         if unit is not None:
-            fp = footprint(self.p, word, self.pos_hi)
+            fp = footprint(self.p, word, self.pos_hi, self.kv_base)
             for u, pend in self.pending.items():
                 hits = [i for i, q in enumerate(pend)
                         if _conflict(q, fp) or (self.ports and _port_conflict(q, fp))]

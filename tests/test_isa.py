@@ -9,7 +9,8 @@
 - ``pack_words`` / ``unpack_words`` round trip for every buffer word format at three
   ``ChipParams``, cross-checked bit for bit against Amaranth's own ``Layout.const``; values out
   of range are rejected.
-- ``check_params`` rejects a buffer deeper than the micro-op field that addresses it.
+- ``check_params`` rejects a buffer deeper than the micro-op field that addresses it (KV:
+  deeper than ``kv_base`` reaches).
 
 Random tests print their seed; replay with ``ISA_SEED=<seed>``.
 """
@@ -346,12 +347,21 @@ def test_check_params_accepts_the_configs(p):
     check_params(p)
 
 
+def test_check_params_kv_beyond_16_bits():
+    """KV addresses are ``kv_base + field``: a KV buffer deeper than the 16-bit fields is
+    fine up to what ``kv_base`` reaches (``SETPOS``'s ``value``)."""
+    p = ChipParams(kv_sram_kib=4096)
+    assert isa.buffer_depth(p, Buf.KV) == 1 << 19
+    check_params(p)
+    assert isa.kv_base_bits(p) == 19 and isa.kv_addr_bits(p) == 20
+
+
 @pytest.mark.parametrize(
     "kwargs, buf, field",
     [
         ({"act_sram_kib": 4096}, "ACT", "gemm.a_addr"),
         ({"weight_sram_kib": 4096}, "WGT", "gemm.w_addr"),
-        ({"kv_sram_kib": 4096}, "KV", "kv.kv_addr"),
+        ({"kv_sram_kib": 4096, "cols": 4}, "KV", "pos.value"),
         ({"acc_sram_kib": 4096}, "ACC", "gemm.acc_addr"),
     ],
 )

@@ -335,7 +335,7 @@ def test_errors(p, prefix, op, err, vector):
         assert np.array_equal(sim.bufs[b], ref.bufs[b]), b.name
     assert np.array_equal(sim.y, ref.y)
     assert np.array_equal(sim.offchip, ref.offchip)
-    assert sim.pos == ref.pos
+    assert sim.pos == ref.pos and sim.kv_base == ref.kv_base
     assert sim.step() == err and sim.counters[Counter.UOPS] == len(prefix) + 1  # stays halted
 
 

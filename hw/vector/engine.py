@@ -2,7 +2,8 @@
 on the components of ``hw/vector``.
 
 A micro-op is checked first (``Err.BAD_FIELD`` / ``Err.SRAM_RANGE`` in the order of the
-``VecArgs`` docstring; with ``vfold`` the V scales are then loaded and checked), before any
+``VecArgs`` docstring; with ``vfold`` the V scales are then loaded and checked, from
+``kv_base + src_b``: the base the op was dispatched with, added as it is accepted), before any
 word is written. Then it runs as one *sweep* (two for the two-block ``QUANT`` modes) of four
 concurrent generators::
 
@@ -59,6 +60,7 @@ from ..isa import (
     acc_word,
     act_word,
     buffer_depth,
+    kv_addr_bits,
     kv_word,
     prm_word,
 )
@@ -248,7 +250,7 @@ class VecEngine(wiring.Component):
         ports = {}
         for name, bits in (("acc_a", cb), ("acc_b", cb), ("act", ab), ("prm", _bits(prm_word(p))),
                            ("kv", _bits(kv_word(p)))):
-            ports[f"{name}_addr"] = Out(16)
+            ports[f"{name}_addr"] = Out(kv_addr_bits(p) if name == "kv" else 16)
             ports[f"{name}_en"] = Out(1)
             ports[f"{name}_data"] = In(bits)
         super().__init__({
@@ -284,6 +286,7 @@ class VecEngine(wiring.Component):
         # -- the micro-op and its derived sizes (registered in IDLE / EFF / PROD) -------------
         a = Signal(VecArgs)
         pos = Signal(16)
+        kv_src = Signal(kv_addr_bits(p))  # kv_base + src_b: V's scales (vfold)
         pc = Signal.like(self.err_pc)
         fn = a.fn
         is_ = {f: Signal(name=f"is_{f.name.lower()}") for f in VecFn}
@@ -364,6 +367,7 @@ class VecEngine(wiring.Component):
                 with m.If(self.cmd.valid & ~self.abort):
                     cmd = self.cmd.payload
                     m.d.sync += [a.eq(cmd.args.vec), pos.eq(cmd.pos), pc.eq(cmd.pc),
+                                 kv_src.eq(cmd.args.vec.src_b + cmd.kv_base),
                                  running.eq(1)]
                     m.next = "EFF"
             with m.State("EFF"):
@@ -404,13 +408,13 @@ class VecEngine(wiring.Component):
                           & (a.src_b + p_src + W > acc_d))
                        | (is_[VecFn.ROPE] & (a.src_b + p_tab > acc_d))
                        | (norm & (a.prm + n_vec * Wc + 1 > depth[Buf.PRM]))
-                       | (vfold & (a.src_b + p_kv + a.vgroups + 1 > depth[Buf.KV]))
+                       | (vfold & (kv_src + p_kv + a.vgroups + 1 > depth[Buf.KV]))
                        | (a.dst + p_dst + Ww > Mux(quant | copy_act, act_d, acc_d)))
                 with m.If(bad | rng):
                     m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD, Err.SRAM_RANGE))
                     m.next = "ERROR"
                 with m.Elif(vfold):
-                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(a.src_b), lv_ph.eq(0), lv_bad.eq(0),
+                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_ph.eq(0), lv_bad.eq(0),
                                  lv_got.eq(0)]
                     m.next = "LOADV"
                 with m.Else():
