@@ -335,7 +335,9 @@ def bench_layers(args):
     from sim.chip_rtl import run_jobs
 
     for B in args.buses:
-        p = ChipParams(**BASE, offchip_bytes_per_cycle=B)
+        # a wide bus pads every buffer word to whole bus words: a larger off-chip memory
+        p = ChipParams(**{**BASE, "offchip_kib": BASE["offchip_kib"] * max(1, B // 16)},
+                       offchip_bytes_per_cycle=B)
         for name, make, tokens in (("MiniLM layer 0", minilm_job, args.minilm_tokens),
                                    ("SmolLM2 layer 0 prefill", smollm2_job,
                                     args.smollm2_tokens)):
