@@ -12,10 +12,9 @@ INT8-mode GEMMs write) layouts, on 1 row and on ``--rows`` rows. Printed per op:
 constants, a RoPE table) is loaded once by the first job; each job runs its op in place,
 waits and stores the result.
 
-(b) **Layer share.** The whole-layer programs of ``sw/programs.py``
-(``minilm_layer_program``: one all-MiniLM-L6-v2 encoder layer, INT8 weights, half layout;
-``smollm2_layer_program``: one SmolLM2-135M decoder layer prefill, W4A8 weights, A8x2
-activations) with the real weights, on the chip as built (off-chip bus
+(b) **Layer share.** One-layer programs of the compiler (``sw/compiler.py``: an
+all-MiniLM-L6-v2 encoder layer, INT8 weights, half layout; a SmolLM2-135M decoder layer
+prefill, W4A8 weights, A8x2 activations) with the real weights, on the chip as built (off-chip bus
 ``offchip_bytes_per_cycle`` = 8 B/cycle) and with a wide bus (``--wide-bus``, default 64
 B/cycle, a build of its own: the weights arrive as fast as the grid can take them, so
 what remains is the compute the layer needs; the programs stream every weight from off
@@ -286,11 +285,28 @@ def report_layer(name, p, prog, r, prog_len, pos_init=0):
           f"the off-chip words moved, the GEMM unit's busy cycles, VEC cycles without GEMM)")
 
 
+class _Layer:
+    """A compiled one-layer program (``sw/compiler.py``) with its input rows written into
+    the image: ``img``, ``prog`` (the words), ``result(offchip)``."""
+
+    def __init__(self, c, T: int, rows):
+        self.c = c
+        prog = c.program(T)
+        self.img, self.prog, self._prog = c.img, prog.words, prog
+        B = c.p.offchip_bytes_per_cycle
+        raw = c.input_bytes(prog, rows)
+        c.img.mem[prog.in_off * B: prog.in_off * B + raw.size] = raw
+        self.addr = prog.addr
+
+    def result(self, mem):
+        return self.c.result(self._prog, mem)
+
+
 def minilm_job(p, tokens: int):
     from sim.chip_rtl import Job
     from sim.golden_models import minilm_embeddings, minilm_layer
+    from sw.compiler import MiniLMCompiled
     from sw.models import load_minilm
-    from sw.programs import minilm_layer_program
     from sw.quantize import quantize_minilm
     from sw.tokenizer import MiniLMTokenizer
 
@@ -300,18 +316,17 @@ def minilm_job(p, tokens: int):
     ids = MiniLMTokenizer().encode(text)
     ids = ids[: tokens - 1] + ids[-1:]
     h = minilm_embeddings(ids, m)
-    lp = minilm_layer_program(p, h, m.layers[0], m.config)
-    addr, n = lp.img.put_program(lp.prog)
+    lp = _Layer(MiniLMCompiled(m, p, layers=1, embeddings=False), tokens, h)
     want = minilm_layer(h, m.layers[0], m.config)
-    return lp, Job(addr, n, max_cycles=50_000_000), want, 0
+    return lp, Job(lp.addr, len(lp.prog), max_cycles=50_000_000), want, 0
 
 
 def smollm2_job(p, tokens: int):
     from sim import golden as G
     from sim.chip_rtl import Job
     from sim.golden_models import SmolLM2Golden
+    from sw.compiler import SmolLM2Compiled
     from sw.models import load_smollm2
-    from sw.programs import smollm2_layer_program
     from sw.quantize import quantize_smollm2
     from sw.tokenizer import SmolLM2Tokenizer
 
@@ -325,10 +340,9 @@ def smollm2_job(p, tokens: int):
     emb = G.embed(np.asarray(ids), m.token_embd)
     gold = SmolLM2Golden(m)
     want = gold.layer(0, emb, gold.new_cache(capacity=tokens), 0)
-    lp = smollm2_layer_program(p, m.layers[0], m.config, m.rope_cos, m.rope_sin, tokens, tokens)
-    lp.write_input(lp.img.mem, emb)
-    addr, n = lp.img.put_program(lp.prog)
-    return lp, Job(addr, n, pos_init=0, max_cycles=50_000_000), want, 0
+    c = SmolLM2Compiled(m, p, cap=tokens, chunk=tokens, layers=1, head=False)
+    lp = _Layer(c, tokens, emb)
+    return lp, Job(lp.addr, len(lp.prog), pos_init=0, max_cycles=50_000_000), want, 0
 
 
 def bench_layers(args):

@@ -18,8 +18,7 @@ on one simulation (buffers carry over, as on one ``IsaSim``):
 After every job: error, error_pc, ``pos``, the whole off-chip memory and the counters both
 simulators count equal IsaSim's. Random data: seed printed; replay with CHIP_SEED=<seed>.
 
-The whole MiniLM layer program (``sw.programs.minilm_layer_program``) runs on its own (slow,
-a second build with 256 KiB of ACC): bit for bit ``sim.golden_models.minilm_layer``.
+Whole compiled layers on this chip are in ``tests/test_compiled_rtl.py`` (slow).
 """
 
 import inspect
@@ -450,95 +449,3 @@ def test_plan_covers_every_fn():
 
 
 # -- the MiniLM layer ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_minilm_layer_on_rtl():
-    """Layer 0 of all-MiniLM-L6-v2 on 16 real tokens as one program on the chip with its
-    vector unit: the stored output is bit for bit ``sim.golden_models.minilm_layer``; memory
-    and untimed counters equal IsaSim's. Prints cycles, the busy cycles of every unit and
-    the wall time of the simulation."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from sim.golden_models import minilm_embeddings, minilm_layer
-    from sw.models import load_minilm
-    from sw.programs import minilm_layer_program
-    from sw.quantize import quantize_minilm
-    from sw.tokenizer import MiniLMTokenizer
-
-    pm = ChipParams(acc_sram_kib=256, offchip_kib=4096)
-    m = quantize_minilm(load_minilm())
-    ids = MiniLMTokenizer().encode("The quick brown fox jumps over the lazy dog near the "
-                                   "quiet river bank.")
-    ids = ids[:15] + ids[-1:]
-    h = minilm_embeddings(ids, m)
-    lp = minilm_layer_program(pm, h, m.layers[0], m.config)
-    addr, n = lp.img.put_program(lp.prog)
-    (r,) = run_jobs(pm, lp.img.mem, [Job(addr, n, max_cycles=5_000_000)], vector=True)
-    assert not r.timed_out and r.error == Err.NONE
-    assert np.array_equal(lp.result(r.offchip), minilm_layer(h, m.layers[0], m.config))
-    (ref,) = isa_jobs(pm, lp.img.mem, [Job(addr, n)], sim=IsaSim(pm, lp.img.mem, vector=True))
-    assert np.array_equal(r.offchip, ref.offchip)
-    assert {k: r.counters[k] for k in UNTIMED} == {k: ref.counters[k] for k in UNTIMED}
-    cyc = r.counters[Counter.CYCLES]
-    busy = {c.name: r.counters[c] for c in (Counter.BUSY_LOAD, Counter.BUSY_STORE,
-                                             Counter.BUSY_GEMM, Counter.BUSY_VEC,
-                                             Counter.BUSY_KV, Counter.STALL_WAIT)}
-    print(f"\nMiniLM layer on RTL: {n} micro-ops, {cyc} cycles, {r.wall_s:.1f} s wall "
-          f"({cyc / r.wall_s / 1e3:.0f} k cycles/s); {busy}")
-
-
-@pytest.mark.slow
-def test_smollm2_layer_on_rtl():
-    """Layer 0 of SmolLM2-135M (``sw.programs.smollm2_layer_program``: RMSNorm, A8X2 GEMMs,
-    RoPE from ``pos``, GQA attention over the on-chip cache with dyn / causal SOFTMAX and
-    vfold, SiLU·mul) on the chip with its vector unit: an 8-token prefill, then 4 decode
-    steps, one job each (the cache stays on chip; each job's program loads its step's input
-    rows from a slot of its own instead of the host writing them): every step's output is
-    bit for bit ``SmolLM2Golden.layer``, memory and untimed counters equal IsaSim's."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from sim.golden_models import SmolLM2Golden
-    from sw.models import load_smollm2
-    from sw.programs import bus_image, smollm2_layer_program
-    from sw.quantize import quantize_smollm2
-    from sw.tokenizer import SmolLM2Tokenizer
-
-    ps = ChipParams(acc_sram_kib=256, offchip_kib=8192)
-    cap = 12
-    steps = [(0, 8)] + [(8 + i, 1) for i in range(4)]
-    model = load_smollm2()
-    m = quantize_smollm2(model, positions=16)
-    tok = SmolLM2Tokenizer(model)
-    ids = tok.encode(tok.chat_prompt("What is the capital of France?"))[:cap]
-    emb = G.embed(np.asarray(ids), m.token_embd)
-    gold = SmolLM2Golden(m)
-    cache = gold.new_cache(capacity=cap)
-    want = [gold.layer(0, emb[p0:p0 + t], cache, p0) for p0, t in steps]
-    img = Image(ps)
-    progs = {t: smollm2_layer_program(ps, m.layers[0], m.config, m.rope_cos, m.rope_sin, t,
-                                      cap, img) for t in (8, 1)}
-    jobs = []
-    for p0, t in steps:
-        lp = progs[t]
-        slot = img.put_bytes(bus_image(ps, Buf.ACC, wide_fields(ps, emb[p0:p0 + t],
-                                                                half=lp.half)))
-        prog = []
-        for w in lp.prog:
-            op, f = decode(w)
-            if op == Op.LOAD and f["off"] == lp.in_off:
-                w = encode(op, **{**f, "off": slot})
-            prog.append(w)
-        addr, n = img.put_program(prog)
-        jobs.append(Job(addr, n, pos_init=p0, max_cycles=5_000_000))
-    res = run_jobs(ps, img.mem, jobs, vector=True)
-    ref = isa_jobs(ps, img.mem, jobs, sim=IsaSim(ps, img.mem, vector=True))
-    print()
-    for (p0, t), r, rr, w in zip(steps, res, ref, want, strict=True):
-        assert not r.timed_out and r.error == Err.NONE
-        assert np.array_equal(progs[t].result(r.offchip), w), f"step at pos {p0}"
-        assert np.array_equal(r.offchip, rr.offchip)
-        assert {k: r.counters[k] for k in UNTIMED} == {k: rr.counters[k] for k in UNTIMED}
-        assert r.pos == p0 + t
-        print(f"SmolLM2 layer at pos {p0} ({t} tokens): {r.counters[Counter.CYCLES]} cycles, "
-              f"BUSY_VEC {r.counters[Counter.BUSY_VEC]}, BUSY_GEMM "
-              f"{r.counters[Counter.BUSY_GEMM]}, BUSY_LOAD {r.counters[Counter.BUSY_LOAD]}, "
-              f"{r.wall_s:.1f} s wall")
