@@ -207,12 +207,13 @@ class ChipParams:
 #: - ``default``: the chip of DESIGN.md, 16 x 16 grid, 64 KiB buffers;
 #: - ``sim``: the same grid with the memories a whole model needs, for the simulators: WGT
 #:   128 KiB and 1024 PRM entries (weights streamed in bigger chunks: SmolLM2 needs ~12 k
-#:   micro-ops per step instead of ~33 k), ACT 256 KiB, ACC 1 MiB and KV 512 KiB (the
-#:   largest the micro-op address fields reach), 64 k micro-ops, 192 MiB off-chip.
+#:   micro-ops per step instead of ~33 k), ACT 256 KiB, ACC 1 MiB and KV 4 MiB (SmolLM2's KV
+#:   cache for up to 336 positions; each layer's region reached through ``kv_base``,
+#:   ``hw/isa.py``), 64 k micro-ops, 192 MiB off-chip.
 PRESETS = {
     "default": ChipParams(),
     "sim": ChipParams(weight_sram_kib=128, act_sram_kib=256, acc_sram_kib=1024,
-                      kv_sram_kib=512, prm_entries=1024, uop_depth=1 << 16,
+                      kv_sram_kib=4096, prm_entries=1024, uop_depth=1 << 16,
                       offchip_kib=192 * 1024),
 }
 

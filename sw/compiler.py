@@ -45,6 +45,7 @@ from hw.isa import (
     Dyn,
     KvKind,
     Op,
+    PosReg,
     QuantMode,
     VecFn,
     buffer_depth,
@@ -241,14 +242,22 @@ class SmolLM2Compiled(CompiledModel):
             raise CompileError(f"prefill chunk must be 1..{cap} tokens, got {chunk}")
         super().__init__(p, Image(p))
         self.m, self.cfg, self.cap, self.chunk = m, cfg, cap, chunk
-        # the KV cache: a region per layer and KV head, fixed for every program
-        heads, kv = [], 0
+        # the KV cache: a region per layer and KV head, fixed for every program; each layer's
+        # heads lie within the 2**16 words its KV base (kv_bases, set by the layer's
+        # attention) reaches, their KvHead addresses relative to it
+        heads, bases, kv = [], [], 0
         for _ in range(n_layers):
             row = []
             for _ in range(cfg.n_kv_heads):
-                row.append(KvHead(p, cfg.d_head, cap, base=kv))
-                kv = row[-1].end
+                row.append(KvHead(p, cfg.d_head, cap, base=row[-1].end if row else 0))
+            if row[-1].end > 1 << 16:
+                raise CompileError(
+                    f"the KV cache of one layer for {cap} positions ({cfg.n_kv_heads} KV heads "
+                    f"x {cfg.d_head} dims) needs {row[-1].end} KV words, more than the "
+                    f"{1 << 16} a KV base reaches (shorten the context)")
             heads.append(row)
+            bases.append(kv)
+            kv += row[-1].end
         if kv > buffer_depth(p, Buf.KV):
             have = buffer_depth(p, Buf.KV)
             raise CompileError(
@@ -258,6 +267,7 @@ class SmolLM2Compiled(CompiledModel):
                 f"({buffer_kib(p, Buf.KV, have):.0f} KiB; grow ChipParams.kv_sram_kib or "
                 f"shorten the context)")
         self.heads = heads
+        self.kv_bases = bases  #: KV word where each layer's heads start (its kv_base)
         self.kv_words = kv
         # the LM head in column chunks (objects kept: the image places each chunk once)
         V = m.lm_head.q.shape[0]
@@ -385,6 +395,8 @@ class SmolLM2Compiled(CompiledModel):
             for acc, n, stride in ((acc_q, H, WD), (acc_k, Hkv, WK)):
                 for i in range(n):
                     rows(VecFn.ROPE, acc + i * hw, dh, stride, src_b=acc_tab)
+            if b.kv_base != self.kv_bases[li]:  # the layer's heads: KV addresses from here
+                b.emit(encode(Op.SETPOS, reg=PosReg.KV_BASE, value=self.kv_bases[li]))
             for j, kvh in enumerate(heads):
                 a_k = act_kv + j * 2 * T * wq
                 a_v = a_k + T * wq

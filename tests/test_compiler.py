@@ -4,8 +4,10 @@
 - all-MiniLM-L6-v2: every layer, embeddings on chip, two sentence lengths: the last hidden
   states equal ``sim.golden_models.minilm_encode`` bit for bit;
 - SmolLM2-135M: all 30 layers, the final norm and the LM head, prefill in chunks and then
-  greedy decode with the KV cache on chip: the logits of every step equal
-  ``SmolLM2Golden.forward`` bit for bit;
+  greedy decode with the KV cache on chip (deeper than the 16-bit KV fields: each layer's
+  attention sets ``kv_base``): the logits of every step equal ``SmolLM2Golden.forward`` bit
+  for bit, and the chat answer names Paris; slow: a 256-token generation, bit-exact at every
+  token;
 - what does not fit (context, SRAM, micro-op memory) and bad input are clear errors, from
   the compiler and from the ``chip`` command line.
 
@@ -40,7 +42,12 @@ from sw.runtime import (  # noqa: E402
 from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
 
 P = preset("sim")
-CAP = 40
+#: The chat prompt's 37 tokens and 8 generated: the answer to its end of turn.
+CAP = 45
+#: The slow test: 256 tokens generated after the prompt.
+LONG = 37 + 256
+#: RoPE table positions of the quantized model (one past what the 'sim' KV buffer holds).
+TABLE = 337
 
 
 @pytest.fixture(scope="module")
@@ -85,37 +92,61 @@ def test_minilm_whole_model_bit_exact(minilm):
 def smollm2():
     model = load_smollm2()
     tok = SmolLM2Tokenizer(model)
-    m = quantize_smollm2(model, positions=CAP)
+    m = quantize_smollm2(model, positions=TABLE)
     return m, tok, SmolLM2Compiled(m, P, cap=CAP, chunk=16)
 
 
-def test_smollm2_whole_model_bit_exact(smollm2):
-    """A chat prompt in prefill chunks of 16, 16, 5 tokens, then greedy decode up to the
-    context: every step's logits equal the golden model's (all 30 layers, GQA over the
-    growing KV cache, the tied LM head), and the answer starts as the golden one does."""
-    m, tok, c = smollm2
+def _generate(c, m, tok, cap):
+    """The chat prompt in prefill chunks, then greedy decode until the KV cache holds
+    ``cap`` tokens, on the ISA simulator; every step's logits must equal the golden model's.
+    Returns the generated tokens and the runner."""
     ids = tok.encode(tok.chat_prompt("What is the capital of France?"))
     assert c.chunks(len(ids)) == [16, 16, 5]
     gold = SmolLM2Golden(m)
-    cache = gold.new_cache(CAP)
+    cache = gold.new_cache(cap)
     with open_device("isa", c) as dev:
         r = SmolLM2Runner(c, dev, embed)
         logits = r.prefill(ids)
         want = gold.forward(ids, cache)[-1]
         assert np.array_equal(logits, want), "prefill"
         out = []
-        while r.pos < CAP:
+        while r.pos < cap:
             tok_id = int(np.argmax(logits))
             out.append(tok_id)
             logits = r.decode(tok_id)
             assert np.array_equal(logits, gold.forward([tok_id], cache)[-1]), f"token {len(out)}"
-        with pytest.raises(ValueError, match="exceed its 40 positions"):
+        with pytest.raises(ValueError, match=f"exceed its {cap} positions"):
             r.decode(0)
-    assert tok.decode(out) == "The capital of"  # the context ends there (CAP)
+    assert r.pos == cap and len(out) == cap - len(ids)
+    return out, r
+
+
+def test_smollm2_whole_model_bit_exact(smollm2):
+    """A chat prompt in prefill chunks of 16, 16, 5 tokens, then greedy decode up to the
+    context: every step's logits equal the golden model's (all 30 layers, GQA over the
+    growing KV cache, the tied LM head), and the answer is Paris. The KV cache (a region per
+    layer, addressed from the layer's ``kv_base``) is deeper than the 16-bit KV fields."""
+    m, tok, c = smollm2
+    assert c.kv_words > 1 << 16 and c.kv_bases[-1] > 1 << 15
+    out, r = _generate(c, m, tok, CAP)
+    assert tok.decode(out).startswith("The capital of France is Paris."), tok.decode(out)
     # the decode program is one program for every position: ops issued, not re-compiled
-    assert [ph for ph, _, _ in r.stats].count("decode") == CAP - len(ids)
+    assert [ph for ph, _, _ in r.stats].count("decode") == CAP - 37
     assert all(st.counters[Counter.UOPS] == c.program(1).length
                for ph, _, st in r.stats if ph == "decode")
+
+
+@pytest.mark.slow
+def test_smollm2_long_generation_bit_exact(smollm2):
+    """256 tokens generated after the chat prompt (a 293-token KV cache, 4 MiB of the
+    'sim' chip's KV buffer, the last layers' regions far beyond 2**16 words): the logits of
+    every step equal the golden model's."""
+    m, tok, _ = smollm2
+    c = SmolLM2Compiled(m, P, cap=LONG, chunk=16)
+    assert c.kv_words > 6 * (1 << 16)
+    out, _ = _generate(c, m, tok, LONG)
+    assert len(out) == 256
+    print(f"\n256 tokens: {tok.decode(out)!r}")
 
 
 def test_smollm2_program_shape(smollm2):
@@ -139,9 +170,14 @@ def test_fit_errors(smollm2, minilm):
     m, _, _ = smollm2
     with pytest.raises(CompileError, match=r"KV cache for 40 positions .* needs 62100 KV "
                                            r"words .* has 16384 .*ChipParams.kv_sram_kib"):
-        SmolLM2Compiled(m, ChipParams(), cap=CAP)
+        SmolLM2Compiled(m, ChipParams(), cap=40)
+    # 30 layers x 3 heads x (43 token blocks x (64 + 2 x 5) + 337 x 8) words: one block past
+    # the 4 MiB of the 'sim' chip
+    with pytest.raises(CompileError, match=r"KV cache for 337 positions .* needs 529020 KV "
+                                           r"words .* has 524288"):
+        SmolLM2Compiled(m, P, cap=337)
     with pytest.raises(CompileError, match="beyond the model's RoPE table"):
-        SmolLM2Compiled(m, P, cap=CAP + 1)
+        SmolLM2Compiled(m, P, cap=TABLE + 1)
     small = replace(P, acc_sram_kib=64)
     with pytest.raises(CompileError, match=r"ACC needs \d+ words.*short by \d+.*acc_sram_kib"):
         SmolLM2Compiled(m, small, cap=CAP, chunk=16).program(16)
@@ -186,8 +222,8 @@ def test_cli_errors(capsys):
 
     assert main(["generate", "   "]) == 2
     assert "the prompt is empty" in capsys.readouterr().err
-    assert main(["generate", "--max-tokens", "100", "What is the capital of France?"]) == 2
+    assert main(["generate", "--max-tokens", "400", "What is the capital of France?"]) == 2
     err = capsys.readouterr().err
-    assert "error: the KV cache for 137 positions" in err and "Traceback" not in err
+    assert "error: the KV cache for 437 positions" in err and "Traceback" not in err
     assert main(["embed", "--config", "nonesuch", "hello"]) == 2
     assert "unknown chip configuration 'nonesuch'" in capsys.readouterr().err
