@@ -22,7 +22,8 @@ from amaranth.lib.wiring import In, Out
 from .isa import Buf, bus_bits, word_layout
 from .params import ChipParams
 
-__all__ = ["ADDR_BITS", "DMA_ADDR_BITS", "BusSignature", "MemReader", "max_word_bits", "buf_write_layout",
+__all__ = ["ADDR_BITS", "DMA_ADDR_BITS", "BusSignature", "MemReader", "max_word_bits",
+           "buf_write_layout",
            "buf_read_layout", "word_bits"]
 
 #: Off-chip bus-word addresses.

@@ -13,14 +13,15 @@ without it ``VEC`` is ``Err.UNSUPPORTED`` (``sim.isa_sim.IsaSim(vector=...)`` mo
 Buffer write ports are shared: ACC takes GEMM outputs first, then VEC results, then LOADs;
 ACT takes VEC results before LOADs (a unit's write waits while one before it writes).
 
-On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep
-their contents: the KV cache lives across runs), ``pos = pos_init``, ``kv_base = 0``, and the sequencer loads
-``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the micro-op memory
-(each micro-op is ``ceil(128 / bus_bits)`` bus words, low first; ``Err.PROG_LOAD`` if it
-does not fit ``uop_depth`` or the off-chip memory). It then fetches micro-ops in order (two
-cycles each) and dispatches each to its unit's in-order queue, or executes it itself
-(``NOP``, ``WAIT``, ``SETPOS``, ``HALT``; ``hw/isa.py``). Units run concurrently; only
-``WAIT`` orders them. ``HALT`` waits until every unit is idle, then raises ``done``.
+On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep their
+contents: the KV cache lives across runs), ``pos = pos_init``, ``kv_base = 0``, and the
+sequencer loads ``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the
+micro-op memory (each micro-op is ``ceil(128 / bus_bits)`` bus words, low first;
+``Err.PROG_LOAD`` if it does not fit ``uop_depth`` or the off-chip memory). It then fetches
+micro-ops in order (two cycles each) and dispatches each to its unit's in-order queue, or
+executes it itself (``NOP``, ``WAIT``, ``SETPOS``, ``HALT``; ``hw/isa.py``). Units run
+concurrently; only ``WAIT`` orders them. ``HALT`` waits until every unit is idle, then raises
+``done``.
 
 An illegal micro-op, or an error a unit reports (it checks a micro-op before touching any
 memory), latches ``error`` / ``error_pc`` (the first one wins), aborts every unit (queued
@@ -41,8 +42,20 @@ from amaranth.lib.wiring import In, Out
 from .bus import DMA_ADDR_BITS, BusSignature, MemReader, max_word_bits, word_bits
 from .dma import LoadEngine, StoreEngine
 from .gemm_engine import GemmEngine, cmd_layout, pc_bits
-from .isa import (INSTR, INSTR_BITS, Buf, Counter, Err, Op, PosReg, Unit, buffer_depth,
-                  bus_bits, check_params, kv_base_bits)
+from .isa import (
+    INSTR,
+    INSTR_BITS,
+    Buf,
+    Counter,
+    Err,
+    Op,
+    PosReg,
+    Unit,
+    buffer_depth,
+    bus_bits,
+    check_params,
+    kv_base_bits,
+)
 from .kv import KvEngine
 from .params import ChipParams
 from .vector.engine import VecEngine

@@ -54,7 +54,14 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bus import ADDR_BITS, DMA_ADDR_BITS, buf_read_layout, buf_write_layout, max_word_bits, word_bits
+from .bus import (
+    ADDR_BITS,
+    DMA_ADDR_BITS,
+    buf_read_layout,
+    buf_write_layout,
+    max_word_bits,
+    word_bits,
+)
 from .isa import Buf, DmaArgs, Err, buffer_depth, bus_bits, bus_words_per
 from .params import ChipParams
 

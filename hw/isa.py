@@ -96,7 +96,8 @@ from .params import ChipParams
 __all__ = [
     "Op", "Unit", "Buf", "WSrc", "PSrc", "Dyn", "KvKind", "VecFn", "QuantMode", "VecBuf", "Err",
     "Counter", "GridMode", "INSTR_BITS", "OP_BITS", "DmaArgs", "GemmArgs", "KvArgs", "VecArgs",
-    "WaitArgs", "PosArgs", "PosReg", "KV_BASE_BITS", "kv_base_bits", "kv_addr_bits", "ARGS", "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode",
+    "WaitArgs", "PosArgs", "PosReg", "KV_BASE_BITS", "kv_base_bits", "kv_addr_bits", "ARGS",
+    "INSTR", "OP_UNIT", "OP_ARGS", "PRM_STEP_NEVER", "encode",
     "decode",
     "act_word", "wgt_word", "acc_word", "kv_word", "prm_group_word", "prm_out_word", "prm_word",
     "word_layout", "bus_bits", "bus_words_per", "buffer_depth", "KV_EXP_LANE_BITS",

@@ -1,14 +1,14 @@
 """The KV unit: runs ``KV_APPEND`` micro-ops (``hw/isa.py``, :class:`hw.isa.KvArgs`).
 
-Copies ``t_len`` quantized rows from ACT into a head's region of the KV cache at tokens
-``pos .. pos + t_len - 1``, in the layout the grid reads back as weight tiles (keys
-transposed, values token-major; scales and exponents in byte lanes; the module docstring of
-``hw/isa.py``). One element per cycle through a byte-lane write (the KV memory's write port
-has byte granularity), plus one scale byte per activation group and one exponent byte per
-token: about ``d * (1 + 1/R) + d/16 + 1`` cycles per token and head, small beside the GEMMs
-of a decode step. ``kv_addr`` and ``kv_saddr`` get the ``kv_base`` the micro-op was dispatched
-with as it is accepted (adders before the registers, no extra cycle). Checked first (``BAD_FIELD``, ``KV_OVERFLOW``, ``SRAM_RANGE``, in that
-order); a rejected micro-op writes nothing.
+Copies ``t_len`` quantized rows from ACT into a head's region of the KV cache at tokens ``pos
+.. pos + t_len - 1``, in the layout the grid reads back as weight tiles (keys transposed,
+values token-major; scales and exponents in byte lanes; the module docstring of ``hw/isa.py``).
+One element per cycle through a byte-lane write (the KV memory's write port has byte
+granularity), plus one scale byte per activation group and one exponent byte per token: about
+``d * (1 + 1/R) + d/16 + 1`` cycles per token and head, small beside the GEMMs of a decode
+step. ``kv_addr`` and ``kv_saddr`` get the ``kv_base`` the micro-op was dispatched with as it
+is accepted (adders before the registers, no extra cycle). Checked first (``BAD_FIELD``,
+``KV_OVERFLOW``, ``SRAM_RANGE``, in that order); a rejected micro-op writes nothing.
 """
 
 from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned

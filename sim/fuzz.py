@@ -99,7 +99,8 @@ from hw.params import ChipParams
 from sim.isa_sim import UNTIMED_COUNTERS
 
 __all__ = [
-    "SMALL", "R16", "DEFAULT", "DEEPKV", "PARAMS", "MemLayout", "Program", "Mismatch", "CampaignReport",
+    "SMALL", "R16", "DEFAULT", "DEEPKV", "PARAMS", "MemLayout", "Program", "Mismatch",
+    "CampaignReport",
     "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
     "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS", "check_order",
 ]
@@ -717,7 +718,7 @@ class _Builder:
         p, rng = self.p, self.rng
         R, PC = p.rows, p.cols // 2
         L = math.lcm(p.numerics.act_group, PC)
-        kvd, actd = self.depth[Buf.KV], self.depth[Buf.ACT]
+        actd = self.depth[Buf.ACT]
         for _ in range(tries):
             kk = KvKind(int(rng.integers(0, 2))) if kind is None else kind
             dd = L * int(rng.integers(1, 5)) if d is None else d

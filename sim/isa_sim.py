@@ -337,10 +337,10 @@ class IsaSim:
         (``queue_depth + 1`` deep, the op in the engine included), ``WAIT unit, n`` stalls
         while more than ``n`` ops of ``unit`` are unfinished (never, without ``wait_ok``),
         ``HALT`` until all are; each unit executes its oldest op at a random moment (``rng``),
-        with the ``pos`` and ``kv_base`` it was dispatched with. ``late``: units run only while the sequencer
-        is stalled (ops stay in flight as long as the program lets them). Starts at ``pos``
-        (default: the current one) and ``kv_base = 0``. A program whose results differ from :meth:`run`'s under
-        some schedule lacks a ``WAIT``. Returns ``self``."""
+        with the ``pos`` and ``kv_base`` it was dispatched with. ``late``: units run only while
+        the sequencer is stalled (ops stay in flight as long as the program lets them). Starts
+        at ``pos`` (default: the current one) and ``kv_base = 0``. A program whose results
+        differ from :meth:`run`'s under some schedule lacks a ``WAIT``. Returns ``self``."""
         from collections import deque
 
         ops = [self._decode(w) for w in words]
