@@ -18,7 +18,7 @@ import copy
 import numpy as np
 import pytest
 
-from hw.isa import Buf, Counter, Err, Op, Unit, decode, encode
+from hw.isa import Buf, Counter, Err, Op, PosReg, Unit, decode, encode
 from sim import fuzz
 from sim.fuzz import (
     DEFAULT,
@@ -75,7 +75,7 @@ def _run_isa(p, image, prog) -> IsaSim:
     return sim
 
 
-@pytest.mark.parametrize("name", ["small", "r16", "default"])
+@pytest.mark.parametrize("name", ["small", "r16", "default", "deepkv"])
 def test_illegal_intent_matches_isa_sim(name):
     """Every illegal kind, many seeds: IsaSim raises the error the generator meant, at the pc
     it meant (from a random image, buffers loaded: as in a campaign's first job)."""
@@ -272,7 +272,7 @@ def _start(p, seed):
     return sim, lay
 
 
-@pytest.mark.parametrize("name", ["small", "r16"])
+@pytest.mark.parametrize("name", ["small", "r16", "deepkv"])
 def test_results_independent_of_schedule(name):
     """Valid programs under random schedules give the sequential (IsaSim) result."""
     p = PARAMS[name]
@@ -288,6 +288,9 @@ def test_results_independent_of_schedule(name):
             got = _scheduled(p, start, prog, rng, late=k == 0)
             assert _same_state(got, ref), f"program {i}: a schedule changed the result"
             assert got.pos == ref.pos
+    # SETPOS KV_BASE is in the mix (KV fields relative to it)
+    assert any(op == Op.SETPOS and f["reg"] == PosReg.KV_BASE
+               for i in range(25) for op, f in map(decode, gen_valid(p, lay, 4, i).words))
 
 
 def test_schedule_check_sees_missing_waits():
@@ -406,7 +409,7 @@ def test_fuzz_rtl_default_config():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,seed,n", [("small", 7001, 400), ("r16", 7002, 150),
-                                         ("default", 7003, 80)])
+                                         ("default", 7003, 80), ("deepkv", 7004, 150)])
 def test_fuzz_rtl_long(name, seed, n):
     rep = run_campaign(PARAMS[name], seed, n // 2, n - n // 2, log=print)
     print(rep.summary())
