@@ -274,8 +274,8 @@ class IsaSim:
     def load_program(self, words) -> None:
         """Load micro-ops: ints (``INSTR_BITS`` wide, from :func:`hw.isa.encode`), or a uint8
         array [n, 16] of little-endian words (a memory image). Resets ``pc``, ``done``,
-        ``error`` and the counters; a program longer than ``uop_depth`` fails when run
-        (``Err.PROG_LOAD``)."""
+        ``error``, ``kv_base`` and the counters; a program longer than ``uop_depth`` fails
+        when run (``Err.PROG_LOAD``)."""
         arr = np.asarray(words) if not isinstance(words, list) else None
         nbytes = word_bytes(INSTR)
         if arr is not None and arr.dtype == np.uint8 and arr.ndim == 2:
@@ -308,6 +308,7 @@ class IsaSim:
         self.load_program(raw[:, : word_bytes(INSTR)])
 
     def _restart(self):
+        self.kv_base = 0  # the chip's start
         self._boot_fail = False
         self.pc = 0
         self.done = False
@@ -322,7 +323,6 @@ class IsaSim:
         micro-ops run without either."""
         boot_fail = self._boot_fail
         self._restart()
-        self.kv_base = 0
         self._boot_fail = boot_fail
         for _ in range(max_ops):
             self.step()

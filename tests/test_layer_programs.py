@@ -178,7 +178,7 @@ def test_footprints_cover_every_write(minilm, smollm2):
             sim.load_program(prog)
             while not sim.done:
                 op, _ = decode(prog[sim.pc])
-                fp = footprint(P, prog[sim.pc], sim.pos)
+                fp = footprint(P, prog[sim.pc], sim.pos, sim.kv_base)
                 before = {b: sim.bufs[b].copy() for b in Buf}
                 assert sim.step() == Err.NONE
                 for b in Buf:
