@@ -124,6 +124,9 @@ class GroupScaler(wiring.Component):
 
     #: Stages from a row's acceptance to its output FIFO write (the timing model's latency).
     STAGES = 7
+    #: Stages that hold a non-final row (s1..s4: its sum is written back in s4; s5.. keep
+    #: final rows only): a non-final tile's last row leaves the pipeline after these.
+    NONFINAL_STAGES = 4
     #: ``acc`` bits that go to the DSP product; the rest multiply in logic.
     ACC_LO = 17
 

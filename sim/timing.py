@@ -32,14 +32,20 @@ It models the chip at micro-op granularity, event by event, in program order:
 - **STORE**: a per-cycle mirror of the ``StoreEngine`` control (request credits, the chip's
   ``MemReader`` on the buffer port, response FIFO, word splitting, the write channel's
   ``interval``), run lazily only while a STORE is in flight (stores are results: small);
-- **VEC**: the duration of each distinct op (its fields, ``pos`` where the op depends on it)
-  measured once by running ``hw.vector.engine.VecEngine`` alone in ``amaranth.sim``
-  (:func:`vec_cycles`; cached in memory and in ``build/timing/``, keyed by the hw sources),
-  since the vector unit's many pipelines have no closed form here yet.
+- **VEC** (:class:`VecModel`, :func:`vec_cycles`): the ``VecEngine`` FSM's states before the
+  sweep (``EFF`` .. ``EPS``; ``LOADV``: two KV reads per ``PC`` keys with ``vfold``), then each
+  sweep (two for ``QUANT`` ``A15`` / ``A8X2``, ``SWEEP2`` between) as max-plus recurrences over
+  its items: the reader's pieces through its ``MemReader``, the beat assembler's register, the
+  fn's component (``Pipe`` latencies and credits; the row components' passes, row FIFOs and
+  serial units, ``LAYERNORM`` / ``RMSNORM`` parameters through their own reader and register;
+  the vfold stage; A8X2's residual and second quantizer), the writer's pieces; per distinct op
+  (its fields, ``pos`` where the op depends on it), memoized. :func:`measure_vec` runs
+  ``VecEngine`` alone in ``amaranth.sim``: the oracle the tests compare the model with.
 
 Every latency comes from the hw classes (``SystolicArray.latency``, ``GroupScaler.STAGES`` /
-``fifo_depth``, ``Pipe.FIFO_LATENCY``, ``MemReader.depth``, ``LoadEngine.resp_depth``,
-``StoreEngine.resp_depth``) or from their FSMs' state sequences (named below, with the states
+``NONFINAL_STAGES`` / ``fifo_depth``, ``Pipe.FIFO_LATENCY`` / ``depth_for``, ``MemReader.depth``,
+``LoadEngine.resp_depth``, ``StoreEngine.resp_depth``, the vector components' ``*_STAGES``,
+row FIFO depths and serial units' widths) or from their FSMs' state sequences (named below, with the states
 they count); the tests (``tests/test_timing.py``) compare every figure with the Verilator
 chip.
 
@@ -67,11 +73,8 @@ sequencer's own errors and does not model unit errors).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hw.bus import MemReader
 from hw.chip import QUEUED_UNITS
@@ -87,6 +90,7 @@ from hw.isa import (
     Dyn,
     Op,
     PosReg,
+    QuantMode,
     Unit,
     VecBuf,
     VecFn,
@@ -115,10 +119,6 @@ _BOOT_FIRST_REQUEST = 2
 _BOOT_TO_FETCH = 2
 #: GEMM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` (start pulse): 3 cycles.
 _GEMM_SETUP = 3
-#: GEMM: the group scaler's stages that hold a non-final row (s1..s4 of the 7-stage scaler;
-#: s5 keeps final rows only). Not a named constant of ``hw/gemm.py`` yet: it must become one
-#: (e.g. ``GroupScaler.FINAL_STAGE``) when the scaler's pipelining lands there.
-_SCALER_NONFINAL = 4
 #: GEMM: the tile's two parameter words are paired one per cycle (``have`` toggles), so the
 #: next tile's entry is valid 2 cycles after the last row of a tile enters the scaler.
 _PARAM_GAP = 1
@@ -486,6 +486,7 @@ class Model:
         self.grid_out = arr.latency + Pipe.FIFO_LATENCY   # accepted row -> scaler input
         sc = _constants_of(GroupScaler(p))
         self.scaler_stages = sc.STAGES
+        self.scaler_nonfinal = sc.NONFINAL_STAGES
         if sc.STAGES + Pipe.FIFO_LATENCY >= sc.fifo_depth:
             raise NotImplementedError(
                 f"GroupScaler credits bind ({sc.STAGES} stages, FIFO {sc.fifo_depth}): final "
@@ -519,7 +520,7 @@ class Model:
             end = y + self.scaler_stages + Pipe.FIFO_LATENCY + 1
             first_final = e0 + (k - 1) * period + self.scaler_stages + Pipe.FIFO_LATENCY
             return end, (first_final, end)
-        return y + _SCALER_NONFINAL + 1, None
+        return y + self.scaler_nonfinal + 1, None
 
     def kv_cycles(self, f: dict, pos: int) -> tuple[int, tuple[int, int]]:
         R = self.p.rows
@@ -542,12 +543,368 @@ def _vec_writes(f: dict) -> Buf:
     return Buf.ACC
 
 
-# -- VEC durations: VecEngine in amaranth.sim ----------------------------------------------------
+# -- VEC durations: the vector unit's stages as max-plus recurrences -----------------------------
 
-_VEC_CACHE: dict = {}
-_CACHE_DIR = Path(__file__).resolve().parent.parent / "build" / "timing"
-#: Bumped when :func:`measure_vec` changes what it measures.
-_CACHE_VERSION = 2
+#: VecEngine FSM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` -> ``SETUP`` -> ``EPS``
+#: (``go``: the generators start the next cycle).
+_VEC_GO = 5
+#: ``LOADV`` (vfold): two KV reads per block of ``PC`` keys, then one cycle for the last word
+#: to arrive and one that sees none arriving (-> ``SETUP``).
+_VEC_LOADV_TAIL = 2
+#: ``RUN`` sees the sweep finished the cycle after its last write; ``SWEEP2`` (``go``) next.
+_VEC_SWEEP_GAP = 2
+
+
+class _Pipe:
+    """Per-item cycles of one :class:`hw.vector.common.Pipe` (or ``MemReader``: latency 1):
+    :meth:`admit` the cycle item k is admitted (credit: item ``k - depth`` left the FIFO),
+    :meth:`avail` the cycle its FIFO offers it, :meth:`left` the cycle it was taken out."""
+
+    __slots__ = ("lat", "depth", "takes", "pops")
+
+    def __init__(self, latency: int, depth: int):
+        self.lat, self.depth = latency, depth
+        self.takes: list[int] = []
+        self.pops: list[int] = []
+
+    def admit(self, ready: int) -> int:
+        k = len(self.takes)
+        t = max(ready, self.pops[k - self.depth] + 1) if k >= self.depth else ready
+        self.takes.append(t)
+        return t
+
+    def avail(self, k: int) -> int:
+        a = self.takes[k] + self.lat + Pipe.FIFO_LATENCY
+        return max(a, self.pops[k - 1] + 1) if k else a
+
+    def left(self, t: int) -> None:
+        self.pops.append(t)
+
+
+class _Serial:
+    """``SerialDivider`` / ``SerialIsqrt``: accepts the cycle after its last result left;
+    offers the result ``ITERATIONS + 1`` cycles after accepting."""
+
+    __slots__ = ("it", "last_pop")
+
+    def __init__(self, iterations: int):
+        self.it, self.last_pop = iterations, None
+
+    def run(self, ready: int) -> int:
+        a = ready if self.last_pop is None else max(ready, self.last_pop + 1)
+        return a + self.it + 1
+
+    def left(self, t: int) -> None:
+        self.last_pop = t
+
+
+class _QuantPasses:
+    """One ``Quantizer``'s two passes: pass 1 into the row FIFO (group and row maxima into
+    theirs), pass 2 once the beat's group and row entries are there."""
+
+    def __init__(self, q):
+        self.q = q
+        self.beats = _Pipe(q.P1_BEAT_STAGES, q.row_depth)
+        self.out = _Pipe(q.P2_STAGES, Pipe.depth_for(q.P2_STAGES))
+        self.g_of: list[int] = []       # group of each beat
+        self.is_gend: list[bool] = []
+        self.gend: list[int] = []       # pass-1 take of each group's end beat
+        self.rend: list[int] = []       # ... of each row's last beat
+        self.gend2: list[int] = []      # pass-2 take of each group's end beat (entry leaves)
+        self.rend2: list[int] = []
+        self.gbeat = 0
+
+    def pass1(self, ready: int, last: bool) -> int:
+        t = self.beats.admit(ready)
+        self.g_of.append(len(self.gend))
+        end = last or self.gbeat == self.q.group_beats - 1
+        self.is_gend.append(end)
+        self.gbeat = 0 if end else self.gbeat + 1
+        if end:
+            self.gend.append(t)
+        if last:
+            self.rend.append(t)
+        return t
+
+    def pass2(self, b: int, r: int, last: bool) -> int:
+        """Beat ``b`` (of row ``r``) through pass 2: the cycle its output FIFO offers it."""
+        q, FL = self.q, Pipe.FIFO_LATENCY
+        g = self.g_of[b]
+        ga = self.gend[g] + q.P1_ROW_STAGES + FL
+        if g:
+            ga = max(ga, self.gend2[g - 1] + 1)
+        ra = self.rend[r] + q.P1_ROW_STAGES + FL
+        if r:
+            ra = max(ra, self.rend2[r - 1] + 1)
+        t = self.out.admit(max(self.beats.avail(b), ga, ra))
+        self.beats.left(t)
+        if self.is_gend[b]:
+            self.gend2.append(t)
+        if last:
+            self.rend2.append(t)
+        return self.out.avail(b)
+
+
+class VecModel:
+    """Cycles from a VEC op's acceptance to its ``done`` on ``VecEngine(params)``, from the
+    stages of ``hw/vector`` (their latencies, FIFO depths and serial units as the hw classes
+    name them), computed item by item as max-plus recurrences (section comment above)."""
+
+    def __init__(self, p: ChipParams):
+        from hw.vector.engine import FoldStage, VecEngine, datapath_parts
+        from hw.vector.serial import SerialDivider, SerialIsqrt
+
+        self.p = p
+        L, R, C = p.vector_lanes, p.rows, p.cols
+        PC = C // 2
+        self.L, self.R, self.C, self.PC = L, R, C, PC
+        parts = {n: _constants_of(c) for n, c in datapath_parts(p).items()}
+        self.rd_depth = _constants_of(MemReader(16, 8)).depth
+        self.fold_stages = FoldStage.STAGES
+        self.res_stages = VecEngine.RES_STAGES
+        self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
+                          VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES}
+        self.q = parts["q1"]
+        self.n = n = parts["norm"]
+        self.s = s = parts["smax"]
+        st = n.steps
+        self.norm_iters = (SerialDivider(44, 13, n.MEAN_BITS, st).ITERATIONS,
+                           SerialDivider(43, 13, n.VAR_BITS, st).ITERATIONS,
+                           SerialIsqrt(n.SQRT_IN_BITS, st).ITERATIONS,
+                           SerialDivider(41, 31, n.INV_BITS, st).ITERATIONS)
+        self.smax_iters = SerialDivider(47, s.sum_bits, s.RECIP_BITS, s.steps).ITERATIONS
+        self.memo: dict = {}
+
+    # -- geometry -------------------------------------------------------------------------
+    def _pieces(self, length: int, piece: int, per_beat: int) -> list[int]:
+        """Pieces of each beat of a row of ``length`` elements."""
+        n = -(-length // piece)
+        return [min(per_beat, n - k) for k in range(0, n, per_beat)]
+
+    def cycles(self, f: dict, pos: int) -> int:
+        key = _vec_key(self.p, f, pos)
+        c = self.memo.get(key)
+        if c is None:
+            c = self.memo[key] = self._cycles(f, pos)
+        return c
+
+    def _cycles(self, f: dict, pos: int) -> int:
+        L, R, C, PC = self.L, self.R, self.C, self.PC
+        fn = VecFn(f["fn"])
+        rows = f["rows"]
+        length = pos + rows if f["dyn"] == Dyn.POS else f["length"]
+        half = bool(f["half"])
+        copy_act = fn == VecFn.COPY and f["buf"] == VecBuf.ACT
+        out_half = half != (fn == VecFn.COPY and bool(f["repack"]))
+        quant = fn == VecFn.QUANT
+        Pf, Ph, Pq = min(L, C), min(L, PC), min(L, R)
+        if copy_act:
+            pin, pout = (R, 1), (R, 1)
+        else:
+            pin = (Ph, L // Ph) if half else (Pf, L // Pf)
+            pout = (Pq, L // Pq) if quant else (Ph, L // Ph) if out_half else (Pf, L // Pf)
+        beats_in = self._pieces(length, *pin)
+        beats_out = self._pieces(length, *pout)
+        assert len(beats_in) == len(beats_out)
+        go = _VEC_GO
+        if quant and f["vfold"]:
+            go += 2 * (-(-length // PC)) + _VEC_LOADV_TAIL
+        two = quant and QuantMode(f["qmode"]) != QuantMode.INT8
+        last = self._sweep(fn, f, rows, beats_in, beats_out, go, second=False)
+        if two:
+            last = self._sweep(fn, f, rows, beats_in, beats_out, last + _VEC_SWEEP_GAP,
+                               second=True)
+        return last + 1
+
+    # -- one sweep ------------------------------------------------------------------------
+    def _sweep(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
+        """The cycle of the sweep's last write (``go``: the cycle of its ``go`` pulse)."""
+        # reader (MemReader: latency 1) and beat assembler (one register)
+        rd = _Pipe(1, self.rd_depth)
+        rd_issue = [go]             # previous issue (go: the first issues at go + 1)
+        asm_free = [0]              # the cycle the assembler's beat left (its consumer took it)
+
+        def front(n_pieces: int) -> int:
+            """The cycle the next beat (``n_pieces`` reads) is valid in the assembler."""
+            t = 0
+            for _ in range(n_pieces):
+                k = len(rd.takes)
+                issue = rd.admit(rd_issue[0] + 1)
+                rd_issue[0] = issue
+                t = max(rd.avail(k), asm_free[0])
+                rd.left(t)
+            return t + 1
+
+        wr_last = [0]
+
+        def writer(avail: int, n_pieces: int) -> int:
+            """The writer takes a beat: its pieces in consecutive cycles; the cycle of the
+            last (the beat leaves its FIFO then)."""
+            s = max(avail, wr_last[0] + 1)
+            wr_last[0] = s + n_pieces - 1
+            return wr_last[0]
+
+        if fn == VecFn.COPY:
+            for _ in range(rows):
+                for nin, nout in zip(beats_in, beats_out, strict=True):
+                    asm_free[0] = writer(front(nin), nout)
+            return wr_last[0]
+        if fn in self.ew_stages:
+            S = self.ew_stages[fn]
+            comp = _Pipe(S, Pipe.depth_for(S))
+            b = 0
+            for _ in range(rows):
+                for nin, nout in zip(beats_in, beats_out, strict=True):
+                    asm_free[0] = comp.admit(front(nin))
+                    comp.left(writer(comp.avail(b), nout))
+                    b += 1
+            return wr_last[0]
+        if fn == VecFn.QUANT:
+            return self._quant(f, rows, beats_in, beats_out, go, second, front, asm_free, writer,
+                               wr_last)
+        if fn == VecFn.SOFTMAX:
+            return self._softmax(rows, beats_in, beats_out, front, asm_free, writer, wr_last)
+        return self._norm(fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last)
+
+    def _quant(self, f, rows, beats_in, beats_out, go, second, front, asm_free, writer, wr_last):
+        q = self.q
+        vfold = bool(f["vfold"])
+        a8x2 = second and QuantMode(f["qmode"]) == QuantMode.A8X2
+        fold = _Pipe(self.fold_stages, Pipe.depth_for(self.fold_stages))
+        res = _Pipe(self.res_stages, Pipe.depth_for(self.res_stages))
+        q1, q2 = _QuantPasses(q), _QuantPasses(q)
+        B = len(beats_in)
+        b0 = 0
+        for r in range(rows):
+            for k, nin in enumerate(beats_in):              # front end, fold, q1 pass 1
+                v = front(nin)
+                if vfold:
+                    t = fold.admit(v)
+                    asm_free[0] = t
+                    t1 = q1.pass1(fold.avail(b0 + k), k == B - 1)
+                    fold.left(t1)
+                else:
+                    asm_free[0] = q1.pass1(v, k == B - 1)
+            for k, nout in enumerate(beats_out):            # q1 pass 2 -> writer / residual
+                b = b0 + k
+                a = q1.pass2(b, r, k == B - 1)
+                if a8x2:
+                    t = res.admit(a)
+                    q1.out.left(t)
+                    t2 = q2.pass1(res.avail(b), k == B - 1)
+                    res.left(t2)
+                else:
+                    q1.out.left(writer(a, nout))
+            if a8x2:
+                for k, nout in enumerate(beats_out):        # q2 pass 2 -> writer
+                    b = b0 + k
+                    q2.out.left(writer(q2.pass2(b, r, k == B - 1), nout))
+            b0 += B
+        return wr_last[0]
+
+    def _softmax(self, rows, beats_in, beats_out, front, asm_free, writer, wr_last):
+        FL = Pipe.FIFO_LATENCY
+        s = self.s
+        A = _Pipe(s.P1_BEAT_STAGES, s.depth_a)          # pass 1 -> row FIFO A
+        Bf = _Pipe(s.P2_E_STAGES, s.depth_b)            # pass 2 -> row FIFO B
+        out = _Pipe(s.P3_STAGES, Pipe.depth_for(s.P3_STAGES))
+        par3 = _Pipe(s.PAR_STAGES, Pipe.depth_for(s.PAR_STAGES, s.PAR_DEPTH))
+        div = _Serial(self.smax_iters)
+        nb = len(beats_in)
+        row_take2 = []      # pass-2 take of each row's last beat (its row entry leaves)
+        div_acc = None
+        b0 = 0
+        for r in range(rows):
+            for nin in beats_in:
+                v = front(nin)
+                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+            ra = A.takes[b0 + nb - 1] + s.P1_STAGES + FL       # the row's max
+            if r:
+                ra = max(ra, row_take2[r - 1] + 1)
+            for k in range(nb):
+                b = b0 + k
+                t = Bf.admit(max(A.avail(b), ra))
+                A.left(t)
+            row_take2.append(Bf.takes[-1])
+            sa = Bf.takes[-1] + s.P2_SUM_STAGES + FL            # the row's sum
+            if div_acc is not None:
+                sa = max(sa, div_acc + 1)
+            ready = div.run(sa)
+            div_acc = ready - div.it - 1
+            t = par3.admit(ready)
+            div.left(t)
+            pa = par3.avail(r)
+            for k, nout in enumerate(beats_out):
+                b = b0 + k
+                t = out.admit(max(Bf.avail(b), pa))
+                Bf.left(t)
+                out.left(writer(out.avail(b), nout))
+            par3.left(out.takes[-1])
+            b0 += nb
+        return wr_last[0]
+
+    def _norm(self, fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last):
+        FL = Pipe.FIFO_LATENCY
+        n = self.n
+        L, C = self.L, self.C
+        A = _Pipe(n.P1_BEAT_STAGES, n.depth_a)
+        Bf = _Pipe(n.P2_BEAT_STAGES, n.depth_b)
+        out = _Pipe(n.P3_STAGES, Pipe.depth_for(n.P3_STAGES))
+        par2 = _Pipe(n.PAR2_STAGES, Pipe.depth_for(n.PAR2_STAGES, n.PAR2_DEPTH))
+        par3 = _Pipe(n.PAR3_STAGES, Pipe.depth_for(n.PAR3_STAGES, n.PAR3_DEPTH))
+        mean, var, sqrt, inv = (_Serial(i) for i in self.norm_iters)
+        # PRM reader: per beat KC pieces of gamma (and of beta for LAYERNORM)
+        prd = _Pipe(1, self.rd_depth)
+        p_issue = [go]
+        per_beat = (L // min(L, C)) * (2 if fn == VecFn.LAYERNORM else 1)
+        par_free = [0]
+        nb = len(beats_in)
+        st_acc = var_acc = None
+        b0 = 0
+        for r in range(rows):
+            for nin in beats_in:
+                v = front(nin)
+                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+            sa = A.takes[-1] + n.P1_STAGES + FL              # the row's statistics
+            if st_acc is not None:
+                sa = max(sa, st_acc + 1)
+            ready = mean.run(sa)
+            st_acc = ready - mean.it - 1
+            t = par2.admit(ready)
+            mean.left(t)
+            pa2 = par2.avail(r)
+            for k in range(nb):
+                b = b0 + k
+                t = Bf.admit(max(A.avail(b), pa2))
+                A.left(t)
+            par2.left(Bf.takes[-1])
+            qa = Bf.takes[-1] + n.P2_STAGES + FL              # Σcs²
+            if var_acc is not None:
+                qa = max(qa, var_acc + 1)
+            ready = var.run(qa)
+            var_acc = ready - var.it - 1
+            ready2 = sqrt.run(ready)
+            var.left(ready2 - sqrt.it - 1)
+            ready3 = inv.run(ready2)
+            sqrt.left(ready3 - inv.it - 1)
+            t = par3.admit(ready3)
+            inv.left(t)
+            pa3 = par3.avail(r)
+            for k, nout in enumerate(beats_out):
+                b = b0 + k
+                pv = 0
+                for _ in range(per_beat):                     # the beat's parameters
+                    j = len(prd.takes)
+                    p_issue[0] = prd.admit(p_issue[0] + 1)
+                    pv = max(prd.avail(j), par_free[0])
+                    prd.left(pv)
+                t = out.admit(max(Bf.avail(b), pa3, pv + 1))
+                par_free[0] = t
+                Bf.left(t)
+                out.left(writer(out.avail(b), nout))
+            par3.left(out.takes[-1])
+            b0 += nb
+        return wr_last[0]
 
 
 def _vec_key(p: ChipParams, f: dict, pos: int) -> tuple:
@@ -566,41 +923,10 @@ def _vec_key(p: ChipParams, f: dict, pos: int) -> tuple:
     return k + (("length", length), ("pos", causal_pos))
 
 
-def _hw_key(p: ChipParams) -> str:
-    """A digest of the hw sources and the params: cached VEC durations follow the hw."""
-    root = Path(__file__).resolve().parent.parent / "hw"
-    h = hashlib.sha256(repr(p).encode())
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:20]
 
 
-def _cache_file(p: ChipParams) -> Path:
-    return _CACHE_DIR / f"vec{_CACHE_VERSION}_{_hw_key(p)}.json"
 
 
-def _load_cache(p: ChipParams) -> dict:
-    key = (p, "vec")
-    if key not in _VEC_CACHE:
-        path = _cache_file(p)
-        table = {}
-        if path.exists():
-            try:
-                table = {tuple(tuple(x) for x in json.loads(k)): v
-                         for k, v in json.loads(path.read_text()).items()}
-            except (ValueError, TypeError):
-                table = {}
-        _VEC_CACHE[key] = table
-    return _VEC_CACHE[key]
-
-
-def _save_cache(p: ChipParams) -> None:
-    table = _VEC_CACHE[(p, "vec")]
-    path = _cache_file(p)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(table)}.tmp")
-    tmp.write_text(json.dumps({json.dumps(k): v for k, v in table.items()}))
-    tmp.replace(path)
 
 
 def measure_vec(p: ChipParams, ops: list[tuple[dict, int]]) -> list[int]:
@@ -649,30 +975,21 @@ def measure_vec(p: ChipParams, ops: list[tuple[dict, int]]) -> list[int]:
     return out
 
 
+_VEC_MODELS: dict = {}
+
+
+def vec_model(p: ChipParams) -> VecModel:
+    """The :class:`VecModel` of ``p`` (one per configuration)."""
+    m = _VEC_MODELS.get(p)
+    if m is None:
+        m = _VEC_MODELS[p] = VecModel(p)
+    return m
+
+
 def vec_cycles(p: ChipParams, f: dict, pos: int) -> int:
-    """Cycles from a VEC op's acceptance to its ``done`` (cached; :func:`prepare_vec` measures
-    many at once)."""
-    table = _load_cache(p)
-    key = _vec_key(p, f, pos)
-    if key not in table:
-        prepare_vec(p, [(f, pos)])
-    return table[key]
-
-
-def prepare_vec(p: ChipParams, ops: list[tuple[dict, int]]) -> None:
-    """Measure the VEC ops ``(fields, pos)`` not in the cache yet, in one simulation."""
-    table = _load_cache(p)
-    todo = {}
-    for f, pos in ops:
-        key = _vec_key(p, f, pos)
-        if key not in table and key not in todo:
-            todo[key] = (f, pos)
-    if not todo:
-        return
-    cycles = measure_vec(p, list(todo.values()))
-    for key, cyc in zip(todo, cycles, strict=True):
-        table[key] = cyc
-    _save_cache(p)
+    """Cycles from a VEC op's acceptance to its ``done`` (:class:`VecModel`, memoized per
+    distinct op)."""
+    return vec_model(p).cycles(f, pos)
 
 
 # -- predict ------------------------------------------------------------------------------------
@@ -722,19 +1039,6 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
     if len(words) > p.uop_depth:
         raise ValueError(f"predict: {len(words)} micro-ops do not fit uop_depth = {p.uop_depth}")
     queued = QUEUED_UNITS + ((Unit.VEC,) if vector else ())
-
-    # VEC durations first, all in one simulation (pos at dispatch is known without timing)
-    if vector:
-        pos, vops = pos_init, []
-        for w in words:
-            op, f = decode(w)
-            if op == Op.SETPOS and f["reg"] == PosReg.POS:
-                pos = (pos + f["value"] if f["add"] else f["value"])
-            elif op == Op.VEC:
-                vops.append((f, pos))
-            elif op == Op.HALT:
-                break
-        prepare_vec(p, vops)
 
     units = {
         Unit.LOAD: _LoadUnit(model),

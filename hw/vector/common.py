@@ -122,7 +122,7 @@ class Pipe:
     def __init__(self, m, name: str, layout, latency: int, depth: int | None = None):
         self.layout = data.Layout.cast(layout)
         self.latency = latency
-        self.depth = depth = max(depth or 0, latency + self.FIFO_LATENCY + 1)
+        self.depth = depth = self.depth_for(latency, depth)
         self.fifo = q = fifo.SyncFIFOBuffered(width=self.layout.size, depth=depth)
         m.submodules[f"{name}_fifo"] = q
         self.take = Signal(name=f"{name}_take")
@@ -149,6 +149,11 @@ class Pipe:
         ]
         self.busy = Signal(name=f"{name}_busy")
         m.d.comb += self.busy.eq((inflight != 0) | q.r_rdy)
+
+    @classmethod
+    def depth_for(cls, latency: int, depth: int | None = None) -> int:
+        """The FIFO depth of a pipe of ``latency`` stages asked for ``depth`` entries."""
+        return max(depth or 0, latency + cls.FIFO_LATENCY + 1)
 
     def valid(self, stage: int):
         """The valid bit of the beat in stage ``stage`` (0: the admission cycle)."""

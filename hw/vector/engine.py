@@ -235,6 +235,8 @@ class VecEngine(wiring.Component):
 
     #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
     ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
+    #: A8X2's residual ``x - dequantize(q1)`` between the two quantizers: its stages.
+    RES_STAGES = 2
 
     def __init__(self, params: ChipParams = ChipParams()):
         p = params
@@ -681,7 +683,7 @@ class VecEngine(wiring.Component):
         # A8X2 residual: r = x - dequantize(q1), into Q2
         res_l = data.StructLayout({"data": data.ArrayLayout(signed(FOLD_BITS + 1), L),
                                    "last": 1, "side": side_l})
-        res = Pipe(m, "res", res_l, 2)
+        res = Pipe(m, "res", res_l, self.RES_STAGES)
         qo = q1.o_beat.payload
         v1r = Signal(data.ArrayLayout(signed(8 + 2 ** GSHIFT_BITS), L))
         x1r = Signal(data.ArrayLayout(signed(FOLD_BITS), L))

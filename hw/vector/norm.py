@@ -82,6 +82,11 @@ class Normalizer(wiring.Component):
     P1_STAGES = 4  # mask; quad trees; beat trees; row accumulators
     P2_STAGES = 5  # cs; cs²; quad sums; beat sum; row accumulator
     P3_STAGES = 4  # cs * inv; round; n * gamma; round, + beta, saturate
+    P1_BEAT_STAGES = P2_BEAT_STAGES = 1  # a beat into row FIFO A / B
+    PAR2_STAGES, PAR2_DEPTH = 2, 4  # mean and sh: registers and FIFO ahead of pass 2
+    PAR3_STAGES, PAR3_DEPTH = 1, 4  # inv: register and FIFO ahead of pass 3
+    #: Quotient / operand bits of the serial units: mean, variance, ``isqrt`` operand, inv.
+    MEAN_BITS, VAR_BITS, SQRT_IN_BITS, INV_BITS = 32, 31, 62, 25
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
         L = params.vector_lanes
@@ -89,8 +94,18 @@ class Normalizer(wiring.Component):
             raise ValueError(f"Normalizer: rows of {max_beats} x {L} exceed D = {MAX_D}")
         self.params, self.max_beats, self.steps = params, max_beats, steps
         self.MIN_FULL_RATE_BEATS = max(
-            SerialDivider.occupancy(32, steps), SerialDivider.occupancy(31, steps),
-            SerialIsqrt.occupancy(62, steps), SerialDivider.occupancy(25, steps))
+            SerialDivider.occupancy(self.MEAN_BITS, steps),
+            SerialDivider.occupancy(self.VAR_BITS, steps),
+            SerialIsqrt.occupancy(self.SQRT_IN_BITS, steps),
+            SerialDivider.occupancy(self.INV_BITS, steps))
+        # row FIFOs hold a whole row plus the beats that enter while its scalars are computed
+        #: Entries of row FIFO A (pass 1: beats, row statistics) and B (pass 2).
+        self.depth_a = max_beats + self.P1_STAGES \
+            + SerialDivider.occupancy(self.MEAN_BITS, steps) + 4 * Pipe.FIFO_LATENCY + 8
+        self.depth_b = max_beats + self.P2_STAGES \
+            + SerialDivider.occupancy(self.VAR_BITS, steps) \
+            + SerialIsqrt.occupancy(self.SQRT_IN_BITS, steps) \
+            + SerialDivider.occupancy(self.INV_BITS, steps) + 4 * Pipe.FIFO_LATENCY + 8
         self.frac_bits = params.numerics.frac_bits
         super().__init__({
             "i_beat": In(stream.Signature(norm_in_layout(params))),
@@ -119,24 +134,24 @@ class Normalizer(wiring.Component):
         mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
         mn = lambda a, b: Mux(a < b, a, b)  # noqa: E731
         steps = self.steps
-        m.submodules.mean_div = mean_div = SerialDivider(44, cb, 32, steps, tag=data.StructLayout({
+        mean_tag = data.StructLayout({
             "neg": 1, "xmax": signed(32), "xmin": signed(32), "count": unsigned(cb),
-            "rms": 1, "eps": unsigned(EPS_BITS)}))
-        m.submodules.var_div = var_div = SerialDivider(43, cb, 31, steps, tag=data.StructLayout({
-            "sh": signed(6), "eps": unsigned(EPS_BITS)}))
-        m.submodules.isqrt = isqrt = SerialIsqrt(62, steps)
-        m.submodules.inv_div = inv_div = SerialDivider(41, 31, 25, steps)
+            "rms": 1, "eps": unsigned(EPS_BITS)})
+        m.submodules.mean_div = mean_div = SerialDivider(44, cb, self.MEAN_BITS, steps,
+                                                         tag=mean_tag)
+        var_tag = data.StructLayout({"sh": signed(6), "eps": unsigned(EPS_BITS)})
+        m.submodules.var_div = var_div = SerialDivider(43, cb, self.VAR_BITS, steps,
+                                                       tag=var_tag)
+        m.submodules.isqrt = isqrt = SerialIsqrt(self.SQRT_IN_BITS, steps)
+        m.submodules.inv_div = inv_div = SerialDivider(41, 31, self.INV_BITS, steps)
         assert self.MIN_FULL_RATE_BEATS == max(u.OCCUPANCY for u in (mean_div, var_div, isqrt,
                                                                       inv_div))
-        # row FIFOs hold a whole row plus the beats that enter while its scalars are computed
-        slack1 = self.P1_STAGES + mean_div.OCCUPANCY + 4 * Pipe.FIFO_LATENCY + 8
-        slack2 = (self.P2_STAGES + var_div.OCCUPANCY + isqrt.OCCUPANCY + inv_div.OCCUPANCY
-                  + 4 * Pipe.FIFO_LATENCY + 8)
+        slack1, slack2 = self.depth_a - self.max_beats, self.depth_b - self.max_beats
 
         # -- pass 1: sum, max, min ---------------------------------------------------------------
         i = self.i_beat
         x_l = data.StructLayout({"data": wide_lanes(L), "last": 1})
-        beats_a = Pipe(m, "p1_beats", x_l, 1, self.max_beats + slack1)
+        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.max_beats + slack1)
         stats_l = data.StructLayout({"sum": signed(45), "xmax": signed(32), "xmin": signed(32),
                                      "count": unsigned(cb), "rms": 1,
                                      "eps": unsigned(EPS_BITS)})
@@ -198,7 +213,7 @@ class Normalizer(wiring.Component):
         ]
         par2_l = data.StructLayout({"mean": signed(33), "sh": signed(6), "count": unsigned(cb),
                                     "eps": unsigned(EPS_BITS), "rms": 1})
-        par2 = Pipe(m, "par2", par2_l, 2, 4)
+        par2 = Pipe(m, "par2", par2_l, self.PAR2_STAGES, self.PAR2_DEPTH)
         do = mean_div.o.payload
         m.d.comb += [par2.take.eq(mean_div.o.valid & par2.credit),
                      mean_div.o.ready.eq(par2.credit)]
@@ -217,7 +232,7 @@ class Normalizer(wiring.Component):
         # -- pass 2: cs = (x - mean) >> sh, Σ cs² --------------------------------------------------
         # the row's mode rides with its beats to pass 3 (RMSNorm adds no beta)
         cs_l = data.StructLayout({"cs": data.ArrayLayout(signed(16), L), "last": 1, "rms": 1})
-        beats_b = Pipe(m, "p2_beats", cs_l, 1, self.max_beats + slack2)
+        beats_b = Pipe(m, "p2_beats", cs_l, self.P2_BEAT_STAGES, self.max_beats + slack2)
         ssq_l = data.StructLayout({"ssq": unsigned(43), "sh": signed(6), "count": unsigned(cb),
                                    "eps": unsigned(EPS_BITS)})
         ssq = Pipe(m, "p2_rows", ssq_l, self.P2_STAGES, self.max_beats + slack2)
@@ -287,7 +302,8 @@ class Normalizer(wiring.Component):
             # a row of zeros (std may be 0) gives cs = 0 and output 0 for any inv
             inv_div.i.payload.d.eq(Mux(std == 0, 1, std)),
         ]
-        par3 = Pipe(m, "par3", data.StructLayout({"inv": unsigned(25)}), 1, 4)
+        par3 = Pipe(m, "par3", data.StructLayout({"inv": unsigned(self.INV_BITS)}),
+                    self.PAR3_STAGES, self.PAR3_DEPTH)
         m.d.comb += [par3.take.eq(inv_div.o.valid & par3.credit),
                      inv_div.o.ready.eq(par3.credit)]
         m.d.sync += par3.result.inv.eq(inv_div.o.payload.q)

@@ -94,6 +94,9 @@ class Quantizer(wiring.Component):
 
     P1_ROW_STAGES = 5  # |x|, two max-tree levels, group / row maxima, exponents
     P2_STAGES = 2      # rounding shift and clamp, planes
+    P1_BEAT_STAGES = 1  # the beat into the row FIFO (masked)
+    #: Row FIFO entries beyond a whole row: the stages before pass 2 starts on it.
+    ROW_SLACK = 16
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128,
                  data_bits: int = WIDE, pass_x: bool = False, side=None):
@@ -111,6 +114,8 @@ class Quantizer(wiring.Component):
         self.data_bits, self.pass_x, self.side = data_bits, pass_x, side
         self.group_beats = num.act_group // L
         self.LATENCY = self.P1_ROW_STAGES + self.P2_STAGES + 2 * Pipe.FIFO_LATENCY
+        #: Entries of the row FIFOs (beats, groups, rows): a whole row plus the slack.
+        self.row_depth = max_beats + self.ROW_SLACK
         super().__init__({
             "i_beat": In(stream.Signature(quant_in_layout(params, max_beats, data_bits, side))),
             "o_beat": Out(stream.Signature(quant_out_layout(
@@ -124,7 +129,7 @@ class Quantizer(wiring.Component):
         L = p.vector_lanes
         H = p.numerics.act_headroom
         gb = self.group_beats
-        depth = self.max_beats + 16  # a whole row, plus the stages before pass 2 starts on it
+        depth = self.row_depth
 
         # -- pass 1 ----------------------------------------------------------------------------
         db = self.data_bits
@@ -132,7 +137,7 @@ class Quantizer(wiring.Component):
         beat_l = data.StructLayout({"data": data.ArrayLayout(signed(db), L), "last": 1, **side})
         grp_l = data.StructLayout({"e": signed(7), "nz": 1})
         row_l = data.StructLayout({"emax": signed(7), "nz": 1, "a15": 1, "per_row": 1})
-        rows = Pipe(m, "p1_beats", beat_l, 1, depth)
+        rows = Pipe(m, "p1_beats", beat_l, self.P1_BEAT_STAGES, depth)
         grps = Pipe(m, "p1_groups", grp_l, self.P1_ROW_STAGES, depth)
         rowq = Pipe(m, "p1_rows", row_l, self.P1_ROW_STAGES, depth)
 

@@ -67,6 +67,9 @@ class Softmax(wiring.Component):
     P2_E_STAGES = 6    # max - s; u; ROM; rise * weight; interpolate; shift by int(u)
     P2_SUM_STAGES = 9  # ... quad sums; beat sum; row sum
     P3_STAGES = 2      # e * recip; round
+    P1_BEAT_STAGES = 1  # the score into row FIFO A
+    RECIP_BITS = 32    # quotient bits of the reciprocal (the serial divider's)
+    PAR_STAGES, PAR_DEPTH = 1, 4  # the reciprocal's register and FIFO ahead of pass 3
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
         L = params.vector_lanes
@@ -78,7 +81,11 @@ class Softmax(wiring.Component):
             raise ValueError("Softmax: exp2_segments must be a power of two <= 2**frac_bits")
         self.params, self.max_beats, self.steps = params, max_beats, steps
         self.sum_bits = (MAX_S << num.exp2_out_bits).bit_length()
-        self.MIN_FULL_RATE_BEATS = SerialDivider.occupancy(32, steps)
+        self.MIN_FULL_RATE_BEATS = SerialDivider.occupancy(self.RECIP_BITS, steps)
+        #: Entries of row FIFO A (scores, row maxima) and B (e, row sums).
+        self.depth_a = max_beats + self.P1_STAGES + 8
+        self.depth_b = max_beats + self.P2_SUM_STAGES + self.MIN_FULL_RATE_BEATS \
+            + 4 * Pipe.FIFO_LATENCY + 8
         super().__init__({
             "i_beat": In(stream.Signature(softmax_in_layout(params))),
             "o_beat": Out(stream.Signature(row_beat_layout(L))),
@@ -101,16 +108,17 @@ class Softmax(wiring.Component):
         F = num.frac_bits
         vb = MAX_S.bit_length()
         wbits = F - self.seg_bits  # interpolation weight bits
-        m.submodules.div = div = SerialDivider(47, self.sum_bits, 32, self.steps)
-        slack = self.P2_SUM_STAGES + div.OCCUPANCY + 4 * Pipe.FIFO_LATENCY + 8
+        m.submodules.div = div = SerialDivider(47, self.sum_bits, self.RECIP_BITS, self.steps)
+        assert self.depth_b == self.max_beats + self.P2_SUM_STAGES + div.OCCUPANCY \
+            + 4 * Pipe.FIFO_LATENCY + 8
         mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
 
         # -- pass 1: max over the visible keys ---------------------------------------------------
         i = self.i_beat
         x_l = data.StructLayout({"data": data.ArrayLayout(signed(32), L), "last": 1})
-        beats_a = Pipe(m, "p1_beats", x_l, 1, self.max_beats + self.P1_STAGES + 8)
+        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.depth_a)
         row_l = data.StructLayout({"max": signed(32), "visible": unsigned(vb)})
-        rows = Pipe(m, "p1_rows", row_l, self.P1_STAGES, self.max_beats + self.P1_STAGES + 8)
+        rows = Pipe(m, "p1_rows", row_l, self.P1_STAGES, self.depth_a)
         take1 = Signal()
         pos1 = RowTracker(m, "p1", take1, i.payload.last, self.max_beats)
         credit1 = beats_a.credit & (~i.payload.last | rows.credit)
@@ -139,9 +147,9 @@ class Softmax(wiring.Component):
         # -- pass 2: e = 2**(-u / 2**F) by table, Σe ----------------------------------------------
         e_bits = num.exp2_out_bits + 1  # e <= 2**exp2_out_bits
         e_l = data.StructLayout({"e": data.ArrayLayout(unsigned(e_bits), L), "last": 1})
-        beats_b = Pipe(m, "p2_beats", e_l, self.P2_E_STAGES, self.max_beats + slack)
+        beats_b = Pipe(m, "p2_beats", e_l, self.P2_E_STAGES, self.depth_b)
         sums = Pipe(m, "p2_rows", data.StructLayout({"sum": unsigned(self.sum_bits)}),
-                    self.P2_SUM_STAGES, self.max_beats + slack)
+                    self.P2_SUM_STAGES, self.depth_b)
         xa, ra = beats_a.out, rows.out
         take2 = Signal()
         pos2 = RowTracker(m, "p2", take2, xa.payload.last, self.max_beats)
@@ -208,7 +216,8 @@ class Softmax(wiring.Component):
         m.d.comb += [div.i.valid.eq(sums.out.valid), sums.out.ready.eq(div.i.ready),
                      div.i.payload.n.eq(Const(1 << 46, unsigned(47))),
                      div.i.payload.d.eq(sums.out.payload.sum)]
-        par3 = Pipe(m, "par3", data.StructLayout({"recip": unsigned(32)}), 1, 4)
+        par3 = Pipe(m, "par3", data.StructLayout({"recip": unsigned(self.RECIP_BITS)}),
+                    self.PAR_STAGES, self.PAR_DEPTH)
         m.d.comb += [par3.take.eq(div.o.valid & par3.credit), div.o.ready.eq(par3.credit)]
         m.d.sync += par3.result.recip.eq(div.o.payload.q)
 
