@@ -43,11 +43,11 @@ It models the chip at micro-op granularity, event by event, in program order:
   ``VecEngine`` alone in ``amaranth.sim``: the oracle the tests compare the model with.
 
 Every latency comes from the hw classes (``SystolicArray.latency``, ``GroupScaler.STAGES`` /
-``NONFINAL_STAGES`` / ``fifo_depth``, ``Pipe.FIFO_LATENCY`` / ``depth_for``, ``MemReader.depth``,
-``LoadEngine.resp_depth``, ``StoreEngine.resp_depth``, the vector components' ``*_STAGES``,
-row FIFO depths and serial units' widths) or from their FSMs' state sequences (named below, with the states
-they count); the tests (``tests/test_timing.py``) compare every figure with the Verilator
-chip.
+``NONFINAL_STAGES`` / ``fifo_depth``, ``Pipe.FIFO_LATENCY`` / ``depth_for``,
+``MemReader.depth``, ``LoadEngine.resp_depth``, ``StoreEngine.resp_depth``, the vector
+components' ``*_STAGES``, row FIFO depths and serial units' widths) or from their FSMs' state
+sequences (named below, with the states they count); the tests (``tests/test_timing.py``)
+compare every figure with the Verilator chip.
 
 Predictability rules
 --------------------
@@ -73,6 +73,7 @@ sequencer's own errors and does not model unit errors).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -248,7 +249,7 @@ class _LoadUnit(_Unit):
         m = self.model
         f = o.fields
         I, L = m.I, m.L
-        n = f["words"] * bus_words_per(m.p, Buf(f["buf"]))
+        n = f["words"] * m.bus_words[Buf(f["buf"])]
         c = len(self.cmds)
         # accepted in IDLE when the 2-deep jobs FIFO has room (the job two back has left it)
         a = max(qr, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
@@ -419,7 +420,7 @@ class _StoreUnit(_Unit):
             o = self.cmds[idx]
             self.active = True
             self.j_left = o.fields["words"]
-            self.j_bpw = bus_words_per(m.p, Buf(o.fields["buf"]))
+            self.j_bpw = m.bus_words[Buf(o.fields["buf"])]
             self.j_cmd = o
         if wr_take:
             if self.w_k == self.w_last_k:
@@ -492,6 +493,7 @@ class Model:
                 f"GroupScaler credits bind ({sc.STAGES} stages, FIFO {sc.fifo_depth}): final "
                 f"rows below one per cycle are not modelled")
         self.reader = 1 + Pipe.FIFO_LATENCY   # MemReader: read port + SyncFIFOBuffered
+        self.bus_words = {b: bus_words_per(p, b) for b in Buf}
         self.rd_free = 0
 
     # -- closed forms ---------------------------------------------------------------------
@@ -995,6 +997,40 @@ def vec_cycles(p: ChipParams, f: dict, pos: int) -> int:
 # -- predict ------------------------------------------------------------------------------------
 
 
+_DECODED: dict = {}
+
+
+def _decode(word: int) -> tuple:
+    """:func:`hw.isa.decode`, memoized (the runtime predicts the same programs again and again;
+    the fields are only read)."""
+    d = _DECODED.get(word)
+    if d is None:
+        if len(_DECODED) > 1 << 18:
+            _DECODED.clear()
+        d = _DECODED[word] = decode(word)
+    return d
+
+
+def _overlaps(low: list, high: list):
+    """The first ``(low op, window, high op, window)`` whose closed windows overlap, or None
+    (sorted by start, with the running maximum of the high windows' ends)."""
+    if not low or not high:
+        return None
+    hs = sorted(high, key=lambda x: x[1][0])
+    starts = [w[0] for _, w in hs]
+    run_end, best = [], None
+    for _, (_, b) in hs:
+        best = b if best is None or b > best else best
+        run_end.append(best)
+    for ol, (la, lb) in low:
+        i = bisect.bisect_right(starts, lb)   # high windows starting at or before lb
+        if i and run_end[i - 1] >= la:
+            for oh, (ha, hb) in hs[:i]:
+                if hb >= la:
+                    return ol, (la, lb), oh, (ha, hb)
+    return None
+
+
 def _check_rules(units: dict, ops: list) -> None:
     def spans(unit, pred):
         u = units.get(unit)
@@ -1012,14 +1048,14 @@ def _check_rules(units: dict, ops: list) -> None:
     pairs = [(1, load_w[Buf.ACC], gemm_acc + vec_acc), (2, load_w[Buf.ACT], vec_act),
              (3, load_w[Buf.KV], kv), (4, vec_acc, gemm_acc)]
     for rule, low, high in pairs:
-        for ol, (la, lb) in low:
-            for oh, (ha, hb) in high:
-                if la <= hb and ha <= lb:
-                    raise RuleViolation(
-                        f"predictability rule {rule}: {ol.op.name} at pc {ol.pc} (writes cycles "
-                        f"{la}..{lb}) overlaps {oh.op.name} at pc {oh.pc} (cycles {ha}..{hb}) on "
-                        f"a shared buffer write port; separate them with a WAIT "
-                        f"(sim/timing.py)")
+        hit = _overlaps(low, high)
+        if hit is not None:
+            ol, (la, lb), oh, (ha, hb) = hit
+            raise RuleViolation(
+                f"predictability rule {rule}: {ol.op.name} at pc {ol.pc} (writes cycles "
+                f"{la}..{lb}) overlaps {oh.op.name} at pc {oh.pc} (cycles {ha}..{hb}) on "
+                f"a shared buffer write port; separate them with a WAIT "
+                f"(sim/timing.py)")
 
 
 def predict(params: ChipParams, program_words, *, vector: bool = False, interval: int = 0,
@@ -1064,7 +1100,7 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
     while True:
         if pc >= len(words):
             raise ValueError(f"predict: pc {pc} runs past the program: Err.PROG_RANGE")
-        op, f = decode(words[pc])
+        op, f = _decode(words[pc])
         x = fetch + 1  # EXEC
         if not isinstance(op, Op):
             raise ValueError(f"predict: pc {pc}: opcode {op:#x} is Err.ILLEGAL_OP")
