@@ -11,12 +11,14 @@ export OMP_NUM_THREADS      := 1
 # Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
 export AMARANTH_USE_YOSYS   := builtin
 
-.PHONY: install test test-slow lint accuracy synth synth-chip clean help
+.PHONY: install test test-slow test-rtl-models lint accuracy synth synth-chip clean help
 
 help:
 	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
 	@echo "make test       run the default test suite (~minutes)"
 	@echo "make test-slow  also run the long tests (whole models on RTL, big grids)"
+	@echo "make test-rtl-models  compiled MiniLM / SmolLM2 layers and SmolLM2 tokens on"
+	@echo "                Verilator vs golden and the timing model (slow: chip builds)"
 	@echo "make accuracy   golden integer model vs float reference on the real models"
 	@echo "make lint       ruff check"
 	@echo "make synth      FPGA build of the grid, prints Fmax and utilization"
@@ -41,6 +43,9 @@ test:
 
 test-slow:
 	$(BIN)/pytest -q -m ''
+
+test-rtl-models:
+	$(BIN)/pytest -q -s -m slow tests/test_compiled_rtl.py
 
 accuracy:
 	$(PY) scripts/accuracy_report.py
