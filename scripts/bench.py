@@ -78,9 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="sim", help="chip configuration (hw/params.py PRESETS)")
     ap.add_argument("--seq", type=int, default=128, help="MiniLM sequence length (128)")
     ap.add_argument("--chunk", type=int, default=16, help="SmolLM2 prefill chunk (16)")
-    ap.add_argument("--positions", default="16,36",
-                    help="SmolLM2 decode positions, comma-separated (default 16,36; the 'sim' "
-                         "chip's KV cache holds 40)")
+    ap.add_argument("--positions", default="64,256",
+                    help="SmolLM2 decode context positions, comma-separated (default 64,256)")
     ap.add_argument("--rtl", action="store_true",
                     help="also run compiled layers on Verilator: predicted vs measured")
     ap.add_argument("--png", default="build/bench/roofline.png", help="roofline plot path")
