@@ -11,7 +11,7 @@ export OMP_NUM_THREADS      := 1
 # Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
 export AMARANTH_USE_YOSYS   := builtin
 
-.PHONY: install test test-slow test-rtl-models lint accuracy synth synth-chip clean help
+.PHONY: install test test-slow test-rtl-models lint accuracy synth synth-chip synth-vector clean help
 
 help:
 	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
@@ -23,8 +23,10 @@ help:
 	@echo "make lint       ruff check"
 	@echo "make synth      FPGA build of the grid, prints Fmax and utilization"
 	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker; ULX3S: ~10 min)"
-	@echo "make synth-chip FPGA build of the whole chip (no vector unit), same report"
-	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~17 min)"
+	@echo "make synth-chip FPGA build of the whole chip with its vector unit, same report"
+	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~1 h; --no-vector: 17 min)"
+	@echo "make synth-vector  Yosys cell counts (LUT4/FF/DSP/EBR) of the chip's vector unit"
+	@echo "                and of each of its components, no place-and-route (~25 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +63,9 @@ synth:
 
 synth-chip:
 	$(PY) scripts/synth.py --board $(BOARD) --design chip
+
+synth-vector:
+	$(PY) scripts/synth.py --board $(BOARD) --design vector
 
 clean:
 	rm -rf build

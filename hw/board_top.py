@@ -63,15 +63,27 @@ Yosys 0.70 and nextpnr-ecp5 on the LFE5U-85F (208 EBR, 156 MULT18X18D, 83,640 LU
   buffers can shrink. The default buffers need about 450 EBR; 16 KiB each for WGT, ACT, ACC and
   KV and 1024 micro-ops need 152 at a 16 x 16 grid, 113 at 16 x 8.
 - The 16 x 16 grid does not fit: 237 of 156 MULT18X18D (128 for the PEs; 64 for the group
-  scaler's ``scale * acc`` (22 x 20 bits) and ``offset * xsum`` (16 x 20) products, two blocks
-  each, 16 columns; the rest for the GEMM and KV engines' address products and the DMA
-  engines' constant products) and 79,624 of 83,640 LUT4 cells (95 %) after packing. Products
-  in fabric would cost about 2,000 LUT4 per column (Booth), which do not fit either.
-- :data:`CHIP_85F` therefore has a 16 x 8 grid (16 rows along K, 8 W4A8 output columns:
-  64 PEs) with those buffers: 125 MULT18X18D (80 %), 113 DP16KD (54 %), 44,826 LUT4 cells
-  (54 %), 20,870 FF after routing. ``scripts/synth.py --design chip --cols 16`` reproduces the
-  16 x 16 overflow (nextpnr stops in placement and the script names the resources that
-  overflow).
+  scaler's ``scale * acc`` (22 x 20 bits) and ``offset * xsum`` (16 x 20) products as they
+  were then, 16 columns; the rest for the GEMM and KV engines' address products and the DMA
+  engines' constant products) and 79,624 of 83,640 LUT4 cells (95 %) after packing (without
+  the vector unit). Products in fabric would cost about 2,000 LUT4 per column (Booth).
+- The group scaler now takes 3 blocks per column (``scale * acc[:17]`` on two, the 3 top bits
+  of ``acc`` in logic, ``offset`` times the 12-bit activation sum on one), the DMA checks none.
+- The vector unit at 16 lanes needs about 336 MULT18X18D by itself (every function has its own
+  per-lane multipliers: the normalizer 7 per lane, GELU/SiLU 5, softmax 5, RoPE 4) and about
+  80,000 LUT4 (``scripts/synth.py --design vector --lanes 16``). At 2 lanes (``CHIP_85F``) it
+  takes 49 blocks, ~25,000 LUT4 and, with 2048-element rows, 76 EBR; its five read ports add
+  a copy each of ACC (two), ACT, PRM and KV (~50 EBR). With both, 2048-element rows and 16 KiB
+  KV the chip needed 230 of 208 DP16KD and 148 MULT18X18D; 1536-element rows (the row FIFOs
+  fit 1024-entry blocks) and 8 KiB KV bring it within the device.
+- :data:`CHIP_85F`: a 16 x 8 grid (16 rows along K, 8 W4A8 output columns: 64 PEs), 16 KiB
+  WGT / ACT / ACC and 8 KiB KV buffers, 1024 micro-ops, a 2-lane vector unit with rows up to
+  1536 elements: 148 MULT18X18D (94 %), 193 DP16KD (92 %), 72,423 LUT4 cells (86 %), 35,410
+  FF (packing; Fmax not yet measured).
+  Before the vector unit (16 KiB KV, the scaler as it was): 125 MULT18X18D, 113 DP16KD,
+  44,826 LUT4 cells, 20,870 FF, Fmax 23.7 MHz. ``scripts/synth.py --design chip --cols 16``
+  reproduces the 16 x 16 overflow (nextpnr stops in placement and the script names the
+  resources that overflow).
 """
 
 import math
@@ -106,10 +118,11 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop"
            "FIELD_MASKS", "FIELD_SET"]
 
 #: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 8 grid, smaller deep
-#: buffers and a 2-lane vector unit (module docstring: the 16 x 16 grid does not fit, nor
-#: do 16 vector lanes).
+#: buffers and a 2-lane vector unit with rows up to 1536 elements (both models' widest row;
+#: its row FIFOs then fit 1024-entry block RAM) (module docstring: the 16 x 16 grid does
+#: not fit, nor do 16 vector lanes).
 CHIP_85F = ChipParams(cols=8, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
-                      kv_sram_kib=16, uop_depth=1024, vector_lanes=2)
+                      kv_sram_kib=8, uop_depth=1024, vector_lanes=2, vector_row=1536)
 
 
 @dataclass(frozen=True)
