@@ -670,11 +670,12 @@ class VecModel:
         self.n = n = parts["norm"]
         self.s = s = parts["smax"]
         st = n.steps
-        self.norm_iters = (SerialDivider(44, 13, n.MEAN_BITS, st).ITERATIONS,
-                           SerialDivider(43, 13, n.VAR_BITS, st).ITERATIONS,
-                           SerialIsqrt(n.SQRT_IN_BITS, st).ITERATIONS,
-                           SerialDivider(41, 31, n.INV_BITS, st).ITERATIONS)
-        self.smax_iters = SerialDivider(47, s.sum_bits, s.RECIP_BITS, s.steps).ITERATIONS
+        its = lambda unit: _constants_of(unit).ITERATIONS  # noqa: E731
+        self.norm_iters = (its(SerialDivider(44, 13, n.MEAN_BITS, st)),
+                           its(SerialDivider(43, 13, n.VAR_BITS, st)),
+                           its(SerialIsqrt(n.SQRT_IN_BITS, st)),
+                           its(SerialDivider(41, 31, n.INV_BITS, st)))
+        self.smax_iters = its(SerialDivider(47, s.sum_bits, s.RECIP_BITS, s.steps))
         self.memo: dict = {}
 
     # -- geometry -------------------------------------------------------------------------

@@ -12,25 +12,51 @@ measured counters, exactly.
   predictability rule 1: ``predict`` says so, naming both ops;
 - a short fuzz campaign with ``timing=True`` (``sim/fuzz.py``): every legal job's
   prediction equals the RTL's counters;
-- slow: the programs of ``tests/test_chip_vec_rtl.py`` on the chip with its vector unit, and
-  the MiniLM / SmolLM2 layer programs.
+- the VEC model (:class:`sim.timing.VecModel`): random legal VEC ops (every fn, both layouts,
+  short / long / odd rows, one and many rows, ``pos``-dependent ones: causal, ``dyn``, RoPE,
+  vfold), one job each, on the chip with its vector unit: predicted counters == the RTL's;
+- slow: the same plan at every interval (default: intervals 0 and 2), a longer fuzz
+  campaign, the programs of ``tests/test_chip_vec_rtl.py`` on the chip with its vector unit,
+  and the VEC model against ``sim.timing.measure_vec`` (``VecEngine`` alone in
+  ``amaranth.sim``) on a broad random sample on three configurations (the default; 2 lanes
+  on a 16 x 8 grid with 1536-element rows, as ``hw.board_top.CHIP_85F``; a 4 x 8 grid).
+  The compiled layers against their measured cycles are in ``tests/test_compiled_rtl.py``.
 
-Random data: the plans' own seeds (``CHIP_SEED``), printed.
+Random data: the plans' own seeds (``CHIP_SEED``), printed; the VEC ops' ``VEC_SEED``
+(printed; replay with ``VEC_SEED=<seed>``).
 """
 
 import os
+import random
 
+import numpy as np
 import pytest
 
-from hw.isa import Buf, Counter, Err, Op, Unit, decode, encode
+from hw.isa import (
+    Buf,
+    Counter,
+    Dyn,
+    Err,
+    Op,
+    QuantMode,
+    Unit,
+    VecBuf,
+    VecFn,
+    buffer_depth,
+    decode,
+    encode,
+)
 from hw.params import ChipParams
 from sim.chip_rtl import Job, run_jobs
-from sim.timing import RuleViolation, predict
+from sim.timing import RuleViolation, measure_vec, predict, vec_cycles
 
 INTERVALS = (0, 1, 2, 3)
+#: Intervals of the default suite's run (the slow test runs all of ``INTERVALS``).
+QUICK_INTERVALS = (0, 2)
+VEC_SEED = int(os.environ.get("VEC_SEED", np.random.SeedSequence().entropy % 2**32))
 
 
-def _plan_jobs(plan, vector=False):
+def _plan_jobs(plan, vector=False, intervals=INTERVALS):
     """(name, entry, job) for every entry of a chip-test plan that ends without error, at
     each interval, jitter off; the entry that breaks a rule is returned apart."""
     out, rule = [], []
@@ -40,7 +66,7 @@ def _plan_jobs(plan, vector=False):
         if e.kind == "concurrent":
             rule.append(e)
             continue
-        for iv in INTERVALS:
+        for iv in intervals:
             job = Job(e.job.prog_addr, e.job.prog_len, pos_init=e.job.pos_init, interval=iv,
                       max_cycles=e.job.max_cycles)
             out.append((f"{e.name}@{iv}", e, job))
@@ -69,14 +95,23 @@ def chip_plan():
     return base
 
 
-def test_chip_programs_at_every_interval(chip_plan):
-    base = chip_plan
-    jobs, _ = _plan_jobs(base.PLAN)
+def _chip_programs(base, intervals):
+    jobs, _ = _plan_jobs(base.PLAN, intervals=intervals)
     assert {e.kind for _, e, _ in jobs} >= {"gemm", "attn", "stall", "clear", "recover"}
     res = run_jobs(base.P, base.PLAN.image, [j for _, _, j in jobs])
     bad, cycles = _compare(base.P, jobs, res)
     print(f"\n{len(jobs)} jobs, {cycles} cycles compared, {len(bad)} mismatching")
     assert not bad, "\n".join(bad[:10])
+
+
+def test_chip_programs(chip_plan):
+    """Every program of the plan at intervals 0 and 2."""
+    _chip_programs(chip_plan, QUICK_INTERVALS)
+
+
+@pytest.mark.slow
+def test_chip_programs_at_every_interval(chip_plan):
+    _chip_programs(chip_plan, INTERVALS)
 
 
 def test_rule_violation_is_reported(chip_plan):
@@ -109,15 +144,29 @@ def test_sequencer_errors_are_refused():
         predict(p, [encode(Op.VEC), encode(Op.HALT)])
 
 
+def _fuzz_timing(seed, n_valid, n_illegal):
+    from sim.fuzz import DEFAULT, run_campaign
+
+    rep = run_campaign(DEFAULT, seed, n_valid, n_illegal, twins=0.0, log=lambda s: None,
+                       timing=True)
+    print("\n" + rep.summary())
+    assert not rep.mismatches, "\n\n".join(m.text for m in rep.mismatches[:3])
+    return rep
+
+
 def test_fuzz_campaign_timing():
     """Random legal programs of the fuzzer (``ChipParams()``, intervals 0..3, no jitter): each
     job's predicted counters equal the RTL's. Replay: scripts/fuzz_chip.py --seed 2025
-    --programs 24 --params default --illegal 0.25 --timing."""
-    from sim.fuzz import DEFAULT, run_campaign
+    --programs 8 --params default --illegal 0.25 --timing."""
+    rep = _fuzz_timing(2025, 6, 2)
+    assert rep.timed_jobs >= 3
 
-    rep = run_campaign(DEFAULT, 2025, 18, 6, twins=0.0, log=lambda s: None, timing=True)
-    print("\n" + rep.summary())
-    assert not rep.mismatches, "\n\n".join(m.text for m in rep.mismatches[:3])
+
+@pytest.mark.slow
+def test_fuzz_campaign_timing_long():
+    """As :func:`test_fuzz_campaign_timing`, 24 programs. Replay: scripts/fuzz_chip.py --seed
+    2026 --programs 24 --params default --illegal 0.25 --timing."""
+    rep = _fuzz_timing(2026, 18, 6)
     assert rep.timed_jobs >= 15
 
 
@@ -133,4 +182,149 @@ def test_vector_programs_at_every_interval():
     res = run_jobs(base.P, base.PLAN.image, [j for _, _, j in jobs], vector=True)
     bad, cycles = _compare(base.P, jobs, res, vector=True)
     print(f"\n{len(jobs)} jobs, {cycles} cycles compared, {len(bad)} mismatching")
+    assert not bad, "\n".join(bad[:10])
+
+
+# -- the VEC model ------------------------------------------------------------------------------
+
+
+def random_vec_op(p: ChipParams, rng: random.Random, fn=None, half=None, rows=None,
+                  length=None) -> tuple[dict, int]:
+    """A random legal VEC op ``(fields, pos)`` on ``p``: any fn, either layout, rows of 1 to
+    13, lengths from 1 to 576 (odd ones, around a beat), ``dyn`` / ``causal`` / RoPE / vfold
+    at several positions, operands packed from address 0 (they fit the buffers); ``fn``,
+    ``half``, ``rows``, ``length``: those fixed instead (``dyn`` may still set the length)."""
+    R, C, L = p.rows, p.cols, p.vector_lanes
+    PC = C // 2
+    dep = {b: buffer_depth(p, b) for b in Buf}
+    fn = rng.choice(list(VecFn)) if fn is None else fn
+    f = {"fn": fn}
+    rows = rng.choice([1, 1, 2, 3, 5, 8, 13]) if rows is None else rows
+    if length is None:
+        length = rng.choice([1, 2, 3, 7, L - 1, L, L + 1, 2 * L + 3, 37, 64, 100, 200, 384,
+                             576])
+    if fn in (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX):
+        length = min(length, p.vector_row)
+    if fn == VecFn.ROPE:
+        length += length % 2
+    half = rng.random() < 0.4 if half is None else bool(half)
+    pos = 0
+    if fn == VecFn.COPY and rng.random() < 0.3:
+        f["buf"], half = VecBuf.ACT, False
+    elif fn == VecFn.COPY:
+        f["repack"] = int(rng.random() < 0.5)
+    f["half"] = int(half)
+    if fn in (VecFn.SOFTMAX, VecFn.QUANT) and rng.random() < 0.5:
+        f["causal"] = 1
+    if fn == VecFn.QUANT:
+        f["qmode"] = rng.choice(list(QuantMode))
+        f["per_row"] = int(rng.random() < 0.3)
+        if rng.random() < 0.35:
+            f["vfold"], f["vgroups"] = 1, rng.choice([1, 2, 4])
+    if fn in (VecFn.SOFTMAX, VecFn.QUANT) and rng.random() < 0.4:
+        f["dyn"] = Dyn.POS
+        pos = rng.choice([0, 1, 5, 17, 40, 100, 300])
+        length = pos + rows
+        if length > p.vector_row:
+            pos, length = p.vector_row - rows, p.vector_row
+    elif fn in (VecFn.SOFTMAX, VecFn.QUANT, VecFn.ROPE) and rng.random() < 0.5:
+        pos = rng.choice([0, 3, 20, 77])
+    copy_act = fn == VecFn.COPY and f.get("buf") == VecBuf.ACT
+    out_half = half != bool(fn == VecFn.COPY and f.get("repack"))
+    to_act = fn == VecFn.QUANT or copy_act
+    blocks = 2 if fn == VecFn.QUANT and f["qmode"] != QuantMode.INT8 else 1
+    W = -(-length // (PC if half else C))
+    Wr = -(-length // R) if copy_act else W
+    Ww = -(-length // R) if to_act else -(-length // (PC if out_half else C))
+    while rows > 1:  # fewer rows until the operands fit
+        ok = (rows * Wr <= (dep[Buf.ACT] if copy_act else dep[Buf.ACC]) // 2
+              and blocks * rows * Ww <= (dep[Buf.ACT] if to_act else dep[Buf.ACC]) // 2)
+        if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL, VecFn.ROPE):
+            ok = ok and rows * W + (pos + rows) * W <= dep[Buf.ACC] // 2
+        if ok:
+            break
+        rows //= 2
+        if f.get("dyn") == Dyn.POS:
+            length = pos + rows
+            W = Wr = -(-length // (PC if half else C))
+            Ww = -(-length // R) if to_act else W
+    if fn == VecFn.ROPE and rows * W + (pos + rows) * W > dep[Buf.ACC] // 2:
+        pos = 0
+    f.update(rows=rows, src_a=0, src_stride=Wr, dst=0, dst_stride=Ww)
+    if copy_act or not to_act:  # ACC -> ACC / ACT -> ACT: the destination after the source
+        f["dst"] = dep[Buf.ACT if copy_act else Buf.ACC] // 2
+    if f.get("dyn") != Dyn.POS:
+        f["length"] = length
+    if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL, VecFn.ROPE):
+        f["src_b"] = rows * W
+    if fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
+        f["prm"] = 0
+    return decode(encode(Op.VEC, **f))[1], pos
+
+
+def _vec_sample(p: ChipParams, seed: int, n: int) -> list:
+    rng = random.Random(seed)
+    ops = [random_vec_op(p, rng) for _ in range(n)]
+    # every fn in both layouts, at one long row and at many short ones
+    for fn in VecFn:
+        for half in (0, 1):
+            ops.append(random_vec_op(p, rng, fn, half, rows=1, length=min(576, p.vector_row)))
+            ops.append(random_vec_op(p, rng, fn, half, rows=13, length=p.vector_lanes + 3))
+    return ops
+
+
+def _describe(f: dict, pos: int) -> str:
+    keep = ("fn", "qmode", "per_row", "vfold", "causal", "dyn", "half", "buf", "repack", "rows",
+            "length", "vgroups")
+    return " ".join(f"{k}={int(f[k])}" for k in keep) + f" pos={pos}"
+
+
+def test_vec_model_on_rtl():
+    """Random VEC ops (:func:`random_vec_op`, one job each, on the default chip with its vector
+    unit, interval 0): every predicted counter equals the RTL's."""
+    from sw.programs import Image
+
+    p = ChipParams()
+    print(f"VEC_SEED={VEC_SEED}")
+    ops = _vec_sample(p, VEC_SEED, 30)
+    img = Image(p)
+    jobs = []
+    for f, pos in ops:
+        prog = [encode(Op.VEC, **f), encode(Op.HALT)]
+        addr, n = img.put_program(prog)
+        jobs.append((prog, Job(addr, n, pos_init=pos, max_cycles=200_000)))
+    res = run_jobs(p, img.mem, [j for _, j in jobs], vector=True)
+    bad = []
+    for (f, pos), (prog, _), r in zip(ops, jobs, res, strict=True):
+        assert r.error == Err.NONE and not r.timed_out, (_describe(f, pos), r.error)
+        t = predict(p, prog, vector=True, pos_init=pos)
+        diff = {c.name: (v, r.counters[c]) for c, v in t.counters.items() if v != r.counters[c]}
+        if diff:
+            bad.append(f"{_describe(f, pos)}: (predicted, RTL) {diff}")
+    print(f"\n{len(ops)} VEC jobs, {sum(r.counters[Counter.CYCLES] for r in res)} cycles, "
+          f"{len(bad)} mismatching")
+    assert not bad, "\n".join(bad[:10])
+
+
+#: Configurations of the model-vs-simulation comparison: the default, 2 lanes on a 16 x 8
+#: grid with 1536-element rows (``hw.board_top.CHIP_85F``'s vector unit), a 4 x 8 grid.
+ORACLE_PARAMS = {
+    "default": (ChipParams(), 80),
+    "lanes2": (ChipParams(cols=8, vector_lanes=2, vector_row=1536), 40),
+    "grid4x8": (ChipParams(rows=4, cols=8), 40),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ORACLE_PARAMS))
+def test_vec_model_matches_simulation(name):
+    """The VEC model against ``VecEngine`` in ``amaranth.sim`` (:func:`sim.timing.measure_vec`)
+    on a random sample (:func:`_vec_sample`): equal cycles for every op."""
+    p, n = ORACLE_PARAMS[name]
+    print(f"VEC_SEED={VEC_SEED}")
+    ops = _vec_sample(p, VEC_SEED, n)
+    measured = measure_vec(p, ops)
+    bad = [f"{_describe(f, pos)}: model {vec_cycles(p, f, pos)}, simulation {m}"
+           for (f, pos), m in zip(ops, measured, strict=True) if vec_cycles(p, f, pos) != m]
+    print(f"\n{name}: {len(ops)} VEC ops, {sum(measured)} cycles, {len(bad)} mismatching")
     assert not bad, "\n".join(bad[:10])
