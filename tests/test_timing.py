@@ -3,8 +3,9 @@ measured counters, exactly.
 
 - the programs of ``tests/test_chip_rtl.py`` (weight GEMMs with N / K splits and double
   buffering, the KV attention steps over 32 positions, the stall program, the clear and
-  recovery jobs, the error-case programs that run without error), each at memory intervals
-  0 / 1 / 2 / 3 (no jitter), in one ``run_jobs`` call on ``ChipParams()`` (the build
+  recovery jobs, the error-case programs that run without error), each at one of the memory
+  intervals 0 / 1 / 2 / 3 in turn (no jitter; slow: each at all four), in one ``run_jobs``
+  call on ``ChipParams()`` (the build
   ``tests/test_chip_rtl.py`` uses): ``CYCLES`` and every other timed counter the model
   gives (``BUSY_*``, ``STALL_WAIT``, ``STALL_QUEUE``, ``STALL_MEM``) equal the RTL's, and
   each op's predicted ``end`` lies within the job;
@@ -14,9 +15,9 @@ measured counters, exactly.
   prediction equals the RTL's counters;
 - the VEC model (:class:`sim.timing.VecModel`): random legal VEC ops (every fn, both layouts,
   short / long / odd rows, one and many rows, ``pos``-dependent ones: causal, ``dyn``, RoPE,
-  vfold), one job each, on the chip with its vector unit: predicted counters == the RTL's;
-- slow: the same plan at every interval (default: intervals 0 and 2), a longer fuzz
-  campaign, the programs of ``tests/test_chip_vec_rtl.py`` on the chip with its vector unit,
+  vfold), a few per job, on the chip with its vector unit: predicted counters == the RTL's;
+- slow: the plan at every interval, a longer fuzz campaign, the programs of
+  ``tests/test_chip_vec_rtl.py`` on the chip with its vector unit,
   and the VEC model against ``sim.timing.measure_vec`` (``VecEngine`` alone in
   ``amaranth.sim``) on a broad random sample on three configurations (the default; 2 lanes
   on a 16 x 8 grid with 1536-element rows, as ``hw.board_top.CHIP_85F``; a 4 x 8 grid).
@@ -38,6 +39,7 @@ from hw.isa import (
     Dyn,
     Err,
     Op,
+    PosReg,
     QuantMode,
     Unit,
     VecBuf,
@@ -51,14 +53,13 @@ from sim.chip_rtl import Job, run_jobs
 from sim.timing import RuleViolation, measure_vec, predict, vec_cycles
 
 INTERVALS = (0, 1, 2, 3)
-#: Intervals of the default suite's run (the slow test runs all of ``INTERVALS``).
-QUICK_INTERVALS = (0, 2)
 VEC_SEED = int(os.environ.get("VEC_SEED", np.random.SeedSequence().entropy % 2**32))
 
 
-def _plan_jobs(plan, vector=False, intervals=INTERVALS):
+def _plan_jobs(plan, vector=False, every=True):
     """(name, entry, job) for every entry of a chip-test plan that ends without error, at
-    each interval, jitter off; the entry that breaks a rule is returned apart."""
+    each interval (``every``; else the i-th such entry at ``INTERVALS[i % 4]``), jitter off;
+    the entry that breaks a rule is returned apart."""
     out, rule = [], []
     for e in plan.entries:
         if e.err != Err.NONE:
@@ -66,7 +67,8 @@ def _plan_jobs(plan, vector=False, intervals=INTERVALS):
         if e.kind == "concurrent":
             rule.append(e)
             continue
-        for iv in intervals:
+        n = len(out) if every else len(out) % len(INTERVALS)
+        for iv in INTERVALS if every else INTERVALS[n:n + 1]:
             job = Job(e.job.prog_addr, e.job.prog_len, pos_init=e.job.pos_init, interval=iv,
                       max_cycles=e.job.max_cycles)
             out.append((f"{e.name}@{iv}", e, job))
@@ -95,8 +97,8 @@ def chip_plan():
     return base
 
 
-def _chip_programs(base, intervals):
-    jobs, _ = _plan_jobs(base.PLAN, intervals=intervals)
+def _chip_programs(base, every):
+    jobs, _ = _plan_jobs(base.PLAN, every=every)
     assert {e.kind for _, e, _ in jobs} >= {"gemm", "attn", "stall", "clear", "recover"}
     res = run_jobs(base.P, base.PLAN.image, [j for _, _, j in jobs])
     bad, cycles = _compare(base.P, jobs, res)
@@ -105,13 +107,13 @@ def _chip_programs(base, intervals):
 
 
 def test_chip_programs(chip_plan):
-    """Every program of the plan at intervals 0 and 2."""
-    _chip_programs(chip_plan, QUICK_INTERVALS)
+    """Every program of the plan, at the intervals in turn."""
+    _chip_programs(chip_plan, every=False)
 
 
 @pytest.mark.slow
 def test_chip_programs_at_every_interval(chip_plan):
-    _chip_programs(chip_plan, INTERVALS)
+    _chip_programs(chip_plan, every=True)
 
 
 def test_rule_violation_is_reported(chip_plan):
@@ -279,30 +281,37 @@ def _describe(f: dict, pos: int) -> str:
     return " ".join(f"{k}={int(f[k])}" for k in keep) + f" pos={pos}"
 
 
+#: VEC ops per job of :func:`test_vec_model_on_rtl` (each after a ``SETPOS`` of its ``pos``).
+OPS_PER_JOB = 6
+
+
 def test_vec_model_on_rtl():
-    """Random VEC ops (:func:`random_vec_op`, one job each, on the default chip with its vector
+    """Random VEC ops (:func:`_vec_sample`, a few per job, on the default chip with its vector
     unit, interval 0): every predicted counter equals the RTL's."""
     from sw.programs import Image
 
     p = ChipParams()
     print(f"VEC_SEED={VEC_SEED}")
-    ops = _vec_sample(p, VEC_SEED, 30)
+    ops = _vec_sample(p, VEC_SEED, 60)
     img = Image(p)
     jobs = []
-    for f, pos in ops:
-        prog = [encode(Op.VEC, **f), encode(Op.HALT)]
+    for i in range(0, len(ops), OPS_PER_JOB):
+        part = ops[i:i + OPS_PER_JOB]
+        prog = [w for f, pos in part for w in (encode(Op.SETPOS, reg=PosReg.POS, value=pos),
+                                               encode(Op.VEC, **f))] + [encode(Op.HALT)]
         addr, n = img.put_program(prog)
-        jobs.append((prog, Job(addr, n, pos_init=pos, max_cycles=200_000)))
-    res = run_jobs(p, img.mem, [j for _, j in jobs], vector=True)
+        jobs.append((part, prog, Job(addr, n, max_cycles=500_000)))
+    res = run_jobs(p, img.mem, [j for _, _, j in jobs], vector=True)
     bad = []
-    for (f, pos), (prog, _), r in zip(ops, jobs, res, strict=True):
-        assert r.error == Err.NONE and not r.timed_out, (_describe(f, pos), r.error)
-        t = predict(p, prog, vector=True, pos_init=pos)
+    for (part, prog, _), r in zip(jobs, res, strict=True):
+        what = "; ".join(_describe(f, pos) for f, pos in part)
+        assert r.error == Err.NONE and not r.timed_out, (what, r.error)
+        t = predict(p, prog, vector=True)
         diff = {c.name: (v, r.counters[c]) for c, v in t.counters.items() if v != r.counters[c]}
         if diff:
-            bad.append(f"{_describe(f, pos)}: (predicted, RTL) {diff}")
-    print(f"\n{len(ops)} VEC jobs, {sum(r.counters[Counter.CYCLES] for r in res)} cycles, "
-          f"{len(bad)} mismatching")
+            bad.append(f"{what}: (predicted, RTL) {diff}")
+    print(f"\n{len(ops)} VEC ops in {len(jobs)} jobs, "
+          f"{sum(r.counters[Counter.CYCLES] for r in res)} cycles, {len(bad)} mismatching")
     assert not bad, "\n".join(bad[:10])
 
 
