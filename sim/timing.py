@@ -546,6 +546,25 @@ def _vec_writes(f: dict) -> Buf:
 
 
 # -- VEC durations: the vector unit's stages as max-plus recurrences -----------------------------
+#
+# ``VecEngine`` (hw/vector/engine.py) runs an op as a chain of handshaked stages: the reader
+# (a MemReader: one read per piece, ``min(L, E)`` elements), the beat assembler (one register),
+# the fn's component (Pipes: credit-checked pipelines ending in SyncFIFOBuffered FIFOs; the
+# row components' passes joined by row FIFOs, their serial units), the writer (one piece per
+# cycle). Each stage is a recurrence over the items it passes, in cycles after acceptance:
+#
+# - a FIFO entry written in cycle w is readable from max(w + FIFO_LATENCY, the cycle the entry
+#   before it left + 1); a Pipe of latency S writes item k S cycles after admitting it;
+# - a Pipe (or MemReader) of depth D admits item k only after item k - D left its FIFO;
+# - a serial unit accepts the cycle after its previous result left, and offers the result
+#   ITERATIONS + 1 cycles after accepting;
+# - a one-entry register (the beat assembler, the normalizer's parameters) takes the next
+#   beat's first item from the cycle the beat it holds leaves.
+#
+# They are evaluated row by row in phases (front end and pass 1; the row's scalars; pass 2;
+# ...; the last pass and the writer), beat by beat within a phase: every credit a stage waits
+# for belongs to an earlier beat of the same phase or to an earlier row (a row FIFO holds more
+# than a row: ``vector_row`` bounds the rows), so each value is known when it is needed.
 
 #: VecEngine FSM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` -> ``SETUP`` -> ``EPS``
 #: (``go``: the generators start the next cycle).
@@ -650,7 +669,9 @@ class _QuantPasses:
 class VecModel:
     """Cycles from a VEC op's acceptance to its ``done`` on ``VecEngine(params)``, from the
     stages of ``hw/vector`` (their latencies, FIFO depths and serial units as the hw classes
-    name them), computed item by item as max-plus recurrences (section comment above)."""
+    name them), computed item by item as max-plus recurrences (section comment above).
+    An op the unit refuses (``Err.BAD_FIELD``) raises ``ValueError``: its time is not
+    modelled."""
 
     def __init__(self, p: ChipParams):
         from hw.vector.engine import FoldStage, VecEngine, datapath_parts
@@ -664,6 +685,7 @@ class VecModel:
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.fold_stages = FoldStage.STAGES
         self.res_stages = VecEngine.RES_STAGES
+        self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
                           VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES}
         self.q = parts["q1"]
@@ -693,9 +715,16 @@ class VecModel:
 
     def _cycles(self, f: dict, pos: int) -> int:
         L, R, C, PC = self.L, self.R, self.C, self.PC
+        if not isinstance(f["fn"], VecFn) or not isinstance(f["qmode"], QuantMode):
+            raise ValueError(f"VEC fn {f['fn']} / qmode {f['qmode']}: Err.BAD_FIELD")
         fn = VecFn(f["fn"])
         rows = f["rows"]
         length = pos + rows if f["dyn"] == Dyn.POS else f["length"]
+        if (rows == 0 or length == 0 or (fn in self.row_fns and length > self.p.vector_row)
+                or (fn == VecFn.ROPE and length % 2)
+                or (fn == VecFn.QUANT and f["vfold"] and f["vgroups"] == 0)):
+            raise ValueError(f"VEC {fn.name} of {rows} rows x {length}: Err.BAD_FIELD (the "
+                             f"timing model covers ops that run)")
         half = bool(f["half"])
         copy_act = fn == VecFn.COPY and f["buf"] == VecBuf.ACT
         out_half = half != (fn == VecFn.COPY and bool(f["repack"]))

@@ -146,6 +146,15 @@ def test_sequencer_errors_are_refused():
         predict(p, [encode(Op.VEC), encode(Op.HALT)])
 
 
+def test_refused_vec_op_is_not_timed():
+    """A VEC op the unit refuses (``Err.BAD_FIELD``) has no modelled time: ``ValueError``."""
+    p = ChipParams()
+    for f in (dict(fn=VecFn.SOFTMAX, rows=1, length=p.vector_row + 1),
+              dict(fn=VecFn.ROPE, rows=1, length=7), dict(fn=VecFn.GELU, rows=0, length=8)):
+        with pytest.raises(ValueError, match="BAD_FIELD"):
+            predict(p, [encode(Op.VEC, **f), encode(Op.HALT)], vector=True)
+
+
 def _fuzz_timing(seed, n_valid, n_illegal):
     from sim.fuzz import DEFAULT, run_campaign
 
