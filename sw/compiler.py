@@ -238,8 +238,9 @@ class SmolLM2Compiled(CompiledModel):
         if cap > cfg.context_length:
             raise CompileError(f"a context of {cap} tokens is beyond SmolLM2's context length "
                                f"{cfg.context_length}")
-        if not 1 <= chunk <= cap:
-            raise CompileError(f"prefill chunk must be 1..{cap} tokens, got {chunk}")
+        if chunk < 1:
+            raise CompileError(f"prefill chunk must be at least 1 token, got {chunk}")
+        chunk = min(chunk, cap)  # no step is longer than the context
         super().__init__(p, Image(p))
         self.m, self.cfg, self.cap, self.chunk = m, cfg, cap, chunk
         # the KV cache: a region per layer and KV head, fixed for every program; each layer's
