@@ -12,7 +12,9 @@ and the programs that run on it, each one step of the model with no host in the 
   runtime's caller provides) into the input slot, starts the program with ``pos`` = the
   tokens already in the cache, and reads back the last token's logits (it then picks the
   next token). The KV
-  cache stays on chip between steps (a region per layer and KV head, ``cap`` positions);
+  cache stays on chip between steps (a region per layer and KV head, ``cap`` positions;
+  each layer's heads addressed relative to its ``SETPOS KV_BASE``, so the cache can fill
+  the whole KV buffer);
   every program ends with ``SETPOS pos += T``, so one decode program serves every position.
 - **MiniLM** (:class:`MiniLMCompiled`): one program per sequence length: the embedding sums
   and LayerNorm, the 6 encoder layers; the host writes the word, position and token-type
