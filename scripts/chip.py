@@ -272,7 +272,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from hw.isa import Buf, Op, decode
+    from hw.isa import Buf, Op, buffer_depth, bus_words_per, decode
     from sw.compiler import MiniLMCompiled, SmolLM2Compiled, buffer_kib
 
     p = _config(args)
@@ -297,7 +297,7 @@ def cmd_compile(args) -> int:
     for prog in progs:
         print(f"\nprogram {prog.name}: {prog.length} micro-ops ({prog.T} tokens per run)")
         print("  SRAM use: " + ", ".join(
-            f"{b.name} {prog.usage[b]}/{_depth(p, b)} words"
+            f"{b.name} {prog.usage[b]}/{buffer_depth(p, b)} words"
             + ("" if b == Buf.PRM else f" ({buffer_kib(p, b, prog.usage[b]):.0f} KiB)")
             for b in Buf))
         timing = None
@@ -309,7 +309,7 @@ def cmd_compile(args) -> int:
         for sec in prog.sections:
             ops = [decode(w) for w in prog.words[sec.start:sec.end]]
             cnt = {o: sum(1 for op, _ in ops if op == o) for o in (Op.GEMM, Op.VEC, Op.LOAD)}
-            mib = sum(f["words"] * _bus_per(p, f["buf"]) for op, f in ops
+            mib = sum(f["words"] * bus_words_per(p, f["buf"]) for op, f in ops
                       if op == Op.LOAD) * B / 2**20
             line = (f"  {sec.label:34s} {sec.end - sec.start:6d} {cnt[Op.GEMM]:5d} "
                     f"{cnt[Op.VEC]:5d} {cnt[Op.LOAD]:5d} {mib:9.2f}")
@@ -322,18 +322,6 @@ def cmd_compile(args) -> int:
             print(f"  total predicted: {timing.cycles:,} cycles "
                   f"({p.clock_mhz * 1e6 / timing.cycles:.2f} runs/s at {p.clock_mhz} MHz)")
     return 0
-
-
-def _depth(p, b):
-    from hw.isa import buffer_depth
-
-    return buffer_depth(p, b)
-
-
-def _bus_per(p, buf):
-    from hw.isa import bus_words_per
-
-    return bus_words_per(p, buf)
 
 
 def _predict(p, prog):

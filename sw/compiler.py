@@ -139,6 +139,20 @@ class _Plan:
         self.parts[buf].append((name, n))
         return addr
 
+    def phases(self, buf: Buf, name: str, *phases) -> dict:
+        """One region of ``buf`` shared by phases that never overlap in time: each phase a
+        list of ``(name, words)`` laid out from the region's start; returns each name's
+        address (the region is as large as the largest phase)."""
+        base, need, at = self.top[buf], 0, {}
+        for phase in phases:
+            end = base
+            for nm, n in phase:
+                at[nm] = end
+                end += n
+            need = max(need, end - base)
+        self.alloc(buf, need, name)
+        return at
+
     def rest(self, buf: Buf, name: str, at_least: int) -> tuple[int, int]:
         """Everything left of ``buf`` (at least ``at_least`` words): ``(base, words)``."""
         base = self.top[buf]
@@ -186,9 +200,14 @@ class CompiledModel:
         return self.img.mem[: self.img.next * self.p.offchip_bytes_per_cycle]
 
     def result(self, prog: Program, mem) -> np.ndarray:
-        """A program's output rows (wide [out_rows, out_len]) from an off-chip memory."""
+        """A program's output rows (wide [out_rows, out_len]) from a whole off-chip memory."""
+        return self.output(prog, mem, prog.out_off)
+
+    def output(self, prog: Program, raw, off: int = 0) -> np.ndarray:
+        """The output rows from ``raw``: the bytes of the output region as a device reads them
+        (:meth:`output_bus_words` bus words; ``off``: where the region starts in ``raw``)."""
         W = -(-prog.out_len // per_word(self.p, prog.out_half))
-        words = acc_words(self.p, mem, prog.out_off, prog.out_rows * W)
+        words = acc_words(self.p, raw, off, prog.out_rows * W)
         return wide_rows(self.p, words, prog.out_len, half=prog.out_half)
 
     def input_bytes(self, prog: Program, rows) -> np.ndarray:
@@ -314,20 +333,11 @@ class SmolLM2Compiled(CompiledModel):
         acc_tab = pl.alloc(Buf.ACC, cap * hw, "RoPE table")
         acc_h = pl.alloc(Buf.ACC, T * WD, "residual stream")
         acc_n = pl.alloc(Buf.ACC, T * WD, "norm output")
-        scratch = pl.top[Buf.ACC]
         att = [("q", T2 * WD), ("k", T2 * WK), ("v", T2 * WK), ("scores", T * nq),
                ("attention", T * WA), ("o", T2 * WD)]
         ffn = [("gate", T2 * WF), ("up", T2 * WF)]
         head = [("logits (2 buffers)", 2 * 2 * WL)]
-        regions = {}
-        need = 0
-        for phase in (att, ffn, head):
-            at = scratch
-            for nm, n in phase:
-                regions[nm] = at
-                at += n
-            need = max(need, at - scratch)
-        pl.alloc(Buf.ACC, need, "scratch (attention / FFN / LM head)")
+        regions = pl.phases(Buf.ACC, "scratch (attention / FFN / LM head)", att, ffn, head)
         acc_q, acc_k, acc_v = regions["q"], regions["k"], regions["v"]
         acc_s, acc_att, acc_o = regions["scores"], regions["attention"], regions["o"]
         acc_g, acc_u = regions["gate"], regions["up"]
@@ -545,18 +555,10 @@ class MiniLMCompiled(CompiledModel):
         blocks = [(t0, min(Tb, T - t0)) for t0 in range(0, T, Tb)]
         pl = _Plan(p, f"MiniLM on {T} tokens (row blocks of {Tb})")
         acc_h = pl.alloc(Buf.ACC, T * WD, "hidden states")
-        scratch = pl.top[Buf.ACC]
         phase_a = [("q", Tb * WD), ("k", Tb * WD), ("v", Tb * WD)]
         phase_b = [("scores", Tb * nq), ("attention / FFN2", Tb * WD), ("h1", Tb * WD),
                    ("FFN1", Tb * WF)]
-        reg, need = {}, 0
-        for phase in (phase_a, phase_b):
-            at = scratch
-            for nm, n in phase:
-                reg[nm] = at
-                at += n
-            need = max(need, at - scratch)
-        pl.alloc(Buf.ACC, need, "block scratch")
+        reg = pl.phases(Buf.ACC, "block scratch", phase_a, phase_b)
         acc_q, acc_k, acc_v = reg["q"], reg["k"], reg["v"]
         acc_e = acc_k  # embeddings: position and token-type rows of a block (2 Tb rows)
         acc_s, acc_att, acc_o, acc_f = (reg["scores"], reg["attention / FFN2"], reg["h1"],

@@ -119,12 +119,8 @@ class Runner:
             raise DeviceError(f"{prog.name}: the chip did not finish within its cycle budget")
         if r.error != Err.NONE:
             raise ChipError(prog, Err(r.error), r.error_pc)
-        n = c.output_bus_words(prog)
-        raw = self.dev.read(prog.out_off, n)
-        B = c.p.offchip_bytes_per_cycle
-        mem = np.zeros((prog.out_off + n) * B, np.uint8)
-        mem[prog.out_off * B:] = np.asarray(raw, np.uint8).ravel()
-        return c.result(prog, mem), RunStats(r.cycles, dict(r.counters), r.wall_s)
+        raw = self.dev.read(prog.out_off, c.output_bus_words(prog))
+        return c.output(prog, raw), RunStats(r.cycles, dict(r.counters), r.wall_s)
 
 
 class SmolLM2Runner(Runner):
