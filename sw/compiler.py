@@ -186,6 +186,13 @@ class CompiledModel:
     def _place(self, name: str, T: int, b: Builder, plan: _Plan, sections, in_off, out_off,
                out_rows, out_len, out_half, in_half) -> Program:
         words = b.program()
+        # a section ends where its last op was emitted (with reordering, ops of the next
+        # one may come before: the sections are the program cut at those points)
+        cut, at = [], 0
+        for label, _, end in sections:
+            cut.append(Section(label, at, max(at, b.pc_of(end))))
+            at = cut[-1].end
+        sections = cut
         if len(words) > self.p.uop_depth:
             raise CompileError(f"{name}: {len(words)} micro-ops do not fit the micro-op memory "
                                f"of {self.p.uop_depth} (grow ChipParams.uop_depth)")
@@ -225,7 +232,7 @@ class CompiledModel:
 
 
 def _sections_start(b: Builder) -> int:
-    return len(b.ops)
+    return b.mark()
 
 
 # -- SmolLM2 ----------------------------------------------------------------------------------
@@ -359,7 +366,7 @@ class SmolLM2Compiled(CompiledModel):
         pl.alloc(Buf.KV, self.kv_words, f"KV cache ({cap} positions)")
         pl.check()
 
-        b = Builder(p, self.img, pos_hi=cap - T)
+        b = Builder(p, self.img, pos_hi=cap - T, reorder=True)
         b.top.update(pl.top)
         sections = []
 
@@ -378,7 +385,7 @@ class SmolLM2Compiled(CompiledModel):
             rows(VecFn.RESIDUAL, acc, length, stride, n=n, src_b=acc + n * stride, **kw)
 
         def section(label, start):
-            sections.append(Section(label, start, len(b.ops)))
+            sections.append((label, start, b.mark()))
 
         s0 = _sections_start(b)
         in_off = b.img.reserve(Buf.ACC, T * WD)
@@ -582,12 +589,12 @@ class MiniLMCompiled(CompiledModel):
         wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
         pl.check()
 
-        b = Builder(p, self.img)
+        b = Builder(p, self.img, reorder=True)
         b.top.update(pl.top)
         sections = []
 
         def section(label, start):
-            sections.append(Section(label, start, len(b.ops)))
+            sections.append((label, start, b.mark()))
 
         def gemm(qw, bias, a, n, out, stride):
             b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm)

@@ -1020,6 +1020,219 @@ def _port_conflict(fa, fb) -> bool:
                for sa, _, _, wa in fa for sb, _, _, wb in fb)
 
 
+#: The sequencer's own ops (``SETPOS``; ``WAIT``, ``NOP`` as barriers) as one more in-order
+#: stream of :class:`_Reorder`.
+_SEQ = "seq"
+
+
+def _follows(op: Op, f: dict) -> tuple[bool, bool]:
+    """Whether an op reads ``pos`` and whether it reads ``kv_base`` (as the sequencer attached
+    them): the ops a ``SETPOS`` of that register must stay ordered with."""
+    if op == Op.KV_APPEND:
+        return True, True
+    if op == Op.GEMM:
+        return f["dyn"] == Dyn.POS, f["wsrc"] != WSrc.WGT or f["psrc"] == PSrc.KV
+    if op == Op.VEC:
+        fn = f["fn"]
+        pos = (f["dyn"] == Dyn.POS or fn == VecFn.ROPE
+               or (fn in (VecFn.SOFTMAX, VecFn.QUANT) and bool(f["causal"])))
+        return pos, fn == VecFn.QUANT and bool(f["vfold"])
+    return False, False
+
+
+def est_cycles(p: ChipParams, op: Op, f: dict, pos: int) -> int:
+    """A rough duration of a unit op at context ``pos`` (cycles from start to done), for
+    ordering a program (:class:`Builder` with ``reorder``): the shapes of ``sim/timing.py``'s
+    closed forms without their exact constants (``sw/`` does not import the timing model;
+    nothing here decides a result, only which of two independent ops is emitted first).
+    ``LOAD`` / ``STORE``: the bus words only (the latency is :func:`_est_latency`)."""
+    R, C, PC = p.rows, p.cols, p.cols // 2
+    if op in (Op.LOAD, Op.STORE):
+        return f["words"] * bus_words_per(p, Buf(f["buf"]))
+    if op == Op.GEMM:
+        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
+        if f["dyn"] == Dyn.POS:
+            if f["wsrc"] == WSrc.KV_TILED:
+                n = -(-(pos + T) // PC)
+            else:
+                k = -(-(pos + T) // R)
+        return 2 * R + C + 20 + (n * k - 1) * max(R, T + 1) + T
+    if op == Op.KV_APPEND:
+        g = p.numerics.act_group
+        per = 1 + sum(3 + R + int((w * R) % g == 0) + int(w == 0) for w in range(f["d"] // R))
+        return 3 + f["t_len"] * per
+    if op == Op.VEC:
+        fn, rows = f["fn"], f["rows"]
+        length = pos + rows if f["dyn"] == Dyn.POS else f["length"]
+        W = -(-max(length, 1) // (PC if f["half"] else C))
+        passes = 2 if fn == VecFn.QUANT and f["qmode"] != QuantMode.INT8 else 1
+        row_op = fn in (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
+        return 20 + (2 * W if row_op else 0) + rows * max(W * passes, 2)
+    return 0
+
+
+class _Reorder:
+    """The ops a :class:`Builder` with ``reorder`` was given (their *logical* order, the order
+    that defines the program's results) and the order it emits them in.
+
+    Dependences: op ``i`` depends on the newest earlier op of every other unit whose
+    footprint conflicts with its own (a word one writes and the other reads or writes; the
+    same hulls the WAITs are placed from), and on the ``SETPOS`` of a register it follows
+    (a ``SETPOS`` on every op that follows its register); ops of one unit keep their order
+    (their queue runs them in order). Any order that keeps these computes what the logical
+    order computes, and the Builder's WAITs make it so on the chip.
+
+    Emission (:meth:`run`, list scheduling): of the next op of each unit whose dependences
+    have been emitted, the one a simple model of the sequencer and the units (``est_cycles``)
+    starts first; ties in logical order. Only the interleaving of the units' streams is
+    chosen: each unit's order is the compiler's."""
+
+    def __init__(self, b: "Builder", est_pos: int):
+        self.b = b
+        self.est_pos = est_pos
+        self.items: list[tuple] = []
+        self.lists: dict = {k: [] for k in (*Unit, _SEQ)}
+        self.depth = {buf: buffer_depth(b.p, buf) for buf in Buf}
+        self.last: dict = {buf: {} for buf in Buf}   # buf -> (stream, write) -> newest index
+        self.off_reads: list = []
+        self.off_writes: list = []
+        self.last_set = {PosReg.POS: -1, PosReg.KV_BASE: -1}
+        self.users: dict = {PosReg.POS: {}, PosReg.KV_BASE: {}}
+        self.barrier = -1
+
+    def add(self, word: int, op: Op, f: dict, unit, fp) -> None:
+        i = len(self.items)
+        key = unit if unit is not None else _SEQ
+        deps: dict = {}
+
+        def dep(k, j):
+            if j >= 0 and k != key and j > deps.get(k, -1):
+                deps[k] = j
+
+        dep(_SEQ, self.barrier)
+        writes = ()
+        if unit is None:
+            if op == Op.SETPOS:
+                reg = PosReg(f["reg"])
+                for k, j in self.users[reg].items():
+                    dep(k, j)
+                self.last_set[reg] = i
+            else:  # WAIT, NOP, HALT: everything before, everything after
+                for k, lst in self.lists.items():
+                    if lst:
+                        dep(k, lst[-1])
+                self.barrier = i
+        else:
+            for reg, used in zip(PosReg, _follows(op, f), strict=True):
+                if used:
+                    dep(_SEQ, self.last_set[reg])
+                    self.users[reg][unit] = i
+            hulls = []
+            for space, lo, hi, write in fp:
+                if space == OFFCHIP:
+                    for lo2, hi2, j, k in self.off_writes + (self.off_reads if write else []):
+                        if lo < hi2 and lo2 < hi:
+                            dep(k, j)
+                    (self.off_writes if write else self.off_reads).append((lo, hi, i, key))
+                    continue
+                lo, hi = max(lo, 0), min(hi, self.depth[space])
+                if lo >= hi:
+                    continue
+                hulls.append((space, lo, hi, write))
+                for (k, w), arr in self.last[space].items():
+                    if k != key and (w or write):
+                        dep(k, int(arr[lo:hi].max()))
+            for space, lo, hi, write in hulls:
+                arr = self.last[space].get((key, write))
+                if arr is None:
+                    arr = self.last[space][key, write] = np.full(self.depth[space], -1,
+                                                                 np.int32)
+                arr[lo:hi] = i
+            writes = tuple({space for space, _, _, w in hulls if w})
+        dur = est_cycles(self.b.p, op, f, self.est_pos) if unit is not None else 0
+        self.items.append((word, unit, fp, deps, dur, writes))
+        self.lists[key].append(i)
+
+    def run(self, base: int) -> None:
+        """Emit every op through the Builder, in the scheduled order (logical position
+        ``base + i`` for the ``i``-th op given), and start over empty."""
+        b, items = self.b, self.items
+        p = b.p
+        D, L = p.queue_depth, p.offchip_latency
+        n = len(items)
+        done = bytearray(n)
+        end = [0] * n
+        heads = dict.fromkeys(self.lists, 0)
+        emitted = {u: [] for u in Unit}     # logical indices in queue order
+        starts = {u: [] for u in Unit}
+        free = dict.fromkeys(Unit, 0)
+        port_end: dict = {}                 # (buf, unit) -> end of its newest writer
+        t = 0                               # the sequencer's next issue cycle
+
+        def issue_floor(x, unit, writes):
+            if unit is None:
+                return x
+            for space in writes:
+                for u in Unit:
+                    if u != unit:
+                        x = max(x, port_end.get((space, u), -1) + 1)
+            st = starts[unit]
+            if len(st) >= D - 1:
+                x = max(x, st[-(D - 1)] + 1)
+            return x
+
+        def start_of(x, unit):
+            if unit == Unit.LOAD:
+                return max(x + 3, free[unit])
+            return max(x + 2, free[unit] + 1)
+
+        for _ in range(n):
+            best = None
+            for key, lst in self.lists.items():
+                h = heads[key]
+                if h == len(lst):
+                    continue
+                i = lst[h]
+                _, unit, _, deps, _, writes = items[i]
+                if not all(done[j] for j in deps.values()):
+                    continue
+                x = t
+                for j in deps.values():
+                    x = max(x, end[j] + 1)
+                x = issue_floor(x, unit, writes)
+                s = start_of(x, unit) if unit is not None else x
+                if best is None or (s, i) < (best[0], best[1]):
+                    best = (s, i, key)
+            _, i, key = best
+            heads[key] += 1
+            done[i] = 1
+            word, unit, fp, deps, dur, writes = items[i]
+            waits = b._place(word, unit, fp, base + i)
+            x = t
+            for u, count in waits:
+                em = emitted[u]
+                k = len(em) - count - 1
+                if k >= 0:
+                    x = max(x, end[em[k]] + 1)
+                x += 2
+            if unit is None:
+                end[i] = x
+            else:
+                x = issue_floor(x, unit, ())
+                s = start_of(x, unit)
+                if unit in (Unit.LOAD, Unit.STORE):
+                    free[unit] = s + dur
+                    end[i] = s + dur + L + 4
+                else:
+                    end[i] = free[unit] = s + dur
+                starts[unit].append(s)
+                emitted[unit].append(i)
+                for space in writes:
+                    port_end[space, unit] = end[i]
+            t = x + 2
+        self.__init__(b, self.est_pos)
+
+
 class Builder:
     """A micro-op program on an :class:`Image`, written op by op; every ``WAIT`` is placed
     from the ops' :func:`footprint`\\ s: before an op, for each other unit, a ``WAIT`` that
@@ -1032,11 +1245,20 @@ class Builder:
     program's start, as on the chip; every ``SETPOS reg = KV_BASE`` moves it), which every
     op's footprint adds to its KV addresses.
 
+    With ``reorder``, the ops given are the program's logical order and the Builder emits
+    them in an order of its own (:class:`_Reorder`, when the program is taken): every unit's
+    ops in the order given, the units' streams interleaved so that an op whose operands are
+    ready is not held up behind a ``WAIT`` of another stream (e.g. the next layer's weights
+    loaded while this one's attention runs). :meth:`mark` / :meth:`pc_of` map positions in
+    the logical order to program positions.
+
     Buffers are handed out by :meth:`alloc` (a bump allocator per buffer; reuse a region by
-    passing its address again, the WAITs keep it safe)."""
+    passing its address again, the WAITs keep it safe). Streamed weights
+    (:meth:`weight_gemm`) alternate between the two halves of their WGT / PRM regions across
+    calls, so the next GEMM's first chunk loads while the last chunk of the one before runs."""
 
     def __init__(self, p: ChipParams, img: Image | None = None, pos_hi: int = 0,
-                 ports: bool = True):
+                 ports: bool = True, reorder: bool = False, est_pos: int | None = None):
         self.p = p
         self.ports = ports
         self.img = img if img is not None else Image(p)
@@ -1045,6 +1267,10 @@ class Builder:
         self.ops: list[int] = []
         self.pending = {u: [] for u in Unit}  # footprints of possibly unfinished ops
         self.top = dict.fromkeys(Buf, 0)
+        self.placed: list[int] = []           # program position of each logical op
+        self._queue = _Reorder(self, pos_hi // 2 if est_pos is None else est_pos) \
+            if reorder else None
+        self._half: dict = {}                 # streamed-weight regions -> next half
 
     def alloc(self, buf: Buf, n: int) -> int:
         addr = self.top[buf]
@@ -1053,6 +1279,15 @@ class Builder:
                              f"its {buffer_depth(self.p, buf)}")
         self.top[buf] += n
         return addr
+
+    def mark(self) -> int:
+        """The logical position of the next op given."""
+        return len(self.placed) + (len(self._queue.items) if self._queue is not None else 0)
+
+    def pc_of(self, mark: int) -> int:
+        """The program position after every op given before ``mark`` (once emitted)."""
+        self.flush()
+        return max(self.placed[:mark], default=-1) + 1
 
     def emit(self, word: int) -> None:
         op, f = decode(word)
@@ -1063,8 +1298,17 @@ class Builder:
                 raise ValueError(f"Builder: kv_base {base} is beyond the KV buffer "
                                  f"({buffer_depth(self.p, Buf.KV)} words)")
             self.kv_base = base
+        fp = footprint(self.p, word, self.pos_hi, self.kv_base) if unit is not None else None
+        if self._queue is not None:
+            self._queue.add(word, op, f, unit, fp)
+        else:
+            self._place(word, unit, fp, len(self.placed))
+
+    def _place(self, word: int, unit, fp, index: int) -> list:
+        """Emit one op now (logical position ``index``) after the WAITs its footprint needs;
+        returns them as ``(unit, count)``."""
+        waits = []
         if unit is not None:
-            fp = footprint(self.p, word, self.pos_hi, self.kv_base)
             for u, pend in self.pending.items():
                 hits = [i for i, q in enumerate(pend)
                         if _conflict(q, fp) or (self.ports and _port_conflict(q, fp))]
@@ -1072,9 +1316,19 @@ class Builder:
                     continue
                 count = min(len(pend) - hits[-1] - 1, 15)  # all but the newest `count` finish
                 self.ops.append(encode(Op.WAIT, unit=u, count=count))
+                waits.append((u, count))
                 self.pending[u] = pend[len(pend) - count:] if count else []
             self.pending[unit].append(fp)
+        if index >= len(self.placed):
+            self.placed.extend([-1] * (index + 1 - len(self.placed)))
+        self.placed[index] = len(self.ops)
         self.ops.append(word)
+        return waits
+
+    def flush(self) -> None:
+        """Emit every op given so far (with ``reorder``: in the scheduled order)."""
+        if self._queue is not None and self._queue.items:
+            self._queue.run(len(self.placed))
 
     def load(self, buf: Buf, sram: int, fields: dict, key=None) -> int:
         """LOAD words of ``buf`` (placed in the image; with ``key``, placed once per image
@@ -1099,12 +1353,14 @@ class Builder:
         self.emit(encode(Op.VEC, fn=fn, **fields))
 
     def weight_gemm(self, qw, bias, a_addr: int, t_len: int, acc_addr: int, acc_stride: int,
-                    wgt: tuple[int, int], prm: tuple[int, int]) -> None:
+                    wgt: tuple[int, int], prm: tuple[int, int],
+                    blocks: tuple[int, int] | None = None) -> None:
         """``gemm(x8, xs, qw, bias)`` of the ``t_len`` A8 rows at ACT ``a_addr`` (``K / R``
         words each) into ACC ``acc_addr + t * acc_stride + j``, the weights streamed: output
         blocks in chunks as large as half of each region ``(base, words)`` of WGT and PRM
-        holds, the two halves alternating (a chunk's tiles, group and out words are loaded
-        while the chunk before runs)."""
+        holds (split evenly), the two halves alternating (a chunk's tiles, group and out words
+        are loaded while the chunk before runs). ``blocks = (j0, j1)``: only output blocks
+        ``j0 .. j1 - 1`` (a GEMM emitted in parts, other work between them)."""
         p = self.p
         R = p.rows
         mode = GridMode.W4A8 if qw.bits == 4 else GridMode.INT8
@@ -1121,12 +1377,18 @@ class Builder:
                              f"half of WGT {wgt} and PRM {prm}")
         bias_id = None if bias is None else id(bias)  # keys name objects alive while built
         bias = np.zeros(N, np.int64) if bias is None else bias
-        for i, j0 in enumerate(range(0, nb, per)):
-            j1 = min(j0 + per, nb)
+        b0, b1 = (0, nb) if blocks is None else blocks
+        if not 0 <= b0 < b1 <= nb:
+            raise ValueError(f"Builder.weight_gemm: blocks {blocks} are not a range of the "
+                             f"{nb} output blocks")
+        for j0, j1 in _split(b1 - b0, -(-(b1 - b0) // per)):  # equal chunks: none short
+            j0, j1 = j0 + b0, j1 + b0
             sw = sub_weight(qw, 0, K, j0 * nc, min(j1 * nc, N))
             group, out = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
-            w_sram = wgt[0] + (i % 2) * half_w
-            p_sram = prm[0] + (i % 2) * half_p
+            h = self._half.get((wgt, prm), 0)
+            self._half[wgt, prm] = 1 - h
+            w_sram = wgt[0] + h * half_w
+            p_sram = prm[0] + h * half_p
             key = (id(qw), bias_id, j0, j1)
             self.load(Buf.WGT, w_sram, weight_fields(p, sw.q, mode), key=key)
             ng = self.load(Buf.PRM, p_sram, group, key=key + ("group",))
@@ -1139,4 +1401,5 @@ class Builder:
 
     def program(self) -> list[int]:
         """The micro-ops, ending in ``HALT`` (which drains every unit)."""
+        self.flush()
         return self.ops + [encode(Op.HALT)]
