@@ -28,9 +28,13 @@ not carry a copy of the golden numerics (``chip`` passes ``sim.golden.embed``).
 Tiling and schedule (per op, :class:`sw.programs.Builder`): the residual stream and every
 intermediate of a layer live in ACC / ACT (the ``half`` layout for INT8 GEMM outputs); weight
 GEMMs stream their weights and column parameters through alternating halves of WGT and PRM,
-each chunk loaded while the one before runs; attention runs per head on the KV cache
-(``KV_APPEND``, QKᵀ, softmax, P·V in two planes); every ``WAIT`` is placed from the ops'
-buffer footprints, so units overlap wherever the data allow.
+each chunk loaded while the one before runs (the halves alternate across GEMMs and layers);
+attention runs per head on the KV cache (``KV_APPEND``, QKᵀ, softmax, P·V in two planes).
+The compiler writes each program in a *logical* order that fixes every unit's sequence of
+ops (which GEMM runs after which, e.g. MiniLM's blocks software-pipelined); the Builder
+(``reorder``) interleaves the units' sequences so that no op waits behind a ``WAIT`` it does
+not need (the next weights load during attention and vector work) and places every ``WAIT``
+from the ops' buffer footprints and the timing model's write-port rules.
 
 What does not fit is a :class:`CompileError` naming the buffer, the words needed and the words
 the configuration has (and the ``ChipParams`` field to grow), before any program is built.
@@ -548,11 +552,20 @@ class MiniLMCompiled(CompiledModel):
         raise err
 
     def _build_blocked(self, T: int, name: str, Tb: int) -> Program:
-        """The encoder on ``T`` tokens in row blocks of ``Tb``: per block, the embeddings
-        and the Q, K, V projections (K and V appended to the cache at the block's
-        positions); then per block, attention over all ``T`` keys, the output projection,
-        both LayerNorms and the FFN, the block's rows of the hidden states overwritten. Each
-        weight GEMM streams its weights once per block."""
+        """The encoder on ``T`` tokens in row blocks of ``Tb``.
+
+        Per layer, phase A: per block, the K, V and Q projections (K and V appended to the
+        cache at the block's positions as soon as their GEMM is done, while the next GEMM
+        runs), the next block's GEMMs going on meanwhile (Q, K, V and GEMM inputs in two
+        alternating sets). Phase B, software-pipelined over the blocks: attention of block
+        ``k`` over all ``T`` keys (per head QKᵀ one head ahead of P·V, two score buffers),
+        then the first half of block ``k - 1``'s FFN2, block ``k``'s output projection, the
+        second half of ``k - 1``'s FFN2 and its residual / LayerNorm, then ``k``'s FFN1.
+        The grid thus always has another block's GEMM to run while the vector unit quantizes
+        (the attention output, h1, the GELU output: ACT writes, which the ACC write port
+        rules let overlap any GEMM), and a block's rows of the hidden states are
+        overwritten (stored, after the last layer) as its FFN2 ends. Each weight GEMM
+        streams its weights once per block."""
         p, cfg, m = self.p, self.cfg, self.m
         R, C, PC = p.rows, p.cols, p.cols // 2
         D, H, dh, Dff = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_ff
@@ -562,15 +575,15 @@ class MiniLMCompiled(CompiledModel):
         blocks = [(t0, min(Tb, T - t0)) for t0 in range(0, T, Tb)]
         pl = _Plan(p, f"MiniLM on {T} tokens (row blocks of {Tb})")
         acc_h = pl.alloc(Buf.ACC, T * WD, "hidden states")
-        phase_a = [("q", Tb * WD), ("k", Tb * WD), ("v", Tb * WD)]
-        phase_b = [("scores", Tb * nq), ("attention / FFN2", Tb * WD), ("h1", Tb * WD),
-                   ("FFN1", Tb * WF)]
+        phase_a = [("q, k, v (two blocks)", 2 * 3 * Tb * WD)]
+        phase_b = [("scores (two heads)", 2 * Tb * nq),
+                   ("attention / h1 (two blocks)", 2 * Tb * WD), ("FFN1 / FFN2", Tb * WF)]
         reg = pl.phases(Buf.ACC, "block scratch", phase_a, phase_b)
-        acc_q, acc_k, acc_v = reg["q"], reg["k"], reg["v"]
-        acc_e = acc_k  # embeddings: position and token-type rows of a block (2 Tb rows)
-        acc_s, acc_att, acc_o, acc_f = (reg["scores"], reg["attention / FFN2"], reg["h1"],
-                                        reg["FFN1"])
-        act_x = pl.alloc(Buf.ACT, Tb * KD, "GEMM inputs")
+        acc_qkv = reg["q, k, v (two blocks)"]
+        acc_e = acc_qkv  # embeddings: position and token-type rows of a block (2 Tb rows)
+        acc_s, acc_x, acc_f = (reg["scores (two heads)"], reg["attention / h1 (two blocks)"],
+                               reg["FFN1 / FFN2"])
+        act_x = pl.alloc(Buf.ACT, 2 * Tb * KD, "GEMM inputs (two blocks)")
         act_g = pl.alloc(Buf.ACT, Tb * KF, "FFN2 input")
         act_q = pl.alloc(Buf.ACT, H * T * wq, "queries of every head")
         act_kv = pl.alloc(Buf.ACT, H * 2 * Tb * wq, "a block's keys and values")
@@ -596,8 +609,8 @@ class MiniLMCompiled(CompiledModel):
         def section(label, start):
             sections.append((label, start, b.mark()))
 
-        def gemm(qw, bias, a, n, out, stride):
-            b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm)
+        def gemm(qw, bias, a, n, out, stride, part=None):
+            b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm, blocks=part)
 
         def quant(src, stride, length, dst, n, **kw):
             b.vec(VecFn.QUANT, half=1, rows=n, length=length, src_a=src, src_stride=stride,
@@ -630,61 +643,131 @@ class MiniLMCompiled(CompiledModel):
                 rows_op(VecFn.LAYERNORM, h, D, n, prm=prm_ln1)
         section("embeddings" if self.embeddings else "input", s0)
 
-        for li, L in enumerate(m.layers[:self.n_layers]):
-            s0 = _sections_start(b)
+        nb = len(blocks)
+        out_off = b.img.reserve(Buf.ACC, T * WD)
+        w2_blocks = -(-D // E)
+        w2_halves = [(0, w2_blocks // 2), (w2_blocks // 2, w2_blocks)]
+
+        def layer(L, last_layer):
+            """One encoder layer: phase A, then phase B (see above)."""
             b.load(Buf.PRM, prm_ln1, norm_prm_fields(p, [L.ln1_g, L.ln1_b], cfg.ln_eps),
                    key=(id(L), 1))
             b.load(Buf.PRM, prm_ln2, norm_prm_fields(p, [L.ln2_g, L.ln2_b], cfg.ln_eps),
                    key=(id(L), 2))
-            # -- phase A: Q, K, V of each block; K and V into the cache at its positions
-            for t0, n in blocks:
-                quant(acc_h + t0 * WD, WD, D, act_x, n)
-                for qw, bias, out in ((L.wq, L.bq, acc_q), (L.wk, L.bk, acc_k),
-                                      (L.wv, L.bv, acc_v)):
-                    gemm(qw, bias, act_x, n, out, WD)
+
+            # -- phase A: K, V, Q of each block; K and V into the cache at its positions
+            def x_of(k):  # a block's GEMM input (A8 rows), two alternating buffers
+                return act_x + (k % 2) * Tb * KD
+
+            quant(acc_h, WD, D, x_of(0), blocks[0][1])
+            for k, (t0, n) in enumerate(blocks):
+                base = acc_qkv + (k % 2) * 3 * Tb * WD
+                acc_q, acc_k, acc_v = base, base + Tb * WD, base + 2 * Tb * WD
+                for qw, bias, out in ((L.wk, L.bk, acc_k), (L.wv, L.bv, acc_v),
+                                      (L.wq, L.bq, acc_q)):
+                    gemm(qw, bias, x_of(k), n, out, WD)
                 b.emit(encode(Op.SETPOS, value=t0))
-                for i, kvh in enumerate(heads):
-                    col = i * dh // E
-                    a_k = act_kv + i * 2 * Tb * wq
-                    a_v = a_k + Tb * wq
-                    quant(acc_q + col, WD, dh, act_q + (i * T + t0) * wq, n)
-                    quant(acc_k + col, WD, dh, a_k, n)
-                    quant(acc_v + col, WD, dh, a_v, n, per_row=1)
-                    b.emit(kvh.append(KvKind.KEY, n, a_k))
-                    b.emit(kvh.append(KvKind.VALUE, n, a_v))
-            # -- phase B: attention over every key, then the rest of the layer, per block
-            for t0, n in blocks:
+                for kind, acc, per_row in ((KvKind.KEY, acc_k, 0), (KvKind.VALUE, acc_v, 1)):
+                    for i, kvh in enumerate(heads):
+                        a = act_kv + (2 * i + kind) * Tb * wq
+                        quant(acc + i * dh // E, WD, dh, a, n, per_row=per_row)
+                        b.emit(kvh.append(kind, n, a))
+                if k + 1 < nb:  # the next block's GEMM input before this one's queries
+                    t1, n1 = blocks[k + 1]
+                    quant(acc_h + t1 * WD, WD, D, x_of(k + 1), n1)
+                for i in range(H):
+                    quant(acc_q + i * dh // E, WD, dh, act_q + (i * T + t0) * wq, n)
+
+            # -- phase B, software-pipelined over the blocks (see the docstring)
+            ax = act_x  # the attention output, then h1 (quantized)
+
+            def xb(k):  # a block's attention output -> Wo output -> h1
+                return acc_x + (k % 2) * Tb * WD
+
+            def attention(k, extra):
+                """Attention of block ``k``, QKᵀ a head ahead of P·V; ``extra``: VEC ops
+                (callables) spread between the heads."""
+                t0, n = blocks[k]
                 b.emit(encode(Op.SETPOS, value=T - n))  # pos + rows = T keys visible
-                for i, kvh in enumerate(heads):
+                every = -(-H // max(len(extra), 1))
+
+                def scores(i):
+                    kvh = heads[i]
+                    s = acc_s + (i % 2) * Tb * nq
                     a_p = act_p + (i % 2) * 2 * Tb * kq
-                    col = i * dh // E
-                    b.emit(kvh.qk(n, act_q + (i * T + t0) * wq, acc_s, nq))
-                    b.vec(VecFn.SOFTMAX, half=1, rows=n, dyn=Dyn.POS, src_a=acc_s,
-                          src_stride=nq, dst=acc_s, dst_stride=nq)
+                    b.emit(kvh.qk(n, act_q + (i * T + t0) * wq, s, nq))
+                    b.vec(VecFn.SOFTMAX, half=1, rows=n, dyn=Dyn.POS, src_a=s,
+                          src_stride=nq, dst=s, dst_stride=nq)
                     b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1,
-                          rows=n, src_a=acc_s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G,
+                          rows=n, src_a=s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G,
                           dst=a_p, dst_stride=kq)
-                    b.emit(kvh.pv(0, n, a_p, kq, acc_att + col, prm_pv, prm_pv + 2 * nv, WD))
-                    b.emit(kvh.pv(1, n, a_p + n * kq, kq, acc_att + col, prm_pv + nv,
-                                  prm_pv + 2 * nv, WD))
+
+                def pv(i):
+                    kvh = heads[i]
+                    a_p = act_p + (i % 2) * 2 * Tb * kq
+                    col = xb(k) + i * dh // E
+                    b.emit(kvh.pv(0, n, a_p, kq, col, prm_pv, prm_pv + 2 * nv, WD))
+                    b.emit(kvh.pv(1, n, a_p + n * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv,
+                                  WD))
+
+                scores(0)
+                for i in range(H):
+                    if i + 1 < H:
+                        scores(i + 1)
+                    pv(i)
+                    if extra and i % every == every - 1:
+                        extra.pop(0)()
+                while extra:
+                    extra.pop(0)()
+                quant(xb(k), WD, D, ax, n)
+
+            def ffn2_quant(k, pieces):  # quantize block k's GELU output, in row pieces
+                _, n = blocks[k]
+                cuts = _row_pieces(n, pieces)
+                return [lambda r0=r0, r1=r1: quant(acc_f + r0 * WF, WF, Dff, act_g + r0 * KF,
+                                                   r1 - r0) for r0, r1 in cuts]
+
+            def ffn2(k, part):
+                gemm(L.w2, L.b2, act_g, blocks[k][1], acc_f, WD, part)
+
+            def finish(k):  # h = LN2(h1 + FFN2), over the block's rows of the hidden states
+                t0, n = blocks[k]
                 h = acc_h + t0 * WD
-                quant(acc_att, WD, D, act_x, n)
-                gemm(L.wo, L.bo, act_x, n, acc_o, WD)
-                rows_op(VecFn.RESIDUAL, acc_o, D, n, src_b=h)
-                rows_op(VecFn.LAYERNORM, acc_o, D, n, prm=prm_ln1)  # h1
-                quant(acc_o, WD, D, act_x, n)
-                gemm(L.w1, L.b1, act_x, n, acc_f, WF)
+                rows_op(VecFn.RESIDUAL, xb(k), D, n, src_b=acc_f)
+                rows_op(VecFn.LAYERNORM, xb(k), D, n, dst=h, prm=prm_ln2)
+                if last_layer:
+                    b.emit(encode(Op.STORE, buf=Buf.ACC, sram=h, words=n * WD,
+                                  off=out_off + t0 * WD * bpw))
+
+            for k, (t0, n) in enumerate(blocks):
+                attention(k, ffn2_quant(k - 1, H) if k else [])
+                if k:
+                    ffn2(k - 1, w2_halves[0])
+                gemm(L.wo, L.bo, ax, n, xb(k), WD)
+                rows_op(VecFn.RESIDUAL, xb(k), D, n, src_b=acc_h + t0 * WD)
+                rows_op(VecFn.LAYERNORM, xb(k), D, n, prm=prm_ln1)  # h1
+                quant(xb(k), WD, D, ax, n)
+                if k:
+                    ffn2(k - 1, w2_halves[1])
+                    finish(k - 1)
+                gemm(L.w1, L.b1, ax, n, acc_f, WF)
                 rows_op(VecFn.GELU, acc_f, Dff, n)
-                quant(acc_f, WF, Dff, act_g, n)
-                gemm(L.w2, L.b2, act_g, n, acc_att, WD)
-                rows_op(VecFn.RESIDUAL, acc_att, D, n, src_b=acc_o)
-                rows_op(VecFn.LAYERNORM, acc_att, D, n, dst=h, prm=prm_ln2)
+            for q in ffn2_quant(nb - 1, 1):
+                q()
+            ffn2(nb - 1, None)
+            finish(nb - 1)
+
+        for li, L in enumerate(m.layers[:self.n_layers]):
+            s0 = _sections_start(b)
+            layer(L, li == self.n_layers - 1)
             section(f"layer {li}", s0)
 
-        s0 = _sections_start(b)
-        out_off = b.img.reserve(Buf.ACC, T * WD)
-        b.emit(encode(Op.STORE, buf=Buf.ACC, sram=acc_h, words=T * WD, off=out_off))
-        section("store", s0)
         prog = self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
         prog.block, prog.in_rows = Tb, in_rows
         return prog
+
+
+def _row_pieces(n: int, pieces: int) -> list[tuple[int, int]]:
+    """Rows ``0 .. n - 1`` in ``pieces`` contiguous, nearly equal ranges (none empty)."""
+    pieces = max(1, min(pieces, n))
+    return [(n * i // pieces, n * (i + 1) // pieces) for i in range(pieces)]

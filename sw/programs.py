@@ -1087,6 +1087,12 @@ class _Reorder:
     starts first; ties in logical order. Only the interleaving of the units' streams is
     chosen: each unit's order is the compiler's."""
 
+    #: Candidates starting within this many cycles of the earliest count as simultaneous:
+    #: the one first in logical order goes (the estimate is rough, and the logical order
+    #: knows the data flow: a vector op that a later GEMM waits for goes before a GEMM
+    #: that merely could start two cycles earlier).
+    SLOP = 64
+
     def __init__(self, b: "Builder", est_pos: int):
         self.b = b
         self.est_pos = est_pos
@@ -1099,6 +1105,7 @@ class _Reorder:
         self.last_set = {PosReg.POS: -1, PosReg.KV_BASE: -1}
         self.users: dict = {PosReg.POS: {}, PosReg.KV_BASE: {}}
         self.barrier = -1
+        self.pos = est_pos
 
     def add(self, word: int, op: Op, f: dict, unit, fp) -> None:
         i = len(self.items)
@@ -1117,6 +1124,8 @@ class _Reorder:
                 for k, j in self.users[reg].items():
                     dep(k, j)
                 self.last_set[reg] = i
+                if reg == PosReg.POS:  # the context the estimates of later ops take
+                    self.pos = self.pos + f["value"] if f["add"] else f["value"]
             else:  # WAIT, NOP, HALT: everything before, everything after
                 for k, lst in self.lists.items():
                     if lst:
@@ -1149,7 +1158,7 @@ class _Reorder:
                                                                  np.int32)
                 arr[lo:hi] = i
             writes = tuple({space for space, _, _, w in hulls if w})
-        dur = est_cycles(self.b.p, op, f, self.est_pos) if unit is not None else 0
+        dur = est_cycles(self.b.p, op, f, self.pos) if unit is not None else 0
         self.items.append((word, unit, fp, deps, dur, writes))
         self.lists[key].append(i)
 
@@ -1187,7 +1196,7 @@ class _Reorder:
             return max(x + 2, free[unit] + 1)
 
         for _ in range(n):
-            best = None
+            cands = []
             for key, lst in self.lists.items():
                 h = heads[key]
                 if h == len(lst):
@@ -1200,10 +1209,9 @@ class _Reorder:
                 for j in deps.values():
                     x = max(x, end[j] + 1)
                 x = issue_floor(x, unit, writes)
-                s = start_of(x, unit) if unit is not None else x
-                if best is None or (s, i) < (best[0], best[1]):
-                    best = (s, i, key)
-            _, i, key = best
+                cands.append((start_of(x, unit) if unit is not None else x, i, key))
+            first = min(s for s, _, _ in cands)
+            i, _, key = min((i, s, key) for s, i, key in cands if s <= first + self.SLOP)
             heads[key] += 1
             done[i] = 1
             word, unit, fp, deps, dur, writes = items[i]
