@@ -335,7 +335,17 @@ class SmolLM2Compiled(CompiledModel):
         T2 = 2 * T
         WD, WK, WF, WA = D // C, Hkv * dh // C, Dff // C, D // PC
         KD, KF = D // R, Dff // R
-        nq, kq, nv, wq, hw = -(-cap // PC), -(-cap // R), dh // PC, dh // R, dh // C
+        kq, nv, wq, hw = -(-cap // R), dh // PC, dh // R, dh // C
+        # GQA: the rep query heads of a KV head share one QKᵀ, their rows stacked (g = rep
+        # rows of T each). It covers keys up to pos + g T - 1: the ones past pos + T - 1 are
+        # not written yet (softmax never reads them), the KV words past the head's keys are
+        # the region's next ones; unless that would read past the KV buffer, g = 1
+        g = rep
+        kvh, n_max = self.heads[-1][-1], -(-(cap + (g - 1) * T) // PC)
+        if self.kv_bases[-1] + max(kvh.key + n_max * dh, kvh.key_s + n_max * (kvh.G + 1)) \
+                > buffer_depth(p, Buf.KV):
+            g = 1
+        nq3 = -(-(cap + (g - 1) * T) // PC)  # score words of a row
         HC = max(n1 - n0 for n0, n1, _ in self.head_chunks)
         WL = -(-HC // PC)  # ACC words of one LM-head chunk row (INT8 GEMM: half layout)
         pl = _Plan(p, f"SmolLM2 step of {T} tokens (KV cache of {cap})")
@@ -344,20 +354,23 @@ class SmolLM2Compiled(CompiledModel):
         acc_tab = pl.alloc(Buf.ACC, cap * hw, "RoPE table")
         acc_h = pl.alloc(Buf.ACC, T * WD, "residual stream")
         acc_n = pl.alloc(Buf.ACC, T * WD, "norm output")
-        att = [("q", T2 * WD), ("k", T2 * WK), ("v", T2 * WK), ("scores", T * nq),
-               ("attention", T * WA), ("o", T2 * WD)]
+        att = [("q", T2 * WD), ("k", T2 * WK), ("v", T2 * WK),
+               ("scores (two KV heads)", 2 * rep * T * nq3), ("attention", T * WA),
+               ("o", T2 * WD)]
         ffn = [("gate", T2 * WF), ("up", T2 * WF)]
         head = [("logits (2 buffers)", 2 * 2 * WL)]
         regions = pl.phases(Buf.ACC, "scratch (attention / FFN / LM head)", att, ffn, head)
         acc_q, acc_k, acc_v = regions["q"], regions["k"], regions["v"]
-        acc_s, acc_att, acc_o = regions["scores"], regions["attention"], regions["o"]
+        acc_s, acc_att, acc_o = (regions["scores (two KV heads)"], regions["attention"],
+                                 regions["o"])
         acc_g, acc_u = regions["gate"], regions["up"]
         acc_d = acc_u
         acc_l = regions["logits (2 buffers)"]
         # ACT: the GEMM inputs (two blocks), per query head q8 and P's planes, per KV head
         # k8 and v8
         act_x = pl.alloc(Buf.ACT, T2 * max(KD, KF), "GEMM inputs (A8x2)")
-        act_q = pl.alloc(Buf.ACT, H * (T * wq + 2 * T * kq), "queries and P planes")
+        act_q = pl.alloc(Buf.ACT, H * T * wq, "queries")
+        act_p = pl.alloc(Buf.ACT, H * 2 * T * kq, "P planes")
         act_kv = pl.alloc(Buf.ACT, Hkv * 2 * T * wq, "new keys and values")
         # PRM: P·V parameters, the norm gains (reloaded per layer), streamed GEMM parameters
         Wc = -(-D // C)
@@ -429,21 +442,39 @@ class SmolLM2Compiled(CompiledModel):
                           src_a=acc + j * hw, src_stride=WK, dst=a, dst_stride=wq)
                 b.emit(kvh.append(KvKind.KEY, T, a_k))
                 b.emit(kvh.append(KvKind.VALUE, T, a_v))
-            for i in range(H):
-                kvh = heads[i // rep]
-                a_q = act_q + i * (T * wq + 2 * T * kq)
-                a_p = a_q + T * wq
-                b.vec(VecFn.QUANT, rows=T, length=dh, src_a=acc_q + i * hw, src_stride=WD,
-                      dst=a_q, dst_stride=wq)
-                b.emit(kvh.qk(T, a_q, acc_s, nq))
-                b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, causal=1, src_a=acc_s,
-                      src_stride=nq, dst=acc_s, dst_stride=nq)
-                b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS,
-                      half=1, rows=T, src_a=acc_s, src_stride=nq, src_b=kvh.val_s,
-                      vgroups=kvh.G, dst=a_p, dst_stride=kq)
-                col = acc_att + i * nv
-                b.emit(kvh.pv(0, T, a_p, kq, col, prm_pv, prm_pv + 2 * nv, WA))
-                b.emit(kvh.pv(1, T, a_p + T * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv, WA))
+            # GQA: the query heads of a KV head share one QKᵀ (their rows stacked, t_len =
+            # g T: the grid's pass over the keys serves all g); softmax, the A15
+            # probabilities and P·V per query head. QKᵀ of the next group runs while this
+            # one's softmaxes do (two score buffers).
+            def scores(j, heads=heads):  # group j: query heads j g .. j g + g - 1
+                a_q = act_q + j * g * T * wq
+                for r in range(g):
+                    b.vec(VecFn.QUANT, rows=T, length=dh, src_a=acc_q + (j * g + r) * hw,
+                          src_stride=WD, dst=a_q + r * T * wq, dst_stride=wq)
+                b.emit(heads[j * g // rep].qk(g * T, a_q, acc_s + (j % 2) * g * T * nq3,
+                                              nq3))
+
+            def probs_pv(j, heads=heads):
+                kvh = heads[j * g // rep]
+                for r in range(g):
+                    i = j * g + r
+                    s = acc_s + (j % 2) * g * T * nq3 + r * T * nq3
+                    a_p = act_p + i * 2 * T * kq
+                    b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, causal=1, src_a=s,
+                          src_stride=nq3, dst=s, dst_stride=nq3)
+                    b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS,
+                          half=1, rows=T, src_a=s, src_stride=nq3, src_b=kvh.val_s,
+                          vgroups=kvh.G, dst=a_p, dst_stride=kq)
+                    col = acc_att + i * nv
+                    b.emit(kvh.pv(0, T, a_p, kq, col, prm_pv, prm_pv + 2 * nv, WA))
+                    b.emit(kvh.pv(1, T, a_p + T * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv,
+                                  WA))
+
+            scores(0)
+            for j in range(H // g):
+                if j + 1 < H // g:
+                    scores(j + 1)
+                probs_pv(j)
             passes(acc_att, D, WA, half=1)
             gemm(L.wo, act_x, acc_o, WD)
             sum_passes(acc_o, D, WD)
