@@ -113,7 +113,8 @@ from .grid import SystolicArray
 from .isa import ARGS, INSTR_BITS, OP_ARGS, OP_BITS, Op, bus_bits
 from .params import ChipParams
 
-__all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop",
+__all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop", "LinkBoardTop",
+           "LINK_LED_SIGNALS", "LINK_BAUD", "LINK_TIMEOUT_S", "ORANGECRAB_UART",
            "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
            "FIELD_MASKS", "FIELD_SET"]
 
@@ -593,3 +594,110 @@ def _led_pins(m, platform, count):
         m.submodules[f"led_buf{i}"] = buf = io.Buffer("o", port)
         pins.append(buf.o)
     return pins
+
+
+# -- the chip with its UART host link --------------------------------------------------------
+
+#: What each LED of :class:`LinkBoardTop` shows, in order.
+LINK_LED_SIGNALS = ["running", "error", "heartbeat", "locked", "rx_activity", "tx_activity",
+                    "nak_seen", "done"]
+#: The host link's default baud rate (every board's USB-UART bridge runs 3 Mbaud: FT231X on
+#: the ULX3S, FT2232H on the ECPIX-5 and iCEBreaker; the OrangeCrab needs an adapter on its
+#: Feather pins 0 (RX) and 1 (TX), see :data:`ORANGECRAB_UART`).
+LINK_BAUD = 3_000_000
+#: Inter-byte timeout inside a host frame, in seconds (USB-UART bridges leave gaps of up to
+#: a few ms between USB packets).
+LINK_TIMEOUT_S = 0.01
+#: The OrangeCrab has no UART on its board file: the host link uses Feather pins 0 / 1.
+ORANGECRAB_UART = dict(rx="0", tx="1", conn=("io", 0))
+
+
+class LinkBoardTop(_BoardTop):
+    """:class:`hw.chip.Chip` (``params``, ``vector``) on ``board`` with its UART host link
+    (:class:`hw.link.Link`, ``hw/isa.py``'s link section): the off-chip memory is the host's,
+    reached through the link; the runtime's ``sw.board.BoardDevice`` drives it.
+
+    - Clock: as the other tops (``_clock``: a PLL to ``params.clock_mhz`` where the board
+      clock differs). ``divisor`` (default: ``LINK_BAUD`` at ``params.clock_mhz``,
+      :func:`hw.link.link_divisor`) and ``timeout_cycles`` (default ``LINK_TIMEOUT_S``)
+      configure the link.
+    - The chip's logic is reset by the link's ``abort`` (its buffers keep their contents).
+    - Pins: the board's ``uart`` 0 (OrangeCrab: :data:`ORANGECRAB_UART`), LEDs
+      (:data:`LINK_LED_SIGNALS`). Without a platform (simulation) there is no PLL and no pin:
+      ``uart_rx`` (in, idle high) and ``uart_tx`` (out) are the UART, ``leds`` the LEDs.
+    """
+
+    LED_NAMES = LINK_LED_SIGNALS
+
+    def __init__(self, params: ChipParams, board: str, vector: bool = True, *,
+                 divisor: int | None = None, timeout_cycles: int | None = None):
+        from .link import Link, link_divisor
+
+        super().__init__(params, board)
+        clock_hz = params.clock_mhz * 1e6
+        self.divisor = divisor or link_divisor(clock_hz, LINK_BAUD)
+        self.timeout_cycles = timeout_cycles or max(20 * self.divisor,
+                                                    int(LINK_TIMEOUT_S * clock_hz))
+        self.vector = vector
+        self.chip = Chip(params, vector=vector)
+        self.link = Link(params, vector=vector, divisor=self.divisor,
+                         timeout_cycles=self.timeout_cycles)
+        self.uart_rx = Signal(init=1)
+        self.uart_tx = Signal(init=1)
+
+    def elaborate(self, platform):
+        from amaranth.hdl import ResetInserter
+        from amaranth.lib import wiring
+
+        m = Module()
+        locked = self._clock(m, platform)
+        link = self.link
+        m.submodules.link = link
+        m.submodules.chip = chip = ResetInserter(link.abort)(self.chip)
+        chip = self.chip
+        wiring.connect(m, chip.bus, link.bus)
+        m.d.comb += [chip.start.eq(link.start), chip.prog_addr.eq(link.prog_addr),
+                     chip.prog_len.eq(link.prog_len), chip.pos_init.eq(link.pos_init),
+                     link.running.eq(chip.running), link.done.eq(chip.done),
+                     link.error.eq(chip.error), link.error_pc.eq(chip.error_pc),
+                     link.pos.eq(chip.pos)]
+        for i in range(len(chip.counters)):
+            m.d.comb += link.counters[i].eq(chip.counters[i])
+        if platform is not None:
+            try:
+                uart = platform.request("uart", 0, dir="-")
+            except ResourceError:
+                from amaranth.build import Attrs
+                from amaranth_boards.resources import UARTResource
+
+                platform.add_resources([UARTResource(0, **ORANGECRAB_UART,
+                                                     attrs=Attrs(IO_TYPE="LVCMOS33"))])
+                uart = platform.request("uart", 0, dir="-")
+            m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
+            m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
+            m.d.comb += [self.uart_rx.eq(rx_buf.i), tx_buf.o.eq(self.uart_tx)]
+        m.d.comb += [link.rx.eq(self.uart_rx), self.uart_tx.eq(link.tx)]
+
+        # LEDs: activity stretched to ~20 ms at 100 MHz, a NAK latched until the next START
+        heartbeat = Signal(27)
+        rx_act, tx_act = Signal(21), Signal(21)
+        rx_q, tx_q = Signal(init=1), Signal(init=1)
+        nak_seen = Signal()
+        error = Signal()
+        m.d.sync += [heartbeat.eq(heartbeat + 1), rx_q.eq(self.uart_rx), tx_q.eq(self.uart_tx),
+                     error.eq(chip.error != 0)]
+        for q, pin, act in ((rx_q, self.uart_rx, rx_act), (tx_q, self.uart_tx, tx_act)):
+            with m.If(q != pin):
+                m.d.sync += act.eq(~0)
+            with m.Elif(act != 0):
+                m.d.sync += act.eq(act - 1)
+        with m.If(link.nak):
+            m.d.sync += nak_seen.eq(1)
+        with m.Elif(link.start):
+            m.d.sync += nak_seen.eq(0)
+        self._drive_leds(m, platform, {
+            "running": chip.running, "error": error, "heartbeat": heartbeat[-1],
+            "locked": locked, "rx_activity": rx_act != 0, "tx_activity": tx_act != 0,
+            "nak_seen": nak_seen, "done": chip.done,
+        })
+        return m

@@ -102,6 +102,11 @@ __all__ = [
     "act_word", "wgt_word", "acc_word", "kv_word", "prm_group_word", "prm_out_word", "prm_word",
     "word_layout", "bus_bits", "bus_words_per", "buffer_depth", "KV_EXP_LANE_BITS",
     "check_params", "leaf_fields", "word_bytes", "pack_words", "unpack_words",
+    "LinkFrame", "LinkNak", "LINK_SYNC", "LINK_VERSION", "LINK_CRC_INIT", "LINK_CRC_POLY",
+    "LINK_HEADER_BYTES", "LINK_CRC_BYTES", "LINK_BURST_BYTES", "LINK_COUNTER_BYTES",
+    "LINK_START", "LINK_BURST", "LINK_ACK", "LINK_NAK", "LINK_INFO", "LINK_STATE",
+    "LINK_COUNTS", "LINK_DONE", "LINK_PAYLOAD", "LINK_HOST_FRAMES", "link_payload_bytes",
+    "link_max_burst", "link_max_payload", "link_crc", "link_params_hash",
 ]
 
 INSTR_BITS = 128
@@ -785,3 +790,135 @@ def pack_words(layout, fields: dict, n: int | None = None):
         b = (v[..., None] >> np.arange(width, dtype=np.int64)) & 1
         bits[:, off:off + width * count] = b.reshape(n, width * count)
     return np.packbits(bits, axis=-1, bitorder="little")
+
+
+# -- the host link: UART frames between a board and the runtime (hw/link.py, sw/board.py) -------
+#
+# A dev board's host link carries framed messages over a UART (8N1, least significant bit and
+# byte first). Every frame, either way:
+#
+#     SYNC (LINK_SYNC) | type (LinkFrame) | length (u16, payload bytes) | payload | crc (u16)
+#
+# ``crc`` is CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection, no
+# final XOR; :func:`link_crc`) over type, length and payload; every multi-byte field is
+# little-endian. A receiver drops bytes outside a frame until ``LINK_SYNC``. The board checks
+# each host frame before it acts on it and answers a bad one with ``NAK`` (:class:`LinkNak`):
+# an unknown type, a length its type does not allow (the board then ignores the line until it
+# has been idle for its inter-byte timeout, and only then NAKs), a payload cut short (no byte
+# for that timeout inside a frame), a wrong checksum, or a frame its state does not allow. A
+# rejected frame changes nothing: a ``DATA`` frame's words reach the chip only once its
+# checksum has matched.
+#
+# Off-chip memory is the host's (the boards have no memory controller for their SDRAM): the
+# board forwards the chip's bus reads as ``READ`` frames (consecutive addresses coalesced
+# into bursts of at most ``link_max_burst`` bus words), the host answers each with ``DATA``
+# frames, one per ``READ`` and in order, each repeating its ``READ``'s ``addr`` and ``count``
+# (a ``DATA`` frame that does not answer the oldest unanswered ``READ`` exactly is NAKed
+# ``UNEXPECTED``), and the chip's bus writes go up as ``WRITE``
+# frames, in the order the chip issued reads and writes. ``START`` runs a program; when the
+# chip is done (after every ``WRITE`` of the run) the board sends ``DONE`` with the status
+# and the counters.
+
+
+class LinkFrame(enum.IntEnum, shape=unsigned(8)):
+    """Frame types. Host to board (``0x0_``), board to host (``0x8_``); payloads are the
+    ``LINK_*`` layouts (:data:`LINK_PAYLOAD`; ``DATA`` / ``WRITE`` carry bus words)."""
+
+    PING = 0x01      #: -> ``INFO``
+    START = 0x02     #: :data:`LINK_START` -> ``ACK`` (``NAK BUSY`` while running), later ``DONE``
+    STATUS = 0x03    #: -> ``STATE``
+    COUNTERS = 0x04  #: -> ``COUNTS``
+    ABORT = 0x05     #: reset the chip's logic and the link's bus state (buffers keep) -> ``ACK``
+    DATA = 0x06      #: :data:`LINK_BURST` + words: the answer to the oldest ``READ`` (no reply)
+    INFO = 0x81      #: :data:`LINK_INFO`
+    ACK = 0x82       #: :data:`LINK_ACK`
+    NAK = 0x83       #: :data:`LINK_NAK`
+    STATE = 0x84     #: :data:`LINK_STATE`
+    COUNTS = 0x85    #: :data:`LINK_COUNTS`
+    DONE = 0x86      #: :data:`LINK_DONE`: the chip finished the run ``START`` began
+    READ = 0x87      #: :data:`LINK_BURST`: ``count`` bus words from ``addr`` on, please
+    WRITE = 0x88     #: :data:`LINK_BURST`, then ``count`` bus words for ``addr`` on
+
+
+class LinkNak(enum.IntEnum, shape=unsigned(8)):
+    """Why the board rejected a frame (``NAK``'s ``reason``)."""
+
+    CHECKSUM = 1     #: the CRC did not match
+    LENGTH = 2       #: a length the frame's type does not allow
+    TYPE = 3         #: not a host-to-board :class:`LinkFrame`
+    TRUNCATED = 4    #: the line went idle inside the frame
+    BUSY = 5         #: ``START`` while the chip runs
+    UNEXPECTED = 6   #: ``DATA`` that is not the answer to the oldest unanswered ``READ``
+
+
+LINK_SYNC = 0xA5
+#: Protocol version, in ``INFO``; bump it when anything in this section changes.
+LINK_VERSION = 1
+LINK_CRC_INIT = 0xFFFF
+LINK_CRC_POLY = 0x1021
+#: Bytes of the frame header (sync, type, length) and trailer (crc).
+LINK_HEADER_BYTES = 4
+LINK_CRC_BYTES = 2
+#: Payload bytes of bus words in one ``DATA`` / ``WRITE`` frame, at most.
+LINK_BURST_BYTES = 256
+#: Bytes per counter in ``COUNTS`` / ``DONE`` (the chip's counters are zero-extended).
+LINK_COUNTER_BYTES = 6
+
+LINK_START = data.StructLayout({"prog_addr": unsigned(32), "prog_len": unsigned(16),
+                                "pos": unsigned(16)})
+LINK_BURST = data.StructLayout({"addr": unsigned(32), "count": unsigned(16)})
+LINK_ACK = data.StructLayout({"frame": unsigned(8)})
+LINK_NAK = data.StructLayout({"reason": unsigned(8), "frame": unsigned(8)})
+LINK_INFO = data.StructLayout({
+    "version": unsigned(8), "bus_bytes": unsigned(8), "max_burst": unsigned(16),
+    "params_hash": unsigned(32), "vector": unsigned(8)})
+LINK_STATE = data.StructLayout({
+    "running": unsigned(8), "error": unsigned(8), "error_pc": unsigned(32), "pos": unsigned(16)})
+LINK_COUNTS = data.ArrayLayout(unsigned(8 * LINK_COUNTER_BYTES), len(Counter))
+LINK_DONE = data.StructLayout({"state": LINK_STATE, "counters": LINK_COUNTS})
+
+#: The fixed payload layout of each frame type (``None``: no payload); ``DATA`` and ``WRITE``
+#: are :data:`LINK_BURST` followed by ``count`` bus words (``6 + count * bus bytes``).
+LINK_PAYLOAD = {
+    LinkFrame.PING: None, LinkFrame.START: LINK_START, LinkFrame.STATUS: None,
+    LinkFrame.COUNTERS: None, LinkFrame.ABORT: None, LinkFrame.DATA: LINK_BURST,
+    LinkFrame.INFO: LINK_INFO, LinkFrame.ACK: LINK_ACK, LinkFrame.NAK: LINK_NAK,
+    LinkFrame.STATE: LINK_STATE, LinkFrame.COUNTS: LINK_COUNTS, LinkFrame.DONE: LINK_DONE,
+    LinkFrame.READ: LINK_BURST, LinkFrame.WRITE: LINK_BURST,
+}
+#: Frames the host sends (the board NAKs any other type with ``TYPE``).
+LINK_HOST_FRAMES = (LinkFrame.PING, LinkFrame.START, LinkFrame.STATUS, LinkFrame.COUNTERS,
+                    LinkFrame.ABORT, LinkFrame.DATA)
+
+
+def link_payload_bytes(frame: LinkFrame) -> int:
+    """Bytes of ``frame``'s fixed payload (:data:`LINK_PAYLOAD`; 0 if none)."""
+    layout = LINK_PAYLOAD[LinkFrame(frame)]
+    return 0 if layout is None else data.Layout.cast(layout).size // 8
+
+
+def link_max_burst(p: ChipParams) -> int:
+    """Bus words in one ``READ`` / ``DATA`` / ``WRITE`` burst, at most."""
+    return max(1, LINK_BURST_BYTES // p.offchip_bytes_per_cycle)
+
+
+def link_max_payload(p: ChipParams) -> int:
+    """The longest payload of any frame for chip ``p``."""
+    return max(max(link_payload_bytes(f) for f in LinkFrame),
+               link_payload_bytes(LinkFrame.WRITE)
+               + link_max_burst(p) * p.offchip_bytes_per_cycle)
+
+
+def link_crc(data_bytes: bytes, crc: int = LINK_CRC_INIT) -> int:
+    """CRC-16/CCITT-FALSE of ``data_bytes``, continuing from ``crc``."""
+    import binascii
+
+    return binascii.crc_hqx(bytes(data_bytes), crc)
+
+
+def link_params_hash(p: ChipParams, vector: bool) -> int:
+    """32-bit digest of a chip build (``INFO``'s ``params_hash``): a runtime refuses a board
+    whose chip was built with other parameters than its programs were compiled for."""
+    import zlib
+
+    return zlib.crc32(f"{p!r} vector={bool(vector)}".encode())

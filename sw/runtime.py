@@ -12,9 +12,10 @@ shape):
 - ``close()``.
 
 Backends: the ISA simulator and the chip's Verilog under Verilator (``sim/devices.py``:
-``isa``, ``rtl``), and a dev board over its UART host link (:class:`BoardDevice`, the board
-issue; the seam is here). The caller opens a device on the compiled model's image
-(:meth:`~sw.compiler.CompiledModel.image_bytes`) and hands it to a runner.
+``isa``, ``rtl``), and a dev board over its UART host link (:class:`BoardDevice`,
+``sw/board.py``: the off-chip memory is the host's, served over the link). The caller opens a
+device on the compiled model's image (:meth:`~sw.compiler.CompiledModel.image_bytes`) and
+hands it to a runner.
 
 The host loops: :class:`SmolLM2Runner` (prefill in chunks, then greedy decode with the KV
 cache on chip) and :class:`MiniLMRunner` (sentence embeddings: the chip computes the last
@@ -34,7 +35,7 @@ import numpy as np
 from hw.isa import Err, decode
 from sw.compiler import CompiledModel, Program, SmolLM2Compiled
 
-__all__ = ["Device", "BoardDevice", "ChipError", "DeviceError", "RunStats", "Runner",
+__all__ = ["Device", "ChipError", "DeviceError", "RunStats", "Runner",  # and BoardDevice
            "SmolLM2Runner", "MiniLMRunner"]
 
 
@@ -68,17 +69,6 @@ class Device(Protocol):
     def run(self, prog_addr: int, prog_len: int, pos: int): ...
 
     def close(self) -> None: ...
-
-
-class BoardDevice:
-    """A dev board over its UART host link: not built yet (the FPGA-board issue)."""
-
-    name = "board"
-
-    def __init__(self, *args, **kw):
-        raise DeviceError("the board backend is not built yet: it needs the board tops and "
-                          "their UART host link (the FPGA-board issue); use --device isa "
-                          "or rtl")
 
 
 @dataclass
@@ -193,3 +183,11 @@ class MiniLMRunner(Runner):
         e = from_wide(self.hidden(ids)).mean(axis=0)
         return e / max(np.linalg.norm(e), 1e-12)
 
+
+def __getattr__(name):
+    # the board backend lives in sw/board.py (it takes DeviceError from here): imported on use
+    if name == "BoardDevice":
+        from sw.board import BoardDevice
+
+        return BoardDevice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
