@@ -29,6 +29,7 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
   ``hw/isa.py``, ``VEC`` ones for a chip with the vector unit);
 """
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -69,6 +70,12 @@ from hw.params import ChipParams, Numerics
 #: The number formats (the chip's; ``hw.params.Numerics``).
 NUM = Numerics()
 
+
+@functools.cache
+def _bus_words(p: ChipParams, buf: Buf) -> int:
+    """:func:`hw.isa.bus_words_per`, once per configuration (it is asked per micro-op)."""
+    return bus_words_per(p, buf)
+
 __all__ = [
     "Image", "bus_image", "from_bus", "uop_bus_words", "gscale", "act_fields", "ncols_of",
     "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
@@ -85,7 +92,7 @@ def bus_image(p: ChipParams, buf: Buf, fields: dict) -> np.ndarray:
     """Words of ``buf`` ({field path: array}) in off-chip form: ``bus_words_per`` bus words
     each, low bits first, zero above the word. uint8 [n, bytes per word]."""
     raw = pack_words(word_layout(p, buf), fields)
-    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
+    per = _bus_words(p, buf) * p.offchip_bytes_per_cycle
     out = np.zeros((len(raw), per), np.uint8)
     out[:, : raw.shape[1]] = raw
     return out
@@ -95,7 +102,7 @@ def from_bus(p: ChipParams, buf: Buf, raw, n: int) -> dict:
     """The inverse of :func:`bus_image`: ``n`` words of ``buf`` from off-chip bytes ->
     {field path: int64 array [n, ...]} (bits above the word ignored)."""
     layout = word_layout(p, buf)
-    per = bus_words_per(p, buf) * p.offchip_bytes_per_cycle
+    per = _bus_words(p, buf) * p.offchip_bytes_per_cycle
     nb = word_bytes(layout)
     return unpack_words(layout, np.asarray(raw, np.uint8).reshape(n, per)[:, :nb])
 
@@ -145,7 +152,7 @@ class Image:
 
     def reserve(self, buf: Buf, n: int) -> int:
         """Room for ``n`` words of ``buf`` (e.g. a ``STORE``'s destination)."""
-        return self._claim(n * bus_words_per(self.p, buf))
+        return self._claim(n * _bus_words(self.p, buf))
 
     def put_program(self, words) -> tuple[int, int]:
         """Micro-ops (ints from :func:`hw.isa.encode`) as the boot loader reads them:
@@ -162,7 +169,7 @@ def acc_words(p: ChipParams, mem, off: int, n: int) -> np.ndarray:
     """``n`` ACC words stored at bus address ``off`` of the memory ``mem`` (uint8, flat):
     int64 [n, cols]."""
     B = p.offchip_bytes_per_cycle
-    per = bus_words_per(p, Buf.ACC)
+    per = _bus_words(p, Buf.ACC)
     raw = np.asarray(mem, np.uint8)[off * B : (off + n * per) * B]
     return from_bus(p, Buf.ACC, raw, n)[""]
 
@@ -392,7 +399,7 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw, bias, *, n_ops: int = 1,
     assert K % grp == 0 and grp % R == 0
     step = int(np.log2(grp // R))
     b = {"wgt": 0, "act": 0, "prm": 0, "acc": 0, **(base or {})}
-    bpw = {bf: bus_words_per(p, bf) for bf in Buf}
+    bpw = {bf: _bus_words(p, bf) for bf in Buf}
 
     act = act_fields(R, x8, xs.mant, xs.exp, xs.group)
     if exp_rng is not None:
@@ -603,14 +610,14 @@ def attention_step(head: KvHead, img: Image, pos: int, k8, ks, v8, vs, q8, qs, p
     addr = act_base + np.cumsum([0] + [len(r["exp"]) for r in rows])
     a_off, a_n = img.put(Buf.ACT, {f: np.concatenate([r[f] for r in rows]) for f in rows[0]})
     prog = [encode(Op.LOAD, buf=Buf.ACT, sram=act_base, words=a_n, off=a_off)]
-    load_words = a_n * bus_words_per(p, Buf.ACT)
+    load_words = a_n * _bus_words(p, Buf.ACT)
     if load_prm:
         group, out = head.pv_params(shift)
         g_off, g_n = img.put(Buf.PRM, group)
         o_off, o_n = img.put(Buf.PRM, out)
         prog += [encode(Op.LOAD, buf=Buf.PRM, sram=prm_base, words=g_n, off=g_off),
                  encode(Op.LOAD, buf=Buf.PRM, sram=prm_base + g_n, words=o_n, off=o_off)]
-        load_words += (g_n + o_n) * bus_words_per(p, Buf.PRM)
+        load_words += (g_n + o_n) * _bus_words(p, Buf.PRM)
     acc_qk, acc_pv = acc_base, acc_base + t_len * nq
     qk_off = img.reserve(Buf.ACC, t_len * nq)
     pv_off = img.reserve(Buf.ACC, t_len * nv)
@@ -633,7 +640,7 @@ def attention_step(head: KvHead, img: Image, pos: int, k8, ks, v8, vs, q8, qs, p
         Counter.UOPS: len(prog),
         Counter.GRID_ROWS: t_len * nq * (head.d // R) + 2 * t_len * nv * kpv,
         Counter.LOAD_WORDS: load_words,
-        Counter.STORE_WORDS: t_len * (nq + nv) * bus_words_per(p, Buf.ACC),
+        Counter.STORE_WORDS: t_len * (nq + nv) * _bus_words(p, Buf.ACC),
     }
     return AttentionStep(prog, pos, t_len, qk_off, nq, pv_off, nv, counters)
 
@@ -712,7 +719,7 @@ def error_cases(p: ChipParams, vector: bool = False) -> list[ErrorCase]:
                  Err.SRAM_RANGE)
         case(f"{n}_sram_fits", [], dma(op, buf=Buf.ACC, sram=dep[Buf.ACC] - 2, words=2),
              Err.NONE)
-        bpw = bus_words_per(p, Buf.ACT)
+        bpw = _bus_words(p, Buf.ACT)
         case(f"{n}_offchip", [], dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw + 1),
              Err.OFFCHIP_RANGE)
         case(f"{n}_offchip_fits", [], dma(op, buf=Buf.ACT, words=3, off=nbus - 3 * bpw),
@@ -938,7 +945,7 @@ def footprint(p: ChipParams, word: int, pos: int, kv_base: int = 0) -> list:
     kb = kv_base
     if op in (Op.LOAD, Op.STORE):
         buf = Buf(f["buf"])
-        n_bus = f["words"] * bus_words_per(p, buf)
+        n_bus = f["words"] * _bus_words(p, buf)
         load = op == Op.LOAD
         return [(buf, f["sram"], f["sram"] + f["words"], load),
                 (OFFCHIP, f["off"], f["off"] + n_bus, not load)]
@@ -1048,7 +1055,7 @@ def est_cycles(p: ChipParams, op: Op, f: dict, pos: int) -> int:
     ``LOAD`` / ``STORE``: the bus words only (the latency is :func:`_est_latency`)."""
     R, C, PC = p.rows, p.cols, p.cols // 2
     if op in (Op.LOAD, Op.STORE):
-        return f["words"] * bus_words_per(p, Buf(f["buf"]))
+        return f["words"] * _bus_words(p, Buf(f["buf"]))
     if op == Op.GEMM:
         T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
         if f["dyn"] == Dyn.POS:
