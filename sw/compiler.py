@@ -120,6 +120,10 @@ class Program:
     in_half: bool          #: the input rows' layout
     block: int | None = None  #: MiniLM: the row block the program runs in
     in_rows: int | None = None  #: input rows the host writes (default ``T``)
+    #: the micro-ops in the compiler's logical order (what the program computes) and the
+    #: program position the Builder's scheduler gave each (``sw.programs.Builder``)
+    logical: list = field(default_factory=list, repr=False)
+    placed: list = field(default_factory=list, repr=False)
 
     @property
     def length(self) -> int:
@@ -202,7 +206,8 @@ class CompiledModel:
                                f"of {self.p.uop_depth} (grow ChipParams.uop_depth)")
         addr, _ = self.img.put_program(words)
         prog = Program(name, T, words, addr, sections, dict(plan.top), in_off, out_off,
-                       out_rows, out_len, out_half, in_half)
+                       out_rows, out_len, out_half, in_half, logical=b.logical,
+                       placed=b.placed)
         self.programs[name] = prog
         return prog
 

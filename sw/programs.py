@@ -1283,6 +1283,7 @@ class Builder:
         self.pending = {u: [] for u in Unit}  # footprints of possibly unfinished ops
         self.top = dict.fromkeys(Buf, 0)
         self.placed: list[int] = []           # program position of each logical op
+        self.logical: list[int] = []          # with reorder: the ops in the order given
         self._queue = _Reorder(self, pos_hi // 2 if est_pos is None else est_pos) \
             if reorder else None
         self._half: dict = {}                 # streamed-weight regions -> next half
@@ -1315,6 +1316,7 @@ class Builder:
             self.kv_base = base
         fp = footprint(self.p, word, self.pos_hi, self.kv_base) if unit is not None else None
         if self._queue is not None:
+            self.logical.append(word)
             self._queue.add(word, op, f, unit, fp)
         else:
             self._place(word, unit, fp, len(self.placed))
