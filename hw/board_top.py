@@ -113,7 +113,8 @@ from .grid import SystolicArray
 from .isa import ARGS, INSTR_BITS, OP_ARGS, OP_BITS, Op, bus_bits
 from .params import ChipParams
 
-__all__ = ["Board", "BOARDS", "CHIP_85F", "Lfsr", "GridBoardTop", "ChipBoardTop", "LinkBoardTop",
+__all__ = ["Board", "BOARDS", "CHIP_85F", "CHIP_UP5K", "Lfsr", "GridBoardTop", "ChipBoardTop",
+           "LinkBoardTop",
            "LINK_LED_SIGNALS", "LINK_BAUD", "LINK_TIMEOUT_S", "ORANGECRAB_UART",
            "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
            "FIELD_MASKS", "FIELD_SET"]
@@ -137,15 +138,28 @@ class Board:
     family: str  # "ecp5" or "ice40"
     params: ChipParams
     chip_params: ChipParams | None = None
+    #: The chip of the board's bitstream (:class:`LinkBoardTop`) and whether it has the
+    #: vector unit.
+    link_params: ChipParams | None = None
+    link_vector: bool = True
 
+
+#: The chip of the iCEBreaker's bitstream (UP5K: 5280 LCs, 8 SB_MAC16, 30 4-Kbit EBRs),
+#: without the vector unit, on the 12 MHz board clock (module docstring: what fits).
+CHIP_UP5K = ChipParams(rows=2, cols=4, weight_sram_kib=1, act_sram_kib=1, acc_sram_kib=1,
+                       kv_sram_kib=1, prm_entries=16, acc_entries=16, uop_depth=64,
+                       queue_depth=2, offchip_latency=4, vector_lanes=1, vector_row=64,
+                       clock_mhz=12)
 
 BOARDS = {b.name: b for b in [
-    Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams(), CHIP_85F),
-    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(), CHIP_85F),
-    Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F),
+    Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
+    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(), CHIP_85F,
+          CHIP_85F),
+    Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
     # UP5K: 8 SB_MAC16, 5280 LCs; a 2 x 4 grid (4 PEs) fits, on the 12 MHz board clock.
-    # The chip does not (30 4-Kbit EBRs).
-    Board("icebreaker", ICEBreakerPlatform, "ice40", ChipParams(rows=2, cols=4, clock_mhz=12)),
+    # The chip with the LFSR top does not (30 4-Kbit EBRs); the link top's chip is CHIP_UP5K.
+    Board("icebreaker", ICEBreakerPlatform, "ice40", ChipParams(rows=2, cols=4, clock_mhz=12),
+          None, CHIP_UP5K, False),
 ]}
 
 # What each LED shows, in order (a board with fewer LEDs shows the first ones).

