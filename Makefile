@@ -11,7 +11,8 @@ export OMP_NUM_THREADS      := 1
 # Keep Amaranth's Verilog conversion on the fast built-in Yosys; YoWASP Yosys is for synthesis.
 export AMARANTH_USE_YOSYS   := builtin
 
-.PHONY: install test test-slow test-rtl-models lint accuracy synth synth-chip synth-vector clean help
+.PHONY: install test test-slow test-rtl-models test-board lint accuracy synth synth-chip synth-vector \
+	bitstream clean help
 
 help:
 	@echo "make install    create .venv and install everything (toolchain, models, fixes)"
@@ -25,6 +26,11 @@ help:
 	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker; ULX3S: ~10 min)"
 	@echo "make synth-chip FPGA build of the whole chip with its vector unit, same report"
 	@echo "                (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85; ULX3S: ~1 h; --no-vector: 17 min)"
+	@echo "make bitstream  the board's bitstream: the chip with its UART host link, prints Fmax,"
+	@echo "                LUT/FF/DSP/EBR (BOARD=ulx3s-85f|orangecrab-85f|ecpix5-85|icebreaker;"
+	@echo "                85F boards: ~1 h+; README 'FPGA boards: the chip over UART')"
+	@echo "make test-board one SmolLM2 layer on the simulated ULX3S board top through its UART"
+	@echo "                (Verilator + the runtime's board backend on a pty; slow)"
 	@echo "make synth-vector  Yosys cell counts (LUT4/FF/DSP/EBR) of the chip's vector unit"
 	@echo "                and of each of its components, no place-and-route (~25 min)"
 
@@ -49,6 +55,9 @@ test-slow:
 test-rtl-models:
 	$(BIN)/pytest -q -s -m slow tests/test_compiled_rtl.py
 
+test-board:
+	$(BIN)/pytest -q -s -m slow tests/test_board_rtl.py
+
 accuracy:
 	$(PY) scripts/accuracy_report.py
 
@@ -66,6 +75,9 @@ synth-chip:
 
 synth-vector:
 	$(PY) scripts/synth.py --board $(BOARD) --design vector
+
+bitstream:
+	$(PY) scripts/synth.py --board $(BOARD) --design link
 
 clean:
 	rm -rf build

@@ -14,7 +14,8 @@ chip's and the float64 embeddings, ``compile`` compiles a model and reports its 
 
 Devices: ``isa`` (default: the compiled programs on the ISA simulator, seconds per token),
 ``rtl`` (the same programs on the chip's Verilog under Verilator, minutes per token),
-``board`` (a dev board over UART; not built yet); and two references that run no programs:
+``board`` (a dev board over its UART host link, ``--port``; compile with ``--config <board>``
+for its chip, e.g. ``--config ulx3s-85f``); and two references that run no programs:
 ``golden`` (the integer model, ``sim/golden_models.py``, bit for bit what the chip computes)
 and ``float`` (float64). Progress goes to stderr, the answer to stdout.
 """
@@ -62,8 +63,11 @@ class _Bar:
 def _config(args):
     import json
 
+    from hw.board_top import BOARDS
     from hw.params import ChipParams, preset
 
+    if args.config in BOARDS:  # the chip of that board's bitstream (make bitstream)
+        return BOARDS[args.config].link_params
     if args.config.endswith(".json"):
         try:
             return ChipParams.from_dict(json.loads(open(args.config).read()))
@@ -93,9 +97,17 @@ def _smollm2_compiled(args, model, n_prompt: int):
 def _open_device(args, c):
     """The device ``--device`` names, on the compiled model's image."""
     if args.device == "board":
+        from hw.board_top import BOARDS
         from sw.runtime import BoardDevice
 
-        return BoardDevice(c)
+        board = BOARDS.get(args.config)
+        vector = board.link_vector if board is not None else True
+        t0 = time.monotonic()
+        dev = BoardDevice(c.p, c.image_bytes(), port=args.port, baud=args.baud, vector=vector,
+                          progress=lambda msg: _err(msg))
+        _err(f"board on {args.port}: link protocol {dev.info['version']}, chip params hash "
+             f"0x{dev.info['params_hash']:08x} ({time.monotonic() - t0:.1f} s)")
+        return dev
     from sim.devices import open_sim_device
 
     t0 = time.monotonic()
@@ -400,13 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _device_args(sp) -> None:
     sp.add_argument("--device", choices=DEVICES, default="isa",
                     help="isa (default): compiled programs on the ISA simulator; rtl: on "
-                         "Verilator; board: a dev board (not built yet); golden / float: the "
-                         "integer / float64 reference models (no programs)")
+                         "Verilator; board: a dev board over its UART (--port); golden / float: "
+                         "the integer / float64 reference models (no programs)")
+    sp.add_argument("--port", default="/dev/ttyUSB0",
+                    help="board: the serial port (anything pyserial's serial_for_url opens; "
+                         "default /dev/ttyUSB0)")
+    sp.add_argument("--baud", type=int, default=3_000_000,
+                    help="board: the UART baud rate the bitstream was built for (default 3000000)")
     sp.add_argument("--cycles", action="store_true",
                     help="isa: also predict each run's chip cycles (sim/timing.py)")
-    sp.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME|FILE.json",
+    sp.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME|BOARD|FILE.json",
                     help=f"chip configuration: a preset of hw/params.py (default "
-                         f"{DEFAULT_CONFIG}) or a JSON file of ChipParams fields")
+                         f"{DEFAULT_CONFIG}), a board (its bitstream's chip, for --device "
+                         f"board) or a JSON file of ChipParams fields")
 
 
 def main(argv=None) -> int:

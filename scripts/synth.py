@@ -18,6 +18,11 @@ time and the tool's latest log line. Figures come from nextpnr's ``--report``
 JSON (falling back to its log) and Yosys' cell statistics, and are written to
 ``synth_report.json`` in the build folder.
 
+``--design link`` builds ``hw.board_top.LinkBoardTop``, the board's bitstream (``make
+bitstream``): the chip of ``Board.link_params`` with its UART host link on the board's UART
+pins. ``--yosys-only`` runs synthesis alone and prints its cell counts (minutes instead of
+the hour an 85F place-and-route takes).
+
 ``--elaborate-only`` stops after writing the plan (RTLIL, Verilog, constraints, script): a few
 seconds, no toolchain; the default test suite uses it.
 
@@ -647,7 +652,8 @@ def main(argv=None) -> int:
 
     t0 = time.monotonic()
     try:
-        router = args.router or ("router2" if design == "chip" else "")
+        router = args.router or ("router2" if design in ("chip", "link")
+                                 and spec.family == "ecp5" else "")
         plan = prepare(args.board, params, build_dir, args.seed, design, router, vector)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
@@ -669,6 +675,9 @@ def main(argv=None) -> int:
     summary["vector"] = vector
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
+    for ext in ("bit", "bin"):
+        if (build_dir / f"{name}.{ext}").exists():
+            print(f"bitstream: {build_dir / f'{name}.{ext}'}")
     print(
         f"figures: {build_dir / REPORT}; logs: {build_dir / 'synth.log'}, "
         f"{build_dir / (name + '.rpt')}, {build_dir / (name + '.tim')}"

@@ -8,6 +8,7 @@ slow-marked. The ULX3S builds (grid ~10 min, chip ~17 min) are benchmarks, run b
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,47 @@ def test_vector_design():
         "ulx3s-85f-chip-novec-16x8"
 
 
+# The UART pins of each board's link top (the board files; the OrangeCrab's Feather 0 / 1).
+UART_PINS = {"ulx3s-85f": ("M1", "L4"), "orangecrab-85f": ("N17", "M18"),
+             "ecpix5-85": ("R26", "R24"), "icebreaker": ("6", "9")}
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_link_top_elaborates(board):
+    """Every board's bitstream top (the chip with its UART host link, ``make bitstream``)
+    elaborates into a build plan: the link, the UART on the board's pins, the PLL where the
+    board clock differs from the chip's. The ULX3S and iCEBreaker with their own chips; the
+    OrangeCrab and ECPIX-5 share the ULX3S's CHIP_85F, so they elaborate a small chip (their
+    pins, clock and UART resource are what differs), keeping the default suite fast."""
+    spec = BOARDS[board]
+    build_dir = TEST_DIR / f"{board}-link"
+    if board in ("ulx3s-85f", "icebreaker"):
+        assert synth.main(["--board", board, "--design", "link", "--build-dir", str(build_dir),
+                           "--elaborate-only"]) == 0
+        params = spec.link_params
+    else:
+        params = replace(SMALL_CHIP, clock_mhz=spec.link_params.clock_mhz)
+        synth.prepare(board, params, synth.ROOT / build_dir, 1, "link", vector=False)
+    build_dir = synth.ROOT / build_dir
+    assert synth.pe_count(build_dir, "link_top") == params.rows * params.cols // 2
+    ext = "lpf" if spec.family == "ecp5" else "pcf"
+    constraints = (build_dir / f"link_top.{ext}").read_text()
+    rx, tx = UART_PINS[board]
+    if spec.family == "ecp5":
+        assert f'"uart_0__rx__io" SITE "{rx}"' in constraints
+        assert f'"uart_0__tx__io" SITE "{tx}"' in constraints
+    else:
+        assert f"uart_0__rx__io {rx}\n" in constraints and f"uart_0__tx__io {tx}\n" in constraints
+    rtlil = (build_dir / "link_top.il").read_text()
+    assert re.search(r"^module \\\S*\.link\.uart_rx$", rtlil, re.MULTILINE)
+    needs_pll = abs(spec.platform().default_clk_frequency / 1e6 - params.clock_mhz) > 0
+    assert ("EHXPLLL" in rtlil) == needs_pll
+
+
 def test_chip_design_config():
     """Every 85F board builds the chip with a 16-row grid (a 16x16 one does not fit) and
-    smaller buffers; the iCEBreaker has no chip configuration, and asking for one is a usage
-    error."""
+    smaller buffers; the iCEBreaker has no chip configuration for the LFSR top, and asking
+    for one is a usage error (its link top has CHIP_UP5K)."""
     for board in ("ulx3s-85f", "orangecrab-85f", "ecpix5-85"):
         assert BOARDS[board].chip_params == CHIP_85F
     assert (CHIP_85F.rows, CHIP_85F.cols, CHIP_85F.clock_mhz) == (16, 8, 100)
