@@ -24,6 +24,7 @@ harness), so it is reused until one of them changes.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -86,8 +87,9 @@ def build(params: ChipParams, *, board: str = "ulx3s-85f", vector: bool = True,
     """The harness executable for these parameters (built if missing or stale)."""
     key = source_key(params, board, vector, divisor, timeout_cycles, amaranth.__version__,
                      paths=[ROOT / "hw", ROOT / "sim" / "board_rtl.py", HARNESS])
+    digest = hashlib.sha256(repr((params, board, vector, divisor, timeout_cycles)).encode())
     name = (f"board_{board}_r{params.rows}c{params.cols}{'_vec' if vector else ''}_"
-            f"{abs(hash((params, board, vector, divisor, timeout_cycles))) % 10**8:08d}")
+            f"{digest.hexdigest()[:8]}")  # (not hash(): str hashes differ between processes)
     bdir = BUILD / name
     bdir.mkdir(parents=True, exist_ok=True)
     exe = bdir / "obj" / "Vboard_sim"
