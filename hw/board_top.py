@@ -144,8 +144,13 @@ class Board:
     link_vector: bool = True
 
 
-#: The chip of the iCEBreaker's bitstream (UP5K: 5280 LCs, 8 SB_MAC16, 30 4-Kbit EBRs),
-#: without the vector unit, on the 12 MHz board clock (module docstring: what fits).
+#: The iCEBreaker's link top's chip: the smallest useful configuration, without the vector
+#: unit, on the 12 MHz board clock. It does NOT fit the UP5K (5280 LCs, 8 SB_MAC16, 30
+#: 4-Kbit EBRs): Yosys (``scripts/synth.py --board icebreaker --design link --yosys-only``)
+#: maps it with its link to 19,337 SB_LUT4, 13,106 FF, 26 SB_MAC16 and 104 SB_RAM40_4K
+#: (every buffer word wider than 16 bits costs a block per 16 bits per read port, however
+#: shallow; the DMA, GEMM and KV engines' control and the 13 48-bit counters are fixed
+#: costs), so no ChipParams fits: the iCEBreaker builds the grid alone (``make synth``).
 CHIP_UP5K = ChipParams(rows=2, cols=4, weight_sram_kib=1, act_sram_kib=1, acc_sram_kib=1,
                        kv_sram_kib=1, prm_entries=16, acc_entries=16, uop_depth=64,
                        queue_depth=2, offchip_latency=4, vector_lanes=1, vector_row=64,
@@ -157,7 +162,7 @@ BOARDS = {b.name: b for b in [
           CHIP_85F),
     Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
     # UP5K: 8 SB_MAC16, 5280 LCs; a 2 x 4 grid (4 PEs) fits, on the 12 MHz board clock.
-    # The chip with the LFSR top does not (30 4-Kbit EBRs); the link top's chip is CHIP_UP5K.
+    # The chip does not, not even CHIP_UP5K (its link top elaborates; Yosys: ~4x the LUTs).
     Board("icebreaker", ICEBreakerPlatform, "ice40", ChipParams(rows=2, cols=4, clock_mhz=12),
           None, CHIP_UP5K, False),
 ]}
