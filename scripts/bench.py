@@ -16,7 +16,8 @@ Prints a table and writes a roofline plot (PNG):
   kept), not a relabelled model figure;
 - **decode cycles per token** of SmolLM2 (every layer, the LM head) at a few context
   positions, over the weight-streaming roofline (the bytes a step LOADs ÷ off-chip bytes
-  per cycle);
+  per cycle), and how busy the LOAD unit is (what is left above the roofline: attention
+  longer than the weights the two WGT halves can prefetch meanwhile, the step's start);
 - **predicted vs measured** cycles: compiled layers on the Verilator chip (``--rtl``);
 - **tokens/s** of the main job on the ISA simulator on this machine, and Verilator cycles/s
   (``--rtl``).
@@ -160,9 +161,10 @@ def main(argv=None) -> int:
                      f"{100 * util:.1f} % ({t.cycles:,} cycles; A8x2 runs each GEMM twice)",
                      ">= 85 %"))
         gutil = grid_macs(p, prog) / (t.cycles * peak)
+        occ = t.counters.get(Counter.BUSY_GEMM, 0) / t.cycles
         rows.append((f"SmolLM2 layer, {args.chunk}-token prefill: grid utilization (every "
-                     "MAC the grid performs, both A8x2 passes)", f"{100 * gutil:.1f} %",
-                     ">= 85 %"))
+                     "MAC the grid performs, both A8x2 passes)",
+                     f"{100 * gutil:.1f} % (GEMM busy {100 * occ:.0f} %)", ">= 85 %"))
         points.append(("SmolLM2 prefill", macs / load_bytes(p, prog), macs / t.cycles, peak))
     call = SmolLM2Compiled(m, p, cap=cap, chunk=args.chunk)
     dec = call.program(1)
@@ -175,8 +177,10 @@ def main(argv=None) -> int:
         if t is None:
             rows.append((label, f"n/a ({why})", "<= 1.15"))
             continue
+        busy = t.counters.get(Counter.BUSY_LOAD, 0) / t.cycles
         rows.append((label, f"{t.cycles / roof:.3f} ({t.cycles:,} cycles, roofline "
-                            f"{roof:,.0f} = {nbytes / 2**20:.1f} MiB / {B} B)", "<= 1.15"))
+                            f"{roof:,.0f} = {nbytes / 2**20:.1f} MiB / {B} B; LOAD busy "
+                            f"{100 * busy:.0f} %)", "<= 1.15"))
         macs = sum(smollm2_layer_macs(m.config, 1, pos) for _ in range(m.config.n_layers))
         macs += m.config.d_model * m.lm_head.q.shape[0]
         points.append((f"SmolLM2 decode @{pos}", macs / nbytes, macs / t.cycles, peak))

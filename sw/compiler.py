@@ -429,14 +429,14 @@ class SmolLM2Compiled(CompiledModel):
             # -- attention
             rows(VecFn.RMSNORM, acc_h, D, WD, dst=acc_n, prm=prm_n1)
             passes(acc_n, D, WD)
-            for qw, out, stride in ((L.wq, acc_q, WD), (L.wk, acc_k, WK), (L.wv, acc_v, WK)):
-                gemm(qw, act_x, out, stride)
-            sum_passes(acc_q, D, WD)
+            # K and V first: their cache appends (KV unit) and quantization (ACT writes) run
+            # while the grid computes Q
+            for qw, out in ((L.wk, acc_k), (L.wv, acc_v)):
+                gemm(qw, act_x, out, WK)
             sum_passes(acc_k, Hkv * dh, WK)
             sum_passes(acc_v, Hkv * dh, WK)
-            for acc, n, stride in ((acc_q, H, WD), (acc_k, Hkv, WK)):
-                for i in range(n):
-                    rows(VecFn.ROPE, acc + i * hw, dh, stride, src_b=acc_tab)
+            for i in range(Hkv):
+                rows(VecFn.ROPE, acc_k + i * hw, dh, WK, src_b=acc_tab)
             if b.kv_base != self.kv_bases[li]:  # the layer's heads: KV addresses from here
                 b.emit(encode(Op.SETPOS, reg=PosReg.KV_BASE, value=self.kv_bases[li]))
             for j, kvh in enumerate(heads):
@@ -447,6 +447,10 @@ class SmolLM2Compiled(CompiledModel):
                           src_a=acc + j * hw, src_stride=WK, dst=a, dst_stride=wq)
                 b.emit(kvh.append(KvKind.KEY, T, a_k))
                 b.emit(kvh.append(KvKind.VALUE, T, a_v))
+            gemm(L.wq, act_x, acc_q, WD)
+            sum_passes(acc_q, D, WD)
+            for i in range(H):
+                rows(VecFn.ROPE, acc_q + i * hw, dh, WD, src_b=acc_tab)
             # GQA: the query heads of a KV head share one QKᵀ (their rows stacked, t_len =
             # g T: the grid's pass over the keys serves all g); softmax, the A15
             # probabilities and P·V per query head. QKᵀ of the next group runs while this

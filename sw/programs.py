@@ -22,8 +22,10 @@ encoded only with :func:`hw.isa.encode`; nothing here uses the simulator.
   in ACC, full or ``half`` layout), :func:`norm_prm_fields` (gamma, beta, eps in PRM),
   :func:`rope_fields` (the RoPE table in ACC);
 - :class:`Builder`: a program whose WAITs are placed from each op's :func:`footprint`
-  (weights streamed through alternating WGT / PRM halves); the compiler
-  (``sw/compiler.py``) writes whole models with it;
+  (weights streamed through alternating WGT / PRM halves); with ``reorder``, the ops are
+  the program's logical order and it emits them with the units' streams interleaved (list
+  scheduling on the footprints' dependences, :func:`est_cycles` as its rough clock); the
+  compiler (``sw/compiler.py``) writes whole models with it;
 - :func:`sub_weight`, :func:`raw_op` (a micro-op word with any field
   values, also ones ``encode`` refuses), :func:`error_cases` (one micro-op per check of
   ``hw/isa.py``, ``VEC`` ones for a chip with the vector unit);
@@ -81,7 +83,7 @@ __all__ = [
     "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
-    "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder",
+    "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "est_cycles",
 ]
 
 
@@ -1052,7 +1054,7 @@ def est_cycles(p: ChipParams, op: Op, f: dict, pos: int) -> int:
     ordering a program (:class:`Builder` with ``reorder``): the shapes of ``sim/timing.py``'s
     closed forms without their exact constants (``sw/`` does not import the timing model;
     nothing here decides a result, only which of two independent ops is emitted first).
-    ``LOAD`` / ``STORE``: the bus words only (the latency is :func:`_est_latency`)."""
+    ``LOAD`` / ``STORE``: the bus words only (:class:`_Reorder` adds the memory latency)."""
     R, C, PC = p.rows, p.cols, p.cols // 2
     if op in (Op.LOAD, Op.STORE):
         return f["words"] * _bus_words(p, Buf(f["buf"]))
