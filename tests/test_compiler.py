@@ -199,8 +199,8 @@ def test_fit_errors(smollm2, minilm):
 
 
 def test_runtime_errors(minilm):
-    """An empty input, an unknown device and the board backend (not built yet) are clear
-    errors; a chip error names the error and the micro-op."""
+    """An empty input, an unknown device and the board backend without a serial port are
+    clear errors; a chip error names the error and the micro-op."""
     qm, _ = minilm
     c = MiniLMCompiled(qm, P, layers=1)
     with open_device("isa", c) as dev:
@@ -218,8 +218,8 @@ def test_runtime_errors(minilm):
             r.step(prog, np.zeros((12, 384), np.int64), 0)
     with pytest.raises(ValueError, match="unknown device 'fpga'"):
         open_device("fpga", c)
-    with pytest.raises(DeviceError, match="board backend is not built yet"):
-        BoardDevice(c)
+    with pytest.raises(DeviceError, match="needs a serial port"):
+        BoardDevice(c.p, c.image_bytes())
 
 
 def test_cli_errors(capsys):
