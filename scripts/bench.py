@@ -12,8 +12,9 @@ Prints a table and writes a roofline plot (PNG):
   utilization cannot pass ~50 %. For SmolLM2 a second row, **grid utilization**, counts
   every MAC the grid performs (both A8x2 passes, both planes of the A15 P·V, INT8 tiles at
   their ``rows x cols / 2`` products: ``t_len x n_tiles x k_tiles`` rows per GEMM as the
-  program runs them) over the same peak: what the schedule controls (how busy the grid is
-  kept), not a relabelled model figure;
+  program runs them, so also the key blocks a GQA-stacked QKᵀ computes past the visible
+  keys, ~0.2 % of a 16-token layer) over the same peak: what the schedule controls (how
+  busy the grid is kept), not a relabelled model figure;
 - **decode cycles per token** of SmolLM2 (every layer, the LM head) at a few context
   positions, over the weight-streaming roofline (the bytes a step LOADs ÷ off-chip bytes
   per cycle), and how busy the LOAD unit is (what is left above the roofline: attention
