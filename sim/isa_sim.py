@@ -87,6 +87,7 @@ Counters (:class:`hw.isa.Counter`): ``UOPS`` (micro-ops fetched: every executed 
 """
 
 import enum as py_enum
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -153,6 +154,8 @@ _ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
 _P_MASK = (1 << 17) - 1
 #: Bound on the int64 temporaries of one GEMM chunk (elements).
 _CHUNK = 1 << 21
+#: GEMM plans (and weight row indices) kept at most; all are dropped when full.
+_PLANS = 1 << 14
 
 
 class OpError(Exception):
@@ -188,7 +191,12 @@ def _signed(v, bits):
 def round_output(y, sh):
     """The scaler's output rounding of 64-bit sums ``y`` by ``sh = shift - exp``:
     ``sim.golden.rshift_round``, and beyond its ``|y| < 2**62`` domain the exact result of the
-    RTL's 65-bit rounding adder, ``(y >> s) + bit s - 1 of y`` (``hw/gemm.py``, stage 5)."""
+    RTL's 65-bit rounding adder, ``(y >> s) + bit s - 1 of y`` (``hw/gemm.py``, stage 5).
+    When every shift is a right shift below 63 (the usual case) that formula alone gives the
+    result: it equals ``rshift_round``'s ``(y + 2**(s - 1)) >> s`` wherever that is defined."""
+    y, sh = np.asarray(y, np.int64), np.asarray(sh, np.int64)
+    if sh.size and 0 < sh.min() and sh.max() < 63:
+        return np.right_shift(y, sh) + (np.right_shift(y, sh - 1) & 1)
     out = rshift_round(y, sh)
     big = (sh > 0) & (sh < 63) & ((y >= 1 << 62) | (y < -(1 << 62)))
     if np.any(big):
@@ -196,6 +204,123 @@ def round_output(y, sh):
         exact = np.right_shift(y, s) + (np.right_shift(y, s - 1) & 1)
         out = np.where(big, exact, out)
     return out
+
+
+class _Codec:
+    """Fast access to the fields of one layout's raw words (the layout's leaves,
+    :func:`hw.isa.leaf_fields`; the same bits :func:`hw.isa.unpack_words` /
+    :func:`hw.isa.pack_words` decode and encode, without their int64 copies and bit arrays).
+
+    :meth:`get`: byte-aligned 8/16/32-bit leaves are numpy *views* of the raw bytes (int8,
+    uint8, int16, ... as the leaf's signedness says; read them before the bytes change),
+    other leaves are int64 from the bytes that hold them, shifted and masked. :meth:`pack`:
+    {path: values} -> raw words, values range-checked as ``pack_words`` does (same
+    ``ValueError``); a layout with a sub-byte array leaf (the PRM group word's 22-bit
+    scales; the simulator never writes one) packs through ``pack_words``."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.nbytes = word_bytes(layout)
+        self.plan = {}
+        self.packable = True
+        for path, off, width, sgn, count in leaf_fields(layout):
+            lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if sgn else (0, (1 << width) - 1)
+            if off % 8 == 0 and width in (8, 16, 32):
+                nb = width // 8
+                dtype = np.dtype(f"<{'i' if sgn else 'u'}{nb}")
+                kind = ("view", off // 8, off // 8 + nb * count, dtype)
+            elif count == 1 and (off + width - 1) // 8 - off // 8 < 7:
+                # a scalar: the (at most 7) bytes it spans, shifted together in an int64
+                kind = ("scalar", off // 8, (off + width - 1) // 8, off % 8)
+            elif width <= 57:  # an array: each element's 8 bytes (clipped to the word)
+                starts = off + width * np.arange(count)
+                idx = np.minimum((starts // 8)[:, None] + np.arange(8), self.nbytes - 1)
+                kind = ("array", idx, (starts % 8).astype(np.uint64))
+                self.packable = False
+            else:
+                kind = ("codec",)  # through unpack_words / pack_words
+                self.packable = False
+            self.plan[path] = (kind, width, sgn, count, lo, hi)
+        # pack ORs the scalar leaves together in one int64: their bytes must fit in 7
+        spans = [(k[1], k[2]) for k, *_ in self.plan.values() if k[0] == "scalar"]
+        self.tail = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, -1)
+        self.packable &= self.tail[1] - self.tail[0] < 7
+
+    def get(self, raw, path):
+        """Field ``path`` of the words ``raw`` (uint8 [..., nbytes], the last axis contiguous):
+        [...] for a scalar leaf, [..., count] for an array."""
+        kind, width, sgn, count, _, _ = self.plan[path]
+        if kind[0] == "view":
+            v = raw[..., kind[1]: kind[2]].view(kind[3])
+            return v[..., 0] if count == 1 else v
+        if kind[0] == "codec":
+            return unpack_words(self.layout, raw)[path]
+        if kind[0] == "scalar":
+            _, first, last, sh = kind
+            v = raw[..., first].astype(np.int64)
+            for k in range(1, last - first + 1):
+                v |= raw[..., first + k].astype(np.int64) << (8 * k)
+            v = (v >> sh) & ((1 << width) - 1)
+        else:
+            _, idx, sh = kind
+            g = np.take(raw, idx, axis=-1).view("<u8")[..., 0]  # [..., count]
+            v = ((g >> sh) & np.uint64((1 << width) - 1)).astype(np.int64)
+        if sgn:
+            half = 1 << (width - 1)
+            v = (v ^ half) - half
+        return v
+
+    def get_scalars(self, raw, paths):
+        """:meth:`get` of several scalar leaves, their bytes gathered once (int64 each)."""
+        plans = [self.plan[p] for p in paths]
+        if any(k[0][0] != "scalar" for k in plans):
+            return [np.asarray(self.get(raw, p), np.int64) for p in paths]
+        first = min(k[0][1] for k in plans)
+        last = max(k[0][2] for k in plans)
+        v = raw[..., first].astype(np.int64)
+        for b in range(first + 1, last + 1):
+            v |= raw[..., b].astype(np.int64) << (8 * (b - first))
+        out = []
+        for (kind, width, sgn, _, _, _) in plans:
+            f = v >> (8 * (kind[1] - first) + kind[3]) & ((1 << width) - 1)
+            if sgn:
+                half = 1 << (width - 1)
+                f = (f ^ half) - half
+            out.append(f)
+        return out
+
+    def pack(self, fields: dict, n: int | None = None):
+        """{field path: int array [n, ...]} -> raw words uint8 [n, nbytes]; missing fields 0."""
+        if not self.packable or not set(fields) <= set(self.plan):
+            return pack_words(self.layout, fields, n)  # (its ValueError names unknown fields)
+        if n is None:
+            n = len(np.asarray(next(iter(fields.values())))) if fields else 1
+        raw = np.zeros((n, self.nbytes), np.uint8)
+        tail, base = 0, self.tail[0]  # the scalar leaves, OR-ed together from byte base on
+        for path, value in fields.items():
+            kind, width, sgn, count, lo, hi = self.plan[path]
+            v = np.asarray(value)
+            if v.size and (v.min() < lo or v.max() > hi):
+                raise ValueError(f"pack_words: field {path} has values in {v.min()}..{v.max()}, "
+                                 f"outside its {width}-bit range {lo}..{hi}")
+            if kind[0] == "view":
+                raw[:, kind[1]: kind[2]].view(kind[3])[...] = v.reshape(n, count)
+                continue
+            _, first, last, sh = kind
+            tail = tail | (v.reshape(n).astype(np.int64) & ((1 << width) - 1)) << (
+                8 * (first - base) + sh)
+        if not isinstance(tail, int):
+            for b in range(base, self.tail[1] + 1):
+                raw[:, b] = (tail >> (8 * (b - base))) & 0xFF
+        return raw
+
+
+class _GemmPlan:
+    """What a ``GEMM``'s fields fix (:meth:`IsaSim._gemm_plan`)."""
+
+    __slots__ = ("mode", "wsrc", "psrc", "t_len", "k_tiles", "n_tiles", "first", "final", "step",
+                 "groups", "act", "pbuf", "params", "out", "wbuf", "weights", "lut", "lanes",
+                 "bound", "group_starts", "acc_idx", "distinct")
 
 
 class IsaSim:
@@ -240,7 +365,20 @@ class IsaSim:
             if rem:
                 m[-1] = (1 << rem) - 1
             self._mask[b] = m
+        #: The last byte's mask where a word's width is not a whole number of bytes (LOAD).
+        self._mask_last = {b: int(self._mask[b][-1]) for b in Buf if self._mask[b][-1] != 0xFF}
+        self._codec = {b: _Codec(self.layouts[b]) for b in Buf}
         self.bufs = {b: np.zeros((self.depth[b], self._nbytes[b]), np.uint8) for b in Buf}
+        # the grid's view of a weight byte, as float64 (exact): INT8, or two INT4 lanes lo, hi
+        byte = np.arange(256)
+        self._w_lut = {GridMode.INT8: _signed(byte, 8).astype(np.float64),
+                       GridMode.W4A8: np.stack([_signed(byte & 15, 4), _signed(byte >> 4, 4)],
+                                               axis=-1).astype(np.float64)}
+        self._w_max = {m: int(np.abs(lut).max()) for m, lut in self._w_lut.items()}  # |weight|
+        self._x_max = 1 << (self._codec[Buf.ACT].plan["data"][1] - 1)  # largest |activation|
+        self._scratch_bufs: dict[str, np.ndarray] = {}
+        self._plans: dict[tuple, _GemmPlan] = {}
+        self._rows: dict[tuple, np.ndarray] = {}
         self.y = np.zeros((p.acc_entries, p.cols), np.int64)
         # the KV scale lane: gshift | gzero << (width of an ACT word's gshift)
         self._gshift_bits = {path: w for path, _, w, _, _ in leaf_fields(act_word(p))}["gshift"]
@@ -542,7 +680,10 @@ class IsaSim:
 
     def _load(self, args):
         buf, sram, words, span, n_bus = self._dma_check(args)
-        self.bufs[buf][sram : sram + words] = self._from_bus(buf, self.offchip[span])
+        dst = self.bufs[buf][sram : sram + words]
+        dst[...] = self.offchip[span].reshape(words, -1)[:, : self._nbytes[buf]]
+        if buf in self._mask_last:  # the bits above the word's width stay 0
+            dst[:, -1] &= self._mask_last[buf]
         self.counters[Counter.LOAD_WORDS] += n_bus
 
     def _store(self, args):
@@ -555,16 +696,37 @@ class IsaSim:
     def _range(self, buf, idx, what):
         """``SRAM_RANGE`` unless every address in ``idx`` lies in ``buf``."""
         idx = np.asarray(idx)
-        if idx.size and int(idx.max()) >= self.depth[buf]:
-            raise OpError(
-                Err.SRAM_RANGE, f"{what}: {buf.name} word {int(idx.max())} >= {self.depth[buf]}"
-            )
+        if idx.size:
+            self._range_top(buf, int(idx.max()), what)
 
-    def _read(self, buf, idx):
-        """Fields of the words at addresses ``idx`` (any shape)."""
-        return unpack_words(self.layouts[buf], self.bufs[buf][idx])
+    def _range_top(self, buf, top, what):
+        """``SRAM_RANGE`` if ``top``, the largest address an op touches, lies beyond ``buf``."""
+        if top >= self.depth[buf]:
+            raise OpError(Err.SRAM_RANGE, f"{what}: {buf.name} word {top} >= {self.depth[buf]}")
 
-    def _gemm(self, a):
+    def _words(self, buf, idx):
+        """The raw words at addresses ``idx`` (any shape; a copy)."""
+        return np.take(self.bufs[buf], idx, axis=0)
+
+    def _field(self, buf, raw, path):
+        """Field ``path`` of raw words of ``buf`` (:class:`_Codec`: possibly a view)."""
+        return self._codec[buf].get(raw, path)
+
+    def _scratch(self, slot: str, shape):
+        """A float64 array of ``shape`` in memory the simulator keeps for ``slot`` (contents
+        undefined; valid until the next call for the slot): the GEMM's big temporaries,
+        allocated afresh for every op, cost page faults."""
+        size = math.prod(shape)
+        buf = self._scratch_bufs.get(slot)
+        if buf is None or buf.size < size:
+            buf = self._scratch_bufs[slot] = np.empty(size, np.float64)
+        return buf[:size].reshape(shape)
+
+    def _gemm_plan(self, a) -> "_GemmPlan":
+        """Every check of a ``GEMM`` (raising :class:`OpError`) and what its fields fix: the
+        addresses it reads and writes. A plan depends on the fields alone, and on ``pos`` /
+        ``kv_base`` where the op uses them; :meth:`_gemm` keeps it for the next time the op
+        runs (a program runs once per token)."""
         p = self.params
         R, C = p.rows, p.cols
         PC = C // 2
@@ -588,86 +750,178 @@ class IsaSim:
         if y_rows > p.acc_entries:
             raise OpError(Err.BAD_FIELD, f"{y_rows} accumulator rows > {p.acc_entries}")
 
-        # -- every address the op touches ---------------------------------------------------------
-        j = np.arange(n_tiles)
-        kt = np.arange(k_tiles)
-        t = np.arange(t_len)
-        r = np.arange(R)
+        # -- every address the op touches: each is affine in (j, kt, t, r) with non-negative
+        # steps, so its last index is its largest; the weight rows of every wsrc are one
+        # contiguous region (WGT / KV_TILED tile-major, KV_ROWS K-major) --------------------------
         wbuf = Buf.WGT if wsrc == WSrc.WGT else Buf.KV
         w_addr = a["w_addr"] + (self.kv_base if wbuf == Buf.KV else 0)
-        if wsrc == WSrc.KV_ROWS:
-            w_idx = w_addr + (kt[None, :, None] * R + r) * n_tiles + j[:, None, None]
-        else:
-            w_idx = w_addr + ((j[:, None] * k_tiles + kt) * R)[:, :, None] + r
-        a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + kt  # [t, kt]
+        n_w = n_tiles * k_tiles * R
+        a_addr, a_stride = a["a_addr"], a["a_stride"]
+        acc_addr, acc_stride = a["acc_addr"], a["acc_stride"]
         step = a["prm_step"]
-        groups, g_of_kt = -(-k_tiles // (1 << step)), kt >> step
+        groups = -(-k_tiles // (1 << step))  # K-tile kt uses group kt >> step
         pbuf = Buf.PRM if psrc == PSrc.PRM else Buf.KV
-        if psrc == PSrc.PRM:
-            s_idx = a["prm_addr"] + j[:, None] * groups + g_of_kt  # [n, kt]
-            o_idx = a["oprm_addr"] + j
+        if psrc == PSrc.PRM:  # block j's group words at s_addr + j * s_per
+            s_addr, s_per = a["prm_addr"], groups
+            o_top = a["oprm_addr"] + n_tiles - 1
         else:
-            prm_addr = self.kv_base + a["prm_addr"]
-            s_idx = prm_addr + j[:, None] * (groups + 1) + g_of_kt
-            o_idx = prm_addr + j * (groups + 1) + groups
-        acc_idx = a["acc_addr"] + t[None, :] * a["acc_stride"] + j[:, None]  # [n, t]
-        self._range(wbuf, w_idx, "weight rows")
-        self._range(Buf.ACT, a_idx, "activation rows")
-        self._range(pbuf, s_idx, "group parameters")
-        self._range(pbuf, o_idx, "out parameters")
+            s_addr, s_per = self.kv_base + a["prm_addr"], groups + 1
+            o_top = s_addr + (n_tiles - 1) * s_per + groups
+        self._range_top(wbuf, w_addr + n_w - 1, "weight rows")
+        self._range_top(Buf.ACT, a_addr + (t_len - 1) * a_stride + k_tiles - 1, "activation rows")
+        self._range_top(pbuf, s_addr + (n_tiles - 1) * s_per + groups - 1, "group parameters")
+        self._range_top(pbuf, o_top, "out parameters")
         if final:
-            self._range(Buf.ACC, acc_idx, "outputs")
+            self._range_top(Buf.ACC, acc_addr + (t_len - 1) * acc_stride + n_tiles - 1, "outputs")
+
+        g = _GemmPlan()
+        g.mode, g.wsrc, g.psrc = mode, wsrc, psrc
+        g.t_len, g.k_tiles, g.n_tiles, g.first, g.final = t_len, k_tiles, n_tiles, first, final
+        g.step, g.groups = step, groups
+        if a_stride == k_tiles or t_len == 1:  # ACT rows back to back
+            g.act = slice(a_addr, a_addr + t_len * k_tiles)
+        else:
+            g.act = a_addr + np.arange(t_len)[:, None] * a_stride + np.arange(k_tiles)
+        g.pbuf, g.params = pbuf, slice(s_addr, s_addr + n_tiles * s_per)
+        g.out = slice(a["oprm_addr"], a["oprm_addr"] + n_tiles)
+        g.wbuf, g.weights = wbuf, slice(w_addr, w_addr + n_w)
+        g.lut = self._w_lut[mode]
+        g.lanes = C if mode == GridMode.W4A8 else PC  # INT8: lanes c >= PC have acc = 0
+        g.bound = self._x_max * self._w_max[mode] * R  # |Σ_r x w| of one K-tile, at most
+        g.group_starts = np.arange(0, k_tiles, 1 << step)
+        g.acc_idx = (acc_addr + np.arange(t_len)[None, :] * acc_stride
+                     + np.arange(n_tiles)[:, None]).ravel() if final else None
+        # tile order: block j, then row t; the addresses differ unless acc_stride < n_tiles
+        g.distinct = t_len == 1 or acc_stride >= n_tiles
+        return g
+
+    def _gemm(self, a):
+        uses_kv = a["wsrc"] != WSrc.WGT or a["psrc"] != PSrc.PRM
+        key = (tuple(a.items()), self.pos if a["dyn"] == Dyn.POS else None,
+               self.kv_base if uses_kv else None)
+        g = self._plans.get(key)
+        if g is None:
+            g = self._gemm_plan(a)  # raises OpError before anything is cached or written
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[key] = g
+        p = self.params
+        R, C = p.rows, p.cols
+        PC = C // 2
+        t_len, k_tiles, n_tiles, step = g.t_len, g.k_tiles, g.n_tiles, g.step
+        first, final, groups, Cw = g.first, g.final, g.groups, g.lanes
 
         # -- operands -----------------------------------------------------------------------------
-        act = self._read(Buf.ACT, a_idx)
-        x = act["data"]  # [t, kt, R]
-        xsum = x.sum(-1)  # [t, kt]
-        gshift = act["gshift"]
-        gzero = act["gzero"].astype(bool)
-        exp = act["exp"][:, -1]  # the row's exp on its final K-tile
-        wb = self._read(wbuf, w_idx)[_leaf(self.layouts[wbuf])]  # [n, kt, R, PC] bytes
-        if mode == GridMode.INT8:
-            wl = _signed(wb, 8)  # lanes c < PC; lanes c >= PC have acc = 0
+        act_codec = self._codec[Buf.ACT]
+        if isinstance(g.act, slice):
+            act = self.bufs[Buf.ACT][g.act].reshape(t_len, k_tiles, -1)
         else:
-            wl = np.empty((*wb.shape[:-1], C), np.int64)
-            wl[..., 0::2] = _signed(wb & 15, 4)
-            wl[..., 1::2] = _signed(wb >> 4, 4)
-        if psrc == PSrc.PRM:
-            g = self._read(Buf.PRM, s_idx)
-            scale, offset = g["group.scale"], g["group.offset"]  # [n, kt, C]
+            act = self._words(Buf.ACT, g.act)
+        x8 = act_codec.get(act, "data")  # [t, kt, R]
+        xsum = x8.sum(-1, dtype=np.int64)  # [t, kt]
+        gshift, gzero, exp = act_codec.get_scalars(act, ("gshift", "gzero", "exp"))
+        mant = np.where(gzero != 0, 0, np.left_shift(1, gshift))  # [t, kt]
+        exp = exp[:, -1]  # the row's exp on its final K-tile
+        sw = self.bufs[g.pbuf][g.params].reshape(n_tiles, -1, self._nbytes[g.pbuf])
+        if g.psrc == PSrc.PRM:
+            prm = self._codec[Buf.PRM]
+            scale = np.asarray(prm.get(sw, "group.scale"), np.int64)  # [n, groups, C]
+            offset = np.asarray(prm.get(sw, "group.offset"), np.int64)
             if final:
-                o = self._read(Buf.PRM, o_idx)
-                shift, bias = o["out.shift"], o["out.bias"]  # [n, C]
+                ow = self.bufs[Buf.PRM][g.out]
+                shift = np.asarray(prm.get(ow, "out.shift"), np.int64)  # [n, C]
+                bias = np.asarray(prm.get(ow, "out.bias"), np.int64)
         else:
-            lanes = self._read(Buf.KV, s_idx)[_leaf(self.layouts[Buf.KV])]  # [n, kt, PC]
+            kv_leaf = _leaf(self.layouts[Buf.KV])
+            lanes = np.asarray(self._field(Buf.KV, sw[:, :groups], kv_leaf), np.int64)
             gb = self._gshift_bits
             gs = lanes & ((1 << gb) - 1)
-            mant = np.where((lanes >> gb) & 1, 0, np.left_shift(1, gs))
-            scale = np.zeros((n_tiles, k_tiles, C), np.int64)
-            scale[..., :PC] = mant  # W4A8 lanes c >= PC: scale 0
-            offset = np.zeros_like(scale)
+            scale = np.zeros((n_tiles, groups, C), np.int64)  # W4A8 lanes c >= PC: scale 0
+            scale[..., :PC] = np.where((lanes >> gb) & 1, 0, np.left_shift(1, gs))
+            offset = None  # 0
             if final:
-                e = _signed(self._read(Buf.KV, o_idx)[_leaf(self.layouts[Buf.KV])], 8)
+                e = _signed(self._field(Buf.KV, sw[:, groups], kv_leaf), 8)  # [n, PC]
                 shift = np.full((n_tiles, C), p.numerics.frac_bits, np.int64)
                 shift[:, :PC] -= e
                 bias = np.zeros((n_tiles, C), np.int64)
 
-        # -- the grid and the group scaler, a chunk of output blocks at a time ------------------
-        lanes_used = wl.shape[-1]
-        xf = x.transpose(1, 0, 2).astype(np.float64)  # [kt, t, R]
-        sh_t = gshift.T[None, :, :, None]  # [1, kt, t, 1]
-        zero_t = gzero.T[None, :, :, None]
-        xsum_t = xsum.T[None, :, :, None]
+        # -- the grid and the group scaler --------------------------------------------------------
+        # Per column, Y = Σ_kt mant[t, kt] * (scale[g(kt)] * acc[kt] + offset[g(kt)] * xsum[kt])
+        # modulo 2**64 (the scaler's 64-bit registers; the shift by gshift is the product by
+        # mant), acc[kt] = Σ_r x[t, kt, r] * w[kt, r]. Ring algebra regroups it exactly into
+        # float64 matmuls whose partial sums are all integers below 2**53 (exact), over
+        # sub-groups of s K-tiles, then int64 sums:
+        # - "scaled": Y1 = Σ_sub scale[g] * P[sub], P[sub] = Σ_{kt in sub} mant * acc[kt], the
+        #   sub-groups inside one weight group (g);
+        # - "folded": Y1 = Σ_sub P'[sub], P'[sub] = Σ_{kt in sub} mant * Σ_r x * (w * scale[g])
+        #   (the scale folded into the weights: any sub-groups; costs a pass over the weights,
+        #   saves the products with scale: for long t_len);
+        # and Y = Y1 + Σ_g offset[g] * XS[g], XS[g] = Σ_{kt in g} mant * xsum[kt].
+        big = g.bound * int(mant.max())  # |P| of one K-tile, at most
+        s = k_tiles if k_tiles <= 1 << step else 1 << step
+        while s > 1 and s * big >= 1 << 53:
+            s = 1 << ((s - 1).bit_length() - 1)  # a power of two: sub-groups stay in one group
+        n_sub = -(-k_tiles // s)
+        fold = False
+        if n_sub > 1:
+            big_f = big * int(np.abs(scale[..., :Cw]).max())  # |P'| of one K-tile, at most
+            most = ((1 << 53) - 1) // big_f if big_f else k_tiles
+            if most >= 1:
+                n_sub_f = -(-k_tiles // min(most, k_tiles))
+                # element passes per output column: products, sums and conversions
+                fold = k_tiles * R + 2 * n_sub_f * t_len < 3 * n_sub * t_len
+            if fold:
+                n_sub = n_sub_f
+                s = -(-k_tiles // n_sub)  # <= most
+                n_sub = -(-k_tiles // s)
+        kt_pad = n_sub * s
+        xa = np.zeros((t_len, kt_pad, R)) if kt_pad > k_tiles else np.empty((t_len, kt_pad, R))
+        xa[:, :k_tiles] = x8
+        xa[:, :k_tiles] *= mant[..., None]  # exact: |x * mant| < 2**39
+        xa = xa.reshape(t_len, n_sub, s * R).transpose(1, 0, 2)  # [sub, t, s R]
+        if offset is not None:
+            xs = np.add.reduceat(xsum * mant, g.group_starts, axis=1)  # [t, groups]
+        if g.wsrc == WSrc.KV_ROWS:
+            wk = self.bufs[g.wbuf][g.weights].reshape(k_tiles, R, n_tiles, -1)
+        else:
+            wk = self.bufs[g.wbuf][g.weights]
+        if fold:
+            scale_k = scale[:, np.arange(k_tiles) >> step, :Cw].astype(np.float64)  # [n, kt, Cw]
+        elif n_sub == 1:
+            scale_sub = scale[:, :1, :Cw]
+        else:
+            scale_sub = scale[:, (np.arange(n_sub) * s) >> step, :Cw]  # [n, sub, Cw]
+        lut = g.lut
         ysum = np.zeros((n_tiles, t_len, C), np.int64)
-        chunk = max(1, _CHUNK // (k_tiles * t_len * C))
+        chunk = max(1, _CHUNK // max(kt_pad * R * Cw, n_sub * t_len * C))
         for j0 in range(0, n_tiles, chunk):
-            js = slice(j0, j0 + chunk)
-            # column sums are exact in float64: |Σ_r x * w| <= 64 * 2**14
-            acc = np.zeros((wl[js].shape[0], k_tiles, t_len, C), np.int64)
-            acc[..., :lanes_used] = np.rint(xf[None] @ wl[js].astype(np.float64))
-            z = scale[js, :, None, :] * acc + offset[js, :, None, :] * xsum_t
-            pz = np.where(zero_t, 0, np.left_shift(z, sh_t))  # wraps at 64 bits, as the RTL
-            ysum[js] = pz.sum(axis=1)
+            nj = min(chunk, n_tiles - j0)
+            js = slice(j0, j0 + nj)
+            if g.wsrc == WSrc.KV_ROWS:
+                wb = wk[:, :, js]  # [kt, R, nj, PC]
+            else:  # the tiles' rows gathered K-major
+                wb = np.take(wk, self._tile_rows(k_tiles * R, j0, nj), axis=0)
+                wb = wb.reshape(k_tiles, R, nj, -1)
+            wf = self._scratch("w", (kt_pad, R, nj, wb.shape[3], *lut.shape[1:]))
+            np.take(lut, wb, axis=0, out=wf[:k_tiles], mode="clip")  # bytes: always in range
+            wf[k_tiles:] = 0
+            if fold:  # exact: |w * scale| < 2**29
+                wf.reshape(kt_pad, R, nj, Cw)[:k_tiles] *= scale_k[js].transpose(1, 0, 2)[:, None]
+            prod = self._scratch("p", (n_sub, t_len, nj * Cw))
+            np.matmul(xa, wf.reshape(n_sub, s * R, nj * Cw), out=prod)
+            if fold or n_sub == 1:
+                part = prod[0].astype(np.int64) if n_sub == 1 else prod.astype(np.int64).sum(0)
+                y1 = part.reshape(t_len, nj, Cw)  # [t, nj, Cw]
+                if not fold:
+                    y1 *= scale_sub[js, 0]
+            else:
+                part = prod.astype(np.int64).reshape(n_sub, t_len, nj, Cw)
+                y1 = (part * scale_sub[js].transpose(1, 0, 2)[:, None]).sum(axis=0)
+            ys = ysum[js]
+            ys[..., :Cw] = y1.transpose(1, 0, 2)
+            if offset is not None:
+                off = offset[js].transpose(1, 0, 2).reshape(groups, nj * C)
+                ys += np.matmul(xs, off).reshape(t_len, nj, C).transpose(1, 0, 2)
         if first and final:
             yfull = ysum  # y = t: every block starts from 0
         else:
@@ -685,14 +939,21 @@ class IsaSim:
         else:
             self.y[: n_tiles * t_len] = yfull.reshape(n_tiles * t_len, C)
         if final:
-            flat = acc_idx.ravel()  # tile order: block j, then row t
-            _, last = np.unique(flat[::-1], return_index=True)
-            keep = np.sort(flat.size - 1 - last)
-            words = pack_words(
-                self.layouts[Buf.ACC], {_leaf(self.layouts[Buf.ACC]): out.reshape(-1, C)[keep]}
-            )
-            self.bufs[Buf.ACC][flat[keep]] = words
+            words = self._codec[Buf.ACC].pack({_leaf(self.layouts[Buf.ACC]): out.reshape(-1, C)})
+            self._write_last(Buf.ACC, g.acc_idx, words, distinct=g.distinct)
         self.counters[Counter.GRID_ROWS] += n_tiles * k_tiles * t_len
+
+    def _tile_rows(self, tile, j0, nj):
+        """Row indices [tile, nj] of blocks ``j0 ..`` of a tile-major weight region of
+        ``tile`` rows per block: row ``q`` of block ``j0 + i`` at ``[q, i]`` (K-major)."""
+        key = (tile, j0, nj)
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = np.arange(j0 * tile, (j0 + nj) * tile, tile) + np.arange(tile)[:, None]
+            if len(self._rows) >= _PLANS:
+                self._rows.clear()
+            self._rows[key] = rows
+        return rows
 
     def _kv_append(self, a):
         p = self.params
@@ -717,12 +978,14 @@ class IsaSim:
         a_idx = a["a_addr"] + t[:, None] * a["a_stride"] + np.arange(wpr)  # [t, wpr]
         self._range(Buf.ACT, a_idx, "activation rows")
 
-        act = self._read(Buf.ACT, a_idx)
-        x = act["data"].reshape(t_len, d) & 0xFF  # bytes
+        act = self._words(Buf.ACT, a_idx)
+        x = np.asarray(self._field(Buf.ACT, act, "data"), np.int64).reshape(t_len, d) & 0xFF
         first_word = np.arange(G) * (ag // R)
         gb = self._gshift_bits
-        scl = act["gshift"][:, first_word] | act["gzero"][:, first_word] << gb  # [t, G]
-        lanes_s = np.concatenate([scl, act["exp"][:, :1] & 0xFF], axis=1)  # [t, G + 1]
+        gshift = self._field(Buf.ACT, act, "gshift")[:, first_word]
+        scl = gshift | self._field(Buf.ACT, act, "gzero")[:, first_word] << gb  # [t, G]
+        exp = np.asarray(self._field(Buf.ACT, act, "exp")[:, :1], np.int64) & 0xFF
+        lanes_s = np.concatenate([scl, exp], axis=1)  # [t, G + 1]
         s = self.pos + t
         blk, lane = s // PC, s % PC
         kv_leaf = _leaf(self.layouts[Buf.KV])
@@ -731,7 +994,7 @@ class IsaSim:
             self._write_lanes(rows, lane, x)
         else:
             rows = kv_addr + s[:, None] * (d // PC) + np.arange(d // PC)  # [t, d / PC]
-            words = pack_words(self.layouts[Buf.KV], {kv_leaf: x.reshape(-1, PC)})
+            words = self._codec[Buf.KV].pack({kv_leaf: x.reshape(-1, PC)})
             self.bufs[Buf.KV][rows.ravel()] = words
         srows = kv_saddr + blk[:, None] * (G + 1) + np.arange(G + 1)  # [t, G + 1]
         self._write_lanes(srows, lane, lanes_s)
@@ -741,9 +1004,9 @@ class IsaSim:
         lanes keep their contents (tokens of one block share words)."""
         kv_leaf = _leaf(self.layouts[Buf.KV])
         uniq, inv = np.unique(rows.ravel(), return_inverse=True)
-        words = self._read(Buf.KV, uniq)[kv_leaf]  # [u, PC]
-        words[inv, np.repeat(lane, rows.shape[1])] = vals.ravel()
-        self.bufs[Buf.KV][uniq] = pack_words(self.layouts[Buf.KV], {kv_leaf: words})
+        words = np.asarray(self._field(Buf.KV, self._words(Buf.KV, uniq), kv_leaf), np.int64)
+        words[inv, np.repeat(lane, rows.shape[1])] = vals.ravel()  # [u, PC]
+        self.bufs[Buf.KV][uniq] = self._codec[Buf.KV].pack({kv_leaf: words})
 
     # -- the vector unit ----------------------------------------------------------------------
 
@@ -753,9 +1016,10 @@ class IsaSim:
 
     def _wide_read(self, idx, E, length):
         """Wide rows [rows, length] from the ACC words ``idx`` [rows, W], ``E`` per word."""
-        words = self._read(Buf.ACC, idx)[_leaf(self.layouts[Buf.ACC])]  # [rows, W, C]
+        raw = self._words(Buf.ACC, idx)
+        words = self._field(Buf.ACC, raw, _leaf(self.layouts[Buf.ACC]))  # [rows, W, C]
         rows, W = idx.shape
-        return words[..., :E].reshape(rows, W * E)[:, :length]
+        return words[..., :E].reshape(rows, W * E)[:, :length].astype(np.int64)
 
     def _wide_words(self, vals, E, W):
         """Wide rows [rows, length] -> ACC words [rows * W, C]: ``E`` per word, the other
@@ -765,7 +1029,7 @@ class IsaSim:
         flat[:, :length] = vals
         words = np.zeros((rows, W, self.params.cols), np.int64)
         words[..., :E] = flat.reshape(rows, W, E)
-        return pack_words(self.layouts[Buf.ACC], {_leaf(self.layouts[Buf.ACC]): words.reshape(
+        return self._codec[Buf.ACC].pack({_leaf(self.layouts[Buf.ACC]): words.reshape(
             rows * W, -1)})
 
     def _act_words(self, x8, mant, exp, group):
@@ -781,17 +1045,20 @@ class IsaSim:
         gshift = np.where(m > 0, np.log2(np.maximum(m, 1)).round(), 0).astype(np.int64)
         assert np.array_equal(np.where(m > 0, np.left_shift(1, gshift), 0), m)
         e = (np.asarray(exp, np.int64) + 128) % 256 - 128  # the 8-bit exp field wraps
-        return pack_words(self.layouts[Buf.ACT], {
+        return self._codec[Buf.ACT].pack({
             "data": data_.reshape(rows * nw, R),
             "gshift": gshift.ravel(),
             "gzero": (m == 0).astype(np.int64).ravel(),
             "exp": np.repeat(e, nw),
         })
 
-    def _write_last(self, buf, idx, words):
+    def _write_last(self, buf, idx, words, distinct: bool = False):
         """Words [n] at addresses ``idx`` [n] (in row order): where two land on one address
-        the later stays."""
+        the later stays. ``distinct``: the caller knows the addresses differ."""
         flat = np.asarray(idx).ravel()
+        if distinct or flat.size < 2 or bool((flat[1:] > flat[:-1]).all()):
+            self.bufs[buf][flat] = words
+            return
         _, last = np.unique(flat[::-1], return_index=True)
         keep = np.sort(flat.size - 1 - last)
         self.bufs[buf][flat[keep]] = words[keep]
@@ -863,7 +1130,7 @@ class IsaSim:
 
         # -- operands and the golden function ---------------------------------------------------
         if copy_act:
-            self._write_last(Buf.ACT, d_idx, self.bufs[Buf.ACT][a_idx.ravel()].copy())
+            self._write_last(Buf.ACT, d_idx, self._words(Buf.ACT, a_idx.ravel()))
             return
         x = self._wide_read(a_idx, E, length)
         q_pos = self.pos + np.arange(rows) if a["causal"] else None
@@ -873,12 +1140,14 @@ class IsaSim:
             if vfold:
                 kv_leaf = _leaf(self.layouts[Buf.KV])
                 j = np.arange(length)
-                lanes = self._read(Buf.KV, blk)[kv_leaf][j // PC, j % PC]  # [length]
+                kvw = self._words(Buf.KV, np.stack([blk, blk + Gv]))  # scale, exp words
+                lanes = np.asarray(self._field(Buf.KV, kvw[0], kv_leaf), np.int64)[
+                    j // PC, j % PC]  # [length]
                 gb = self._gshift_bits
                 gshift, gzero = lanes & ((1 << gb) - 1), (lanes >> gb) & 1
                 if np.any((gzero == 0) & (gshift > num.act_headroom)):
                     raise OpError(Err.BAD_FIELD, "a V scale with gshift > act_headroom")
-                exp_v = _signed(self._read(Buf.KV, blk + Gv)[kv_leaf][j // PC, j % PC], 8)
+                exp_v = _signed(self._field(Buf.KV, kvw[1], kv_leaf)[j // PC, j % PC], 8)
                 mant_v = np.where(gzero == 1, 0, np.left_shift(1, gshift))
                 p_ = x & _P_MASK
                 if q_pos is not None:  # keys a row does not see are masked (p = 0)
@@ -906,7 +1175,8 @@ class IsaSim:
             b = self._wide_read(b_idx, E, length)
             out = G.residual_add(x, b) if fn == VecFn.RESIDUAL else G.silu_mul(x, b, num=num)
         elif fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
-            bias = self._read(Buf.PRM, prm_idx)["out.bias"]  # [n_vec * Wc + 1, C]
+            bias = np.asarray(self._field(Buf.PRM, self._words(Buf.PRM, prm_idx), "out.bias"),
+                              np.int64)  # [n_vec * Wc + 1, C]
             consts = bias[:-1].reshape(n_vec, Wc * C)[:, :length]
             eps = int(bias[-1, 0] & ((1 << EPS_BITS) - 1)) / (1 << (2 * num.frac_bits))
             out = G.layernorm(x, consts[0], consts[1], eps, num=num) if fn == VecFn.LAYERNORM \
