@@ -42,7 +42,7 @@ the configuration has (and the ``ChipParams`` field to grow), before any program
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from hw.isa import (
     VecFn,
     buffer_depth,
     bus_words_per,
+    decode,
     encode,
     word_bytes,
     word_layout,
@@ -124,10 +125,19 @@ class Program:
     #: program position the Builder's scheduler gave each (``sw.programs.Builder``)
     logical: list = field(default_factory=list, repr=False)
     placed: list = field(default_factory=list, repr=False)
+    #: a step too long for the micro-op memory: the programs that run it, one after another
+    #: (each at the step's ``pos``; state passes between them in the buffers and off-chip
+    #: memory). Then ``words`` / ``sections`` are theirs concatenated (for reports; the step
+    #: is not one program) and ``addr`` the first one's.
+    parts: list = field(default_factory=list, repr=False)
 
     @property
     def length(self) -> int:
         return len(self.words)
+
+    def runs(self) -> list:
+        """The programs that run this step, in order (``parts``, or the program itself)."""
+        return self.parts or [self]
 
 
 class _Plan:
@@ -211,6 +221,79 @@ class CompiledModel:
         self.programs[name] = prog
         return prog
 
+    def _place_parts(self, name: str, T: int, rec: _Recorder, plan: _Plan, in_off,
+                     out_off, out_rows, out_len, out_half, in_half) -> Program:
+        """A step recorded op by op (``rec``: its logical order) as programs that each fit
+        the micro-op memory, run one after another (:attr:`Program.parts`). Each is built
+        by a :class:`Builder` with ``reorder`` on a range of the ops (never inside a chain of
+        GEMMs: ``first`` .. ``final`` share the group scaler's sums); one that starts after a
+        ``SETPOS`` opens with the context registers as the ops before it left them (the
+        step starts at ``pos`` 0 and ``kv_base`` 0, as every part does)."""
+        p = self.p
+        words = rec.words
+        n = len(words)
+        ok = [True] * (n + 1)  # a program may end before op i
+        regs = [(0, 0)] * (n + 1)  # (pos, kv_base) before op i
+        pos = kvb = 0
+        for i, w in enumerate(words):
+            op, f = decode(w)
+            if op == Op.GEMM and not f["final"]:
+                ok[i + 1] = False
+            elif op == Op.SETPOS:
+                if f["reg"] == PosReg.POS:
+                    pos = pos + f["value"] if f["add"] else f["value"]
+                else:
+                    kvb = kvb + f["value"] if f["add"] else f["value"]
+            regs[i + 1] = (pos, kvb)
+        labels = rec.labels + [(None, n)]
+        parts, i, guess = [], 0, p.uop_depth // 2
+        while i < n:
+            pos, kvb = regs[i]
+            prefix = ([encode(Op.SETPOS, value=pos)] if pos else []) + (
+                [encode(Op.SETPOS, reg=PosReg.KV_BASE, value=kvb)] if kvb else [])
+            j = min(n, i + guess)
+            while True:
+                while j > i + 1 and not ok[j]:
+                    j -= 1
+                b = Builder(p, self.img, reorder=True, pos=0)
+                for w in prefix:
+                    b.emit(w)
+                marks = []
+                for (label, s0), (_, s1) in zip(labels[:-1], labels[1:], strict=True):
+                    if s0 < j and s1 > i:
+                        marks.append((label, max(s0, i), min(s1, j)))
+                for k in range(i, j):
+                    b.emit(words[k])
+                prog = b.program()
+                if len(prog) <= p.uop_depth:
+                    break
+                if j - i <= 1:
+                    raise CompileError(f"{name}: one micro-op with its context needs "
+                                       f"{len(prog)} micro-ops, more than the micro-op memory "
+                                       f"of {p.uop_depth} (grow ChipParams.uop_depth)")
+                j = i + max(1, (j - i) * (p.uop_depth - 16) // len(prog))
+            # the next part's first guess: as many ops as this one's fill would allow
+            guess = max(1, (j - i) * (p.uop_depth - 16) // len(prog))
+            sections, at = [], 0
+            for label, _, s1 in marks:
+                end = max(at, b.pc_of(len(prefix) + s1 - i))
+                sections.append(Section(label, at, end))
+                at = end
+            addr, _ = self.img.put_program(prog)
+            parts.append(Program(f"{name}.{len(parts)}", T, prog, addr, sections,
+                                 dict(plan.top), in_off, out_off, out_rows, out_len, out_half,
+                                 in_half, logical=b.logical, placed=b.placed))
+            i = j
+        allw, secs = [], []
+        for part in parts:
+            secs += [Section(f"{sec.label} [{part.name}]", sec.start + len(allw),
+                             sec.end + len(allw)) for sec in part.sections]
+            allw += part.words
+        step = Program(name, T, allw, parts[0].addr, secs, dict(plan.top), in_off, out_off,
+                       out_rows, out_len, out_half, in_half, parts=parts)
+        self.programs[name] = step
+        return step
+
     def image_bytes(self) -> np.ndarray:
         """The image as far as it is placed (what a device is opened on)."""
         return self.img.mem[: self.img.next * self.p.offchip_bytes_per_cycle]
@@ -242,6 +325,28 @@ class CompiledModel:
 
 def _sections_start(b: Builder) -> int:
     return b.mark()
+
+
+class _Recorder(Builder):
+    """A :class:`Builder` that only records the ops it is given (their logical order) and
+    labels (``section``): a step too long for one program, which
+    :meth:`CompiledModel._place_parts` cuts into programs. Image regions are placed as the
+    Builder places them."""
+
+    def __init__(self, p: ChipParams, img: Image):
+        super().__init__(p, img)
+        self.words: list[int] = []
+        self.labels: list[tuple[str, int]] = []
+
+    def emit(self, word: int) -> None:
+        self.words.append(word)
+
+    def mark(self) -> int:
+        return len(self.words)
+
+    def section(self, label: str) -> None:
+        """The ops from here on do ``label`` (until the next section)."""
+        self.labels.append((label, len(self.words)))
 
 
 # -- SmolLM2 ----------------------------------------------------------------------------------
@@ -547,16 +652,18 @@ class MiniLMCompiled(CompiledModel):
     and LayerNorm on chip; the host writes wide hidden states)."""
 
     def __init__(self, m, p: ChipParams, layers: int | None = None, embeddings: bool = True,
-                 block: int | None = None):
+                 block: int | None = None, streamed: bool | None = None):
         n = m.config.n_layers if layers is None else layers
         if block is not None and block < 1:
             raise CompileError(f"row block must be at least 1 token, got {block}")
         self.block = block
         if not 1 <= n <= m.config.n_layers:
             raise CompileError(f"layers must be 1..{m.config.n_layers}, got {layers}")
-        super().__init__(p, Image(p))
+        self.streamed = streamed
         self.m, self.cfg = m, m.config
         self.n_layers, self.embeddings = n, embeddings
+        super().__init__(_room_for(p, _weight_bytes(p, m.layers[:n]), "MiniLM"), None)
+        self.img = Image(self.p)
 
     def program(self, T: int) -> Program:
         name = f"minilm_T{T}"
@@ -581,15 +688,25 @@ class MiniLMCompiled(CompiledModel):
         cfg = self.cfg
         if not 1 <= T <= cfg.max_seq_len:
             raise CompileError(f"{name}: {T} tokens; MiniLM takes 1..{cfg.max_seq_len}")
-        if self.block is not None:
-            return self._build_blocked(T, name, min(self.block, T))
+        if self.streamed:
+            return self._build_streamed(T, name)
         err = None
-        for tb in sorted({T, *(b for b in (256, 128, 64, 32, 16, 8) if b < T)}, reverse=True):
+        if self.block is not None:
+            blocks = [min(self.block, T)]
+        else:
+            blocks = sorted({T, *(b for b in (256, 128, 64, 32, 16, 8) if b < T)},
+                            reverse=True)
+        for tb in blocks:
             try:
                 return self._build_blocked(T, name, tb)
             except CompileError as e:  # the largest row block that fits; else the
                 err = e                # shortfall of the smallest
-        raise err
+        if self.streamed is False:
+            raise err
+        try:  # the resident plan does not fit: hidden states off-chip
+            return self._build_streamed(T, name)
+        except CompileError as e:
+            raise CompileError(f"{err}; nor streamed: {e}") from None
 
     def _build_blocked(self, T: int, name: str, Tb: int) -> Program:
         """The encoder on ``T`` tokens in row blocks of ``Tb``.
@@ -805,6 +922,278 @@ class MiniLMCompiled(CompiledModel):
         prog = self._place(name, T, b, pl, sections, in_off, out_off, T, D, True, True)
         prog.block, prog.in_rows = Tb, in_rows
         return prog
+
+    def _build_streamed(self, T: int, name: str) -> Program:
+        """The encoder on ``T`` tokens for a chip whose buffers hold neither the hidden
+        states nor one layer's intermediates: everything between sub-layers lives off-chip
+        (bus regions of the image), and the step runs as several programs
+        (:meth:`CompiledModel._place_parts`) when it is longer than the micro-op memory.
+
+        Off-chip: ``H`` the hidden states (wide rows, the ``half`` layout; the layer's input,
+        then its output: the step's output after the last layer), ``X`` their A8 rows (the
+        next layer's GEMM input, quantized once), ``ATT`` the attention output. Per layer:
+
+        - **Q, K, V and attention, a group of heads at a time** (as many as the KV buffer
+          holds for ``T`` tokens): per row block, the group's columns of the K, V and Q
+          projections from ``X``'s rows (K and V quantized per head and appended to the cache
+          at the block's positions, Q kept in ACT for every row); then per query block and
+          head QKᵀ over the ``T`` keys, softmax, the A15 probabilities and P·V, the group's
+          columns of each row stored to ``ATT``;
+        - **output projection and FFN, a row block at a time**: ``ATT``'s rows quantized,
+          W_o, the residual with ``H``'s rows and LayerNorm 1 (h1, kept in ACC); FFN1 in
+          column chunks (GELU, then repacked into a full-layout row of ``d_ff``, so a row
+          takes ``d_ff / cols`` ACC words), the row quantized whole, FFN2, the residual and
+          LayerNorm 2; the rows stored to ``H`` and, quantized, to ``X``.
+
+        Each weight GEMM streams its weights once per row block (the grid's inputs are
+        rows of a block). The block sizes are the largest the buffers hold."""
+        p, cfg, m = self.p, self.cfg, self.m
+        R, C, PC = p.rows, p.cols, p.cols // 2
+        D, H, dh, Dff = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_ff
+        E = PC  # INT8 GEMM outputs: the half layout
+        WD, WF, KD, KF = D // E, Dff // E, D // R, Dff // R
+        WFf = -(-Dff // C)  # a d_ff row repacked to the full layout
+        wh, wq = dh // E, dh // R
+        nq, kq, nv = -(-T // PC), -(-T // R), dh // PC
+        Wc = -(-D // C)
+        dep = {b: buffer_depth(p, b) for b in Buf}
+        A, AT = dep[Buf.ACC], dep[Buf.ACT]
+        what = f"MiniLM on {T} tokens streamed from off-chip memory"
+
+        def largest(fits, top=T):
+            return max((n for n in range(1, top + 1) if fits(n)), default=1)
+
+        # KV: a group of heads, each with its T keys and values
+        one = KvHead(p, dh, T).end
+        if one > dep[Buf.KV]:
+            t_max = max((t for t in range(1, T) if KvHead(p, dh, t).end <= dep[Buf.KV]),
+                        default=0)
+            raise CompileError(
+                f"{what}: the keys and values of one head for {T} tokens need {one} KV words "
+                f"({buffer_kib(p, Buf.KV, one):.1f} KiB) but the chip has {dep[Buf.KV]} "
+                f"(grow ChipParams.kv_sram_kib; at most {t_max} tokens fit)")
+        # heads per group: as many as KV holds, but no more than lets one row block take
+        # every row (fewer weight passes)
+        ng = max(1, min(dep[Buf.KV] // one, H, A // (3 * wh * T)))
+        while H % ng:
+            ng -= 1
+        # attention: two score buffers and the group's output columns per query row
+        Tq = largest(lambda n: 2 * n * nq + n * ng * wh <= A and 4 * n * kq <= AT // 4)
+        # projections: K, V, Q outputs of the group's columns
+        act_ab = T * ng * wq + 4 * Tq * kq
+        Ta = largest(lambda n: 3 * n * ng * wh <= A and
+                     act_ab + 2 * n * KD + 2 * ng * n * wq <= AT)
+        # output projection and FFN: h1, the d_ff row (full layout) and an FFN1 chunk of at
+        # least one full-layout word
+        cpb = C // PC  # output blocks per full-layout word
+        Tc = largest(lambda n: n * (WD + WFf + cpb) <= A and n * (2 * KD + KF) <= AT)
+        cb = max(cpb, min(WF, (A - Tc * (WD + WFf)) // Tc // cpb * cpb))
+        # embeddings: word, position and token-type rows
+        Te = largest(lambda n: 3 * n * WD <= A and n * KD <= AT)
+
+        pl = _Plan(p, f"{what} (row blocks of {Ta}, {Tq} and {Tc})")
+        emb = [("word, position, type rows", 3 * Te * WD)] if self.embeddings else \
+            [("input rows", Te * WD)]
+        acc = pl.phases(Buf.ACC, "block scratch", emb,
+                        [("K, V, Q of a group", 3 * Ta * ng * wh)],
+                        [("scores (two heads)", 2 * Tq * nq), ("attention", Tq * ng * wh)],
+                        [("h1", Tc * WD), ("d_ff rows", Tc * WFf),
+                         ("FFN1 chunk", Tc * cb)])
+        act = pl.phases(Buf.ACT, "block scratch", [("A8 rows", Te * KD)],
+                        [("queries of a group", T * ng * wq), ("P planes", 4 * Tq * kq),
+                         ("GEMM inputs (two blocks)", 2 * Ta * KD),
+                         ("keys and values", 2 * ng * Ta * wq)],
+                        [("GEMM input", Tc * KD), ("FFN2 input", Tc * KF),
+                         ("next layer's rows", Tc * KD)])
+        heads, kv = [], 0
+        for _ in range(ng):
+            heads.append(KvHead(p, dh, T, base=kv))
+            kv = heads[-1].end
+        pl.alloc(Buf.KV, kv, f"K and V of {ng} heads")
+        prm_pv = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
+        prm_ln = pl.alloc(Buf.PRM, 2 * Wc + 1, "LayerNorm")
+        groups = Dff // p.numerics.group
+        prm_gemm = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
+        wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
+        pl.check()
+
+        b = _Recorder(p, self.img)
+        bpa, bpt = bus_words_per(p, Buf.ACC), bus_words_per(p, Buf.ACT)
+        in_rows = 3 * T if self.embeddings else T
+        in_off = b.img.reserve(Buf.ACC, in_rows * WD)
+        h_off = b.img.reserve(Buf.ACC, T * WD) if self.embeddings else in_off
+        x_off = b.img.reserve(Buf.ACT, T * KD)
+        att_off = b.img.reserve(Buf.ACC, T * WD)
+
+        def gemm(qw, bias, a, n, out, stride, part=None):
+            b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm, blocks=part)
+
+        def quant(src, stride, length, dst, n, half=1, **kw):
+            b.vec(VecFn.QUANT, half=half, rows=n, length=length, src_a=src, src_stride=stride,
+                  dst=dst, dst_stride=-(-length // R), **kw)
+
+        def rows_op(fn, src, length, n, dst=None, **kw):
+            W = length // E
+            b.vec(fn, half=1, rows=n, length=length, src_a=src, src_stride=W,
+                  dst=src if dst is None else dst, dst_stride=W, **kw)
+
+        def dma(op, buf, sram, words, off):
+            b.emit(encode(op, buf=buf, sram=sram, words=words, off=off))
+
+        def ln_params(vectors, key):
+            b.load(Buf.PRM, prm_ln, norm_prm_fields(p, vectors, cfg.ln_eps), key=key)
+
+        def rows_out(h, t0, n, last, xn):
+            """New hidden rows (ACC ``h``) to ``H`` and, quantized (ACT ``xn``), to ``X``."""
+            dma(Op.STORE, Buf.ACC, h, n * WD, h_off + t0 * WD * bpa)
+            if not last:
+                quant(h, WD, D, xn, n)
+                dma(Op.STORE, Buf.ACT, xn, n * KD, x_off + t0 * KD * bpt)
+
+        def blocks_of(tb):
+            return [(t0, min(tb, T - t0)) for t0 in range(0, T, tb)]
+
+        pv_g, pv_o = heads[0].pv_params(p.numerics.frac_bits)
+        b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
+        b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+        if self.embeddings:
+            b.section("embeddings")
+            e = acc["word, position, type rows"]
+            ln_params([m.emb_ln_g, m.emb_ln_b], "emb_ln")
+            for t0, n in blocks_of(Te):
+                for k in range(3):  # the block's word, position and token-type rows
+                    dma(Op.LOAD, Buf.ACC, e + k * n * WD, n * WD,
+                        in_off + (k * T + t0) * WD * bpa)
+                rows_op(VecFn.RESIDUAL, e, D, n, src_b=e + n * WD)
+                rows_op(VecFn.RESIDUAL, e, D, n, src_b=e + 2 * n * WD)
+                rows_op(VecFn.LAYERNORM, e, D, n, prm=prm_ln)
+                rows_out(e, t0, n, False, act["A8 rows"])
+        else:
+            b.section("input")
+            for t0, n in blocks_of(Te):
+                h = acc["input rows"]
+                dma(Op.LOAD, Buf.ACC, h, n * WD, in_off + t0 * WD * bpa)
+                quant(h, WD, D, act["A8 rows"], n)
+                dma(Op.STORE, Buf.ACT, act["A8 rows"], n * KD, x_off + t0 * KD * bpt)
+
+        def attention_group(L, i0):
+            """Q, K, V of heads ``i0 ..`` (the group) and their attention (see above)."""
+            j0, j1 = i0 * wh, (i0 + ng) * wh  # the group's output blocks
+            a_k = acc["K, V, Q of a group"]
+            a_v, a_q = a_k + Ta * ng * wh, a_k + 2 * Ta * ng * wh
+            q_rows = act["queries of a group"]
+            for k, (t0, n) in enumerate(blocks_of(Ta)):
+                ax = act["GEMM inputs (two blocks)"] + (k % 2) * Ta * KD
+                dma(Op.LOAD, Buf.ACT, ax, n * KD, x_off + t0 * KD * bpt)
+                for qw, bias, out in ((L.wk, L.bk, a_k), (L.wv, L.bv, a_v),
+                                      (L.wq, L.bq, a_q)):
+                    gemm(qw, bias, ax, n, out - j0, ng * wh, (j0, j1))
+                b.emit(encode(Op.SETPOS, value=t0))
+                for kind, src, per_row in ((KvKind.KEY, a_k, 0), (KvKind.VALUE, a_v, 1)):
+                    for ih, kvh in enumerate(heads):
+                        a = act["keys and values"] + (2 * ih + kind) * Ta * wq
+                        quant(src + ih * wh, ng * wh, dh, a, n, per_row=per_row)
+                        b.emit(kvh.append(kind, n, a))
+                for ih in range(ng):
+                    quant(a_q + ih * wh, ng * wh, dh, q_rows + (ih * T + t0) * wq, n)
+            out = acc["attention"]
+            for t0, n in blocks_of(Tq):
+                b.emit(encode(Op.SETPOS, value=T - n))  # pos + rows = T keys visible
+
+                def scores(ih, t0=t0, n=n):
+                    kvh = heads[ih]
+                    s = acc["scores (two heads)"] + (ih % 2) * Tq * nq
+                    a_p = act["P planes"] + (ih % 2) * 2 * Tq * kq
+                    b.emit(kvh.qk(n, q_rows + (ih * T + t0) * wq, s, nq))
+                    b.vec(VecFn.SOFTMAX, half=1, rows=n, dyn=Dyn.POS, src_a=s,
+                          src_stride=nq, dst=s, dst_stride=nq)
+                    b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, dyn=Dyn.POS, half=1,
+                          rows=n, src_a=s, src_stride=nq, src_b=kvh.val_s, vgroups=kvh.G,
+                          dst=a_p, dst_stride=kq)
+
+                scores(0)
+                for ih, kvh in enumerate(heads):
+                    if ih + 1 < ng:
+                        scores(ih + 1)
+                    a_p = act["P planes"] + (ih % 2) * 2 * Tq * kq
+                    col = out + ih * wh
+                    b.emit(kvh.pv(0, n, a_p, kq, col, prm_pv, prm_pv + 2 * nv, ng * wh))
+                    b.emit(kvh.pv(1, n, a_p + n * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv,
+                                  ng * wh))
+                if ng == H:  # whole rows
+                    dma(Op.STORE, Buf.ACC, out, n * WD, att_off + t0 * WD * bpa)
+                else:
+                    for t in range(n):
+                        dma(Op.STORE, Buf.ACC, out + t * ng * wh, ng * wh,
+                            att_off + ((t0 + t) * WD + j0) * bpa)
+
+        def output_ffn(L, li, last):
+            """W_o, LayerNorm 1, the FFN and LayerNorm 2 of every row block (see above)."""
+            h1, f = acc["h1"], acc["d_ff rows"]
+            chunk = acc["FFN1 chunk"]
+            xa, g = act["GEMM input"], act["FFN2 input"]
+            for t0, n in blocks_of(Tc):
+                dma(Op.LOAD, Buf.ACC, f, n * WD, att_off + t0 * WD * bpa)
+                quant(f, WD, D, xa, n)
+                gemm(L.wo, L.bo, xa, n, h1, WD)
+                dma(Op.LOAD, Buf.ACC, f, n * WD, h_off + t0 * WD * bpa)
+                rows_op(VecFn.RESIDUAL, h1, D, n, src_b=f)
+                ln_params([L.ln1_g, L.ln1_b], (id(L), 1))
+                rows_op(VecFn.LAYERNORM, h1, D, n, prm=prm_ln)
+                quant(h1, WD, D, xa, n)
+                for c0 in range(0, WF, cb):
+                    c1 = min(WF, c0 + cb)
+                    gemm(L.w1, L.b1, xa, n, chunk - c0, c1 - c0, (c0, c1))
+                    b.vec(VecFn.GELU, half=1, rows=n, length=(c1 - c0) * E, src_a=chunk,
+                          src_stride=c1 - c0, dst=chunk, dst_stride=c1 - c0)
+                    b.vec(VecFn.COPY, half=1, repack=1, rows=n, length=(c1 - c0) * E,
+                          src_a=chunk, src_stride=c1 - c0, dst=f + c0 // cpb,
+                          dst_stride=WFf)
+                quant(f, WFf, Dff, g, n, half=0)
+                gemm(L.w2, L.b2, g, n, f, WD)
+                rows_op(VecFn.RESIDUAL, h1, D, n, src_b=f)
+                ln_params([L.ln2_g, L.ln2_b], (id(L), 2))
+                rows_op(VecFn.LAYERNORM, h1, D, n, prm=prm_ln)
+                rows_out(h1, t0, n, last, act["next layer's rows"])
+
+        for li, L in enumerate(m.layers[:self.n_layers]):
+            b.section(f"layer {li} attention")
+            for i0 in range(0, H, ng):
+                attention_group(L, i0)
+            b.section(f"layer {li} output, FFN")
+            output_ffn(L, li, li == self.n_layers - 1)
+
+        prog = self._place_parts(name, T, b, pl, in_off, h_off, T, D, True, True)
+        prog.block, prog.in_rows = Tc, in_rows
+        return prog
+
+
+def _weight_bytes(p: ChipParams, layers) -> int:
+    """Bytes of off-chip memory the weight GEMMs of ``layers`` take in the image (tiles,
+    group words and out words, as :meth:`Builder.weight_gemm` places them)."""
+    B, total = p.offchip_bytes_per_cycle, 0
+    for L in layers:
+        for qw in (L.wq, L.wk, L.wv, L.wo, L.w1, L.w2):
+            N, K = qw.q.shape
+            nb = -(-N // (p.cols if qw.bits == 4 else p.cols // 2))
+            total += nb * K * bus_words_per(p, Buf.WGT) * B
+            total += nb * (K // p.numerics.group + 1) * bus_words_per(p, Buf.PRM) * B
+    return total
+
+
+def _room_for(p: ChipParams, weights: int, what: str) -> ChipParams:
+    """``p``, with ``offchip_kib`` raised (to a power of two) if its off-chip memory cannot
+    hold ``weights`` bytes of weights and room for programs (half as much again). Off-chip
+    memory is the host's (a board serves it over its link), addressed by the DMA's 32-bit
+    bus-word ``off``; only the DMA's range check knows its size."""
+    need = weights * 3 // 2
+    if p.offchip_kib * 1024 >= need:
+        return p
+    kib = 1 << max(0, (-(-need // 1024) - 1).bit_length())
+    if kib > 1 << 22 or kib * 1024 // p.offchip_bytes_per_cycle > 1 << 32:
+        raise CompileError(f"{what}: {weights / 2**20:.0f} MiB of weights do not fit the "
+                           "off-chip memory the chip addresses")
+    return replace(p, offchip_kib=kib)
 
 
 def _row_pieces(n: int, pieces: int) -> list[tuple[int, int]]:

@@ -1258,7 +1258,8 @@ class Builder:
     anywhere in it, so the program's timing is predictable: ``sim/timing.py``). Ops of one
     unit run in order (their queue), so they need none. ``pos_hi``: the largest ``pos`` the
     program may run at (a decode program serves many steps), for the footprints of ops
-    that follow ``pos``. ``kv_base``: the KV base as the emitted ops leave it (0 at the
+    that follow ``pos`` (or ``pos``: the exact context the program starts at, followed
+    through its ``SETPOS``). ``kv_base``: the KV base as the emitted ops leave it (0 at the
     program's start, as on the chip; every ``SETPOS reg = KV_BASE`` moves it), which every
     op's footprint adds to its KV addresses.
 
@@ -1275,18 +1276,24 @@ class Builder:
     calls, so the next GEMM's first chunk loads while the last chunk of the one before runs."""
 
     def __init__(self, p: ChipParams, img: Image | None = None, pos_hi: int = 0,
-                 ports: bool = True, reorder: bool = False, est_pos: int | None = None):
+                 ports: bool = True, reorder: bool = False, est_pos: int | None = None,
+                 pos: int | None = None):
         self.p = p
         self.ports = ports
         self.img = img if img is not None else Image(p)
         self.pos_hi = pos_hi
+        #: with ``pos`` (the program starts at that context): ``pos`` as the emitted ops'
+        #: ``SETPOS`` leave it, which their footprints take instead of ``pos_hi``
+        self.pos = pos
         self.kv_base = 0
         self.ops: list[int] = []
         self.pending = {u: [] for u in Unit}  # footprints of possibly unfinished ops
         self.top = dict.fromkeys(Buf, 0)
         self.placed: list[int] = []           # program position of each logical op
         self.logical: list[int] = []          # with reorder: the ops in the order given
-        self._queue = _Reorder(self, pos_hi // 2 if est_pos is None else est_pos) \
+        if est_pos is None:
+            est_pos = pos_hi // 2 if pos is None else pos
+        self._queue = _Reorder(self, est_pos) \
             if reorder else None
         self._half: dict = {}                 # streamed-weight regions -> next half
 
@@ -1316,7 +1323,10 @@ class Builder:
                 raise ValueError(f"Builder: kv_base {base} is beyond the KV buffer "
                                  f"({buffer_depth(self.p, Buf.KV)} words)")
             self.kv_base = base
-        fp = footprint(self.p, word, self.pos_hi, self.kv_base) if unit is not None else None
+        if op == Op.SETPOS and f["reg"] == PosReg.POS and self.pos is not None:
+            self.pos = self.pos + f["value"] if f["add"] else f["value"]
+        at = self.pos_hi if self.pos is None else self.pos
+        fp = footprint(self.p, word, at, self.kv_base) if unit is not None else None
         if self._queue is not None:
             self.logical.append(word)
             self._queue.add(word, op, f, unit, fp)
@@ -1395,23 +1405,34 @@ class Builder:
             raise ValueError(f"Builder.weight_gemm: one block of {kt} K-tiles does not fit "
                              f"half of WGT {wgt} and PRM {prm}")
         bias_id = None if bias is None else id(bias)  # keys name objects alive while built
-        bias = np.zeros(N, np.int64) if bias is None else bias
         b0, b1 = (0, nb) if blocks is None else blocks
         if not 0 <= b0 < b1 <= nb:
             raise ValueError(f"Builder.weight_gemm: blocks {blocks} are not a range of the "
                              f"{nb} output blocks")
+        # the whole weight placed once per image (tiles, group words, out words: block-major,
+        # so the words of blocks j0 .. j1 - 1 are one range of each): any chunking of any
+        # program loads from the same copy
+        key = (id(qw), bias_id, "whole")
+        if key not in self.img.placed:
+            group, out = prm_fields(p, qw, np.zeros(N, np.int64) if bias is None else bias,
+                                    mode)
+            self.img.placed[key] = (self.img.put(Buf.WGT, weight_fields(p, qw.q, mode))[0],
+                                    self.img.put(Buf.PRM, group)[0],
+                                    self.img.put(Buf.PRM, out)[0])
+        w_off, g_off, o_off = self.img.placed[key]
+        bw, bp = _bus_words(p, Buf.WGT), _bus_words(p, Buf.PRM)
         for j0, j1 in _split(b1 - b0, -(-(b1 - b0) // per)):  # equal chunks: none short
             j0, j1 = j0 + b0, j1 + b0
-            sw = sub_weight(qw, 0, K, j0 * nc, min(j1 * nc, N))
-            group, out = prm_fields(p, sw, bias[j0 * nc : j1 * nc], mode)
             h = self._half.get((wgt, prm), 0)
             self._half[wgt, prm] = 1 - h
             w_sram = wgt[0] + h * half_w
             p_sram = prm[0] + h * half_p
-            key = (id(qw), bias_id, j0, j1)
-            self.load(Buf.WGT, w_sram, weight_fields(p, sw.q, mode), key=key)
-            ng = self.load(Buf.PRM, p_sram, group, key=key + ("group",))
-            self.load(Buf.PRM, p_sram + ng, out, key=key + ("out",))
+            ng = (j1 - j0) * groups
+            for buf, sram, n, off in ((Buf.WGT, w_sram, (j1 - j0) * kt * R,
+                                       w_off + j0 * kt * R * bw),
+                                      (Buf.PRM, p_sram, ng, g_off + j0 * groups * bp),
+                                      (Buf.PRM, p_sram + ng, j1 - j0, o_off + j0 * bp)):
+                self.emit(encode(Op.LOAD, buf=buf, sram=sram, words=n, off=off))
             self.emit(encode(
                 Op.GEMM, mode=mode, wsrc=WSrc.WGT, psrc=PSrc.PRM, first=1, final=1,
                 dyn=Dyn.STATIC, w_addr=w_sram, a_addr=a_addr, a_stride=kt,

@@ -104,13 +104,20 @@ class Runner:
         c = self.c
         self.sync()
         self.dev.write(prog.in_off, c.input_bytes(prog, rows))
-        r = self.dev.run(prog.addr, prog.length, pos)
-        if getattr(r, "timed_out", False):
-            raise DeviceError(f"{prog.name}: the chip did not finish within its cycle budget")
-        if r.error != Err.NONE:
-            raise ChipError(prog, Err(r.error), r.error_pc)
+        cycles, counters, wall = 0, {}, 0.0
+        for part in prog.runs():  # a step longer than the micro-op memory: its programs
+            r = self.dev.run(part.addr, part.length, pos)
+            if getattr(r, "timed_out", False):
+                raise DeviceError(f"{part.name}: the chip did not finish within its cycle "
+                                  "budget")
+            if r.error != Err.NONE:
+                raise ChipError(part, Err(r.error), r.error_pc)
+            cycles = None if cycles is None or r.cycles is None else cycles + r.cycles
+            for k, v in r.counters.items():
+                counters[k] = counters.get(k, 0) + v
+            wall += r.wall_s
         raw = self.dev.read(prog.out_off, c.output_bus_words(prog))
-        return c.output(prog, raw), RunStats(r.cycles, dict(r.counters), r.wall_s)
+        return c.output(prog, raw), RunStats(cycles, counters, wall)
 
 
 class SmolLM2Runner(Runner):

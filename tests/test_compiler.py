@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from hw.isa import Buf, Counter, Op, buffer_depth, decode  # noqa: E402
+from hw.board_top import CHIP_85F  # noqa: E402
 from hw.params import ChipParams, preset  # noqa: E402
 from sim.devices import open_sim_device as open_device  # noqa: E402
 from sim.golden import embed  # noqa: E402
@@ -87,6 +88,34 @@ def test_minilm_whole_model_bit_exact(minilm):
     # the embedding is mean-pooled and normalized on the host
     e = r.embed(tok.encode("A man is playing a guitar."))
     assert abs(np.linalg.norm(e) - 1) < 1e-9
+
+
+def test_minilm_fpga_chip_bit_exact(minilm):
+    """The FPGA boards' chip (``CHIP_85F``: 16 x 8 grid, 16 KiB buffers, 8 KiB KV, 1024
+    micro-ops): the resident plan does not fit, so the hidden states stream through off-chip
+    memory and each sentence runs as a sequence of programs, each within the micro-op
+    memory. A short sentence through all 6 layers on the ISA simulator: the last hidden
+    states equal the golden model's bit for bit, and the timing model predicts every program
+    (no write-port rule broken)."""
+    qm, tok = minilm
+    p = CHIP_85F
+    c = MiniLMCompiled(qm, p)
+    ids = tok.encode("A man is playing a guitar.")
+    prog = c.program(len(ids))
+    assert len(prog.parts) > 1 and all(pt.length <= p.uop_depth for pt in prog.parts)
+    # the image of every weight is beyond the configuration's off-chip memory: raised
+    assert c.p.offchip_kib > p.offchip_kib and c.img.next * p.offchip_bytes_per_cycle > (
+        p.offchip_kib * 1024)
+    assert replace(c.p, offchip_kib=p.offchip_kib) == p
+    with open_device("isa", c, timing=True) as dev:
+        r = MiniLMRunner(c, dev, embed)
+        h = r.hidden(ids)
+    assert np.array_equal(h, minilm_encode(ids, qm))
+    st = r.stats[-1][2]
+    assert st.cycles is not None and st.cycles > 0
+    assert st.counters[Counter.UOPS] == sum(pt.length for pt in prog.parts)
+    print(f"\nMiniLM on CHIP_85F, {len(ids)} tokens: {len(prog.parts)} programs, "
+          f"{prog.length} micro-ops, {st.cycles:,} cycles predicted")
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +219,22 @@ def test_fit_errors(smollm2, minilm):
     small = replace(P, acc_sram_kib=512)
     with pytest.raises(CompileError, match=r"MiniLM on 256 tokens \(row blocks of 8\) does "
                                            r"not fit the chip: ACC needs \d+ words") as exc:
-        MiniLMCompiled(qm, small).program(256)
+        MiniLMCompiled(qm, small, streamed=False).program(256)
     # the figures add up: the hidden states alone are 256 rows of 384 / 8 words
     need, have, short = map(int, re.search(r"ACC needs (\d+) words.* has (\d+) \(short by "
                                            r"(\d+)", str(exc.value)).groups())
     assert have == buffer_depth(small, Buf.ACC) and short == need - have
     assert "hidden states 12288" in str(exc.value)
+    # neither plan: streamed, a head's keys and values must still fit the KV buffer; on the
+    # FPGA chip 128 tokens need 2 x 32 token blocks x (32 dims + 2 group scales + exponent)
+    p = CHIP_85F
+    dh, PC = qm.config.d_head, p.cols // 2
+    need = 2 * (128 // PC) * (dh + dh // 16 + 1)
+    with pytest.raises(CompileError, match=rf"MiniLM on 128 tokens \(row blocks of 8\) does "
+                                           rf"not fit .*; nor streamed: .* one head for 128 "
+                                           rf"tokens need {need} KV words .* the chip has "
+                                           rf"{buffer_depth(p, Buf.KV)} .*kv_sram_kib"):
+        MiniLMCompiled(qm, p).program(128)
 
 
 def test_runtime_errors(minilm):
