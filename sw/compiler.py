@@ -403,12 +403,15 @@ class SmolLM2Compiled(CompiledModel):
             kv += row[-1].end
         if kv > buffer_depth(p, Buf.KV):
             have = buffer_depth(p, Buf.KV)
+            one = n_layers * cfg.n_kv_heads * KvHead(p, cfg.d_head, 1).end
+            hint = "grow ChipParams.kv_sram_kib or shorten the context" if one <= have else (
+                f"even one position needs {one} words, and SmolLM2's KV cache stays on chip "
+                "(the compiler has no off-chip KV cache): grow ChipParams.kv_sram_kib")
             raise CompileError(
                 f"the KV cache for {cap} positions ({n_layers} layers x {cfg.n_kv_heads} "
                 f"KV heads x {cfg.d_head} dims) needs {kv} KV words "
                 f"({buffer_kib(p, Buf.KV, kv):.0f} KiB) but the chip has {have} "
-                f"({buffer_kib(p, Buf.KV, have):.0f} KiB; grow ChipParams.kv_sram_kib or "
-                f"shorten the context)")
+                f"({buffer_kib(p, Buf.KV, have):.0f} KiB); {hint}")
         self.heads = heads
         self.kv_bases = bases  #: KV word where each layer's heads start (its kv_base)
         self.kv_words = kv
@@ -668,7 +671,14 @@ class MiniLMCompiled(CompiledModel):
     def program(self, T: int) -> Program:
         name = f"minilm_T{T}"
         if name not in self.programs:
-            self._build(T, name)
+            try:
+                self._build(T, name)
+            except ValueError as e:
+                if not str(e).startswith("Image:"):
+                    raise
+                raise CompileError(f"{name}: the off-chip image is full ({e}; compile fewer "
+                                   "sequence lengths per image or grow "
+                                   "ChipParams.offchip_kib)") from None
         return self.programs[name]
 
     def inputs(self, lookup, ids) -> np.ndarray:
@@ -931,7 +941,8 @@ class MiniLMCompiled(CompiledModel):
 
         Off-chip: ``H`` the hidden states (wide rows, the ``half`` layout; the layer's input,
         then its output: the step's output after the last layer), ``X`` their A8 rows (the
-        next layer's GEMM input, quantized once), ``ATT`` the attention output. Per layer:
+        next layer's GEMM input, quantized once), ``ATT`` the attention output, ``H1`` the
+        rows after LayerNorm 1. Per layer:
 
         - **Q, K, V and attention, a group of heads at a time** (as many as the KV buffer
           holds for ``T`` tokens): per row block, the group's columns of the K, V and Q
@@ -940,7 +951,8 @@ class MiniLMCompiled(CompiledModel):
           head QKᵀ over the ``T`` keys, softmax, the A15 probabilities and P·V, the group's
           columns of each row stored to ``ATT``;
         - **output projection and FFN, a row block at a time**: ``ATT``'s rows quantized,
-          W_o, the residual with ``H``'s rows and LayerNorm 1 (h1, kept in ACC); FFN1 in
+          W_o, the residual with ``H``'s rows and LayerNorm 1 (h1: stored to ``H1`` while
+          FFN1's rows take its ACC words, loaded back for the second residual); FFN1 in
           column chunks (GELU, then repacked into a full-layout row of ``d_ff``, so a row
           takes ``d_ff / cols`` ACC words), the row quantized whole, FFN2, the residual and
           LayerNorm 2; the rows stored to ``H`` and, quantized, to ``X``.
@@ -983,11 +995,13 @@ class MiniLMCompiled(CompiledModel):
         act_ab = T * ng * wq + 4 * Tq * kq
         Ta = largest(lambda n: 3 * n * ng * wh <= A and
                      act_ab + 2 * n * KD + 2 * ng * n * wq <= AT)
-        # output projection and FFN: h1, the d_ff row (full layout) and an FFN1 chunk of at
-        # least one full-layout word
+        # output projection and FFN: the d_ff rows (full layout; before them two wide rows
+        # of d per row: the W_o output and the residual's other operand) and an FFN1 chunk
+        # of at least one full-layout word
         cpb = C // PC  # output blocks per full-layout word
-        Tc = largest(lambda n: n * (WD + WFf + cpb) <= A and n * (2 * KD + KF) <= AT)
-        cb = max(cpb, min(WF, (A - Tc * (WD + WFf)) // Tc // cpb * cpb))
+        WR = max(WFf, 2 * WD)
+        Tc = largest(lambda n: n * (WR + cpb) <= A and n * (2 * KD + KF) <= AT)
+        cb = max(cpb, min(WF, (A - Tc * WR) // Tc // cpb * cpb))
         # embeddings: word, position and token-type rows
         Te = largest(lambda n: 3 * n * WD <= A and n * KD <= AT)
 
@@ -997,8 +1011,7 @@ class MiniLMCompiled(CompiledModel):
         acc = pl.phases(Buf.ACC, "block scratch", emb,
                         [("K, V, Q of a group", 3 * Ta * ng * wh)],
                         [("scores (two heads)", 2 * Tq * nq), ("attention", Tq * ng * wh)],
-                        [("h1", Tc * WD), ("d_ff rows", Tc * WFf),
-                         ("FFN1 chunk", Tc * cb)])
+                        [("d_ff rows", Tc * WR), ("FFN1 chunk", Tc * cb)])
         act = pl.phases(Buf.ACT, "block scratch", [("A8 rows", Te * KD)],
                         [("queries of a group", T * ng * wq), ("P planes", 4 * Tq * kq),
                          ("GEMM inputs (two blocks)", 2 * Ta * KD),
@@ -1024,6 +1037,7 @@ class MiniLMCompiled(CompiledModel):
         h_off = b.img.reserve(Buf.ACC, T * WD) if self.embeddings else in_off
         x_off = b.img.reserve(Buf.ACT, T * KD)
         att_off = b.img.reserve(Buf.ACC, T * WD)
+        h1_off = b.img.reserve(Buf.ACC, T * WD)
 
         def gemm(qw, bias, a, n, out, stride, part=None):
             b.weight_gemm(qw, bias, a, n, out, stride, wgt, prm_gemm, blocks=part)
@@ -1129,10 +1143,11 @@ class MiniLMCompiled(CompiledModel):
 
         def output_ffn(L, li, last):
             """W_o, LayerNorm 1, the FFN and LayerNorm 2 of every row block (see above)."""
-            h1, f = acc["h1"], acc["d_ff rows"]
+            f = acc["d_ff rows"]
             chunk = acc["FFN1 chunk"]
             xa, g = act["GEMM input"], act["FFN2 input"]
             for t0, n in blocks_of(Tc):
+                h1 = f + n * WD  # W_o's output, then h1 (stored while the FFN runs)
                 dma(Op.LOAD, Buf.ACC, f, n * WD, att_off + t0 * WD * bpa)
                 quant(f, WD, D, xa, n)
                 gemm(L.wo, L.bo, xa, n, h1, WD)
@@ -1140,6 +1155,7 @@ class MiniLMCompiled(CompiledModel):
                 rows_op(VecFn.RESIDUAL, h1, D, n, src_b=f)
                 ln_params([L.ln1_g, L.ln1_b], (id(L), 1))
                 rows_op(VecFn.LAYERNORM, h1, D, n, prm=prm_ln)
+                dma(Op.STORE, Buf.ACC, h1, n * WD, h1_off + t0 * WD * bpa)
                 quant(h1, WD, D, xa, n)
                 for c0 in range(0, WF, cb):
                     c1 = min(WF, c0 + cb)
@@ -1150,6 +1166,7 @@ class MiniLMCompiled(CompiledModel):
                           src_a=chunk, src_stride=c1 - c0, dst=f + c0 // cpb,
                           dst_stride=WFf)
                 quant(f, WFf, Dff, g, n, half=0)
+                dma(Op.LOAD, Buf.ACC, h1, n * WD, h1_off + t0 * WD * bpa)
                 gemm(L.w2, L.b2, g, n, f, WD)
                 rows_op(VecFn.RESIDUAL, h1, D, n, src_b=f)
                 ln_params([L.ln2_g, L.ln2_b], (id(L), 2))
@@ -1183,12 +1200,14 @@ def _weight_bytes(p: ChipParams, layers) -> int:
 
 def _room_for(p: ChipParams, weights: int, what: str) -> ChipParams:
     """``p``, with ``offchip_kib`` raised (to a power of two) if its off-chip memory cannot
-    hold ``weights`` bytes of weights and room for programs (half as much again). Off-chip
-    memory is the host's (a board serves it over its link), addressed by the DMA's 32-bit
-    bus-word ``off``; only the DMA's range check knows its size."""
-    need = weights * 3 // 2
-    if p.offchip_kib * 1024 >= need:
+    hold ``weights`` bytes of weights and room for programs (half as much again); raised, it
+    has room for as much again and 16 MiB (the streamed plan's programs: ~1 MiB per layer
+    and sequence length). Off-chip memory is the host's (a board serves it over its link),
+    addressed by the DMA's 32-bit bus-word ``off``; only the DMA's range check knows its
+    size."""
+    if p.offchip_kib * 1024 >= weights * 3 // 2:
         return p
+    need = 2 * weights + (16 << 20)
     kib = 1 << max(0, (-(-need // 1024) - 1).bit_length())
     if kib > 1 << 22 or kib * 1024 // p.offchip_bytes_per_cycle > 1 << 32:
         raise CompileError(f"{what}: {weights / 2**20:.0f} MiB of weights do not fit the "

@@ -19,7 +19,10 @@ hands it to a runner.
 
 The host loops: :class:`SmolLM2Runner` (prefill in chunks, then greedy decode with the KV
 cache on chip) and :class:`MiniLMRunner` (sentence embeddings: the chip computes the last
-hidden states, the host mean-pools and L2-normalizes). The host's only model arithmetic is
+hidden states, the host mean-pools and L2-normalizes). A step longer than the chip's
+micro-op memory is a sequence of programs (``Program.parts``, e.g. MiniLM on the FPGA
+boards' chip): :meth:`Runner.step` runs them one after another on the device, which keeps
+its buffers and memory between them. The host's only model arithmetic is
 the embedding-table lookup, which the caller passes as ``lookup(ids, table)`` (the golden
 model's, ``sim.golden.embed``, in ``chip`` and the tests); a chip error becomes a
 :class:`ChipError` naming the error, the micro-op and its fields.
@@ -79,6 +82,9 @@ class RunStats:
     cycles: int | None
     counters: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    #: a step of several programs (``Program.parts``): each one's cycles (``cycles`` is
+    #: their sum)
+    part_cycles: list = field(default_factory=list)
 
 
 class Runner:
@@ -99,12 +105,13 @@ class Runner:
             self.synced = img.next
 
     def step(self, prog: Program, rows, pos: int) -> tuple[np.ndarray, RunStats]:
-        """Write ``rows`` (wide) to the program's input slot, run it at ``pos``, return its
+        """Write ``rows`` (wide) to the program's input slot, run it at ``pos`` (a step of
+        several programs, :attr:`~sw.compiler.Program.parts`: each in turn), return its
         output rows and stats; :class:`ChipError` if the chip raised its error flag."""
         c = self.c
         self.sync()
         self.dev.write(prog.in_off, c.input_bytes(prog, rows))
-        cycles, counters, wall = 0, {}, 0.0
+        cycles, counters, wall, each = 0, {}, 0.0, []
         for part in prog.runs():  # a step longer than the micro-op memory: its programs
             r = self.dev.run(part.addr, part.length, pos)
             if getattr(r, "timed_out", False):
@@ -113,11 +120,13 @@ class Runner:
             if r.error != Err.NONE:
                 raise ChipError(part, Err(r.error), r.error_pc)
             cycles = None if cycles is None or r.cycles is None else cycles + r.cycles
+            each.append(r.cycles)
             for k, v in r.counters.items():
                 counters[k] = counters.get(k, 0) + v
             wall += r.wall_s
         raw = self.dev.read(prog.out_off, c.output_bus_words(prog))
-        return c.output(prog, raw), RunStats(cycles, counters, wall)
+        return c.output(prog, raw), RunStats(cycles, counters, wall,
+                                             each if prog.parts else [])
 
 
 class SmolLM2Runner(Runner):

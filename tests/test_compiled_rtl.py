@@ -6,6 +6,8 @@ inputs and reads outputs between runs), against the golden models and the timing
   and 4 decode steps (the KV cache staying on chip), compiled by ``sw/compiler.py``: every
   output bit for bit the golden layer's, every run's measured cycles equal to
   ``sim.timing.predict``'s;
+- the whole of all-MiniLM-L6-v2 on the FPGA boards' chip (``CHIP_85F``), streamed as a
+  sequence of programs: bit-exact, every program's cycles as predicted;
 - SmolLM2 through all 30 layers and the LM head for a few tokens (``test_smollm2_tokens``):
   the logits of every step bit for bit the golden model's.
 
@@ -20,16 +22,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from hw.board_top import CHIP_85F  # noqa: E402
 from hw.params import ChipParams, preset  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.devices import open_sim_device  # noqa: E402
-from sim.golden_models import SmolLM2Golden, minilm_layer  # noqa: E402
+from sim.golden_models import SmolLM2Golden, minilm_encode, minilm_layer  # noqa: E402
 from sim.timing import predict  # noqa: E402
 from sw.compiler import MiniLMCompiled, SmolLM2Compiled  # noqa: E402
 from sw.models import load_minilm, load_smollm2  # noqa: E402
 from sw.quantize import quantize_minilm, quantize_smollm2  # noqa: E402
-from sw.runtime import Runner, SmolLM2Runner  # noqa: E402
-from sw.tokenizer import SmolLM2Tokenizer  # noqa: E402
+from sw.runtime import MiniLMRunner, Runner, SmolLM2Runner  # noqa: E402
+from sw.tokenizer import MiniLMTokenizer, SmolLM2Tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +54,32 @@ def test_minilm_layer():
     print(f"\nMiniLM layer, 32 tokens in blocks of {prog.block}: {prog.length} micro-ops, "
           f"{st.cycles} cycles measured, {want_cycles} predicted, {st.wall_s:.1f} s wall")
     assert st.cycles == want_cycles
+
+
+def test_minilm_fpga_chip():
+    """all-MiniLM-L6-v2 on the FPGA boards' chip (``CHIP_85F``: 16 x 8 grid, 2 vector lanes,
+    16 KiB buffers, 1024 micro-ops; its off-chip memory as the compiler raised it for the
+    weights): a short sentence through every layer, hidden states streamed through off-chip
+    memory, as a sequence of programs on one live simulation. The last hidden states equal
+    the golden model's bit for bit, and every program's measured cycles equal
+    ``sim.timing.predict``'s."""
+    model = load_minilm()
+    m = quantize_minilm(model)
+    ids = MiniLMTokenizer(model.path).encode("A man is playing a guitar.")
+    c = MiniLMCompiled(m, CHIP_85F)
+    prog = c.program(len(ids))
+    assert c.p.vector_lanes == 2 and len(prog.parts) > 1
+    want = [predict(c.p, part.words, vector=True).cycles for part in prog.parts]
+    with open_sim_device("rtl", c) as dev:
+        r = MiniLMRunner(c, dev, G.embed)
+        h = r.hidden(ids)
+    st = r.stats[-1][2]
+    assert np.array_equal(h, minilm_encode(ids, m))
+    print(f"\nMiniLM on CHIP_85F, {len(ids)} tokens: {len(prog.parts)} programs, "
+          f"{st.cycles} cycles measured, {sum(want)} predicted, {st.wall_s:.1f} s wall")
+    bad = [(i, got, exp) for i, (got, exp) in enumerate(zip(st.part_cycles, want, strict=True))
+           if got != exp]
+    assert not bad, bad
 
 
 def test_smollm2_layer():

@@ -24,8 +24,8 @@ from dataclasses import replace  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hw.isa import Buf, Counter, Op, buffer_depth, decode  # noqa: E402
 from hw.board_top import CHIP_85F  # noqa: E402
+from hw.isa import Buf, Counter, Op, buffer_depth, decode  # noqa: E402
 from hw.params import ChipParams, preset  # noqa: E402
 from sim.devices import open_sim_device as open_device  # noqa: E402
 from sim.golden import embed  # noqa: E402
@@ -206,6 +206,15 @@ def test_fit_errors(smollm2, minilm):
     with pytest.raises(CompileError, match=r"KV cache for 337 positions .* needs 529020 KV "
                                            r"words .* has 524288"):
         SmolLM2Compiled(m, P, cap=337)
+    # the FPGA chip's 8 KiB KV buffer holds not even one position of SmolLM2's cache (30
+    # layers x 3 KV heads x (one token block of keys, 64 / PC words of values, 2 x 5 scale
+    # words)), and the compiler keeps that cache on chip: the error says so
+    PC = CHIP_85F.cols // 2
+    one = 30 * 3 * (64 + 64 // PC + 2 * (64 // 16 + 1))
+    kv = buffer_depth(CHIP_85F, Buf.KV)
+    with pytest.raises(CompileError, match=rf"KV cache for 8 positions .* has {kv} .* even one "
+                                           rf"position needs {one} words.* no off-chip KV"):
+        SmolLM2Compiled(m, CHIP_85F, cap=8)
     with pytest.raises(CompileError, match="beyond the model's RoPE table"):
         SmolLM2Compiled(m, P, cap=TABLE + 1)
     small = replace(P, acc_sram_kib=64)
