@@ -22,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from hw.board_top import CHIP_85F  # noqa: E402
 from hw.isa import OP_UNIT, Buf, Dyn, Err, Op, PosReg, PSrc, Unit, VecFn, WSrc, decode  # noqa: E402
 from hw.params import ChipParams  # noqa: E402
 from sim import golden as G  # noqa: E402
@@ -99,6 +100,25 @@ def test_minilm_program_is_not_sequential_only(minilm):
     waits = [f for op, f in words if op == Op.WAIT]
     assert any(f["unit"] == Unit.GEMM and f["count"] == 1 for f in waits)
     assert len(waits) < len(words) / 2
+
+
+def test_minilm_streamed_any_schedule(minilm):
+    """The streamed plan (the FPGA boards' chip, ``CHIP_85F``: hidden states through
+    off-chip memory, the step a sequence of programs): layer 0 on the same 16 tokens, each
+    program within the micro-op memory, gives the golden layer under random schedules (the
+    programs one after another on one simulator); with their WAITs ignored it does not."""
+    m, h, _ = minilm
+    c = MiniLMCompiled(m, CHIP_85F, layers=1, embeddings=False)
+    prog = c.program(16)
+    assert len(prog.parts) > 1 and all(pt.length <= CHIP_85F.uop_depth for pt in prog.parts)
+    st = Step(c, prog, h)
+    want = minilm_layer(h, m.layers[0], m.config)
+    rng = np.random.default_rng(8)
+    for late, wait_ok in ((True, True), (False, True), (True, False)):
+        sim = st.sim()
+        for part in prog.parts:
+            sim.run_scheduled(part.words, rng, late=late, wait_ok=wait_ok, pos=0)
+        assert np.array_equal(st.result(sim), want) == wait_ok, (late, wait_ok)
 
 
 # -- SmolLM2: prefill, then decode steps with one program ---------------------------------------
