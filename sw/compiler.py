@@ -20,13 +20,21 @@ and the programs that run on it, each one step of the model with no host in the 
   and LayerNorm, the 6 encoder layers; the host writes the word, position and token-type
   embedding rows of the tokens (its table lookups) and reads back the last hidden states
   (mean pooling and L2 normalization stay on the host, as ``sw/reference.py`` does them).
+  On a chip whose buffers do not hold a layer's intermediates (the FPGA boards'
+  ``hw.board_top.CHIP_85F``) the *streamed* plan keeps the hidden states in off-chip memory
+  between sub-layers, and the step is a sequence of programs (:attr:`Program.parts`) that
+  each fit the micro-op memory (:meth:`MiniLMCompiled._build_streamed`). Its image holds
+  every weight (~24 MiB in that chip's bus format): the compiled ``p`` raises
+  ``offchip_kib`` where the configuration's is smaller (the DMA's ``off`` is 32 bits of bus
+  words; a board serves the host's memory, so only the chip's range check knows the size).
 
 The host's embedding lookup is the one step of a model outside the chip; the runtime takes
 it as a function (``lookup(ids, table) -> wide rows``) from its caller, because ``sw/`` does
 not carry a copy of the golden numerics (``chip`` passes ``sim.golden.embed``).
 
 Tiling and schedule (per op, :class:`sw.programs.Builder`): the residual stream and every
-intermediate of a layer live in ACC / ACT (the ``half`` layout for INT8 GEMM outputs); weight
+intermediate of a layer live in ACC / ACT (the ``half`` layout for INT8 GEMM outputs; MiniLM's
+streamed plan: off-chip, a row block at a time); weight
 GEMMs stream their weights and column parameters through alternating halves of WGT and PRM,
 each chunk loaded while the one before runs (the halves alternate across GEMMs and layers);
 attention runs per head on the KV cache (``KV_APPEND``, QKᵀ, softmax, P·V in two planes).
@@ -652,7 +660,9 @@ class MiniLMCompiled(CompiledModel):
     program of ``T`` tokens, in row blocks of ``block`` tokens (default: the largest that
     fits the buffers). ``layers``: only the first ``layers`` encoder layers;
     ``embeddings = False``: the input rows are the first layer's input (no embedding sums
-    and LayerNorm on chip; the host writes wide hidden states)."""
+    and LayerNorm on chip; the host writes wide hidden states). ``streamed``: None (the
+    default) takes the resident plan where it fits the buffers and the micro-op memory,
+    else the streamed one (:meth:`_build_streamed`); True / False: only that one."""
 
     def __init__(self, m, p: ChipParams, layers: int | None = None, embeddings: bool = True,
                  block: int | None = None, streamed: bool | None = None):
