@@ -174,8 +174,13 @@ def test_corrupted_frame_from_board():
 @pytest.mark.slow
 def test_smollm2_layer_on_board():
     """One SmolLM2-135M layer (a decode step at position 0) compiled for LAYER_BOARD, run on
-    the ULX3S board top with the vector unit through the simulated UART: bit-exact with the
-    golden layer."""
+    the ULX3S board top with the vector unit through the simulated UART: the off-chip memory
+    after the run equals the chip's Verilog run without the link (``sim.devices.RtlDevice``:
+    the link is transparent), and the output is bit-exact with the golden layer.
+
+    Found with this test: on LAYER_BOARD (CHIP_85F's 16 x 8 grid and 2-lane vector unit) the
+    chip's RTL, with or without the link, differs from the ISA simulator and the golden layer
+    (which agree), so the last assertion fails until that is fixed in the chip or compiler."""
     import time
 
     from sim.golden_models import SmolLM2Golden
@@ -202,9 +207,17 @@ def test_smollm2_layer_on_board():
                           progress=True, progress_s=60)
         got, st = Runner(c, dev, G.embed).step(prog, emb, 0)
         r_bytes = (dev.bytes_in, dev.bytes_out)
+        board_mem = dev.read(0, c.img.next)
         dev.close()
     wall = time.monotonic() - t0
-    assert np.array_equal(got, want)
     print(f"SmolLM2 layer (decode at pos 0, {prog.length} micro-ops) on the ULX3S board top: "
           f"{st.cycles} chip cycles, {brd.cycles} simulated cycles, {st.wall_s:.0f} s run, "
           f"{wall:.0f} s in all; link bytes from the board {r_bytes[0]}, to it {r_bytes[1]}")
+    from sim.devices import open_sim_device
+
+    with open_sim_device("rtl", c) as rtl:
+        got_rtl, st_rtl = Runner(c, rtl, G.embed).step(prog, emb, 0)
+        rtl_mem = rtl.read(0, c.img.next)
+    print(f"the same program on RtlDevice (no link): {st_rtl.cycles} cycles")
+    assert np.array_equal(board_mem, rtl_mem) and np.array_equal(got, got_rtl)
+    assert np.array_equal(got, want), "the chip's RTL differs from golden (docstring)"
