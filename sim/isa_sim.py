@@ -10,7 +10,9 @@ State (:class:`IsaSim`): off-chip memory ``offchip`` (uint8, ``ChipParams.offchi
 bus word ``i`` is bytes ``[i * B, (i + 1) * B)``, ``B = offchip_bytes_per_cycle``); every
 buffer of :class:`hw.isa.Buf` as raw little-endian words ``bufs[buf]`` (uint8
 ``[buffer_depth, word_bytes]``, the bits above the word's width kept 0), decoded and encoded
-only with :func:`hw.isa.unpack_words` / :func:`hw.isa.pack_words`; the group scaler's 64-bit
+by the leaves of their layouts (:func:`hw.isa.leaf_fields`): the host helpers with
+:func:`hw.isa.unpack_words` / :func:`hw.isa.pack_words`, the micro-ops through a faster codec
+of the same bits (byte-aligned fields as numpy views, :class:`_Codec`); the group scaler's 64-bit
 sums ``y`` (int64 ``[acc_entries, cols]``, kept between micro-ops as the RTL's accumulator
 memory); the context registers ``pos`` and ``kv_base`` (every KV address an op computes is
 ``kv_base + field``, ``hw/isa.py``); ``pc``, ``done``, ``error``, ``error_pc``; the
@@ -78,6 +80,12 @@ Readings where ``hw/isa.py`` leaves a choice (closest to the RTL, ``hw/gemm.py``
   ACT word where the group starts (word ``g * act_group / R``); the "16" of the KV layout is
   ``Numerics.act_group``; a KV scale lane is ``gshift | gzero << 5`` (bits 6, 7 zero; ignored
   when read); lanes of the KV words that KV_APPEND does not address keep their contents.
+
+Speed (the simulator is the default device of the runtime; ``scripts/bench_isa.py``): a GEMM
+regroups the scaler's sums (exactly, modulo 2**64) into float64 matmuls whose every partial sum
+is an integer below 2**53 (:meth:`IsaSim._gemm`; ``tests/test_isa_gemm_exact.py`` checks every
+way against the formula in Python integers); what a GEMM's fields fix (checks, addresses) is
+kept per op, as programs run once per token; big temporaries live in reused scratch memory.
 
 Counters (:class:`hw.isa.Counter`): ``UOPS`` (micro-ops fetched: every executed op including
 ``HALT`` and a failing one), ``GRID_ROWS`` (per GEMM ``n_tiles * k_tiles * t_len``),
@@ -206,6 +214,21 @@ def round_output(y, sh):
     return out
 
 
+def _fits(dtype, lo, hi) -> bool:
+    """Every value of integer (or bool) ``dtype`` lies in ``lo .. hi``."""
+    if dtype.kind == "b":
+        return lo <= 0 and 1 <= hi
+    if dtype.kind in "iu":
+        info = _INFO.get(dtype)
+        if info is None:
+            info = _INFO[dtype] = np.iinfo(dtype)
+        return lo <= info.min and info.max <= hi
+    return False
+
+
+_INFO: dict = {}
+
+
 class _Codec:
     """Fast access to the fields of one layout's raw words (the layout's leaves,
     :func:`hw.isa.leaf_fields`; the same bits :func:`hw.isa.unpack_words` /
@@ -232,10 +255,12 @@ class _Codec:
             elif count == 1 and (off + width - 1) // 8 - off // 8 < 7:
                 # a scalar: the (at most 7) bytes it spans, shifted together in an int64
                 kind = ("scalar", off // 8, (off + width - 1) // 8, off % 8)
-            elif width <= 57:  # an array: each element's 8 bytes (clipped to the word)
+            elif width <= 25:  # an array: each element's 4 bytes (clipped to the word) as a
+                # uint32, shifted up to its top bit and back down (sign-extending if signed)
                 starts = off + width * np.arange(count)
-                idx = np.minimum((starts // 8)[:, None] + np.arange(8), self.nbytes - 1)
-                kind = ("array", idx, (starts % 8).astype(np.uint64))
+                idx = np.minimum((starts // 8)[:, None] + np.arange(4), self.nbytes - 1)
+                up = (32 - width - starts % 8).astype(np.uint32)
+                kind = ("array", idx, up, np.dtype("<i4" if sgn else "<u4"), 32 - width)
                 self.packable = False
             else:
                 kind = ("codec",)  # through unpack_words / pack_words
@@ -243,8 +268,9 @@ class _Codec:
             self.plan[path] = (kind, width, sgn, count, lo, hi)
         # pack ORs the scalar leaves together in one int64: their bytes must fit in 7
         spans = [(k[1], k[2]) for k, *_ in self.plan.values() if k[0] == "scalar"]
-        self.tail = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, -1)
-        self.packable &= self.tail[1] - self.tail[0] < 7
+        self.tail_bytes = (min(a for a, _ in spans), max(b for _, b in spans)) if spans \
+            else (0, -1)
+        self.packable &= self.tail_bytes[1] - self.tail_bytes[0] < 7
 
     def get(self, raw, path):
         """Field ``path`` of the words ``raw`` (uint8 [..., nbytes], the last axis contiguous):
@@ -255,16 +281,34 @@ class _Codec:
             return v[..., 0] if count == 1 else v
         if kind[0] == "codec":
             return unpack_words(self.layout, raw)[path]
-        if kind[0] == "scalar":
-            _, first, last, sh = kind
-            v = raw[..., first].astype(np.int64)
-            for k in range(1, last - first + 1):
-                v |= raw[..., first + k].astype(np.int64) << (8 * k)
-            v = (v >> sh) & ((1 << width) - 1)
-        else:
-            _, idx, sh = kind
-            g = np.take(raw, idx, axis=-1).view("<u8")[..., 0]  # [..., count]
-            v = ((g >> sh) & np.uint64((1 << width) - 1)).astype(np.int64)
+        if kind[0] == "array":
+            _, idx, up, dtype, down = kind
+            g = np.take(raw, idx, axis=-1).view("<u4")[..., 0]  # [..., count]
+            return (g << up).view(dtype) >> down
+        _, first, last, sh = kind
+        v = raw[..., first].astype(np.int64)
+        for k in range(1, last - first + 1):
+            v |= raw[..., first + k].astype(np.int64) << (8 * k)
+        v = (v >> sh) & ((1 << width) - 1)
+        if sgn:
+            half = 1 << (width - 1)
+            v = (v ^ half) - half
+        return v
+
+    def tail(self, raw):
+        """The bytes of the scalar leaves of words ``raw`` as one integer per word (a view;
+        the index of :meth:`tail_table`), or None if they span more than 2 bytes."""
+        lo, hi = self.tail_bytes
+        if hi - lo > 1:
+            return None
+        return raw[..., lo: hi + 1].view("<u2" if hi > lo else "u1")[..., 0]
+
+    def tail_table(self, path):
+        """Scalar leaf ``path`` for every value of :meth:`tail` (int64)."""
+        kind, width, sgn, _, _, _ = self.plan[path]
+        lo, hi = self.tail_bytes
+        v = (np.arange(1 << (8 * (hi - lo + 1))) >> (8 * (kind[1] - lo) + kind[3])) & (
+            (1 << width) - 1)
         if sgn:
             half = 1 << (width - 1)
             v = (v ^ half) - half
@@ -296,22 +340,26 @@ class _Codec:
         if n is None:
             n = len(np.asarray(next(iter(fields.values())))) if fields else 1
         raw = np.zeros((n, self.nbytes), np.uint8)
-        tail, base = 0, self.tail[0]  # the scalar leaves, OR-ed together from byte base on
+        tail, base = 0, self.tail_bytes[0]  # the scalar leaves, OR-ed from byte base on
         for path, value in fields.items():
             kind, width, sgn, count, lo, hi = self.plan[path]
             v = np.asarray(value)
-            if v.size and (v.min() < lo or v.max() > hi):
+            if v.size and not _fits(v.dtype, lo, hi) and (v.min() < lo or v.max() > hi):
                 raise ValueError(f"pack_words: field {path} has values in {v.min()}..{v.max()}, "
                                  f"outside its {width}-bit range {lo}..{hi}")
             if kind[0] == "view":
                 raw[:, kind[1]: kind[2]].view(kind[3])[...] = v.reshape(n, count)
                 continue
             _, first, last, sh = kind
-            tail = tail | (v.reshape(n).astype(np.int64) & ((1 << width) - 1)) << (
+            tail = tail | (np.asarray(v, np.int64).reshape(n) & ((1 << width) - 1)) << (
                 8 * (first - base) + sh)
         if not isinstance(tail, int):
-            for b in range(base, self.tail[1] + 1):
-                raw[:, b] = (tail >> (8 * (b - base))) & 0xFF
+            top = self.tail_bytes[1]
+            if top - base < 2:
+                raw[:, base: top + 1].view("<u2" if top > base else "u1")[:, 0] = tail
+            else:
+                for b in range(base, top + 1):
+                    raw[:, b] = (tail >> (8 * (b - base))) & 0xFF
         return raw
 
 
@@ -375,10 +423,22 @@ class IsaSim:
                        GridMode.W4A8: np.stack([_signed(byte & 15, 4), _signed(byte >> 4, 4)],
                                                axis=-1).astype(np.float64)}
         self._w_max = {m: int(np.abs(lut).max()) for m, lut in self._w_lut.items()}  # |weight|
-        self._x_max = 1 << (self._codec[Buf.ACT].plan["data"][1] - 1)  # largest |activation|
+        act = self._codec[Buf.ACT]
+        self._x_max = 1 << (act.plan["data"][1] - 1)  # largest |activation|
+        # an ACT word's mantissa 2**gshift (0 if gzero) and exp, by the bytes that hold them
+        self._act_mant = self._act_exp = None
+        if act.tail(np.zeros((1, act.nbytes), np.uint8)) is not None:
+            gshift, gzero = act.tail_table("gshift"), act.tail_table("gzero")
+            self._act_mant = np.where(gzero != 0, 0, np.left_shift(1, gshift))
+            self._act_exp = act.tail_table("exp")
         self._scratch_bufs: dict[str, np.ndarray] = {}
+        # whether ACC words are just C int32 lanes: GEMM outputs, saturated to 32 bits, are
+        # then written through an int32 view
+        kind = self._codec[Buf.ACC].plan[_leaf(self.layouts[Buf.ACC])][0]
+        self._acc_int32 = kind == ("view", 0, 4 * p.cols, np.dtype("<i4")) \
+            and self._nbytes[Buf.ACC] == 4 * p.cols
         self._plans: dict[tuple, _GemmPlan] = {}
-        self._rows: dict[tuple, np.ndarray] = {}
+        self._tile_rows_cache: dict[tuple, np.ndarray] = {}
         self.y = np.zeros((p.acc_entries, p.cols), np.int64)
         # the KV scale lane: gshift | gzero << (width of an ACT word's gshift)
         self._gshift_bits = {path: w for path, _, w, _, _ in leaf_fields(act_word(p))}["gshift"]
@@ -462,10 +522,31 @@ class IsaSim:
         boot_fail = self._boot_fail
         self._restart()
         self._boot_fail = boot_fail
+        if boot_fail or len(self.program) > self.params.uop_depth:
+            self.step()  # PROG_LOAD
+            return self.error
+        # step(), repeated, with what it looks up kept at hand
+        program, handlers, counters, decode = self.program, self.handlers, self.counters, \
+            self._decode
+        n = len(program)
         for _ in range(max_ops):
-            self.step()
-            if self.done or self.error != Err.NONE:
+            pc = self.pc
+            if pc >= n:
+                return self._fail(Err.PROG_RANGE, pc)
+            counters[Counter.UOPS] += 1
+            op, args = decode(program[pc])
+            if not isinstance(op, Op):
+                return self._fail(Err.ILLEGAL_OP, pc)
+            handler = handlers.get(op)
+            if handler is None:
+                return self._fail(Err.UNSUPPORTED, pc)
+            try:
+                handler(args)
+            except OpError as e:
+                return self._fail(e.err, pc)
+            if self.done:  # HALT: pc stays on it
                 return self.error
+            self.pc = pc + 1
         raise RuntimeError(f"IsaSim.run: no HALT within {max_ops} micro-ops (pc = {self.pc})")
 
     def run_scheduled(self, words, rng, *, wait_ok: bool = True, late: bool = False,
@@ -725,8 +806,8 @@ class IsaSim:
     def _gemm_plan(self, a) -> "_GemmPlan":
         """Every check of a ``GEMM`` (raising :class:`OpError`) and what its fields fix: the
         addresses it reads and writes. A plan depends on the fields alone, and on ``pos`` /
-        ``kv_base`` where the op uses them; :meth:`_gemm` keeps it for the next time the op
-        runs (a program runs once per token)."""
+        ``kv_base`` where the op uses them; :meth:`_gemm` keeps those that do not depend on
+        ``pos`` for the next time the op runs (a program runs once per token)."""
         p = self.params
         R, C = p.rows, p.cols
         PC = C // 2
@@ -796,15 +877,17 @@ class IsaSim:
         return g
 
     def _gemm(self, a):
-        uses_kv = a["wsrc"] != WSrc.WGT or a["psrc"] != PSrc.PRM
-        key = (tuple(a.items()), self.pos if a["dyn"] == Dyn.POS else None,
-               self.kv_base if uses_kv else None)
-        g = self._plans.get(key)
-        if g is None:
-            g = self._gemm_plan(a)  # raises OpError before anything is cached or written
-            if len(self._plans) >= _PLANS:
-                self._plans.clear()
-            self._plans[key] = g
+        if a["dyn"] == Dyn.POS:  # a plan for this pos: seldom met again
+            g = self._gemm_plan(a)  # raises OpError before anything is written
+        else:
+            uses_kv = a["wsrc"] != WSrc.WGT or a["psrc"] != PSrc.PRM
+            key = (tuple(a.items()), self.kv_base if uses_kv else None)
+            g = self._plans.get(key)
+            if g is None:
+                g = self._gemm_plan(a)
+                if len(self._plans) >= _PLANS:
+                    self._plans.clear()
+                self._plans[key] = g
         p = self.params
         R, C = p.rows, p.cols
         PC = C // 2
@@ -819,9 +902,14 @@ class IsaSim:
             act = self._words(Buf.ACT, g.act)
         x8 = act_codec.get(act, "data")  # [t, kt, R]
         xsum = x8.sum(-1, dtype=np.int64)  # [t, kt]
-        gshift, gzero, exp = act_codec.get_scalars(act, ("gshift", "gzero", "exp"))
-        mant = np.where(gzero != 0, 0, np.left_shift(1, gshift))  # [t, kt]
-        exp = exp[:, -1]  # the row's exp on its final K-tile
+        tail = act_codec.tail(act)  # the scale fields of each word, as a table index
+        if tail is not None:
+            mant = np.take(self._act_mant, tail)  # [t, kt]
+            exp = np.take(self._act_exp, tail[:, -1])  # the row's exp on its final K-tile
+        else:
+            gshift, gzero, exp = act_codec.get_scalars(act, ("gshift", "gzero", "exp"))
+            mant = np.where(gzero != 0, 0, np.left_shift(1, gshift))
+            exp = exp[:, -1]
         sw = self.bufs[g.pbuf][g.params].reshape(n_tiles, -1, self._nbytes[g.pbuf])
         if g.psrc == PSrc.PRM:
             prm = self._codec[Buf.PRM]
@@ -863,7 +951,7 @@ class IsaSim:
             s = 1 << ((s - 1).bit_length() - 1)  # a power of two: sub-groups stay in one group
         n_sub = -(-k_tiles // s)
         fold = False
-        if n_sub > 1:
+        if n_sub > 1 and k_tiles * R < 3 * n_sub * t_len:  # else folding cannot pay
             big_f = big * int(np.abs(scale[..., :Cw]).max())  # |P'| of one K-tile, at most
             most = ((1 << 53) - 1) // big_f if big_f else k_tiles
             if most >= 1:
@@ -889,6 +977,8 @@ class IsaSim:
             scale_k = scale[:, np.arange(k_tiles) >> step, :Cw].astype(np.float64)  # [n, kt, Cw]
         elif n_sub == 1:
             scale_sub = scale[:, :1, :Cw]
+        elif s == 1 << step:  # a sub-group per weight group
+            scale_sub = scale[..., :Cw]
         else:
             scale_sub = scale[:, (np.arange(n_sub) * s) >> step, :Cw]  # [n, sub, Cw]
         lut = g.lut
@@ -938,7 +1028,9 @@ class IsaSim:
             self.y[:t_len] = yfull[-1]
         else:
             self.y[: n_tiles * t_len] = yfull.reshape(n_tiles * t_len, C)
-        if final:
+        if final and g.distinct and self._acc_int32:  # saturated: every value fits
+            self.bufs[Buf.ACC].view("<i4")[g.acc_idx] = out.reshape(-1, C)
+        elif final:
             words = self._codec[Buf.ACC].pack({_leaf(self.layouts[Buf.ACC]): out.reshape(-1, C)})
             self._write_last(Buf.ACC, g.acc_idx, words, distinct=g.distinct)
         self.counters[Counter.GRID_ROWS] += n_tiles * k_tiles * t_len
@@ -947,12 +1039,12 @@ class IsaSim:
         """Row indices [tile, nj] of blocks ``j0 ..`` of a tile-major weight region of
         ``tile`` rows per block: row ``q`` of block ``j0 + i`` at ``[q, i]`` (K-major)."""
         key = (tile, j0, nj)
-        rows = self._rows.get(key)
+        rows = self._tile_rows_cache.get(key)
         if rows is None:
             rows = np.arange(j0 * tile, (j0 + nj) * tile, tile) + np.arange(tile)[:, None]
-            if len(self._rows) >= _PLANS:
-                self._rows.clear()
-            self._rows[key] = rows
+            if len(self._tile_rows_cache) >= _PLANS:
+                self._tile_rows_cache.clear()
+            self._tile_rows_cache[key] = rows
         return rows
 
     def _kv_append(self, a):
@@ -1010,23 +1102,39 @@ class IsaSim:
 
     # -- the vector unit ----------------------------------------------------------------------
 
-    def _wide_idx(self, base, stride, rows, W):
-        """ACC word addresses [rows, W] of wide rows at ``base + t * stride``."""
+    def _rows(self, buf, base, stride, rows, W, what):
+        """The words ``base + t * stride + w`` (``t < rows``, ``w < W``) of ``buf``, checked
+        (``SRAM_RANGE`` naming ``what`` if the last lies beyond the buffer): a slice when they
+        are back to back (one row, or ``stride = W``), else their addresses [rows, W]."""
+        self._range_top(buf, base + (rows - 1) * stride + W - 1, what)
+        if rows == 1 or stride == W:
+            return slice(base, base + rows * W)
         return base + np.arange(rows)[:, None] * stride + np.arange(W)
 
-    def _wide_read(self, idx, E, length):
-        """Wide rows [rows, length] from the ACC words ``idx`` [rows, W], ``E`` per word."""
-        raw = self._words(Buf.ACC, idx)
-        words = self._field(Buf.ACC, raw, _leaf(self.layouts[Buf.ACC]))  # [rows, W, C]
-        rows, W = idx.shape
-        return words[..., :E].reshape(rows, W * E)[:, :length].astype(np.int64)
+    def _rows_words(self, buf, sel, rows):
+        """The raw words [rows, W, bytes] of a :meth:`_rows` selection (a view of a slice)."""
+        if isinstance(sel, slice):
+            return self.bufs[buf][sel].reshape(rows, -1, self._nbytes[buf])
+        return self._words(buf, sel)
+
+    def _wide_read(self, sel, rows, E, length):
+        """Wide rows [rows, length] from the ACC words ``sel`` (:meth:`_rows`), ``E`` per
+        word."""
+        words = self._field(Buf.ACC, self._rows_words(Buf.ACC, sel, rows),
+                            _leaf(self.layouts[Buf.ACC]))  # [rows, W, C]
+        W = words.shape[1]
+        wide = words[..., :E].astype(np.int64).reshape(rows, W * E)
+        return wide if W * E == length else wide[:, :length]
 
     def _wide_words(self, vals, E, W):
         """Wide rows [rows, length] -> ACC words [rows * W, C]: ``E`` per word, the other
         lanes 0."""
         rows, length = vals.shape
-        flat = np.zeros((rows, W * E), np.int64)
-        flat[:, :length] = vals
+        if W * E == length:
+            flat = vals
+        else:
+            flat = np.zeros((rows, W * E), np.int64)
+            flat[:, :length] = vals
         words = np.zeros((rows, W, self.params.cols), np.int64)
         words[..., :E] = flat.reshape(rows, W, E)
         return self._codec[Buf.ACC].pack({_leaf(self.layouts[Buf.ACC]): words.reshape(
@@ -1037,24 +1145,31 @@ class IsaSim:
         [rows, groups], ``exp`` [rows], ``group``) -> ACT words [rows * ceil(length / R)]:
         each word with the scale of its first element's group (``hw/isa.py``, ``VecArgs``)."""
         R = self.params.rows
+        x8 = np.asarray(x8)
         rows, length = x8.shape
         nw = -(-length // R)
-        data_ = np.zeros((rows, nw * R), np.int64)
-        data_[:, :length] = x8
+        if length == nw * R:
+            data_ = x8
+        else:
+            data_ = np.zeros((rows, nw * R), x8.dtype)
+            data_[:, :length] = x8
         m = np.asarray(mant, np.int64)[:, (np.arange(nw) * R) // group]  # [rows, nw]
-        gshift = np.where(m > 0, np.log2(np.maximum(m, 1)).round(), 0).astype(np.int64)
+        gshift = np.where(m > 0, np.frexp(m)[1] - 1, 0)  # 2**k = 0.5 * 2**(k + 1), exactly
         assert np.array_equal(np.where(m > 0, np.left_shift(1, gshift), 0), m)
         e = (np.asarray(exp, np.int64) + 128) % 256 - 128  # the 8-bit exp field wraps
         return self._codec[Buf.ACT].pack({
             "data": data_.reshape(rows * nw, R),
             "gshift": gshift.ravel(),
-            "gzero": (m == 0).astype(np.int64).ravel(),
+            "gzero": (m == 0).ravel(),
             "exp": np.repeat(e, nw),
         })
 
     def _write_last(self, buf, idx, words, distinct: bool = False):
-        """Words [n] at addresses ``idx`` [n] (in row order): where two land on one address
-        the later stays. ``distinct``: the caller knows the addresses differ."""
+        """Words [n] at addresses ``idx`` [n] (in row order; or a slice): where two land on one
+        address the later stays. ``distinct``: the caller knows the addresses differ."""
+        if isinstance(idx, slice):
+            self.bufs[buf][idx] = words
+            return
         flat = np.asarray(idx).ravel()
         if distinct or flat.size < 2 or bool((flat[1:] > flat[:-1]).all()):
             self.bufs[buf][flat] = words
@@ -1096,43 +1211,36 @@ class IsaSim:
         dst, dstr = a["dst"], a["dst_stride"]
         copy_act = fn == VecFn.COPY and _enum(VecBuf, a["buf"], "buf") == VecBuf.ACT
         if copy_act:
-            a_idx = self._wide_idx(src_a, sst, rows, Wq)
-            self._range(Buf.ACT, a_idx, "source rows")
+            a_sel = self._rows(Buf.ACT, src_a, sst, rows, Wq, "source rows")
         else:
-            a_idx = self._wide_idx(src_a, sst, rows, W)
-            self._range(Buf.ACC, a_idx, "source rows")
+            a_sel = self._rows(Buf.ACC, src_a, sst, rows, W, "source rows")
         if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL):
-            b_idx = self._wide_idx(src_b, sst, rows, W)
-            self._range(Buf.ACC, b_idx, "b rows")
+            b_sel = self._rows(Buf.ACC, src_b, sst, rows, W, "b rows")
         if fn == VecFn.ROPE:
-            tab_idx = self._wide_idx(src_b + self.pos * W, W, rows, W)
-            self._range(Buf.ACC, tab_idx, "RoPE table rows")
+            tab_sel = self._rows(Buf.ACC, src_b + self.pos * W, W, rows, W, "RoPE table rows")
         if fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
             n_vec = 2 if fn == VecFn.LAYERNORM else 1
-            prm_idx = a["prm"] + np.arange(n_vec * Wc + 1)
-            self._range(Buf.PRM, prm_idx, "norm constants")
+            prm_sel = self._rows(Buf.PRM, a["prm"], 0, 1, n_vec * Wc + 1, "norm constants")
         if vfold:
             Gv = a["vgroups"]
             blk = self.kv_base + src_b + np.arange(-(-length // PC)) * (Gv + 1)
             self._range(Buf.KV, blk + Gv, "V scales")
         if fn == VecFn.QUANT:
             blocks = 1 if qmode == QuantMode.INT8 else 2
-            d_idx = self._wide_idx(dst, dstr, blocks * rows, Wq)
-            self._range(Buf.ACT, d_idx, "destination rows")
+            d_sel = self._rows(Buf.ACT, dst, dstr, blocks * rows, Wq, "destination rows")
         elif copy_act:
-            d_idx = self._wide_idx(dst, dstr, rows, Wq)
-            self._range(Buf.ACT, d_idx, "destination rows")
+            d_sel = self._rows(Buf.ACT, dst, dstr, rows, Wq, "destination rows")
         else:
             E_out = (C if half else PC) if fn == VecFn.COPY and a["repack"] else E
             W_out = -(-length // E_out)
-            d_idx = self._wide_idx(dst, dstr, rows, W_out)
-            self._range(Buf.ACC, d_idx, "destination rows")
+            d_sel = self._rows(Buf.ACC, dst, dstr, rows, W_out, "destination rows")
 
         # -- operands and the golden function ---------------------------------------------------
         if copy_act:
-            self._write_last(Buf.ACT, d_idx, self._words(Buf.ACT, a_idx.ravel()))
+            words = self._rows_words(Buf.ACT, a_sel, rows).reshape(rows * Wq, -1).copy()
+            self._write_last(Buf.ACT, d_sel, words)
             return
-        x = self._wide_read(a_idx, E, length)
+        x = self._wide_read(a_sel, rows, E, length)
         q_pos = self.pos + np.arange(rows) if a["causal"] else None
         if fn == VecFn.QUANT:
             group = None if a["per_row"] else num.act_group
@@ -1163,19 +1271,18 @@ class IsaSim:
                 xq = np.asarray(xq, np.int64)
                 blocks = [(xq >> 7, xs), (xq & 127, xs)] if qmode == QuantMode.A15 \
                     else [(xq, xs)]
-            words = np.concatenate([self._act_words(np.asarray(v, np.int64), s.mant,
-                                                    s.exp + e_add, s.group)
+            words = np.concatenate([self._act_words(v, s.mant, s.exp + e_add, s.group)
                                     for v, s in blocks])
-            self._write_last(Buf.ACT, d_idx, words)
+            self._write_last(Buf.ACT, d_sel, words)
             return
         if fn == VecFn.COPY:
-            self._write_last(Buf.ACC, d_idx, self._wide_words(x, E_out, W_out))
+            self._write_last(Buf.ACC, d_sel, self._wide_words(x, E_out, W_out))
             return
         if fn in (VecFn.RESIDUAL, VecFn.SILU_MUL):
-            b = self._wide_read(b_idx, E, length)
+            b = self._wide_read(b_sel, rows, E, length)
             out = G.residual_add(x, b) if fn == VecFn.RESIDUAL else G.silu_mul(x, b, num=num)
         elif fn in (VecFn.LAYERNORM, VecFn.RMSNORM):
-            bias = np.asarray(self._field(Buf.PRM, self._words(Buf.PRM, prm_idx), "out.bias"),
+            bias = np.asarray(self._field(Buf.PRM, self.bufs[Buf.PRM][prm_sel], "out.bias"),
                               np.int64)  # [n_vec * Wc + 1, C]
             consts = bias[:-1].reshape(n_vec, Wc * C)[:, :length]
             eps = int(bias[-1, 0] & ((1 << EPS_BITS) - 1)) / (1 << (2 * num.frac_bits))
@@ -1186,10 +1293,10 @@ class IsaSim:
         elif fn == VecFn.GELU:
             out = G.gelu(x, num=num)
         else:  # ROPE
-            tab = _signed(self._wide_read(tab_idx, E, length) & ((1 << ROPE_TRIG_BITS) - 1),
-                          ROPE_TRIG_BITS)
+            tab = _signed(self._wide_read(tab_sel, rows, E, length)
+                          & ((1 << ROPE_TRIG_BITS) - 1), ROPE_TRIG_BITS)
             out = G.rope(x[:, None, :], tab[:, 0::2], tab[:, 1::2], num=num)[:, 0, :]
-        self._write_last(Buf.ACC, d_idx, self._wide_words(out, E, W))
+        self._write_last(Buf.ACC, d_sel, self._wide_words(out, E, W))
 
 
 def isa_jobs(p: ChipParams, image, jobs, sim=None) -> list:
