@@ -231,7 +231,8 @@ class VecEngine(wiring.Component):
     (``E``: ``cols``, ``cols / 2`` or ``rows`` elements per ACC, half ACC or ACT word): a beat
     wider than a word takes several words; a word wider than a beat (fewer lanes, e.g. the
     FPGA configuration's) is read once per piece, and the writer gathers a word's pieces
-    before it writes the word. Either way one piece moves per cycle."""
+    before it writes the word (pieces past the row's end as 0). Either way one piece moves
+    per cycle."""
 
     #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
     ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
@@ -856,10 +857,12 @@ class VecEngine(wiring.Component):
 
         def gathered(c, P, S, K, E, src, hold):
             """Element c of the written word (pieces of P elements, S per word, K per
-            beat, E per word) from the beat ``src`` and the pieces held."""
+            beat, E per word) from the beat ``src`` and the pieces held. Pieces after the
+            current one are 0: a row ending in an early piece of its last word writes the
+            word then, and ``hold`` still has an earlier word's pieces there."""
             if S == 1:
                 return _pick((src[k * E + c] for k in range(K)), wk)
-            return Mux(wj == c // P, src[c % P], hold[c])
+            return Mux(wj == c // P, src[c % P], Mux(wj > c // P, hold[c], 0))
 
         word = acc_word(p)(accw.data)
         for c in range(C):
