@@ -423,6 +423,9 @@ class IsaSim:
                        GridMode.W4A8: np.stack([_signed(byte & 15, 4), _signed(byte >> 4, 4)],
                                                axis=-1).astype(np.float64)}
         self._w_max = {m: int(np.abs(lut).max()) for m, lut in self._w_lut.items()}  # |weight|
+        self._w_int8 = self._w_lut[GridMode.INT8]
+        if not np.array_equal(self._w_int8, byte.astype(np.uint8).view(np.int8)):
+            self._w_int8 = None
         act = self._codec[Buf.ACT]
         self._x_max = 1 << (act.plan["data"][1] - 1)  # largest |activation|
         # an ACT word's mantissa 2**gshift (0 if gzero) and exp, by the bytes that hold them
@@ -993,7 +996,10 @@ class IsaSim:
                 wb = np.take(wk, self._tile_rows(k_tiles * R, j0, nj), axis=0)
                 wb = wb.reshape(k_tiles, R, nj, -1)
             wf = self._scratch("w", (kt_pad, R, nj, wb.shape[3], *lut.shape[1:]))
-            np.take(lut, wb, axis=0, out=wf[:k_tiles], mode="clip")  # bytes: always in range
+            if lut is self._w_int8:  # the byte as a signed byte: a plain conversion
+                wf[:k_tiles] = wb.view(np.int8)
+            else:
+                np.take(lut, wb, axis=0, out=wf[:k_tiles], mode="clip")  # bytes: in range
             wf[k_tiles:] = 0
             if fold:  # exact: |w * scale| < 2**29
                 wf.reshape(kt_pad, R, nj, Cw)[:k_tiles] *= scale_k[js].transpose(1, 0, 2)[:, None]
@@ -1268,9 +1274,11 @@ class IsaSim:
             else:
                 xq, xs = G.quantize_rows(x, group, bits=15 if qmode == QuantMode.A15 else 8,
                                          num=num)
-                xq = np.asarray(xq, np.int64)
-                blocks = [(xq >> 7, xs), (xq & 127, xs)] if qmode == QuantMode.A15 \
-                    else [(xq, xs)]
+                if qmode == QuantMode.A15:
+                    xq = np.asarray(xq, np.int64)
+                    blocks = [(xq >> 7, xs), (xq & 127, xs)]
+                else:
+                    blocks = [(xq, xs)]
             words = np.concatenate([self._act_words(v, s.mant, s.exp + e_add, s.group)
                                     for v, s in blocks])
             self._write_last(Buf.ACT, d_sel, words)
