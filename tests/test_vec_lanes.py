@@ -7,10 +7,11 @@ its 4 x 8 chip with 2 lanes (every layout split: an ACC word in 4 pieces, a half
 ACT word of 4 rows in 2) and with 4 lanes (ACC words in 2 pieces; half and ACT words whole).
 A few run by default, the rest are slow-marked. Random data: seed printed (VEC_SEED).
 
-The FPGA geometry itself (16 rows, 8 columns, 2 lanes: an ACT word of 16 rows in 8 pieces, an
-ACC word in 4) runs the ops whose rows end in an early piece of their last word: the pieces
-after it must be written as 0, not as what an earlier word left in the writer (found on
-CHIP_85F's SmolLM2 layer: a 1-key ``vfold`` row after a 64-element QUANT).
+The FPGA geometry itself (``P_85F``: 16 rows, 8 columns, 2 lanes: an ACT word of 16 rows in 8
+pieces, an ACC word in 4) runs every test above (slow), and by default the QUANTs whose rows
+end in an early piece of their last ACT word: the pieces after it must be written as 0, not as
+what an earlier word left in the writer (found on CHIP_85F's SmolLM2 layer: a 1-key ``vfold``
+row after a 64-element QUANT).
 """
 
 from dataclasses import replace
@@ -25,13 +26,29 @@ from tests import test_vec_engine as base
 
 LANES = [2, 4]
 
+#: CHIP_85F's grid and vector unit (16 x 8, 2 lanes) with the harness's small buffers.
+P_85F = replace(
+    CHIP_85F, vector_row=128, acc_sram_kib=8, act_sram_kib=2, kv_sram_kib=1, prm_entries=32
+)
 
-@pytest.fixture(params=LANES, ids=lambda n: f"L{n}")
+
+def use_params(monkeypatch, p) -> None:
+    """Run the base tests' harness on ``p``."""
+    monkeypatch.setattr(base, "P", p)
+    monkeypatch.setattr(base, "DEP", {b: buffer_depth(p, b) for b in Buf})
+
+
+@pytest.fixture(
+    params=[*LANES, pytest.param("85F", marks=pytest.mark.slow)],
+    ids=lambda n: n if isinstance(n, str) else f"L{n}",
+)
 def lanes(request, monkeypatch):
-    """The base tests' chip with ``vector_lanes`` = the parameter (buffer depths do not
-    depend on it)."""
-    monkeypatch.setattr(base, "P", replace(base.P, vector_lanes=request.param))
-    return request.param
+    """The base tests' chip with ``vector_lanes`` = the parameter, or (slow) :data:`P_85F`."""
+    if request.param == "85F":
+        use_params(monkeypatch, P_85F)
+    else:
+        use_params(monkeypatch, replace(base.P, vector_lanes=request.param))
+    return base.P.vector_lanes
 
 
 @pytest.fixture
@@ -92,17 +109,10 @@ def test_copy_lanes(rng, lanes):
     base.test_copy_act(rng)
 
 
-#: CHIP_85F's grid and vector unit (16 x 8, 2 lanes) with the harness's small buffers.
-P_85F = replace(
-    CHIP_85F, vector_row=128, acc_sram_kib=8, act_sram_kib=2, kv_sram_kib=1, prm_entries=32
-)
-
-
 @pytest.fixture
 def fpga(monkeypatch):
     """The base tests' harness on :data:`P_85F`."""
-    monkeypatch.setattr(base, "P", P_85F)
-    monkeypatch.setattr(base, "DEP", {b: buffer_depth(P_85F, b) for b in Buf})
+    use_params(monkeypatch, P_85F)
 
 
 def run_ops(sim, words, pos: int = 0, max_cycles: int = 20000) -> None:
@@ -169,9 +179,3 @@ def test_vfold_after_quant_fpga(rng, fpga):
         base.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, vgroups=4, dst=40, **key1),
     ]
     run_ops(sim, words, pos=0)
-
-
-def test_wide_partial_word_fpga(rng, fpga):
-    """Wide rows ending inside an ACC word (21 elements: piece 2 of 4; half: 1 of 2)."""
-    for half in (0, 1):
-        base.test_elementwise(rng, VecFn.GELU, half)
