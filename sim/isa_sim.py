@@ -236,7 +236,9 @@ class _Codec:
 
     :meth:`get`: byte-aligned 8/16/32-bit leaves are numpy *views* of the raw bytes (int8,
     uint8, int16, ... as the leaf's signedness says; read them before the bytes change),
-    other leaves are int64 from the bytes that hold them, shifted and masked. :meth:`pack`:
+    other scalar leaves int64 from the bytes that hold them, shifted and masked, other array
+    leaves of up to 25 bits (the PRM group word's 22-bit scales) int32 / uint32 from a 4-byte
+    window per element, anything else through ``unpack_words``. :meth:`pack`:
     {path: values} -> raw words, values range-checked as ``pack_words`` does (same
     ``ValueError``); a layout with a sub-byte array leaf (the PRM group word's 22-bit
     scales; the simulator never writes one) packs through ``pack_words``."""
