@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hw.board_top import CHIP_85F
 from hw.chip import QUEUED_UNITS
 from hw.isa import (
     INSTR,
@@ -99,7 +100,7 @@ from hw.params import ChipParams
 from sim.isa_sim import UNTIMED_COUNTERS
 
 __all__ = [
-    "SMALL", "R16", "DEFAULT", "DEEPKV", "PARAMS", "MemLayout", "Program", "Mismatch",
+    "SMALL", "R16", "DEFAULT", "DEEPKV", "FPGA", "PARAMS", "MemLayout", "Program", "Mismatch",
     "CampaignReport",
     "mem_layout", "gen_valid", "gen_illegal", "gen_resync", "make_programs", "run_campaign",
     "format_program", "compare_job", "run_programs", "ILLEGAL_KINDS", "check_order",
@@ -119,7 +120,10 @@ DEFAULT = ChipParams()
 DEEPKV = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
                     kv_sram_kib=384, prm_entries=32, acc_entries=32, uop_depth=256,
                     offchip_kib=2048)
-PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT, "deepkv": DEEPKV}
+#: The FPGA boards' chip (``hw.board_top.CHIP_85F``: 16 x 8 grid, 16 KiB WGT / ACT / ACC,
+#: 8 KiB KV, 1024 micro-ops), without its vector unit, as the fuzzer's programs need.
+FPGA = CHIP_85F
+PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT, "deepkv": DEEPKV, "fpga": FPGA}
 #: Largest value of a 16-bit field (DMA ``sram`` / ``words``, KV address fields).
 _F16 = (1 << 16) - 1
 #: Buffers of more bus words than this are dumped whole only now and then (else the hull of
