@@ -326,25 +326,44 @@ def cmd_compile(args) -> int:
             line = (f"  {sec.label:34s} {sec.end - sec.start:6d} {cnt[Op.GEMM]:5d} "
                     f"{cnt[Op.VEC]:5d} {cnt[Op.LOAD]:5d} {mib:9.2f}")
             if timing:
-                done = max((o.end or o.start or 0) for o in timing.ops if o.pc < sec.end)
+                done = timing[1](sec.end)
                 line += f"  {done - prev:>16,}"
                 prev = done
             print(line)
         if timing:
-            print(f"  total predicted: {timing.cycles:,} cycles "
-                  f"({p.clock_mhz * 1e6 / timing.cycles:.2f} runs/s at {p.clock_mhz} MHz)")
+            runs = f" in {len(prog.parts)} programs" if prog.parts else ""
+            print(f"  total predicted{runs}: {timing[0]:,} cycles "
+                  f"({p.clock_mhz * 1e6 / timing[0]:.2f} runs/s at {p.clock_mhz} MHz)")
     return 0
 
 
 def _predict(p, prog):
-    """The timing model's prediction of ``prog`` (None, with a note, if it cannot)."""
+    """The timing model's prediction of ``prog``: ``(cycles, done)``, ``done(pc)`` the cycle
+    by which every micro-op before ``pc`` (in ``prog.words``) has finished. A step in several
+    programs (``prog.parts``) runs them one after another. None, with a note, if the model
+    cannot predict it."""
     from sim.timing import RuleViolation, predict
 
+    timed, pc0, cyc0 = [], 0, 0
     try:
-        return predict(p, prog.words, vector=True)
+        for part in prog.runs():
+            t = predict(p, part.words, vector=True)
+            timed.append((pc0, cyc0, t))
+            pc0, cyc0 = pc0 + part.length, cyc0 + t.cycles
     except RuleViolation as exc:  # say why, print the rest of the report
         _err(f"note: no cycle prediction for {prog.name}: {exc}")
         return None
+
+    def done(pc: int) -> int:
+        at = 0
+        for off, c0, t in timed:
+            if off >= pc:
+                break
+            at = c0 + max(((o.end or o.start or 0) for o in t.ops if o.pc < pc - off),
+                          default=0)
+        return at
+
+    return cyc0, done
 
 
 def build_parser() -> argparse.ArgumentParser:
