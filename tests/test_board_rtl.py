@@ -178,9 +178,9 @@ def test_smollm2_layer_on_board():
     after the run equals the chip's Verilog run without the link (``sim.devices.RtlDevice``:
     the link is transparent), and the output is bit-exact with the golden layer.
 
-    Found with this test: on LAYER_BOARD (CHIP_85F's 16 x 8 grid and 2-lane vector unit) the
-    chip's RTL, with or without the link, differs from the ISA simulator and the golden layer
-    (which agree), so the last assertion fails until that is fixed in the chip or compiler."""
+    Its first runs found the chip's RTL on LAYER_BOARD (CHIP_85F's 16 x 8 grid, 2-lane vector
+    unit), with or without the link, differing from the ISA simulator and golden (which
+    agree); the vector unit's writer was fixed since (commit f4c74ab)."""
     import time
 
     from sim.golden_models import SmolLM2Golden
