@@ -33,13 +33,13 @@ import tty
 from pathlib import Path
 
 import amaranth
-from amaranth.hdl import ClockDomain, ClockSignal, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.board_top import LINK_LED_SIGNALS, LinkBoardTop
 from hw.params import ChipParams
 from sim.chip_rtl import CHIP_VERILATOR_ARGS
+from sim.chip_sim import sim_clock
 from sim.rtl import BUILD, ROOT, VERILATOR_ARGS, source_key, verilator_executable, write_verilog
 
 __all__ = ["BoardSim", "BoardRtl", "BoardRtlError", "HARNESS", "SIM_DIVISOR"]
@@ -69,13 +69,7 @@ class BoardSim(wiring.Component):
                           "uart_tx": Out(1, init=1), "leds": Out(len(LINK_LED_SIGNALS))})
 
     def elaborate(self, platform):
-        m = Module()
-        m.domains.sync = ClockDomain("sync")
-        m.domains.host = ClockDomain("host", reset_less=True)
-        rst_q = Signal(init=1)
-        m.d.comb += [ClockSignal("host").eq(self.clk), ClockSignal("sync").eq(self.clk),
-                     ResetSignal("sync").eq(rst_q)]
-        m.d.host += rst_q.eq(self.rst)
+        m = sim_clock(self.clk, self.rst)
         m.submodules.board = top = self.top
         m.d.comb += [top.uart_rx.eq(self.uart_rx), self.uart_tx.eq(top.uart_tx),
                      self.leds.eq(top.leds)]

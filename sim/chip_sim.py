@@ -26,7 +26,21 @@ from hw.chip import Chip
 from hw.params import ChipParams
 from sim.offchip import STORAGE_VERILOG, OffchipMemory
 
-__all__ = ["ChipSim", "STORAGE_VERILOG", "MEM_HOST_INPUTS"]
+__all__ = ["ChipSim", "STORAGE_VERILOG", "MEM_HOST_INPUTS", "sim_clock"]
+
+
+def sim_clock(clk, rst) -> Module:
+    """A module whose ``sync`` domain (the design's) runs on the port ``clk`` with its reset
+    from a flop on ``rst`` (a reset-less ``host`` domain on the same clock): the clocking of
+    every simulation top a Verilator harness or cocotb drives."""
+    m = Module()
+    m.domains.sync = ClockDomain("sync")
+    m.domains.host = ClockDomain("host", reset_less=True)
+    rst_q = Signal(init=1)
+    m.d.comb += [ClockSignal("host").eq(clk), ClockSignal("sync").eq(clk),
+                 ResetSignal("sync").eq(rst_q)]
+    m.d.host += rst_q.eq(rst)
+    return m
 
 #: The memory model's inputs that ChipSim exposes (registered once, like the chip's inputs).
 MEM_HOST_INPUTS = ("cfg_interval", "cfg_jitter", "cfg_jitter_max", "cfg_seed", "dump", "load",
@@ -45,14 +59,7 @@ class ChipSim(wiring.Component):
         super().__init__({**chip_members, **mem_members, "clk": In(1), "rst": In(1)})
 
     def elaborate(self, platform):
-        m = Module()
-        # the sync domain of the chip and memory: clock from the port, reset from a flop
-        m.domains.sync = ClockDomain("sync")
-        m.domains.host = ClockDomain("host", reset_less=True)
-        rst_q = Signal(init=1)
-        m.d.comb += [ClockSignal("host").eq(self.clk), ClockSignal("sync").eq(self.clk),
-                     ResetSignal("sync").eq(rst_q)]
-        m.d.host += rst_q.eq(self.rst)
+        m = sim_clock(self.clk, self.rst)
         m.submodules.chip = chip = self.chip
         m.submodules.mem = mem = self.mem
         wiring.connect(m, chip.bus, mem.bus)
