@@ -71,7 +71,8 @@ def predict(p, prog, pos: int = 0):
 def grid_macs(p, prog, pos: int = 0) -> int:
     """MACs the grid performs running ``prog`` at context ``pos`` (every GEMM's rows x its
     tile's products; ``dyn`` lengths as ``pos`` moves through the program's ``SETPOS``)."""
-    from hw.isa import Dyn, GridMode, PosReg, WSrc
+    from hw.isa import GridMode, PosReg
+    from sw.programs import gemm_tiles
 
     R, C, PC = p.rows, p.cols, p.cols // 2
     total = 0
@@ -80,12 +81,7 @@ def grid_macs(p, prog, pos: int = 0) -> int:
             pos = pos + f["value"] if f["add"] else f["value"]
         if op != Op.GEMM:
             continue
-        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
-        if f["dyn"] == Dyn.POS:
-            if f["wsrc"] == WSrc.KV_TILED:
-                n = -(-(pos + T) // PC)
-            else:
-                k = -(-(pos + T) // R)
+        T, n, k = gemm_tiles(p, f, pos)
         total += T * n * k * R * (C if f["mode"] == GridMode.W4A8 else PC)
     return total
 

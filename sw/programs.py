@@ -83,7 +83,7 @@ __all__ = [
     "per_word", "wide_fields", "wide_rows", "norm_prm_fields", "rope_fields",
     "weight_fields", "prm_fields", "sub_weight", "raw_op", "acc_words",
     "WeightGemm", "weight_gemm", "KvHead", "pv_planes", "AttentionStep", "attention_step",
-    "ErrorCase", "error_cases", "OFFCHIP", "footprint", "Builder", "est_cycles",
+    "ErrorCase", "error_cases", "OFFCHIP", "gemm_tiles", "footprint", "Builder", "est_cycles",
 ]
 
 
@@ -936,6 +936,19 @@ def _hull(base, stride, n, width):
     return base, base + (n - 1) * stride + width
 
 
+def gemm_tiles(p: ChipParams, f: dict, pos: int) -> tuple[int, int, int]:
+    """``(t_len, n_tiles, k_tiles)`` a GEMM's fields ``f`` run with at context ``pos``: with
+    ``dyn = POS`` the key tiles cover the ``pos + t_len`` visible positions (``n_tiles`` for
+    ``KV_TILED`` weights, ``k_tiles`` for ``KV_ROWS``)."""
+    T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
+    if f["dyn"] == Dyn.POS:
+        if f["wsrc"] == WSrc.KV_TILED:
+            n = -(-(pos + T) // (p.cols // 2))
+        else:
+            k = -(-(pos + T) // p.rows)
+    return T, n, k
+
+
 def footprint(p: ChipParams, word: int, pos: int, kv_base: int = 0) -> list:
     """``[(space, lo, hi, write)]``: hulls of the words a valid micro-op may read or write
     (``hw/isa.py``), for every context ``pos`` up to the given one (ops that follow ``pos``
@@ -952,12 +965,7 @@ def footprint(p: ChipParams, word: int, pos: int, kv_base: int = 0) -> list:
         return [(buf, f["sram"], f["sram"] + f["words"], load),
                 (OFFCHIP, f["off"], f["off"] + n_bus, not load)]
     if op == Op.GEMM:
-        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
-        if f["dyn"] == Dyn.POS:
-            if f["wsrc"] == WSrc.KV_TILED:
-                n = -(-(pos + T) // PC)
-            else:
-                k = -(-(pos + T) // R)
+        T, n, k = gemm_tiles(p, f, pos)
         G_ = -(-k // (1 << f["prm_step"]))
         wbuf = Buf.WGT if f["wsrc"] == WSrc.WGT else Buf.KV
         w0 = f["w_addr"] + (kb if wbuf == Buf.KV else 0)
@@ -1059,12 +1067,7 @@ def est_cycles(p: ChipParams, op: Op, f: dict, pos: int) -> int:
     if op in (Op.LOAD, Op.STORE):
         return f["words"] * _bus_words(p, Buf(f["buf"]))
     if op == Op.GEMM:
-        T, n, k = f["t_len"], f["n_tiles"], f["k_tiles"]
-        if f["dyn"] == Dyn.POS:
-            if f["wsrc"] == WSrc.KV_TILED:
-                n = -(-(pos + T) // PC)
-            else:
-                k = -(-(pos + T) // R)
+        T, n, k = gemm_tiles(p, f, pos)
         return 2 * R + C + 20 + (n * k - 1) * max(R, T + 1) + T
     if op == Op.KV_APPEND:
         g = p.numerics.act_group
