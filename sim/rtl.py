@@ -42,9 +42,33 @@ def verilator_executable() -> str:
     return found
 
 
+def _module_sources() -> dict[Path, bytes]:
+    """The project's Python files this process has imported, as they are on disk now."""
+    out = {}
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and Path(f).resolve().is_relative_to(ROOT) and Path(f).exists():
+            out[Path(f).resolve()] = Path(f).read_bytes()
+    return out
+
+
+#: What each imported project module's file held when this process first asked for a key
+#: (or when :func:`source_key` first saw the module imported).
+_SEEN: dict[Path, bytes] = {}
+_SEEN.update(_module_sources())
+
+
 def source_key(*parts, paths=()) -> str:
     """A digest of ``parts`` (reprs) and of the contents of ``paths`` (files, or folders:
-    every ``*.py`` and ``*.v`` under them): a ``design_key`` for :func:`run_cocotb`."""
+    every ``*.py`` and ``*.v`` under them): a ``design_key`` for :func:`run_cocotb`.
+
+    The key hashes the files on disk, but the design is elaborated from the modules this
+    process imported. If an imported file under ``paths`` changed since (someone edited
+    ``hw/`` during a long run), the Verilog would be the old code cached under the new
+    code's key, and every later run would reuse it: that is a ``RuntimeError`` naming the
+    file instead."""
+    for f, text in _module_sources().items():
+        _SEEN.setdefault(f, text)
     h = hashlib.sha256()
     for part in parts:
         h.update(repr(part).encode() + b"\0")
@@ -52,7 +76,13 @@ def source_key(*parts, paths=()) -> str:
         path = Path(path)
         files = sorted([*path.rglob("*.py"), *path.rglob("*.v")]) if path.is_dir() else [path]
         for f in files:
-            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+            text = f.read_bytes()
+            seen = _SEEN.get(f.resolve())
+            if seen is not None and seen != text:
+                raise RuntimeError(
+                    f"{f.relative_to(ROOT)} changed after this process imported it: a build "
+                    f"now would cache the old design under the new sources' key; restart")
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + text + b"\0")
     return h.hexdigest()
 
 
