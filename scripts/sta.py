@@ -32,14 +32,24 @@ nets 0.83-1.13 ns); the others (wide muxes, LUT RAM, DP16KD, MULT18X18D) are est
 the ECP5 data sheet's order of magnitude and Yosys' abc9 delay annotations
 (share/lattice/common_sim.vh, ccu2c_sim.vh). All numbers are in ``Model`` below, one place.
 
-Calibration (see ``--help`` of nothing; the figures as measured when this was written):
+Calibration (default model, measured when this was written; runtime ~4 s for the 125 MB chip):
 
-* 4x4 grid (``build/synth/ulx3s-85f-4x4/grid_top.json``): nextpnr post-placement estimate
-  112.0 MHz (8.93 ns), routed 135.2 MHz (7.39 ns); this script: see CALIBRATION below.
-* CHIP_85F with the vector unit (``build/synth/ulx3s-85f-chip-16x8/chip_top.json``):
-  nextpnr post-placement estimate 32.2 MHz (31.0 ns); this script: see CALIBRATION below.
+* CHIP_85F with the vector unit (``build/synth/ulx3s-85f-chip-16x8/chip_top.json``): this
+  script 31.1 MHz (32.2 ns) vs nextpnr's post-placement estimate 32.2 MHz (31.0 ns, seed 1;
+  its critical path was not printed). Agreement this close is partly luck.
+* 4x4 grid (``build/synth/ulx3s-85f-4x4/grid_top.json``): this script 88.1 MHz (11.35 ns, a
+  local LUT/mux control path, array.drain0) vs nextpnr 112.0 MHz post-placement and 135.2 MHz
+  routed. nextpnr's routed critical path there (7.39 ns, a PE's psum carry chain) is 7.57 ns
+  here. So short local LUT-to-LUT nets (nextpnr packs them into one tile, 0.7-0.9 ns or 0
+  with its direct connections) are overestimated: small designs read pessimistic.
+* The pre-vector chip with the old group scaler (``build/synth/ulx3s-85f-chip-16x16/``, a 16x16
+  grid whose placement failed): its scaler output stage (s4 -> ofifo.w_data, 12 LUT 12 mux
+  37 CCU2C) is 36.7 ns here; routed on the 16x8 chip nextpnr measured that stage at 42.3 ns
+  (23.7 MHz). Routing on a congested device costs more than any pre-routing estimate.
 
-CALIBRATION is filled in by the measurements in the module's last section.
+Use the ranking, depths and Python lines to decide what to pipeline; treat the absolute ns as
++-20 %. Each endpoint is reported under the source of its WORST path only, so a group that
+is also slow but never the worst for any endpoint is hidden until the worse one is fixed.
 """
 
 import argparse
@@ -79,7 +89,7 @@ class Model:
     mult_clk_to_out: float = 0.90  # estimate (output register)
     mult_setup: float = 0.30  # estimate (input register)
     io_setup: float = 0.00
-    # routing: nextpnr's predictDelay, unit * (fixed + 2*min(d, 5)*2... ) see route_delay()
+    # routing: nextpnr's predictDelay with a guessed distance, see route_delay()
     route_unit: float = 0.12  # nextpnr: (120 - 22 * speed) ps, speed grade 6 = index 0
     route_fixed: float = 6.0  # nextpnr: the constant 6 in predictDelay
     route_d0: float = 1.0  # guessed distance (tiles, dx + dy) of a fanout-1 net
