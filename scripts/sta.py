@@ -132,7 +132,7 @@ def py_srcs(src: str) -> list:
     out = []
     for part in src.split("|"):
         path, _, line = part.rpartition(":")
-        if path.endswith(".py") and "site-packages" not in path:
+        if path.endswith(".py") and "site-packages" not in path and "/lib/python" not in path:
             i = path.find("/hw/")
             out.append((path[i + 1:] if i >= 0 else path) + ":" + line)
     return out
