@@ -624,6 +624,14 @@ def print_report(r: dict, npaths: int, out=None):
         w(f"     {g['worst_ns']:6.2f}  end   {g['end']}")
         w("   python: " + (", ".join(g["py"]) or "(no src)"))
     w("")
+    cols = ("LUT4", "CCU2C", "FF", "LUTRAM", "DSP", "EBR")
+    roll = defaultdict(Counter)
+    for k, v in r["area"].items():
+        roll[".".join(k.split(".")[:2])].update(v)
+    w("area by unit (two hierarchy levels, everything below rolled up):")
+    for k, v in sorted(roll.items(), key=lambda kv: -kv[1].get("LUT4", 0)):
+        w(f"  {k:48s} " + " ".join(f"{n}={v.get(n, 0)}" for n in cols))
+    w("")
     w("area by hierarchy (LUT4 incl. LUT5 halves, CCU2C, FF, LUTRAM, DSP, EBR):")
     tot = Counter()
     for k, v in r["area"].items():
