@@ -96,6 +96,10 @@ class CompileError(ValueError):
     """A model, sequence length or context that does not fit the configured chip."""
 
 
+class _BufferError(CompileError):
+    """A plan's buffers do not fit the chip (:meth:`_Plan.check`): another plan may."""
+
+
 def buffer_kib(p: ChipParams, buf: Buf, words: int) -> float:
     """KiB of ``words`` words of ``buf``."""
     return words * word_bytes(word_layout(p, buf)) / 1024
@@ -198,7 +202,7 @@ class _Plan:
                            f"(short by {used - have}; grow ChipParams.{_BUF_FIELD[buf]}): "
                            f"{parts}")
         if bad:
-            raise CompileError(f"{self.what} does not fit the chip: " + "; ".join(bad))
+            raise _BufferError(f"{self.what} does not fit the chip: " + "; ".join(bad))
 
 
 @dataclass
@@ -230,13 +234,18 @@ class CompiledModel:
         return prog
 
     def _place_parts(self, name: str, T: int, rec: _Recorder, plan: _Plan, in_off,
-                     out_off, out_rows, out_len, out_half, in_half) -> Program:
+                     out_off, out_rows, out_len, out_half, in_half,
+                     pos_hi: int | None = None) -> Program:
         """A step recorded op by op (``rec``: its logical order) as programs that each fit
         the micro-op memory, run one after another (:attr:`Program.parts`). Each is built
         by a :class:`Builder` with ``reorder`` on a range of the ops (never inside a chain of
         GEMMs: ``first`` .. ``final`` share the group scaler's sums); one that starts after a
         ``SETPOS`` opens with the context registers as the ops before it left them (the
-        step starts at ``pos`` 0 and ``kv_base`` 0, as every part does)."""
+        step starts at ``pos`` 0 and ``kv_base`` 0, as every part does).
+
+        ``pos_hi``: the step runs at any context up to ``pos_hi`` (SmolLM2: every part is
+        started at the step's ``pos``, and the ops' footprints are taken for every ``pos``
+        up to ``pos_hi``); a ``SETPOS`` of ``pos`` may then only be the step's last op."""
         p = self.p
         words = rec.words
         n = len(words)
@@ -248,7 +257,11 @@ class CompiledModel:
             if op == Op.GEMM and not f["final"]:
                 ok[i + 1] = False
             elif op == Op.SETPOS:
-                if f["reg"] == PosReg.POS:
+                if f["reg"] == PosReg.POS and pos_hi is not None:
+                    if i != n - 1:
+                        raise ValueError(f"{name}: SETPOS pos at op {i} of {n} (a step run "
+                                         "at its pos may set it only last)")
+                elif f["reg"] == PosReg.POS:
                     pos = pos + f["value"] if f["add"] else f["value"]
                 else:
                     kvb = kvb + f["value"] if f["add"] else f["value"]
@@ -263,7 +276,8 @@ class CompiledModel:
             while True:
                 while j > i + 1 and not ok[j]:
                     j -= 1
-                b = Builder(p, self.img, reorder=True, pos=0)
+                b = Builder(p, self.img, reorder=True, pos=0) if pos_hi is None else \
+                    Builder(p, self.img, reorder=True, pos_hi=pos_hi)
                 for w in prefix:
                     b.emit(w)
                 marks = []
@@ -367,10 +381,16 @@ class SmolLM2Compiled(CompiledModel):
 
     ``layers``: compile only the first ``layers`` decoder layers (tests, benchmarks); with
     ``head = False`` a step stores its ``T`` output rows of the residual stream (wide
-    ``[T, d]``) instead of the last token's logits."""
+    ``[T, d]``) instead of the last token's logits.
+
+    ``streamed``: None (the default) keeps the KV cache on chip (a region per layer and KV
+    head, the *resident* plan, :meth:`_build`) where it and the resident plan's buffers fit,
+    else takes the *streamed* plan (:meth:`_build_streamed`: the KV cache and the residual
+    stream off-chip, a step as a sequence of programs); True / False: only that one. The
+    choice is made here (every program of the model shares the KV cache's place)."""
 
     def __init__(self, m, p: ChipParams, cap: int, chunk: int = 16, head_chunk: int = 2048,
-                 layers: int | None = None, head: bool = True):
+                 layers: int | None = None, head: bool = True, streamed: bool | None = None):
         cfg = m.config
         n_layers = cfg.n_layers if layers is None else layers
         if not 1 <= n_layers <= cfg.n_layers:
@@ -391,46 +411,314 @@ class SmolLM2Compiled(CompiledModel):
         if chunk < 1:
             raise CompileError(f"prefill chunk must be at least 1 token, got {chunk}")
         chunk = min(chunk, cap)  # no step is longer than the context
-        super().__init__(p, Image(p))
         self.m, self.cfg, self.cap, self.chunk = m, cfg, cap, chunk
-        # the KV cache: a region per layer and KV head, fixed for every program; each layer's
-        # heads lie within the 2**16 words its KV base (kv_bases, set by the layer's
-        # attention) reaches, their KvHead addresses relative to it
-        heads, bases, kv = [], [], 0
+        # the KV cache on chip: a region per layer and KV head, fixed for every program;
+        # each layer's heads lie within the 2**16 words its KV base (kv_bases, set by the
+        # layer's attention) reaches, their KvHead addresses relative to it
+        heads, bases, kv, reach = [], [], 0, None
         for _ in range(n_layers):
             row = []
             for _ in range(cfg.n_kv_heads):
                 row.append(KvHead(p, cfg.d_head, cap, base=row[-1].end if row else 0))
             if row[-1].end > 1 << 16:
-                raise CompileError(
-                    f"the KV cache of one layer for {cap} positions ({cfg.n_kv_heads} KV heads "
-                    f"x {cfg.d_head} dims) needs {row[-1].end} KV words, more than the "
-                    f"{1 << 16} a KV base reaches (shorten the context)")
+                reach = row[-1].end
             heads.append(row)
             bases.append(kv)
             kv += row[-1].end
-        if kv > buffer_depth(p, Buf.KV):
-            have = buffer_depth(p, Buf.KV)
+        have = buffer_depth(p, Buf.KV)
+        on_chip = kv <= have and reach is None
+        if streamed is None and not on_chip:
+            streamed = True
+        if not streamed and reach is not None:
+            raise CompileError(
+                f"the KV cache of one layer for {cap} positions ({cfg.n_kv_heads} KV heads "
+                f"x {cfg.d_head} dims) needs {reach} KV words, more than the "
+                f"{1 << 16} a KV base reaches (shorten the context)")
+        if not streamed and kv > have:
             one = n_layers * cfg.n_kv_heads * KvHead(p, cfg.d_head, 1).end
             hint = "grow ChipParams.kv_sram_kib or shorten the context" if one <= have else (
-                f"even one position needs {one} words, and SmolLM2's KV cache stays on chip "
-                "(the compiler has no off-chip KV cache): grow ChipParams.kv_sram_kib")
+                f"even one position needs {one} words: grow ChipParams.kv_sram_kib")
             raise CompileError(
                 f"the KV cache for {cap} positions ({n_layers} layers x {cfg.n_kv_heads} "
                 f"KV heads x {cfg.d_head} dims) needs {kv} KV words "
                 f"({buffer_kib(p, Buf.KV, kv):.0f} KiB) but the chip has {have} "
-                f"({buffer_kib(p, Buf.KV, have):.0f} KiB); {hint}")
+                f"({buffer_kib(p, Buf.KV, have):.0f} KiB) and stays on chip (streamed = "
+                f"False); {hint}")
         self.heads = heads
         self.kv_bases = bases  #: KV word where each layer's heads start (its kv_base)
         self.kv_words = kv
-        # the LM head in column chunks (objects kept: the image places each chunk once)
-        V = m.lm_head.q.shape[0]
-        step = head_chunk
+        self.vocab = m.lm_head.q.shape[0]
+        self.streamed = bool(streamed)
+        if not streamed:
+            super().__init__(p, Image(p))
+            self._head_chunks(head_chunk)
+            self.logits_off = self.img.reserve(Buf.ACC, self._logit_words())
+            # the default where the KV cache fits: the resident plan if its buffers do
+            self.streamed = streamed is None and not self._resident_fits()
+        if self.streamed:
+            self._init_streamed(p, head_chunk)
+
+    def _head_chunks(self, step: int) -> None:
+        """The LM head in column chunks of ``step`` (objects kept: the image places each
+        chunk once)."""
+        m, V = self.m, self.vocab
         self.head_chunks = [(n0, min(n0 + step, V),
                              sub_weight(m.lm_head, 0, m.lm_head.q.shape[1], n0, min(n0 + step, V)))
                             for n0 in range(0, V, step)]
-        self.vocab = V
+
+    # -- the streamed plan (the KV cache and the residual stream off-chip) -------------------
+
+    def _init_streamed(self, p: ChipParams, head_chunk: int) -> None:
+        """The off-chip KV cache: a region per layer and KV head in the image, each as one
+        head's region of the KV buffer holds it (:class:`KvHead` for ``cap`` positions);
+        ``kv_slots`` of them fit the KV buffer at once. The compiled ``p`` raises
+        ``offchip_kib`` where the configuration's cannot hold the weights (see
+        :func:`_room_for`)."""
+        cfg, cap, dh = self.cfg, self.cap, self.cfg.d_head
+        have = buffer_depth(p, Buf.KV)
+        one = KvHead(p, dh, cap).end
+        if one > have:
+            fit = max((c for c in range(1, cap) if KvHead(p, dh, c).end <= have), default=0)
+            raise CompileError(
+                f"SmolLM2's KV cache off-chip: one KV head's region for {cap} positions "
+                f"needs {one} KV words ({buffer_kib(p, Buf.KV, one):.1f} KiB) but the chip's "
+                f"KV buffer has {have} ({buffer_kib(p, Buf.KV, have):.1f} KiB): at most {fit} "
+                "positions fit (shorten the context or grow ChipParams.kv_sram_kib)")
+        # as many regions as the KV buffer holds, all within the 16-bit KV address fields
+        self.kv_slots = [KvHead(p, dh, cap, base=k * one)
+                         for k in range(min(have // one, cfg.n_kv_heads, (1 << 16) // one))]
+        m, L0 = self.m, self.m.layers
+        weights = [getattr(L, k) for L in L0[:self.n_layers]
+                   for k in ("wq", "wk", "wv", "wo", "wg", "wu", "wd")]
+        if self.head:
+            weights.append(m.lm_head)
+        self.weight_bytes = _weight_bytes(p, weights)
+        B = p.offchip_bytes_per_cycle
+        kv_bytes = self.n_layers * cfg.n_kv_heads * one * bus_words_per(p, Buf.KV) * B
+        # room for the KV regions and ~16 programs of ~1 MiB per step length
+        p = _room_for(p, self.weight_bytes, "SmolLM2", extra=kv_bytes + (16 << 20))
+        CompiledModel.__init__(self, p, Image(p))
+        A = buffer_depth(p, Buf.ACC)
+        self._head_chunks(min(head_chunk, A // 4 * (p.cols // 2)))  # two two-pass chunks
         self.logits_off = self.img.reserve(Buf.ACC, self._logit_words())
+        self.kv_off = [[self.img.reserve(Buf.KV, one) for _ in range(cfg.n_kv_heads)]
+                       for _ in range(self.n_layers)]
+        #: bus bytes a step moves to and from the KV cache (a LOAD and a STORE per region)
+        self.kv_step_bytes = 2 * kv_bytes
+        # the prefill chunk: the longest step the buffers hold (decode must fit)
+        fits = [T for T in range(1, self.chunk + 1) if self._fits_streamed(T)]
+        if not fits:
+            self._streamed_plan(1)  # raises, naming what does not fit
+        self.chunk = max(fits)
+
+    def _fits_streamed(self, T: int) -> bool:
+        try:
+            self._streamed_plan(T)
+        except _BufferError:
+            return False
+        return True
+
+    def _streamed_plan(self, T: int) -> tuple[_Plan, dict, dict]:
+        """The buffers of a streamed step of ``T`` tokens: ``(plan, ACC regions, other
+        regions)``, checked (:class:`_BufferError` naming what does not fit)."""
+        p, cfg, cap = self.p, self.cfg, self.cap
+        R, C, PC = p.rows, p.cols, p.cols // 2
+        D, H, Hkv, dh, Dff = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff
+        WD, WF, WA, KD, KF = D // C, Dff // C, D // PC, D // R, Dff // R
+        hw, nv, wq = dh // C, dh // PC, dh // R
+        kq, nq = -(-cap // R), -(-cap // PC)
+        A = buffer_depth(p, Buf.ACC)
+        nbuf = 2 if cap * hw + 2 * 2 * T * hw <= A else 1  # head projections, alternating
+        ns = 2 if 2 * T * nq + T * WA <= A else 1         # score buffers
+        cw = max(1, min(WF, (A - T * WF) // (4 * T)))     # FFN column chunk (ACC words)
+        WL = max(-(-(n1 - n0) // PC) for n0, n1, _ in self.head_chunks)
+        pl = _Plan(p, f"SmolLM2 step of {T} tokens streamed (KV cache of {cap} positions "
+                      "off-chip)")
+        acc = pl.phases(
+            Buf.ACC, "scratch",
+            [("rows", T * WD)],
+            [("RoPE table", cap * hw), ("head projections", nbuf * 2 * T * hw)],
+            [("scores", ns * T * nq), ("attention", T * WA)],
+            [("o", 2 * T * WD)],
+            [("d_ff rows", T * WF), ("gate", 2 * T * cw), ("up", 2 * T * cw)],
+            [("logits (2 buffers)", 2 * 2 * WL)] if self.head else [])
+        reg = dict(nbuf=nbuf, ns=ns, cw=cw, WL=WL)
+        reg["act_x"] = pl.alloc(Buf.ACT, 2 * T * max(KD, KF), "GEMM inputs (A8x2)")
+        reg["act_q"] = pl.alloc(Buf.ACT, H * T * wq, "queries")
+        reg["act_kv"] = pl.alloc(Buf.ACT, Hkv * 2 * T * wq, "new keys and values")
+        reg["act_p"] = pl.alloc(Buf.ACT, 2 * 2 * T * kq, "P planes (two heads)")
+        reg["prm_pv"] = pl.alloc(Buf.PRM, 3 * nv, "P·V parameters")
+        reg["prm_n"] = pl.alloc(Buf.PRM, -(-D // C) + 1, "RMSNorm gains")
+        groups = max(qw.q.shape[1] for qw in (self.m.layers[0].wd, self.m.lm_head)) \
+            // p.numerics.group
+        reg["prm_gemm"] = pl.rest(Buf.PRM, "streamed GEMM parameters", 2 * (groups + 1))
+        reg["wgt"] = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
+        pl.alloc(Buf.KV, self.kv_slots[-1].end, f"{len(self.kv_slots)} KV head regions")
+        pl.check()
+        return pl, acc, reg
+
+    def _build_streamed(self, T: int, name: str) -> Program:
+        """A step of ``T`` tokens for a chip whose KV buffer does not hold the KV cache
+        (and whose other buffers not a layer's intermediates): the step runs as a sequence
+        of programs (:meth:`CompiledModel._place_parts`), each started at the step's ``pos``.
+
+        Off-chip: ``H`` the residual stream (the input rows, then each layer's output; wide
+        rows), and the KV cache, a region per layer and KV head laid out as in the KV buffer
+        (:class:`KvHead` for ``cap`` positions). Per layer, ACC holds one phase at a time:
+
+        - the attention RMSNorm of ``H``'s rows, quantized (A8x2) once for the three
+          projections;
+        - the RoPE table; K, V and Q a head at a time (their columns of the GEMM, the two
+          passes summed, RoPE, quantized: kept in ACT);
+        - per KV head: its region LOADed into a slot of the KV buffer (as many slots as it
+          holds, in turn), the step's keys and values appended (``KV_APPEND`` at ``pos``),
+          the region STOREd back whole (DMA addresses do not follow ``pos``), then QKᵀ,
+          softmax, the A15 probabilities and P·V of its query heads into the attention rows;
+        - the output projection, the residual with ``H``'s rows (stored back to ``H``), the
+          FFN RMSNorm, quantized;
+        - gate and up in column chunks (passes summed, SiLU·mul into the ``d_ff`` rows),
+          quantized whole; the down projection and the residual, stored to ``H``.
+
+        Then the final RMSNorm of the last row and the LM head in column chunks, as the
+        resident plan. Every weight is read once per step."""
+        p, cfg, m, cap = self.p, self.cfg, self.m, self.cap
+        if not 1 <= T <= cap:
+            raise CompileError(f"{name}: a step of {T} tokens does not fit the {cap}-token "
+                               "KV cache")
+        pl, acc, reg = self._streamed_plan(T)  # raises, naming what does not fit
+        R, C, PC = p.rows, p.cols, p.cols // 2
+        D, H, Hkv, dh, Dff = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff
+        rep = H // Hkv
+        WD, WF, WA = D // C, Dff // C, D // PC
+        hw, nv, wq = dh // C, dh // PC, dh // R
+        kq, nq = -(-cap // R), -(-cap // PC)
+        nbuf, ns, cw, WL = reg["nbuf"], reg["ns"], reg["cw"], reg["WL"]
+        act_x, act_q, act_kv, act_p = reg["act_x"], reg["act_q"], reg["act_kv"], reg["act_p"]
+        prm_pv, prm_n, prm_gemm, wgt = reg["prm_pv"], reg["prm_n"], reg["prm_gemm"], reg["wgt"]
+        a_rows, a_tab, a_hp = acc["rows"], acc["RoPE table"], acc["head projections"]
+        a_s, a_att, a_o = acc["scores"], acc["attention"], acc["o"]
+        a_f, a_g, a_u = acc["d_ff rows"], acc["gate"], acc["up"]
+        a_h = a_o + T * WD  # the residual stream's rows, beside the summed projection
+
+        b = _Recorder(p, self.img)
+        bpa = bus_words_per(p, Buf.ACC)
+        in_off = b.img.reserve(Buf.ACC, T * WD)
+        h_off = in_off  # H: the input rows, then each layer's output
+
+        def dma(op, buf, sram, words, off):
+            b.emit(encode(op, buf=buf, sram=sram, words=words, off=off))
+
+        def gemm(qw, out, stride, blocks=None, t_len=2 * T):
+            b.weight_gemm(qw, None, act_x, t_len, out, stride, wgt, prm_gemm, blocks=blocks)
+
+        def rows(fn, src, length, stride, dst=None, n=T, **kw):
+            b.vec(fn, rows=n, length=length, src_a=src, src_stride=stride,
+                  dst=src if dst is None else dst, dst_stride=stride, **kw)
+
+        def passes(src, length, stride, half=0, n=T):  # QUANT A8X2 to act_x
+            b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=n, length=length,
+                  src_a=src, src_stride=stride, dst=act_x, dst_stride=-(-length // R))
+
+        def sum_passes(src, length, stride, n=T, **kw):  # gemm_passes: the halves added
+            rows(VecFn.RESIDUAL, src, length, stride, n=n, src_b=src + n * stride, **kw)
+
+        def norm(vec, key):
+            b.load(Buf.PRM, prm_n, norm_prm_fields(p, [vec], cfg.rms_eps), key=key)
+
+        b.section("constants")
+        pv_g, pv_o = self.kv_slots[0].pv_params(p.numerics.frac_bits)
+        b.load(Buf.PRM, prm_pv, pv_g, key="pv_g")
+        b.load(Buf.PRM, prm_pv + 2 * nv, pv_o, key="pv_o")
+        rope = rope_fields(p, m.rope_cos[:cap], m.rope_sin[:cap])
+        a_k = [act_kv + j * 2 * T * wq for j in range(Hkv)]
+        a_v = [a + T * wq for a in a_k]
+        a_q = [act_q + i * T * wq for i in range(H)]
+
+        for li, L in enumerate(m.layers[:self.n_layers]):
+            b.section(f"layer {li} attention")
+            dma(Op.LOAD, Buf.ACC, a_rows, T * WD, h_off)
+            norm(L.attn_norm, (id(L), 1))
+            rows(VecFn.RMSNORM, a_rows, D, WD, prm=prm_n)
+            passes(a_rows, D, WD)
+            b.load(Buf.ACC, a_tab, rope, key=("rope", cap))
+            k = 0
+            projections = [(L.wk, j, a_k[j], True, 0) for j in range(Hkv)] + \
+                [(L.wv, j, a_v[j], False, 1) for j in range(Hkv)] + \
+                [(L.wq, i, a_q[i], True, 0) for i in range(H)]
+            for qw, j, dst, with_rope, per_row in projections:
+                s = a_hp + (k % nbuf) * 2 * T * hw
+                k += 1
+                gemm(qw, s - j * hw, hw, blocks=(j * hw, (j + 1) * hw))
+                sum_passes(s, dh, hw)
+                if with_rope:
+                    rows(VecFn.ROPE, s, dh, hw, src_b=a_tab)
+                b.vec(VecFn.QUANT, per_row=per_row, rows=T, length=dh, src_a=s,
+                      src_stride=hw, dst=dst, dst_stride=wq)
+            for j in range(Hkv):
+                kvh = self.kv_slots[j % len(self.kv_slots)]
+                size, off = kvh.end - kvh.base, self.kv_off[li][j]
+                dma(Op.LOAD, Buf.KV, kvh.base, size, off)
+                b.emit(kvh.append(KvKind.KEY, T, a_k[j]))
+                b.emit(kvh.append(KvKind.VALUE, T, a_v[j]))
+                dma(Op.STORE, Buf.KV, kvh.base, size, off)
+                for r in range(rep):
+                    i = j * rep + r
+                    s = a_s + (i % ns) * T * nq
+                    ap = act_p + (i % 2) * 2 * T * kq
+                    b.emit(kvh.qk(T, a_q[i], s, nq))
+                    b.vec(VecFn.SOFTMAX, half=1, rows=T, dyn=Dyn.POS, causal=1, src_a=s,
+                          src_stride=nq, dst=s, dst_stride=nq)
+                    b.vec(VecFn.QUANT, qmode=QuantMode.A15, vfold=1, causal=1, dyn=Dyn.POS,
+                          half=1, rows=T, src_a=s, src_stride=nq, src_b=kvh.val_s,
+                          vgroups=kvh.G, dst=ap, dst_stride=kq)
+                    col = a_att + i * nv
+                    b.emit(kvh.pv(0, T, ap, kq, col, prm_pv, prm_pv + 2 * nv, WA))
+                    b.emit(kvh.pv(1, T, ap + T * kq, kq, col, prm_pv + nv, prm_pv + 2 * nv,
+                                  WA))
+            b.section(f"layer {li} output, FFN")
+            passes(a_att, D, WA, half=1)
+            gemm(L.wo, a_o, WD)
+            sum_passes(a_o, D, WD)
+            dma(Op.LOAD, Buf.ACC, a_h, T * WD, h_off)
+            rows(VecFn.RESIDUAL, a_h, D, WD, src_b=a_o)
+            dma(Op.STORE, Buf.ACC, a_h, T * WD, h_off)
+            norm(L.ffn_norm, (id(L), 2))
+            rows(VecFn.RMSNORM, a_h, D, WD, dst=a_o, prm=prm_n)
+            passes(a_o, D, WD)
+            for c0, c1 in _row_pieces(WF, -(-WF // cw)):
+                n = c1 - c0
+                gemm(L.wg, a_g - c0, n, blocks=(c0, c1))
+                gemm(L.wu, a_u - c0, n, blocks=(c0, c1))
+                sum_passes(a_g, n * C, n)
+                sum_passes(a_u, n * C, n)
+                b.vec(VecFn.SILU_MUL, rows=T, length=n * C, src_a=a_g, src_stride=n,
+                      src_b=a_u, dst=a_f + c0, dst_stride=WF)
+            passes(a_f, Dff, WF)
+            gemm(L.wd, a_o, WD)
+            sum_passes(a_o, D, WD)
+            dma(Op.LOAD, Buf.ACC, a_h, T * WD, h_off)
+            rows(VecFn.RESIDUAL, a_h, D, WD, src_b=a_o)
+            dma(Op.STORE, Buf.ACC, a_h, T * WD, h_off)
+
+        if not self.head:  # the residual stream out: H
+            b.emit(encode(Op.SETPOS, add=1, value=T))
+            return self._place_parts(name, T, b, pl, in_off, h_off, T, D, False, False,
+                                     pos_hi=cap - T)
+        b.section("final norm, LM head, logits")
+        dma(Op.LOAD, Buf.ACC, a_rows, WD, h_off + (T - 1) * WD * bpa)
+        norm(m.output_norm, "output_norm")
+        rows(VecFn.RMSNORM, a_rows, D, WD, prm=prm_n, n=1)
+        passes(a_rows, D, WD, n=1)
+        a_l = acc["logits (2 buffers)"]
+        for i, (n0, n1, qw) in enumerate(self.head_chunks):
+            out = a_l + (i % 2) * 2 * WL
+            gemm(qw, out, WL, t_len=2)
+            sum_passes(out, n1 - n0, WL, n=1, half=1)
+            dma(Op.STORE, Buf.ACC, out, -(-(n1 - n0) // PC),
+                self.logits_off + (n0 // PC) * bpa)
+        b.emit(encode(Op.SETPOS, add=1, value=T))
+        return self._place_parts(name, T, b, pl, in_off, self.logits_off, 1, self.vocab,
+                                 True, False, pos_hi=cap - T)
 
     def _logit_words(self) -> int:
         return -(-self.vocab // per_word(self.p, True))
@@ -445,7 +733,19 @@ class SmolLM2Compiled(CompiledModel):
             self._build(T, name)
         return self.programs[name]
 
-    def _build(self, T: int, name: str) -> Program:
+    def _resident_fits(self) -> bool:
+        """Whether the resident plan's buffers hold a decode step."""
+        try:
+            self._build(1, "smollm2_T1", probe=True)
+        except _BufferError:
+            return False
+        return True
+
+    def _build(self, T: int, name: str, probe: bool = False) -> Program | None:
+        """The resident plan: the KV cache, the residual stream and every intermediate of a
+        step on chip, one program (``probe``: only check that its buffers fit)."""
+        if self.streamed:
+            return self._build_streamed(T, name)
         p, cfg, m, cap = self.p, self.cfg, self.m, self.cap
         if not 1 <= T <= cap:
             raise CompileError(f"{name}: a step of {T} tokens does not fit the {cap}-token "
@@ -503,6 +803,8 @@ class SmolLM2Compiled(CompiledModel):
         wgt = pl.rest(Buf.WGT, "streamed weights", 2 * max(KD, KF) * R)
         pl.alloc(Buf.KV, self.kv_words, f"KV cache ({cap} positions)")
         pl.check()
+        if probe:
+            return None
 
         b = Builder(p, self.img, pos_hi=cap - T, reorder=True)
         b.top.update(pl.top)
@@ -675,7 +977,9 @@ class MiniLMCompiled(CompiledModel):
         self.streamed = streamed
         self.m, self.cfg = m, m.config
         self.n_layers, self.embeddings = n, embeddings
-        super().__init__(_room_for(p, _weight_bytes(p, m.layers[:n]), "MiniLM"), None)
+        weights = [getattr(L, k) for L in m.layers[:n] for k in ("wq", "wk", "wv", "wo",
+                                                                  "w1", "w2")]
+        super().__init__(_room_for(p, _weight_bytes(p, weights), "MiniLM"), None)
         self.img = Image(self.p)
 
     def program(self, T: int) -> Program:
@@ -1195,29 +1499,31 @@ class MiniLMCompiled(CompiledModel):
         return prog
 
 
-def _weight_bytes(p: ChipParams, layers) -> int:
-    """Bytes of off-chip memory the weight GEMMs of ``layers`` take in the image (tiles,
-    group words and out words, as :meth:`Builder.weight_gemm` places them)."""
+def _weight_bytes(p: ChipParams, weights) -> int:
+    """Bytes of off-chip memory the weight GEMMs of ``weights`` (QWeights) take in the
+    image (tiles, group words and out words, as :meth:`Builder.weight_gemm` places them):
+    also the bytes a step that runs each of them once reads from it."""
     B, total = p.offchip_bytes_per_cycle, 0
-    for L in layers:
-        for qw in (L.wq, L.wk, L.wv, L.wo, L.w1, L.w2):
-            N, K = qw.q.shape
-            nb = -(-N // (p.cols if qw.bits == 4 else p.cols // 2))
-            total += nb * K * bus_words_per(p, Buf.WGT) * B
-            total += nb * (K // p.numerics.group + 1) * bus_words_per(p, Buf.PRM) * B
+    for qw in weights:
+        N, K = qw.q.shape
+        nb = -(-N // (p.cols if qw.bits == 4 else p.cols // 2))
+        total += nb * K * bus_words_per(p, Buf.WGT) * B
+        total += nb * (K // p.numerics.group + 1) * bus_words_per(p, Buf.PRM) * B
     return total
 
 
-def _room_for(p: ChipParams, weights: int, what: str) -> ChipParams:
+def _room_for(p: ChipParams, weights: int, what: str, extra: int | None = None) -> ChipParams:
     """``p``, with ``offchip_kib`` raised (to a power of two) if its off-chip memory cannot
     hold ``weights`` bytes of weights and room for programs (half as much again); raised, it
     has room for as much again and 16 MiB (the streamed plan's programs: ~1 MiB per layer
-    and sequence length). Off-chip memory is the host's (a board serves it over its link),
-    addressed by the DMA's 32-bit bus-word ``off``; only the DMA's range check knows its
-    size."""
-    if p.offchip_kib * 1024 >= weights * 3 // 2:
+    and sequence length). ``extra``: the bytes besides the weights instead (SmolLM2's
+    off-chip KV cache and programs), without the margins. Off-chip memory is the host's (a
+    board serves it over its link), addressed by the DMA's 32-bit bus-word ``off``; only the
+    DMA's range check knows its size."""
+    fit = weights * 3 // 2 if extra is None else weights + extra
+    if p.offchip_kib * 1024 >= fit:
         return p
-    need = 2 * weights + (16 << 20)
+    need = 2 * weights + (16 << 20) if extra is None else fit
     kib = 1 << max(0, (-(-need // 1024) - 1).bit_length())
     if kib > 1 << 22 or kib * 1024 // p.offchip_bytes_per_cycle > 1 << 32:
         raise CompileError(f"{what}: {weights / 2**20:.0f} MiB of weights do not fit the "
