@@ -470,7 +470,9 @@ class SmolLM2Compiled(CompiledModel):
 
     def _init_streamed(self, p: ChipParams, head_chunk: int) -> None:
         """The off-chip KV cache: a region per layer and KV head in the image, each as one
-        head's region of the KV buffer holds it (:class:`KvHead` for ``cap`` positions);
+        head's region of the KV buffer holds it (:class:`KvHead` for ``cap`` positions,
+        values first: P·V's whole tiles of values stay within a region that ends the KV
+        buffer);
         ``kv_slots`` of them fit the KV buffer at once. The compiled ``p`` raises
         ``offchip_kib`` where the configuration's cannot hold the weights (see
         :func:`_room_for`)."""
@@ -485,7 +487,7 @@ class SmolLM2Compiled(CompiledModel):
                 f"KV buffer has {have} ({buffer_kib(p, Buf.KV, have):.1f} KiB): at most {fit} "
                 "positions fit (shorten the context or grow ChipParams.kv_sram_kib)")
         # as many regions as the KV buffer holds, all within the 16-bit KV address fields
-        self.kv_slots = [KvHead(p, dh, cap, base=k * one)
+        self.kv_slots = [KvHead(p, dh, cap, base=k * one, values_first=True)
                          for k in range(min(have // one, cfg.n_kv_heads, (1 << 16) // one))]
         m, L0 = self.m, self.m.layers
         weights = [getattr(L, k) for L in L0[:self.n_layers]

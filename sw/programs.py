@@ -493,22 +493,31 @@ def weight_gemm(p: ChipParams, img: Image, x8, xs, qw, bias, *, n_ops: int = 1,
 class KvHead:
     """One head's keys and values in the KV cache (layout: ``hw/isa.py``): head dim ``d``,
     room for ``cap`` tokens from KV word ``base`` on (keys, key scales, values, value
-    scales, in that order)."""
+    scales, in that order; with ``values_first``: values, value scales, keys, key scales).
+
+    P·V (:meth:`pv`) reads the values in whole tiles of ``rows`` tokens, up to
+    ``ceil(cap / rows) * rows`` (times zero probabilities past the visible keys): words past
+    the values that must lie in the KV buffer. ``values_first`` keeps them within the
+    region (a region that ends the buffer)."""
 
     p: ChipParams
     d: int
     cap: int
     base: int = 0
+    values_first: bool = False
 
     def __post_init__(self):
         PC = self.p.cols // 2
         blocks = -(-self.cap // PC)
         self.G = self.d // NUM.act_group
-        self.key = self.base
+        keys, vals = blocks * (self.d + self.G + 1), self.cap * self.d // PC
+        k0, v0 = (self.base + vals + blocks * (self.G + 1), self.base) if self.values_first \
+            else (self.base, self.base + keys)
+        self.key = k0
         self.key_s = self.key + blocks * self.d
-        self.val = self.key_s + blocks * (self.G + 1)
+        self.val = v0
         self.val_s = self.val + self.cap * self.d // PC
-        self.end = self.val_s + blocks * (self.G + 1)
+        self.end = self.base + keys + vals + blocks * (self.G + 1)
 
     @property
     def words_per_row(self) -> int:
