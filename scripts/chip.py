@@ -295,7 +295,7 @@ def cmd_compile(args) -> int:
 
         qm = quantize_smollm2(load_smollm2(args.model), positions=args.context)
         c = SmolLM2Compiled(qm, p, cap=args.context, chunk=args.chunk)
-        progs = [c.program(T) for T in sorted({args.chunk, 1})]
+        progs = [c.program(T) for T in sorted({c.chunk, 1})]
     else:
         from sw.models import load_minilm
         from sw.quantize import quantize_minilm
@@ -334,7 +334,68 @@ def cmd_compile(args) -> int:
             runs = f" in {len(prog.parts)} programs" if prog.parts else ""
             print(f"  total predicted{runs}: {timing[0]:,} cycles "
                   f"({p.clock_mhz * 1e6 / timing[0]:.2f} runs/s at {p.clock_mhz} MHz)")
+    if args.report and args.model_name == "smollm2":
+        _report_smollm2(c, p)
     return 0
+
+
+def _step_bytes(p, prog) -> dict:
+    """Off-chip bus bytes one run of a step moves: its LOADs and STOREs by what they carry
+    (weights: WGT and PRM words, i.e. also norm gains and P·V constants; the KV cache;
+    activations: ACC / ACT rows, the RoPE table, logits) and the fetch of its programs."""
+    from hw.isa import Buf, Op, bus_words_per, decode
+    from sw.programs import uop_bus_words
+
+    B = p.offchip_bytes_per_cycle
+    kind = {Buf.WGT: "weights", Buf.PRM: "weights", Buf.KV: "KV cache"}
+    out = dict.fromkeys(("weights", "KV cache", "activations", "programs"), 0)
+    for part in prog.runs():
+        for op, f in map(decode, part.words):
+            if op in (Op.LOAD, Op.STORE):
+                out[kind.get(Buf(f["buf"]), "activations")] += (
+                    f["words"] * bus_words_per(p, f["buf"]) * B)
+        out["programs"] += part.length * uop_bus_words(p) * B
+    return out
+
+
+def _report_smollm2(c, p) -> None:
+    """SmolLM2's decode cycles per token at a few contexts (the token decoded with ``n``
+    tokens in the cache, itself included: ``pos = n - 1``) and prefill cycles per prompt
+    token (a chunk at ``pos`` 0), predicted by the timing model; the bytes a decode step
+    moves over the chip's off-chip bus, and the rates they allow at the configured clock
+    and over a board's UART link (its memory is the host's: every byte crosses the link)."""
+    from hw.board_top import LINK_BAUD
+    from sim.timing import predict
+
+    def cycles(prog, pos):
+        return sum(predict(p, part.words, vector=True, pos_init=pos).cycles
+                   for part in prog.runs())
+
+    f = p.clock_mhz * 1e6
+    B = p.offchip_bytes_per_cycle
+    dec = c.program(1)
+    moved = _step_bytes(p, dec)
+    total = sum(moved.values())
+    plan = "streamed, KV cache off-chip" if c.streamed else "resident, KV cache on chip"
+    print(f"\nSmolLM2 decode ({plan}; {c.n_layers} layers"
+          f"{', LM head' if c.head else ''}; KV cache of {c.cap} positions; "
+          f"{len(dec.runs())} programs per step):")
+    print(f"  {'context':>8s} {'cycles/token':>14s} {'tokens/s':>9s}  (at {p.clock_mhz} MHz, "
+          "ChipParams.clock_mhz)")
+    for n in sorted({n for n in (1, 8, 32, c.cap) if n <= c.cap}):
+        cyc = cycles(dec, n - 1)
+        print(f"  {n:8d} {cyc:14,} {f / cyc:9.3f}")
+    pre = c.program(c.chunk)
+    cyc = cycles(pre, 0)
+    print(f"  prefill: a {c.chunk}-token chunk at pos 0: {cyc:,} cycles "
+          f"({cyc / c.chunk:,.0f} per prompt token)")
+    link = LINK_BAUD / 10  # 8N1: ten bits per byte, frame headers not counted
+    print(f"  bus bytes per decode step: {total / 1e6:.2f} MB = "
+          + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in moved.items())
+          + f"; {total / B:,.0f} bus cycles at {B} B/cycle")
+    print(f"  over a board's UART link ({LINK_BAUD / 1e6:g} Mbaud, at most {link / 1e3:.0f} kB/s "
+          f"each way): at least {total / link:,.0f} s per decode token "
+          f"({link / total:.5f} tokens/s at most)")
 
 
 def _predict(p, prog):
