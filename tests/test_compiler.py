@@ -203,23 +203,25 @@ def test_fit_errors(smollm2, minilm):
     """What does not fit names the buffer (or the context), what needs it, and by how
     much."""
     m, _, _ = smollm2
+    # the KV cache on chip (streamed = False; by default a cache that does not fit goes
+    # off-chip, tests/test_smollm2_85f.py)
     with pytest.raises(CompileError, match=r"KV cache for 40 positions .* needs 62100 KV "
                                            r"words .* has 16384 .*ChipParams.kv_sram_kib"):
-        SmolLM2Compiled(m, ChipParams(), cap=40)
+        SmolLM2Compiled(m, ChipParams(), cap=40, streamed=False)
     # 30 layers x 3 heads x (43 token blocks x (64 + 2 x 5) + 337 x 8) words: one block past
     # the 4 MiB of the 'sim' chip
     with pytest.raises(CompileError, match=r"KV cache for 337 positions .* needs 529020 KV "
                                            r"words .* has 524288"):
-        SmolLM2Compiled(m, P, cap=337)
+        SmolLM2Compiled(m, P, cap=337, streamed=False)
     # the FPGA chip's 8 KiB KV buffer holds not even one position of SmolLM2's cache (30
     # layers x 3 KV heads x (one token block of keys, 64 / PC words of values, 2 x 5 scale
-    # words)), and the compiler keeps that cache on chip: the error says so
+    # words)): kept on chip, the error says so
     PC = CHIP_85F.cols // 2
     one = 30 * 3 * (64 + 64 // PC + 2 * (64 // 16 + 1))
     kv = buffer_depth(CHIP_85F, Buf.KV)
     with pytest.raises(CompileError, match=rf"KV cache for 8 positions .* has {kv} .* even one "
-                                           rf"position needs {one} words.* no off-chip KV"):
-        SmolLM2Compiled(m, CHIP_85F, cap=8)
+                                           rf"position needs {one} words"):
+        SmolLM2Compiled(m, CHIP_85F, cap=8, streamed=False)
     with pytest.raises(CompileError, match="beyond the model's RoPE table"):
         SmolLM2Compiled(m, P, cap=TABLE + 1)
     small = replace(P, acc_sram_kib=64)
@@ -282,8 +284,12 @@ def test_cli_errors(capsys):
 
     assert main(["generate", "   "]) == 2
     assert "the prompt is empty" in capsys.readouterr().err
-    assert main(["generate", "--max-tokens", "400", "What is the capital of France?"]) == 2
+    # the FPGA boards' chip: one KV head's region holds 58 positions (its KV cache is
+    # off-chip, a head's region in the KV buffer at a time)
+    assert main(["generate", "--config", "ulx3s-85f", "--max-tokens", "30",
+                 "What is the capital of France?"]) == 2
     err = capsys.readouterr().err
-    assert "error: the KV cache for 437 positions" in err and "Traceback" not in err
+    assert "error: SmolLM2's KV cache off-chip: one KV head's region for 67 positions" in err
+    assert "at most 58 positions fit" in err and "Traceback" not in err
     assert main(["embed", "--config", "nonesuch", "hello"]) == 2
     assert "unknown chip configuration 'nonesuch'" in capsys.readouterr().err
