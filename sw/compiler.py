@@ -11,11 +11,17 @@ and the programs that run on it, each one step of the model with no host in the 
   head: the host writes the step's input rows (the token embeddings: a table lookup the
   runtime's caller provides) into the input slot, starts the program with ``pos`` = the
   tokens already in the cache, and reads back the last token's logits (it then picks the
-  next token). The KV
+  next token). Where it fits, the KV
   cache stays on chip between steps (a region per layer and KV head, ``cap`` positions;
   each layer's heads addressed relative to its ``SETPOS KV_BASE``, so the cache can fill
-  the whole KV buffer);
-  every program ends with ``SETPOS pos += T``, so one decode program serves every position.
+  the whole KV buffer); every program ends with ``SETPOS pos += T``, so one decode program
+  serves every position. On a chip whose KV buffer does not hold the cache (the FPGA
+  boards' ``CHIP_85F``: 2,048 KV words, one position of the 30 layers needs 8,100) the
+  *streamed* plan (:meth:`SmolLM2Compiled._build_streamed`) keeps it off-chip, a region
+  per layer and KV head that each step LOADs into the KV buffer, appends to and STOREs
+  back; the context is what one head's region holds (58 positions there). Its residual
+  stream lives off-chip too, and a step is a sequence of programs (:attr:`Program.parts`)
+  that each fit the micro-op memory, every one started at the step's ``pos``.
 - **MiniLM** (:class:`MiniLMCompiled`): one program per sequence length: the embedding sums
   and LayerNorm, the 6 encoder layers; the host writes the word, position and token-type
   embedding rows of the tokens (its table lookups) and reads back the last hidden states
@@ -489,11 +495,10 @@ class SmolLM2Compiled(CompiledModel):
         # as many regions as the KV buffer holds, all within the 16-bit KV address fields
         self.kv_slots = [KvHead(p, dh, cap, base=k * one, values_first=True)
                          for k in range(min(have // one, cfg.n_kv_heads, (1 << 16) // one))]
-        m, L0 = self.m, self.m.layers
-        weights = [getattr(L, k) for L in L0[:self.n_layers]
+        weights = [getattr(L, k) for L in self.m.layers[:self.n_layers]
                    for k in ("wq", "wk", "wv", "wo", "wg", "wu", "wd")]
         if self.head:
-            weights.append(m.lm_head)
+            weights.append(self.m.lm_head)
         self.weight_bytes = _weight_bytes(p, weights)
         B = p.offchip_bytes_per_cycle
         kv_bytes = self.n_layers * cfg.n_kv_heads * one * bus_words_per(p, Buf.KV) * B
@@ -732,7 +737,14 @@ class SmolLM2Compiled(CompiledModel):
     def program(self, T: int) -> Program:
         name = f"smollm2_T{T}"
         if name not in self.programs:
-            self._build(T, name)
+            try:
+                self._build(T, name)
+            except ValueError as e:
+                if not str(e).startswith("Image:"):
+                    raise
+                raise CompileError(f"{name}: the off-chip image is full ({e}; compile fewer "
+                                   "step lengths per image or grow "
+                                   "ChipParams.offchip_kib)") from None
         return self.programs[name]
 
     def _resident_fits(self) -> bool:
