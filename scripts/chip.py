@@ -7,6 +7,8 @@ Examples::
     chip generate --device golden "Write a haiku about silicon."  # the golden model, no programs
     chip embed "A man is playing a guitar." "Someone plays an instrument."
     chip compile --report smollm2                                 # schedule, SRAM, cycles
+    chip compile --report --config ulx3s-85f --context 58 smollm2  # the boards' chip
+    chip generate --config ulx3s-85f -n 8 --cycles "What is the capital of France?"
 
 ``generate`` answers a prompt with SmolLM2-135M-Instruct (its GGUF Q4_1/Q8_0 weights loaded
 unchanged), ``embed`` embeds sentences with all-MiniLM-L6-v2 and prints the cosine between the

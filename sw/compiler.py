@@ -478,8 +478,7 @@ class SmolLM2Compiled(CompiledModel):
         """The off-chip KV cache: a region per layer and KV head in the image, each as one
         head's region of the KV buffer holds it (:class:`KvHead` for ``cap`` positions,
         values first: P·V's whole tiles of values stay within a region that ends the KV
-        buffer);
-        ``kv_slots`` of them fit the KV buffer at once. The compiled ``p`` raises
+        buffer); ``kv_slots`` of them fit the KV buffer at once. The compiled ``p`` raises
         ``offchip_kib`` where the configuration's cannot hold the weights (see
         :func:`_room_for`)."""
         cfg, cap, dh = self.cfg, self.cap, self.cfg.d_head
