@@ -21,7 +21,9 @@ JSON (falling back to its log) and Yosys' cell statistics, and are written to
 ``--design link`` builds ``hw.board_top.LinkBoardTop``, the board's bitstream (``make
 bitstream``): the chip of ``Board.link_params`` with its UART host link on the board's UART
 pins. ``--yosys-only`` runs synthesis alone and prints its cell counts (minutes instead of
-the hour an 85F place-and-route takes).
+the hour an 85F place-and-route takes); on ECP5 it also prints ``scripts/sta.py``'s timing
+estimate of the netlist (estimated Fmax and the worst register groups, full report in
+``sta_report.json``).
 
 ``--elaborate-only`` stops after writing the plan (RTLIL, Verilog, constraints, script): a few
 seconds, no toolchain; the default test suite uses it.
@@ -716,7 +718,29 @@ def _yosys_only(spec, params, build_dir: Path, env: dict, name: str) -> int:
     if other:
         print("  " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
     (build_dir / "yosys_cells.json").write_text(json.dumps(cells, indent=2) + "\n")
+    if spec.family == "ecp5":
+        _sta_summary(build_dir / f"{name}.json", params.clock_mhz)
     return 0
+
+
+def _sta_summary(netlist: Path, clock_mhz: float, groups: int = 12) -> None:
+    """Print ``scripts/sta.py``'s estimate for a Yosys JSON netlist (estimated Fmax, failing
+    endpoints, the worst register groups) and write its full report next to it
+    (``sta_report.json``): timing feedback without the hour of place-and-route."""
+    from scripts.sta import analyse  # noqa: PLC0415 (only for ECP5 Yosys-only runs)
+
+    if not netlist.exists():
+        print(f"  (no {netlist.name}: no timing estimate)")
+        return
+    r = analyse(json.loads(netlist.read_text()), clock_mhz=clock_mhz, npaths=groups)
+    (netlist.parent / "sta_report.json").write_text(json.dumps(r, indent=1) + "\n")
+    print(f"  estimated Fmax {r['fmax_mhz']:.1f} MHz (scripts/sta.py, an estimate before "
+          f"placement: within ~20 % of nextpnr), {r['failing_endpoints']} of "
+          f"{r['endpoints']} endpoints fail at {clock_mhz:g} MHz; worst groups:")
+    for g in r["groups"][:groups]:
+        print(f"    {g['worst_ns']:6.2f} ns {g['endpoints']:5d}  {g['src']} -> {g['dst']}")
+    print(f"  full report: {netlist.parent / 'sta_report.json'} "
+          f"(or .venv/bin/python scripts/sta.py {netlist})")
 
 
 def _main_vector(ap, args) -> int:
