@@ -382,11 +382,12 @@ def _report_smollm2(c, p) -> None:
     print(f"\nSmolLM2 decode ({plan}; {c.n_layers} layers"
           f"{', LM head' if c.head else ''}; KV cache of {c.cap} positions; "
           f"{len(dec.runs())} programs per step):")
-    print(f"  {'context':>8s} {'cycles/token':>14s} {'tokens/s':>9s}  (at {p.clock_mhz} MHz, "
-          "ChipParams.clock_mhz)")
+    print(f"  {'context':>8s} {'cycles/token':>14s} {'tokens/s':>9s} {'/ bus':>6s}  (tokens/s "
+          f"at {p.clock_mhz} MHz, ChipParams.clock_mhz; / bus: over the cycles the step's "
+          "bus bytes take)")
     for n in sorted({n for n in (1, 8, 32, c.cap) if n <= c.cap}):
         cyc = cycles(dec, n - 1)
-        print(f"  {n:8d} {cyc:14,} {f / cyc:9.3f}")
+        print(f"  {n:8d} {cyc:14,} {f / cyc:9.3f} {cyc / (total / B):6.3f}")
     pre = c.program(c.chunk)
     cyc = cycles(pre, 0)
     print(f"  prefill: a {c.chunk}-token chunk at pos 0: {cyc:,} cycles "
