@@ -11,9 +11,10 @@ and STOREd back), a step as a sequence of programs (``Program.parts``).
   error, from the compiler and the runtime;
 - slow: the whole model (30 layers, the final norm and the LM head) on the chat prompt,
   prefill and greedy decode: the logits of every step equal ``SmolLM2Golden.forward``'s;
-- slow, RTL: one layer (prefill chunks, then decode steps) on the chip's Verilog of
-  CHIP_85F itself (``sim.devices.RtlDevice``): bit-exact with golden, and every program's
-  measured cycles equal ``sim.timing.predict``'s.
+- slow, RTL: one layer at the longest context (prefill chunks, then decode steps past the
+  first 16-token tile of P·V) on the chip's Verilog of CHIP_85F itself
+  (``sim.devices.RtlDevice``): bit-exact with golden, and every program's measured cycles
+  equal ``sim.timing.predict``'s.
 
 Expected values come from the golden model only.
 """
@@ -134,20 +135,19 @@ def test_whole_model(smollm2):
 
 
 @pytest.mark.slow
-def test_layer_rtl():
-    """One layer on CHIP_85F's Verilog: two prefill chunks, then decode steps across a key
-    block boundary; bit-exact with golden, every program's cycles as predicted."""
+def test_layer_rtl(smollm2):
+    """One layer on CHIP_85F's Verilog at the longest context (one KV region in the KV
+    buffer at a time, ending it): prefill chunks, then decode steps past the first 16-token
+    tile of P·V; bit-exact with golden, every program's cycles as predicted."""
     from sim.timing import predict
 
-    model = load_smollm2()
-    cap = 8
-    m = quantize_smollm2(model, positions=cap)
-    c = SmolLM2Compiled(m, CHIP_85F, cap=cap, layers=1, head=False)
-    assert c.streamed and c.p == CHIP_85F
+    _, m = smollm2
+    c = SmolLM2Compiled(m, CHIP_85F, cap=CAP, layers=1, head=False)
+    assert c.streamed and c.p == CHIP_85F and len(c.kv_slots) == 1
     T = c.chunk
-    ids = np.random.default_rng(SEED).integers(0, m.token_embd.q.shape[0], cap)
+    ids = np.random.default_rng(SEED).integers(0, m.token_embd.q.shape[0], CAP)
     emb = G.embed(ids, m.token_embd)
-    steps = [T, T] + [1] * (cap - 2 * T)
+    steps = [T] * (16 // T) + [1] * 4
     res = run_layers(c, SmolLM2Golden(m), emb, steps, device="rtl")
     rows = []
     for pos, t, ok, st in res:
