@@ -123,11 +123,12 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "CHIP_UP5K", "Lfsr", "GridBoardTop", "
 #: buffers and a 2-lane vector unit with rows up to 1536 elements (both models' widest row;
 #: its row FIFOs then fit 1024-entry block RAM) (module docstring: the 16 x 16 grid does
 #: not fit, nor do 16 vector lanes). Its off-chip memory is the host's (over the UART
-#: link, ``hw/link.py``), so it is sized for the models' images, not for block RAM: 64 MiB
-#: holds all-MiniLM-L6-v2's streamed image (25-35 MiB, ``sw/compiler.py``).
+#: link, ``hw/link.py``), so it is sized for the models' images, not for block RAM: 256 MiB
+#: holds SmolLM2-135M's streamed image (184 MiB: its KV cache is off-chip too) and
+#: all-MiniLM-L6-v2's (25-35 MiB) (``sw/compiler.py``).
 CHIP_85F = ChipParams(cols=8, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
                       kv_sram_kib=8, uop_depth=1024, vector_lanes=2, vector_row=1536,
-                      offchip_kib=64 * 1024)
+                      offchip_kib=256 * 1024)
 
 
 @dataclass(frozen=True)
