@@ -336,9 +336,37 @@ def cmd_compile(args) -> int:
             runs = f" in {len(prog.parts)} programs" if prog.parts else ""
             print(f"  total predicted{runs}: {timing[0]:,} cycles "
                   f"({p.clock_mhz * 1e6 / timing[0]:.2f} runs/s at {p.clock_mhz} MHz)")
+    # the clock the rates are quoted at (the cycles do not depend on it)
+    if args.clock_mhz is not None and args.clock_mhz <= 0:
+        _err(f"--clock-mhz must be positive, got {args.clock_mhz}")
+        return 2
+    clock = (f"at {args.clock_mhz:g} MHz (--clock-mhz)" if args.clock_mhz
+             else f"at {p.clock_mhz:g} MHz (ChipParams.clock_mhz)")
+    f_hz = (args.clock_mhz or p.clock_mhz) * 1e6
     if args.report and args.model_name == "smollm2":
-        _report_smollm2(c, p)
+        _report_smollm2(c, p, f_hz, clock)
+    if args.report and args.model_name == "minilm" and timing:
+        _report_minilm(progs[0], p, timing[0], f_hz, clock)
     return 0
+
+
+def _report_minilm(prog, p, cycles: int, f_hz: float, clock: str) -> None:
+    """MiniLM's embeddings per second at the clock (one run of the program embeds one
+    sequence), and the bytes a run moves over the off-chip bus: the rate a board's UART link
+    allows (its memory is the host's)."""
+    from hw.board_top import LINK_BAUD
+
+    B = p.offchip_bytes_per_cycle
+    moved = _step_bytes(p, prog)
+    total = sum(moved.values())
+    link = LINK_BAUD / 10
+    print(f"\nMiniLM, {prog.T} tokens per embedding: {cycles:,} cycles = "
+          f"{f_hz / cycles:.2f} embeddings/s {clock} "
+          f"(/ bus: {cycles / (total / B):.3f})")
+    print(f"  bus bytes per embedding: {total / 1e6:.2f} MB = "
+          + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in moved.items())
+          + f"; over a board's UART link ({LINK_BAUD / 1e6:g} Mbaud): at least "
+          f"{total / link:,.0f} s per embedding")
 
 
 def _step_bytes(p, prog) -> dict:
@@ -360,7 +388,7 @@ def _step_bytes(p, prog) -> dict:
     return out
 
 
-def _report_smollm2(c, p) -> None:
+def _report_smollm2(c, p, f_hz: float, clock: str) -> None:
     """SmolLM2's decode cycles per token at a few contexts (the token decoded with ``n``
     tokens in the cache, itself included: ``pos = n - 1``) and prefill cycles per prompt
     token (a chunk at ``pos`` 0), predicted by the timing model; the bytes a decode step
@@ -373,7 +401,7 @@ def _report_smollm2(c, p) -> None:
         return sum(predict(p, part.words, vector=True, pos_init=pos).cycles
                    for part in prog.runs())
 
-    f = p.clock_mhz * 1e6
+    f = f_hz
     B = p.offchip_bytes_per_cycle
     dec = c.program(1)
     moved = _step_bytes(p, dec)
@@ -383,8 +411,7 @@ def _report_smollm2(c, p) -> None:
           f"{', LM head' if c.head else ''}; KV cache of {c.cap} positions; "
           f"{len(dec.runs())} programs per step):")
     print(f"  {'context':>8s} {'cycles/token':>14s} {'tokens/s':>9s} {'/ bus':>6s}  (tokens/s "
-          f"at {p.clock_mhz} MHz, ChipParams.clock_mhz; / bus: over the cycles the step's "
-          "bus bytes take)")
+          f"{clock}; / bus: over the cycles the step's bus bytes take)")
     for n in sorted({n for n in (1, 8, 32, c.cap) if n <= c.cap}):
         cyc = cycles(dec, n - 1)
         print(f"  {n:8d} {cyc:14,} {f / cyc:9.3f} {cyc / (total / B):6.3f}")
@@ -488,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_CONFIG}) or a JSON file of ChipParams fields")
     c.add_argument("--model", default=None, metavar="PATH",
                    help="the model file / directory (default: the installed wheel's)")
+    c.add_argument("--clock-mhz", type=float, default=None, metavar="F",
+                   help="with --report: quote tokens/s and embeddings/s at this clock, e.g. "
+                        "the Fmax `make bitstream` measured (default: the configuration's "
+                        "clock_mhz)")
     c.set_defaults(func=cmd_compile)
     return p
 
