@@ -49,7 +49,7 @@ framing per frame; a ``LOAD`` is limited by the round trip of a burst (the chip'
 engine keeps ``offchip_latency + 4`` reads outstanding).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -100,6 +100,14 @@ def crc16_next(crc, byte):
         bit = crc[15] ^ byte[7 - i]
         crc = Cat(Const(0, 1), crc[:15]) ^ Mux(bit, LINK_CRC_POLY, 0)
     return crc[:16]
+
+
+def _or_all(values, width):
+    """The bitwise OR of ``values``, each cut or zero-extended to ``width`` bits."""
+    out = Const(0, width)
+    for v in values:
+        out = out | Value.cast(v)[:width]
+    return out
 
 
 class UartTx(wiring.Component):
@@ -289,7 +297,9 @@ class Link(wiring.Component):
         m.submodules.rdq = rdq = ResetInserter(abort)(
             fifo.SyncFIFOBuffered(width=data.Layout.cast(LINK_BURST).size, depth=self.READS))
         rdq_head = data.View(LINK_BURST, rdq.r_data)
-        nxt_addr = pend_addr + pend_count
+        # the address after the pending burst's last word, kept in a register (not
+        # ``pend_addr + pend_count``: a 32-bit adder before the join compare)
+        nxt_addr = Signal(32)
         grows = pend_count < MAXB
         joins_wr = Signal()
         joins_rd = Signal()
@@ -297,11 +307,27 @@ class Link(wiring.Component):
         can_rd = Signal()
         take_wr = Signal()
         take_rd = Signal()
+        # A request joins the pending burst if its address is the next one. The compare is
+        # registered: it counts only for a request that was already waiting in the cycle
+        # before, with no take, launch or abort since (so neither side changed; a waiting
+        # request's payload holds by the stream rule). Requests are taken at most every other
+        # cycle, far above the link's rate.
+        eq_wr, eq_rd, quiet, wr_v, rd_v = Signal(), Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [eq_wr.eq(bus.wr.payload.addr == nxt_addr),
+                     eq_rd.eq(bus.rd_addr.payload == nxt_addr),
+                     quiet.eq(~take_wr & ~take_rd & ~launch & ~abort),
+                     wr_v.eq(bus.wr.valid), rd_v.eq(bus.rd_addr.valid)]
+        grows_q = Signal()  # ``grows`` a cycle ago: the same while ``quiet``
+        m.d.sync += grows_q.eq(grows)
+        stable_wr = wr_v & quiet
+        stable_rd = rd_v & quiet
         m.d.comb += [
-            joins_wr.eq((kind == KIND_WRITE) & (bus.wr.payload.addr == nxt_addr) & grows),
-            joins_rd.eq((kind == KIND_READ) & (bus.rd_addr.payload == nxt_addr) & grows),
-            can_wr.eq(~launch & ~abort & wfifo.w_rdy & ((kind == KIND_NONE) | joins_wr)),
-            can_rd.eq(~launch & ~abort & (credit != 0) & ((kind == KIND_NONE) | joins_rd)),
+            joins_wr.eq((kind == KIND_WRITE) & eq_wr & stable_wr & grows_q),
+            joins_rd.eq((kind == KIND_READ) & eq_rd & stable_rd & grows_q),
+            # (no ~abort here: in an abort's cycle the chip is reset too, and the bus state
+            # below is reset after any take)
+            can_wr.eq(~launch & wfifo.w_rdy & ((kind == KIND_NONE) | joins_wr)),
+            can_rd.eq(~launch & (credit != 0) & ((kind == KIND_NONE) | joins_rd)),
             take_wr.eq(bus.wr.valid & can_wr),
             take_rd.eq(bus.rd_addr.valid & can_rd & ~take_wr),
             bus.wr.ready.eq(can_wr),
@@ -313,17 +339,23 @@ class Link(wiring.Component):
             m.d.sync += [kind.eq(KIND_NONE), pend_count.eq(0), linger.eq(0)]
         with m.Elif(take_wr | take_rd):
             with m.If(kind == KIND_NONE):
+                first = Mux(take_wr, bus.wr.payload.addr, bus.rd_addr.payload)
                 m.d.sync += [kind.eq(Mux(take_wr, KIND_WRITE, KIND_READ)),
-                             pend_addr.eq(Mux(take_wr, bus.wr.payload.addr,
-                                              bus.rd_addr.payload))]
+                             pend_addr.eq(first), nxt_addr.eq(first + 1)]
+            with m.Else():
+                m.d.sync += nxt_addr.eq(nxt_addr + 1)
             m.d.sync += [pend_count.eq(pend_count + 1), linger.eq(0)]
         with m.Elif((kind != KIND_NONE) & (linger != self.LINGER)):
             m.d.sync += linger.eq(linger + 1)
         # a request that cannot join this burst (another kind or address) ends it at once
-        other_waits = (bus.wr.valid & ~joins_wr) | (bus.rd_addr.valid & ~joins_rd)
+        other_waits = ((bus.wr.valid & stable_wr & ~joins_wr)
+                       | (bus.rd_addr.valid & stable_rd & ~joins_rd))
+        # registered: the framer launches a burst the cycle after it became ready (a take in
+        # between only grows it; a launch or an abort clears it)
         burst_ready = Signal()
-        m.d.comb += burst_ready.eq((kind != KIND_NONE) & ((kind == KIND_WRITE) | rdq.w_rdy) & (
-            (pend_count == MAXB) | (linger == self.LINGER) | other_waits))
+        m.d.sync += burst_ready.eq(
+            ~launch & ~abort & (kind != KIND_NONE) & ((kind == KIND_WRITE) | rdq.w_rdy) & (
+                (pend_count == MAXB) | (linger == self.LINGER) | other_waits))
 
         # credits and owed words
         rd_taken = bus.rd_data.valid & bus.rd_data.ready
@@ -390,9 +422,19 @@ class Link(wiring.Component):
         if lgB:
             data_len_ok = data_len_ok & (data_bytes[:lgB] == 0)
         m.d.comb += len_ok.eq(Mux(ftype == LinkFrame.DATA, data_len_ok, fixed_ok))
-        is_data = ftype == LinkFrame.DATA
+        is_data = Signal()  # registered: ``ftype`` is set in TYPE, read from LEN1 on
+        m.d.sync += is_data.eq(ftype == LinkFrame.DATA)
         data_hdr = data.View(LINK_BURST, cmd[:data.Layout.cast(LINK_BURST).size])
 
+        # a DATA frame's header against the oldest READ burst, registered each cycle (read in
+        # CHECK, one cycle after CRC1: the bytes that set it came earlier, and the burst
+        # queue's head only moves on an executed DATA frame)
+        crc_ok = Signal()
+        hdr_ok = Signal()
+        len_bad, data_long, len_zero = Signal(), Signal(), Signal()
+        m.d.sync += hdr_ok.eq(rdq.r_rdy & (data_hdr.addr == rdq_head.addr)
+                              & (data_hdr.count == rdq_head.count)
+                              & (data_hdr.count == words_in))
         m.d.comb += [rxw.addr.eq(tent), rxw.data.eq(Cat(wshift[8:], byte))]
         with m.FSM(name="deframer"):
             with m.State("IDLE"):
@@ -416,23 +458,27 @@ class Link(wiring.Component):
                     m.next = "IDLE"
             with m.State("LEN1"):
                 with m.If(got):
-                    m.d.sync += [flen.eq(len_in), crc.eq(crc16_next(crc, byte))]
-                    with m.If(~known):
-                        m.d.sync += reject.eq(LinkNak.TYPE)
-                        m.next = "DISCARD"
-                    with m.Elif(~len_ok):
-                        m.d.sync += reject.eq(LinkNak.LENGTH)
-                        m.next = "DISCARD"
-                    with m.Elif(is_data & (data_words > owed)):
-                        m.d.sync += reject.eq(LinkNak.UNEXPECTED)
-                        m.next = "DISCARD"
-                    with m.Elif(len_in == 0):
-                        m.next = "CRC0"
-                    with m.Else():
-                        m.next = "PAYLOAD"
+                    m.d.sync += [flen.eq(len_in), crc.eq(crc16_next(crc, byte)),
+                                 len_bad.eq(~len_ok), data_long.eq(is_data & (data_words > owed)),
+                                 len_zero.eq(len_in == 0)]
+                    m.next = "LENCHK"
                 with m.Elif(idle_out):
                     m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.TRUNCATED)]
                     m.next = "IDLE"
+            with m.State("LENCHK"):  # the length's checks, registered in LEN1 (no byte now)
+                with m.If(~known):
+                    m.d.sync += reject.eq(LinkNak.TYPE)
+                    m.next = "DISCARD"
+                with m.Elif(len_bad):
+                    m.d.sync += reject.eq(LinkNak.LENGTH)
+                    m.next = "DISCARD"
+                with m.Elif(data_long):
+                    m.d.sync += reject.eq(LinkNak.UNEXPECTED)
+                    m.next = "DISCARD"
+                with m.Elif(len_zero):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 with m.If(got):
                     m.d.sync += [crc.eq(crc16_next(crc, byte)), cnt.eq(cnt + 1)]
@@ -461,18 +507,19 @@ class Link(wiring.Component):
                     m.next = "IDLE"
             with m.State("CRC1"):
                 with m.If(got):
-                    with m.If(Cat(crc_lo, byte) != crc):
-                        m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.CHECKSUM)]
-                    with m.Elif(is_data & ~(rdq.r_rdy & (data_hdr.addr == rdq_head.addr)
-                                            & (data_hdr.count == rdq_head.count)
-                                            & (data_hdr.count == words_in))):
-                        m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.UNEXPECTED)]
-                    with m.Else():
-                        m.d.comb += execute.eq(1)
-                    m.next = "IDLE"
+                    m.d.sync += crc_ok.eq(Cat(crc_lo, byte) == crc)
+                    m.next = "CHECK"
                 with m.Elif(idle_out):
                     m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.TRUNCATED)]
                     m.next = "IDLE"
+            with m.State("CHECK"):  # the checks, registered in CRC1 (no byte comes now)
+                with m.If(~crc_ok):
+                    m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.CHECKSUM)]
+                with m.Elif(is_data & ~hdr_ok):
+                    m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.UNEXPECTED)]
+                with m.Else():
+                    m.d.comb += execute.eq(1)
+                m.next = "IDLE"
             with m.State("DISCARD"):  # ignore the line until it has been idle, then NAK
                 with m.If(idle_out):
                     m.d.comb += [queue_nak.eq(1), queue_reason.eq(reject)]
@@ -555,29 +602,61 @@ class Link(wiring.Component):
             (state_pend, LinkFrame.STATE, state_v.as_value(), state_pend),
             (counts_pend, LinkFrame.COUNTS, counts.as_value(), counts_pend),
         ]
+        # Two cycles: while the framer is idle (and no abort waits) the highest-priority
+        # pending frame is chosen into ``sel`` (one-hot: the jobs, a bus burst, DONE); in
+        # ``PICK`` its fields are loaded and its flag cleared (the choice holds: a chosen
+        # burst only grows until launched, an abort waits for the framer to be idle).
+        n_sel = len(jobs) + 2
+        SEL_BURST, SEL_DONE = len(jobs), len(jobs) + 1
+        want = Signal(n_sel)
+        sel = Signal(n_sel)
         pick = Signal()
         with m.If(tx_idle & ~abort_req & ~abort):
             chosen = Const(0)
-            for cond, ftyp, value, flag in jobs:
-                with m.If(cond & ~chosen):
-                    n = link_payload_bytes(ftyp)
-                    m.d.comb += pick.eq(1)
-                    m.d.sync += [jtype.eq(ftyp), jlen.eq(n), jfixed.eq(value),
-                                 jfixed_len.eq(n), jwords.eq(0), flag.eq(0)]
+            for i, (cond, *_rest) in enumerate(jobs):
+                m.d.comb += want[i].eq(cond & ~chosen)
                 chosen = chosen | cond
-            with m.If(~chosen & burst_ready):
-                n = link_payload_bytes(LinkFrame.READ)
-                m.d.comb += [pick.eq(1), launch.eq(1), rdq.w_en.eq(kind == KIND_READ),
-                             rdq.w_data.eq(burst_v)]
-                m.d.sync += [jtype.eq(Mux(kind == KIND_WRITE, LinkFrame.WRITE, LinkFrame.READ)),
-                             jlen.eq(n + Mux(kind == KIND_WRITE, pend_count * B, 0)),
-                             jfixed.eq(burst_v), jfixed_len.eq(n),
-                             jwords.eq(Mux(kind == KIND_WRITE, pend_count, 0))]
-            with m.Elif(~chosen & done_pend & (kind == KIND_NONE) & ~wfifo.r_rdy):
-                n = link_payload_bytes(LinkFrame.DONE)
-                m.d.comb += pick.eq(1)
-                m.d.sync += [jtype.eq(LinkFrame.DONE), jlen.eq(n), jfixed.eq(done_v),
-                             jfixed_len.eq(n), jwords.eq(0), done_pend.eq(0)]
+            m.d.comb += [
+                want[SEL_BURST].eq(~chosen & burst_ready),
+                want[SEL_DONE].eq(~chosen & ~burst_ready & done_pend & (kind == KIND_NONE)
+                                  & ~wfifo.r_rdy),
+                pick.eq(want.any()),
+            ]
+            m.d.sync += sel.eq(want)
+        # registered: high in the PICK cycle (``pick`` moves the framer there)
+        in_pick = Signal()
+        launch_q = Signal()
+        m.d.sync += [in_pick.eq(pick), launch_q.eq(pick & want[SEL_BURST])]
+        m.d.comb += launch.eq(launch_q)
+        # the chosen frame's fields: ``sel`` is one-hot, so an AND-OR of the candidates
+        wr_burst = kind == KIND_WRITE
+        n_rd = link_payload_bytes(LinkFrame.READ)
+        cands = [(ftyp, link_payload_bytes(ftyp), value, 0) for _c, ftyp, value, _f in jobs]
+        cands.append((Mux(wr_burst, LinkFrame.WRITE, LinkFrame.READ),
+                      n_rd + Mux(wr_burst, pend_count * B, 0), burst_v,
+                      Mux(wr_burst, pend_count, 0)))
+        cands.append((LinkFrame.DONE, link_payload_bytes(LinkFrame.DONE), done_v, 0))
+
+        def one_of(k, width):
+            return _or_all([Mux(sel[i], c[k], 0) for i, c in enumerate(cands)], width)
+
+        def fixed_len(c):
+            return n_rd if c is cands[SEL_BURST] else c[1]
+
+        with m.If(in_pick):
+            m.d.sync += [jtype.eq(one_of(0, 8)), jlen.eq(one_of(1, 16)),
+                         jfixed.eq(one_of(2, len(jfixed))),
+                         jfixed_len.eq(_or_all([Mux(sel[i], fixed_len(c), 0)
+                                                for i, c in enumerate(cands)],
+                                               len(jfixed_len))),
+                         jwords.eq(one_of(3, len(jwords)))]
+            for i, (_c, _t, _v, flag) in enumerate(jobs):
+                with m.If(sel[i]):
+                    m.d.sync += flag.eq(0)
+            with m.If(sel[SEL_BURST]):
+                m.d.comb += [rdq.w_en.eq(kind == KIND_READ), rdq.w_data.eq(burst_v)]
+            with m.If(sel[SEL_DONE]):
+                m.d.sync += done_pend.eq(0)
 
         # abort: once the framer is idle (a frame is never cut), reset the chip and bus state
         m.d.sync += abort.eq(0)
@@ -594,7 +673,9 @@ class Link(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += tx_idle.eq(1)
                 with m.If(pick):
-                    m.next = "SYNC"
+                    m.next = "PICK"
+            with m.State("PICK"):
+                m.next = "SYNC"
             with m.State("SYNC"):
                 m.d.comb += [out.valid.eq(1), out.payload.eq(LINK_SYNC), upd.eq(0)]
                 with m.If(out.ready):
