@@ -15,10 +15,12 @@ Default suite (a small chip without the vector unit; its build is cached, ~2.5 m
 - a corrupted frame from the board is a ``DeviceError`` (``FrameParser``).
 
 Slow (``make test-board``): one compiled SmolLM2-135M layer (a decode step) on the ULX3S
-board top with the vector unit, bit-exact with the golden layer; prints the cycles, the wall
-time and the bytes over the link. Neither model's layer fits ``CHIP_85F``'s buffers (the
-compiler says what is short), so the layer runs on ``LAYER_BOARD``: CHIP_85F with the ACC,
-PRM and micro-op memories the compiler asks for, a simulation-only configuration.
+board top of the bitstream (``CHIP_85F`` with its vector unit), bit-exact with the golden
+layer; prints the cycles, the wall time and the bytes over the link. On ``CHIP_85F`` the
+compiler streams the layer (its KV cache and hidden states in off-chip memory, the step in
+several programs: ``sw/compiler.py``), so every byte of it crosses the simulated UART.
+``LAYER_BOARD`` (CHIP_85F with the ACC, PRM and micro-op memories a resident layer needs, a
+simulation-only configuration) is what ``tests/test_chip_85f_rtl.py`` runs.
 """
 
 import os
@@ -173,10 +175,11 @@ def test_corrupted_frame_from_board():
 
 @pytest.mark.slow
 def test_smollm2_layer_on_board():
-    """One SmolLM2-135M layer (a decode step at position 0) compiled for LAYER_BOARD, run on
-    the ULX3S board top with the vector unit through the simulated UART: the off-chip memory
-    after the run equals the chip's Verilog run without the link (``sim.devices.RtlDevice``:
-    the link is transparent), and the output is bit-exact with the golden layer.
+    """One SmolLM2-135M layer (a decode step at position 0) compiled for CHIP_85F
+    (streamed), run on the ULX3S board top with the vector unit through the simulated UART:
+    the off-chip memory after the run equals the chip's Verilog run without the link
+    (``sim.devices.RtlDevice``: the link is transparent), and the output is bit-exact with
+    the golden layer.
 
     Its first runs found the chip's RTL on LAYER_BOARD (CHIP_85F's 16 x 8 grid, 2-lane vector
     unit), with or without the link, differing from the ISA simulator and golden (which
@@ -197,13 +200,14 @@ def test_smollm2_layer_on_board():
     emb = G.embed(np.asarray(ids), m.token_embd)
     gold = SmolLM2Golden(m)
     cache = gold.new_cache(capacity=4)
-    c = SmolLM2Compiled(m, LAYER_BOARD, cap=4, chunk=1, layers=1, head=False)
+    c = SmolLM2Compiled(m, CHIP_85F, cap=4, chunk=1, layers=1, head=False)
+    assert c.p == CHIP_85F, "the layer must run on the bitstream's configuration"
     prog = c.program(1)
     want = gold.layer(0, emb, cache, 0)
     t0 = time.monotonic()
-    with BoardRtl(LAYER_BOARD, vector=True) as brd:
+    with BoardRtl(c.p, vector=True) as brd:
         print(f"\nboard build {brd.build_s:.0f} s")
-        dev = BoardDevice(LAYER_BOARD, c.image_bytes(), port=brd.port, timeout_s=120,
+        dev = BoardDevice(c.p, c.image_bytes(), port=brd.port, timeout_s=120,
                           progress=True, progress_s=60)
         got, st = Runner(c, dev, G.embed).step(prog, emb, 0)
         r_bytes = (dev.bytes_in, dev.bytes_out)
