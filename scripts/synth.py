@@ -138,7 +138,7 @@ def tool_env(family: str) -> dict:
 
 def prepare(
     board: str, params, build_dir: Path, seed: int, design: str = "grid", router: str = "",
-    vector: bool = True,
+    vector: bool = True, abc9: bool = True,
 ):
     """Elaborate the board top of ``design`` and write the platform's build plan into
     ``build_dir``.
@@ -155,6 +155,8 @@ def prepare(
     opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
+    elif not abc9:
+        opts["synth_opts"] = "-noabc9"  # classic ABC (ABC9_TRIPS: Yosys 0.70's abc9 assertion)
     top = top_class(params, board, vector=vector) if design in ("chip", "link") \
         else top_class(params, board)
     plan = platform.build(
@@ -182,6 +184,10 @@ def _last_line(path: Path) -> str:
         return ""
     lines = [ln for ln in lines if ln and ln != "Info:"]
     return lines[-1] if lines else ""
+
+
+#: What Yosys 0.70 prints when its abc9 step trips an assertion on some designs.
+ABC9_TRIPS = "Assert `GetSize(conn.first) == GetSize(conn.second)' failed"
 
 
 def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
@@ -239,11 +245,14 @@ def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
                 for cell, u in util.items()
                 if u["available"] and u["used"] > u["available"]
             ]
+        abc9_bug = ABC9_TRIPS in log_path.read_text(errors="replace")
         sys.exit(
             f"synth: the build script failed (exit {proc.returncode}) after "
             f"{_mmss(elapsed)}; log: {log_path}\n"
             + "\n".join(tail)
             + (f"\nsynth: the design does not fit the device: {', '.join(over)}" if over else "")
+            + ("\nsynth: Yosys' abc9 step tripped its assertion (a Yosys 0.70 bug, not the "
+               "design's): rerun with --no-abc9 (classic ABC mapping)" if abc9_bug else "")
         )
     return elapsed
 
@@ -610,6 +619,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument("--no-abc9", action="store_true",
+                    help="ECP5: synth_ecp5 -noabc9 (classic ABC mapping), for designs on which "
+                         "Yosys 0.70's abc9 step trips an assertion (the build says so)")
     ap.add_argument(
         "--router",
         choices=["router1", "router2"],
@@ -656,7 +668,8 @@ def main(argv=None) -> int:
     try:
         router = args.router or ("router2" if design in ("chip", "link")
                                  and spec.family == "ecp5" else "")
-        plan = prepare(args.board, params, build_dir, args.seed, design, router, vector)
+        plan = prepare(args.board, params, build_dir, args.seed, design, router, vector,
+                       abc9=not args.no_abc9)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
     pes = pe_count(build_dir, name)
