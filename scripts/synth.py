@@ -155,15 +155,34 @@ def prepare(
     opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
-    elif not abc9:
-        opts["synth_opts"] = "-noabc9"  # classic ABC (ABC9_TRIPS: Yosys 0.70's abc9 assertion)
     top = top_class(params, board, vector=vector) if design in ("chip", "link") \
         else top_class(params, board)
     plan = platform.build(
         top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
     plan.extract(str(build_dir))
+    if spec.family == "ecp5" and not abc9:
+        _classic_abc(build_dir / f"{name}.ys", name)
     return plan
+
+
+def _classic_abc(ys: Path, name: str) -> None:
+    """Rewrite the plan's Yosys script to map LUTs with classic ABC instead of abc9 (Yosys
+    0.70's ``synth_ecp5`` has no option for it): ``synth_ecp5`` up to ``map_luts``, ``abc
+    -lut 4``, then its ``map_cells`` onwards (:data:`ABC9_TRIPS`)."""
+    text = ys.read_text()
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith("synth_ecp5")), None)
+    if line is None:
+        sys.exit(f"synth: no synth_ecp5 line in {ys} to rewrite for --no-abc9")
+    flow = "\n".join([
+        f"{line} -run :map_luts",
+        "check -latchonly -assert",
+        "techmap -map +/lattice/latches_map.v",
+        "abc -lut 4",
+        "clean",
+        f"{line} -run map_cells:",
+    ])
+    ys.write_text(text.replace(line, flow))
 
 
 def pe_count(build_dir: Path, name: str = NAME) -> int:
@@ -252,7 +271,7 @@ def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
             + "\n".join(tail)
             + (f"\nsynth: the design does not fit the device: {', '.join(over)}" if over else "")
             + ("\nsynth: Yosys' abc9 step tripped its assertion (a Yosys 0.70 bug, not the "
-               "design's): rerun with --no-abc9 (classic ABC mapping)" if abc9_bug else "")
+               "design's): rerun with --no-abc9 (classic ABC LUT mapping)" if abc9_bug else "")
         )
     return elapsed
 
@@ -620,7 +639,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument("--no-abc9", action="store_true",
-                    help="ECP5: synth_ecp5 -noabc9 (classic ABC mapping), for designs on which "
+                    help="ECP5: map LUTs with classic ABC instead of abc9, for designs on which "
                          "Yosys 0.70's abc9 step trips an assertion (the build says so)")
     ap.add_argument(
         "--router",
