@@ -27,13 +27,17 @@ memory end of the chip's bus (:class:`hw.bus.BusSignature`, flipped).
   command acts only after its CRC matched. ``DATA`` words go into the rx buffer behind a
   tentative write pointer that is committed when the CRC matches and rolled back otherwise,
   so the chip never sees a word of a rejected frame.
-- **Bus proxy**: the chip's read addresses are accepted against credits (free words in the
+- **Bus proxy**: the chip's requests enter through 2-entry FIFOs (their ready is a
+  register's decision: no path from the proxy back into the chip's engines). Read
+  addresses are taken against credits (free words in the
   rx buffer, ``2 * link_max_burst`` deep), so a ``DATA`` frame always has room and the UART
   never has to be stalled. Consecutive addresses of one kind (reads, or writes with their
   data in a FIFO) are coalesced into a pending burst of at most ``link_max_burst`` words; it
   is sent as a ``READ`` / ``WRITE`` job when full, when another kind or a non-consecutive
-  address waits, or after ``LINGER`` cycles without a new request. One request is taken per
-  cycle; reads and writes leave in the order the chip issued them.
+  address waits, or after ``LINGER`` cycles without a new request. A request joins a burst
+  once its registered address compare has settled (at most one every other cycle, far above
+  the link's rate); reads and writes leave in the order the chip issued them (writes first
+  when both wait, as before the FIFOs).
 - **Framer**: one frame at a time, by priority ``NAK``, ``ACK``, ``INFO``, ``STATE``,
   ``COUNTS``, bus bursts, then ``DONE`` (only once no burst is pending and the write FIFO is
   empty: every ``WRITE`` of the run goes up before its ``DONE``). Fixed payloads are
@@ -284,6 +288,23 @@ class Link(wiring.Component):
         m.d.comb += [reader.i.valid.eq(avail != 0), reader.i.payload.addr.eq(rd_ptr),
                      issue.eq(reader.i.valid & reader.i.ready)]
 
+        # -- bus proxy: the chip's requests through 2-entry FIFOs (their ready a register's
+        # decision, so no path runs from the proxy's logic back into the chip's engines; the
+        # proxy takes from their registered outputs, writes first, so the order holds) -------
+        wr_layout = bus.wr.payload.shape()
+        m.submodules.in_rd = in_rd = ResetInserter(abort)(
+            fifo.SyncFIFOBuffered(width=len(bus.rd_addr.payload), depth=2))
+        m.submodules.in_wr = in_wr = ResetInserter(abort)(
+            fifo.SyncFIFOBuffered(width=data.Layout.cast(wr_layout).size, depth=2))
+        m.d.comb += [in_rd.w_data.eq(bus.rd_addr.payload), in_rd.w_en.eq(bus.rd_addr.valid),
+                     bus.rd_addr.ready.eq(in_rd.w_rdy),
+                     in_wr.w_data.eq(bus.wr.payload), in_wr.w_en.eq(bus.wr.valid),
+                     bus.wr.ready.eq(in_wr.w_rdy)]
+        rq_addr = in_rd.r_data
+        rq_valid = in_rd.r_rdy
+        wq = data.View(wr_layout, in_wr.r_data)
+        wq_valid = in_wr.r_rdy
+
         # -- bus proxy: pending burst ---------------------------------------------------------
         KIND_NONE, KIND_READ, KIND_WRITE = 0, 1, 2
         kind = Signal(2)
@@ -313,10 +334,10 @@ class Link(wiring.Component):
         # request's payload holds by the stream rule). Requests are taken at most every other
         # cycle, far above the link's rate.
         eq_wr, eq_rd, quiet, wr_v, rd_v = Signal(), Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [eq_wr.eq(bus.wr.payload.addr == nxt_addr),
-                     eq_rd.eq(bus.rd_addr.payload == nxt_addr),
+        m.d.sync += [eq_wr.eq(wq.addr == nxt_addr),
+                     eq_rd.eq(rq_addr == nxt_addr),
                      quiet.eq(~take_wr & ~take_rd & ~launch & ~abort),
-                     wr_v.eq(bus.wr.valid), rd_v.eq(bus.rd_addr.valid)]
+                     wr_v.eq(wq_valid), rd_v.eq(rq_valid)]
         grows_q = Signal()  # ``grows`` a cycle ago: the same while ``quiet``
         m.d.sync += grows_q.eq(grows)
         stable_wr = wr_v & quiet
@@ -328,18 +349,18 @@ class Link(wiring.Component):
             # below is reset after any take)
             can_wr.eq(~launch & wfifo.w_rdy & ((kind == KIND_NONE) | joins_wr)),
             can_rd.eq(~launch & (credit != 0) & ((kind == KIND_NONE) | joins_rd)),
-            take_wr.eq(bus.wr.valid & can_wr),
-            take_rd.eq(bus.rd_addr.valid & can_rd & ~take_wr),
-            bus.wr.ready.eq(can_wr),
-            bus.rd_addr.ready.eq(can_rd & ~take_wr),
-            wfifo.w_data.eq(bus.wr.payload.data),
+            take_wr.eq(wq_valid & can_wr),
+            take_rd.eq(rq_valid & can_rd & ~take_wr),
+            in_wr.r_en.eq(take_wr),
+            in_rd.r_en.eq(take_rd),
+            wfifo.w_data.eq(wq.data),
             wfifo.w_en.eq(take_wr),
         ]
         with m.If(launch):
             m.d.sync += [kind.eq(KIND_NONE), pend_count.eq(0), linger.eq(0)]
         with m.Elif(take_wr | take_rd):
             with m.If(kind == KIND_NONE):
-                first = Mux(take_wr, bus.wr.payload.addr, bus.rd_addr.payload)
+                first = Mux(take_wr, wq.addr, rq_addr)
                 m.d.sync += [kind.eq(Mux(take_wr, KIND_WRITE, KIND_READ)),
                              pend_addr.eq(first), nxt_addr.eq(first + 1)]
             with m.Else():
@@ -348,8 +369,8 @@ class Link(wiring.Component):
         with m.Elif((kind != KIND_NONE) & (linger != self.LINGER)):
             m.d.sync += linger.eq(linger + 1)
         # a request that cannot join this burst (another kind or address) ends it at once
-        other_waits = ((bus.wr.valid & stable_wr & ~joins_wr)
-                       | (bus.rd_addr.valid & stable_rd & ~joins_rd))
+        other_waits = ((wq_valid & stable_wr & ~joins_wr)
+                       | (rq_valid & stable_rd & ~joins_rd))
         # registered: the framer launches a burst the cycle after it became ready (a take in
         # between only grows it; a launch or an abort clears it)
         burst_ready = Signal()
