@@ -557,7 +557,7 @@ def _vec_writes(f: dict) -> Buf:
 #   before it left + 1); a Pipe of latency S writes item k S cycles after admitting it;
 # - a Pipe (or MemReader) of depth D admits item k only after item k - D left its FIFO;
 # - a serial unit accepts the cycle after its previous result left, and offers the result
-#   ITERATIONS + 1 cycles after accepting;
+#   LATENCY cycles after accepting;
 # - a one-entry register (the beat assembler, the normalizer's parameters) takes the next
 #   beat's first item from the cycle the beat it holds leaves.
 #
@@ -579,12 +579,13 @@ _VEC_SWEEP_GAP = 2
 class _Pipe:
     """Per-item cycles of one :class:`hw.vector.common.Pipe` (or ``MemReader``: latency 1):
     :meth:`admit` the cycle item k is admitted (credit: item ``k - depth`` left the FIFO),
-    :meth:`avail` the cycle its FIFO offers it, :meth:`left` the cycle it was taken out."""
+    :meth:`avail` the cycle its FIFO offers it, :meth:`left` the cycle it was taken out.
+    ``fifo``: the FIFO's latency (``Pipe.fifo_latency``)."""
 
     __slots__ = ("lat", "depth", "takes", "pops")
 
-    def __init__(self, latency: int, depth: int):
-        self.lat, self.depth = latency, depth
+    def __init__(self, latency: int, depth: int, fifo: int = Pipe.FIFO_LATENCY):
+        self.lat, self.depth = latency + fifo, depth
         self.takes: list[int] = []
         self.pops: list[int] = []
 
@@ -595,7 +596,7 @@ class _Pipe:
         return t
 
     def avail(self, k: int) -> int:
-        a = self.takes[k] + self.lat + Pipe.FIFO_LATENCY
+        a = self.takes[k] + self.lat
         return max(a, self.pops[k - 1] + 1) if k else a
 
     def left(self, t: int) -> None:
@@ -604,16 +605,17 @@ class _Pipe:
 
 class _Serial:
     """``SerialDivider`` / ``SerialIsqrt``: accepts the cycle after its last result left;
-    offers the result ``ITERATIONS + 1`` cycles after accepting."""
+    offers the result ``LATENCY`` cycles after accepting (:meth:`run`: that cycle;
+    ``lat``)."""
 
-    __slots__ = ("it", "last_pop")
+    __slots__ = ("lat", "last_pop")
 
-    def __init__(self, iterations: int):
-        self.it, self.last_pop = iterations, None
+    def __init__(self, latency: int):
+        self.lat, self.last_pop = latency, None
 
     def run(self, ready: int) -> int:
         a = ready if self.last_pop is None else max(ready, self.last_pop + 1)
-        return a + self.it + 1
+        return a + self.lat
 
     def left(self, t: int) -> None:
         self.last_pop = t
@@ -625,7 +627,7 @@ class _QuantPasses:
 
     def __init__(self, q):
         self.q = q
-        self.beats = _Pipe(q.P1_BEAT_STAGES, q.row_depth)
+        self.beats = _Pipe(q.P1_BEAT_STAGES, q.row_depth, q.ROW_FIFO_LATENCY)
         self.out = _Pipe(q.P2_STAGES, Pipe.depth_for(q.P2_STAGES))
         self.g_of: list[int] = []       # group of each beat
         self.is_gend: list[bool] = []
@@ -649,7 +651,7 @@ class _QuantPasses:
 
     def pass2(self, b: int, r: int, last: bool) -> int:
         """Beat ``b`` (of row ``r``) through pass 2: the cycle its output FIFO offers it."""
-        q, FL = self.q, Pipe.FIFO_LATENCY
+        q, FL = self.q, self.q.ROW_FIFO_LATENCY
         g = self.g_of[b]
         ga = self.gend[g] + q.P1_ROW_STAGES + FL
         if g:
@@ -675,7 +677,6 @@ class VecModel:
 
     def __init__(self, p: ChipParams):
         from hw.vector.engine import FoldStage, VecEngine, datapath_parts
-        from hw.vector.serial import SerialDivider, SerialIsqrt
 
         self.p = p
         L, R, C = p.vector_lanes, p.rows, p.cols
@@ -691,13 +692,8 @@ class VecModel:
         self.q = parts["q1"]
         self.n = n = parts["norm"]
         self.s = s = parts["smax"]
-        st = n.steps
-        its = lambda unit: _constants_of(unit).ITERATIONS  # noqa: E731
-        self.norm_iters = (its(SerialDivider(44, 13, n.MEAN_BITS, st)),
-                           its(SerialDivider(43, 13, n.VAR_BITS, st)),
-                           its(SerialIsqrt(n.SQRT_IN_BITS, st)),
-                           its(SerialDivider(41, 31, n.INV_BITS, st)))
-        self.smax_iters = its(SerialDivider(47, s.sum_bits, s.RECIP_BITS, s.steps))
+        self.norm_serial = n.SERIAL_LATENCY   # mean, variance, square root, inverse
+        self.smax_serial = s.SERIAL_LATENCY
         self.memo: dict = {}
 
     # -- geometry -------------------------------------------------------------------------
@@ -835,13 +831,13 @@ class VecModel:
         return wr_last[0]
 
     def _softmax(self, rows, beats_in, beats_out, front, asm_free, writer, wr_last):
-        FL = Pipe.FIFO_LATENCY
         s = self.s
-        A = _Pipe(s.P1_BEAT_STAGES, s.depth_a)          # pass 1 -> row FIFO A
-        Bf = _Pipe(s.P2_E_STAGES, s.depth_b)            # pass 2 -> row FIFO B
+        FL = s.ROW_FIFO_LATENCY
+        A = _Pipe(s.P1_BEAT_STAGES, s.depth_a, FL)      # pass 1 -> row FIFO A
+        Bf = _Pipe(s.P2_E_STAGES, s.depth_b, FL)        # pass 2 -> row FIFO B
         out = _Pipe(s.P3_STAGES, Pipe.depth_for(s.P3_STAGES))
         par3 = _Pipe(s.PAR_STAGES, Pipe.depth_for(s.PAR_STAGES, s.PAR_DEPTH))
-        div = _Serial(self.smax_iters)
+        div = _Serial(self.smax_serial)
         nb = len(beats_in)
         row_take2 = []      # pass-2 take of each row's last beat (its row entry leaves)
         div_acc = None
@@ -862,7 +858,7 @@ class VecModel:
             if div_acc is not None:
                 sa = max(sa, div_acc + 1)
             ready = div.run(sa)
-            div_acc = ready - div.it - 1
+            div_acc = ready - div.lat
             t = par3.admit(ready)
             div.left(t)
             pa = par3.avail(r)
@@ -876,15 +872,15 @@ class VecModel:
         return wr_last[0]
 
     def _norm(self, fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last):
-        FL = Pipe.FIFO_LATENCY
         n = self.n
+        FL = n.ROW_FIFO_LATENCY
         L, C = self.L, self.C
-        A = _Pipe(n.P1_BEAT_STAGES, n.depth_a)
-        Bf = _Pipe(n.P2_BEAT_STAGES, n.depth_b)
+        A = _Pipe(n.P1_BEAT_STAGES, n.depth_a, FL)
+        Bf = _Pipe(n.P2_BEAT_STAGES, n.depth_b, FL)
         out = _Pipe(n.P3_STAGES, Pipe.depth_for(n.P3_STAGES))
         par2 = _Pipe(n.PAR2_STAGES, Pipe.depth_for(n.PAR2_STAGES, n.PAR2_DEPTH))
         par3 = _Pipe(n.PAR3_STAGES, Pipe.depth_for(n.PAR3_STAGES, n.PAR3_DEPTH))
-        mean, var, sqrt, inv = (_Serial(i) for i in self.norm_iters)
+        mean, var, sqrt, inv = (_Serial(lat) for lat in self.norm_serial)
         # PRM reader: per beat KC pieces of gamma (and of beta for LAYERNORM)
         prd = _Pipe(1, self.rd_depth)
         p_issue = [go]
@@ -901,7 +897,7 @@ class VecModel:
             if st_acc is not None:
                 sa = max(sa, st_acc + 1)
             ready = mean.run(sa)
-            st_acc = ready - mean.it - 1
+            st_acc = ready - mean.lat
             t = par2.admit(ready)
             mean.left(t)
             pa2 = par2.avail(r)
@@ -914,11 +910,11 @@ class VecModel:
             if var_acc is not None:
                 qa = max(qa, var_acc + 1)
             ready = var.run(qa)
-            var_acc = ready - var.it - 1
+            var_acc = ready - var.lat
             ready2 = sqrt.run(ready)
-            var.left(ready2 - sqrt.it - 1)
+            var.left(ready2 - sqrt.lat)
             ready3 = inv.run(ready2)
-            sqrt.left(ready3 - inv.it - 1)
+            sqrt.left(ready3 - inv.lat)
             t = par3.admit(ready3)
             inv.left(t)
             pa3 = par3.avail(r)

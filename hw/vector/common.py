@@ -19,7 +19,7 @@ expressions; their docstrings say which, not how the golden model defines them.
 from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 
-__all__ = ["Pipe", "wide_lanes", "rshift_round_const", "saturate", "bitlen", "clamp",
+__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate", "bitlen", "clamp",
            "tree", "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out",
            "WIDE"]
 
@@ -103,6 +103,66 @@ def tree(values, op):
     return values[0]
 
 
+def _chunks(width: int, is_signed: bool) -> list:
+    """(offset, width, signed) pieces of an operand for 18 x 18 multipliers: 17-bit unsigned
+    pieces, the top one signed (up to 18 bits) for a signed operand."""
+    if width <= (18 if is_signed else 17):
+        return [(0, width, is_signed)]
+    out, lo = [], 0
+    while width - lo > (18 if is_signed else 17):
+        out.append((lo, 17, False))
+        lo += 17
+    out.append((lo, width - lo, is_signed))
+    return out
+
+
+def product_stages(a_shape, b_shape) -> int:
+    """Pipeline stages of :func:`product` for operands of these shapes."""
+    from amaranth.hdl import Shape
+    a, b = Shape.cast(a_shape), Shape.cast(b_shape)
+    n = len(_chunks(a.width, a.signed)) * len(_chunks(b.width, b.signed))
+    return 1 + max(n - 1, 0).bit_length()
+
+
+def product(m, a, b, name: str):
+    """``a * b`` pipelined for the ECP5's 18 x 18 multipliers: stage 1 registers each partial
+    product of the operands' 17-bit pieces (one MULT18X18D each, its output registered), the
+    following stages add them pairwise (one adder per stage, no adder chain after a
+    multiplier). ``a``, ``b``: values of the issuing cycle; the product is the returned signal
+    :func:`product_stages` cycles later."""
+    from amaranth.hdl import Value
+    a, b = Value.cast(a), Value.cast(b)
+    sa, sb = a.shape(), b.shape()
+    width = sa.width + sb.width
+    parts = []
+    for ao, aw, asg in _chunks(sa.width, sa.signed):
+        for bo, bw, bsg in _chunks(sb.width, sb.signed):
+            pa = a[ao:ao + aw].as_signed() if asg else a[ao:ao + aw]
+            pb = b[bo:bo + bw].as_signed() if bsg else b[bo:bo + bw]
+            r = Signal(signed(aw + bw + 1) if (asg or bsg) else unsigned(aw + bw),
+                       name=f"{name}_pp{len(parts)}")
+            m.d.sync += r.eq(pa * pb)
+            parts.append((r, ao + bo))
+    level = 0
+    while len(parts) > 1:
+        nxt = []
+        for k in range(0, len(parts), 2):
+            if k + 1 == len(parts):
+                r = Signal(signed(width + 2), name=f"{name}_s{level}_{k}")
+                m.d.sync += r.eq(parts[k][0] << parts[k][1])
+                nxt.append((r, 0))
+                continue
+            (x, xo), (y, yo) = parts[k], parts[k + 1]
+            r = Signal(signed(width + 2), name=f"{name}_s{level}_{k}")
+            m.d.sync += r.eq((x << xo) + (y << yo))
+            nxt.append((r, 0))
+        parts = nxt
+        level += 1
+    out = Signal(signed(width) if (sa.signed or sb.signed) else unsigned(width), name=name)
+    m.d.comb += out.eq(parts[0][0] << parts[0][1])
+    return out
+
+
 class Pipe:
     """Bookkeeping of one free-running pipeline ending in a FIFO.
 
@@ -112,17 +172,27 @@ class Pipe:
     at each stage, for accumulators. :attr:`out` is the FIFO's read side as a stream.
 
     A beat admitted in cycle t is offered on :attr:`out` in cycle ``t + latency +
-    FIFO_LATENCY``. It counts against the credit from the cycle after its admission until it
-    leaves the FIFO, ``latency + FIFO_LATENCY`` cycles, so with ``depth >= latency + 3`` and a
-    consumer that is always ready one beat enters per cycle (the tests measure it).
+    fifo_latency``. It counts against the credit from the cycle after its admission until it
+    leaves the FIFO, ``latency + fifo_latency`` cycles, so with ``depth >= latency +
+    fifo_latency + 1`` and a consumer that is always ready one beat enters per cycle (the tests
+    measure it). The credit is a register compared with a constant (one counter of the beats
+    in flight and queued).
+
+    ``out_reg``: the FIFO's read data passes through one more register (``fifo_latency`` =
+    ``REG_FIFO_LATENCY``): for a block-RAM FIFO whose consumer does more than register it
+    (a row FIFO's ``last`` flag steering the consumer's handshake), the RAM's slow
+    clock-to-out then ends at a flip-flop. Throughput stays one beat per cycle.
     """
 
     FIFO_LATENCY = 2  # SyncFIFOBuffered: written in cycle t, readable in cycle t + 2
+    REG_FIFO_LATENCY = FIFO_LATENCY + 1  # ... and its read data registered
 
-    def __init__(self, m, name: str, layout, latency: int, depth: int | None = None):
+    def __init__(self, m, name: str, layout, latency: int, depth: int | None = None,
+                 out_reg: bool = False):
         self.layout = data.Layout.cast(layout)
         self.latency = latency
-        self.depth = depth = self.depth_for(latency, depth)
+        self.fifo_latency = self.REG_FIFO_LATENCY if out_reg else self.FIFO_LATENCY
+        self.depth = depth = self.depth_for(latency, depth, out_reg)
         self.fifo = q = fifo.SyncFIFOBuffered(width=self.layout.size, depth=depth)
         m.submodules[f"{name}_fifo"] = q
         self.take = Signal(name=f"{name}_take")
@@ -133,27 +203,44 @@ class Pipe:
             v = Signal(name=f"{name}_v{k + 1}")
             m.d.sync += v.eq(self._valid[-1])
             self._valid.append(v)
-        inflight = Signal(range(depth + 1), name=f"{name}_inflight")
+        # beats admitted and not yet taken out of the FIFO (in flight + queued), one counter:
+        # the credit is a compare of a register with a constant, no adder chain
+        used = Signal(range(depth + 1), name=f"{name}_used")
         done = self._valid[-1]
-        m.d.sync += inflight.eq(inflight + self.take - done)
+        self.out = stream.Signature(self.layout).create(path=(name, "out"))
+        pop = self.out.valid & self.out.ready
+        with m.If(self.take & ~pop):
+            m.d.sync += used.eq(used + 1)
+        with m.Elif(~self.take & pop):
+            m.d.sync += used.eq(used - 1)
         m.d.comb += [
-            self.credit.eq(inflight + q.level < depth),
+            self.credit.eq(used < depth),
             q.w_data.eq(self.result),
             q.w_en.eq(done),
         ]
-        self.out = stream.Signature(self.layout).create(path=(name, "out"))
-        m.d.comb += [
-            self.out.payload.eq(q.r_data),
-            self.out.valid.eq(q.r_rdy),
-            q.r_en.eq(self.out.ready),
-        ]
+        if out_reg:
+            ov = Signal(name=f"{name}_ov")
+            od = Signal(self.layout, name=f"{name}_od")
+            adv = Signal(name=f"{name}_adv")  # the register takes the FIFO's head
+            m.d.comb += [adv.eq(~ov | self.out.ready), q.r_en.eq(adv),
+                         self.out.payload.eq(od), self.out.valid.eq(ov)]
+            with m.If(adv):
+                m.d.sync += [ov.eq(q.r_rdy), od.eq(q.r_data)]
+        else:
+            m.d.comb += [
+                self.out.payload.eq(q.r_data),
+                self.out.valid.eq(q.r_rdy),
+                q.r_en.eq(self.out.ready),
+            ]
         self.busy = Signal(name=f"{name}_busy")
-        m.d.comb += self.busy.eq((inflight != 0) | q.r_rdy)
+        m.d.comb += self.busy.eq(used != 0)
 
     @classmethod
-    def depth_for(cls, latency: int, depth: int | None = None) -> int:
-        """The FIFO depth of a pipe of ``latency`` stages asked for ``depth`` entries."""
-        return max(depth or 0, latency + cls.FIFO_LATENCY + 1)
+    def depth_for(cls, latency: int, depth: int | None = None, out_reg: bool = False) -> int:
+        """The FIFO depth (entries, the output register's included) of a pipe of ``latency``
+        stages asked for ``depth`` entries."""
+        fl = cls.REG_FIFO_LATENCY if out_reg else cls.FIFO_LATENCY
+        return max(depth or 0, latency + fl + 1)
 
     def valid(self, stage: int):
         """The valid bit of the beat in stage ``stage`` (0: the admission cycle)."""

@@ -18,7 +18,17 @@ from amaranth.lib.wiring import In, Out
 
 from ..luts import gelu_table, silu_table
 from ..params import ChipParams
-from .common import Pipe, connect_out, rshift_round_const, saturate, signed_bits, wide_lanes
+from .common import (
+    Pipe,
+    connect_out,
+    delay,
+    product,
+    product_stages,
+    rshift_round_const,
+    saturate,
+    signed_bits,
+    wide_lanes,
+)
 
 __all__ = ["ResidualAdd", "PwlFn", "PwlUnit", "Rope", "pwl_in_layout", "rope_in_layout",
            "ROPE_TRIG_BITS"]
@@ -83,13 +93,14 @@ class PwlUnit(wiring.Component):
     Per lane, ``golden.pwl`` on the table of the beat's function (``hw.luts.gelu_table`` /
     ``silu_table``, both read at elaboration into one ROM per lane holding, per segment, its
     start value and its rise to the next), then for ``SILU_MUL`` the product with ``up``
-    rounded by F and saturated. Pipeline (``STAGES`` = 5, one beat per cycle): segment index
-    and ROM read; ``rise * offset``; interpolate (or 0 below / x above the range); ``s * up``;
-    round and saturate (GELU passes ``s``). Per lane: one ``13 x 11``-bit and one
-    ``32 x 32``-bit multiplier.
+    rounded by F and saturated. Pipeline (``STAGES``, one beat per cycle): segment index
+    and ROM read; the ROM's data registered; ``rise * offset``; interpolate (or 0 below / x
+    above the range); ``s * up`` (:func:`hw.vector.common.product`); round; saturate (GELU
+    passes ``s``). Per lane: one ``13 x 11``-bit and one ``32 x 32``-bit multiplier.
     """
 
-    STAGES = 5
+    UP_STAGES = product_stages(signed(32), signed(32))
+    STAGES = 4 + UP_STAGES + 2
     LATENCY = STAGES + Pipe.FIFO_LATENCY
 
     def __init__(self, params: ChipParams = ChipParams()):
@@ -146,17 +157,10 @@ class PwlUnit(wiring.Component):
             return Mux(sel, f(t_silu), f(t_gelu))
 
         sh = self.seg_shift
+        S = self.STAGES
         # the beat's function and up operand, delayed along the pipeline (stage k at [k])
-        fn = [fn0]
-        for k in range(1, self.STAGES):
-            r = Signal(PwlFn, name=f"fn{k}")
-            m.d.sync += r.eq(fn[-1])
-            fn.append(r)
-        up = [self.i_beat.payload.up]
-        for k in range(1, 4):
-            r = Signal(wide_lanes(L), name=f"up{k}")
-            m.d.sync += r.eq(up[-1])
-            up.append(r)
+        fn = delay(m, fn0, S - 1, "fn")
+        up = delay(m, self.i_beat.payload.up, 4, "up")
 
         for n in range(L):
             rom = Memory(shape=rom_layout, depth=len(init), init=init)
@@ -174,37 +178,39 @@ class PwlUnit(wiring.Component):
                 rd.addr.eq(seg + Mux(sel, base[PwlFn.SILU_MUL], base[PwlFn.GELU])),
             ]
 
-            # stage 1: ROM data arrives
+            # stage 1: ROM data arrives; stage 2: registered
             x1 = Signal(signed(32), name=f"x1_{n}")
             off1 = Signal(sh, name=f"off1_{n}")
             inside1 = Signal(name=f"inside1_{n}")
             above1 = Signal(name=f"above1_{n}")
             m.d.sync += [x1.eq(x0), off1.eq(rel[:sh]), inside1.eq(inside),
                          above1.eq(~inside & (rel >= 0))]
+            rdd = Signal(rom_layout, name=f"rom{n}_d")
+            m.d.sync += rdd.eq(rd.data)
+            x2, off2, inside2, above2 = (delay(m, v, 1, f"{v.name[:-2]}2_{n}")[1]
+                                         for v in (x1, off1, inside1, above1))
 
-            # stage 2: rise * offset within the segment
-            prod2 = Signal(signed(len(rd.data.d) + sh + 1), name=f"prod2_{n}")
-            v2 = Signal.like(rd.data.v, name=f"v2_{n}")
-            x2 = Signal(signed(32), name=f"x2_{n}")
-            inside2 = Signal(name=f"inside2_{n}")
-            above2 = Signal(name=f"above2_{n}")
-            m.d.sync += [prod2.eq(rd.data.d * off1), v2.eq(rd.data.v), x2.eq(x1),
-                         inside2.eq(inside1), above2.eq(above1)]
+            # stage 3: rise * offset within the segment
+            prod3 = Signal(signed(len(rd.data.d) + sh + 1), name=f"prod3_{n}")
+            v3 = Signal.like(rd.data.v, name=f"v3_{n}")
+            x3 = Signal(signed(32), name=f"x3_{n}")
+            inside3 = Signal(name=f"inside3_{n}")
+            above3 = Signal(name=f"above3_{n}")
+            m.d.sync += [prod3.eq(rdd.d * off2), v3.eq(rdd.v), x3.eq(x2),
+                         inside3.eq(inside2), above3.eq(above2)]
 
-            # stage 3: s = v + rshift_round(rise * offset, seg_shift); 0 below, x above
-            interp = Signal(signed(max(len(v2), len(prod2)) + 1), name=f"interp{n}")
-            m.d.comb += interp.eq(v2 + rshift_round_const(prod2, sh))
-            s3 = Signal(signed(32), name=f"s3_{n}")
-            m.d.sync += s3.eq(Mux(inside2, interp, Mux(above2, x2, 0)))
-
-            # stage 4: s * up (SiLU·mul)
-            p4 = Signal(signed(64), name=f"p4_{n}")
+            # stage 4: s = v + rshift_round(rise * offset, seg_shift); 0 below, x above
+            interp = Signal(signed(max(len(v3), len(prod3)) + 1), name=f"interp{n}")
+            m.d.comb += interp.eq(v3 + rshift_round_const(prod3, sh))
             s4 = Signal(signed(32), name=f"s4_{n}")
-            m.d.sync += [p4.eq(s3 * up[3][n]), s4.eq(s3)]
+            m.d.sync += s4.eq(Mux(inside3, interp, Mux(above3, x3, 0)))
 
-            # stage 5: round by F and saturate
-            m.d.sync += pipe.result[n].eq(Mux(fn[4] == PwlFn.SILU_MUL,
-                                              saturate(rshift_round_const(p4, F)), s4))
+            # s * up (SiLU·mul); round by F; saturate
+            p = product(m, s4, up[4][n], f"p{n}")
+            sd = delay(m, s4, self.UP_STAGES + 1, f"s{n}_")
+            r = Signal(signed(64 - F + 1), name=f"r{n}")
+            m.d.sync += r.eq(rshift_round_const(p, F))
+            m.d.sync += pipe.result[n].eq(Mux(fn[S - 1] == PwlFn.SILU_MUL, saturate(r), sd[-1]))
         connect_out(m, pipe.out, self.o_beat)
         return m
 
@@ -224,10 +230,12 @@ class Rope(wiring.Component):
 
     ``i_beat``: :func:`rope_in_layout` (the controller fetches the table row of the token's
     position and the pair's frequency); ``o_beat``: a wide beat. Pipeline: four ``32 x 18``-bit
-    products per pair; sums, rounding and saturation. ``STAGES`` = 2, one beat per cycle.
+    products per pair (:func:`hw.vector.common.product`); sums; rounding; saturation.
+    ``STAGES``, one beat per cycle.
     """
 
-    STAGES = 2
+    MUL_STAGES = product_stages(signed(32), signed(ROPE_TRIG_BITS))
+    STAGES = MUL_STAGES + 3
     LATENCY = STAGES + Pipe.FIFO_LATENCY
 
     def __init__(self, params: ChipParams = ChipParams()):
@@ -253,13 +261,14 @@ class Rope(wiring.Component):
         pw = 32 + ROPE_TRIG_BITS
         for i in range(L // 2):
             x0, x1, c, s = b.x[2 * i], b.x[2 * i + 1], b.cos[i], b.sin[i]
-            pr = {k: Signal(signed(pw), name=f"p{k}_{i}") for k in ("0c", "1s", "0s", "1c")}
-            m.d.sync += [pr["0c"].eq(x0 * c), pr["1s"].eq(x1 * s),
-                         pr["0s"].eq(x0 * s), pr["1c"].eq(x1 * c)]
-            m.d.sync += [
-                pipe.result[2 * i].eq(saturate(rshift_round_const(pr["0c"] - pr["1s"], F))),
-                pipe.result[2 * i + 1].eq(saturate(rshift_round_const(pr["0s"] + pr["1c"], F))),
-            ]
+            pr = {k: product(m, a, b_, f"p{k}_{i}")
+                  for k, a, b_ in (("0c", x0, c), ("1s", x1, s), ("0s", x0, s), ("1c", x1, c))}
+            sums = [Signal(signed(pw + 1), name=f"rot{j}_{i}") for j in range(2)]
+            m.d.sync += [sums[0].eq(pr["0c"] - pr["1s"]), sums[1].eq(pr["0s"] + pr["1c"])]
+            for j in range(2):
+                r = Signal(signed(pw + 2 - F), name=f"rnd{j}_{i}")
+                m.d.sync += [r.eq(rshift_round_const(sums[j], F)),
+                             pipe.result[2 * i + j].eq(saturate(r))]
         connect_out(m, pipe.out, self.o_beat)
         return m
 

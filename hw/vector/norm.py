@@ -35,6 +35,8 @@ from .common import (
     bitlen,
     connect_out,
     delay,
+    product,
+    product_stages,
     row_beat_layout,
     rshift_round_const,
     saturate,
@@ -80,32 +82,39 @@ class Normalizer(wiring.Component):
     """
 
     P1_STAGES = 4  # mask; quad trees; beat trees; row accumulators
-    P2_STAGES = 5  # cs; cs²; quad sums; beat sum; row accumulator
-    P3_STAGES = 4  # cs * inv; round; n * gamma; round, + beta, saturate
-    P1_BEAT_STAGES = P2_BEAT_STAGES = 1  # a beat into row FIFO A / B
-    PAR2_STAGES, PAR2_DEPTH = 2, 4  # mean and sh: registers and FIFO ahead of pass 2
+    P1_BEAT_STAGES = 1  # a beat into row FIFO A
+    P2_BEAT_STAGES = 3  # a beat into row FIFO B: operands; x - mean; cs
+    P2_STAGES = P2_BEAT_STAGES + 4  # ... cs²; quad sums; beat sum; row accumulator
+    PAR2_STAGES, PAR2_DEPTH = 4, 4  # mean; deviations; bit length; sh: FIFO ahead of pass 2
     PAR3_STAGES, PAR3_DEPTH = 1, 4  # inv: register and FIFO ahead of pass 3
+    #: The row FIFOs A and B (beats, row scalars: block RAM) register their read data.
+    ROW_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
     #: Quotient / operand bits of the serial units: mean, variance, ``isqrt`` operand, inv.
     MEAN_BITS, VAR_BITS, SQRT_IN_BITS, INV_BITS = 32, 31, 62, 25
+    #: Pass 3: operands; cs * inv; round by 16 -> n; n * gamma; round by F; + beta, saturate.
+    CSINV_STAGES = product_stages(signed(16), unsigned(INV_BITS))
+    NGAMMA_STAGES = product_stages(signed(27), signed(32))
+    P3_STAGES = 1 + CSINV_STAGES + 1 + NGAMMA_STAGES + 2
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
         L = params.vector_lanes
         if max_beats * L > MAX_D:
             raise ValueError(f"Normalizer: rows of {max_beats} x {L} exceed D = {MAX_D}")
         self.params, self.max_beats, self.steps = params, max_beats, steps
-        self.MIN_FULL_RATE_BEATS = max(
-            SerialDivider.occupancy(self.MEAN_BITS, steps),
-            SerialDivider.occupancy(self.VAR_BITS, steps),
-            SerialIsqrt.occupancy(self.SQRT_IN_BITS, steps),
-            SerialDivider.occupancy(self.INV_BITS, steps))
+        units = self._serial_units()
+        for u in units:
+            u._MustUse__silence = True  # built for their constants only
+        #: Cycles from acceptance to result of the mean, variance, square root and inverse
+        #: units (``SerialDivider.LATENCY``, ``SerialIsqrt.LATENCY``).
+        self.SERIAL_LATENCY = tuple(u.LATENCY for u in units)
+        self.MIN_FULL_RATE_BEATS = max(u.OCCUPANCY for u in units)
+        mean_occ, var_occ, sqrt_occ, inv_occ = (u.OCCUPANCY for u in units)
         # row FIFOs hold a whole row plus the beats that enter while its scalars are computed
         #: Entries of row FIFO A (pass 1: beats, row statistics) and B (pass 2).
-        self.depth_a = max_beats + self.P1_STAGES \
-            + SerialDivider.occupancy(self.MEAN_BITS, steps) + 4 * Pipe.FIFO_LATENCY + 8
-        self.depth_b = max_beats + self.P2_STAGES \
-            + SerialDivider.occupancy(self.VAR_BITS, steps) \
-            + SerialIsqrt.occupancy(self.SQRT_IN_BITS, steps) \
-            + SerialDivider.occupancy(self.INV_BITS, steps) + 4 * Pipe.FIFO_LATENCY + 8
+        self.depth_a = max_beats + self.P1_STAGES + self.PAR2_STAGES + mean_occ \
+            + 4 * Pipe.FIFO_LATENCY + 8
+        self.depth_b = max_beats + self.P2_STAGES + var_occ + sqrt_occ + inv_occ \
+            + 4 * Pipe.FIFO_LATENCY + 8
         self.frac_bits = params.numerics.frac_bits
         super().__init__({
             "i_beat": In(stream.Signature(norm_in_layout(params))),
@@ -114,16 +123,27 @@ class Normalizer(wiring.Component):
             "busy": Out(1),
         })
 
+    def _serial_units(self):
+        """Fresh mean, variance, square root and inverse units (their widths in one place)."""
+        cb, st = MAX_D.bit_length(), self.steps
+        mean_tag = data.StructLayout({
+            "neg": 1, "xmax": signed(32), "xmin": signed(32), "count": unsigned(cb),
+            "rms": 1, "eps": unsigned(EPS_BITS)})
+        var_tag = data.StructLayout({"sh": signed(6), "eps": unsigned(EPS_BITS)})
+        return (SerialDivider(45, cb, self.MEAN_BITS, st, tag=mean_tag, signed_n=True),
+                SerialDivider(43, cb, self.VAR_BITS, st, tag=var_tag),
+                SerialIsqrt(self.SQRT_IN_BITS, st),
+                SerialDivider(41, 31, self.INV_BITS, st))
+
     def latency(self, beats: int) -> int:
         """Cycles from the last input beat of a row of ``beats`` beats to its first output
-        beat, with the serial units idle and every consumer ready (``beats + 90`` with
-        ``steps`` = 2): pass 1's reduction, the mean, pass 2 over the whole row, the
-        variance, square root and reciprocal, pass 3; each FIFO between adds
-        ``Pipe.FIFO_LATENCY``."""
-        f, st = Pipe.FIFO_LATENCY, self.steps
-        serial = (-(-32 // st) + 1) + (-(-31 // st) + 1) + (-(-31 // st) + 1) + (-(-25 // st) + 1)
-        return (self.P1_STAGES + f) + (2 + f) + (beats - 1) + (self.P2_STAGES + f) + (1 + f) \
-            + (self.P3_STAGES + f) + serial
+        beat, with the serial units idle and every consumer ready: pass 1's reduction, the
+        mean, pass 2 over the whole row, the variance, square root and reciprocal, pass 3;
+        each FIFO between adds ``Pipe.FIFO_LATENCY``."""
+        f, fr = Pipe.FIFO_LATENCY, self.ROW_FIFO_LATENCY
+        return (self.P1_STAGES + fr) + (self.PAR2_STAGES + f) + (beats - 1) \
+            + (self.P2_STAGES + fr) + (self.PAR3_STAGES + f) + (self.P3_STAGES + f) \
+            + sum(self.SERIAL_LATENCY)
 
     def elaborate(self, platform):
         m = Module()
@@ -133,17 +153,9 @@ class Normalizer(wiring.Component):
         cb = MAX_D.bit_length()
         mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
         mn = lambda a, b: Mux(a < b, a, b)  # noqa: E731
-        steps = self.steps
-        mean_tag = data.StructLayout({
-            "neg": 1, "xmax": signed(32), "xmin": signed(32), "count": unsigned(cb),
-            "rms": 1, "eps": unsigned(EPS_BITS)})
-        m.submodules.mean_div = mean_div = SerialDivider(44, cb, self.MEAN_BITS, steps,
-                                                         tag=mean_tag)
-        var_tag = data.StructLayout({"sh": signed(6), "eps": unsigned(EPS_BITS)})
-        m.submodules.var_div = var_div = SerialDivider(43, cb, self.VAR_BITS, steps,
-                                                       tag=var_tag)
-        m.submodules.isqrt = isqrt = SerialIsqrt(self.SQRT_IN_BITS, steps)
-        m.submodules.inv_div = inv_div = SerialDivider(41, 31, self.INV_BITS, steps)
+        mean_div, var_div, isqrt, inv_div = self._serial_units()
+        m.submodules.mean_div, m.submodules.var_div = mean_div, var_div
+        m.submodules.isqrt, m.submodules.inv_div = isqrt, inv_div
         assert self.MIN_FULL_RATE_BEATS == max(u.OCCUPANCY for u in (mean_div, var_div, isqrt,
                                                                       inv_div))
         slack1, slack2 = self.depth_a - self.max_beats, self.depth_b - self.max_beats
@@ -151,11 +163,14 @@ class Normalizer(wiring.Component):
         # -- pass 1: sum, max, min ---------------------------------------------------------------
         i = self.i_beat
         x_l = data.StructLayout({"data": wide_lanes(L), "last": 1})
-        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.max_beats + slack1)
+        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.max_beats + slack1,
+                       out_reg=True)
+        assert beats_a.fifo_latency == self.ROW_FIFO_LATENCY
         stats_l = data.StructLayout({"sum": signed(45), "xmax": signed(32), "xmin": signed(32),
                                      "count": unsigned(cb), "rms": 1,
                                      "eps": unsigned(EPS_BITS)})
-        stats = Pipe(m, "p1_rows", stats_l, self.P1_STAGES, self.max_beats + slack1)
+        stats = Pipe(m, "p1_rows", stats_l, self.P1_STAGES, self.max_beats + slack1,
+                     out_reg=True)
         take1 = Signal()
         pos1 = RowTracker(m, "p1", take1, i.payload.last, self.max_beats)
         credit1 = beats_a.credit & (~i.payload.last | stats.credit)
@@ -202,7 +217,7 @@ class Normalizer(wiring.Component):
         m.d.comb += [
             mean_div.i.valid.eq(stats.out.valid),
             stats.out.ready.eq(mean_div.i.ready),
-            mean_div.i.payload.n.eq(Mux(neg, -so.sum, so.sum)),
+            mean_div.i.payload.n.eq(so.sum),  # the divider takes |sum|
             mean_div.i.payload.d.eq(so.count),
             mean_div.i.payload.tag.neg.eq(neg),
             mean_div.i.payload.tag.xmax.eq(so.xmax),
@@ -217,25 +232,37 @@ class Normalizer(wiring.Component):
         do = mean_div.o.payload
         m.d.comb += [par2.take.eq(mean_div.o.valid & par2.credit),
                      mean_div.o.ready.eq(par2.credit)]
+        # stage 1: the signed floor mean (-(q + 1) = ~q); stage 2: the deviations of the
+        # extremes, negative ones as 0; stage 3: the bit length of the larger one, as that of
+        # their OR; stage 4: sh
         mean1 = Signal(signed(33))
         tag1 = Signal.like(do.tag)
-        q_signed = Mux(do.tag.neg, -(do.q + (do.r != 0)), do.q)
+        q33 = Signal(signed(33))
+        m.d.comb += q33.eq(do.q)
+        q_signed = Mux(do.tag.neg, Mux(do.r != 0, ~q33, -q33), q33)
         m.d.sync += [mean1.eq(Mux(do.tag.rms, 0, q_signed)), tag1.eq(do.tag)]
-        amax = Signal(unsigned(34))
-        m.d.comb += amax.eq(mx(tag1.xmax - mean1, mean1 - tag1.xmin))
-        blen = bitlen(m, amax, "amax_bitlen")
-        m.d.sync += [par2.result.mean.eq(mean1),
-                     par2.result.sh.eq(Mux(amax == 0, 0, blen - 15)),
-                     par2.result.count.eq(tag1.count), par2.result.eps.eq(tag1.eps),
-                     par2.result.rms.eq(tag1.rms)]
+        dhi = Signal(signed(34))
+        dlo = Signal(signed(34))
+        m.d.comb += [dhi.eq(tag1.xmax - mean1), dlo.eq(mean1 - tag1.xmin)]
+        dev2 = [Signal(unsigned(33), name=f"dev{k}") for k in range(2)]
+        m.d.sync += [dev2[0].eq(Mux(dhi < 0, 0, dhi)), dev2[1].eq(Mux(dlo < 0, 0, dlo))]
+        blen3 = Signal(range(34))
+        m.d.sync += blen3.eq(bitlen(m, dev2[0] | dev2[1], "amax_bitlen"))
+        mean_d = delay(m, mean1, 2, "par2_mean")
+        tag_d = delay(m, tag1, 2, "par2_tag")
+        m.d.sync += [par2.result.mean.eq(mean_d[2]),
+                     par2.result.sh.eq(Mux(blen3 == 0, 0, blen3 - 15)),
+                     par2.result.count.eq(tag_d[2].count), par2.result.eps.eq(tag_d[2].eps),
+                     par2.result.rms.eq(tag_d[2].rms)]
 
         # -- pass 2: cs = (x - mean) >> sh, Σ cs² --------------------------------------------------
         # the row's mode rides with its beats to pass 3 (RMSNorm adds no beta)
         cs_l = data.StructLayout({"cs": data.ArrayLayout(signed(16), L), "last": 1, "rms": 1})
-        beats_b = Pipe(m, "p2_beats", cs_l, self.P2_BEAT_STAGES, self.max_beats + slack2)
+        beats_b = Pipe(m, "p2_beats", cs_l, self.P2_BEAT_STAGES, self.max_beats + slack2,
+                       out_reg=True)
         ssq_l = data.StructLayout({"ssq": unsigned(43), "sh": signed(6), "count": unsigned(cb),
                                    "eps": unsigned(EPS_BITS)})
-        ssq = Pipe(m, "p2_rows", ssq_l, self.P2_STAGES, self.max_beats + slack2)
+        ssq = Pipe(m, "p2_rows", ssq_l, self.P2_STAGES, self.max_beats + slack2, out_reg=True)
         xa, r2 = beats_a.out, par2.out
         take2 = Signal()
         pos2 = RowTracker(m, "p2", take2, xa.payload.last, self.max_beats)
@@ -243,15 +270,25 @@ class Normalizer(wiring.Component):
         m.d.comb += [take2.eq(xa.valid & r2.valid & credit2), xa.ready.eq(take2),
                      r2.ready.eq(take2 & xa.payload.last), beats_b.take.eq(take2),
                      ssq.take.eq(take2 & xa.payload.last)]
-        m.d.sync += [beats_b.result.last.eq(xa.payload.last),
-                     beats_b.result.rms.eq(r2.payload.rms)]
-        sh = r2.payload.sh
+        P2B = self.P2_BEAT_STAGES
+        m.d.sync += [beats_b.result.last.eq(delay(m, xa.payload.last, P2B - 1, "p2_last")[-1]),
+                     beats_b.result.rms.eq(delay(m, r2.payload.rms, P2B - 1, "p2_rms")[-1])]
+        # stage 1: the operands as read; stage 2: c = x - mean; stage 3: cs (0 if masked)
+        x1 = Signal(wide_lanes(L), name="p2_x1")
+        mean1b = Signal(signed(33), name="p2_mean1")
+        live1 = Signal(L, name="p2_live1")
+        sh1 = Signal(signed(6), name="p2_sh1")
+        m.d.sync += [x1.eq(xa.payload.data), mean1b.eq(r2.payload.mean), sh1.eq(r2.payload.sh)]
         for n in range(L):
-            live = pos2.index * L + n < r2.payload.count
-            c = Signal(signed(34), name=f"c{n}")
-            m.d.comb += c.eq(xa.payload.data[n] - r2.payload.mean)
-            cs = Mux(sh >= 0, c >> sh.as_unsigned()[:5], c << (-sh)[:4])
-            m.d.sync += beats_b.result.cs[n].eq(Mux(live, cs, 0))
+            m.d.sync += live1[n].eq(pos2.index * L + n < r2.payload.count)
+        c2 = [Signal(signed(34), name=f"c{n}") for n in range(L)]
+        live2 = Signal(L, name="p2_live2")
+        sh2 = Signal(signed(6), name="p2_sh2")
+        m.d.sync += [live2.eq(live1), sh2.eq(sh1)]
+        for n in range(L):
+            m.d.sync += c2[n].eq(x1[n] - mean1b)
+            cs = Mux(sh2 >= 0, c2[n] >> sh2.as_unsigned()[:5], c2[n] << (-sh2)[:4])
+            m.d.sync += beats_b.result.cs[n].eq(Mux(live2[n], cs, 0))
         cs1 = beats_b.result.cs
         sq2 = [Signal(unsigned(31), name=f"sq{n}") for n in range(L)]
         for n in range(L):
@@ -262,16 +299,17 @@ class Normalizer(wiring.Component):
                                        lambda a, b: a + b))
         bs4 = Signal(unsigned(35))
         m.d.sync += bs4.eq(tree(qs3, lambda a, b: a + b))
-        first2 = delay(m, pos2.first, 4, "p2_first")
-        v2 = delay(m, take2, 4, "p2_v")
+        A = self.P2_STAGES - 1  # the accumulator's stage
+        first2 = delay(m, pos2.first, A, "p2_first")
+        v2 = delay(m, take2, A, "p2_v")
         par_in = Signal(data.StructLayout({"sh": signed(6), "count": unsigned(cb),
                                            "eps": unsigned(EPS_BITS)}))
-        m.d.comb += [par_in.sh.eq(sh), par_in.count.eq(r2.payload.count),
+        m.d.comb += [par_in.sh.eq(r2.payload.sh), par_in.count.eq(r2.payload.count),
                      par_in.eps.eq(r2.payload.eps)]
-        par4 = delay(m, par_in, 4, "p2_par")[4]
+        par4 = delay(m, par_in, A, "p2_par")[A]
         sr = ssq.result
-        with m.If(v2[4]):
-            m.d.sync += [sr.ssq.eq(Mux(first2[4], bs4, sr.ssq + bs4)), sr.sh.eq(par4.sh),
+        with m.If(v2[A]):
+            m.d.sync += [sr.ssq.eq(Mux(first2[A], bs4, sr.ssq + bs4)), sr.sh.eq(par4.sh),
                          sr.count.eq(par4.count), sr.eps.eq(par4.eps)]
 
         # -- scalars 2: var, std = isqrt(var << 16), inv = 2**40 // std --------------------------
@@ -287,10 +325,13 @@ class Normalizer(wiring.Component):
         eps_sh = Signal(unsigned(EPS_BITS + 28))  # rshift_round(eps, 2 sh)
         eps_w = Signal(unsigned(EPS_BITS + 1))
         m.d.comb += eps_w.eq(vo.tag.eps)
+        # the tag is the divider's register from acceptance on: eps_sh is ready cycles before
+        # the quotient (LATENCY >= 2)
+        assert var_div.LATENCY >= 2
         with m.If(s2x > 0):
-            m.d.comb += eps_sh.eq(((eps_w >> (s2x - 1).as_unsigned()[:6]) + 1) >> 1)
+            m.d.sync += eps_sh.eq(((eps_w >> (s2x - 1).as_unsigned()[:6]) + 1) >> 1)
         with m.Else():
-            m.d.comb += eps_sh.eq(eps_w << (-s2x).as_unsigned()[:5])
+            m.d.sync += eps_sh.eq(eps_w << (-s2x).as_unsigned()[:5])
         var = Signal(unsigned(47))
         m.d.comb += [var.eq(vo.q + eps_sh),
                      isqrt.i.valid.eq(var_div.o.valid), var_div.o.ready.eq(isqrt.i.ready),
@@ -315,20 +356,26 @@ class Normalizer(wiring.Component):
         m.d.comb += [take3.eq(cb_.valid & r3.valid & gb.valid & out.credit),
                      cb_.ready.eq(take3), gb.ready.eq(take3),
                      r3.ready.eq(take3 & cb_.payload.last), out.take.eq(take3)]
-        inv = r3.payload.inv
-        last = delay(m, cb_.payload.last, self.P3_STAGES - 1, "p3_last")[-1]
-        rms = delay(m, cb_.payload.rms, self.P3_STAGES - 1, "p3_rms")[-1]
-        gamma = delay(m, gb.payload.gamma, 2, "p3_gamma")[2]
-        beta = delay(m, gb.payload.beta, 3, "p3_beta")[3]
+        # stage 1: operands as read; cs * inv; n = round by 16; n * gamma; round by F;
+        # + beta, saturate
+        S = self.P3_STAGES
+        last = delay(m, cb_.payload.last, S - 1, "p3_last")[-1]
+        rms = delay(m, cb_.payload.rms, S - 1, "p3_rms")[-1]
+        t_n = 1 + self.CSINV_STAGES + 1           # n ready: the gamma product issues
+        gamma = delay(m, gb.payload.gamma, t_n, "p3_gamma")[t_n]
+        beta = delay(m, gb.payload.beta, S - 1, "p3_beta")[S - 1]
+        inv1 = Signal(unsigned(self.INV_BITS), name="p3_inv1")
+        m.d.sync += inv1.eq(r3.payload.inv)
         for n in range(L):
-            pr1 = Signal(signed(42), name=f"csinv{n}")
-            n2 = Signal(signed(27), name=f"n{n}")
-            pg3 = Signal(signed(59), name=f"ng{n}")
-            m.d.sync += [pr1.eq(cb_.payload.cs[n] * inv),
-                         n2.eq(rshift_round_const(pr1, 16)),
-                         pg3.eq(n2 * gamma[n]),
-                         out.result.data[n].eq(saturate(rshift_round_const(pg3, F)
-                                                        + Mux(rms, 0, beta[n])))]
+            cs1_ = Signal(signed(16), name=f"p3_cs{n}")
+            m.d.sync += cs1_.eq(cb_.payload.cs[n])
+            pr = product(m, cs1_, inv1, f"csinv{n}")
+            nn = Signal(signed(27), name=f"n{n}")
+            m.d.sync += nn.eq(rshift_round_const(pr, 16))
+            pg = product(m, nn, gamma[n], f"ng{n}")
+            rg = Signal(signed(44), name=f"ngr{n}")  # |n * gamma| < 2**58
+            m.d.sync += rg.eq(rshift_round_const(pg, F))
+            m.d.sync += out.result.data[n].eq(saturate(rg + Mux(rms, 0, beta[n])))
         m.d.sync += out.result.last.eq(last)
         connect_out(m, out.out, self.o_beat)
         m.d.comb += self.busy.eq(beats_a.busy | stats.busy | par2.busy | beats_b.busy

@@ -92,11 +92,13 @@ class Quantizer(wiring.Component):
     input beat was accepted.
     """
 
-    P1_ROW_STAGES = 5  # |x|, two max-tree levels, group / row maxima, exponents
-    P2_STAGES = 2      # rounding shift and clamp, planes
+    P1_ROW_STAGES = 6  # mask; |x|; OR over lanes; group / row ORs; bit lengths; exponents
+    P2_STAGES = 5      # operands; shift amounts, scale fields; shift; round; clamp, planes
     P1_BEAT_STAGES = 1  # the beat into the row FIFO (masked)
     #: Row FIFO entries beyond a whole row: the stages before pass 2 starts on it.
     ROW_SLACK = 16
+    #: The row FIFOs (beats, groups, rows: block RAM) register their read data.
+    ROW_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128,
                  data_bits: int = WIDE, pass_x: bool = False, side=None):
@@ -113,7 +115,8 @@ class Quantizer(wiring.Component):
         self.max_beats = max_beats
         self.data_bits, self.pass_x, self.side = data_bits, pass_x, side
         self.group_beats = num.act_group // L
-        self.LATENCY = self.P1_ROW_STAGES + self.P2_STAGES + 2 * Pipe.FIFO_LATENCY
+        self.LATENCY = self.P1_ROW_STAGES + self.ROW_FIFO_LATENCY + self.P2_STAGES \
+            + Pipe.FIFO_LATENCY
         #: Entries of the row FIFOs (beats, groups, rows): a whole row plus the slack.
         self.row_depth = max_beats + self.ROW_SLACK
         super().__init__({
@@ -137,9 +140,10 @@ class Quantizer(wiring.Component):
         beat_l = data.StructLayout({"data": data.ArrayLayout(signed(db), L), "last": 1, **side})
         grp_l = data.StructLayout({"e": signed(7), "nz": 1})
         row_l = data.StructLayout({"emax": signed(7), "nz": 1, "a15": 1, "per_row": 1})
-        rows = Pipe(m, "p1_beats", beat_l, self.P1_BEAT_STAGES, depth)
-        grps = Pipe(m, "p1_groups", grp_l, self.P1_ROW_STAGES, depth)
-        rowq = Pipe(m, "p1_rows", row_l, self.P1_ROW_STAGES, depth)
+        rows = Pipe(m, "p1_beats", beat_l, self.P1_BEAT_STAGES, depth, out_reg=True)
+        grps = Pipe(m, "p1_groups", grp_l, self.P1_ROW_STAGES, depth, out_reg=True)
+        rowq = Pipe(m, "p1_rows", row_l, self.P1_ROW_STAGES, depth, out_reg=True)
+        assert rows.fifo_latency == self.ROW_FIFO_LATENCY
 
         i = self.i_beat
         take = Signal()
@@ -158,47 +162,47 @@ class Quantizer(wiring.Component):
             rowq.take.eq(take & i.payload.last),
         ]
 
-        # stage 0 -> 1: mask the padding lanes; |x|
-        mag1 = Signal(data.ArrayLayout(unsigned(db), L))
+        # stage 0 -> 1: mask the padding lanes (the beat into the row FIFO)
         for n in range(L):
             live = pos.index * L + n < i.payload.count
-            x = Mux(live, i.payload.data[n], 0)
-            m.d.sync += [rows.result.data[n].eq(x), mag1[n].eq(Mux(x < 0, -x, x))]
+            m.d.sync += rows.result.data[n].eq(Mux(live, i.payload.data[n], 0))
         m.d.sync += rows.result.last.eq(i.payload.last)
         if side:
             m.d.sync += rows.result.side.eq(i.payload.side)
 
         first = delay(m, pos.first, 3, "first")
         gfirst = delay(m, gbeat == 0, 3, "gfirst")
-        a15 = delay(m, i.payload.a15, 4, "a15")
-        per_row = delay(m, i.payload.per_row, 4, "per_row")
+        a15 = delay(m, i.payload.a15, 5, "a15")
+        per_row = delay(m, i.payload.per_row, 5, "per_row")
         beat_v = delay(m, take, 3, "beat_v")
 
-        # stages 1 -> 2 -> 3: the beat's largest magnitude (a max tree, two levels per stage)
-        quads = [tree([mag1[n] for n in range(q, min(q + 4, L))],
-                      lambda a, b: Mux(a > b, a, b)) for q in range(0, L, 4)]
-        mag2 = Signal(data.ArrayLayout(unsigned(db), len(quads)))
-        for k, q in enumerate(quads):
-            m.d.sync += mag2[k].eq(q)
-        bmax3 = Signal(unsigned(db))
-        m.d.sync += bmax3.eq(tree([mag2[k] for k in range(len(quads))],
-                                  lambda a, b: Mux(a > b, a, b)))
+        # stage 1 -> 2: |x|. The exponents need only the bit length of the largest magnitude,
+        # and bitlen(max(a, b)) = bitlen(a | b): OR trees and running ORs, no comparators.
+        x1 = rows.result.data
+        mag2 = Signal(data.ArrayLayout(unsigned(db), L))
+        for n in range(L):
+            m.d.sync += mag2[n].eq(Mux(x1[n] < 0, -x1[n], x1[n]))
+        # stage 2 -> 3: the beat's OR
+        bor3 = Signal(unsigned(db))
+        m.d.sync += bor3.eq(tree([mag2[n] for n in range(L)], lambda a, b: a | b))
 
-        # stage 3 -> 4: running maxima of the group and of the row
-        gmax4 = Signal(unsigned(db))
-        rmax4 = Signal(unsigned(db))
+        # stage 3 -> 4: running ORs of the group and of the row
+        gor4 = Signal(unsigned(db))
+        ror4 = Signal(unsigned(db))
         with m.If(beat_v[3]):
-            m.d.sync += [gmax4.eq(Mux(gfirst[3] | (bmax3 > gmax4), bmax3, gmax4)),
-                         rmax4.eq(Mux(first[3] | (bmax3 > rmax4), bmax3, rmax4))]
+            m.d.sync += [gor4.eq(Mux(gfirst[3], bor3, gor4 | bor3)),
+                         ror4.eq(Mux(first[3], bor3, ror4 | bor3))]
 
-        # stage 4 -> 5: exponents e = bitlen(amax) - b (b = 7, or 14 for A15)
-        b4 = Mux(a15[4], 14, 7)
-        ge = bitlen(m, gmax4, "gbitlen")
-        re = bitlen(m, rmax4, "rbitlen")
+        # stage 4 -> 5: bit lengths; stage 5 -> 6: exponents e = bitlen(amax) - b (b = 7, or
+        # 14 for A15)
+        gbl5 = Signal(range(db + 1))
+        rbl5 = Signal(range(db + 1))
+        m.d.sync += [gbl5.eq(bitlen(m, gor4, "gbitlen")), rbl5.eq(bitlen(m, ror4, "rbitlen"))]
+        b5 = Mux(a15[5], 14, 7)
         m.d.sync += [
-            grps.result.e.eq(ge - b4), grps.result.nz.eq(gmax4 != 0),
-            rowq.result.emax.eq(re - b4), rowq.result.nz.eq(rmax4 != 0),
-            rowq.result.a15.eq(a15[4]), rowq.result.per_row.eq(per_row[4]),
+            grps.result.e.eq(gbl5 - b5), grps.result.nz.eq(gbl5 != 0),
+            rowq.result.emax.eq(rbl5 - b5), rowq.result.nz.eq(rbl5 != 0),
+            rowq.result.a15.eq(a15[5]), rowq.result.per_row.eq(per_row[5]),
         ]
 
         # -- pass 2 ----------------------------------------------------------------------------
@@ -219,51 +223,60 @@ class Quantizer(wiring.Component):
             row.ready.eq(take2 & beat.payload.last),
         ]
 
-        # stage 0 -> 1: scale fields; x rounded by 2**e: rshift_round(x, e) = ((x >> (e-1)) + 1)
-        # >> 1 for e >= 1 (exact), and the same formula gives x << -e for e <= 0
-        r = row.payload
-        g = grp.payload
-        e = Signal(signed(7))
-        exp = Signal(signed(EXP_BITS))
-        d = Signal(signed(8))
-        m.d.comb += [
-            e.eq(Mux(r.per_row, r.emax, g.e)),
-            exp.eq(Mux(r.nz, r.emax - H, 0)),
-            d.eq(g.e - exp),
-        ]
-        gzero = Mux(r.per_row, ~r.nz, ~g.nz | (d < 0))
-        gshift = Mux(r.per_row, H, d)
         res = out.result
-        s1_info = Signal(data.StructLayout({"gshift": unsigned(GSHIFT_BITS), "gzero": 1,
-                                            "exp": signed(EXP_BITS), "last": 1, "a15": 1,
-                                            **side}))
-        m.d.sync += [
-            s1_info.gshift.eq(Mux(gzero, 0, gshift)),
-            s1_info.gzero.eq(gzero),
-            s1_info.exp.eq(exp),
-            s1_info.last.eq(beat.payload.last),
-            s1_info.a15.eq(r.a15),
-        ]
+        # stage 0 -> 1: the operands from the FIFOs (block RAM reads), registered as they are
+        r1 = Signal.like(row.payload, name="row1")
+        g1 = Signal.like(grp.payload, name="grp1")
+        x1 = Signal(data.ArrayLayout(signed(db), L))
+        m.d.sync += [r1.eq(row.payload), g1.eq(grp.payload), x1.eq(beat.payload.data)]
+        last = delay(m, beat.payload.last, self.P2_STAGES - 1, "p2_last")
         if side:
-            m.d.sync += [s1_info.side.eq(beat.payload.side), res.side.eq(s1_info.side)]
-        if self.pass_x:
-            x1 = Signal(data.ArrayLayout(signed(db), L))
-            m.d.sync += [x1.eq(beat.payload.data), res.x.eq(x1)]
+            sd = delay(m, beat.payload.side, self.P2_STAGES - 1, "p2_side")
+            m.d.sync += res.side.eq(sd[-1])
+
+        # stage 1 -> 2: the beat's exponent e, the row's, the group's shift d = e_g - exp;
+        # x rounded by 2**e: rshift_round(x, e) = ((x >> (e-1)) + 1) >> 1 for e >= 1 (exact),
+        # and the same formula gives x << -e for e <= 0
         sm1 = Signal(signed(7))
-        m.d.comb += sm1.eq(e - 1)
+        m.d.comb += sm1.eq(Mux(r1.per_row, r1.emax, g1.e) - 1)
+        rsh2 = Signal(5)
+        lsh2 = Signal(4)
+        right2 = Signal()
+        exp2 = Signal(signed(EXP_BITS))
+        d2 = Signal(signed(EXP_BITS + 1))
+        info2 = Signal(data.StructLayout({"per_row": 1, "nz": 1, "gnz": 1, "a15": 1}))
+        m.d.sync += [rsh2.eq(sm1.as_unsigned()[:5]), lsh2.eq((-sm1)[:4]), right2.eq(sm1 >= 0),
+                     exp2.eq(Mux(r1.nz, r1.emax - H, 0)),
+                     d2.eq(Mux(r1.nz, g1.e - r1.emax + H, g1.e)),
+                     info2.per_row.eq(r1.per_row), info2.nz.eq(r1.nz), info2.gnz.eq(g1.nz),
+                     info2.a15.eq(r1.a15)]
+        x2 = Signal.like(x1, name="x2")
+        m.d.sync += x2.eq(x1)
+        if self.pass_x:
+            xd = delay(m, x2, self.P2_STAGES - 3, "p2_x")
+            m.d.sync += res.x.eq(xd[-1])
+
+        # stage 2 -> 3: the shift; the scale fields
+        gzero = Mux(info2.per_row, ~info2.nz, ~info2.gnz | (d2 < 0))
+        gshift = Mux(info2.per_row, H, d2)
+        s3_info = Signal(data.StructLayout({"gshift": unsigned(GSHIFT_BITS), "gzero": 1,
+                                            "exp": signed(EXP_BITS), "a15": 1}))
+        m.d.sync += [s3_info.gshift.eq(Mux(gzero, 0, gshift)), s3_info.gzero.eq(gzero),
+                     s3_info.exp.eq(exp2), s3_info.a15.eq(info2.a15)]
+        info = delay(m, s3_info, 1, "p2_info")
+        a15_4 = info[1].a15
         for n in range(L):
-            x = beat.payload.data[n]
-            t = Signal(signed(db + 1), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**16
-            m.d.comb += t.eq(Mux(sm1 >= 0, x >> sm1.as_unsigned()[:5], x << (-sm1)[:4]))
-            q1 = Signal(signed(16), name=f"q{n}")
-            rounded = (t + 1) >> 1
-            m.d.sync += q1.eq(Mux(r.a15,
-                                  clamp(rounded, -16383, 16383), clamp(rounded, -127, 127)))
-            # stage 1 -> 2: planes
-            m.d.sync += [res.data[n].eq(Mux(s1_info.a15, q1 >> 7, q1)),
-                         res.lo[n].eq(Mux(s1_info.a15, q1[:7], 0))]
-        m.d.sync += [res.gshift.eq(s1_info.gshift), res.gzero.eq(s1_info.gzero),
-                     res.exp.eq(s1_info.exp), res.last.eq(s1_info.last)]
+            t3 = Signal(signed(db + 1), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**16
+            m.d.sync += t3.eq(Mux(right2, x2[n] >> rsh2, x2[n] << lsh2))
+            # stage 3 -> 4: round; stage 4 -> 5: clamp, planes
+            r4 = Signal(signed(db + 1), name=f"r{n}")
+            m.d.sync += r4.eq((t3 + 1) >> 1)
+            q = Signal(signed(16), name=f"q{n}")
+            m.d.comb += q.eq(Mux(a15_4, clamp(r4, -16383, 16383), clamp(r4, -127, 127)))
+            m.d.sync += [res.data[n].eq(Mux(a15_4, q >> 7, q)),
+                         res.lo[n].eq(Mux(a15_4, q[:7], 0))]
+        m.d.sync += [res.gshift.eq(info[1].gshift), res.gzero.eq(info[1].gzero),
+                     res.exp.eq(info[1].exp), res.last.eq(last[-1])]
         connect_out(m, out.out, self.o_beat)
         m.d.comb += self.busy.eq(rows.busy | grps.busy | rowq.busy | out.busy | (pos.index != 0))
         return m

@@ -4,14 +4,21 @@ a few result bits per cycle.
 The golden model divides only by per-row quantities and takes one square root per row
 (``sim/golden.py``: "a sequential divider per row, never per element"), so these run once per
 row, between two passes over it, while the passes stream other rows. Each unit holds one
-operation at a time: ``ITERATIONS`` cycles of ``steps`` restoring steps each, so it keeps up
-with rows of at least ``OCCUPANCY`` beats (a row reduction is then limited by its beats only).
+operation at a time and computes ``steps`` result bits (one radix-``2**steps`` digit) per
+cycle, ``ITERATIONS`` cycles; an operation accepted in cycle t is offered in cycle
+``t + LATENCY``, and the next is accepted the cycle after it leaves, so a unit keeps up with
+rows of at least ``OCCUPANCY`` beats (a row reduction is then limited by its beats only).
+
+Timing: the partial remainder is shifted left past a fixed divisor (not the divisor right past
+a full-width remainder), so each compare is as wide as the divisor (the root) plus a few
+bits, and the ``2**steps - 1`` candidate digits are compared in parallel (no chain of
+compares within a cycle): one carry chain and a few LUT levels per cycle.
 
 Both take an opaque ``tag`` alongside their operands and return it with the result, so a row's
 other scalars travel with it.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,18 +29,44 @@ def _tagged(fields: dict, tag) -> data.StructLayout:
     return data.StructLayout({**fields, "tag": tag} if tag is not None else fields)
 
 
-class SerialDivider(wiring.Component):
-    """``q = n // d``, ``r = n % d`` for unsigned ``n < 2**n_bits``, ``1 <= d < 2**d_bits``.
+def _check_steps(cls, steps: int) -> None:
+    if steps not in (1, 2):
+        raise ValueError(f"{cls}: steps = {steps}: 1 or 2 result bits per cycle")
 
-    Restoring division from quotient bit ``q_bits - 1`` down, ``steps`` bits per cycle. The
-    caller guarantees ``n // d < 2**q_bits`` (else q and r are wrong, no other harm).
+
+def _digit(m, fits: list, name: str):
+    """The radix digit: how many of the (monotone) candidate compares ``fits`` hold."""
+    d = Signal(range(len(fits) + 1), name=name)
+    v = 0
+    for k, f in enumerate(fits):
+        v = Mux(f, k + 1, v)  # fits[k] implies fits[:k]
+    m.d.comb += d.eq(v)
+    return d
+
+
+class SerialDivider(wiring.Component):
+    """``q = n // d``, ``r = n % d`` for ``n < 2**n_bits``, ``1 <= d < 2**d_bits``.
+
+    Restoring division, radix ``2**steps``: the remainder (``d_bits`` wide) is shifted left
+    by a digit's bits, the next bits of ``n`` enter, and it is compared with ``d``, ``2 d`` and
+    ``3 d`` at once (``3 d`` computed in the cycle after acceptance). The caller guarantees
+    ``n // d < 2**q_bits`` (else q and r are wrong, no other harm). With ``signed_n``, ``n``
+    is a two's complement value of ``n_bits`` and the unit divides ``|n|`` (the caller keeps
+    the sign, e.g. in the tag).
     ``i``: ``{n, d, tag}``; ``o``: ``{q, r, tag}``. An operation accepted in cycle t is offered
-    in cycle ``t + ITERATIONS + 1``; the next is accepted the cycle after that one leaves.
+    in cycle ``t + LATENCY``; the next is accepted the cycle after that one leaves.
     """
 
-    def __init__(self, n_bits: int, d_bits: int, q_bits: int, steps: int = 2, tag=None):
+    #: Cycles between acceptance and the first digit: the multiples of d (and |n|).
+    PREP = 1
+
+    def __init__(self, n_bits: int, d_bits: int, q_bits: int, steps: int = 2, tag=None,
+                 signed_n: bool = False):
+        _check_steps("SerialDivider", steps)
         self.n_bits, self.d_bits, self.q_bits, self.steps = n_bits, d_bits, q_bits, steps
+        self.signed_n = signed_n
         self.ITERATIONS = -(-q_bits // steps)
+        self.LATENCY = self.PREP + self.ITERATIONS + 1
         self.OCCUPANCY = self.occupancy(q_bits, steps)
         super().__init__({
             "i": In(stream.Signature(_tagged({"n": unsigned(n_bits), "d": unsigned(d_bits)},
@@ -43,38 +76,55 @@ class SerialDivider(wiring.Component):
         })
         self._has_tag = tag is not None
 
-    @staticmethod
-    def occupancy(q_bits: int, steps: int) -> int:
+    @classmethod
+    def occupancy(cls, q_bits: int, steps: int) -> int:
         """Cycles from accepting an operation to accepting the next (result taken at once)."""
-        return -(-q_bits // steps) + 2
+        return cls.PREP + -(-q_bits // steps) + 2
 
     def elaborate(self, platform):
         m = Module()
-        top = self.ITERATIONS * self.steps - 1  # the first quotient bit tried
-        rem = Signal(self.n_bits)
-        quo = Signal(top + 1)
-        dsh = Signal(self.d_bits + top)  # d << (the current bit)
+        s, db = self.steps, self.d_bits
+        W = self.ITERATIONS * s  # quotient bits computed (>= q_bits)
+        nreg = Signal(self.n_bits)
+        dreg = Signal(db)
+        d3 = Signal(db + 2)      # 3 d (radix 4)
+        rem = Signal(db)         # the partial remainder, < d
+        sh = Signal(W)           # n's bits still to enter (top), quotient bits (bottom)
         count = Signal(range(self.ITERATIONS + 1))
+        prep = Signal()
         running = Signal()
         done = Signal()
-        m.d.comb += [self.i.ready.eq(~running & ~done), self.o.valid.eq(done),
-                     self.o.payload.q.eq(quo), self.o.payload.r.eq(rem)]
+        m.d.comb += [self.i.ready.eq(~prep & ~running & ~done), self.o.valid.eq(done),
+                     self.o.payload.q.eq(sh[:self.q_bits]), self.o.payload.r.eq(rem)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [rem.eq(self.i.payload.n), quo.eq(0),
-                         dsh.eq(self.i.payload.d << top),
-                         count.eq(self.ITERATIONS), running.eq(1)]
+            m.d.sync += [nreg.eq(self.i.payload.n), dreg.eq(self.i.payload.d), prep.eq(1)]
             if self._has_tag:
                 m.d.sync += self.o.payload.tag.eq(self.i.payload.tag)
+        with m.If(prep):
+            if self.signed_n:
+                neg = nreg[-1]
+                na = Signal(self.n_bits, name="nabs")
+                m.d.comb += na.eq(Mux(neg, -nreg, nreg))
+            else:
+                na = nreg
+            # n // d < 2**W: the bits of n above W are a remainder < d
+            m.d.sync += [rem.eq(na[W:] if len(na) > W else 0), sh.eq(na[:W]),
+                         d3.eq(dreg + (dreg << 1)), count.eq(self.ITERATIONS),
+                         prep.eq(0), running.eq(1)]
         with m.If(running):
-            r, q = rem, quo
-            for j in range(self.steps):
-                trial = Signal(self.n_bits + 1, name=f"trial{j}")
-                fits = Signal(name=f"fits{j}")
-                dj = dsh >> j
-                m.d.comb += [fits.eq(dj <= r), trial.eq(r - dj)]
-                r = Mux(fits, trial, r)
-                q = (q << 1) | fits
-            m.d.sync += [rem.eq(r), quo.eq(q), dsh.eq(dsh >> self.steps),
+            r = Signal(db + s, name="r_in")
+            m.d.comb += r.eq(Cat(sh[W - s:], rem))
+            mult = [dreg, dreg << 1, d3][: (1 << s) - 1]
+            trials = []
+            for k, mk in enumerate(mult):
+                t = Signal(db + s + 1, name=f"trial{k + 1}")
+                m.d.comb += t.eq(r - mk)
+                trials.append(t)
+            digit = _digit(m, [~t[-1] for t in trials], "digit")
+            new = r
+            for k, t in enumerate(trials):
+                new = Mux(digit == k + 1, t, new)
+            m.d.sync += [rem.eq(new), sh.eq(Cat(digit[:s], sh[:W - s])),
                          count.eq(count - 1)]
             with m.If(count == 1):
                 m.d.sync += [running.eq(0), done.eq(1)]
@@ -86,14 +136,21 @@ class SerialDivider(wiring.Component):
 class SerialIsqrt(wiring.Component):
     """``s = isqrt(v)`` (floor) for unsigned ``v < 2**v_bits``: ``golden._isqrt``.
 
-    Digit-by-digit (restoring) square root, ``steps`` result bits per cycle.
-    ``i``: ``{v, tag}``; ``o``: ``{s, tag}``. Timing as :class:`SerialDivider`.
+    Digit-by-digit (restoring) square root, radix ``2**steps``: the remainder ``v' - s**2`` of
+    the bits of ``v`` seen so far is shifted left by two bits per result bit, and compared at
+    once with the growth ``(2**steps s + k)**2 - (2**steps s)**2`` of each candidate digit
+    ``k`` (for ``k = 3``: ``24 s + 9``, kept in a register updated alongside ``s``).
+    ``i``: ``{v, tag}``; ``o``: ``{s, tag}``. Timing as :class:`SerialDivider` (no ``PREP``).
     """
 
+    PREP = 0
+
     def __init__(self, v_bits: int, steps: int = 2, tag=None):
+        _check_steps("SerialIsqrt", steps)
         self.r_bits = -(-v_bits // 2)
         self.v_bits, self.steps = 2 * self.r_bits, steps
         self.ITERATIONS = -(-self.r_bits // steps)
+        self.LATENCY = self.PREP + self.ITERATIONS + 1
         self.OCCUPANCY = self.occupancy(v_bits, steps)
         super().__init__({
             "i": In(stream.Signature(_tagged({"v": unsigned(v_bits)}, tag))),
@@ -101,37 +158,57 @@ class SerialIsqrt(wiring.Component):
         })
         self._has_tag = tag is not None
 
-    @staticmethod
-    def occupancy(v_bits: int, steps: int) -> int:
+    @classmethod
+    def occupancy(cls, v_bits: int, steps: int) -> int:
         r_bits = (v_bits + 1) // 2
-        return -(-r_bits // steps) + 2
+        return cls.PREP + -(-r_bits // steps) + 2
 
     def elaborate(self, platform):
         m = Module()
-        W = self.ITERATIONS * self.steps  # result bits tried (a multiple of steps)
-        rem = Signal(2 * W)
-        res = Signal(2 * W)
-        bit = Signal(2 * W)  # one-hot: 4**(the current result bit)
+        s = self.steps
+        W = self.ITERATIONS * s  # result bits computed (a multiple of steps)
+        rb = W + 2 * s + 1       # remainder (<= 2 res) shifted by a digit, and the growths
+        rem = Signal(W + 1)
+        res = Signal(W)
+        sh = Signal(2 * W)       # v's bits still to enter, at the top
+        t3 = Signal(rb)          # 24 res + 9 (radix 4)
         count = Signal(range(self.ITERATIONS + 1))
         running = Signal()
         done = Signal()
         m.d.comb += [self.i.ready.eq(~running & ~done), self.o.valid.eq(done),
                      self.o.payload.s.eq(res)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [rem.eq(self.i.payload.v), res.eq(0), bit.eq(1 << (2 * W - 2)),
+            m.d.sync += [rem.eq(0), res.eq(0), sh.eq(self.i.payload.v), t3.eq(9),
                          count.eq(self.ITERATIONS), running.eq(1)]
             if self._has_tag:
                 m.d.sync += self.o.payload.tag.eq(self.i.payload.tag)
         with m.If(running):
-            r, s, b = rem, res, bit
-            for j in range(self.steps):
-                cand = Signal(2 * W + 1, name=f"cand{j}")
-                fits = Signal(name=f"fits{j}")
-                m.d.comb += [cand.eq(s + b), fits.eq(cand <= r)]
-                r = Mux(fits, r - cand, r)
-                s = Mux(fits, (s >> 1) + b, s >> 1)
-                b = b >> 2
-            m.d.sync += [rem.eq(r), res.eq(s), bit.eq(b), count.eq(count - 1)]
+            r = Signal(rb, name="r_in")
+            m.d.comb += r.eq(Cat(sh[2 * W - 2 * s:], rem))
+            # growth of digit k: 2**(s+1) res k + k**2
+            grow = [Cat(Const(1, s + 1), res)]                      # k = 1
+            if s == 2:
+                grow += [Cat(Const(4, s + 2), res), t3]             # k = 2, 3
+            trials = []
+            for k, g in enumerate(grow):
+                t = Signal(rb + 1, name=f"trial{k + 1}")
+                m.d.comb += t.eq(r - g)
+                trials.append(t)
+            digit = _digit(m, [~t[-1] for t in trials], "digit")
+            new = r
+            for k, t in enumerate(trials):
+                new = Mux(digit == k + 1, t, new)
+            m.d.sync += [rem.eq(new), res.eq(Cat(digit[:s], res[:W - s])),
+                         sh.eq(sh << (2 * s)), count.eq(count - 1)]
+            if s == 2:
+                # 24 (4 res + k) + 9 = 4 (24 res + 9) - 27 + 24 k
+                cand = [Signal(rb, name=f"t3_{k}") for k in range(4)]
+                for k, c in enumerate(cand):
+                    m.d.comb += c.eq((t3 << 2) + (24 * k - 27))
+                nt3 = cand[0]
+                for k in range(1, 4):
+                    nt3 = Mux(digit == k, cand[k], nt3)
+                m.d.sync += t3.eq(nt3)
             with m.If(count == 1):
                 m.d.sync += [running.eq(0), done.eq(1)]
         with m.If(self.o.valid & self.o.ready):

@@ -29,6 +29,8 @@ from .common import (
     RowTracker,
     connect_out,
     delay,
+    product,
+    product_stages,
     row_beat_layout,
     rshift_round_const,
     signed_bits,
@@ -64,11 +66,16 @@ class Softmax(wiring.Component):
     """
 
     P1_STAGES = 4      # mask; quad max; beat max; row max
-    P2_E_STAGES = 6    # max - s; u; ROM; rise * weight; interpolate; shift by int(u)
-    P2_SUM_STAGES = 9  # ... quad sums; beat sum; row sum
-    P3_STAGES = 2      # e * recip; round
-    P1_BEAT_STAGES = 1  # the score into row FIFO A
+    U_STAGES = product_stages(unsigned(31), unsigned(LOG2E.bit_length()))  # -z * LOG2E
+    #: operands; max - s; -z * LOG2E; u (round); ROM; ROM data; rise * weight; interpolate;
+    #: shift by int(u) - 1; round, mask
+    P2_E_STAGES = 2 + U_STAGES + 1 + 6
+    P2_SUM_STAGES = P2_E_STAGES + 3  # ... quad sums; beat sum; row sum
     RECIP_BITS = 32    # quotient bits of the reciprocal (the serial divider's)
+    P3_STAGES = 1 + product_stages(unsigned(16), unsigned(RECIP_BITS)) + 1  # e * recip; round
+    P1_BEAT_STAGES = 1  # the score into row FIFO A
+    #: The row FIFOs A and B (beats, row scalars: block RAM) register their read data.
+    ROW_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
     PAR_STAGES, PAR_DEPTH = 1, 4  # the reciprocal's register and FIFO ahead of pass 3
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
@@ -81,7 +88,11 @@ class Softmax(wiring.Component):
             raise ValueError("Softmax: exp2_segments must be a power of two <= 2**frac_bits")
         self.params, self.max_beats, self.steps = params, max_beats, steps
         self.sum_bits = (MAX_S << num.exp2_out_bits).bit_length()
-        self.MIN_FULL_RATE_BEATS = SerialDivider.occupancy(self.RECIP_BITS, steps)
+        div = self._divider()
+        div._MustUse__silence = True  # built for its constants only
+        #: Cycles from acceptance to result of the reciprocal's divider.
+        self.SERIAL_LATENCY = div.LATENCY
+        self.MIN_FULL_RATE_BEATS = div.OCCUPANCY
         #: Entries of row FIFO A (scores, row maxima) and B (e, row sums).
         self.depth_a = max_beats + self.P1_STAGES + 8
         self.depth_b = max_beats + self.P2_SUM_STAGES + self.MIN_FULL_RATE_BEATS \
@@ -92,13 +103,15 @@ class Softmax(wiring.Component):
             "busy": Out(1),
         })
 
+    def _divider(self):
+        return SerialDivider(47, self.sum_bits, self.RECIP_BITS, self.steps)
+
     def latency(self, beats: int) -> int:
         """Cycles from the last input beat of a row of ``beats`` beats to its first output
-        beat, with the divider idle and the consumer ready (``beats + 40`` with ``steps`` = 2)."""
-        f = Pipe.FIFO_LATENCY
-        div = -(-32 // self.steps) + 1
-        return (self.P1_STAGES + f) + (beats - 1) + (self.P2_SUM_STAGES + f) + div + (1 + f) \
-            + (self.P3_STAGES + f)
+        beat, with the divider idle and the consumer ready."""
+        f, fr = Pipe.FIFO_LATENCY, self.ROW_FIFO_LATENCY
+        return (self.P1_STAGES + fr) + (beats - 1) + (self.P2_SUM_STAGES + fr) \
+            + self.SERIAL_LATENCY + (self.PAR_STAGES + f) + (self.P3_STAGES + f)
 
     def elaborate(self, platform):
         m = Module()
@@ -108,7 +121,7 @@ class Softmax(wiring.Component):
         F = num.frac_bits
         vb = MAX_S.bit_length()
         wbits = F - self.seg_bits  # interpolation weight bits
-        m.submodules.div = div = SerialDivider(47, self.sum_bits, self.RECIP_BITS, self.steps)
+        m.submodules.div = div = self._divider()
         assert self.depth_b == self.max_beats + self.P2_SUM_STAGES + div.OCCUPANCY \
             + 4 * Pipe.FIFO_LATENCY + 8
         mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
@@ -116,9 +129,10 @@ class Softmax(wiring.Component):
         # -- pass 1: max over the visible keys ---------------------------------------------------
         i = self.i_beat
         x_l = data.StructLayout({"data": data.ArrayLayout(signed(32), L), "last": 1})
-        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.depth_a)
+        beats_a = Pipe(m, "p1_beats", x_l, self.P1_BEAT_STAGES, self.depth_a, out_reg=True)
+        assert beats_a.fifo_latency == self.ROW_FIFO_LATENCY
         row_l = data.StructLayout({"max": signed(32), "visible": unsigned(vb)})
-        rows = Pipe(m, "p1_rows", row_l, self.P1_STAGES, self.depth_a)
+        rows = Pipe(m, "p1_rows", row_l, self.P1_STAGES, self.depth_a, out_reg=True)
         take1 = Signal()
         pos1 = RowTracker(m, "p1", take1, i.payload.last, self.max_beats)
         credit1 = beats_a.credit & (~i.payload.last | rows.credit)
@@ -147,9 +161,9 @@ class Softmax(wiring.Component):
         # -- pass 2: e = 2**(-u / 2**F) by table, Σe ----------------------------------------------
         e_bits = num.exp2_out_bits + 1  # e <= 2**exp2_out_bits
         e_l = data.StructLayout({"e": data.ArrayLayout(unsigned(e_bits), L), "last": 1})
-        beats_b = Pipe(m, "p2_beats", e_l, self.P2_E_STAGES, self.depth_b)
+        beats_b = Pipe(m, "p2_beats", e_l, self.P2_E_STAGES, self.depth_b, out_reg=True)
         sums = Pipe(m, "p2_rows", data.StructLayout({"sum": unsigned(self.sum_bits)}),
-                    self.P2_SUM_STAGES, self.depth_b)
+                    self.P2_SUM_STAGES, self.depth_b, out_reg=True)
         xa, ra = beats_a.out, rows.out
         take2 = Signal()
         pos2 = RowTracker(m, "p2", take2, xa.payload.last, self.max_beats)
@@ -157,7 +171,8 @@ class Softmax(wiring.Component):
         m.d.comb += [take2.eq(xa.valid & ra.valid & credit2), xa.ready.eq(take2),
                      ra.ready.eq(take2 & xa.payload.last), beats_b.take.eq(take2),
                      sums.take.eq(take2 & xa.payload.last)]
-        last2 = delay(m, xa.payload.last, self.P2_E_STAGES - 1, "p2_last")[-1]
+        E = self.P2_E_STAGES
+        last2 = delay(m, xa.payload.last, E - 1, "p2_last")[-1]
         m.d.sync += beats_b.result.last.eq(last2)
 
         tab = [int(t) for t in exp2_table(num)]
@@ -165,40 +180,55 @@ class Softmax(wiring.Component):
         rom_l = data.StructLayout({"e0": unsigned(max(tab).bit_length()),
                                    "d": signed(signed_bits(rises))})
         init = [{"e0": a, "d": d} for a, d in zip(tab[:-1], rises, strict=True)]
+        max1 = Signal(signed(32), name="p2_max1")
+        m.d.sync += max1.eq(ra.payload.max)
+        tu = 2 + self.U_STAGES + 1  # the stage u is ready in
         for n in range(L):
-            live = pos2.index * L + n < ra.payload.visible
-            lv = delay(m, live, 5, f"live{n}_")
-            # stage 0 -> 1: -z = max - s, clamped to [0, 2**31 - 1] (masked keys may exceed
-            # the max; their e is dropped)
-            d0 = Signal(signed(34), name=f"negz{n}")
-            m.d.comb += d0.eq(ra.payload.max - xa.payload.data[n])
-            neg1 = Signal(unsigned(31), name=f"neg1_{n}")
-            m.d.sync += neg1.eq(Mux(d0 < 0, 0, Mux(d0 > (1 << 31) - 1, (1 << 31) - 1, d0)))
-            # stage 1 -> 2: u = rshift_round(-z * LOG2E, 14)
-            u2 = Signal(unsigned(33), name=f"u2_{n}")
-            m.d.sync += u2.eq(rshift_round_const(neg1 * LOG2E, LOG2E_SHIFT))
-            # stage 2 -> 3: table index and weight of frac(u); the ROM reads
+            # stage 1: operands as read; the key's visibility
+            x1 = Signal(signed(32), name=f"p2_x{n}")
+            live1 = Signal(name=f"live{n}_1")
+            m.d.sync += [x1.eq(xa.payload.data[n]),
+                         live1.eq(pos2.index * L + n < ra.payload.visible)]
+            lv = delay(m, live1, E - 2, f"live{n}_")
+            # stage 2: -z = max - s, clamped to [0, 2**31 - 1] (masked keys may exceed the max;
+            # their e is dropped)
+            d1 = Signal(signed(34), name=f"negz{n}")
+            m.d.comb += d1.eq(max1 - x1)
+            neg2 = Signal(unsigned(31), name=f"neg2_{n}")
+            m.d.sync += neg2.eq(Mux(d1 < 0, 0, Mux(d1 > (1 << 31) - 1, (1 << 31) - 1, d1)))
+            # u = rshift_round(-z * LOG2E, 14): the product, then the rounding
+            pz = product(m, neg2, Const(LOG2E, unsigned(LOG2E.bit_length())), f"zlog{n}")
+            u = Signal(unsigned(33), name=f"u_{n}")
+            m.d.sync += u.eq(rshift_round_const(pz, LOG2E_SHIFT))
+            # stage tu -> tu + 1: table index and weight of frac(u); the ROM reads
             rom = Memory(shape=rom_l, depth=len(init), init=init)
             m.submodules[f"exp2_rom{n}"] = rom
             rd = rom.read_port()
-            m.d.comb += rd.addr.eq(u2[wbits:F])
-            w3 = Signal(wbits, name=f"w3_{n}")
-            ip3 = Signal(u2.shape().width - F, name=f"ip3_{n}")
-            m.d.sync += [w3.eq(u2[:wbits]), ip3.eq(u2[F:])]
-            # stage 3 -> 4: rise * weight
-            prod4 = Signal(signed(len(rd.data.d) + wbits + 1), name=f"prod4_{n}")
-            e04 = Signal.like(rd.data.e0, name=f"e04_{n}")
-            ip4 = Signal.like(ip3, name=f"ip4_{n}")
-            m.d.sync += [prod4.eq(rd.data.d * w3), e04.eq(rd.data.e0), ip4.eq(ip3)]
-            # stage 4 -> 5: 2**-frac(u), interpolated
-            fe5 = Signal(unsigned(e_bits), name=f"fe5_{n}")
-            ip5 = Signal.like(ip3, name=f"ip5_{n}")
-            m.d.sync += [fe5.eq(e04 + rshift_round_const(prod4, wbits)), ip5.eq(ip4)]
-            # stage 5 -> 6: e = rshift_round(frac_e, int(u)) (0 beyond 31), 0 when masked;
-            # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1 for s >= 1
-            sh = (ip5[:5] - 1)[:5]
-            shifted = Mux(ip5 == 0, fe5, ((fe5 >> sh) + 1) >> 1)
-            m.d.sync += beats_b.result.e[n].eq(Mux(lv[5] & (ip5 <= 31), shifted, 0))
+            m.d.comb += rd.addr.eq(u[wbits:F])
+            w = delay(m, u[:wbits], 3, f"w{n}_")
+            ip = delay(m, u[F:], 5, f"ip{n}_")
+            # tu + 2: the ROM's data registered; tu + 3: rise * weight
+            rdd = Signal(rom_l, name=f"rom{n}_d")
+            m.d.sync += rdd.eq(rd.data)
+            prod = Signal(signed(len(rd.data.d) + wbits + 1), name=f"prod_{n}")
+            e0 = Signal.like(rd.data.e0, name=f"e0_{n}")
+            m.d.sync += [prod.eq(rdd.d * w[2]), e0.eq(rdd.e0)]
+            # tu + 4: 2**-frac(u), interpolated
+            fe = Signal(unsigned(e_bits), name=f"fe_{n}")
+            m.d.sync += fe.eq(e0 + rshift_round_const(prod, wbits))
+            # tu + 5: rshift_round(frac_e, int(u)) (0 beyond 31), 0 when masked;
+            # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1 for s >= 1: the shift, then
+            # tu + 6: the rounding
+            ip4 = ip[4]
+            sh = (ip4[:5] - 1)[:5]
+            t5 = Signal(unsigned(e_bits), name=f"t5_{n}")
+            whole5 = Signal(name=f"whole5_{n}")
+            keep5 = Signal(name=f"keep5_{n}")
+            m.d.sync += [t5.eq(Mux(ip4 == 0, fe, fe >> sh)), whole5.eq(ip4 == 0),
+                         keep5.eq(lv[E - 3] & (ip4 <= 31))]
+            m.d.sync += beats_b.result.e[n].eq(
+                Mux(keep5, Mux(whole5, t5, (t5 + 1) >> 1), 0))
+        assert tu + 6 == E
 
         e6 = beats_b.result.e
         qs7 = [Signal(unsigned(e_bits + 2), name=f"qsum{q}") for q in quads]
@@ -207,8 +237,9 @@ class Softmax(wiring.Component):
                                        lambda a, b: a + b))
         bs8 = Signal(unsigned(e_bits + (L - 1).bit_length()))
         m.d.sync += bs8.eq(tree(qs7, lambda a, b: a + b))
-        first8 = delay(m, pos2.first, 8, "p2_first")[8]
-        v8 = delay(m, take2, 8, "p2_v")[8]
+        A = self.P2_SUM_STAGES - 1  # the accumulator's stage
+        first8 = delay(m, pos2.first, A, "p2_first")[A]
+        v8 = delay(m, take2, A, "p2_v")[A]
         with m.If(v8):
             m.d.sync += sums.result.sum.eq(Mux(first8, bs8, sums.result.sum + bs8))
 
@@ -227,11 +258,15 @@ class Softmax(wiring.Component):
         take3 = Signal()
         m.d.comb += [take3.eq(eb.valid & r3.valid & out.credit), eb.ready.eq(take3),
                      r3.ready.eq(take3 & eb.payload.last), out.take.eq(take3)]
-        last3 = delay(m, eb.payload.last, 1, "p3_last")[1]
+        last3 = delay(m, eb.payload.last, self.P3_STAGES - 1, "p3_last")[-1]
+        recip1 = Signal(unsigned(self.RECIP_BITS), name="p3_recip1")
+        m.d.sync += recip1.eq(r3.payload.recip)
+        assert e_bits <= 16
         for n in range(L):
-            pr = Signal(unsigned(e_bits + 32), name=f"erecip{n}")
-            m.d.sync += [pr.eq(eb.payload.e[n] * r3.payload.recip),
-                         out.result.data[n].eq(rshift_round_const(pr, 30))]
+            e1 = Signal(unsigned(16), name=f"p3_e{n}")
+            m.d.sync += e1.eq(eb.payload.e[n])
+            pr = product(m, e1, recip1, f"erecip{n}")
+            m.d.sync += out.result.data[n].eq(rshift_round_const(pr, 30))
         m.d.sync += out.result.last.eq(last3)
         connect_out(m, out.out, self.o_beat)
         m.d.comb += self.busy.eq(beats_a.busy | rows.busy | beats_b.busy | sums.busy | par3.busy
