@@ -371,6 +371,27 @@ def test_serial_divider_and_isqrt(rng):
                       {"o": len(ds)}, 0.3, int(rng.integers(1 << 30)))
     assert [(o["q"], o["r"]) for o in got["o"]] == [divmod(n, int(d))
                                                     for n, d in zip(ns, ds, strict=True)]
+    # |n| of a signed n (the normalizer's mean), and one result bit per cycle
+    sdiv = SerialDivider(45, 13, 32, steps=2, signed_n=True)
+    sns = [-n if k % 2 else n for k, n in enumerate(ns)] + [-(1 << 44) + 1]
+    sds = [int(d) for d in ds] + [4096]
+    got, _ = simulate(sdiv, {"i": [{"n": n & ((1 << 45) - 1), "d": d}
+                                   for n, d in zip(sns, sds, strict=True)]},
+                      {"o": len(sds)}, 0.3, int(rng.integers(1 << 30)))
+    assert [(o["q"], o["r"]) for o in got["o"]] == [divmod(abs(n), d)
+                                                    for n, d in zip(sns, sds, strict=True)]
+    div1 = SerialDivider(41, 31, 25, steps=1)
+    d1 = [int(x) for x in np.r_[1 << 16, (1 << 31) - 1, rng.integers(1 << 16, 1 << 31, 20)]]
+    got, _ = simulate(div1, {"i": [{"n": 1 << 40, "d": d} for d in d1]}, {"o": len(d1)}, 0.3,
+                      int(rng.integers(1 << 30)))
+    assert [(o["q"], o["r"]) for o in got["o"]] == [divmod(1 << 40, d) for d in d1]
+    for st in (1, 2):
+        sq = SerialIsqrt(62, steps=st)
+        r = rng.integers(0, 1 << 31, 10)
+        vs = np.clip(np.r_[0, 1, 3, (1 << 62) - 1, r * r, r * r - 1], 0, (1 << 62) - 1)
+        got, _ = simulate(sq, {"i": [{"v": int(v)} for v in vs]}, {"o": len(vs)}, 0.3,
+                          int(rng.integers(1 << 30)))
+        assert [o["s"] for o in got["o"]] == [int(s) for s in G._isqrt(vs)]
     sq = SerialIsqrt(62, steps=2)
     r = rng.integers(0, 1 << 31, 30)
     vs = np.r_[0, 1, 2, 3, 4, (1 << 62) - 1, r * r, r * r - 1, r * r + 1,

@@ -19,7 +19,7 @@ expressions; their docstrings say which, not how the golden model defines them.
 from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 
-__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate", "bitlen", "clamp",
+__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate", "bitlen", "lead_one", "clamp",
            "tree", "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out",
            "WIDE"]
 
@@ -56,6 +56,16 @@ def clamp(v, lo: int, hi: int):
 def bitlen(m, v, name: str):
     """``golden._bitlen`` of an unsigned value (0 for 0): a leading-one detector, as a
     balanced tree (log2 levels of 2:1 multiplexers, not a chain of one per bit)."""
+    found, index = lead_one(v)
+    out = Signal(range(len(v) + 1), name=name)
+    m.d.comb += out.eq(Mux(found, index + 1, 0))
+    return out
+
+
+def lead_one(v):
+    """(any bit of ``v`` set, index of its highest set bit): :func:`bitlen` without the final
+    increment (``bitlen = found ? index + 1 : 0``), for a caller that folds it into a later
+    addition."""
     n = len(v)
     size = 1 << max(n - 1, 0).bit_length()  # padded to a power of two
 
@@ -71,10 +81,7 @@ def bitlen(m, v, name: str):
         a_lo, i_lo = lead(lo, half)
         return a_hi | a_lo, Cat(Mux(a_hi, i_hi, i_lo), a_hi)
 
-    found, index = lead(0, size)
-    out = Signal(range(n + 1), name=name)
-    m.d.comb += out.eq(Mux(found, index + 1, 0))
-    return out
+    return lead(0, size)
 
 
 def delay(m, sig, stages: int, name: str) -> list:
@@ -209,12 +216,15 @@ class Pipe:
         done = self._valid[-1]
         self.out = stream.Signature(self.layout).create(path=(name, "out"))
         pop = self.out.valid & self.out.ready
+        # the credit itself a register: the compares of the counter are made a cycle early,
+        # the take and pop only choose among them
+        credit = Signal(init=1, name=f"{name}_credit_r")
         with m.If(self.take & ~pop):
-            m.d.sync += used.eq(used + 1)
+            m.d.sync += [used.eq(used + 1), credit.eq(used < depth - 1)]
         with m.Elif(~self.take & pop):
-            m.d.sync += used.eq(used - 1)
+            m.d.sync += [used.eq(used - 1), credit.eq(1)]
         m.d.comb += [
-            self.credit.eq(used < depth),
+            self.credit.eq(credit),
             q.w_data.eq(self.result),
             q.w_en.eq(done),
         ]

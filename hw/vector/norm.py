@@ -24,7 +24,7 @@ at least :attr:`Normalizer.MIN_FULL_RATE_BEATS` beats streams at one beat per cy
 24 beats, D = 576: 36 beats); shorter rows run at ``beats / MIN_FULL_RATE_BEATS`` of it.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +32,7 @@ from ..params import ChipParams
 from .common import (
     Pipe,
     RowTracker,
-    bitlen,
+    lead_one,
     connect_out,
     delay,
     product,
@@ -83,7 +83,7 @@ class Normalizer(wiring.Component):
 
     P1_STAGES = 4  # mask; quad trees; beat trees; row accumulators
     P1_BEAT_STAGES = 1  # a beat into row FIFO A
-    P2_BEAT_STAGES = 3  # a beat into row FIFO B: operands; x - mean; cs
+    P2_BEAT_STAGES = 4  # a beat into row FIFO B: operands; x - mean; cs: two shift stages
     P2_STAGES = P2_BEAT_STAGES + 4  # ... cs²; quad sums; beat sum; row accumulator
     PAR2_STAGES, PAR2_DEPTH = 4, 4  # mean; deviations; bit length; sh: FIFO ahead of pass 2
     PAR3_STAGES, PAR3_DEPTH = 1, 4  # inv: register and FIFO ahead of pass 3
@@ -94,7 +94,7 @@ class Normalizer(wiring.Component):
     #: Pass 3: operands; cs * inv; round by 16 -> n; n * gamma; round by F; + beta, saturate.
     CSINV_STAGES = product_stages(signed(16), unsigned(INV_BITS))
     NGAMMA_STAGES = product_stages(signed(27), signed(32))
-    P3_STAGES = 1 + CSINV_STAGES + 1 + NGAMMA_STAGES + 2
+    P3_STAGES = 1 + CSINV_STAGES + 1 + NGAMMA_STAGES + 3
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
         L = params.vector_lanes
@@ -205,10 +205,14 @@ class Normalizer(wiring.Component):
                      row_in.eps.eq(i.payload.eps_q32)]
         row3 = delay(m, row_in, 3, "p1_row")[3]
         st = stats.result
+        # the running extremes' compares as subtractions (one carry chain each)
+        dmax3, dmin3 = Signal(signed(33)), Signal(signed(33))
+        m.d.comb += [dmax3.eq(st.xmax - h3), dmin3.eq(l3 - st.xmin)]
+        gt3, lt3 = dmax3[-1], dmin3[-1]
         with m.If(beat_v[3]):
             m.d.sync += [st.sum.eq(Mux(first[3], s3, st.sum + s3)),
-                         st.xmax.eq(Mux(first[3] | (h3 > st.xmax), h3, st.xmax)),
-                         st.xmin.eq(Mux(first[3] | (l3 < st.xmin), l3, st.xmin)),
+                         st.xmax.eq(Mux(first[3] | gt3, h3, st.xmax)),
+                         st.xmin.eq(Mux(first[3] | lt3, l3, st.xmin)),
                          st.count.eq(row3.count), st.rms.eq(row3.rms), st.eps.eq(row3.eps)]
 
         # -- scalars 1: mean = sum // D (floor), sh from max |x - mean| --------------------------
@@ -246,12 +250,13 @@ class Normalizer(wiring.Component):
         m.d.comb += [dhi.eq(tag1.xmax - mean1), dlo.eq(mean1 - tag1.xmin)]
         dev2 = [Signal(unsigned(33), name=f"dev{k}") for k in range(2)]
         m.d.sync += [dev2[0].eq(Mux(dhi < 0, 0, dhi)), dev2[1].eq(Mux(dlo < 0, 0, dlo))]
-        blen3 = Signal(range(34))
-        m.d.sync += blen3.eq(bitlen(m, dev2[0] | dev2[1], "amax_bitlen"))
+        found3, lead3 = Signal(), Signal(6)  # bitlen = lead + 1 (0 if none)
+        f, idx = lead_one(dev2[0] | dev2[1])
+        m.d.sync += [found3.eq(f), lead3.eq(idx)]
         mean_d = delay(m, mean1, 2, "par2_mean")
         tag_d = delay(m, tag1, 2, "par2_tag")
         m.d.sync += [par2.result.mean.eq(mean_d[2]),
-                     par2.result.sh.eq(Mux(blen3 == 0, 0, blen3 - 15)),
+                     par2.result.sh.eq(Mux(found3, lead3 - 14, 0)),
                      par2.result.count.eq(tag_d[2].count), par2.result.eps.eq(tag_d[2].eps),
                      par2.result.rms.eq(tag_d[2].rms)]
 
@@ -277,18 +282,21 @@ class Normalizer(wiring.Component):
         x1 = Signal(wide_lanes(L), name="p2_x1")
         mean1b = Signal(signed(33), name="p2_mean1")
         live1 = Signal(L, name="p2_live1")
-        sh1 = Signal(signed(6), name="p2_sh1")
-        m.d.sync += [x1.eq(xa.payload.data), mean1b.eq(r2.payload.mean), sh1.eq(r2.payload.sh)]
+        # cs = (x - mean) >> sh = ((x - mean) << 14) >> (sh + 14), sh + 14 in [0, 33]: one
+        # arithmetic right shift, by its multiple of 8 and then by the rest
+        amt1 = Signal(6, name="p2_amt1")
+        m.d.sync += [x1.eq(xa.payload.data), mean1b.eq(r2.payload.mean),
+                     amt1.eq(r2.payload.sh + 14)]
         for n in range(L):
             m.d.sync += live1[n].eq(pos2.index * L + n < r2.payload.count)
         c2 = [Signal(signed(34), name=f"c{n}") for n in range(L)]
-        live2 = Signal(L, name="p2_live2")
-        sh2 = Signal(signed(6), name="p2_sh2")
-        m.d.sync += [live2.eq(live1), sh2.eq(sh1)]
+        live = delay(m, live1, 2, "p2_live")
+        amt = delay(m, amt1, 2, "p2_amt")
         for n in range(L):
             m.d.sync += c2[n].eq(x1[n] - mean1b)
-            cs = Mux(sh2 >= 0, c2[n] >> sh2.as_unsigned()[:5], c2[n] << (-sh2)[:4])
-            m.d.sync += beats_b.result.cs[n].eq(Mux(live2[n], cs, 0))
+            y3 = Signal(signed(48), name=f"cy{n}")
+            m.d.sync += y3.eq((c2[n] << 14) >> Cat(Const(0, 3), amt[1][3:]))
+            m.d.sync += beats_b.result.cs[n].eq(Mux(live[2][n], y3 >> amt[2][:3], 0))
         cs1 = beats_b.result.cs
         sq2 = [Signal(unsigned(31), name=f"sq{n}") for n in range(L)]
         for n in range(L):
@@ -327,11 +335,16 @@ class Normalizer(wiring.Component):
         m.d.comb += eps_w.eq(vo.tag.eps)
         # the tag is the divider's register from acceptance on: eps_sh is ready cycles before
         # the quotient (LATENCY >= 2)
-        assert var_div.LATENCY >= 2
+        # (LATENCY >= 3: the shift, then the rounding)
+        assert var_div.LATENCY >= 3
+        eps_t = Signal(unsigned(EPS_BITS + 28))
+        rnd = Signal()
+        m.d.sync += rnd.eq(s2x > 0)
         with m.If(s2x > 0):
-            m.d.sync += eps_sh.eq(((eps_w >> (s2x - 1).as_unsigned()[:6]) + 1) >> 1)
+            m.d.sync += eps_t.eq(eps_w >> (s2x - 1).as_unsigned()[:6])
         with m.Else():
-            m.d.sync += eps_sh.eq(eps_w << (-s2x).as_unsigned()[:5])
+            m.d.sync += eps_t.eq(eps_w << (-s2x).as_unsigned()[:5])
+        m.d.sync += eps_sh.eq(Mux(rnd, (eps_t + 1) >> 1, eps_t))
         var = Signal(unsigned(47))
         m.d.comb += [var.eq(vo.q + eps_sh),
                      isqrt.i.valid.eq(var_div.o.valid), var_div.o.ready.eq(isqrt.i.ready),
@@ -360,10 +373,10 @@ class Normalizer(wiring.Component):
         # + beta, saturate
         S = self.P3_STAGES
         last = delay(m, cb_.payload.last, S - 1, "p3_last")[-1]
-        rms = delay(m, cb_.payload.rms, S - 1, "p3_rms")[-1]
+        rms = delay(m, cb_.payload.rms, S - 2, "p3_rms")[-1]
         t_n = 1 + self.CSINV_STAGES + 1           # n ready: the gamma product issues
         gamma = delay(m, gb.payload.gamma, t_n, "p3_gamma")[t_n]
-        beta = delay(m, gb.payload.beta, S - 1, "p3_beta")[S - 1]
+        beta = delay(m, gb.payload.beta, S - 2, "p3_beta")[S - 2]
         inv1 = Signal(unsigned(self.INV_BITS), name="p3_inv1")
         m.d.sync += inv1.eq(r3.payload.inv)
         for n in range(L):
@@ -375,7 +388,8 @@ class Normalizer(wiring.Component):
             pg = product(m, nn, gamma[n], f"ng{n}")
             rg = Signal(signed(44), name=f"ngr{n}")  # |n * gamma| < 2**58
             m.d.sync += rg.eq(rshift_round_const(pg, F))
-            m.d.sync += out.result.data[n].eq(saturate(rg + Mux(rms, 0, beta[n])))
+            ob = Signal(signed(45), name=f"ob{n}")
+            m.d.sync += [ob.eq(rg + Mux(rms, 0, beta[n])), out.result.data[n].eq(saturate(ob))]
         m.d.sync += out.result.last.eq(last)
         connect_out(m, out.out, self.o_beat)
         m.d.comb += self.busy.eq(beats_a.busy | stats.busy | par2.busy | beats_b.busy

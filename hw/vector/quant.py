@@ -20,12 +20,12 @@ full-width (INT32) beats rather than early-quantized INT8 ones because per-row s
 (``group=None``, the KV cache's values) needs the row maximum before any value can be rounded.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import ChipParams
-from .common import WIDE, Pipe, RowTracker, bitlen, clamp, connect_out, delay, tree
+from .common import WIDE, Pipe, RowTracker, clamp, connect_out, delay, lead_one, tree
 
 __all__ = ["Quantizer", "quant_in_layout", "quant_out_layout"]
 
@@ -92,8 +92,9 @@ class Quantizer(wiring.Component):
     input beat was accepted.
     """
 
-    P1_ROW_STAGES = 6  # mask; |x|; OR over lanes; group / row ORs; bit lengths; exponents
-    P2_STAGES = 5      # operands; shift amounts, scale fields; shift; round; clamp, planes
+    P1_ROW_STAGES = 6  # mask; |x|; OR over lanes; group / row ORs; leading ones; exponents
+    #: operands; shift amount, scale fields; coarse shift; fine shift; round; clamp, planes
+    P2_STAGES = 6
     P1_BEAT_STAGES = 1  # the beat into the row FIFO (masked)
     #: Row FIFO entries beyond a whole row: the stages before pass 2 starts on it.
     ROW_SLACK = 16
@@ -193,15 +194,22 @@ class Quantizer(wiring.Component):
             m.d.sync += [gor4.eq(Mux(gfirst[3], bor3, gor4 | bor3)),
                          ror4.eq(Mux(first[3], bor3, ror4 | bor3))]
 
-        # stage 4 -> 5: bit lengths; stage 5 -> 6: exponents e = bitlen(amax) - b (b = 7, or
-        # 14 for A15)
-        gbl5 = Signal(range(db + 1))
-        rbl5 = Signal(range(db + 1))
-        m.d.sync += [gbl5.eq(bitlen(m, gor4, "gbitlen")), rbl5.eq(bitlen(m, ror4, "rbitlen"))]
-        b5 = Mux(a15[5], 14, 7)
+        # stage 4 -> 5: leading ones; stage 5 -> 6: exponents e = bitlen(amax) - b (b = 7, or
+        # 14 for A15), bitlen = index + 1 (0 for 0)
+        lead5 = {}
+        for k, v in (("g", gor4), ("r", ror4)):
+            f, idx = lead_one(v)
+            fr, ir = Signal(name=f"{k}found5"), Signal(len(idx), name=f"{k}lead5")
+            m.d.sync += [fr.eq(f), ir.eq(idx)]
+            lead5[k] = (fr, ir)
+
+        def exponent(k):
+            f, idx = lead5[k]
+            return Mux(f, idx + Mux(a15[5], -13, -6), Mux(a15[5], -14, -7))
+
         m.d.sync += [
-            grps.result.e.eq(gbl5 - b5), grps.result.nz.eq(gbl5 != 0),
-            rowq.result.emax.eq(rbl5 - b5), rowq.result.nz.eq(rbl5 != 0),
+            grps.result.e.eq(exponent("g")), grps.result.nz.eq(lead5["g"][0]),
+            rowq.result.emax.eq(exponent("r")), rowq.result.nz.eq(lead5["r"][0]),
             rowq.result.a15.eq(a15[5]), rowq.result.per_row.eq(per_row[5]),
         ]
 
@@ -237,16 +245,14 @@ class Quantizer(wiring.Component):
         # stage 1 -> 2: the beat's exponent e, the row's, the group's shift d = e_g - exp;
         # x rounded by 2**e: rshift_round(x, e) = ((x >> (e-1)) + 1) >> 1 for e >= 1 (exact),
         # and the same formula gives x << -e for e <= 0
-        sm1 = Signal(signed(7))
-        m.d.comb += sm1.eq(Mux(r1.per_row, r1.emax, g1.e) - 1)
-        rsh2 = Signal(5)
-        lsh2 = Signal(4)
-        right2 = Signal()
+        # rshift_round(x, e) = ((x << 15) >> (e + 14) + 1) >> 1 for -14 <= e <= 32: one
+        # arithmetic right shift by amt = e + 14 in [0, 46]
+        amt2 = Signal(6)
+        m.d.sync += amt2.eq(Mux(r1.per_row, r1.emax, g1.e) + 14)
         exp2 = Signal(signed(EXP_BITS))
         d2 = Signal(signed(EXP_BITS + 1))
         info2 = Signal(data.StructLayout({"per_row": 1, "nz": 1, "gnz": 1, "a15": 1}))
-        m.d.sync += [rsh2.eq(sm1.as_unsigned()[:5]), lsh2.eq((-sm1)[:4]), right2.eq(sm1 >= 0),
-                     exp2.eq(Mux(r1.nz, r1.emax - H, 0)),
+        m.d.sync += [exp2.eq(Mux(r1.nz, r1.emax - H, 0)),
                      d2.eq(Mux(r1.nz, g1.e - r1.emax + H, g1.e)),
                      info2.per_row.eq(r1.per_row), info2.nz.eq(r1.nz), info2.gnz.eq(g1.nz),
                      info2.a15.eq(r1.a15)]
@@ -263,20 +269,25 @@ class Quantizer(wiring.Component):
                                             "exp": signed(EXP_BITS), "a15": 1}))
         m.d.sync += [s3_info.gshift.eq(Mux(gzero, 0, gshift)), s3_info.gzero.eq(gzero),
                      s3_info.exp.eq(exp2), s3_info.a15.eq(info2.a15)]
-        info = delay(m, s3_info, 1, "p2_info")
-        a15_4 = info[1].a15
+        info = delay(m, s3_info, 2, "p2_info")
+        a15_5 = info[2].a15
+        amt3 = Signal(3)
+        m.d.sync += amt3.eq(amt2[:3])
         for n in range(L):
-            t3 = Signal(signed(db + 1), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**16
-            m.d.sync += t3.eq(Mux(right2, x2[n] >> rsh2, x2[n] << lsh2))
-            # stage 3 -> 4: round; stage 4 -> 5: clamp, planes
-            r4 = Signal(signed(db + 1), name=f"r{n}")
-            m.d.sync += r4.eq((t3 + 1) >> 1)
+            # stage 2 -> 3: shift by amt's multiple of 8; 3 -> 4: by the rest
+            y3 = Signal(signed(db + 15), name=f"y{n}")
+            m.d.sync += y3.eq((x2[n] << 15) >> Cat(Const(0, 3), amt2[3:]))
+            t4 = Signal(signed(db + 1), name=f"t{n}")  # |x| < 2**(b + e): x << (1 - e) < 2**16
+            m.d.sync += t4.eq(y3 >> amt3)
+            # stage 4 -> 5: round; stage 5 -> 6: clamp, planes
+            r5 = Signal(signed(db + 1), name=f"r{n}")
+            m.d.sync += r5.eq((t4 + 1) >> 1)
             q = Signal(signed(16), name=f"q{n}")
-            m.d.comb += q.eq(Mux(a15_4, clamp(r4, -16383, 16383), clamp(r4, -127, 127)))
-            m.d.sync += [res.data[n].eq(Mux(a15_4, q >> 7, q)),
-                         res.lo[n].eq(Mux(a15_4, q[:7], 0))]
-        m.d.sync += [res.gshift.eq(info[1].gshift), res.gzero.eq(info[1].gzero),
-                     res.exp.eq(info[1].exp), res.last.eq(last[-1])]
+            m.d.comb += q.eq(Mux(a15_5, clamp(r5, -16383, 16383), clamp(r5, -127, 127)))
+            m.d.sync += [res.data[n].eq(Mux(a15_5, q >> 7, q)),
+                         res.lo[n].eq(Mux(a15_5, q[:7], 0))]
+        m.d.sync += [res.gshift.eq(info[2].gshift), res.gzero.eq(info[2].gzero),
+                     res.exp.eq(info[2].exp), res.last.eq(last[-1])]
         connect_out(m, out.out, self.o_beat)
         m.d.comb += self.busy.eq(rows.busy | grps.busy | rowq.busy | out.busy | (pos.index != 0))
         return m
