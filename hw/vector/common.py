@@ -19,9 +19,9 @@ expressions; their docstrings say which, not how the golden model defines them.
 from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 
-__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate", "bitlen", "lead_one", "clamp",
-           "tree", "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out",
-           "WIDE"]
+__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate",
+           "bitlen", "lead_one", "clamp", "tree", "delay", "signed_bits", "row_beat_layout",
+           "RowTracker", "connect_out", "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
 
@@ -229,13 +229,27 @@ class Pipe:
             q.w_en.eq(done),
         ]
         if out_reg:
-            ov = Signal(name=f"{name}_ov")
-            od = Signal(self.layout, name=f"{name}_od")
-            adv = Signal(name=f"{name}_adv")  # the register takes the FIFO's head
-            m.d.comb += [adv.eq(~ov | self.out.ready), q.r_en.eq(adv),
-                         self.out.payload.eq(od), self.out.valid.eq(ov)]
-            with m.If(adv):
-                m.d.sync += [ov.eq(q.r_rdy), od.eq(q.r_data)]
+            # a two-entry skid buffer: it takes the FIFO's head whenever it holds fewer than
+            # two (a register's decision), so the consumer's ready reaches only the buffer
+            head = Signal(self.layout, name=f"{name}_head")
+            spare = Signal(self.layout, name=f"{name}_spare")
+            n = Signal(range(3), name=f"{name}_held")
+            space = Signal(name=f"{name}_space")
+            m.d.comb += [space.eq(n != 2), q.r_en.eq(space),
+                         self.out.payload.eq(head), self.out.valid.eq(n != 0)]
+            enter = q.r_rdy & space
+            pop_ = self.out.ready & (n != 0)
+            with m.If(enter & ~pop_):
+                m.d.sync += n.eq(n + 1)
+            with m.Elif(~enter & pop_):
+                m.d.sync += n.eq(n - 1)
+            # the head: the spare or the FIFO's head after a pop, the FIFO's head when empty
+            with m.If(pop_):
+                m.d.sync += head.eq(Mux(n == 2, spare, q.r_data))
+            with m.Elif(n == 0):
+                m.d.sync += head.eq(q.r_data)
+            with m.If(((n == 1) & ~pop_) | ((n == 2) & pop_)):
+                m.d.sync += spare.eq(q.r_data)
         else:
             m.d.comb += [
                 self.out.payload.eq(q.r_data),

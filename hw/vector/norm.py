@@ -32,9 +32,9 @@ from ..params import ChipParams
 from .common import (
     Pipe,
     RowTracker,
-    lead_one,
     connect_out,
     delay,
+    lead_one,
     product,
     product_stages,
     row_beat_layout,

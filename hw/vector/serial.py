@@ -91,45 +91,48 @@ class SerialDivider(wiring.Component):
         rem = Signal(db)         # the partial remainder, < d
         sh = Signal(W)           # n's bits still to enter (top), quotient bits (bottom)
         count = Signal(range(self.ITERATIONS + 1))
+        idle = Signal(init=1)  # i.ready: a register
         prep = Signal()
         running = Signal()
         done = Signal()
-        m.d.comb += [self.i.ready.eq(~prep & ~running & ~done), self.o.valid.eq(done),
-                     self.o.payload.q.eq(sh[:self.q_bits]), self.o.payload.r.eq(rem)]
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [nreg.eq(self.i.payload.n), dreg.eq(self.i.payload.d), prep.eq(1)]
+        m.d.comb += [self.i.ready.eq(idle), self.o.valid.eq(done)]
+        with m.If(self.i.valid & idle):
+            m.d.sync += [nreg.eq(self.i.payload.n), dreg.eq(self.i.payload.d), prep.eq(1),
+                         idle.eq(0)]
             if self._has_tag:
                 m.d.sync += self.o.payload.tag.eq(self.i.payload.tag)
+        if self.signed_n:
+            neg = nreg[-1]
+            na = Signal(self.n_bits, name="nabs")
+            m.d.comb += na.eq(Mux(neg, -nreg, nreg))
+        else:
+            na = nreg
+        # the iteration runs free (no enable on its registers: garbage while idle, reloaded
+        # in prep); its last step is copied to the result registers
         with m.If(prep):
-            if self.signed_n:
-                neg = nreg[-1]
-                na = Signal(self.n_bits, name="nabs")
-                m.d.comb += na.eq(Mux(neg, -nreg, nreg))
-            else:
-                na = nreg
-            # n // d < 2**W: the bits of n above W are a remainder < d
-            m.d.sync += [rem.eq(na[W:] if len(na) > W else 0), sh.eq(na[:W]),
-                         d3.eq(dreg + (dreg << 1)), count.eq(self.ITERATIONS),
-                         prep.eq(0), running.eq(1)]
-        with m.If(running):
-            r = Signal(db + s, name="r_in")
-            m.d.comb += r.eq(Cat(sh[W - s:], rem))
-            mult = [dreg, dreg << 1, d3][: (1 << s) - 1]
-            trials = []
-            for k, mk in enumerate(mult):
-                t = Signal(db + s + 1, name=f"trial{k + 1}")
-                m.d.comb += t.eq(r - mk)
-                trials.append(t)
-            digit = _digit(m, [~t[-1] for t in trials], "digit")
-            new = r
-            for k, t in enumerate(trials):
-                new = Mux(digit == k + 1, t, new)
-            m.d.sync += [rem.eq(new), sh.eq(Cat(digit[:s], sh[:W - s])),
-                         count.eq(count - 1)]
-            with m.If(count == 1):
-                m.d.sync += [running.eq(0), done.eq(1)]
+            m.d.sync += [prep.eq(0), running.eq(1)]
+        m.d.sync += [d3.eq(dreg + (dreg << 1)), count.eq(Mux(prep, self.ITERATIONS, count - 1))]
+        r = Signal(db + s, name="r_in")
+        m.d.comb += r.eq(Cat(sh[W - s:], rem))
+        mult = [dreg, dreg << 1, d3][: (1 << s) - 1]
+        trials = []
+        for k, mk in enumerate(mult):
+            t = Signal(db + s + 1, name=f"trial{k + 1}")
+            m.d.comb += t.eq(r - mk)
+            trials.append(t)
+        digit = _digit(m, [~t[-1] for t in trials], "digit")
+        new = r
+        for k, t in enumerate(trials):
+            new = Mux(digit == k + 1, t, new)
+        sh_new = Cat(digit[:s], sh[:W - s])
+        # n // d < 2**W: the bits of n above W are a remainder < d
+        m.d.sync += [rem.eq(Mux(prep, na[W:] if len(na) > W else 0, new)),
+                     sh.eq(Mux(prep, na[:W], sh_new))]
+        with m.If(running & (count == 1)):
+            m.d.sync += [running.eq(0), done.eq(1), self.o.payload.q.eq(sh_new[:self.q_bits]),
+                         self.o.payload.r.eq(new)]
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += done.eq(0)
+            m.d.sync += [done.eq(0), idle.eq(1)]
         return m
 
 
@@ -173,44 +176,48 @@ class SerialIsqrt(wiring.Component):
         sh = Signal(2 * W)       # v's bits still to enter, at the top
         t3 = Signal(rb)          # 24 res + 9 (radix 4)
         count = Signal(range(self.ITERATIONS + 1))
+        idle = Signal(init=1)  # i.ready: a register
         running = Signal()
         done = Signal()
-        m.d.comb += [self.i.ready.eq(~running & ~done), self.o.valid.eq(done),
-                     self.o.payload.s.eq(res)]
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [rem.eq(0), res.eq(0), sh.eq(self.i.payload.v), t3.eq(9),
-                         count.eq(self.ITERATIONS), running.eq(1)]
+        load = Signal()
+        m.d.comb += [self.i.ready.eq(idle), self.o.valid.eq(done),
+                     load.eq(self.i.valid & idle)]
+        with m.If(load):
+            m.d.sync += [running.eq(1), idle.eq(0)]
             if self._has_tag:
                 m.d.sync += self.o.payload.tag.eq(self.i.payload.tag)
-        with m.If(running):
-            r = Signal(rb, name="r_in")
-            m.d.comb += r.eq(Cat(sh[2 * W - 2 * s:], rem))
-            # growth of digit k: 2**(s+1) res k + k**2
-            grow = [Cat(Const(1, s + 1), res)]                      # k = 1
-            if s == 2:
-                grow += [Cat(Const(4, s + 2), res), t3]             # k = 2, 3
-            trials = []
-            for k, g in enumerate(grow):
-                t = Signal(rb + 1, name=f"trial{k + 1}")
-                m.d.comb += t.eq(r - g)
-                trials.append(t)
-            digit = _digit(m, [~t[-1] for t in trials], "digit")
-            new = r
-            for k, t in enumerate(trials):
-                new = Mux(digit == k + 1, t, new)
-            m.d.sync += [rem.eq(new), res.eq(Cat(digit[:s], res[:W - s])),
-                         sh.eq(sh << (2 * s)), count.eq(count - 1)]
-            if s == 2:
-                # 24 (4 res + k) + 9 = 4 (24 res + 9) - 27 + 24 k
-                cand = [Signal(rb, name=f"t3_{k}") for k in range(4)]
-                for k, c in enumerate(cand):
-                    m.d.comb += c.eq((t3 << 2) + (24 * k - 27))
-                nt3 = cand[0]
-                for k in range(1, 4):
-                    nt3 = Mux(digit == k, cand[k], nt3)
-                m.d.sync += t3.eq(nt3)
-            with m.If(count == 1):
-                m.d.sync += [running.eq(0), done.eq(1)]
+        m.d.sync += count.eq(Mux(load, self.ITERATIONS, count - 1))
+        # the iteration runs free (no enable: garbage while idle, reloaded on acceptance);
+        # its last step is copied to the result register
+        r = Signal(rb, name="r_in")
+        m.d.comb += r.eq(Cat(sh[2 * W - 2 * s:], rem))
+        # growth of digit k: 2**(s+1) res k + k**2
+        grow = [Cat(Const(1, s + 1), res)]                      # k = 1
+        if s == 2:
+            grow += [Cat(Const(4, s + 2), res), t3]             # k = 2, 3
+        trials = []
+        for k, g in enumerate(grow):
+            t = Signal(rb + 1, name=f"trial{k + 1}")
+            m.d.comb += t.eq(r - g)
+            trials.append(t)
+        digit = _digit(m, [~t[-1] for t in trials], "digit")
+        new = r
+        for k, t in enumerate(trials):
+            new = Mux(digit == k + 1, t, new)
+        res_new = Cat(digit[:s], res[:W - s])
+        m.d.sync += [rem.eq(Mux(load, 0, new)), res.eq(Mux(load, 0, res_new)),
+                     sh.eq(Mux(load, self.i.payload.v, sh << (2 * s)))]
+        if s == 2:
+            # 24 (4 res + k) + 9 = 4 (24 res + 9) - 27 + 24 k
+            cand = [Signal(rb, name=f"t3_{k}") for k in range(4)]
+            for k, c in enumerate(cand):
+                m.d.comb += c.eq((t3 << 2) + (24 * k - 27))
+            nt3 = cand[0]
+            for k in range(1, 4):
+                nt3 = Mux(digit == k, cand[k], nt3)
+            m.d.sync += t3.eq(Mux(load, 9, nt3))
+        with m.If(running & (count == 1)):
+            m.d.sync += [running.eq(0), done.eq(1), self.o.payload.s.eq(res_new)]
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += done.eq(0)
+            m.d.sync += [done.eq(0), idle.eq(1)]
         return m
