@@ -836,7 +836,7 @@ class VecModel:
         A = _Pipe(s.P1_BEAT_STAGES, s.depth_a, FL)      # pass 1 -> row FIFO A
         Bf = _Pipe(s.P2_E_STAGES, s.depth_b, FL)        # pass 2 -> row FIFO B
         out = _Pipe(s.P3_STAGES, Pipe.depth_for(s.P3_STAGES))
-        par3 = _Pipe(s.PAR_STAGES, Pipe.depth_for(s.PAR_STAGES, s.PAR_DEPTH))
+        par3 = _Pipe(s.PAR_STAGES, s.PAR_FIFO_DEPTH, s.PAR_FIFO_LATENCY)
         div = _Serial(self.smax_serial)
         nb = len(beats_in)
         row_take2 = []      # pass-2 take of each row's last beat (its row entry leaves)
@@ -878,8 +878,8 @@ class VecModel:
         A = _Pipe(n.P1_BEAT_STAGES, n.depth_a, FL)
         Bf = _Pipe(n.P2_BEAT_STAGES, n.depth_b, FL)
         out = _Pipe(n.P3_STAGES, Pipe.depth_for(n.P3_STAGES))
-        par2 = _Pipe(n.PAR2_STAGES, Pipe.depth_for(n.PAR2_STAGES, n.PAR2_DEPTH))
-        par3 = _Pipe(n.PAR3_STAGES, Pipe.depth_for(n.PAR3_STAGES, n.PAR3_DEPTH))
+        par2 = _Pipe(n.PAR2_STAGES, n.PAR2_FIFO_DEPTH, n.PAR_FIFO_LATENCY)
+        par3 = _Pipe(n.PAR3_STAGES, n.PAR3_FIFO_DEPTH, n.PAR_FIFO_LATENCY)
         mean, var, sqrt, inv = (_Serial(lat) for lat in self.norm_serial)
         # PRM reader: per beat KC pieces of gamma (and of beta for LAYERNORM)
         prd = _Pipe(1, self.rd_depth)

@@ -87,6 +87,10 @@ class Normalizer(wiring.Component):
     P2_STAGES = P2_BEAT_STAGES + 4  # ... cs²; quad sums; beat sum; row accumulator
     PAR2_STAGES, PAR2_DEPTH = 4, 4  # mean; deviations; bit length; sh: FIFO ahead of pass 2
     PAR3_STAGES, PAR3_DEPTH = 1, 4  # inv: register and FIFO ahead of pass 3
+    #: The parameter FIFOs (par2, par3) read through a skid buffer (``Pipe(out_reg=True)``).
+    PAR_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
+    PAR2_FIFO_DEPTH = Pipe.depth_for(PAR2_STAGES, PAR2_DEPTH, out_reg=True)
+    PAR3_FIFO_DEPTH = Pipe.depth_for(PAR3_STAGES, PAR3_DEPTH, out_reg=True)
     #: The row FIFOs A and B (beats, row scalars: block RAM) register their read data.
     ROW_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
     #: Quotient / operand bits of the serial units: mean, variance, ``isqrt`` operand, inv.
@@ -141,8 +145,9 @@ class Normalizer(wiring.Component):
         mean, pass 2 over the whole row, the variance, square root and reciprocal, pass 3;
         each FIFO between adds ``Pipe.FIFO_LATENCY``."""
         f, fr = Pipe.FIFO_LATENCY, self.ROW_FIFO_LATENCY
-        return (self.P1_STAGES + fr) + (self.PAR2_STAGES + f) + (beats - 1) \
-            + (self.P2_STAGES + fr) + (self.PAR3_STAGES + f) + (self.P3_STAGES + f) \
+        fp = self.PAR_FIFO_LATENCY
+        return (self.P1_STAGES + fr) + (self.PAR2_STAGES + fp) + (beats - 1) \
+            + (self.P2_STAGES + fr) + (self.PAR3_STAGES + fp) + (self.P3_STAGES + f) \
             + sum(self.SERIAL_LATENCY)
 
     def elaborate(self, platform):
@@ -232,7 +237,8 @@ class Normalizer(wiring.Component):
         ]
         par2_l = data.StructLayout({"mean": signed(33), "sh": signed(6), "count": unsigned(cb),
                                     "eps": unsigned(EPS_BITS), "rms": 1})
-        par2 = Pipe(m, "par2", par2_l, self.PAR2_STAGES, self.PAR2_DEPTH)
+        par2 = Pipe(m, "par2", par2_l, self.PAR2_STAGES, self.PAR2_DEPTH, out_reg=True)
+        assert (par2.depth, par2.fifo_latency) == (self.PAR2_FIFO_DEPTH, self.PAR_FIFO_LATENCY)
         do = mean_div.o.payload
         m.d.comb += [par2.take.eq(mean_div.o.valid & par2.credit),
                      mean_div.o.ready.eq(par2.credit)]
@@ -357,7 +363,8 @@ class Normalizer(wiring.Component):
             inv_div.i.payload.d.eq(Mux(std == 0, 1, std)),
         ]
         par3 = Pipe(m, "par3", data.StructLayout({"inv": unsigned(self.INV_BITS)}),
-                    self.PAR3_STAGES, self.PAR3_DEPTH)
+                    self.PAR3_STAGES, self.PAR3_DEPTH, out_reg=True)
+        assert par3.depth == self.PAR3_FIFO_DEPTH
         m.d.comb += [par3.take.eq(inv_div.o.valid & par3.credit),
                      inv_div.o.ready.eq(par3.credit)]
         m.d.sync += par3.result.inv.eq(inv_div.o.payload.q)

@@ -33,6 +33,12 @@ EXP_BITS = 8     # the ACT word's row exponent (hw.isa.act_word)
 GSHIFT_BITS = 5  # the ACT word's group shift
 
 
+def _group_counter(m, name: str, gb: int):
+    """A beat's position in its group of ``gb`` beats and, as a register of its own, whether
+    it is the group's last (the caller updates both)."""
+    return Signal(range(gb), name=name), Signal(init=gb == 1, name=f"{name}_last")
+
+
 def _count_bits(max_beats: int, lanes: int) -> int:
     return (max_beats * lanes).bit_length()
 
@@ -149,11 +155,12 @@ class Quantizer(wiring.Component):
         i = self.i_beat
         take = Signal()
         pos = RowTracker(m, "p1", take, i.payload.last, self.max_beats)
-        gbeat = Signal(range(gb))  # beat within its group
+        gbeat, glast = _group_counter(m, "gbeat", gb)
         group_end = Signal()
-        m.d.comb += group_end.eq(i.payload.last | (gbeat == gb - 1))
+        m.d.comb += group_end.eq(i.payload.last | glast)
         with m.If(take):
-            m.d.sync += gbeat.eq(Mux(group_end, 0, gbeat + 1))
+            m.d.sync += [gbeat.eq(Mux(group_end, 0, gbeat + 1)),
+                         glast.eq(Mux(group_end, gb == 1, gbeat == gb - 2))]
         credit = rows.credit & (~group_end | grps.credit) & (~i.payload.last | rowq.credit)
         m.d.comb += [
             i.ready.eq(credit),
@@ -218,11 +225,12 @@ class Quantizer(wiring.Component):
                    self.P2_STAGES)
         beat, grp, row = rows.out, grps.out, rowq.out
         take2 = Signal()
-        gbeat2 = Signal(range(gb))
+        gbeat2, glast2 = _group_counter(m, "gbeat2", gb)
         gend2 = Signal()
-        m.d.comb += gend2.eq(beat.payload.last | (gbeat2 == gb - 1))
+        m.d.comb += gend2.eq(beat.payload.last | glast2)
         with m.If(take2):
-            m.d.sync += gbeat2.eq(Mux(gend2, 0, gbeat2 + 1))
+            m.d.sync += [gbeat2.eq(Mux(gend2, 0, gbeat2 + 1)),
+                         glast2.eq(Mux(gend2, gb == 1, gbeat2 == gb - 2))]
         m.d.comb += [
             take2.eq(beat.valid & grp.valid & row.valid & out.credit),
             out.take.eq(take2),

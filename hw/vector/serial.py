@@ -35,13 +35,24 @@ def _check_steps(cls, steps: int) -> None:
 
 
 def _digit(m, fits: list, name: str):
-    """The radix digit: how many of the (monotone) candidate compares ``fits`` hold."""
-    d = Signal(range(len(fits) + 1), name=name)
-    v = 0
-    for k, f in enumerate(fits):
-        v = Mux(f, k + 1, v)  # fits[k] implies fits[:k]
-    m.d.comb += d.eq(v)
+    """The radix digit: how many of the (monotone: ``fits[k]`` implies ``fits[:k]``) candidate
+    compares ``fits`` hold, as bits straight from them (no priority chain)."""
+    if len(fits) == 1:
+        d = Signal(1, name=name)
+        m.d.comb += d.eq(fits[0])
+        return d
+    assert len(fits) == 3
+    d = Signal(2, name=name)
+    m.d.comb += d.eq(Cat(fits[2] | (fits[0] & ~fits[1]), fits[1]))
     return d
+
+
+def _select(digit, values):
+    """``values[digit]`` as a balanced multiplexer tree on the digit's bits."""
+    level = list(values)
+    for b in range(len(digit)):
+        level = [Mux(digit[b], level[k + 1], level[k]) for k in range(0, len(level), 2)]
+    return level[0]
 
 
 class SerialDivider(wiring.Component):
@@ -121,9 +132,7 @@ class SerialDivider(wiring.Component):
             m.d.comb += t.eq(r - mk)
             trials.append(t)
         digit = _digit(m, [~t[-1] for t in trials], "digit")
-        new = r
-        for k, t in enumerate(trials):
-            new = Mux(digit == k + 1, t, new)
+        new = _select(digit, [r, *trials])
         sh_new = Cat(digit[:s], sh[:W - s])
         # n // d < 2**W: the bits of n above W are a remainder < d
         m.d.sync += [rem.eq(Mux(prep, na[W:] if len(na) > W else 0, new)),
@@ -201,9 +210,7 @@ class SerialIsqrt(wiring.Component):
             m.d.comb += t.eq(r - g)
             trials.append(t)
         digit = _digit(m, [~t[-1] for t in trials], "digit")
-        new = r
-        for k, t in enumerate(trials):
-            new = Mux(digit == k + 1, t, new)
+        new = _select(digit, [r, *trials])
         res_new = Cat(digit[:s], res[:W - s])
         m.d.sync += [rem.eq(Mux(load, 0, new)), res.eq(Mux(load, 0, res_new)),
                      sh.eq(Mux(load, self.i.payload.v, sh << (2 * s)))]
@@ -212,9 +219,7 @@ class SerialIsqrt(wiring.Component):
             cand = [Signal(rb, name=f"t3_{k}") for k in range(4)]
             for k, c in enumerate(cand):
                 m.d.comb += c.eq((t3 << 2) + (24 * k - 27))
-            nt3 = cand[0]
-            for k in range(1, 4):
-                nt3 = Mux(digit == k, cand[k], nt3)
+            nt3 = _select(digit, cand)
             m.d.sync += t3.eq(Mux(load, 9, nt3))
         with m.If(running & (count == 1)):
             m.d.sync += [running.eq(0), done.eq(1), self.o.payload.s.eq(res_new)]

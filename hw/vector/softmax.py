@@ -77,6 +77,9 @@ class Softmax(wiring.Component):
     #: The row FIFOs A and B (beats, row scalars: block RAM) register their read data.
     ROW_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
     PAR_STAGES, PAR_DEPTH = 1, 4  # the reciprocal's register and FIFO ahead of pass 3
+    #: ... read through a skid buffer (``Pipe(out_reg=True)``).
+    PAR_FIFO_LATENCY = Pipe.REG_FIFO_LATENCY
+    PAR_FIFO_DEPTH = Pipe.depth_for(PAR_STAGES, PAR_DEPTH, out_reg=True)
 
     def __init__(self, params: ChipParams = ChipParams(), max_beats: int = 128, steps: int = 2):
         L = params.vector_lanes
@@ -111,7 +114,8 @@ class Softmax(wiring.Component):
         beat, with the divider idle and the consumer ready."""
         f, fr = Pipe.FIFO_LATENCY, self.ROW_FIFO_LATENCY
         return (self.P1_STAGES + fr) + (beats - 1) + (self.P2_SUM_STAGES + fr) \
-            + self.SERIAL_LATENCY + (self.PAR_STAGES + f) + (self.P3_STAGES + f)
+            + self.SERIAL_LATENCY + (self.PAR_STAGES + self.PAR_FIFO_LATENCY) \
+            + (self.P3_STAGES + f)
 
     def elaborate(self, platform):
         m = Module()
@@ -153,9 +157,10 @@ class Softmax(wiring.Component):
         first = delay(m, pos1.first, 3, "p1_first")[3]
         v3 = delay(m, take1, 3, "p1_v")[3]
         vis3 = delay(m, i.payload.visible, 3, "p1_vis")[3]
+        gt3 = Signal(signed(33))  # the running max's compare as a subtraction (a carry chain)
+        m.d.comb += gt3.eq(rows.result.max - h3)
         with m.If(v3):
-            m.d.sync += [rows.result.max.eq(Mux(first | (h3 > rows.result.max), h3,
-                                                rows.result.max)),
+            m.d.sync += [rows.result.max.eq(Mux(first | gt3[-1], h3, rows.result.max)),
                          rows.result.visible.eq(vis3)]
 
         # -- pass 2: e = 2**(-u / 2**F) by table, Σe ----------------------------------------------
@@ -248,7 +253,8 @@ class Softmax(wiring.Component):
                      div.i.payload.n.eq(Const(1 << 46, unsigned(47))),
                      div.i.payload.d.eq(sums.out.payload.sum)]
         par3 = Pipe(m, "par3", data.StructLayout({"recip": unsigned(self.RECIP_BITS)}),
-                    self.PAR_STAGES, self.PAR_DEPTH)
+                    self.PAR_STAGES, self.PAR_DEPTH, out_reg=True)
+        assert (par3.depth, par3.fifo_latency) == (self.PAR_FIFO_DEPTH, self.PAR_FIFO_LATENCY)
         m.d.comb += [par3.take.eq(div.o.valid & par3.credit), div.o.ready.eq(par3.credit)]
         m.d.sync += par3.result.recip.eq(div.o.payload.q)
 
