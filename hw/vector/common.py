@@ -233,23 +233,16 @@ class Pipe:
             # two (a register's decision), so the consumer's ready reaches only the buffer
             head = Signal(self.layout, name=f"{name}_head")
             spare = Signal(self.layout, name=f"{name}_spare")
-            n = Signal(range(3), name=f"{name}_held")
-            space = Signal(name=f"{name}_space")
-            m.d.comb += [space.eq(n != 2), q.r_en.eq(space),
-                         self.out.payload.eq(head), self.out.valid.eq(n != 0)]
-            enter = q.r_rdy & space
-            pop_ = self.out.ready & (n != 0)
-            with m.If(enter & ~pop_):
-                m.d.sync += n.eq(n + 1)
-            with m.Elif(~enter & pop_):
-                m.d.sync += n.eq(n - 1)
-            # the head: the spare or the FIFO's head after a pop, the FIFO's head when empty
-            with m.If(pop_):
-                m.d.sync += head.eq(Mux(n == 2, spare, q.r_data))
-            with m.Elif(n == 0):
-                m.d.sync += head.eq(q.r_data)
-            with m.If(((n == 1) & ~pop_) | ((n == 2) & pop_)):
-                m.d.sync += spare.eq(q.r_data)
+            hv = Signal(name=f"{name}_hv")  # head valid (the stream's valid)
+            sv = Signal(name=f"{name}_sv")  # spare valid (the FIFO is not read)
+            m.d.comb += [q.r_en.eq(~sv), self.out.payload.eq(head), self.out.valid.eq(hv)]
+            enter = q.r_rdy & ~sv
+            with m.If(self.out.ready & hv):       # pop: the spare, or the FIFO's head, moves up
+                m.d.sync += [head.eq(Mux(sv, spare, q.r_data)), hv.eq(sv | enter), sv.eq(0)]
+            with m.Elif(~hv):                     # empty: the FIFO's head enters
+                m.d.sync += [head.eq(q.r_data), hv.eq(enter)]
+            with m.Elif(~sv):                     # held: the FIFO's head waits in the spare
+                m.d.sync += [spare.eq(q.r_data), sv.eq(enter)]
         else:
             m.d.comb += [
                 self.out.payload.eq(q.r_data),
