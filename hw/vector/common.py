@@ -16,12 +16,13 @@ The helpers below are the golden model's primitives (``sim/golden.py``) as Amara
 expressions; their docstrings say which, not how the golden model defines them.
 """
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 
-__all__ = ["Pipe", "wide_lanes", "product", "product_stages", "rshift_round_const", "saturate",
-           "bitlen", "lead_one", "clamp", "tree", "delay", "signed_bits", "row_beat_layout",
-           "RowTracker", "connect_out", "WIDE"]
+__all__ = ["Pipe", "RegFifo", "wide_lanes", "product", "product_stages", "rshift_round_const",
+           "saturate", "bitlen", "lead_one", "clamp", "tree", "delay", "signed_bits",
+           "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
 
@@ -170,6 +171,55 @@ def product(m, a, b, name: str):
     return out
 
 
+class RegFifo(Elaboratable):
+    """``amaranth.lib.fifo.SyncFIFOBuffered`` as a :class:`Pipe` uses it, cycle for cycle
+    (``w_data``, ``w_en``, ``r_data``, ``r_rdy``, ``r_en``; written in cycle t, readable in
+    t + 2), with its control from registers: "the RAM holds an entry" is a flag of its own,
+    not a compare of the level, so a read decision is one LUT deep. No ``w_rdy``: the
+    pipe's credit keeps it from overflowing (``depth >= 3``: the RAM holds ``depth - 1``,
+    the read register one)."""
+
+    def __init__(self, *, width, depth):
+        assert depth >= 3
+        self.width, self.depth = width, depth
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.r_data = Signal(width)
+        self.r_rdy = Signal()
+        self.r_en = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        D = self.depth - 1  # entries in the RAM (the read register holds one more)
+        storage = m.submodules.storage = Memory(shape=self.width, depth=D, init=[])
+        wp = storage.write_port()
+        rp = storage.read_port(domain="sync")
+        produce = Signal(range(D))
+        consume = Signal(range(D))
+        level = Signal(range(D + 1))
+        ne = Signal()          # level != 0, a register
+        one = Signal()         # level == 1, a register
+        do_read = Signal()
+        m.d.comb += [
+            wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
+            do_read.eq(ne & (~self.r_rdy | self.r_en)),
+            rp.addr.eq(consume), rp.en.eq(do_read), self.r_data.eq(rp.data),
+        ]
+        with m.If(self.w_en):
+            m.d.sync += produce.eq(Mux(produce == D - 1, 0, produce + 1))
+        with m.If(do_read):
+            m.d.sync += consume.eq(Mux(consume == D - 1, 0, consume + 1))
+        with m.If(self.w_en & ~do_read):
+            m.d.sync += [level.eq(level + 1), ne.eq(1), one.eq(~ne)]
+        with m.Elif(~self.w_en & do_read):
+            m.d.sync += [level.eq(level - 1), ne.eq(~one), one.eq(level == 2)]
+        with m.If(do_read):
+            m.d.sync += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        return m
+
+
 class Pipe:
     """Bookkeeping of one free-running pipeline ending in a FIFO.
 
@@ -191,7 +241,7 @@ class Pipe:
     clock-to-out then ends at a flip-flop. Throughput stays one beat per cycle.
     """
 
-    FIFO_LATENCY = 2  # SyncFIFOBuffered: written in cycle t, readable in cycle t + 2
+    FIFO_LATENCY = 2  # RegFifo (as SyncFIFOBuffered): written in cycle t, readable in t + 2
     REG_FIFO_LATENCY = FIFO_LATENCY + 1  # ... and its read data registered
 
     def __init__(self, m, name: str, layout, latency: int, depth: int | None = None,
@@ -200,7 +250,7 @@ class Pipe:
         self.latency = latency
         self.fifo_latency = self.REG_FIFO_LATENCY if out_reg else self.FIFO_LATENCY
         self.depth = depth = self.depth_for(latency, depth, out_reg)
-        self.fifo = q = fifo.SyncFIFOBuffered(width=self.layout.size, depth=depth)
+        self.fifo = q = RegFifo(width=self.layout.size, depth=depth)
         m.submodules[f"{name}_fifo"] = q
         self.take = Signal(name=f"{name}_take")
         self.credit = Signal(name=f"{name}_credit")
@@ -237,12 +287,19 @@ class Pipe:
             sv = Signal(name=f"{name}_sv")  # spare valid (the FIFO is not read)
             m.d.comb += [q.r_en.eq(~sv), self.out.payload.eq(head), self.out.valid.eq(hv)]
             enter = q.r_rdy & ~sv
-            with m.If(self.out.ready & hv):       # pop: the spare, or the FIFO's head, moves up
-                m.d.sync += [head.eq(Mux(sv, spare, q.r_data)), hv.eq(sv | enter), sv.eq(0)]
-            with m.Elif(~hv):                     # empty: the FIFO's head enters
-                m.d.sync += [head.eq(q.r_data), hv.eq(enter)]
-            with m.Elif(~sv):                     # held: the FIFO's head waits in the spare
-                m.d.sync += [spare.eq(q.r_data), sv.eq(enter)]
+            pop = self.out.ready & hv
+            # the head loads after a pop (the spare, or the FIFO's head) or when empty; the
+            # spare loads while the head is held (flags as in the branches below)
+            with m.If(pop | ~hv):
+                m.d.sync += head.eq(Mux(self.out.ready & sv, spare, q.r_data))
+            with m.If(~sv):
+                m.d.sync += spare.eq(q.r_data)
+            with m.If(pop):
+                m.d.sync += [hv.eq(sv | enter), sv.eq(0)]
+            with m.Elif(~hv):
+                m.d.sync += hv.eq(enter)
+            with m.Elif(~sv):
+                m.d.sync += sv.eq(enter)
         else:
             m.d.comb += [
                 self.out.payload.eq(q.r_data),
