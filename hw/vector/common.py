@@ -21,7 +21,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 
 __all__ = ["Pipe", "RegFifo", "wide_lanes", "product", "product_stages", "rshift_round_const",
-           "saturate", "bitlen", "lead_one", "clamp", "tree", "delay", "signed_bits",
+           "saturate", "bitlen", "lead_one", "clamp", "tree", "vmax", "vmin", "delay",
+           "signed_bits",
            "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
@@ -100,6 +101,17 @@ def signed_bits(values) -> int:
     """Smallest signed width holding every int of ``values`` (ROM fields sized to a table)."""
     lo, hi = min(int(v) for v in values), max(int(v) for v in values)
     return max(hi, -lo - 1).bit_length() + 1
+
+
+def vmax(a, b):
+    """The larger of two signed values, the compare as a subtraction's sign (a carry chain;
+    a ``>`` may be mapped to several LUT levels)."""
+    return Mux((a - b)[-1], b, a)
+
+
+def vmin(a, b):
+    """The smaller of two signed values (as :func:`vmax`)."""
+    return Mux((a - b)[-1], a, b)
 
 
 def tree(values, op):

@@ -41,6 +41,8 @@ from .common import (
     rshift_round_const,
     saturate,
     tree,
+    vmax,
+    vmin,
     wide_lanes,
 )
 from .serial import SerialDivider, SerialIsqrt
@@ -156,8 +158,7 @@ class Normalizer(wiring.Component):
         L = p.vector_lanes
         F = self.frac_bits
         cb = MAX_D.bit_length()
-        mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
-        mn = lambda a, b: Mux(a < b, a, b)  # noqa: E731
+        mx, mn = vmax, vmin
         mean_div, var_div, isqrt, inv_div = self._serial_units()
         m.submodules.mean_div, m.submodules.var_div = mean_div, var_div
         m.submodules.isqrt, m.submodules.inv_div = isqrt, inv_div
@@ -360,7 +361,7 @@ class Normalizer(wiring.Component):
             inv_div.i.valid.eq(isqrt.o.valid), isqrt.o.ready.eq(inv_div.i.ready),
             inv_div.i.payload.n.eq(Const(1 << 40, unsigned(41))),
             # a row of zeros (std may be 0) gives cs = 0 and output 0 for any inv
-            inv_div.i.payload.d.eq(Mux(std == 0, 1, std)),
+            inv_div.i.payload.d.eq(Cat(std[0] | (std == 0), std[1:])),  # 1 for 0
         ]
         par3 = Pipe(m, "par3", data.StructLayout({"inv": unsigned(self.INV_BITS)}),
                     self.PAR3_STAGES, self.PAR3_DEPTH, out_reg=True)

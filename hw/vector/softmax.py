@@ -35,6 +35,7 @@ from .common import (
     rshift_round_const,
     signed_bits,
     tree,
+    vmax,
 )
 from .serial import SerialDivider
 
@@ -128,7 +129,7 @@ class Softmax(wiring.Component):
         m.submodules.div = div = self._divider()
         assert self.depth_b == self.max_beats + self.P2_SUM_STAGES + div.OCCUPANCY \
             + 4 * Pipe.FIFO_LATENCY + 8
-        mx = lambda a, b: Mux(a > b, a, b)  # noqa: E731
+        mx = vmax
 
         # -- pass 1: max over the visible keys ---------------------------------------------------
         i = self.i_beat
