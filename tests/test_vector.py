@@ -358,6 +358,82 @@ def test_quantize_throughput(rng):
             assert np.all(np.diff(to) == 1), np.diff(to)
 
 
+# -- building blocks ---------------------------------------------------------------------------
+
+
+def test_reg_fifo_matches_sync_fifo_buffered(rng):
+    """``RegFifo`` (the pipes' FIFO) against ``amaranth.lib.fifo.SyncFIFOBuffered`` cycle for
+    cycle under random writes (where the latter accepts) and reads: equal ``r_rdy`` and data."""
+    from amaranth.hdl import Module
+    from amaranth.lib.fifo import SyncFIFOBuffered
+
+    from hw.vector.common import RegFifo
+
+    for depth in (3, 4, 7):
+        m = Module()
+        a = m.submodules.a = SyncFIFOBuffered(width=8, depth=depth)
+        b = m.submodules.b = RegFifo(width=8, depth=depth)
+        sim = Simulator(m)
+        sim.add_clock(1e-8)
+        pw, pr = rng.uniform(0.2, 1.0, 2)
+        ops = rng.random((1500, 2))
+        vals = rng.integers(0, 256, 1500)
+
+        async def tb(ctx, a=a, b=b, pw=pw, pr=pr, ops=ops, vals=vals, depth=depth):
+            for t in range(len(vals)):
+                w = bool(ops[t, 0] < pw and ctx.get(a.w_rdy))
+                for f in (a, b):
+                    ctx.set(f.w_en, w)
+                    ctx.set(f.w_data, int(vals[t]))
+                    ctx.set(f.r_en, bool(ops[t, 1] < pr))
+                assert ctx.get(a.r_rdy) == ctx.get(b.r_rdy), (depth, t)
+                if ctx.get(a.r_rdy):
+                    assert ctx.get(a.r_data) == ctx.get(b.r_data), (depth, t)
+                await ctx.tick()
+
+        sim.add_testbench(tb)
+        sim.run()
+
+
+def test_product(rng):
+    """``product`` (pipelined multiplier pieces) against Python's product, with the operands'
+    extremes, ``product_stages`` cycles later."""
+    from amaranth.hdl import Module, Signal, signed, unsigned
+
+    from hw.vector.common import product, product_stages
+
+    for sa, sb in [(signed(16), unsigned(25)), (signed(27), signed(32)), (signed(32), signed(32)),
+                   (unsigned(31), unsigned(15)), (signed(32), signed(18))]:
+        m = Module()
+        a, b = Signal(sa), Signal(sb)
+        p = product(m, a, b, "p")
+        n = product_stages(sa, sb)
+
+        def pick(s):
+            lo = -(1 << (s.width - 1)) if s.signed else 0
+            hi = (1 << (s.width - 1)) - 1 if s.signed else (1 << s.width) - 1
+            return [lo, hi, 0, 1] + [int(v) for v in rng.integers(lo, hi, 60, endpoint=True)]
+
+        xs, ys = pick(sa), pick(sb)
+        pairs = [(x, y) for x in xs[:4] for y in ys[:4]] + list(zip(xs[4:], ys[4:], strict=True))
+        sim = Simulator(m)
+        sim.add_clock(1e-8)
+
+        async def tb(ctx, a=a, b=b, p=p, n=n, pairs=pairs, sa=sa, sb=sb):
+            got = []
+            for k in range(len(pairs) + n):
+                if k < len(pairs):
+                    ctx.set(a, pairs[k][0])
+                    ctx.set(b, pairs[k][1])
+                await ctx.tick()
+                if k + 1 >= n:
+                    got.append(ctx.get(p))
+            assert got[:len(pairs)] == [x * y for x, y in pairs], (sa, sb)
+
+        sim.add_testbench(tb)
+        sim.run()
+
+
 # -- per-row scalar units ----------------------------------------------------------------------
 
 
