@@ -45,7 +45,8 @@ It models the chip at micro-op granularity, event by event, in program order:
 Every latency comes from the hw classes (``SystolicArray.latency``, ``GroupScaler.STAGES`` /
 ``NONFINAL_STAGES`` / ``fifo_depth``, ``Pipe.FIFO_LATENCY`` / ``depth_for``,
 ``MemReader.depth``, ``LoadEngine.resp_depth``, ``StoreEngine.resp_depth``, the vector
-components' ``*_STAGES``, row FIFO depths and serial units' widths) or from their FSMs' state
+components' ``*_STAGES``, row FIFO depths and latencies (``ROW_FIFO_LATENCY``,
+``PAR_FIFO_LATENCY``) and serial units' ``LATENCY``) or from their FSMs' state
 sequences (named below, with the states they count); the tests (``tests/test_timing.py``)
 compare every figure with the Verilator chip.
 

@@ -583,7 +583,7 @@ def test_norm(rng, stall, lanes):
 
 
 def test_norm_throughput(rng):
-    """Rows of MIN_FULL_RATE_BEATS beats (18: D = 288; MiniLM's D = 384 is 24) stream back to
+    """Rows of MIN_FULL_RATE_BEATS beats (19: D = 304; MiniLM's D = 384 is 24) stream back to
     back at one beat per cycle, LayerNorm and RMSNorm alternating; the latency is as stated."""
     dut = Normalizer(P, max_beats=32)
     nb = dut.MIN_FULL_RATE_BEATS

@@ -8,6 +8,12 @@ combinationally from a component's output to its input, the scheme of the GEMM u
 scaler (``hw/gemm.py``). :class:`Pipe` is that pipeline's bookkeeping: a valid shift register,
 the credit and the FIFO; the arithmetic between admission and FIFO is the caller's.
 
+The FIFO is :class:`RegFifo` (``SyncFIFOBuffered``'s timing, its control from register
+flags) and the credit a register; a block-RAM FIFO whose consumer decides a handshake from
+its data reads through a two-entry skid buffer (``Pipe(out_reg=True)``), so neither the RAM's
+slow read nor a consumer's ready runs far. Multipliers are split for the ECP5's 18 x 18 blocks
+and pipelined (:func:`product`).
+
 Row reductions chain such pipelines through row FIFOs: pass 1 of a row streams its beats into a
 FIFO while it reduces them, pass 2 (and 3) take the beats back out once the row's scalars are
 known (``hw/vector/quant.py``, ``norm.py``, ``softmax.py``).

@@ -94,7 +94,8 @@ class Quantizer(wiring.Component):
     output beat (the row FIFO holds it).
 
     Throughput: one beat per cycle, rows back to back. Latency: a row's first output beat
-    leaves ``P1_ROW_STAGES + FIFO_LATENCY + P2_STAGES + FIFO_LATENCY`` cycles after its last
+    leaves ``P1_ROW_STAGES + ROW_FIFO_LATENCY + P2_STAGES + FIFO_LATENCY`` (``LATENCY``)
+    cycles after its last
     input beat was accepted.
     """
 
