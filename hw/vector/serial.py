@@ -47,12 +47,13 @@ def _digit(m, fits: list, name: str):
     return d
 
 
-def _select(digit, values):
-    """``values[digit]`` as a balanced multiplexer tree on the digit's bits."""
-    level = list(values)
-    for b in range(len(digit)):
-        level = [Mux(digit[b], level[k + 1], level[k]) for k in range(0, len(level), 2)]
-    return level[0]
+def _select(fits: list, values):
+    """``values[digit]`` (``digit``: how many of the monotone ``fits`` hold) as multiplexers
+    steered by the compares themselves: ``fits[1]`` picks the upper pair, ``fits[2]`` /
+    ``fits[0]`` within it (one multiplexer level less than going through the digit)."""
+    if len(fits) == 1:
+        return Mux(fits[0], values[1], values[0])
+    return Mux(fits[1], Mux(fits[2], values[3], values[2]), Mux(fits[0], values[1], values[0]))
 
 
 class SerialDivider(wiring.Component):
@@ -131,8 +132,9 @@ class SerialDivider(wiring.Component):
             t = Signal(db + s + 1, name=f"trial{k + 1}")
             m.d.comb += t.eq(r - mk)
             trials.append(t)
-        digit = _digit(m, [~t[-1] for t in trials], "digit")
-        new = _select(digit, [r, *trials])
+        fits = [~t[-1] for t in trials]
+        digit = _digit(m, fits, "digit")
+        new = _select(fits, [r, *trials])
         sh_new = Cat(digit[:s], sh[:W - s])
         # n // d < 2**W: the bits of n above W are a remainder < d
         m.d.sync += [rem.eq(Mux(prep, na[W:] if len(na) > W else 0, new)),
@@ -209,8 +211,9 @@ class SerialIsqrt(wiring.Component):
             t = Signal(rb + 1, name=f"trial{k + 1}")
             m.d.comb += t.eq(r - g)
             trials.append(t)
-        digit = _digit(m, [~t[-1] for t in trials], "digit")
-        new = _select(digit, [r, *trials])
+        fits = [~t[-1] for t in trials]
+        digit = _digit(m, fits, "digit")
+        new = _select(fits, [r, *trials])
         res_new = Cat(digit[:s], res[:W - s])
         m.d.sync += [rem.eq(Mux(load, 0, new)), res.eq(Mux(load, 0, res_new)),
                      sh.eq(Mux(load, self.i.payload.v, sh << (2 * s)))]
@@ -219,7 +222,7 @@ class SerialIsqrt(wiring.Component):
             cand = [Signal(rb, name=f"t3_{k}") for k in range(4)]
             for k, c in enumerate(cand):
                 m.d.comb += c.eq((t3 << 2) + (24 * k - 27))
-            nt3 = _select(digit, cand)
+            nt3 = _select(fits, cand)
             m.d.sync += t3.eq(Mux(load, 9, nt3))
         with m.If(running & (count == 1)):
             m.d.sync += [running.eq(0), done.eq(1), self.o.payload.s.eq(res_new)]
