@@ -284,13 +284,17 @@ class Pipe:
         done = self._valid[-1]
         self.out = stream.Signature(self.layout).create(path=(name, "out"))
         pop = self.out.valid & self.out.ready
-        # the credit itself a register: the compares of the counter are made a cycle early,
-        # the take and pop only choose among them
+        # the credit itself a register (used < depth): after a take alone, used + 1 < depth;
+        # after a pop, 1; else as it was. A take implies the credit, so that is
+        # pop | (credit & (~take | used < depth - 1)): one LUT after take and pop.
         credit = Signal(init=1, name=f"{name}_credit_r")
+        room = Signal(name=f"{name}_room")
+        m.d.comb += room.eq(used < depth - 1)
+        m.d.sync += credit.eq(pop | (credit & (~self.take | room)))
         with m.If(self.take & ~pop):
-            m.d.sync += [used.eq(used + 1), credit.eq(used < depth - 1)]
+            m.d.sync += used.eq(used + 1)
         with m.Elif(~self.take & pop):
-            m.d.sync += [used.eq(used - 1), credit.eq(1)]
+            m.d.sync += used.eq(used - 1)
         m.d.comb += [
             self.credit.eq(credit),
             q.w_data.eq(self.result),
