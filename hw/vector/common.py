@@ -27,9 +27,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 
 __all__ = ["Pipe", "RegFifo", "wide_lanes", "product", "product_stages", "rshift_round_const",
-           "saturate", "bitlen", "lead_one", "clamp", "tree", "vmax", "vmin", "delay",
-           "signed_bits",
-           "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
+           "saturate", "bitlen", "lead_one", "lead_one_of", "clamp", "tree", "vmax", "vmin",
+           "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
 
@@ -74,14 +73,22 @@ def lead_one(v):
     """(any bit of ``v`` set, index of its highest set bit): :func:`bitlen` without the final
     increment (``bitlen = found ? index + 1 : 0``), for a caller that folds it into a later
     addition."""
-    n = len(v)
+    return lead_one_of([(v[k], Const(0, 0)) for k in range(len(v))])
+
+
+def lead_one_of(parts):
+    """:func:`lead_one` of a value cut into equal pieces, from each piece's ``(found,
+    index)`` (lowest piece first): the highest piece with a one, its index above the piece's."""
+    n = len(parts)
     size = 1 << max(n - 1, 0).bit_length()  # padded to a power of two
+    iw = len(Cat(parts[0][1]))
 
     def lead(lo, width):
-        """(any bit set, index of the highest set bit) of v[lo : lo + width]."""
+        """(any bit set, index of the highest set bit) of pieces lo .. lo + width - 1."""
         if width == 1:
-            bit = v[lo] if lo < n else Const(0, 1)
-            return bit, Const(0, 0)
+            if lo < n:
+                return parts[lo]
+            return Const(0, 1), Const(0, iw)
         half = width // 2
         if lo + half >= n:  # the upper half is all padding
             return lead(lo, half)[0], Cat(lead(lo, half)[1], Const(0, 1))

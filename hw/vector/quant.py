@@ -25,7 +25,17 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import ChipParams
-from .common import WIDE, Pipe, RowTracker, clamp, connect_out, delay, lead_one, tree
+from .common import (
+    WIDE,
+    Pipe,
+    RowTracker,
+    clamp,
+    connect_out,
+    delay,
+    lead_one,
+    lead_one_of,
+    tree,
+)
 
 __all__ = ["Quantizer", "quant_in_layout", "quant_out_layout"]
 
@@ -99,7 +109,9 @@ class Quantizer(wiring.Component):
     input beat was accepted.
     """
 
-    P1_ROW_STAGES = 6  # mask; |x|; OR over lanes; group / row ORs; leading ones; exponents
+    #: mask; |x|; OR over lanes; group / row ORs; leading ones of bytes, of the value;
+    #: exponents
+    P1_ROW_STAGES = 7
     #: operands; shift amount, scale fields; coarse shift; fine shift; round; clamp, planes
     P2_STAGES = 6
     P1_BEAT_STAGES = 1  # the beat into the row FIFO (masked)
@@ -181,8 +193,8 @@ class Quantizer(wiring.Component):
 
         first = delay(m, pos.first, 3, "first")
         gfirst = delay(m, gbeat == 0, 3, "gfirst")
-        a15 = delay(m, i.payload.a15, 5, "a15")
-        per_row = delay(m, i.payload.per_row, 5, "per_row")
+        a15 = delay(m, i.payload.a15, 6, "a15")
+        per_row = delay(m, i.payload.per_row, 6, "per_row")
         beat_v = delay(m, take, 3, "beat_v")
 
         # stage 1 -> 2: |x|. The exponents need only the bit length of the largest magnitude,
@@ -202,23 +214,30 @@ class Quantizer(wiring.Component):
             m.d.sync += [gor4.eq(Mux(gfirst[3], bor3, gor4 | bor3)),
                          ror4.eq(Mux(first[3], bor3, ror4 | bor3))]
 
-        # stage 4 -> 5: leading ones; stage 5 -> 6: exponents e = bitlen(amax) - b (b = 7, or
-        # 14 for A15), bitlen = index + 1 (0 for 0)
-        lead5 = {}
+        # stage 4 -> 5: the leading one of each byte; 5 -> 6: of the value (the highest byte
+        # with one); 6 -> 7: exponents e = bitlen(amax) - b (b = 7, or 14 for A15), bitlen =
+        # index + 1 (0 for 0)
+        lead6 = {}
         for k, v in (("g", gor4), ("r", ror4)):
-            f, idx = lead_one(v)
-            fr, ir = Signal(name=f"{k}found5"), Signal(len(idx), name=f"{k}lead5")
+            parts = []
+            for c in range(0, db, 8):
+                f, idx = lead_one(v[c:c + 8])
+                fr, ir = Signal(name=f"{k}found5_{c}"), Signal(3, name=f"{k}lead5_{c}")
+                m.d.sync += [fr.eq(f), ir.eq(idx)]
+                parts.append((fr, ir))
+            f, idx = lead_one_of(parts)
+            fr, ir = Signal(name=f"{k}found6"), Signal(len(idx), name=f"{k}lead6")
             m.d.sync += [fr.eq(f), ir.eq(idx)]
-            lead5[k] = (fr, ir)
+            lead6[k] = (fr, ir)
 
         def exponent(k):
-            f, idx = lead5[k]
-            return Mux(f, idx + Mux(a15[5], -13, -6), Mux(a15[5], -14, -7))
+            f, idx = lead6[k]
+            return Mux(f, idx + Mux(a15[6], -13, -6), Mux(a15[6], -14, -7))
 
         m.d.sync += [
-            grps.result.e.eq(exponent("g")), grps.result.nz.eq(lead5["g"][0]),
-            rowq.result.emax.eq(exponent("r")), rowq.result.nz.eq(lead5["r"][0]),
-            rowq.result.a15.eq(a15[5]), rowq.result.per_row.eq(per_row[5]),
+            grps.result.e.eq(exponent("g")), grps.result.nz.eq(lead6["g"][0]),
+            rowq.result.emax.eq(exponent("r")), rowq.result.nz.eq(lead6["r"][0]),
+            rowq.result.a15.eq(a15[6]), rowq.result.per_row.eq(per_row[6]),
         ]
 
         # -- pass 2 ----------------------------------------------------------------------------
