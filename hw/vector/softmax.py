@@ -212,7 +212,13 @@ class Softmax(wiring.Component):
             rd = rom.read_port()
             m.d.comb += rd.addr.eq(u[wbits:F])
             w = delay(m, u[:wbits], 3, f"w{n}_")
-            ip = delay(m, u[F:], 5, f"ip{n}_")
+            # int(u): its shift (int(u) - 1 mod 32), and whether it is 0 or beyond 31,
+            # registered from u on, ready at tu + 4
+            ip_l = data.StructLayout({"sh": 5, "zero": 1, "keep": 1})
+            ip0 = Signal(ip_l, name=f"ip{n}")
+            m.d.comb += [ip0.sh.eq(u[F:F + 5] - 1), ip0.zero.eq(u[F:] == 0),
+                         ip0.keep.eq(u[F:] <= 31)]
+            ip = delay(m, ip0, 4, f"ip{n}_")
             # tu + 2: the ROM's data registered; tu + 3: rise * weight
             rdd = Signal(rom_l, name=f"rom{n}_d")
             m.d.sync += rdd.eq(rd.data)
@@ -226,12 +232,11 @@ class Softmax(wiring.Component):
             # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1 for s >= 1: the shift, then
             # tu + 6: the rounding
             ip4 = ip[4]
-            sh = (ip4[:5] - 1)[:5]
             t5 = Signal(unsigned(e_bits), name=f"t5_{n}")
             whole5 = Signal(name=f"whole5_{n}")
             keep5 = Signal(name=f"keep5_{n}")
-            m.d.sync += [t5.eq(Mux(ip4 == 0, fe, fe >> sh)), whole5.eq(ip4 == 0),
-                         keep5.eq(lv[E - 3] & (ip4 <= 31))]
+            m.d.sync += [t5.eq(Mux(ip4.zero, fe, fe >> ip4.sh)), whole5.eq(ip4.zero),
+                         keep5.eq(lv[E - 3] & ip4.keep)]
             m.d.sync += beats_b.result.e[n].eq(
                 Mux(keep5, Mux(whole5, t5, (t5 + 1) >> 1), 0))
         assert tu + 6 == E
