@@ -566,11 +566,9 @@ def _vec_writes(f: dict) -> Buf:
 # for belongs to an earlier beat of the same phase or to an earlier row (a row FIFO holds more
 # than a row: ``vector_row`` bounds the rows), so each value is known when it is needed.
 
-#: VecEngine FSM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` -> ``SETUP`` -> ``EPS``
-#: (``go``: the generators start the next cycle).
-_VEC_GO = 5
 #: ``LOADV`` (vfold): two KV reads per block of ``PC`` keys, then one cycle for the last word
-#: to arrive and one that sees none arriving (-> ``SETUP``).
+#: to arrive and one that sees none arriving (-> ``SETUP``), plus ``VecEngine.LOADV_STAGES``
+#: for the last block's entry to be written.
 _VEC_LOADV_TAIL = 2
 #: ``RUN`` sees the sweep finished the cycle after its last write; ``SWEEP2`` (``go``) next.
 _VEC_SWEEP_GAP = 2
@@ -685,6 +683,11 @@ class VecModel:
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.fold_stages = FoldStage.STAGES
         self.res_stages = VecEngine.RES_STAGES
+        # VecEngine FSM: IDLE (accept) -> EFF -> PROD -> the checks -> SETUP -> EPS (go: the
+        # generators start the next cycle); the writer's output register after the writer
+        self.go_cycles = VecEngine.GO_CYCLES
+        self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.LOADV_STAGES
+        self.wr_stages = VecEngine.WR_STAGES
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
                           VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES}
@@ -738,9 +741,9 @@ class VecModel:
         beats_in = self._pieces(length, *pin)
         beats_out = self._pieces(length, *pout)
         assert len(beats_in) == len(beats_out)
-        go = _VEC_GO
+        go = self.go_cycles
         if quant and f["vfold"]:
-            go += 2 * (-(-length // PC)) + _VEC_LOADV_TAIL
+            go += 2 * (-(-length // PC)) + self.loadv_tail
         two = quant and QuantMode(f["qmode"]) != QuantMode.INT8
         last = self._sweep(fn, f, rows, beats_in, beats_out, go, second=False)
         if two:
@@ -750,7 +753,12 @@ class VecModel:
 
     # -- one sweep ------------------------------------------------------------------------
     def _sweep(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
-        """The cycle of the sweep's last write (``go``: the cycle of its ``go`` pulse)."""
+        """The cycle of the sweep's last write at the port (``go``: the cycle of its ``go``
+        pulse): the writer's last piece, then ``WR_STAGES`` (its output register)."""
+        return self._sweep_writer(fn, f, rows, beats_in, beats_out, go, second) + self.wr_stages
+
+    def _sweep_writer(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
+        """The cycle the writer takes the sweep's last piece."""
         # reader (MemReader: latency 1) and beat assembler (one register)
         rd = _Pipe(1, self.rd_depth)
         rd_issue = [go]             # previous issue (go: the first issues at go + 1)

@@ -42,7 +42,7 @@ is reset while it is held, nothing more is written.
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -65,7 +65,7 @@ from ..isa import (
     prm_word,
 )
 from ..params import ChipParams
-from .common import Pipe, connect_out, saturate, wide_lanes
+from .common import WIDE, Pipe, connect_out, delay, saturate, tree, wide_lanes
 from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
 from .norm import EPS_BITS, Normalizer
 from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
@@ -88,6 +88,14 @@ def _log2(n: int, what: str) -> int:
     if 1 << k != n:
         raise ValueError(f"VecEngine: {what} = {n} must be a power of two")
     return k
+
+
+def _any(values):
+    """The OR of a list of 1-bit expressions."""
+    out = 0
+    for v in values:
+        out = out | v
+    return out
 
 
 def _ceil_shift(v, k: int):
@@ -237,7 +245,18 @@ class VecEngine(wiring.Component):
     #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
     ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
     #: A8X2's residual ``x - dequantize(q1)`` between the two quantizers: its stages.
-    RES_STAGES = 2
+    RES_STAGES = 4
+    #: The op's checks after ``EFF`` and ``PROD``: ``SUMS``, ``CMP``, ``CHECK`` (a state each).
+    CHECK_STAGES = 3
+    #: Cycles from a micro-op's acceptance (``IDLE``) to its first ``go`` pulse (``EPS``):
+    #: ``EFF``, ``PROD``, the checks, ``SETUP``, ``EPS`` (without ``vfold``'s ``LOADV``).
+    GO_CYCLES = 2 + CHECK_STAGES + 2
+    #: ``LOADV``: the stages after an exp word arrives (register, prefix maxima) before the
+    #: block's entry is written.
+    LOADV_STAGES = 2
+    #: The writer's output register: a word reaches the write port this many cycles after
+    #: the writer takes its last piece.
+    WR_STAGES = 1
 
     def __init__(self, params: ChipParams = ChipParams()):
         p = params
@@ -279,6 +298,7 @@ class VecEngine(wiring.Component):
         PC = C // 2
         lr, lc = _log2(R, "rows"), _log2(C, "cols")
         lpc = lc - 1
+        ll = _log2(L, "vector_lanes")
         H = num.act_headroom
         depth = {b: buffer_depth(p, b) for b in Buf}
         max_beats = self.max_beats
@@ -292,26 +312,41 @@ class VecEngine(wiring.Component):
         kv_src = Signal(kv_addr_bits(p))  # kv_base + src_b: V's scales (vfold)
         pc = Signal.like(self.err_pc)
         fn = a.fn
+        # the op's decoded flags: registers, set in EFF from ``a`` (registered in IDLE), so
+        # that no path runs from the op's fields through a decoder into the datapath
+        dec = Signal()  # EFF: the flags load
         is_ = {f: Signal(name=f"is_{f.name.lower()}") for f in VecFn}
-        for f in VecFn:
-            m.d.comb += is_[f].eq(fn == f)
         quant = is_[VecFn.QUANT]
-        norm = is_[VecFn.LAYERNORM] | is_[VecFn.RMSNORM]
+        norm = Signal()
         copy_act = Signal()
         vfold = Signal()
         two = Signal()       # QUANT A15 / A8X2: two blocks, two sweeps
         a8x2 = Signal()
         a15 = Signal()
-        m.d.comb += [
-            copy_act.eq(is_[VecFn.COPY] & (a.buf == VecBuf.ACT)),
-            vfold.eq(quant & a.vfold),
-            a15.eq(quant & (a.qmode == QuantMode.A15)),
-            a8x2.eq(quant & (a.qmode == QuantMode.A8X2)),
-            two.eq(a15 | a8x2),
-        ]
         half = a.half
         out_half = Signal()  # the written layout (COPY with repack: the other one)
-        m.d.comb += out_half.eq(half ^ (is_[VecFn.COPY] & a.repack))
+        to_act = Signal()    # writes ACT (QUANT, COPY of A8 rows)
+        use_b = Signal()     # reads operand b (RESIDUAL, SILU_MUL, ROPE)
+        row_fn = Signal()    # a row operation (ROW_FNS)
+        c_is = {f: fn == f for f in VecFn}
+        c_quant = c_is[VecFn.QUANT]
+        c_copy_act = c_is[VecFn.COPY] & (a.buf == VecBuf.ACT)
+        c_two = c_quant & ((a.qmode == QuantMode.A15) | (a.qmode == QuantMode.A8X2))
+        c_out_half = half ^ (c_is[VecFn.COPY] & a.repack)
+        with m.If(dec):
+            m.d.sync += [is_[f].eq(c_is[f]) for f in VecFn]
+            m.d.sync += [
+                norm.eq(c_is[VecFn.LAYERNORM] | c_is[VecFn.RMSNORM]),
+                copy_act.eq(c_copy_act),
+                vfold.eq(c_quant & a.vfold),
+                a15.eq(c_quant & (a.qmode == QuantMode.A15)),
+                a8x2.eq(c_quant & (a.qmode == QuantMode.A8X2)),
+                two.eq(c_two),
+                out_half.eq(c_out_half),
+                to_act.eq(c_quant | c_copy_act),
+                use_b.eq(c_is[VecFn.RESIDUAL] | c_is[VecFn.SILU_MUL] | c_is[VecFn.ROPE]),
+                row_fn.eq(_any(c_is[f] for f in self.ROW_FNS)),
+            ]
 
         length = Signal(18)  # after dyn
         W = Signal(18)       # ACC words of a row (E = C, or PC with half)
@@ -319,16 +354,21 @@ class VecEngine(wiring.Component):
         Wq = Signal(18)      # ACT words of an A8 row
         Wc = Signal(18)      # PRM words of a constant vector
         nblk = Signal(18)    # KV key blocks (vfold)
+        Bt_m1 = Signal(18)   # beats of a row - 1
         Wr = Signal(18)      # words read per row
         Ww = Signal(18)      # words written per row
+        pos_rows = Signal(17)  # pos + rows
+        rows_m1 = Signal(9)    # rows - 1
+        rows_dst_m1 = Signal(10)  # blocks * rows - 1
+        nblk_m1 = Signal(18)   # nblk - 1 (length >= 1; the check refuses length 0 first)
+        vg1 = Signal(5)        # vgroups + 1: KV words per key block
         p_src = Signal(24)   # (rows - 1) * src_stride
         p_dst = Signal(24)   # (blocks * rows - 1) * dst_stride
         p_blk = Signal(24)   # rows * dst_stride: the second block
         p_tab = Signal(40)   # (pos + rows) * W: end of the RoPE table rows
         p_posw = Signal(40)  # pos * W: the first table row
         p_kv = Signal(28)    # (nblk - 1) * (vgroups + 1)
-        n_vec = Signal(2)
-        m.d.comb += n_vec.eq(Mux(is_[VecFn.LAYERNORM], 2, 1))
+        prm_eps = Signal(20)  # prm + n_vec * Wc: the eps word (n_vec: 2 LAYERNORM, else 1)
 
         running = Signal()
         m.d.comb += [self.busy.eq(running | (self.cmd.valid & ~self.abort)),
@@ -355,6 +395,7 @@ class VecEngine(wiring.Component):
         # V-scale loading (state LOADV): alternate reads of a block's scale and exp words
         lv_blk = Signal(18)
         lv_addr = Signal(24)    # scale word of block lv_blk
+        lv_addr_e = Signal(24)  # its exp word: lv_addr + vgroups
         lv_ph = Signal()        # 0: read the scale word, 1: the exp word
         lv_got = Signal(2)      # the data arriving: 1 scale word, 2 exp word
         lv_scale = Signal(kv_word(p))
@@ -362,7 +403,19 @@ class VecEngine(wiring.Component):
         lv_run = Signal(signed(EXP_BITS))  # running max of exp_v
         lv_wblk = Signal(18)    # block of the data arriving
         lv_issue = Signal()
+        lv_busy = Signal()      # a block in the LOADV_STAGES pipeline
         kvd = kv_word(p)(self.kv_data)
+
+        # the checks, a stage per state (SUMS, CMP, CHECK): sums, compares, decision
+        acc_d, act_d = depth[Buf.ACC], depth[Buf.ACT]
+        s_a = Signal(27)     # src_a + p_src + Wr: the end of the rows read
+        s_b = Signal(27)     # src_b + p_src + W
+        s_tab = Signal(41)   # src_b + p_tab
+        s_kv = Signal(30)    # kv_src + p_kv + vgroups + 1
+        s_dst = Signal(27)   # dst + p_dst + Ww
+        bad_r = Signal()     # Err.BAD_FIELD (SUMS)
+        bad_c = Signal()     # ... carried (CMP)
+        rng_r = Signal()     # Err.SRAM_RANGE (CMP)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -374,94 +427,86 @@ class VecEngine(wiring.Component):
                                  running.eq(1)]
                     m.next = "EFF"
             with m.State("EFF"):
+                m.d.comb += dec.eq(1)
                 ln = Signal(18)
-                m.d.comb += ln.eq(Mux(a.dyn == Dyn.POS, pos + a.rows, a.length))
+                pr = pos + a.rows
+                m.d.comb += ln.eq(Mux(a.dyn == Dyn.POS, pr, a.length))
                 w = Mux(half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))
                 m.d.sync += [
                     length.eq(ln), W.eq(w),
-                    Wo.eq(Mux(out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
+                    Wo.eq(Mux(c_out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
                     Wq.eq(_ceil_shift(ln, lr)), Wc.eq(_ceil_shift(ln, lc)),
-                    nblk.eq(_ceil_shift(ln, lpc)),
+                    nblk.eq(_ceil_shift(ln, lpc)), nblk_m1.eq((ln - 1)[lpc:]),
+                    Bt_m1.eq((ln - 1)[ll:]),
+                    pos_rows.eq(pr), rows_m1.eq(a.rows - 1),
+                    rows_dst_m1.eq(Mux(c_two, a.rows << 1, a.rows) - 1),
+                    vg1.eq(a.vgroups + 1),
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
-                rows_dst = Mux(two, a.rows << 1, a.rows)
                 m.d.sync += [
-                    p_src.eq((a.rows - 1) * a.src_stride),
-                    p_dst.eq((rows_dst - 1) * a.dst_stride),
+                    p_src.eq(rows_m1 * a.src_stride),
+                    p_dst.eq(rows_dst_m1 * a.dst_stride),
                     p_blk.eq(a.rows * a.dst_stride),
-                    p_tab.eq((pos + a.rows) * W),
+                    p_tab.eq(pos_rows * W),
                     p_posw.eq(pos * W),
-                    p_kv.eq((nblk - 1) * (a.vgroups + 1)),
+                    p_kv.eq(nblk_m1 * vg1),
                     Wr.eq(Mux(copy_act, Wq, W)),
-                    Ww.eq(Mux(quant | copy_act, Wq, Wo)),
+                    Ww.eq(Mux(to_act, Wq, Wo)),
+                    prm_eps.eq(a.prm + Mux(is_[VecFn.LAYERNORM], Wc << 1, Wc)),
+                ]
+                m.next = "SUMS"
+            with m.State("SUMS"):
+                m.d.sync += [
+                    s_a.eq(a.src_a + p_src + Wr), s_b.eq(a.src_b + p_src + W),
+                    s_tab.eq(a.src_b + p_tab), s_kv.eq(kv_src + p_kv + vg1),
+                    s_dst.eq(a.dst + p_dst + Ww),
+                    bad_r.eq((fn > max(VecFn))
+                             | (quant & ((a.qmode > max(QuantMode))
+                                         | (a.vfold & (a.vgroups == 0))))
+                             | (a.rows == 0) | (length == 0)
+                             | (row_fn & (length > p.vector_row))
+                             | (is_[VecFn.ROPE] & length[0])),
+                ]
+                m.next = "CMP"
+            with m.State("CMP"):
+                m.d.sync += [
+                    bad_c.eq(bad_r),
+                    rng_r.eq(Mux(copy_act, s_a > act_d, s_a > acc_d)
+                             | ((is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL]) & (s_b > acc_d))
+                             | (is_[VecFn.ROPE] & (s_tab > acc_d))
+                             | (norm & (prm_eps >= depth[Buf.PRM]))
+                             | (vfold & (s_kv > depth[Buf.KV]))
+                             | Mux(to_act, s_dst > act_d, s_dst > acc_d)),
                 ]
                 m.next = "CHECK"
             with m.State("CHECK"):
-                row_fn = quant | norm | is_[VecFn.SOFTMAX]
-                bad = ((fn > max(VecFn))
-                       | (quant & ((a.qmode > max(QuantMode))
-                                   | (a.vfold & (a.vgroups == 0))))
-                       | (a.rows == 0) | (length == 0)
-                       | (row_fn & (length > p.vector_row))
-                       | (is_[VecFn.ROPE] & length[0]))
-                acc_d, act_d = depth[Buf.ACC], depth[Buf.ACT]
-                rng = ((a.src_a + p_src + Wr > Mux(copy_act, act_d, acc_d))
-                       | ((is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL])
-                          & (a.src_b + p_src + W > acc_d))
-                       | (is_[VecFn.ROPE] & (a.src_b + p_tab > acc_d))
-                       | (norm & (a.prm + n_vec * Wc + 1 > depth[Buf.PRM]))
-                       | (vfold & (kv_src + p_kv + a.vgroups + 1 > depth[Buf.KV]))
-                       | (a.dst + p_dst + Ww > Mux(quant | copy_act, act_d, acc_d)))
-                with m.If(bad | rng):
-                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD, Err.SRAM_RANGE))
+                with m.If(bad_c | rng_r):
+                    m.d.sync += err_code.eq(Mux(bad_c, Err.BAD_FIELD, Err.SRAM_RANGE))
                     m.next = "ERROR"
                 with m.Elif(vfold):
-                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_ph.eq(0), lv_bad.eq(0),
-                                 lv_got.eq(0)]
+                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_addr_e.eq(kv_src + a.vgroups),
+                                 lv_ph.eq(0), lv_bad.eq(0), lv_got.eq(0)]
                     m.next = "LOADV"
                 with m.Else():
                     m.next = "SETUP"
             with m.State("LOADV"):
                 # issue: scale word, then exp word of block lv_blk
-                m.d.comb += [lv_issue.eq(lv_blk < nblk),
-                             self.kv_addr.eq(Mux(lv_ph, lv_addr + a.vgroups, lv_addr)),
+                m.d.comb += [lv_issue.eq(lv_blk != nblk),
+                             self.kv_addr.eq(Mux(lv_ph, lv_addr_e, lv_addr)),
                              self.kv_en.eq(lv_issue)]
                 m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
                 with m.If(lv_issue):
                     m.d.sync += lv_ph.eq(~lv_ph)
                     with m.If(lv_ph):
-                        m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + a.vgroups + 1),
-                                     lv_wblk.eq(lv_blk)]
+                        m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + vg1),
+                                     lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk)]
                 with m.If(lv_got == 1):
                     m.d.sync += lv_scale.eq(self.kv_data)
-                with m.If(lv_got == 2):
-                    # keys j = blk * PC + l < length: check, running max, write the chunk
-                    run = lv_run
-                    bad_any = 0
-                    chunk = lv_wblk[:lke] if lke else 0  # the block's PC keys in an entry
-                    for lane in range(PC):
-                        live = (lv_wblk << lpc) + lane < length
-                        sc = lv_scale[lane]
-                        ev = kvd[lane].as_signed()
-                        first = (lv_wblk == 0) & (lane == 0)
-                        new = Mux(first | (ev > run), ev, run)
-                        run = Mux(live, new, run)
-                        bad_any = bad_any | (live & ~sc[GSHIFT_BITS] & (sc[:GSHIFT_BITS] > H))
-                        for k in range(KE):  # the lane of key j in the entry
-                            m.d.comb += [
-                                vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
-                                vsc_w.data[k * PC + lane].ev.eq(ev),
-                                vmax_w.data[k * PC + lane].eq(run),
-                            ]
-                    m.d.sync += [lv_run.eq(run), lv_bad.eq(lv_bad | bad_any)]
-                    m.d.comb += [vsc_w.addr.eq(lv_wblk >> lke), vmax_w.addr.eq(lv_wblk >> lke)]
-                    for k in range(KE):
-                        m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif((lv_blk == nblk) & (lv_got == 0)):
+                with m.Elif((lv_blk == nblk) & (lv_got == 0) & ~lv_busy):
                     with m.If(lv_bad):
                         m.d.sync += err_code.eq(Err.BAD_FIELD)
                         m.next = "ERROR"
@@ -473,7 +518,7 @@ class VecEngine(wiring.Component):
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"
             with m.State("SETUP"):  # the norm's eps: one PRM word
-                m.d.comb += [setup.eq(1), self.prm_addr.eq(a.prm + n_vec * Wc),
+                m.d.comb += [setup.eq(1), self.prm_addr.eq(prm_eps),
                              self.prm_en.eq(1)]
                 m.d.sync += sweep.eq(0)
                 m.next = "EPS"
@@ -497,6 +542,50 @@ class VecEngine(wiring.Component):
                 m.d.comb += go.eq(1)
                 m.next = "RUN"
 
+        # LOADV's pipeline (LOADV_STAGES): stage 1 registers the exp word as the block RAM
+        # gives it (with the block's scale word and its live keys j < length); stage 2 the
+        # block's prefix maxima (a dead lane takes lane 0's exp: live lanes are a prefix and
+        # lane 0 is live in every block) and the scale check; stage 3 (the write) merges the
+        # prefix maxima with the running max of the blocks before and writes the entry.
+        ev_l = data.ArrayLayout(signed(EXP_BITS), PC)
+        lv1_v, lv2_v = Signal(), Signal()
+        lv1_ev, lv2_ev, lv2_pm = Signal(ev_l), Signal(ev_l), Signal(ev_l)
+        lv1_sc, lv2_sc = Signal(kv_word(p)), Signal(kv_word(p))
+        lv1_live = Signal(PC)
+        lv1_blk, lv2_blk = Signal(18), Signal(18)
+        lv2_bad = Signal()
+        m.d.comb += lv_busy.eq(lv1_v | lv2_v)
+        m.d.sync += [lv1_v.eq(lv_got == 2), lv2_v.eq(lv1_v)]
+        with m.If(lv_got == 2):
+            m.d.sync += [lv1_blk.eq(lv_wblk), lv1_sc.eq(lv_scale)]
+            for lane in range(PC):
+                m.d.sync += [lv1_ev[lane].eq(kvd[lane].as_signed()),
+                             lv1_live[lane].eq(Cat(Const(lane, lpc), lv_wblk) < length)]
+        x = [Mux(lv1_live[lane], lv1_ev[lane], lv1_ev[0]) for lane in range(PC)]
+        vmx = lambda u, v: Mux(v > u, v, u)  # noqa: E731
+        m.d.sync += [lv2_blk.eq(lv1_blk), lv2_ev.eq(lv1_ev), lv2_sc.eq(lv1_sc),
+                     lv2_bad.eq(_any(lv1_live[lane] & ~lv1_sc[lane][GSHIFT_BITS]
+                                     & (lv1_sc[lane][:GSHIFT_BITS] > H) for lane in range(PC)))]
+        for lane in range(PC):
+            m.d.sync += lv2_pm[lane].eq(tree(x[:lane + 1], vmx))
+        with m.If(lv2_v):
+            chunk = lv2_blk[:lke] if lke else 0  # the block's PC keys in an entry
+            first = lv2_blk == 0
+            run = [Mux(first | (lv2_pm[lane] > lv_run), lv2_pm[lane], lv_run)
+                   for lane in range(PC)]
+            m.d.sync += [lv_run.eq(run[PC - 1]), lv_bad.eq(lv_bad | lv2_bad)]
+            for lane in range(PC):
+                sc = lv2_sc[lane]
+                for k in range(KE):  # the lane of key j in the entry
+                    m.d.comb += [
+                        vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
+                        vsc_w.data[k * PC + lane].ev.eq(lv2_ev[lane]),
+                        vmax_w.data[k * PC + lane].eq(run[lane]),
+                    ]
+            m.d.comb += [vsc_w.addr.eq(lv2_blk >> lke), vmax_w.addr.eq(lv2_blk >> lke)]
+            for k in range(KE):
+                m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
+
         # the PRM port: the eps word in SETUP, else the normalizer's parameters
         prd_addr = Signal(16)
         prd_en = Signal()
@@ -508,7 +597,8 @@ class VecEngine(wiring.Component):
         m.submodules.dp = ResetInserter(self.abort)(dp)
         op = SimpleNamespace(
             a=a, pos=pos, is_=is_, quant=quant, norm=norm, copy_act=copy_act, vfold=vfold,
-            a15=a15, a8x2=a8x2, out_half=out_half, length=length, W=W, Wr=Wr, Ww=Ww, Wc=Wc,
+            a15=a15, a8x2=a8x2, out_half=out_half, to_act=to_act, use_b=use_b, length=length,
+            W=W, Wr=Wr, Ww=Ww, Wc=Wc, Bt_m1=Bt_m1, rows_m1=rows_m1,
             p_posw=p_posw, p_blk=p_blk, eps=eps, sweep=sweep, go=go, finished=finished,
             vsc_r=vsc_r, vmax_r=vmax_r, prd_addr=prd_addr, prd_en=prd_en)
         self._datapath(dp, op)
@@ -538,17 +628,19 @@ class VecEngine(wiring.Component):
 
         # -- reader: operand a (ACC, or ACT for COPY of A8 rows) and b, in step ---------------
         rmeta_l = data.StructLayout({"k": range(KH), "j": range(SF), "beat_last": 1,
-                                     "last": 1, "t": unsigned(9), "b": unsigned(13)})
+                                     "last": 1, "vis": unsigned(18), "b": unsigned(13)})
         m.submodules.ard = ard = MemReader(16, max(cb, ab), rmeta_l)
         m.submodules.brd = brd = MemReader(16, cb, unsigned(1))
-        use_b = is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL] | is_[VecFn.ROPE]
+        use_b = e.use_b
         r_on = Signal()
         rt = Signal(9)
         rw = Signal(18)
         rk = Signal(range(KH))
         rj = Signal(range(SF))    # piece of the word
         r_rem = Signal(signed(20))  # elements of the row from the piece on
+        row_end = Signal()        # r_rem <= piece: the row's last piece (registered)
         rb = Signal(13)
+        r_vis = Signal(18)        # pos + rt + 1: the keys row rt sees with causal
         a_row = Signal(24)
         b_row = Signal(40)
         kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
@@ -556,10 +648,10 @@ class VecEngine(wiring.Component):
         piece = Mux(copy_act, R, Mux(half, Ph, Pf))
         with m.If(go):
             m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0),
-                         r_rem.eq(length), a_row.eq(a.src_a),
+                         r_rem.eq(length), row_end.eq(length <= piece), r_vis.eq(pos + 1),
+                         a_row.eq(a.src_a),
                          b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
         issue = Signal()
-        row_end = r_rem <= piece
         word_end = row_end | (rj == jin_last)
         beat_end = row_end | (rk == kin_last)
         m.d.comb += [
@@ -570,21 +662,23 @@ class VecEngine(wiring.Component):
             ard.i.payload.meta.j.eq(rj),
             ard.i.payload.meta.beat_last.eq(beat_end),
             ard.i.payload.meta.last.eq(row_end),
-            ard.i.payload.meta.t.eq(rt),
+            ard.i.payload.meta.vis.eq(Mux(a.causal & (r_vis < length), r_vis, length)),
             ard.i.payload.meta.b.eq(rb),
             brd.i.payload.addr.eq(Mux(use_b, b_row + rw, 0)),
         ]
         with m.If(issue):
             with m.If(row_end):
                 m.d.sync += [rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0), rt.eq(rt + 1),
-                             r_rem.eq(length), a_row.eq(a_row + a.src_stride),
+                             r_vis.eq(r_vis + 1),
+                             r_rem.eq(length), row_end.eq(length <= piece),
+                             a_row.eq(a_row + a.src_stride),
                              b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
-                with m.If(rt == a.rows - 1):
+                with m.If(rt == e.rows_m1):
                     m.d.sync += r_on.eq(0)
             with m.Else():
                 m.d.sync += [rw.eq(rw + word_end), rj.eq(Mux(word_end, 0, rj + 1)),
                              rk.eq(Mux(beat_end, 0, rk + 1)), rb.eq(rb + beat_end),
-                             r_rem.eq(r_rem - piece)]
+                             r_rem.eq(r_rem - piece), row_end.eq(r_rem <= (piece << 1))]
         m.d.comb += [
             self.acc_a_addr.eq(ard.rd_addr), self.act_addr.eq(ard.rd_addr),
             self.acc_a_en.eq(ard.rd_en & ~copy_act), self.act_en.eq(ard.rd_en & copy_act),
@@ -594,7 +688,7 @@ class VecEngine(wiring.Component):
         ]
 
         # -- beat assembler: L / E words into one beat ----------------------------------------
-        beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "t": unsigned(9),
+        beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "vis": unsigned(18),
                                     "b_idx": unsigned(13), "last": 1})
         beat = stream.Signature(beat_l).create(path=("beat",))
         asm_valid = Signal()
@@ -621,7 +715,7 @@ class VecEngine(wiring.Component):
             m.d.sync += raw_act.eq(ard.o.payload.data[:ab])
             meta = ard.o.payload.meta
             with m.If(meta.beat_last):
-                m.d.sync += [asm_valid.eq(1), beat.payload.t.eq(meta.t),
+                m.d.sync += [asm_valid.eq(1), beat.payload.vis.eq(meta.vis),
                              beat.payload.b_idx.eq(meta.b), beat.payload.last.eq(meta.last)]
             with m.Elif(beat.ready):
                 m.d.sync += asm_valid.eq(0)
@@ -639,9 +733,7 @@ class VecEngine(wiring.Component):
         m.submodules.q1 = q1 = parts["q1"]
         m.submodules.q2 = q2 = parts["q2"]
         bp = beat.payload
-        vis_causal = Signal(18)
-        m.d.comb += vis_causal.eq(pos + bp.t + 1)
-        visible = Mux(a.causal & (vis_causal < length), vis_causal, length)
+        visible = bp.vis  # the keys the beat's row sees (causal: pos + t + 1, at most length)
         m.d.comb += [
             add.i_beat.payload.a.eq(bp.a), add.i_beat.payload.b.eq(bp.b),
             pwl.i_beat.payload.fn.eq(Mux(is_[VecFn.SILU_MUL], PwlFn.SILU_MUL, PwlFn.GELU)),
@@ -686,23 +778,36 @@ class VecEngine(wiring.Component):
                                    "last": 1, "side": side_l})
         res = Pipe(m, "res", res_l, self.RES_STAGES)
         qo = q1.o_beat.payload
+        # RES_STAGES: (1) the dequantized value v = q << gshift and the shift s = -exp
+        # (clamped as the shifts need it); (2) the shifts: v >> (s - 1) for s > 0, v << -s
+        # otherwise; (3) round (right) or saturate (left): dequantize(q1); (4) x - it
         v1r = Signal(data.ArrayLayout(signed(8 + 2 ** GSHIFT_BITS), L))
         x1r = Signal(data.ArrayLayout(signed(FOLD_BITS), L))
-        sh1 = Signal(signed(EXP_BITS + 1))
-        m.d.sync += [sh1.eq(-qo.exp), x1r.eq(qo.x)]
+        shr1 = Signal(6)   # min(s - 1, 40) (s > 0)
+        kl1 = Signal(6)    # min(-s, 32) (s <= 0)
+        right1 = Signal()  # s > 0
+        sh = Signal(signed(EXP_BITS + 1))
+        m.d.comb += sh.eq(-qo.exp)
+        shr = (sh - 1).as_unsigned()[:EXP_BITS]
+        kl = (-sh).as_unsigned()[:EXP_BITS]
+        m.d.sync += [x1r.eq(qo.x), right1.eq(sh > 0), shr1.eq(Mux(shr > 40, 40, shr)),
+                     kl1.eq(Mux(kl > 32, 32, kl))]
         for lane in range(L):
             m.d.sync += v1r[lane].eq(Mux(qo.gzero, 0, qo.data[lane] << qo.gshift))
-        shr = (sh1 - 1).as_unsigned()[:EXP_BITS]
+        vr2 = Signal(data.ArrayLayout(signed(len(v1r[0])), L))
+        vl2 = Signal(data.ArrayLayout(signed(len(v1r[0]) + 32), L))
+        x2r = Signal.like(x1r)
+        right2 = Signal()
+        deq3 = Signal(data.ArrayLayout(signed(WIDE + 9), L))
+        x3r = Signal.like(x1r)
+        m.d.sync += [x2r.eq(x1r), right2.eq(right1), x3r.eq(x2r)]
         for lane in range(L):
-            right = ((v1r[lane] >> Mux(shr > 40, 40, shr)) + 1) >> 1
-            kl = (-sh1).as_unsigned()[:EXP_BITS]
-            left = saturate(v1r[lane] << Mux(kl > 32, 32, kl)[:6])
-            deq = Mux(sh1 > 0, right, left)
-            m.d.sync += res.result.data[lane].eq(x1r[lane] - deq)
-        side1 = Signal(side_l)
-        last1r = Signal()
-        m.d.sync += [side1.eq(qo.side), last1r.eq(qo.last),
-                     res.result.side.eq(side1), res.result.last.eq(last1r)]
+            m.d.sync += [vr2[lane].eq(v1r[lane] >> shr1), vl2[lane].eq(v1r[lane] << kl1),
+                         deq3[lane].eq(Mux(right2, (vr2[lane] + 1) >> 1, saturate(vl2[lane]))),
+                         res.result.data[lane].eq(x3r[lane] - deq3[lane])]
+        side_d = delay(m, qo.side, self.RES_STAGES - 1, "res_side")
+        last_d = delay(m, qo.last, self.RES_STAGES - 1, "res_last")
+        m.d.sync += [res.result.side.eq(side_d[-1]), res.result.last.eq(last_d[-1])]
         r2 = q2.i_beat.payload
         m.d.comb += [r2.data.eq(res.out.payload.data), r2.last.eq(res.out.payload.last),
                      r2.side.eq(res.out.payload.side), r2.count.eq(length), r2.a15.eq(0),
@@ -735,8 +840,6 @@ class VecEngine(wiring.Component):
         pw = Signal(18)   # piece of the vector: pb * KC + pk
         lsf = _log2(SF, "pieces per word")
         pword = pw >> lsf  # its word
-        Bt = Signal(18)
-        m.d.comb += Bt.eq(_ceil_shift(length, ll))
         with m.If(go):
             m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0)]
         p_issue = Signal()
@@ -757,9 +860,9 @@ class VecEngine(wiring.Component):
                 m.d.sync += [pk.eq(0), pv.eq(1), pw.eq(pw - (KC - 1))]
             with m.Else():
                 m.d.sync += [pk.eq(0), pv.eq(0)]
-                with m.If(pb == Bt - 1):
+                with m.If(pb == e.Bt_m1):
                     m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1)]
-                    with m.If(pt == a.rows - 1):
+                    with m.If(pt == e.rows_m1):
                         m.d.sync += p_on.eq(0)
                 with m.Else():
                     m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1)]
@@ -835,22 +938,29 @@ class VecEngine(wiring.Component):
         w_row = Signal(24)
         w_rem = Signal(signed(20))   # elements of the row from word ww on
         wp_rem = Signal(signed(20))  # elements of the row from the piece on
+        w_row_end = Signal()         # wp_rem <= po: the row's last piece (registered)
         E_w = Mux(out_half, PC, C)
         po = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
         kout_last = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
         jout_last = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
             m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
-                         wp_rem.eq(length), w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
-        to_act = quant | copy_act
+                         wp_rem.eq(length), w_row_end.eq(length <= po),
+                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
+        to_act = e.to_act
+        # the output register (WR_STAGES): the word written, held until its port is ready
+        wo_valid = Signal()
+        wo_addr = Signal(16)
+        wo_data = Signal(max(cb, ab))
+        wo_ready = Mux(to_act, self.act_wr.ready, self.acc_wr.ready)
+        wo_free = ~wo_valid | wo_ready
+        m.d.comb += [self.acc_wr.payload.addr.eq(wo_addr), self.act_wr.payload.addr.eq(wo_addr),
+                     self.acc_wr.payload.data.eq(wo_data[:cb]),
+                     self.act_wr.payload.data.eq(wo_data[:ab]),
+                     self.acc_wr.valid.eq(wo_valid & ~to_act),
+                     self.act_wr.valid.eq(wo_valid & to_act)]
         w_addr = w_row + ww
-        accw = self.acc_wr.payload
-        actw = self.act_wr.payload
-        w_row_end = wp_rem <= po               # the row's last piece
         w_word = w_row_end | (wj == jout_last)  # a word's last piece: write it
-        m.d.comb += [accw.addr.eq(w_addr), actw.addr.eq(w_addr),
-                     self.acc_wr.valid.eq(w_on & o_valid & w_word & ~to_act),
-                     self.act_wr.valid.eq(w_on & o_valid & w_word & to_act)]
         # words wider than a beat (L < E) gather their earlier pieces here
         hold_w = Signal(wide_lanes(C)) if SF > 1 else None
         hold_q = Signal(data.ArrayLayout(signed(8), R)) if SQ > 1 else None
@@ -864,7 +974,7 @@ class VecEngine(wiring.Component):
                 return _pick((src[k * E + c] for k in range(K)), wk)
             return Mux(wj == c // P, src[c % P], Mux(wj > c // P, hold[c], 0))
 
-        word = acc_word(p)(accw.data)
+        word = acc_word(p)(Signal(cb, name="acc_word_out"))
         for c in range(C):
             full = gathered(c, Pf, SF, KF, C, o_wide, hold_w)
             live = c < w_rem
@@ -876,12 +986,16 @@ class VecEngine(wiring.Component):
         aw = act_word(p)(Signal(ab, name="act_word_out"))
         for r in range(R):
             m.d.comb += aw.data[r].eq(gathered(r, Pq, SQ, KQ, R, o_q8, hold_q))
-        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp),
-                     actw.data.eq(Mux(copy_act, raw_act, aw.as_value()))]
+        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp)]
         w_step = Signal()  # a piece is written, or held for its word
-        m.d.comb += w_step.eq(w_on & o_valid & (~w_word | Mux(to_act, self.act_wr.ready,
-                                                             self.acc_wr.ready)))
+        m.d.comb += w_step.eq(w_on & o_valid & (~w_word | wo_free))
         m.d.comb += o_ready.eq(w_step & (w_row_end | (wk == kout_last)))
+        with m.If(w_step & w_word):
+            m.d.sync += [wo_valid.eq(1), wo_addr.eq(w_addr),
+                         wo_data.eq(Mux(to_act, Mux(copy_act, raw_act, aw.as_value()),
+                                        word.as_value()))]
+        with m.Elif(wo_ready):
+            m.d.sync += wo_valid.eq(0)
         with m.If(w_step & ~w_word):
             if hold_w is not None:  # L < C: a piece is the whole beat
                 for c in range(C):
@@ -892,16 +1006,18 @@ class VecEngine(wiring.Component):
         with m.If(w_step):
             with m.If(w_row_end):
                 m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
-                             wp_rem.eq(length), w_row.eq(w_row + a.dst_stride)]
-                with m.If(wt == a.rows - 1):
+                             wp_rem.eq(length), w_row_end.eq(length <= po),
+                             w_row.eq(w_row + a.dst_stride)]
+                with m.If(wt == e.rows_m1):
                     m.d.sync += w_on.eq(0)
             with m.Else():
                 m.d.sync += [wk.eq(Mux(wk == kout_last, 0, wk + 1)), wp_rem.eq(wp_rem - po),
+                             w_row_end.eq(wp_rem <= (po << 1)),
                              wj.eq(Mux(w_word, 0, wj + 1))]
                 with m.If(w_word):
                     m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
 
-        busy = (r_on | w_on | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
+        busy = (r_on | w_on | wo_valid | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
         m.d.comb += e.finished.eq(~go & ~busy)
