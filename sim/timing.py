@@ -690,7 +690,8 @@ class VecModel:
         self.wr_stages = VecEngine.WR_STAGES
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
-                          VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES}
+                          VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES,
+                          VecFn.COPY: VecEngine.COPY_STAGES}
         self.q = parts["q1"]
         self.n = n = parts["norm"]
         self.s = s = parts["smax"]
@@ -784,11 +785,6 @@ class VecModel:
             wr_last[0] = s + n_pieces - 1
             return wr_last[0]
 
-        if fn == VecFn.COPY:
-            for _ in range(rows):
-                for nin, nout in zip(beats_in, beats_out, strict=True):
-                    asm_free[0] = writer(front(nin), nout)
-            return wr_last[0]
         if fn in self.ew_stages:
             S = self.ew_stages[fn]
             comp = _Pipe(S, Pipe.depth_for(S))

@@ -42,7 +42,8 @@ is reset while it is held, nothing more is written.
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import (Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed,
+                          unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -123,10 +124,10 @@ class FoldStage(wiring.Component):
     each key; the row's ``e_max`` is the one of its last visible key), two synchronous read
     ports the engine owns, with :meth:`entry_keys` keys per entry (a beat's, or a KV word's
     ``cols / 2`` if more). ``o_beat``: ``FOLD_BITS`` values, ``last`` and
-    ``emax``. Pipeline (``STAGES`` = 3, one beat per cycle): memories read; shift by gshift
-    and mask; round by ``e_max - exp_v``."""
+    ``emax``. Pipeline (``STAGES`` = 5, one beat per cycle): memories read; their words
+    registered; shift by gshift and mask, the rounding shift ``e_max - exp_v``; shift; round."""
 
-    STAGES = 3
+    STAGES = 5
     #: A key's entry in ``vsc_data``.
     KEY_LAYOUT = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
 
@@ -173,33 +174,44 @@ class FoldStage(wiring.Component):
         b1 = Signal(13)
         vis1 = Signal(18)
         lane1 = Signal(range(EW))
-        last1 = Signal()
         m.d.sync += [b1.eq(bp.b_idx), vis1.eq(bp.visible), lane1.eq(kk[:lew] if lew else 0),
-                     last1.eq(bp.last), p1.eq(bp.p)]
-        emax1 = Signal(signed(EXP_BITS))
-        m.d.comb += emax1.eq(_pick((self.vmax_data[i] for i in range(EW)), lane1))
-        v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
-        s2 = Signal(data.ArrayLayout(unsigned(6), L))
+                     p1.eq(bp.p)]
+        last = delay(m, bp.last, self.STAGES - 1, "fold_last")
+        # stage 1: the memories' words, the lanes picked
         emax2 = Signal(signed(EXP_BITS))
-        last2 = Signal()
-        m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
+        key2 = Signal(data.ArrayLayout(self.KEY_LAYOUT, L))
+        seen2 = Signal(L)
+        p2 = Signal.like(p1)
+        m.d.sync += [emax2.eq(_pick((self.vmax_data[i] for i in range(EW)), lane1)),
+                     p2.eq(p1)]
         sub1 = b1[:lsub] if lsub else 0  # the beat's keys within the entry
         for lane in range(L):
-            key = _pick((self.vsc_data[j * L + lane].as_value() for j in range(1 << lsub)),
-                        sub1)
-            key = self.KEY_LAYOUT(key)
-            seen = (b1 << ll) + lane < vis1
+            m.d.sync += [key2[lane].eq(_pick((self.vsc_data[j * L + lane].as_value()
+                                              for j in range(1 << lsub)), sub1)),
+                         seen2[lane].eq((b1 << ll) + lane < vis1)]
+        # stage 2: the value p << gshift (0 unseen or zero group), the shift e_max - exp_v
+        v3 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
+        s3 = Signal(data.ArrayLayout(unsigned(6), L))
+        emax = delay(m, emax2, self.STAGES - 3, "fold_emax")
+        for lane in range(L):
+            key = key2[lane]
             s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
-            m.d.comb += s.eq(emax1 - key.ev)
+            m.d.comb += s.eq(emax2 - key.ev)
             m.d.sync += [
-                v2[lane].eq(Mux(seen & ~key.sc[GSHIFT_BITS],
-                                p1[lane] << key.sc[:GSHIFT_BITS], 0)),
-                s2[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
+                v3[lane].eq(Mux(seen2[lane] & ~key.sc[GSHIFT_BITS],
+                                p2[lane] << key.sc[:GSHIFT_BITS], 0)),
+                s3[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
             ]
-            sm1 = (s2[lane] - 1)[:6]
-            m.d.sync += fold.result.data[lane].eq(
-                Mux(s2[lane] == 0, v2[lane], ((v2[lane] >> sm1) + 1) >> 1))
-        m.d.sync += [fold.result.last.eq(last2), fold.result.emax.eq(emax2)]
+        # stage 3: v >> (s - 1); stage 4: rounded (or v itself for s = 0)
+        t4 = Signal.like(v3)
+        v4 = Signal.like(v3)
+        z4 = Signal(L)
+        m.d.sync += v4.eq(v3)
+        for lane in range(L):
+            sm1 = (s3[lane] - 1)[:6]
+            m.d.sync += [t4[lane].eq(v3[lane] >> sm1), z4[lane].eq(s3[lane] == 0)]
+            m.d.sync += fold.result.data[lane].eq(Mux(z4[lane], v4[lane], (t4[lane] + 1) >> 1))
+        m.d.sync += [fold.result.last.eq(last[-1]), fold.result.emax.eq(emax[-1])]
         connect_out(m, fold.out, self.o_beat)
         return m
 
@@ -254,6 +266,8 @@ class VecEngine(wiring.Component):
     #: ``LOADV``: the stages after an exp word arrives (register, prefix maxima) before the
     #: block's entry is written.
     LOADV_STAGES = 2
+    #: ``COPY``'s pipeline between the beat assembler and the writer (a register and FIFO).
+    COPY_STAGES = 1
     #: The writer's output register: a word reaches the write port this many cycles after
     #: the writer takes its last piece.
     WR_STAGES = 1
@@ -816,18 +830,38 @@ class VecEngine(wiring.Component):
         a8x2_res = a8x2 & sweep
         m.d.comb += [res.take.eq(a8x2_res & q1.o_beat.valid & res.credit)]
 
-        # beat -> the fn's component
-        sel_in = {VecFn.RESIDUAL: add.i_beat, VecFn.GELU: pwl.i_beat,
-                  VecFn.SILU_MUL: pwl.i_beat, VecFn.ROPE: rope.i_beat,
-                  VecFn.LAYERNORM: nrm.i_beat, VecFn.RMSNORM: nrm.i_beat,
-                  VecFn.SOFTMAX: smx.i_beat}
-        for f, port in sel_in.items():
-            with m.If(is_[f]):
-                m.d.comb += [port.valid.eq(beat.valid), beat.ready.eq(port.ready)]
-        with m.If(quant & vfold):
-            m.d.comb += [fold.i_beat.valid.eq(beat.valid), beat.ready.eq(fold.i_beat.ready)]
-        with m.If(quant & ~vfold):
-            m.d.comb += [q1.i_beat.valid.eq(beat.valid), beat.ready.eq(q1.i_beat.ready)]
+        # COPY: the beat through a register and FIFO (COPY_STAGES), as a component, so that
+        # the writer's ready reaches a FIFO only (never the assembler and the readers)
+        cp_l = data.StructLayout({"data": unsigned(max(L * WIDE, ab))})
+        cp = Pipe(m, "copy", cp_l, self.COPY_STAGES)
+        cp_d = delay(m, Mux(copy_act, raw_act, bp.a.as_value()), self.COPY_STAGES - 1, "copy")
+        m.d.sync += cp.result.data.eq(cp_d[-1])
+
+        # beat -> the fn's component (one-hot selects, registered at go)
+        sel_in = {"add": (add.i_beat, is_[VecFn.RESIDUAL]),
+                  "pwl": (pwl.i_beat, is_[VecFn.GELU] | is_[VecFn.SILU_MUL]),
+                  "rope": (rope.i_beat, is_[VecFn.ROPE]),
+                  "norm": (nrm.i_beat, norm),
+                  "smax": (smx.i_beat, is_[VecFn.SOFTMAX]),
+                  "fold": (fold.i_beat, quant & vfold),
+                  "q1": (q1.i_beat, quant & ~vfold),
+                  "copy": (None, is_[VecFn.COPY])}
+        ready_in = 0
+        for name, (port, cond) in sel_in.items():
+            sel = Signal(name=f"sel_in_{name}")
+            with m.If(go):
+                m.d.sync += sel.eq(cond)
+            if port is None:
+                m.d.comb += cp.take.eq(sel & beat.valid & cp.credit)
+                ready_in = ready_in | (sel & cp.credit)
+            else:
+                if name != "q1":
+                    m.d.comb += port.valid.eq(sel & beat.valid)
+                else:
+                    with m.If(sel):
+                        m.d.comb += port.valid.eq(beat.valid)
+                ready_in = ready_in | (sel & port.ready)
+        m.d.comb += beat.ready.eq(ready_in)
 
         # -- normalizer parameters: gamma (and beta) words per output beat -----------------------
         pmeta_l = data.StructLayout({"v": 1, "k": range(KC), "j": range(SF), "beat_last": 1})
@@ -899,26 +933,33 @@ class VecEngine(wiring.Component):
         o_gshift = Signal(GSHIFT_BITS)
         o_gzero = Signal()
         o_exp = Signal(EXP_BITS)
-        wide_src = {VecFn.RESIDUAL: (add.o_beat, add.o_beat.payload),
-                    VecFn.GELU: (pwl.o_beat, pwl.o_beat.payload),
-                    VecFn.SILU_MUL: (pwl.o_beat, pwl.o_beat.payload),
-                    VecFn.ROPE: (rope.o_beat, rope.o_beat.payload),
-                    VecFn.LAYERNORM: (nrm.o_beat, nrm.o_beat.payload.data),
-                    VecFn.RMSNORM: (nrm.o_beat, nrm.o_beat.payload.data),
-                    VecFn.SOFTMAX: (smx.o_beat, smx.o_beat.payload.data)}
-        for f, (port, payload) in wide_src.items():
-            with m.If(is_[f]):
-                m.d.comb += [o_valid.eq(port.valid), port.ready.eq(o_ready), o_wide.eq(payload)]
-        with m.If(is_[VecFn.COPY]):
-            m.d.comb += [o_valid.eq(beat.valid), beat.ready.eq(o_ready), o_wide.eq(bp.a)]
-        with m.If(quant):
-            with m.If(a8x2_res):
-                qb = q2.o_beat
-                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready),
-                             q1.o_beat.ready.eq(res.credit)]
-            with m.Else():
-                qb = q1.o_beat
-                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready)]
+        a8x2_res_go = a8x2 & sweep
+        cpo = cp.out
+        wide_src = {"add": (add.o_beat, add.o_beat.payload, is_[VecFn.RESIDUAL]),
+                    "pwl": (pwl.o_beat, pwl.o_beat.payload,
+                            is_[VecFn.GELU] | is_[VecFn.SILU_MUL]),
+                    "rope": (rope.o_beat, rope.o_beat.payload, is_[VecFn.ROPE]),
+                    "norm": (nrm.o_beat, nrm.o_beat.payload.data, norm),
+                    "smax": (smx.o_beat, smx.o_beat.payload.data, is_[VecFn.SOFTMAX]),
+                    "copy": (cpo, cpo.payload.data[:L * WIDE], is_[VecFn.COPY]),
+                    "q1": (q1.o_beat, None, quant & ~a8x2_res_go),
+                    "q2": (q2.o_beat, None, quant & a8x2_res_go)}
+        # one-hot selects, registered at go (sweep is set by then): o_valid, o_wide and each
+        # source's ready as AND-OR terms, no priority chain
+        ov, ow = 0, 0
+        for name, (port, payload, cond) in wide_src.items():
+            sel = Signal(name=f"sel_out_{name}")
+            with m.If(go):
+                m.d.sync += sel.eq(cond)
+            ov = ov | (sel & port.valid)
+            if payload is not None:
+                ow = ow | Mux(sel, Value.cast(payload), 0)
+            if name == "q1":
+                # A8X2's second sweep: Q1 feeds the residual (its credit), not the writer
+                m.d.comb += port.ready.eq(Mux(a8x2_res, res.credit, sel & o_ready))
+            else:
+                m.d.comb += port.ready.eq(sel & o_ready)
+        m.d.comb += [o_valid.eq(ov), o_wide.eq(ow)]
         q1p, q2p = q1.o_beat.payload, q2.o_beat.payload
         lo_plane = a15 & sweep
         for lane in range(L):
@@ -992,7 +1033,8 @@ class VecEngine(wiring.Component):
         m.d.comb += o_ready.eq(w_step & (w_row_end | (wk == kout_last)))
         with m.If(w_step & w_word):
             m.d.sync += [wo_valid.eq(1), wo_addr.eq(w_addr),
-                         wo_data.eq(Mux(to_act, Mux(copy_act, raw_act, aw.as_value()),
+                         wo_data.eq(Mux(to_act, Mux(copy_act, cpo.payload.data[:ab],
+                                                        aw.as_value()),
                                         word.as_value()))]
         with m.Elif(wo_ready):
             m.d.sync += wo_valid.eq(0)
@@ -1017,7 +1059,7 @@ class VecEngine(wiring.Component):
                 with m.If(w_word):
                     m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
 
-        busy = (r_on | w_on | wo_valid | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
+        busy = (r_on | w_on | wo_valid | cp.busy | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
         m.d.comb += e.finished.eq(~go & ~busy)
