@@ -581,8 +581,8 @@ class _Pipe:
 
     __slots__ = ("lat", "depth", "takes", "pops")
 
-    def __init__(self, latency: int, depth: int):
-        self.lat, self.depth = latency, depth
+    def __init__(self, latency: int, depth: int, fifo_latency: int = Pipe.FIFO_LATENCY):
+        self.lat, self.depth = latency + fifo_latency, depth
         self.takes: list[int] = []
         self.pops: list[int] = []
 
@@ -593,7 +593,7 @@ class _Pipe:
         return t
 
     def avail(self, k: int) -> int:
-        a = self.takes[k] + self.lat + Pipe.FIFO_LATENCY
+        a = self.takes[k] + self.lat
         return max(a, self.pops[k - 1] + 1) if k else a
 
     def left(self, t: int) -> None:
@@ -688,6 +688,7 @@ class VecModel:
         self.go_cycles = VecEngine.GO_CYCLES
         self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.LOADV_STAGES
         self.wr_stages = VecEngine.WR_STAGES
+        self.beat_stages, self.beat_depth = VecEngine.BEAT_STAGES, VecEngine.BEAT_DEPTH
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
                           VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES,
@@ -760,13 +761,16 @@ class VecModel:
 
     def _sweep_writer(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
         """The cycle the writer takes the sweep's last piece."""
-        # reader (MemReader: latency 1) and beat assembler (one register)
+        # reader (MemReader: latency 1), beat assembler (one register) and, except for COPY
+        # (its own Pipe takes from the assembler), the beat skid: a 2-entry buffer that takes
+        # a beat while it holds at most one (VecEngine.BEAT_STAGES, BEAT_DEPTH)
         rd = _Pipe(1, self.rd_depth)
         rd_issue = [go]             # previous issue (go: the first issues at go + 1)
-        asm_free = [0]              # the cycle the assembler's beat left (its consumer took it)
+        asm_free = [0]              # the cycle the assembler's beat left
+        skid = None if fn == VecFn.COPY else _Pipe(self.beat_stages, self.beat_depth, 0)
 
         def front(n_pieces: int) -> int:
-            """The cycle the next beat (``n_pieces`` reads) is valid in the assembler."""
+            """The cycle the next beat (``n_pieces`` reads) is offered to its consumer."""
             t = 0
             for _ in range(n_pieces):
                 k = len(rd.takes)
@@ -774,7 +778,18 @@ class VecModel:
                 rd_issue[0] = issue
                 t = max(rd.avail(k), asm_free[0])
                 rd.left(t)
-            return t + 1
+            if skid is None:
+                return t + 1
+            k = len(skid.takes)
+            asm_free[0] = skid.admit(t + 1)
+            return skid.avail(k)
+
+        def took(t: int) -> None:
+            """The consumer took the beat ``front`` offered, in cycle ``t``."""
+            if skid is None:
+                asm_free[0] = t
+            else:
+                skid.left(t)
 
         wr_last = [0]
 
@@ -791,18 +806,18 @@ class VecModel:
             b = 0
             for _ in range(rows):
                 for nin, nout in zip(beats_in, beats_out, strict=True):
-                    asm_free[0] = comp.admit(front(nin))
+                    took(comp.admit(front(nin)))
                     comp.left(writer(comp.avail(b), nout))
                     b += 1
             return wr_last[0]
         if fn == VecFn.QUANT:
-            return self._quant(f, rows, beats_in, beats_out, go, second, front, asm_free, writer,
+            return self._quant(f, rows, beats_in, beats_out, go, second, front, took, writer,
                                wr_last)
         if fn == VecFn.SOFTMAX:
-            return self._softmax(rows, beats_in, beats_out, front, asm_free, writer, wr_last)
-        return self._norm(fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last)
+            return self._softmax(rows, beats_in, beats_out, front, took, writer, wr_last)
+        return self._norm(fn, rows, beats_in, beats_out, go, front, took, writer, wr_last)
 
-    def _quant(self, f, rows, beats_in, beats_out, go, second, front, asm_free, writer, wr_last):
+    def _quant(self, f, rows, beats_in, beats_out, go, second, front, took, writer, wr_last):
         q = self.q
         vfold = bool(f["vfold"])
         a8x2 = second and QuantMode(f["qmode"]) == QuantMode.A8X2
@@ -816,11 +831,11 @@ class VecModel:
                 v = front(nin)
                 if vfold:
                     t = fold.admit(v)
-                    asm_free[0] = t
+                    took(t)
                     t1 = q1.pass1(fold.avail(b0 + k), k == B - 1)
                     fold.left(t1)
                 else:
-                    asm_free[0] = q1.pass1(v, k == B - 1)
+                    took(q1.pass1(v, k == B - 1))
             for k, nout in enumerate(beats_out):            # q1 pass 2 -> writer / residual
                 b = b0 + k
                 a = q1.pass2(b, r, k == B - 1)
@@ -838,7 +853,7 @@ class VecModel:
             b0 += B
         return wr_last[0]
 
-    def _softmax(self, rows, beats_in, beats_out, front, asm_free, writer, wr_last):
+    def _softmax(self, rows, beats_in, beats_out, front, took, writer, wr_last):
         FL = Pipe.FIFO_LATENCY
         s = self.s
         A = _Pipe(s.P1_BEAT_STAGES, s.depth_a)          # pass 1 -> row FIFO A
@@ -853,7 +868,7 @@ class VecModel:
         for r in range(rows):
             for nin in beats_in:
                 v = front(nin)
-                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+                took(A.admit(v if not A.takes else max(v, A.takes[-1] + 1)))
             ra = A.takes[b0 + nb - 1] + s.P1_STAGES + FL       # the row's max
             if r:
                 ra = max(ra, row_take2[r - 1] + 1)
@@ -879,7 +894,7 @@ class VecModel:
             b0 += nb
         return wr_last[0]
 
-    def _norm(self, fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last):
+    def _norm(self, fn, rows, beats_in, beats_out, go, front, took, writer, wr_last):
         FL = Pipe.FIFO_LATENCY
         n = self.n
         L, C = self.L, self.C
@@ -900,7 +915,7 @@ class VecModel:
         for r in range(rows):
             for nin in beats_in:
                 v = front(nin)
-                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+                took(A.admit(v if not A.takes else max(v, A.takes[-1] + 1)))
             sa = A.takes[-1] + n.P1_STAGES + FL              # the row's statistics
             if st_acc is not None:
                 sa = max(sa, st_acc + 1)

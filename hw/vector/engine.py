@@ -268,6 +268,8 @@ class VecEngine(wiring.Component):
     LOADV_STAGES = 2
     #: ``COPY``'s pipeline between the beat assembler and the writer (a register and FIFO).
     COPY_STAGES = 1
+    #: The beat skid between the assembler and the components: latency and entries.
+    BEAT_STAGES, BEAT_DEPTH = 1, 2
     #: The writer's output register: a word reaches the write port this many cycles after
     #: the writer takes its last piece.
     WR_STAGES = 1
@@ -704,14 +706,15 @@ class VecEngine(wiring.Component):
         # -- beat assembler: L / E words into one beat ----------------------------------------
         beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "vis": unsigned(18),
                                     "b_idx": unsigned(13), "last": 1})
-        beat = stream.Signature(beat_l).create(path=("beat",))
+        asm = stream.Signature(beat_l).create(path=("asm",))
         asm_valid = Signal()
+        asm_ready = Signal()
         raw_act = Signal(ab)  # COPY of A8 rows: the ACT word as it is
         word_take = Signal()
         m.d.comb += [
-            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | beat.ready)),
+            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | asm_ready)),
             ard.o.ready.eq(word_take), brd.o.ready.eq(word_take),
-            beat.valid.eq(asm_valid),
+            asm.valid.eq(asm_valid),
         ]
         wa = acc_word(p)(ard.o.payload.data[:cb])
         wb = acc_word(p)(brd.o.payload.data)
@@ -724,17 +727,50 @@ class VecEngine(wiring.Component):
                     hv = _pick((w[j * Ph + lane % Ph] for j in range(SH)), j_in)
                     return Mux(half, hv, full)
                 with m.If(Mux(half, k_in == lane // Ph, k_in == lane // Pf)):
-                    m.d.sync += [beat.payload.a[lane].eq(elem(wa)),
-                                 beat.payload.b[lane].eq(elem(wb))]
+                    m.d.sync += [asm.payload.a[lane].eq(elem(wa)),
+                                 asm.payload.b[lane].eq(elem(wb))]
             m.d.sync += raw_act.eq(ard.o.payload.data[:ab])
             meta = ard.o.payload.meta
             with m.If(meta.beat_last):
-                m.d.sync += [asm_valid.eq(1), beat.payload.vis.eq(meta.vis),
-                             beat.payload.b_idx.eq(meta.b), beat.payload.last.eq(meta.last)]
-            with m.Elif(beat.ready):
+                m.d.sync += [asm_valid.eq(1), asm.payload.vis.eq(meta.vis),
+                             asm.payload.b_idx.eq(meta.b), asm.payload.last.eq(meta.last)]
+            with m.Elif(asm_ready):
                 m.d.sync += asm_valid.eq(0)
-        with m.Elif(asm_valid & beat.ready):
+        with m.Elif(asm_valid & asm_ready):
             m.d.sync += asm_valid.eq(0)
+
+        # COPY: the assembled beat through a register and FIFO (COPY_STAGES), as a component,
+        # so that the writer's ready reaches a FIFO only (never the assembler and the readers)
+        sel_copy = Signal()
+        with m.If(go):
+            m.d.sync += sel_copy.eq(is_[VecFn.COPY])
+        cp_l = data.StructLayout({"data": unsigned(max(L * WIDE, ab))})
+        cp = Pipe(m, "copy", cp_l, self.COPY_STAGES)
+        cp_d = delay(m, Mux(copy_act, raw_act, asm.payload.a.as_value()), self.COPY_STAGES - 1,
+                     "copy")
+        m.d.sync += cp.result.data.eq(cp_d[-1])
+        m.d.comb += cp.take.eq(sel_copy & asm_valid & cp.credit)
+
+        # the beat skid (BEAT_STAGES, BEAT_DEPTH): the assembled beat into a main and a skid
+        # register, taken only while the skid is empty (a registered ready), so the
+        # components' ready reaches these registers only, never the assembler and the readers
+        beat = stream.Signature(beat_l).create(path=("beat",))
+        sk_v = Signal()
+        sk_d = Signal(beat_l)
+        mv = Signal()
+        push = Signal()
+        m.d.comb += [asm_ready.eq(Mux(sel_copy, cp.credit, ~sk_v)),
+                     push.eq(asm_valid & ~sel_copy & ~sk_v),
+                     beat.valid.eq(mv)]
+        with m.If(~mv | beat.ready):
+            with m.If(sk_v):
+                m.d.sync += [beat.payload.eq(sk_d), mv.eq(1), sk_v.eq(push)]
+                with m.If(push):
+                    m.d.sync += sk_d.eq(asm.payload)
+            with m.Else():
+                m.d.sync += [beat.payload.eq(asm.payload), mv.eq(push)]
+        with m.Elif(push):
+            m.d.sync += [sk_d.eq(asm.payload), sk_v.eq(1)]
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
@@ -830,13 +866,6 @@ class VecEngine(wiring.Component):
         a8x2_res = a8x2 & sweep
         m.d.comb += [res.take.eq(a8x2_res & q1.o_beat.valid & res.credit)]
 
-        # COPY: the beat through a register and FIFO (COPY_STAGES), as a component, so that
-        # the writer's ready reaches a FIFO only (never the assembler and the readers)
-        cp_l = data.StructLayout({"data": unsigned(max(L * WIDE, ab))})
-        cp = Pipe(m, "copy", cp_l, self.COPY_STAGES)
-        cp_d = delay(m, Mux(copy_act, raw_act, bp.a.as_value()), self.COPY_STAGES - 1, "copy")
-        m.d.sync += cp.result.data.eq(cp_d[-1])
-
         # beat -> the fn's component (one-hot selects, registered at go)
         sel_in = {"add": (add.i_beat, is_[VecFn.RESIDUAL]),
                   "pwl": (pwl.i_beat, is_[VecFn.GELU] | is_[VecFn.SILU_MUL]),
@@ -844,23 +873,18 @@ class VecEngine(wiring.Component):
                   "norm": (nrm.i_beat, norm),
                   "smax": (smx.i_beat, is_[VecFn.SOFTMAX]),
                   "fold": (fold.i_beat, quant & vfold),
-                  "q1": (q1.i_beat, quant & ~vfold),
-                  "copy": (None, is_[VecFn.COPY])}
+                  "q1": (q1.i_beat, quant & ~vfold)}
         ready_in = 0
         for name, (port, cond) in sel_in.items():
             sel = Signal(name=f"sel_in_{name}")
             with m.If(go):
                 m.d.sync += sel.eq(cond)
-            if port is None:
-                m.d.comb += cp.take.eq(sel & beat.valid & cp.credit)
-                ready_in = ready_in | (sel & cp.credit)
+            if name != "q1":
+                m.d.comb += port.valid.eq(sel & beat.valid)
             else:
-                if name != "q1":
-                    m.d.comb += port.valid.eq(sel & beat.valid)
-                else:
-                    with m.If(sel):
-                        m.d.comb += port.valid.eq(beat.valid)
-                ready_in = ready_in | (sel & port.ready)
+                with m.If(sel):
+                    m.d.comb += port.valid.eq(beat.valid)
+            ready_in = ready_in | (sel & port.ready)
         m.d.comb += beat.ready.eq(ready_in)
 
         # -- normalizer parameters: gamma (and beta) words per output beat -----------------------
@@ -1059,7 +1083,8 @@ class VecEngine(wiring.Component):
                 with m.If(w_word):
                     m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
 
-        busy = (r_on | w_on | wo_valid | cp.busy | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
+        busy = (r_on | w_on | wo_valid | cp.busy | mv | sk_v | p_on | ard.busy | brd.busy | prd.busy
+                | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
         m.d.comb += e.finished.eq(~go & ~busy)
