@@ -567,7 +567,7 @@ def _vec_writes(f: dict) -> Buf:
 # than a row: ``vector_row`` bounds the rows), so each value is known when it is needed.
 
 #: ``LOADV`` (vfold): two KV reads per block of ``PC`` keys, then one cycle for the last word
-#: to arrive and one that sees none arriving (-> ``SETUP``), plus ``VecEngine.LOADV_STAGES``
+#: to arrive and one that sees none arriving (-> ``SETUP``), plus ``VecEngine.loadv_stages``
 #: for the last block's entry to be written.
 _VEC_LOADV_TAIL = 2
 #: ``RUN`` sees the sweep finished the cycle after its last write; ``SWEEP2`` (``go``) next.
@@ -686,7 +686,7 @@ class VecModel:
         # VecEngine FSM: IDLE (accept) -> EFF -> PROD -> the checks -> SETUP -> EPS (go: the
         # generators start the next cycle); the writer's output register after the writer
         self.go_cycles = VecEngine.GO_CYCLES
-        self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.LOADV_STAGES
+        self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.loadv_stages(p)
         self.wr_stages = VecEngine.WR_STAGES
         self.beat_stages, self.beat_depth = VecEngine.BEAT_STAGES, VecEngine.BEAT_DEPTH
         self.row_fns = VecEngine.ROW_FNS

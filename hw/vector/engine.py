@@ -263,9 +263,6 @@ class VecEngine(wiring.Component):
     #: Cycles from a micro-op's acceptance (``IDLE``) to its first ``go`` pulse (``EPS``):
     #: ``EFF``, ``PROD``, the checks, ``SETUP``, ``EPS`` (without ``vfold``'s ``LOADV``).
     GO_CYCLES = 2 + CHECK_STAGES + 2
-    #: ``LOADV``: the stages after an exp word arrives (register, prefix maxima) before the
-    #: block's entry is written.
-    LOADV_STAGES = 2
     #: ``COPY``'s pipeline between the beat assembler and the writer (a register and FIFO).
     COPY_STAGES = 1
     #: The beat skid between the assembler and the components: latency and entries.
@@ -305,6 +302,13 @@ class VecEngine(wiring.Component):
             "busy": Out(1),
             "abort": In(1),
         })
+
+    @staticmethod
+    def loadv_stages(params: ChipParams) -> int:
+        """``LOADV``: the stages after a KV exp word arrives before its block's entry is
+        written: a register, then one per level of the block's prefix maxima (at least
+        one: the mask)."""
+        return 1 + max(1, (params.cols // 2 - 1).bit_length())
 
     def elaborate(self, platform):
         m = Module()
@@ -369,17 +373,16 @@ class VecEngine(wiring.Component):
         Wo = Signal(18)      # ACC words of a written row
         Wq = Signal(18)      # ACT words of an A8 row
         Wc = Signal(18)      # PRM words of a constant vector
-        nblk = Signal(18)    # KV key blocks (vfold)
         Bt_m1 = Signal(18)   # beats of a row - 1
         Wr = Signal(18)      # words read per row
         Ww = Signal(18)      # words written per row
+        dst_ww = Signal(19)  # dst + Ww
         pos_rows = Signal(17)  # pos + rows
         rows_m1 = Signal(9)    # rows - 1
-        rows_dst_m1 = Signal(10)  # blocks * rows - 1
-        nblk_m1 = Signal(18)   # nblk - 1 (length >= 1; the check refuses length 0 first)
+        nblk_m1 = Signal(18)   # KV key blocks (vfold) - 1 (the check refuses length 0 first)
         vg1 = Signal(5)        # vgroups + 1: KV words per key block
         p_src = Signal(24)   # (rows - 1) * src_stride
-        p_dst = Signal(24)   # (blocks * rows - 1) * dst_stride
+        p_dst = Signal(24)   # (rows - 1) * dst_stride (the second block adds p_blk)
         p_blk = Signal(24)   # rows * dst_stride: the second block
         p_tab = Signal(40)   # (pos + rows) * W: end of the RoPE table rows
         p_posw = Signal(40)  # pos * W: the first table row
@@ -419,6 +422,7 @@ class VecEngine(wiring.Component):
         lv_run = Signal(signed(EXP_BITS))  # running max of exp_v
         lv_wblk = Signal(18)    # block of the data arriving
         lv_issue = Signal()
+        lv_more = Signal()      # lv_blk < nblk (registered)
         lv_busy = Signal()      # a block in the LOADV_STAGES pipeline
         kvd = kv_word(p)(self.kv_data)
 
@@ -428,7 +432,7 @@ class VecEngine(wiring.Component):
         s_b = Signal(27)     # src_b + p_src + W
         s_tab = Signal(41)   # src_b + p_tab
         s_kv = Signal(30)    # kv_src + p_kv + vgroups + 1
-        s_dst = Signal(27)   # dst + p_dst + Ww
+        s_dst = Signal(27)   # dst + Ww + p_dst (+ p_blk: two blocks)
         bad_r = Signal()     # Err.BAD_FIELD (SUMS)
         bad_c = Signal()     # ... carried (CMP)
         rng_r = Signal()     # Err.SRAM_RANGE (CMP)
@@ -452,23 +456,22 @@ class VecEngine(wiring.Component):
                     length.eq(ln), W.eq(w),
                     Wo.eq(Mux(c_out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
                     Wq.eq(_ceil_shift(ln, lr)), Wc.eq(_ceil_shift(ln, lc)),
-                    nblk.eq(_ceil_shift(ln, lpc)), nblk_m1.eq((ln - 1)[lpc:]),
+                    nblk_m1.eq((ln - 1)[lpc:]),
                     Bt_m1.eq((ln - 1)[ll:]),
                     pos_rows.eq(pr), rows_m1.eq(a.rows - 1),
-                    rows_dst_m1.eq(Mux(c_two, a.rows << 1, a.rows) - 1),
                     vg1.eq(a.vgroups + 1),
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
                 m.d.sync += [
                     p_src.eq(rows_m1 * a.src_stride),
-                    p_dst.eq(rows_dst_m1 * a.dst_stride),
+                    p_dst.eq(rows_m1 * a.dst_stride),
                     p_blk.eq(a.rows * a.dst_stride),
                     p_tab.eq(pos_rows * W),
                     p_posw.eq(pos * W),
                     p_kv.eq(nblk_m1 * vg1),
                     Wr.eq(Mux(copy_act, Wq, W)),
-                    Ww.eq(Mux(to_act, Wq, Wo)),
+                    Ww.eq(Mux(to_act, Wq, Wo)), dst_ww.eq(a.dst + Mux(to_act, Wq, Wo)),
                     prm_eps.eq(a.prm + Mux(is_[VecFn.LAYERNORM], Wc << 1, Wc)),
                 ]
                 m.next = "SUMS"
@@ -476,7 +479,7 @@ class VecEngine(wiring.Component):
                 m.d.sync += [
                     s_a.eq(a.src_a + p_src + Wr), s_b.eq(a.src_b + p_src + W),
                     s_tab.eq(a.src_b + p_tab), s_kv.eq(kv_src + p_kv + vg1),
-                    s_dst.eq(a.dst + p_dst + Ww),
+                    s_dst.eq(dst_ww + p_dst + Mux(two, p_blk, 0)),
                     bad_r.eq((fn > max(VecFn))
                              | (quant & ((a.qmode > max(QuantMode))
                                          | (a.vfold & (a.vgroups == 0))))
@@ -502,13 +505,13 @@ class VecEngine(wiring.Component):
                     m.next = "ERROR"
                 with m.Elif(vfold):
                     m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_addr_e.eq(kv_src + a.vgroups),
-                                 lv_ph.eq(0), lv_bad.eq(0), lv_got.eq(0)]
+                                 lv_ph.eq(0), lv_bad.eq(0), lv_got.eq(0), lv_more.eq(1)]
                     m.next = "LOADV"
                 with m.Else():
                     m.next = "SETUP"
             with m.State("LOADV"):
                 # issue: scale word, then exp word of block lv_blk
-                m.d.comb += [lv_issue.eq(lv_blk != nblk),
+                m.d.comb += [lv_issue.eq(lv_more),
                              self.kv_addr.eq(Mux(lv_ph, lv_addr_e, lv_addr)),
                              self.kv_en.eq(lv_issue)]
                 m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
@@ -516,13 +519,14 @@ class VecEngine(wiring.Component):
                     m.d.sync += lv_ph.eq(~lv_ph)
                     with m.If(lv_ph):
                         m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + vg1),
-                                     lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk)]
+                                     lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk),
+                                     lv_more.eq(lv_blk != nblk_m1)]
                 with m.If(lv_got == 1):
                     m.d.sync += lv_scale.eq(self.kv_data)
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif((lv_blk == nblk) & (lv_got == 0) & ~lv_busy):
+                with m.Elif(~lv_more & (lv_got == 0) & ~lv_busy):
                     with m.If(lv_bad):
                         m.d.sync += err_code.eq(Err.BAD_FIELD)
                         m.next = "ERROR"
@@ -558,47 +562,60 @@ class VecEngine(wiring.Component):
                 m.d.comb += go.eq(1)
                 m.next = "RUN"
 
-        # LOADV's pipeline (LOADV_STAGES): stage 1 registers the exp word as the block RAM
-        # gives it (with the block's scale word and its live keys j < length); stage 2 the
-        # block's prefix maxima (a dead lane takes lane 0's exp: live lanes are a prefix and
-        # lane 0 is live in every block) and the scale check; stage 3 (the write) merges the
-        # prefix maxima with the running max of the blocks before and writes the entry.
+        # LOADV's pipeline (loadv_stages): stage 1 registers the exp word as the block RAM
+        # gives it (with the block's scale word, its live keys j < length, whether it is block
+        # 0); the next stages compute the block's prefix maxima, a level of a Kogge-Stone
+        # prefix each (the first also masks: a dead lane takes lane 0's exp, live lanes being
+        # a prefix and lane 0 live in every block) and the scale check; then the write merges
+        # them with the running max of the blocks before and writes the block's entry.
+        n_st = self.loadv_stages(p)
         ev_l = data.ArrayLayout(signed(EXP_BITS), PC)
-        lv1_v, lv2_v = Signal(), Signal()
-        lv1_ev, lv2_ev, lv2_pm = Signal(ev_l), Signal(ev_l), Signal(ev_l)
-        lv1_sc, lv2_sc = Signal(kv_word(p)), Signal(kv_word(p))
+        st = [SimpleNamespace(v=Signal(name=f"lv{k}_v"), ev=Signal(ev_l, name=f"lv{k}_ev"),
+                              pm=Signal(ev_l, name=f"lv{k}_pm"),
+                              sc=Signal(kv_word(p), name=f"lv{k}_sc"),
+                              blk=Signal(18, name=f"lv{k}_blk"), first=Signal(name=f"lv{k}_first"),
+                              bad=Signal(name=f"lv{k}_bad"))
+              for k in range(1, n_st + 1)]
         lv1_live = Signal(PC)
-        lv1_blk, lv2_blk = Signal(18), Signal(18)
-        lv2_bad = Signal()
-        m.d.comb += lv_busy.eq(lv1_v | lv2_v)
-        m.d.sync += [lv1_v.eq(lv_got == 2), lv2_v.eq(lv1_v)]
+        m.d.comb += lv_busy.eq(_any(x.v for x in st))
+        m.d.sync += st[0].v.eq(lv_got == 2)
         with m.If(lv_got == 2):
-            m.d.sync += [lv1_blk.eq(lv_wblk), lv1_sc.eq(lv_scale)]
+            m.d.sync += [st[0].blk.eq(lv_wblk), st[0].sc.eq(lv_scale),
+                         st[0].first.eq(lv_wblk == 0)]
             for lane in range(PC):
-                m.d.sync += [lv1_ev[lane].eq(kvd[lane].as_signed()),
+                m.d.sync += [st[0].ev[lane].eq(kvd[lane].as_signed()),
                              lv1_live[lane].eq(Cat(Const(lane, lpc), lv_wblk) < length)]
-        x = [Mux(lv1_live[lane], lv1_ev[lane], lv1_ev[0]) for lane in range(PC)]
         vmx = lambda u, v: Mux(v > u, v, u)  # noqa: E731
-        m.d.sync += [lv2_blk.eq(lv1_blk), lv2_ev.eq(lv1_ev), lv2_sc.eq(lv1_sc),
-                     lv2_bad.eq(_any(lv1_live[lane] & ~lv1_sc[lane][GSHIFT_BITS]
-                                     & (lv1_sc[lane][:GSHIFT_BITS] > H) for lane in range(PC)))]
-        for lane in range(PC):
-            m.d.sync += lv2_pm[lane].eq(tree(x[:lane + 1], vmx))
-        with m.If(lv2_v):
-            chunk = lv2_blk[:lke] if lke else 0  # the block's PC keys in an entry
-            first = lv2_blk == 0
-            run = [Mux(first | (lv2_pm[lane] > lv_run), lv2_pm[lane], lv_run)
-                   for lane in range(PC)]
-            m.d.sync += [lv_run.eq(run[PC - 1]), lv_bad.eq(lv_bad | lv2_bad)]
+        pm = [Mux(lv1_live[lane], st[0].ev[lane], st[0].ev[0]) for lane in range(PC)]
+        m.d.sync += st[1].bad.eq(_any(lv1_live[lane] & ~st[0].sc[lane][GSHIFT_BITS]
+                                      & (st[0].sc[lane][:GSHIFT_BITS] > H)
+                                      for lane in range(PC)))
+        for k in range(1, n_st):
+            prev, cur = st[k - 1], st[k]
+            d = 1 << (k - 1)  # this stage's level of the prefix
+            m.d.sync += [cur.v.eq(prev.v), cur.ev.eq(prev.ev), cur.sc.eq(prev.sc),
+                         cur.blk.eq(prev.blk), cur.first.eq(prev.first)]
+            if k > 1:
+                m.d.sync += cur.bad.eq(prev.bad)
+                pm = [prev.pm[lane] for lane in range(PC)]
             for lane in range(PC):
-                sc = lv2_sc[lane]
+                m.d.sync += cur.pm[lane].eq(vmx(pm[lane - d], pm[lane]) if lane >= d
+                                            else pm[lane])
+        last = st[-1]
+        with m.If(last.v):
+            chunk = last.blk[:lke] if lke else 0  # the block's PC keys in an entry
+            run = [Mux(last.first | (last.pm[lane] > lv_run), last.pm[lane], lv_run)
+                   for lane in range(PC)]
+            m.d.sync += [lv_run.eq(run[PC - 1]), lv_bad.eq(lv_bad | last.bad)]
+            for lane in range(PC):
+                sc = last.sc[lane]
                 for k in range(KE):  # the lane of key j in the entry
                     m.d.comb += [
                         vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
-                        vsc_w.data[k * PC + lane].ev.eq(lv2_ev[lane]),
+                        vsc_w.data[k * PC + lane].ev.eq(last.ev[lane]),
                         vmax_w.data[k * PC + lane].eq(run[lane]),
                     ]
-            m.d.comb += [vsc_w.addr.eq(lv2_blk >> lke), vmax_w.addr.eq(lv2_blk >> lke)]
+            m.d.comb += [vsc_w.addr.eq(last.blk >> lke), vmax_w.addr.eq(last.blk >> lke)]
             for k in range(KE):
                 m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
 
@@ -1004,14 +1021,21 @@ class VecEngine(wiring.Component):
         w_rem = Signal(signed(20))   # elements of the row from word ww on
         wp_rem = Signal(signed(20))  # elements of the row from the piece on
         w_row_end = Signal()         # wp_rem <= po: the row's last piece (registered)
+        w_live = Signal(C)           # element c of word ww is in the row: c < w_rem
         E_w = Mux(out_half, PC, C)
         po = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
-        kout_last = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
-        jout_last = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
+        # the op's last piece indices, registered at go
+        kout_last = Signal.like(wk)
+        jout_last = Signal.like(wj)
+        row_live = Cat(Const(c, 20) < length for c in range(C))
         with m.If(go):
             m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
-                         wp_rem.eq(length), w_row_end.eq(length <= po),
-                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
+                         wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
+                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0)),
+                         kout_last.eq(Mux(quant, KQ - 1,
+                                          Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))),
+                         jout_last.eq(Mux(quant, SQ - 1,
+                                          Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1))))]
         to_act = e.to_act
         # the output register (WR_STAGES): the word written, held until its port is ready
         wo_valid = Signal()
@@ -1042,7 +1066,7 @@ class VecEngine(wiring.Component):
         word = acc_word(p)(Signal(cb, name="acc_word_out"))
         for c in range(C):
             full = gathered(c, Pf, SF, KF, C, o_wide, hold_w)
-            live = c < w_rem
+            live = w_live[c]
             if c < PC:
                 hv = gathered(c, Ph, SH, KH, PC, o_wide, hold_w)
                 m.d.comb += word[c].eq(Mux(live, Mux(out_half, hv, full), 0))
@@ -1072,7 +1096,7 @@ class VecEngine(wiring.Component):
         with m.If(w_step):
             with m.If(w_row_end):
                 m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
-                             wp_rem.eq(length), w_row_end.eq(length <= po),
+                             wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
                              w_row.eq(w_row + a.dst_stride)]
                 with m.If(wt == e.rows_m1):
                     m.d.sync += w_on.eq(0)
@@ -1081,7 +1105,10 @@ class VecEngine(wiring.Component):
                              w_row_end.eq(wp_rem <= (po << 1)),
                              wj.eq(Mux(w_word, 0, wj + 1))]
                 with m.If(w_word):
-                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
+                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w),
+                                 w_live.eq(Cat(Mux(out_half, Const(c + PC, 20) < w_rem,
+                                                   Const(c + C, 20) < w_rem)
+                                               for c in range(C)))]
 
         busy = (r_on | w_on | wo_valid | cp.busy | mv | sk_v | p_on | ard.busy | brd.busy | prd.busy
                 | asm_valid | par_valid
