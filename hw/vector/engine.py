@@ -99,6 +99,19 @@ def _any(values):
     return out
 
 
+def _reg_credit(m, pipe: Pipe, name: str):
+    """``pipe.credit`` as a register: the beats admitted and not yet read out (what
+    ``inflight + level`` counts), kept here with the next cycle's comparison registered, so a
+    take depends on a flop instead of an adder and compare. Equal to ``pipe.credit`` every
+    cycle (both start empty and see the same takes and reads)."""
+    cnt = Signal(range(pipe.depth + 1), name=f"{name}_cnt")
+    ok = Signal(name=f"{name}_ok", init=1)
+    pop = pipe.out.valid & pipe.out.ready
+    nxt = cnt + pipe.take - pop
+    m.d.sync += [cnt.eq(nxt), ok.eq(nxt < pipe.depth)]
+    return ok
+
+
 def _ceil_shift(v, k: int):
     """``ceil(v / 2**k)``."""
     return (v + (1 << k) - 1) >> k if k else v
@@ -766,7 +779,8 @@ class VecEngine(wiring.Component):
         cp_d = delay(m, Mux(copy_act, raw_act, asm.payload.a.as_value()), self.COPY_STAGES - 1,
                      "copy")
         m.d.sync += cp.result.data.eq(cp_d[-1])
-        m.d.comb += cp.take.eq(sel_copy & asm_valid & cp.credit)
+        cp_ok = _reg_credit(m, cp, "copy")
+        m.d.comb += cp.take.eq(sel_copy & asm_valid & cp_ok)
 
         # the beat skid (BEAT_STAGES, BEAT_DEPTH): the assembled beat into a main and a skid
         # register, taken only while the skid is empty (a registered ready), so the
@@ -776,18 +790,18 @@ class VecEngine(wiring.Component):
         sk_d = Signal(beat_l)
         mv = Signal()
         push = Signal()
-        m.d.comb += [asm_ready.eq(Mux(sel_copy, cp.credit, ~sk_v)),
+        m.d.comb += [asm_ready.eq(Mux(sel_copy, cp_ok, ~sk_v)),
                      push.eq(asm_valid & ~sel_copy & ~sk_v),
                      beat.valid.eq(mv)]
+        # (the skid register copies the assembler whenever it is empty: its load does not
+        # wait for the components' ready; sk_v says whether it holds a beat)
+        with m.If(~sk_v):
+            m.d.sync += sk_d.eq(asm.payload)
         with m.If(~mv | beat.ready):
-            with m.If(sk_v):
-                m.d.sync += [beat.payload.eq(sk_d), mv.eq(1), sk_v.eq(push)]
-                with m.If(push):
-                    m.d.sync += sk_d.eq(asm.payload)
-            with m.Else():
-                m.d.sync += [beat.payload.eq(asm.payload), mv.eq(push)]
+            m.d.sync += [beat.payload.eq(Mux(sk_v, sk_d, asm.payload)), mv.eq(sk_v | push),
+                         sk_v.eq(0)]
         with m.Elif(push):
-            m.d.sync += [sk_d.eq(asm.payload), sk_v.eq(1)]
+            m.d.sync += sk_v.eq(1)
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
@@ -881,7 +895,11 @@ class VecEngine(wiring.Component):
                      r2.per_row.eq(a.per_row), q2.i_beat.valid.eq(res.out.valid),
                      res.out.ready.eq(q2.i_beat.ready)]
         a8x2_res = a8x2 & sweep
-        m.d.comb += [res.take.eq(a8x2_res & q1.o_beat.valid & res.credit)]
+        res_ok = _reg_credit(m, res, "res")
+        sel_res = Signal()  # A8X2's second sweep, registered at go
+        with m.If(go):
+            m.d.sync += sel_res.eq(a8x2 & sweep)
+        m.d.comb += [res.take.eq(sel_res & q1.o_beat.valid & res_ok)]
 
         # beat -> the fn's component (one-hot selects, registered at go)
         sel_in = {"add": (add.i_beat, is_[VecFn.RESIDUAL]),
@@ -997,7 +1015,7 @@ class VecEngine(wiring.Component):
                 ow = ow | Mux(sel, Value.cast(payload), 0)
             if name == "q1":
                 # A8X2's second sweep: Q1 feeds the residual (its credit), not the writer
-                m.d.comb += port.ready.eq(Mux(a8x2_res, res.credit, sel & o_ready))
+                m.d.comb += port.ready.eq((sel_res & res_ok) | (sel & o_ready))
             else:
                 m.d.comb += port.ready.eq(sel & o_ready)
         m.d.comb += [o_valid.eq(ov), o_wide.eq(ow)]
