@@ -570,7 +570,8 @@ def _vec_writes(f: dict) -> Buf:
 #: to arrive and one that sees none arriving (-> ``SETUP``), plus ``VecEngine.loadv_stages``
 #: for the last block's entry to be written.
 _VEC_LOADV_TAIL = 2
-#: ``RUN`` sees the sweep finished the cycle after its last write; ``SWEEP2`` (``go``) next.
+#: ``RUN`` sees the sweep finished the cycle after its last write (plus
+#: ``VecEngine.FINISH_STAGES``); ``SWEEP2`` (``go``) next.
 _VEC_SWEEP_GAP = 2
 
 
@@ -688,6 +689,7 @@ class VecModel:
         self.go_cycles = VecEngine.GO_CYCLES
         self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.loadv_stages(p)
         self.wr_stages = VecEngine.WR_STAGES
+        self.finish = VecEngine.FINISH_STAGES
         self.beat_stages, self.beat_depth = VecEngine.BEAT_STAGES, VecEngine.BEAT_DEPTH
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
@@ -749,9 +751,9 @@ class VecModel:
         two = quant and QuantMode(f["qmode"]) != QuantMode.INT8
         last = self._sweep(fn, f, rows, beats_in, beats_out, go, second=False)
         if two:
-            last = self._sweep(fn, f, rows, beats_in, beats_out, last + _VEC_SWEEP_GAP,
-                               second=True)
-        return last + 1
+            last = self._sweep(fn, f, rows, beats_in, beats_out,
+                               last + _VEC_SWEEP_GAP + self.finish, second=True)
+        return last + 1 + self.finish
 
     # -- one sweep ------------------------------------------------------------------------
     def _sweep(self, fn, f, rows, beats_in, beats_out, go, second) -> int:

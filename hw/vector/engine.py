@@ -280,6 +280,9 @@ class VecEngine(wiring.Component):
     COPY_STAGES = 1
     #: The beat skid between the assembler and the components: latency and entries.
     BEAT_STAGES, BEAT_DEPTH = 1, 2
+    #: ``RUN`` sees a sweep finished (its last word written, the datapath empty) this many
+    #: cycles after the fact: ``finished`` is a register.
+    FINISH_STAGES = 1
     #: The writer's output register: a word reaches the write port this many cycles after
     #: the writer takes its last piece.
     WR_STAGES = 1
@@ -408,7 +411,7 @@ class VecEngine(wiring.Component):
         err_code = Signal(Err)
         sweep = Signal()
         go = Signal()        # one-cycle pulse: a sweep's generators start
-        finished = Signal()  # the sweep's last word written, the datapath empty
+        finished = Signal()  # the sweep's last word written, the datapath empty (a cycle ago)
         eps = Signal(EPS_BITS)
         setup = Signal()
 
@@ -518,24 +521,11 @@ class VecEngine(wiring.Component):
                     m.next = "ERROR"
                 with m.Elif(vfold):
                     m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_addr_e.eq(kv_src + a.vgroups),
-                                 lv_ph.eq(0), lv_bad.eq(0), lv_got.eq(0), lv_more.eq(1)]
+                                 lv_ph.eq(0), lv_bad.eq(0), lv_more.eq(1)]
                     m.next = "LOADV"
                 with m.Else():
                     m.next = "SETUP"
-            with m.State("LOADV"):
-                # issue: scale word, then exp word of block lv_blk
-                m.d.comb += [lv_issue.eq(lv_more),
-                             self.kv_addr.eq(Mux(lv_ph, lv_addr_e, lv_addr)),
-                             self.kv_en.eq(lv_issue)]
-                m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
-                with m.If(lv_issue):
-                    m.d.sync += lv_ph.eq(~lv_ph)
-                    with m.If(lv_ph):
-                        m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + vg1),
-                                     lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk),
-                                     lv_more.eq(lv_blk != nblk_m1)]
-                with m.If(lv_got == 1):
-                    m.d.sync += lv_scale.eq(self.kv_data)
+            with m.State("LOADV"):  # the reads: below, while lv_more
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
@@ -574,6 +564,23 @@ class VecEngine(wiring.Component):
             with m.State("SWEEP2"):
                 m.d.comb += go.eq(1)
                 m.next = "RUN"
+
+        # LOADV's reads (lv_more: in LOADV, blocks left): scale word, then exp word of block
+        # lv_blk
+        m.d.comb += [lv_issue.eq(lv_more),
+                     self.kv_addr.eq(Mux(lv_ph, lv_addr_e, lv_addr)),
+                     self.kv_en.eq(lv_issue)]
+        m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
+        with m.If(lv_issue):
+            m.d.sync += lv_ph.eq(~lv_ph)
+            with m.If(lv_ph):
+                m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + vg1),
+                             lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk),
+                             lv_more.eq(lv_blk != nblk_m1)]
+        with m.If(self.abort):
+            m.d.sync += lv_more.eq(0)
+        with m.If(lv_got == 1):
+            m.d.sync += lv_scale.eq(self.kv_data)
 
         # LOADV's pipeline (loadv_stages): stage 1 registers the exp word as the block RAM
         # gives it (with the block's scale word, its live keys j < length, whether it is block
@@ -1045,15 +1052,17 @@ class VecEngine(wiring.Component):
         # the op's last piece indices, registered at go
         kout_last = Signal.like(wk)
         jout_last = Signal.like(wj)
+        w_kl = Signal()  # wk == kout_last (registered)
+        w_jl = Signal()  # wj == jout_last (registered)
         row_live = Cat(Const(c, 20) < length for c in range(C))
+        kl_c = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
+        jl_c = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
             m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
                          wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
                          w_row.eq(a.dst + Mux(sweep, e.p_blk, 0)),
-                         kout_last.eq(Mux(quant, KQ - 1,
-                                          Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))),
-                         jout_last.eq(Mux(quant, SQ - 1,
-                                          Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1))))]
+                         kout_last.eq(kl_c), jout_last.eq(jl_c),
+                         w_kl.eq(kl_c == 0), w_jl.eq(jl_c == 0)]
         to_act = e.to_act
         # the output register (WR_STAGES): the word written, held until its port is ready
         wo_valid = Signal()
@@ -1067,7 +1076,7 @@ class VecEngine(wiring.Component):
                      self.acc_wr.valid.eq(wo_valid & ~to_act),
                      self.act_wr.valid.eq(wo_valid & to_act)]
         w_addr = w_row + ww
-        w_word = w_row_end | (wj == jout_last)  # a word's last piece: write it
+        w_word = w_row_end | w_jl  # a word's last piece: write it
         # words wider than a beat (L < E) gather their earlier pieces here
         hold_w = Signal(wide_lanes(C)) if SF > 1 else None
         hold_q = Signal(data.ArrayLayout(signed(8), R)) if SQ > 1 else None
@@ -1094,9 +1103,12 @@ class VecEngine(wiring.Component):
         for r in range(R):
             m.d.comb += aw.data[r].eq(gathered(r, Pq, SQ, KQ, R, o_q8, hold_q))
         m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp)]
+        # the writer takes a piece when one is offered and it can go: w_go from registers and
+        # the port's ready only; o_ready (a beat's last piece) does not wait for o_valid
+        w_go = Signal()
         w_step = Signal()  # a piece is written, or held for its word
-        m.d.comb += w_step.eq(w_on & o_valid & (~w_word | wo_free))
-        m.d.comb += o_ready.eq(w_step & (w_row_end | (wk == kout_last)))
+        m.d.comb += [w_go.eq(w_on & (~w_word | wo_free)), w_step.eq(w_go & o_valid),
+                     o_ready.eq(w_go & (w_row_end | w_kl))]
         with m.If(w_step & w_word):
             m.d.sync += [wo_valid.eq(1), wo_addr.eq(w_addr),
                          wo_data.eq(Mux(to_act, Mux(copy_act, cpo.payload.data[:ab],
@@ -1115,13 +1127,16 @@ class VecEngine(wiring.Component):
             with m.If(w_row_end):
                 m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
                              wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
-                             w_row.eq(w_row + a.dst_stride)]
+                             w_row.eq(w_row + a.dst_stride),
+                             w_kl.eq(kout_last == 0), w_jl.eq(jout_last == 0)]
                 with m.If(wt == e.rows_m1):
                     m.d.sync += w_on.eq(0)
             with m.Else():
-                m.d.sync += [wk.eq(Mux(wk == kout_last, 0, wk + 1)), wp_rem.eq(wp_rem - po),
+                m.d.sync += [wk.eq(Mux(w_kl, 0, wk + 1)), wp_rem.eq(wp_rem - po),
                              w_row_end.eq(wp_rem <= (po << 1)),
-                             wj.eq(Mux(w_word, 0, wj + 1))]
+                             wj.eq(Mux(w_word, 0, wj + 1)),
+                             w_kl.eq(Mux(w_kl, kout_last == 0, wk + 1 == kout_last)),
+                             w_jl.eq(Mux(w_word, jout_last == 0, wj + 1 == jout_last))]
                 with m.If(w_word):
                     m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w),
                                  w_live.eq(Cat(Mux(out_half, Const(c + PC, 20) < w_rem,
@@ -1132,4 +1147,4 @@ class VecEngine(wiring.Component):
                 | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
-        m.d.comb += e.finished.eq(~go & ~busy)
+        m.d.sync += e.finished.eq(~go & ~busy)  # FINISH_STAGES: registered
