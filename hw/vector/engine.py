@@ -107,8 +107,10 @@ def _reg_credit(m, pipe: Pipe, name: str):
     cnt = Signal(range(pipe.depth + 1), name=f"{name}_cnt")
     ok = Signal(name=f"{name}_ok", init=1)
     pop = pipe.out.valid & pipe.out.ready
-    nxt = cnt + pipe.take - pop
-    m.d.sync += [cnt.eq(nxt), ok.eq(nxt < pipe.depth)]
+    take = pipe.take
+    m.d.sync += [cnt.eq(cnt + take - pop),
+                 # the next count: cnt + 1, or cnt (a take implies cnt < depth), or cnt - 1
+                 ok.eq(Mux(take & ~pop, cnt + 1 < pipe.depth, pop | (cnt < pipe.depth)))]
     return ok
 
 
@@ -177,8 +179,9 @@ class FoldStage(wiring.Component):
         lsub = lew - ll  # beats per entry: 2**lsub
         fold = Pipe(m, "fold", self.o_beat.payload.shape(), self.STAGES)
         bp = self.i_beat.payload
-        m.d.comb += [self.i_beat.ready.eq(fold.credit),
-                     fold.take.eq(self.i_beat.valid & fold.credit),
+        ok = _reg_credit(m, fold, "fold")
+        m.d.comb += [self.i_beat.ready.eq(ok),
+                     fold.take.eq(self.i_beat.valid & ok),
                      self.busy.eq(fold.busy)]
         kk = Signal(18)  # the row's last visible key: its running max is e_max
         m.d.comb += [kk.eq(bp.visible - 1),
@@ -940,15 +943,20 @@ class VecEngine(wiring.Component):
         pw = Signal(18)   # piece of the vector: pb * KC + pk
         lsf = _log2(SF, "pieces per word")
         pword = pw >> lsf  # its word
+        p_blast = Signal()  # pb == Bt_m1: the row's last beat (registered)
+        p_tlast = Signal()  # pt == rows_m1: the last row (registered)
+        prm_b = Signal(20)  # prm + Wc: beta (LAYERNORM)
         with m.If(go):
-            m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0)]
+            m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0),
+                         p_blast.eq(e.Bt_m1 == 0), p_tlast.eq(e.rows_m1 == 0),
+                         prm_b.eq(a.prm + Wc)]
         p_issue = Signal()
         vec_end = pk == KC - 1
         lastv = pv | is_[VecFn.RMSNORM]
         m.d.comb += [
             p_issue.eq(p_on & prd.i.ready),
             prd.i.valid.eq(p_issue),
-            prd.i.payload.addr.eq(a.prm + Mux(pv, Wc, 0) + Mux(pword < Wc, pword, Wc - 1)),
+            prd.i.payload.addr.eq(Mux(pv, prm_b, a.prm) + Mux(pword < Wc, pword, Wc - 1)),
             prd.i.payload.meta.v.eq(pv), prd.i.payload.meta.k.eq(pk),
             prd.i.payload.meta.j.eq(pw[:lsf] if lsf else 0),
             prd.i.payload.meta.beat_last.eq(vec_end & lastv),
@@ -960,12 +968,13 @@ class VecEngine(wiring.Component):
                 m.d.sync += [pk.eq(0), pv.eq(1), pw.eq(pw - (KC - 1))]
             with m.Else():
                 m.d.sync += [pk.eq(0), pv.eq(0)]
-                with m.If(pb == e.Bt_m1):
-                    m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1)]
-                    with m.If(pt == e.rows_m1):
+                with m.If(p_blast):
+                    m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1), p_blast.eq(e.Bt_m1 == 0),
+                                 p_tlast.eq(pt + 1 == e.rows_m1)]
+                    with m.If(p_tlast):
                         m.d.sync += p_on.eq(0)
                 with m.Else():
-                    m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1)]
+                    m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1), p_blast.eq(pb + 1 == e.Bt_m1)]
         m.d.comb += [e.prd_addr.eq(prd.rd_addr), e.prd_en.eq(prd.rd_en)]
         m.d.comb += prd.rd_data.eq(self.prm_data)
         par = nrm.i_param
