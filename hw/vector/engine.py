@@ -101,16 +101,18 @@ def _any(values):
 
 def _reg_credit(m, pipe: Pipe, name: str):
     """``pipe.credit`` as a register: the beats admitted and not yet read out (what
-    ``inflight + level`` counts), kept here with the next cycle's comparison registered, so a
-    take depends on a flop instead of an adder and compare. Equal to ``pipe.credit`` every
-    cycle (both start empty and see the same takes and reads)."""
-    cnt = Signal(range(pipe.depth + 1), name=f"{name}_cnt")
+    ``inflight + level`` counts), kept here as a thermometer code with ``count < depth``
+    registered, so a take depends on a flop instead of an adder and compare. Equal to
+    ``pipe.credit`` every cycle (both start empty and see the same takes and reads)."""
+    d = pipe.depth
+    th = Signal(d, name=f"{name}_th")  # thermometer: th[i] = count > i
     ok = Signal(name=f"{name}_ok", init=1)
     pop = pipe.out.valid & pipe.out.ready
-    take = pipe.take
-    m.d.sync += [cnt.eq(cnt + take - pop),
-                 # the next count: cnt + 1, or cnt (a take implies cnt < depth), or cnt - 1
-                 ok.eq(Mux(take & ~pop, cnt + 1 < pipe.depth, pop | (cnt < pipe.depth)))]
+    inc = pipe.take & ~pop
+    dec = pop & ~pipe.take
+    nxt = [Mux(inc, th[i - 1] if i else 1, Mux(dec, th[i + 1] if i + 1 < d else 0, th[i]))
+           for i in range(d)]
+    m.d.sync += [th.eq(Cat(*nxt)), ok.eq(~nxt[d - 1])]
     return ok
 
 
@@ -1074,11 +1076,16 @@ class VecEngine(wiring.Component):
                          w_kl.eq(kl_c == 0), w_jl.eq(jl_c == 0)]
         to_act = e.to_act
         # the output register (WR_STAGES): the word written, held until its port is ready
+        # (and a skid register behind it, so that the writer's go is a register, not the
+        # port's ready: with the port ready the skid stays empty, the latency is WR_STAGES)
         wo_valid = Signal()
         wo_addr = Signal(16)
         wo_data = Signal(max(cb, ab))
+        ws_valid = Signal()
+        ws_addr = Signal(16)
+        ws_data = Signal(max(cb, ab))
         wo_ready = Mux(to_act, self.act_wr.ready, self.acc_wr.ready)
-        wo_free = ~wo_valid | wo_ready
+        wo_free = ~ws_valid
         m.d.comb += [self.acc_wr.payload.addr.eq(wo_addr), self.act_wr.payload.addr.eq(wo_addr),
                      self.acc_wr.payload.data.eq(wo_data[:cb]),
                      self.act_wr.payload.data.eq(wo_data[:ab]),
@@ -1118,13 +1125,17 @@ class VecEngine(wiring.Component):
         w_step = Signal()  # a piece is written, or held for its word
         m.d.comb += [w_go.eq(w_on & (~w_word | wo_free)), w_step.eq(w_go & o_valid),
                      o_ready.eq(w_go & (w_row_end | w_kl))]
-        with m.If(w_step & w_word):
-            m.d.sync += [wo_valid.eq(1), wo_addr.eq(w_addr),
-                         wo_data.eq(Mux(to_act, Mux(copy_act, cpo.payload.data[:ab],
-                                                        aw.as_value()),
-                                        word.as_value()))]
-        with m.Elif(wo_ready):
-            m.d.sync += wo_valid.eq(0)
+        w_put = w_step & w_word
+        w_data = Mux(to_act, Mux(copy_act, cpo.payload.data[:ab], aw.as_value()),
+                     word.as_value())
+        with m.If(~ws_valid):  # the skid copies the word offered while it is empty
+            m.d.sync += [ws_addr.eq(w_addr), ws_data.eq(w_data)]
+        with m.If(~wo_valid | wo_ready):
+            m.d.sync += [wo_valid.eq(ws_valid | w_put), ws_valid.eq(0),
+                         wo_addr.eq(Mux(ws_valid, ws_addr, w_addr)),
+                         wo_data.eq(Mux(ws_valid, ws_data, w_data))]
+        with m.Elif(w_put):
+            m.d.sync += ws_valid.eq(1)
         with m.If(w_step & ~w_word):
             if hold_w is not None:  # L < C: a piece is the whole beat
                 for c in range(C):
@@ -1152,7 +1163,7 @@ class VecEngine(wiring.Component):
                                                    Const(c + C, 20) < w_rem)
                                                for c in range(C)))]
 
-        busy = (r_on | w_on | wo_valid | cp.busy | mv | sk_v | p_on | ard.busy | brd.busy | prd.busy
+        busy = (r_on | w_on | wo_valid | ws_valid | cp.busy | mv | sk_v | p_on | ard.busy | brd.busy | prd.busy
                 | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
