@@ -567,13 +567,12 @@ def _vec_writes(f: dict) -> Buf:
 # for belongs to an earlier beat of the same phase or to an earlier row (a row FIFO holds more
 # than a row: ``vector_row`` bounds the rows), so each value is known when it is needed.
 
-#: VecEngine FSM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` -> ``SETUP`` -> ``EPS``
-#: (``go``: the generators start the next cycle).
-_VEC_GO = 5
 #: ``LOADV`` (vfold): two KV reads per block of ``PC`` keys, then one cycle for the last word
-#: to arrive and one that sees none arriving (-> ``SETUP``).
+#: to arrive and one that sees none arriving (-> ``SETUP``), plus ``VecEngine.loadv_stages``
+#: for the last block's entry to be written.
 _VEC_LOADV_TAIL = 2
-#: ``RUN`` sees the sweep finished the cycle after its last write; ``SWEEP2`` (``go``) next.
+#: ``RUN`` sees the sweep finished the cycle after its last write (plus
+#: ``VecEngine.FINISH_STAGES``); ``SWEEP2`` (``go``) next.
 _VEC_SWEEP_GAP = 2
 
 
@@ -687,9 +686,17 @@ class VecModel:
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.fold_stages = FoldStage.STAGES
         self.res_stages = VecEngine.RES_STAGES
+        # VecEngine FSM: IDLE (accept) -> EFF -> PROD -> the checks -> SETUP -> EPS (go: the
+        # generators start the next cycle); the writer's output register after the writer
+        self.go_cycles = VecEngine.GO_CYCLES
+        self.loadv_tail = _VEC_LOADV_TAIL + VecEngine.loadv_stages(p)
+        self.wr_stages = VecEngine.WR_STAGES
+        self.finish = VecEngine.FINISH_STAGES
+        self.beat_stages, self.beat_depth = VecEngine.BEAT_STAGES, VecEngine.BEAT_DEPTH
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
-                          VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES}
+                          VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES,
+                          VecFn.COPY: VecEngine.COPY_STAGES}
         self.q = parts["q1"]
         self.n = n = parts["norm"]
         self.s = s = parts["smax"]
@@ -735,26 +742,34 @@ class VecModel:
         beats_in = self._pieces(length, *pin)
         beats_out = self._pieces(length, *pout)
         assert len(beats_in) == len(beats_out)
-        go = _VEC_GO
+        go = self.go_cycles
         if quant and f["vfold"]:
-            go += 2 * (-(-length // PC)) + _VEC_LOADV_TAIL
+            go += 2 * (-(-length // PC)) + self.loadv_tail
         two = quant and QuantMode(f["qmode"]) != QuantMode.INT8
         last = self._sweep(fn, f, rows, beats_in, beats_out, go, second=False)
         if two:
-            last = self._sweep(fn, f, rows, beats_in, beats_out, last + _VEC_SWEEP_GAP,
-                               second=True)
-        return last + 1
+            last = self._sweep(fn, f, rows, beats_in, beats_out,
+                               last + _VEC_SWEEP_GAP + self.finish, second=True)
+        return last + 1 + self.finish
 
     # -- one sweep ------------------------------------------------------------------------
     def _sweep(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
-        """The cycle of the sweep's last write (``go``: the cycle of its ``go`` pulse)."""
-        # reader (MemReader: latency 1) and beat assembler (one register)
+        """The cycle of the sweep's last write at the port (``go``: the cycle of its ``go``
+        pulse): the writer's last piece, then ``WR_STAGES`` (its output register)."""
+        return self._sweep_writer(fn, f, rows, beats_in, beats_out, go, second) + self.wr_stages
+
+    def _sweep_writer(self, fn, f, rows, beats_in, beats_out, go, second) -> int:
+        """The cycle the writer takes the sweep's last piece."""
+        # reader (MemReader: latency 1), beat assembler (one register) and, except for COPY
+        # (its own Pipe takes from the assembler), the beat skid: a 2-entry buffer that takes
+        # a beat while it holds at most one (VecEngine.BEAT_STAGES, BEAT_DEPTH)
         rd = _Pipe(1, self.rd_depth)
         rd_issue = [go]             # previous issue (go: the first issues at go + 1)
-        asm_free = [0]              # the cycle the assembler's beat left (its consumer took it)
+        asm_free = [0]              # the cycle the assembler's beat left
+        skid = None if fn == VecFn.COPY else _Pipe(self.beat_stages, self.beat_depth, 0)
 
         def front(n_pieces: int) -> int:
-            """The cycle the next beat (``n_pieces`` reads) is valid in the assembler."""
+            """The cycle the next beat (``n_pieces`` reads) is offered to its consumer."""
             t = 0
             for _ in range(n_pieces):
                 k = len(rd.takes)
@@ -762,7 +777,18 @@ class VecModel:
                 rd_issue[0] = issue
                 t = max(rd.avail(k), asm_free[0])
                 rd.left(t)
-            return t + 1
+            if skid is None:
+                return t + 1
+            k = len(skid.takes)
+            asm_free[0] = skid.admit(t + 1)
+            return skid.avail(k)
+
+        def took(t: int) -> None:
+            """The consumer took the beat ``front`` offered, in cycle ``t``."""
+            if skid is None:
+                asm_free[0] = t
+            else:
+                skid.left(t)
 
         wr_last = [0]
 
@@ -773,29 +799,24 @@ class VecModel:
             wr_last[0] = s + n_pieces - 1
             return wr_last[0]
 
-        if fn == VecFn.COPY:
-            for _ in range(rows):
-                for nin, nout in zip(beats_in, beats_out, strict=True):
-                    asm_free[0] = writer(front(nin), nout)
-            return wr_last[0]
         if fn in self.ew_stages:
             S = self.ew_stages[fn]
             comp = _Pipe(S, Pipe.depth_for(S))
             b = 0
             for _ in range(rows):
                 for nin, nout in zip(beats_in, beats_out, strict=True):
-                    asm_free[0] = comp.admit(front(nin))
+                    took(comp.admit(front(nin)))
                     comp.left(writer(comp.avail(b), nout))
                     b += 1
             return wr_last[0]
         if fn == VecFn.QUANT:
-            return self._quant(f, rows, beats_in, beats_out, go, second, front, asm_free, writer,
+            return self._quant(f, rows, beats_in, beats_out, go, second, front, took, writer,
                                wr_last)
         if fn == VecFn.SOFTMAX:
-            return self._softmax(rows, beats_in, beats_out, front, asm_free, writer, wr_last)
-        return self._norm(fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last)
+            return self._softmax(rows, beats_in, beats_out, front, took, writer, wr_last)
+        return self._norm(fn, rows, beats_in, beats_out, go, front, took, writer, wr_last)
 
-    def _quant(self, f, rows, beats_in, beats_out, go, second, front, asm_free, writer, wr_last):
+    def _quant(self, f, rows, beats_in, beats_out, go, second, front, took, writer, wr_last):
         q = self.q
         vfold = bool(f["vfold"])
         a8x2 = second and QuantMode(f["qmode"]) == QuantMode.A8X2
@@ -809,11 +830,11 @@ class VecModel:
                 v = front(nin)
                 if vfold:
                     t = fold.admit(v)
-                    asm_free[0] = t
+                    took(t)
                     t1 = q1.pass1(fold.avail(b0 + k), k == B - 1)
                     fold.left(t1)
                 else:
-                    asm_free[0] = q1.pass1(v, k == B - 1)
+                    took(q1.pass1(v, k == B - 1))
             for k, nout in enumerate(beats_out):            # q1 pass 2 -> writer / residual
                 b = b0 + k
                 a = q1.pass2(b, r, k == B - 1)
@@ -831,7 +852,7 @@ class VecModel:
             b0 += B
         return wr_last[0]
 
-    def _softmax(self, rows, beats_in, beats_out, front, asm_free, writer, wr_last):
+    def _softmax(self, rows, beats_in, beats_out, front, took, writer, wr_last):
         s = self.s
         FL = s.ROW_FIFO_LATENCY
         A = _Pipe(s.P1_BEAT_STAGES, s.depth_a, FL)      # pass 1 -> row FIFO A
@@ -846,7 +867,7 @@ class VecModel:
         for r in range(rows):
             for nin in beats_in:
                 v = front(nin)
-                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+                took(A.admit(v if not A.takes else max(v, A.takes[-1] + 1)))
             ra = A.takes[b0 + nb - 1] + s.P1_STAGES + FL       # the row's max
             if r:
                 ra = max(ra, row_take2[r - 1] + 1)
@@ -872,7 +893,7 @@ class VecModel:
             b0 += nb
         return wr_last[0]
 
-    def _norm(self, fn, rows, beats_in, beats_out, go, front, asm_free, writer, wr_last):
+    def _norm(self, fn, rows, beats_in, beats_out, go, front, took, writer, wr_last):
         n = self.n
         FL = n.ROW_FIFO_LATENCY
         L, C = self.L, self.C
@@ -893,7 +914,7 @@ class VecModel:
         for r in range(rows):
             for nin in beats_in:
                 v = front(nin)
-                asm_free[0] = A.admit(v if not A.takes else max(v, A.takes[-1] + 1))
+                took(A.admit(v if not A.takes else max(v, A.takes[-1] + 1)))
             sa = A.takes[-1] + n.P1_STAGES + FL              # the row's statistics
             if st_acc is not None:
                 sa = max(sa, st_acc + 1)

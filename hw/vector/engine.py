@@ -42,7 +42,18 @@ is reset while it is held, nothing more is written.
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import (
+    Array,
+    Cat,
+    Const,
+    Module,
+    Mux,
+    ResetInserter,
+    Signal,
+    Value,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -65,7 +76,7 @@ from ..isa import (
     prm_word,
 )
 from ..params import ChipParams
-from .common import Pipe, connect_out, saturate, wide_lanes
+from .common import WIDE, Pipe, connect_out, delay, saturate, wide_lanes
 from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
 from .norm import EPS_BITS, Normalizer
 from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
@@ -88,6 +99,31 @@ def _log2(n: int, what: str) -> int:
     if 1 << k != n:
         raise ValueError(f"VecEngine: {what} = {n} must be a power of two")
     return k
+
+
+def _any(values):
+    """The OR of a list of 1-bit expressions."""
+    out = 0
+    for v in values:
+        out = out | v
+    return out
+
+
+def _reg_credit(m, pipe: Pipe, name: str):
+    """``pipe.credit`` as a register: the beats admitted and not yet read out (what
+    ``inflight + level`` counts), kept here as a thermometer code with ``count < depth``
+    registered, so a take depends on a flop instead of an adder and compare. Equal to
+    ``pipe.credit`` every cycle (both start empty and see the same takes and reads)."""
+    d = pipe.depth
+    th = Signal(d, name=f"{name}_th")  # thermometer: th[i] = count > i
+    ok = Signal(name=f"{name}_ok", init=1)
+    pop = pipe.out.valid & pipe.out.ready
+    inc = pipe.take & ~pop
+    dec = pop & ~pipe.take
+    nxt = [Mux(inc, th[i - 1] if i else 1, Mux(dec, th[i + 1] if i + 1 < d else 0, th[i]))
+           for i in range(d)]
+    m.d.sync += [th.eq(Cat(*nxt)), ok.eq(~nxt[d - 1])]
+    return ok
 
 
 def _ceil_shift(v, k: int):
@@ -115,10 +151,10 @@ class FoldStage(wiring.Component):
     each key; the row's ``e_max`` is the one of its last visible key), two synchronous read
     ports the engine owns, with :meth:`entry_keys` keys per entry (a beat's, or a KV word's
     ``cols / 2`` if more). ``o_beat``: ``FOLD_BITS`` values, ``last`` and
-    ``emax``. Pipeline (``STAGES`` = 3, one beat per cycle): memories read; shift by gshift
-    and mask; round by ``e_max - exp_v``."""
+    ``emax``. Pipeline (``STAGES`` = 5, one beat per cycle): memories read; their words
+    registered; shift by gshift and mask, the rounding shift ``e_max - exp_v``; shift; round."""
 
-    STAGES = 3
+    STAGES = 5
     #: A key's entry in ``vsc_data``.
     KEY_LAYOUT = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
 
@@ -155,8 +191,9 @@ class FoldStage(wiring.Component):
         lsub = lew - ll  # beats per entry: 2**lsub
         fold = Pipe(m, "fold", self.o_beat.payload.shape(), self.STAGES)
         bp = self.i_beat.payload
-        m.d.comb += [self.i_beat.ready.eq(fold.credit),
-                     fold.take.eq(self.i_beat.valid & fold.credit),
+        ok = _reg_credit(m, fold, "fold")
+        m.d.comb += [self.i_beat.ready.eq(ok),
+                     fold.take.eq(self.i_beat.valid & ok),
                      self.busy.eq(fold.busy)]
         kk = Signal(18)  # the row's last visible key: its running max is e_max
         m.d.comb += [kk.eq(bp.visible - 1),
@@ -165,33 +202,44 @@ class FoldStage(wiring.Component):
         b1 = Signal(13)
         vis1 = Signal(18)
         lane1 = Signal(range(EW))
-        last1 = Signal()
         m.d.sync += [b1.eq(bp.b_idx), vis1.eq(bp.visible), lane1.eq(kk[:lew] if lew else 0),
-                     last1.eq(bp.last), p1.eq(bp.p)]
-        emax1 = Signal(signed(EXP_BITS))
-        m.d.comb += emax1.eq(_pick((self.vmax_data[i] for i in range(EW)), lane1))
-        v2 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
-        s2 = Signal(data.ArrayLayout(unsigned(6), L))
+                     p1.eq(bp.p)]
+        last = delay(m, bp.last, self.STAGES - 1, "fold_last")
+        # stage 1: the memories' words, the lanes picked
         emax2 = Signal(signed(EXP_BITS))
-        last2 = Signal()
-        m.d.sync += [emax2.eq(emax1), last2.eq(last1)]
+        key2 = Signal(data.ArrayLayout(self.KEY_LAYOUT, L))
+        seen2 = Signal(L)
+        p2 = Signal.like(p1)
+        m.d.sync += [emax2.eq(_pick((self.vmax_data[i] for i in range(EW)), lane1)),
+                     p2.eq(p1)]
         sub1 = b1[:lsub] if lsub else 0  # the beat's keys within the entry
         for lane in range(L):
-            key = _pick((self.vsc_data[j * L + lane].as_value() for j in range(1 << lsub)),
-                        sub1)
-            key = self.KEY_LAYOUT(key)
-            seen = (b1 << ll) + lane < vis1
+            m.d.sync += [key2[lane].eq(_pick((self.vsc_data[j * L + lane].as_value()
+                                              for j in range(1 << lsub)), sub1)),
+                         seen2[lane].eq((b1 << ll) + lane < vis1)]
+        # stage 2: the value p << gshift (0 unseen or zero group), the shift e_max - exp_v
+        v3 = Signal(data.ArrayLayout(unsigned(FOLD_BITS - 1), L))
+        s3 = Signal(data.ArrayLayout(unsigned(6), L))
+        emax = delay(m, emax2, self.STAGES - 3, "fold_emax")
+        for lane in range(L):
+            key = key2[lane]
             s = Signal(signed(EXP_BITS + 2), name=f"fold_s{lane}")
-            m.d.comb += s.eq(emax1 - key.ev)
+            m.d.comb += s.eq(emax2 - key.ev)
             m.d.sync += [
-                v2[lane].eq(Mux(seen & ~key.sc[GSHIFT_BITS],
-                                p1[lane] << key.sc[:GSHIFT_BITS], 0)),
-                s2[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
+                v3[lane].eq(Mux(seen2[lane] & ~key.sc[GSHIFT_BITS],
+                                p2[lane] << key.sc[:GSHIFT_BITS], 0)),
+                s3[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
             ]
-            sm1 = (s2[lane] - 1)[:6]
-            m.d.sync += fold.result.data[lane].eq(
-                Mux(s2[lane] == 0, v2[lane], ((v2[lane] >> sm1) + 1) >> 1))
-        m.d.sync += [fold.result.last.eq(last2), fold.result.emax.eq(emax2)]
+        # stage 3: v >> (s - 1); stage 4: rounded (or v itself for s = 0)
+        t4 = Signal.like(v3)
+        v4 = Signal.like(v3)
+        z4 = Signal(L)
+        m.d.sync += v4.eq(v3)
+        for lane in range(L):
+            sm1 = (s3[lane] - 1)[:6]
+            m.d.sync += [t4[lane].eq(v3[lane] >> sm1), z4[lane].eq(s3[lane] == 0)]
+            m.d.sync += fold.result.data[lane].eq(Mux(z4[lane], v4[lane], (t4[lane] + 1) >> 1))
+        m.d.sync += [fold.result.last.eq(last[-1]), fold.result.emax.eq(emax[-1])]
         connect_out(m, fold.out, self.o_beat)
         return m
 
@@ -237,7 +285,22 @@ class VecEngine(wiring.Component):
     #: ``VecFn`` values of the row operations (``ChipParams.vector_row`` bounds them).
     ROW_FNS = (VecFn.QUANT, VecFn.LAYERNORM, VecFn.RMSNORM, VecFn.SOFTMAX)
     #: A8X2's residual ``x - dequantize(q1)`` between the two quantizers: its stages.
-    RES_STAGES = 2
+    RES_STAGES = 4
+    #: The op's checks after ``EFF`` and ``PROD``: ``SUMS``, ``CMP``, ``CHECK`` (a state each).
+    CHECK_STAGES = 3
+    #: Cycles from a micro-op's acceptance (``IDLE``) to its first ``go`` pulse (``EPS``):
+    #: ``EFF``, ``PROD``, the checks, ``SETUP``, ``EPS`` (without ``vfold``'s ``LOADV``).
+    GO_CYCLES = 2 + CHECK_STAGES + 2
+    #: ``COPY``'s pipeline between the beat assembler and the writer (a register and FIFO).
+    COPY_STAGES = 1
+    #: The beat skid between the assembler and the components: latency and entries.
+    BEAT_STAGES, BEAT_DEPTH = 1, 2
+    #: ``RUN`` sees a sweep finished (its last word written, the datapath empty) this many
+    #: cycles after the fact: ``finished`` is a register.
+    FINISH_STAGES = 1
+    #: The writer's output register: a word reaches the write port this many cycles after
+    #: the writer takes its last piece.
+    WR_STAGES = 1
 
     def __init__(self, params: ChipParams = ChipParams()):
         p = params
@@ -271,6 +334,13 @@ class VecEngine(wiring.Component):
             "abort": In(1),
         })
 
+    @staticmethod
+    def loadv_stages(params: ChipParams) -> int:
+        """``LOADV``: the stages after a KV exp word arrives before its block's entry is
+        written: a register, then one per level of the block's prefix maxima (at least
+        one: the mask)."""
+        return 1 + max(1, (params.cols // 2 - 1).bit_length())
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -279,6 +349,7 @@ class VecEngine(wiring.Component):
         PC = C // 2
         lr, lc = _log2(R, "rows"), _log2(C, "cols")
         lpc = lc - 1
+        ll = _log2(L, "vector_lanes")
         H = num.act_headroom
         depth = {b: buffer_depth(p, b) for b in Buf}
         max_beats = self.max_beats
@@ -292,43 +363,62 @@ class VecEngine(wiring.Component):
         kv_src = Signal(kv_addr_bits(p))  # kv_base + src_b: V's scales (vfold)
         pc = Signal.like(self.err_pc)
         fn = a.fn
+        # the op's decoded flags: registers, set in EFF from ``a`` (registered in IDLE), so
+        # that no path runs from the op's fields through a decoder into the datapath
+        dec = Signal()  # EFF: the flags load
         is_ = {f: Signal(name=f"is_{f.name.lower()}") for f in VecFn}
-        for f in VecFn:
-            m.d.comb += is_[f].eq(fn == f)
         quant = is_[VecFn.QUANT]
-        norm = is_[VecFn.LAYERNORM] | is_[VecFn.RMSNORM]
+        norm = Signal()
         copy_act = Signal()
         vfold = Signal()
         two = Signal()       # QUANT A15 / A8X2: two blocks, two sweeps
         a8x2 = Signal()
         a15 = Signal()
-        m.d.comb += [
-            copy_act.eq(is_[VecFn.COPY] & (a.buf == VecBuf.ACT)),
-            vfold.eq(quant & a.vfold),
-            a15.eq(quant & (a.qmode == QuantMode.A15)),
-            a8x2.eq(quant & (a.qmode == QuantMode.A8X2)),
-            two.eq(a15 | a8x2),
-        ]
         half = a.half
         out_half = Signal()  # the written layout (COPY with repack: the other one)
-        m.d.comb += out_half.eq(half ^ (is_[VecFn.COPY] & a.repack))
+        to_act = Signal()    # writes ACT (QUANT, COPY of A8 rows)
+        use_b = Signal()     # reads operand b (RESIDUAL, SILU_MUL, ROPE)
+        row_fn = Signal()    # a row operation (ROW_FNS)
+        c_is = {f: fn == f for f in VecFn}
+        c_quant = c_is[VecFn.QUANT]
+        c_copy_act = c_is[VecFn.COPY] & (a.buf == VecBuf.ACT)
+        c_two = c_quant & ((a.qmode == QuantMode.A15) | (a.qmode == QuantMode.A8X2))
+        c_out_half = half ^ (c_is[VecFn.COPY] & a.repack)
+        with m.If(dec):
+            m.d.sync += [is_[f].eq(c_is[f]) for f in VecFn]
+            m.d.sync += [
+                norm.eq(c_is[VecFn.LAYERNORM] | c_is[VecFn.RMSNORM]),
+                copy_act.eq(c_copy_act),
+                vfold.eq(c_quant & a.vfold),
+                a15.eq(c_quant & (a.qmode == QuantMode.A15)),
+                a8x2.eq(c_quant & (a.qmode == QuantMode.A8X2)),
+                two.eq(c_two),
+                out_half.eq(c_out_half),
+                to_act.eq(c_quant | c_copy_act),
+                use_b.eq(c_is[VecFn.RESIDUAL] | c_is[VecFn.SILU_MUL] | c_is[VecFn.ROPE]),
+                row_fn.eq(_any(c_is[f] for f in self.ROW_FNS)),
+            ]
 
         length = Signal(18)  # after dyn
         W = Signal(18)       # ACC words of a row (E = C, or PC with half)
         Wo = Signal(18)      # ACC words of a written row
         Wq = Signal(18)      # ACT words of an A8 row
         Wc = Signal(18)      # PRM words of a constant vector
-        nblk = Signal(18)    # KV key blocks (vfold)
+        Bt_m1 = Signal(18)   # beats of a row - 1
         Wr = Signal(18)      # words read per row
         Ww = Signal(18)      # words written per row
+        dst_ww = Signal(19)  # dst + Ww
+        pos_rows = Signal(17)  # pos + rows
+        rows_m1 = Signal(9)    # rows - 1
+        nblk_m1 = Signal(18)   # KV key blocks (vfold) - 1 (the check refuses length 0 first)
+        vg1 = Signal(5)        # vgroups + 1: KV words per key block
         p_src = Signal(24)   # (rows - 1) * src_stride
-        p_dst = Signal(24)   # (blocks * rows - 1) * dst_stride
+        p_dst = Signal(24)   # (rows - 1) * dst_stride (the second block adds p_blk)
         p_blk = Signal(24)   # rows * dst_stride: the second block
         p_tab = Signal(40)   # (pos + rows) * W: end of the RoPE table rows
         p_posw = Signal(40)  # pos * W: the first table row
         p_kv = Signal(28)    # (nblk - 1) * (vgroups + 1)
-        n_vec = Signal(2)
-        m.d.comb += n_vec.eq(Mux(is_[VecFn.LAYERNORM], 2, 1))
+        prm_eps = Signal(20)  # prm + n_vec * Wc: the eps word (n_vec: 2 LAYERNORM, else 1)
 
         running = Signal()
         m.d.comb += [self.busy.eq(running | (self.cmd.valid & ~self.abort)),
@@ -336,7 +426,7 @@ class VecEngine(wiring.Component):
         err_code = Signal(Err)
         sweep = Signal()
         go = Signal()        # one-cycle pulse: a sweep's generators start
-        finished = Signal()  # the sweep's last word written, the datapath empty
+        finished = Signal()  # the sweep's last word written, the datapath empty (a cycle ago)
         eps = Signal(EPS_BITS)
         setup = Signal()
 
@@ -355,6 +445,7 @@ class VecEngine(wiring.Component):
         # V-scale loading (state LOADV): alternate reads of a block's scale and exp words
         lv_blk = Signal(18)
         lv_addr = Signal(24)    # scale word of block lv_blk
+        lv_addr_e = Signal(24)  # its exp word: lv_addr + vgroups
         lv_ph = Signal()        # 0: read the scale word, 1: the exp word
         lv_got = Signal(2)      # the data arriving: 1 scale word, 2 exp word
         lv_scale = Signal(kv_word(p))
@@ -362,7 +453,20 @@ class VecEngine(wiring.Component):
         lv_run = Signal(signed(EXP_BITS))  # running max of exp_v
         lv_wblk = Signal(18)    # block of the data arriving
         lv_issue = Signal()
+        lv_more = Signal()      # lv_blk < nblk (registered)
+        lv_busy = Signal()      # a block in the LOADV_STAGES pipeline
         kvd = kv_word(p)(self.kv_data)
+
+        # the checks, a stage per state (SUMS, CMP, CHECK): sums, compares, decision
+        acc_d, act_d = depth[Buf.ACC], depth[Buf.ACT]
+        s_a = Signal(27)     # src_a + p_src + Wr: the end of the rows read
+        s_b = Signal(27)     # src_b + p_src + W
+        s_tab = Signal(41)   # src_b + p_tab
+        s_kv = Signal(30)    # kv_src + p_kv + vgroups + 1
+        s_dst = Signal(27)   # dst + Ww + p_dst (+ p_blk: two blocks)
+        bad_r = Signal()     # Err.BAD_FIELD (SUMS)
+        bad_c = Signal()     # ... carried (CMP)
+        rng_r = Signal()     # Err.SRAM_RANGE (CMP)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -374,94 +478,73 @@ class VecEngine(wiring.Component):
                                  running.eq(1)]
                     m.next = "EFF"
             with m.State("EFF"):
+                m.d.comb += dec.eq(1)
                 ln = Signal(18)
-                m.d.comb += ln.eq(Mux(a.dyn == Dyn.POS, pos + a.rows, a.length))
+                pr = pos + a.rows
+                m.d.comb += ln.eq(Mux(a.dyn == Dyn.POS, pr, a.length))
                 w = Mux(half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))
                 m.d.sync += [
                     length.eq(ln), W.eq(w),
-                    Wo.eq(Mux(out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
+                    Wo.eq(Mux(c_out_half, _ceil_shift(ln, lpc), _ceil_shift(ln, lc))),
                     Wq.eq(_ceil_shift(ln, lr)), Wc.eq(_ceil_shift(ln, lc)),
-                    nblk.eq(_ceil_shift(ln, lpc)),
+                    nblk_m1.eq((ln - 1)[lpc:]),
+                    Bt_m1.eq((ln - 1)[ll:]),
+                    pos_rows.eq(pr), rows_m1.eq(a.rows - 1),
+                    vg1.eq(a.vgroups + 1),
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
-                rows_dst = Mux(two, a.rows << 1, a.rows)
                 m.d.sync += [
-                    p_src.eq((a.rows - 1) * a.src_stride),
-                    p_dst.eq((rows_dst - 1) * a.dst_stride),
+                    p_src.eq(rows_m1 * a.src_stride),
+                    p_dst.eq(rows_m1 * a.dst_stride),
                     p_blk.eq(a.rows * a.dst_stride),
-                    p_tab.eq((pos + a.rows) * W),
+                    p_tab.eq(pos_rows * W),
                     p_posw.eq(pos * W),
-                    p_kv.eq((nblk - 1) * (a.vgroups + 1)),
+                    p_kv.eq(nblk_m1 * vg1),
                     Wr.eq(Mux(copy_act, Wq, W)),
-                    Ww.eq(Mux(quant | copy_act, Wq, Wo)),
+                    Ww.eq(Mux(to_act, Wq, Wo)), dst_ww.eq(a.dst + Mux(to_act, Wq, Wo)),
+                    prm_eps.eq(a.prm + Mux(is_[VecFn.LAYERNORM], Wc << 1, Wc)),
+                ]
+                m.next = "SUMS"
+            with m.State("SUMS"):
+                m.d.sync += [
+                    s_a.eq(a.src_a + p_src + Wr), s_b.eq(a.src_b + p_src + W),
+                    s_tab.eq(a.src_b + p_tab), s_kv.eq(kv_src + p_kv + vg1),
+                    s_dst.eq(dst_ww + p_dst + Mux(two, p_blk, 0)),
+                    bad_r.eq((fn > max(VecFn))
+                             | (quant & ((a.qmode > max(QuantMode))
+                                         | (a.vfold & (a.vgroups == 0))))
+                             | (a.rows == 0) | (length == 0)
+                             | (row_fn & (length > p.vector_row))
+                             | (is_[VecFn.ROPE] & length[0])),
+                ]
+                m.next = "CMP"
+            with m.State("CMP"):
+                m.d.sync += [
+                    bad_c.eq(bad_r),
+                    rng_r.eq(Mux(copy_act, s_a > act_d, s_a > acc_d)
+                             | ((is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL]) & (s_b > acc_d))
+                             | (is_[VecFn.ROPE] & (s_tab > acc_d))
+                             | (norm & (prm_eps >= depth[Buf.PRM]))
+                             | (vfold & (s_kv > depth[Buf.KV]))
+                             | Mux(to_act, s_dst > act_d, s_dst > acc_d)),
                 ]
                 m.next = "CHECK"
             with m.State("CHECK"):
-                row_fn = quant | norm | is_[VecFn.SOFTMAX]
-                bad = ((fn > max(VecFn))
-                       | (quant & ((a.qmode > max(QuantMode))
-                                   | (a.vfold & (a.vgroups == 0))))
-                       | (a.rows == 0) | (length == 0)
-                       | (row_fn & (length > p.vector_row))
-                       | (is_[VecFn.ROPE] & length[0]))
-                acc_d, act_d = depth[Buf.ACC], depth[Buf.ACT]
-                rng = ((a.src_a + p_src + Wr > Mux(copy_act, act_d, acc_d))
-                       | ((is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL])
-                          & (a.src_b + p_src + W > acc_d))
-                       | (is_[VecFn.ROPE] & (a.src_b + p_tab > acc_d))
-                       | (norm & (a.prm + n_vec * Wc + 1 > depth[Buf.PRM]))
-                       | (vfold & (kv_src + p_kv + a.vgroups + 1 > depth[Buf.KV]))
-                       | (a.dst + p_dst + Ww > Mux(quant | copy_act, act_d, acc_d)))
-                with m.If(bad | rng):
-                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD, Err.SRAM_RANGE))
+                with m.If(bad_c | rng_r):
+                    m.d.sync += err_code.eq(Mux(bad_c, Err.BAD_FIELD, Err.SRAM_RANGE))
                     m.next = "ERROR"
                 with m.Elif(vfold):
-                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_ph.eq(0), lv_bad.eq(0),
-                                 lv_got.eq(0)]
+                    m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_addr_e.eq(kv_src + a.vgroups),
+                                 lv_ph.eq(0), lv_bad.eq(0), lv_more.eq(1)]
                     m.next = "LOADV"
                 with m.Else():
                     m.next = "SETUP"
-            with m.State("LOADV"):
-                # issue: scale word, then exp word of block lv_blk
-                m.d.comb += [lv_issue.eq(lv_blk < nblk),
-                             self.kv_addr.eq(Mux(lv_ph, lv_addr + a.vgroups, lv_addr)),
-                             self.kv_en.eq(lv_issue)]
-                m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
-                with m.If(lv_issue):
-                    m.d.sync += lv_ph.eq(~lv_ph)
-                    with m.If(lv_ph):
-                        m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + a.vgroups + 1),
-                                     lv_wblk.eq(lv_blk)]
-                with m.If(lv_got == 1):
-                    m.d.sync += lv_scale.eq(self.kv_data)
-                with m.If(lv_got == 2):
-                    # keys j = blk * PC + l < length: check, running max, write the chunk
-                    run = lv_run
-                    bad_any = 0
-                    chunk = lv_wblk[:lke] if lke else 0  # the block's PC keys in an entry
-                    for lane in range(PC):
-                        live = (lv_wblk << lpc) + lane < length
-                        sc = lv_scale[lane]
-                        ev = kvd[lane].as_signed()
-                        first = (lv_wblk == 0) & (lane == 0)
-                        new = Mux(first | (ev > run), ev, run)
-                        run = Mux(live, new, run)
-                        bad_any = bad_any | (live & ~sc[GSHIFT_BITS] & (sc[:GSHIFT_BITS] > H))
-                        for k in range(KE):  # the lane of key j in the entry
-                            m.d.comb += [
-                                vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
-                                vsc_w.data[k * PC + lane].ev.eq(ev),
-                                vmax_w.data[k * PC + lane].eq(run),
-                            ]
-                    m.d.sync += [lv_run.eq(run), lv_bad.eq(lv_bad | bad_any)]
-                    m.d.comb += [vsc_w.addr.eq(lv_wblk >> lke), vmax_w.addr.eq(lv_wblk >> lke)]
-                    for k in range(KE):
-                        m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
+            with m.State("LOADV"):  # the reads: below, while lv_more
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif((lv_blk == nblk) & (lv_got == 0)):
+                with m.Elif(~lv_more & (lv_got == 0) & ~lv_busy):
                     with m.If(lv_bad):
                         m.d.sync += err_code.eq(Err.BAD_FIELD)
                         m.next = "ERROR"
@@ -473,7 +556,7 @@ class VecEngine(wiring.Component):
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"
             with m.State("SETUP"):  # the norm's eps: one PRM word
-                m.d.comb += [setup.eq(1), self.prm_addr.eq(a.prm + n_vec * Wc),
+                m.d.comb += [setup.eq(1), self.prm_addr.eq(prm_eps),
                              self.prm_en.eq(1)]
                 m.d.sync += sweep.eq(0)
                 m.next = "EPS"
@@ -497,6 +580,80 @@ class VecEngine(wiring.Component):
                 m.d.comb += go.eq(1)
                 m.next = "RUN"
 
+        # LOADV's reads (lv_more: in LOADV, blocks left): scale word, then exp word of block
+        # lv_blk
+        m.d.comb += [lv_issue.eq(lv_more),
+                     self.kv_addr.eq(Mux(lv_ph, lv_addr_e, lv_addr)),
+                     self.kv_en.eq(lv_issue)]
+        m.d.sync += lv_got.eq(Mux(lv_issue, Mux(lv_ph, 2, 1), 0))
+        with m.If(lv_issue):
+            m.d.sync += lv_ph.eq(~lv_ph)
+            with m.If(lv_ph):
+                m.d.sync += [lv_blk.eq(lv_blk + 1), lv_addr.eq(lv_addr + vg1),
+                             lv_addr_e.eq(lv_addr_e + vg1), lv_wblk.eq(lv_blk),
+                             lv_more.eq(lv_blk != nblk_m1)]
+        with m.If(self.abort):
+            m.d.sync += lv_more.eq(0)
+        with m.If(lv_got == 1):
+            m.d.sync += lv_scale.eq(self.kv_data)
+
+        # LOADV's pipeline (loadv_stages): stage 1 registers the exp word as the block RAM
+        # gives it (with the block's scale word, its live keys j < length, whether it is block
+        # 0); the next stages compute the block's prefix maxima, a level of a Kogge-Stone
+        # prefix each (the first also masks: a dead lane takes lane 0's exp, live lanes being
+        # a prefix and lane 0 live in every block) and the scale check; then the write merges
+        # them with the running max of the blocks before and writes the block's entry.
+        n_st = self.loadv_stages(p)
+        ev_l = data.ArrayLayout(signed(EXP_BITS), PC)
+        st = [SimpleNamespace(v=Signal(name=f"lv{k}_v"), ev=Signal(ev_l, name=f"lv{k}_ev"),
+                              pm=Signal(ev_l, name=f"lv{k}_pm"),
+                              sc=Signal(kv_word(p), name=f"lv{k}_sc"),
+                              blk=Signal(18, name=f"lv{k}_blk"), first=Signal(name=f"lv{k}_first"),
+                              bad=Signal(name=f"lv{k}_bad"))
+              for k in range(1, n_st + 1)]
+        lv1_live = Signal(PC)
+        m.d.comb += lv_busy.eq(_any(x.v for x in st))
+        m.d.sync += st[0].v.eq(lv_got == 2)
+        with m.If(lv_got == 2):
+            m.d.sync += [st[0].blk.eq(lv_wblk), st[0].sc.eq(lv_scale),
+                         st[0].first.eq(lv_wblk == 0)]
+            for lane in range(PC):
+                m.d.sync += [st[0].ev[lane].eq(kvd[lane].as_signed()),
+                             lv1_live[lane].eq(Cat(Const(lane, lpc), lv_wblk) < length)]
+        vmx = lambda u, v: Mux(v > u, v, u)  # noqa: E731
+        pm = [Mux(lv1_live[lane], st[0].ev[lane], st[0].ev[0]) for lane in range(PC)]
+        m.d.sync += st[1].bad.eq(_any(lv1_live[lane] & ~st[0].sc[lane][GSHIFT_BITS]
+                                      & (st[0].sc[lane][:GSHIFT_BITS] > H)
+                                      for lane in range(PC)))
+        for k in range(1, n_st):
+            prev, cur = st[k - 1], st[k]
+            d = 1 << (k - 1)  # this stage's level of the prefix
+            m.d.sync += [cur.v.eq(prev.v), cur.ev.eq(prev.ev), cur.sc.eq(prev.sc),
+                         cur.blk.eq(prev.blk), cur.first.eq(prev.first)]
+            if k > 1:
+                m.d.sync += cur.bad.eq(prev.bad)
+                pm = [prev.pm[lane] for lane in range(PC)]
+            for lane in range(PC):
+                m.d.sync += cur.pm[lane].eq(vmx(pm[lane - d], pm[lane]) if lane >= d
+                                            else pm[lane])
+        last = st[-1]
+        with m.If(last.v):
+            chunk = last.blk[:lke] if lke else 0  # the block's PC keys in an entry
+            run = [Mux(last.first | (last.pm[lane] > lv_run), last.pm[lane], lv_run)
+                   for lane in range(PC)]
+            m.d.sync += [lv_run.eq(run[PC - 1]), lv_bad.eq(lv_bad | last.bad)]
+            for lane in range(PC):
+                sc = last.sc[lane]
+                for k in range(KE):  # the lane of key j in the entry
+                    m.d.comb += [
+                        vsc_w.data[k * PC + lane].sc.eq(sc[:GSHIFT_BITS + 1]),
+                        vsc_w.data[k * PC + lane].ev.eq(last.ev[lane]),
+                        vmax_w.data[k * PC + lane].eq(run[lane]),
+                    ]
+            m.d.comb += [vsc_w.addr.eq(last.blk >> lke), vmax_w.addr.eq(last.blk >> lke)]
+            for k in range(KE):
+                m.d.comb += [vsc_w.en[k].eq(chunk == k), vmax_w.en[k].eq(chunk == k)]
+
         # the PRM port: the eps word in SETUP, else the normalizer's parameters
         prd_addr = Signal(16)
         prd_en = Signal()
@@ -508,7 +665,8 @@ class VecEngine(wiring.Component):
         m.submodules.dp = ResetInserter(self.abort)(dp)
         op = SimpleNamespace(
             a=a, pos=pos, is_=is_, quant=quant, norm=norm, copy_act=copy_act, vfold=vfold,
-            a15=a15, a8x2=a8x2, out_half=out_half, length=length, W=W, Wr=Wr, Ww=Ww, Wc=Wc,
+            a15=a15, a8x2=a8x2, out_half=out_half, to_act=to_act, use_b=use_b, length=length,
+            W=W, Wr=Wr, Ww=Ww, Wc=Wc, Bt_m1=Bt_m1, rows_m1=rows_m1,
             p_posw=p_posw, p_blk=p_blk, eps=eps, sweep=sweep, go=go, finished=finished,
             vsc_r=vsc_r, vmax_r=vmax_r, prd_addr=prd_addr, prd_en=prd_en)
         self._datapath(dp, op)
@@ -521,7 +679,7 @@ class VecEngine(wiring.Component):
         p = self.params
         R, C, L = p.rows, p.cols, p.vector_lanes
         PC = C // 2
-        ll = _log2(L, "vector_lanes")
+        _log2(L, "vector_lanes")  # checks the lane count
         # A word and a beat meet in *pieces* of min(L, E) elements (E = C, PC, or R elements
         # per ACC / half ACC / ACT word): a beat takes L / piece of them, a word gives
         # E / piece (one of the two is 1).
@@ -538,17 +696,19 @@ class VecEngine(wiring.Component):
 
         # -- reader: operand a (ACC, or ACT for COPY of A8 rows) and b, in step ---------------
         rmeta_l = data.StructLayout({"k": range(KH), "j": range(SF), "beat_last": 1,
-                                     "last": 1, "t": unsigned(9), "b": unsigned(13)})
+                                     "last": 1, "vis": unsigned(18), "b": unsigned(13)})
         m.submodules.ard = ard = MemReader(16, max(cb, ab), rmeta_l)
         m.submodules.brd = brd = MemReader(16, cb, unsigned(1))
-        use_b = is_[VecFn.RESIDUAL] | is_[VecFn.SILU_MUL] | is_[VecFn.ROPE]
+        use_b = e.use_b
         r_on = Signal()
         rt = Signal(9)
         rw = Signal(18)
         rk = Signal(range(KH))
         rj = Signal(range(SF))    # piece of the word
         r_rem = Signal(signed(20))  # elements of the row from the piece on
+        row_end = Signal()        # r_rem <= piece: the row's last piece (registered)
         rb = Signal(13)
+        r_vis = Signal(18)        # pos + rt + 1: the keys row rt sees with causal
         a_row = Signal(24)
         b_row = Signal(40)
         kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
@@ -556,10 +716,10 @@ class VecEngine(wiring.Component):
         piece = Mux(copy_act, R, Mux(half, Ph, Pf))
         with m.If(go):
             m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0),
-                         r_rem.eq(length), a_row.eq(a.src_a),
+                         r_rem.eq(length), row_end.eq(length <= piece), r_vis.eq(pos + 1),
+                         a_row.eq(a.src_a),
                          b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
         issue = Signal()
-        row_end = r_rem <= piece
         word_end = row_end | (rj == jin_last)
         beat_end = row_end | (rk == kin_last)
         m.d.comb += [
@@ -570,21 +730,23 @@ class VecEngine(wiring.Component):
             ard.i.payload.meta.j.eq(rj),
             ard.i.payload.meta.beat_last.eq(beat_end),
             ard.i.payload.meta.last.eq(row_end),
-            ard.i.payload.meta.t.eq(rt),
+            ard.i.payload.meta.vis.eq(Mux(a.causal & (r_vis < length), r_vis, length)),
             ard.i.payload.meta.b.eq(rb),
             brd.i.payload.addr.eq(Mux(use_b, b_row + rw, 0)),
         ]
         with m.If(issue):
             with m.If(row_end):
                 m.d.sync += [rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0), rt.eq(rt + 1),
-                             r_rem.eq(length), a_row.eq(a_row + a.src_stride),
+                             r_vis.eq(r_vis + 1),
+                             r_rem.eq(length), row_end.eq(length <= piece),
+                             a_row.eq(a_row + a.src_stride),
                              b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
-                with m.If(rt == a.rows - 1):
+                with m.If(rt == e.rows_m1):
                     m.d.sync += r_on.eq(0)
             with m.Else():
                 m.d.sync += [rw.eq(rw + word_end), rj.eq(Mux(word_end, 0, rj + 1)),
                              rk.eq(Mux(beat_end, 0, rk + 1)), rb.eq(rb + beat_end),
-                             r_rem.eq(r_rem - piece)]
+                             r_rem.eq(r_rem - piece), row_end.eq(r_rem <= (piece << 1))]
         m.d.comb += [
             self.acc_a_addr.eq(ard.rd_addr), self.act_addr.eq(ard.rd_addr),
             self.acc_a_en.eq(ard.rd_en & ~copy_act), self.act_en.eq(ard.rd_en & copy_act),
@@ -594,16 +756,17 @@ class VecEngine(wiring.Component):
         ]
 
         # -- beat assembler: L / E words into one beat ----------------------------------------
-        beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "t": unsigned(9),
+        beat_l = data.StructLayout({"a": wide_lanes(L), "b": wide_lanes(L), "vis": unsigned(18),
                                     "b_idx": unsigned(13), "last": 1})
-        beat = stream.Signature(beat_l).create(path=("beat",))
+        asm = stream.Signature(beat_l).create(path=("asm",))
         asm_valid = Signal()
+        asm_ready = Signal()
         raw_act = Signal(ab)  # COPY of A8 rows: the ACT word as it is
         word_take = Signal()
         m.d.comb += [
-            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | beat.ready)),
+            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | asm_ready)),
             ard.o.ready.eq(word_take), brd.o.ready.eq(word_take),
-            beat.valid.eq(asm_valid),
+            asm.valid.eq(asm_valid),
         ]
         wa = acc_word(p)(ard.o.payload.data[:cb])
         wb = acc_word(p)(brd.o.payload.data)
@@ -616,17 +779,51 @@ class VecEngine(wiring.Component):
                     hv = _pick((w[j * Ph + lane % Ph] for j in range(SH)), j_in)
                     return Mux(half, hv, full)
                 with m.If(Mux(half, k_in == lane // Ph, k_in == lane // Pf)):
-                    m.d.sync += [beat.payload.a[lane].eq(elem(wa)),
-                                 beat.payload.b[lane].eq(elem(wb))]
+                    m.d.sync += [asm.payload.a[lane].eq(elem(wa)),
+                                 asm.payload.b[lane].eq(elem(wb))]
             m.d.sync += raw_act.eq(ard.o.payload.data[:ab])
             meta = ard.o.payload.meta
             with m.If(meta.beat_last):
-                m.d.sync += [asm_valid.eq(1), beat.payload.t.eq(meta.t),
-                             beat.payload.b_idx.eq(meta.b), beat.payload.last.eq(meta.last)]
-            with m.Elif(beat.ready):
+                m.d.sync += [asm_valid.eq(1), asm.payload.vis.eq(meta.vis),
+                             asm.payload.b_idx.eq(meta.b), asm.payload.last.eq(meta.last)]
+            with m.Elif(asm_ready):
                 m.d.sync += asm_valid.eq(0)
-        with m.Elif(asm_valid & beat.ready):
+        with m.Elif(asm_valid & asm_ready):
             m.d.sync += asm_valid.eq(0)
+
+        # COPY: the assembled beat through a register and FIFO (COPY_STAGES), as a component,
+        # so that the writer's ready reaches a FIFO only (never the assembler and the readers)
+        sel_copy = Signal()
+        with m.If(go):
+            m.d.sync += sel_copy.eq(is_[VecFn.COPY])
+        cp_l = data.StructLayout({"data": unsigned(max(L * WIDE, ab))})
+        cp = Pipe(m, "copy", cp_l, self.COPY_STAGES)
+        cp_d = delay(m, Mux(copy_act, raw_act, asm.payload.a.as_value()), self.COPY_STAGES - 1,
+                     "copy")
+        m.d.sync += cp.result.data.eq(cp_d[-1])
+        cp_ok = _reg_credit(m, cp, "copy")
+        m.d.comb += cp.take.eq(sel_copy & asm_valid & cp_ok)
+
+        # the beat skid (BEAT_STAGES, BEAT_DEPTH): the assembled beat into a main and a skid
+        # register, taken only while the skid is empty (a registered ready), so the
+        # components' ready reaches these registers only, never the assembler and the readers
+        beat = stream.Signature(beat_l).create(path=("beat",))
+        sk_v = Signal()
+        sk_d = Signal(beat_l)
+        mv = Signal()
+        push = Signal()
+        m.d.comb += [asm_ready.eq(Mux(sel_copy, cp_ok, ~sk_v)),
+                     push.eq(asm_valid & ~sel_copy & ~sk_v),
+                     beat.valid.eq(mv)]
+        # (the skid register copies the assembler whenever it is empty: its load does not
+        # wait for the components' ready; sk_v says whether it holds a beat)
+        with m.If(~sk_v):
+            m.d.sync += sk_d.eq(asm.payload)
+        with m.If(~mv | beat.ready):
+            m.d.sync += [beat.payload.eq(Mux(sk_v, sk_d, asm.payload)), mv.eq(sk_v | push),
+                         sk_v.eq(0)]
+        with m.Elif(push):
+            m.d.sync += sk_v.eq(1)
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
@@ -639,9 +836,7 @@ class VecEngine(wiring.Component):
         m.submodules.q1 = q1 = parts["q1"]
         m.submodules.q2 = q2 = parts["q2"]
         bp = beat.payload
-        vis_causal = Signal(18)
-        m.d.comb += vis_causal.eq(pos + bp.t + 1)
-        visible = Mux(a.causal & (vis_causal < length), vis_causal, length)
+        visible = bp.vis  # the keys the beat's row sees (causal: pos + t + 1, at most length)
         m.d.comb += [
             add.i_beat.payload.a.eq(bp.a), add.i_beat.payload.b.eq(bp.b),
             pwl.i_beat.payload.fn.eq(Mux(is_[VecFn.SILU_MUL], PwlFn.SILU_MUL, PwlFn.GELU)),
@@ -686,43 +881,68 @@ class VecEngine(wiring.Component):
                                    "last": 1, "side": side_l})
         res = Pipe(m, "res", res_l, self.RES_STAGES)
         qo = q1.o_beat.payload
+        # RES_STAGES: (1) the dequantized value v = q << gshift and the shift s = -exp
+        # (clamped as the shifts need it); (2) the shifts: v >> (s - 1) for s > 0, v << -s
+        # otherwise; (3) round (right) or saturate (left): dequantize(q1); (4) x - it
         v1r = Signal(data.ArrayLayout(signed(8 + 2 ** GSHIFT_BITS), L))
         x1r = Signal(data.ArrayLayout(signed(FOLD_BITS), L))
-        sh1 = Signal(signed(EXP_BITS + 1))
-        m.d.sync += [sh1.eq(-qo.exp), x1r.eq(qo.x)]
+        shr1 = Signal(6)   # min(s - 1, 40) (s > 0)
+        kl1 = Signal(6)    # min(-s, 32) (s <= 0)
+        right1 = Signal()  # s > 0
+        sh = Signal(signed(EXP_BITS + 1))
+        m.d.comb += sh.eq(-qo.exp)
+        shr = (sh - 1).as_unsigned()[:EXP_BITS]
+        kl = (-sh).as_unsigned()[:EXP_BITS]
+        m.d.sync += [x1r.eq(qo.x), right1.eq(sh > 0), shr1.eq(Mux(shr > 40, 40, shr)),
+                     kl1.eq(Mux(kl > 32, 32, kl))]
         for lane in range(L):
             m.d.sync += v1r[lane].eq(Mux(qo.gzero, 0, qo.data[lane] << qo.gshift))
-        shr = (sh1 - 1).as_unsigned()[:EXP_BITS]
+        vr2 = Signal(data.ArrayLayout(signed(len(v1r[0])), L))
+        vl2 = Signal(data.ArrayLayout(signed(len(v1r[0]) + 32), L))
+        x2r = Signal.like(x1r)
+        right2 = Signal()
+        deq3 = Signal(data.ArrayLayout(signed(WIDE + 9), L))
+        x3r = Signal.like(x1r)
+        m.d.sync += [x2r.eq(x1r), right2.eq(right1), x3r.eq(x2r)]
         for lane in range(L):
-            right = ((v1r[lane] >> Mux(shr > 40, 40, shr)) + 1) >> 1
-            kl = (-sh1).as_unsigned()[:EXP_BITS]
-            left = saturate(v1r[lane] << Mux(kl > 32, 32, kl)[:6])
-            deq = Mux(sh1 > 0, right, left)
-            m.d.sync += res.result.data[lane].eq(x1r[lane] - deq)
-        side1 = Signal(side_l)
-        last1r = Signal()
-        m.d.sync += [side1.eq(qo.side), last1r.eq(qo.last),
-                     res.result.side.eq(side1), res.result.last.eq(last1r)]
+            m.d.sync += [vr2[lane].eq(v1r[lane] >> shr1), vl2[lane].eq(v1r[lane] << kl1),
+                         deq3[lane].eq(Mux(right2, (vr2[lane] + 1) >> 1, saturate(vl2[lane]))),
+                         res.result.data[lane].eq(x3r[lane] - deq3[lane])]
+        side_d = delay(m, qo.side, self.RES_STAGES - 1, "res_side")
+        last_d = delay(m, qo.last, self.RES_STAGES - 1, "res_last")
+        m.d.sync += [res.result.side.eq(side_d[-1]), res.result.last.eq(last_d[-1])]
         r2 = q2.i_beat.payload
         m.d.comb += [r2.data.eq(res.out.payload.data), r2.last.eq(res.out.payload.last),
                      r2.side.eq(res.out.payload.side), r2.count.eq(length), r2.a15.eq(0),
                      r2.per_row.eq(a.per_row), q2.i_beat.valid.eq(res.out.valid),
                      res.out.ready.eq(q2.i_beat.ready)]
         a8x2_res = a8x2 & sweep
-        m.d.comb += [res.take.eq(a8x2_res & q1.o_beat.valid & res.credit)]
+        res_ok = _reg_credit(m, res, "res")
+        sel_res = Signal()  # A8X2's second sweep, registered at go
+        with m.If(go):
+            m.d.sync += sel_res.eq(a8x2 & sweep)
+        m.d.comb += [res.take.eq(sel_res & q1.o_beat.valid & res_ok)]
 
-        # beat -> the fn's component
-        sel_in = {VecFn.RESIDUAL: add.i_beat, VecFn.GELU: pwl.i_beat,
-                  VecFn.SILU_MUL: pwl.i_beat, VecFn.ROPE: rope.i_beat,
-                  VecFn.LAYERNORM: nrm.i_beat, VecFn.RMSNORM: nrm.i_beat,
-                  VecFn.SOFTMAX: smx.i_beat}
-        for f, port in sel_in.items():
-            with m.If(is_[f]):
-                m.d.comb += [port.valid.eq(beat.valid), beat.ready.eq(port.ready)]
-        with m.If(quant & vfold):
-            m.d.comb += [fold.i_beat.valid.eq(beat.valid), beat.ready.eq(fold.i_beat.ready)]
-        with m.If(quant & ~vfold):
-            m.d.comb += [q1.i_beat.valid.eq(beat.valid), beat.ready.eq(q1.i_beat.ready)]
+        # beat -> the fn's component (one-hot selects, registered at go)
+        sel_in = {"add": (add.i_beat, is_[VecFn.RESIDUAL]),
+                  "pwl": (pwl.i_beat, is_[VecFn.GELU] | is_[VecFn.SILU_MUL]),
+                  "rope": (rope.i_beat, is_[VecFn.ROPE]),
+                  "norm": (nrm.i_beat, norm),
+                  "smax": (smx.i_beat, is_[VecFn.SOFTMAX]),
+                  "fold": (fold.i_beat, quant & vfold),
+                  "q1": (q1.i_beat, quant & ~vfold)}
+        ready_in = 0
+        for name, (port, cond) in sel_in.items():
+            sel = Signal(name=f"sel_in_{name}")
+            with m.If(go):
+                m.d.sync += sel.eq(cond)
+            if name != "q1":
+                m.d.comb += port.valid.eq(sel & beat.valid)
+            else:
+                with m.If(sel):
+                    m.d.comb += port.valid.eq(beat.valid)
+            ready_in = ready_in | (sel & port.ready)
+        m.d.comb += beat.ready.eq(ready_in)
 
         # -- normalizer parameters: gamma (and beta) words per output beat -----------------------
         pmeta_l = data.StructLayout({"v": 1, "k": range(KC), "j": range(SF), "beat_last": 1})
@@ -735,17 +955,20 @@ class VecEngine(wiring.Component):
         pw = Signal(18)   # piece of the vector: pb * KC + pk
         lsf = _log2(SF, "pieces per word")
         pword = pw >> lsf  # its word
-        Bt = Signal(18)
-        m.d.comb += Bt.eq(_ceil_shift(length, ll))
+        p_blast = Signal()  # pb == Bt_m1: the row's last beat (registered)
+        p_tlast = Signal()  # pt == rows_m1: the last row (registered)
+        prm_b = Signal(20)  # prm + Wc: beta (LAYERNORM)
         with m.If(go):
-            m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0)]
+            m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0),
+                         p_blast.eq(e.Bt_m1 == 0), p_tlast.eq(e.rows_m1 == 0),
+                         prm_b.eq(a.prm + Wc)]
         p_issue = Signal()
         vec_end = pk == KC - 1
         lastv = pv | is_[VecFn.RMSNORM]
         m.d.comb += [
             p_issue.eq(p_on & prd.i.ready),
             prd.i.valid.eq(p_issue),
-            prd.i.payload.addr.eq(a.prm + Mux(pv, Wc, 0) + Mux(pword < Wc, pword, Wc - 1)),
+            prd.i.payload.addr.eq(Mux(pv, prm_b, a.prm) + Mux(pword < Wc, pword, Wc - 1)),
             prd.i.payload.meta.v.eq(pv), prd.i.payload.meta.k.eq(pk),
             prd.i.payload.meta.j.eq(pw[:lsf] if lsf else 0),
             prd.i.payload.meta.beat_last.eq(vec_end & lastv),
@@ -757,12 +980,13 @@ class VecEngine(wiring.Component):
                 m.d.sync += [pk.eq(0), pv.eq(1), pw.eq(pw - (KC - 1))]
             with m.Else():
                 m.d.sync += [pk.eq(0), pv.eq(0)]
-                with m.If(pb == Bt - 1):
-                    m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1)]
-                    with m.If(pt == a.rows - 1):
+                with m.If(p_blast):
+                    m.d.sync += [pb.eq(0), pw.eq(0), pt.eq(pt + 1), p_blast.eq(e.Bt_m1 == 0),
+                                 p_tlast.eq(pt + 1 == e.rows_m1)]
+                    with m.If(p_tlast):
                         m.d.sync += p_on.eq(0)
                 with m.Else():
-                    m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1)]
+                    m.d.sync += [pb.eq(pb + 1), pw.eq(pw + 1), p_blast.eq(pb + 1 == e.Bt_m1)]
         m.d.comb += [e.prd_addr.eq(prd.rd_addr), e.prd_en.eq(prd.rd_en)]
         m.d.comb += prd.rd_data.eq(self.prm_data)
         par = nrm.i_param
@@ -796,26 +1020,33 @@ class VecEngine(wiring.Component):
         o_gshift = Signal(GSHIFT_BITS)
         o_gzero = Signal()
         o_exp = Signal(EXP_BITS)
-        wide_src = {VecFn.RESIDUAL: (add.o_beat, add.o_beat.payload),
-                    VecFn.GELU: (pwl.o_beat, pwl.o_beat.payload),
-                    VecFn.SILU_MUL: (pwl.o_beat, pwl.o_beat.payload),
-                    VecFn.ROPE: (rope.o_beat, rope.o_beat.payload),
-                    VecFn.LAYERNORM: (nrm.o_beat, nrm.o_beat.payload.data),
-                    VecFn.RMSNORM: (nrm.o_beat, nrm.o_beat.payload.data),
-                    VecFn.SOFTMAX: (smx.o_beat, smx.o_beat.payload.data)}
-        for f, (port, payload) in wide_src.items():
-            with m.If(is_[f]):
-                m.d.comb += [o_valid.eq(port.valid), port.ready.eq(o_ready), o_wide.eq(payload)]
-        with m.If(is_[VecFn.COPY]):
-            m.d.comb += [o_valid.eq(beat.valid), beat.ready.eq(o_ready), o_wide.eq(bp.a)]
-        with m.If(quant):
-            with m.If(a8x2_res):
-                qb = q2.o_beat
-                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready),
-                             q1.o_beat.ready.eq(res.credit)]
-            with m.Else():
-                qb = q1.o_beat
-                m.d.comb += [o_valid.eq(qb.valid), qb.ready.eq(o_ready)]
+        a8x2_res_go = a8x2 & sweep
+        cpo = cp.out
+        wide_src = {"add": (add.o_beat, add.o_beat.payload, is_[VecFn.RESIDUAL]),
+                    "pwl": (pwl.o_beat, pwl.o_beat.payload,
+                            is_[VecFn.GELU] | is_[VecFn.SILU_MUL]),
+                    "rope": (rope.o_beat, rope.o_beat.payload, is_[VecFn.ROPE]),
+                    "norm": (nrm.o_beat, nrm.o_beat.payload.data, norm),
+                    "smax": (smx.o_beat, smx.o_beat.payload.data, is_[VecFn.SOFTMAX]),
+                    "copy": (cpo, cpo.payload.data[:L * WIDE], is_[VecFn.COPY]),
+                    "q1": (q1.o_beat, None, quant & ~a8x2_res_go),
+                    "q2": (q2.o_beat, None, quant & a8x2_res_go)}
+        # one-hot selects, registered at go (sweep is set by then): o_valid, o_wide and each
+        # source's ready as AND-OR terms, no priority chain
+        ov, ow = 0, 0
+        for name, (port, payload, cond) in wide_src.items():
+            sel = Signal(name=f"sel_out_{name}")
+            with m.If(go):
+                m.d.sync += sel.eq(cond)
+            ov = ov | (sel & port.valid)
+            if payload is not None:
+                ow = ow | Mux(sel, Value.cast(payload), 0)
+            if name == "q1":
+                # A8X2's second sweep: Q1 feeds the residual (its credit), not the writer
+                m.d.comb += port.ready.eq((sel_res & res_ok) | (sel & o_ready))
+            else:
+                m.d.comb += port.ready.eq(sel & o_ready)
+        m.d.comb += [o_valid.eq(ov), o_wide.eq(ow)]
         q1p, q2p = q1.o_beat.payload, q2.o_beat.payload
         lo_plane = a15 & sweep
         for lane in range(L):
@@ -835,22 +1066,43 @@ class VecEngine(wiring.Component):
         w_row = Signal(24)
         w_rem = Signal(signed(20))   # elements of the row from word ww on
         wp_rem = Signal(signed(20))  # elements of the row from the piece on
+        w_row_end = Signal()         # wp_rem <= po: the row's last piece (registered)
+        w_live = Signal(C)           # element c of word ww is in the row: c < w_rem
         E_w = Mux(out_half, PC, C)
         po = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
-        kout_last = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
-        jout_last = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
+        # the op's last piece indices, registered at go
+        kout_last = Signal.like(wk)
+        jout_last = Signal.like(wj)
+        w_kl = Signal()  # wk == kout_last (registered)
+        w_jl = Signal()  # wj == jout_last (registered)
+        row_live = Cat(Const(c, 20) < length for c in range(C))
+        kl_c = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
+        jl_c = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
             m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
-                         wp_rem.eq(length), w_row.eq(a.dst + Mux(sweep, e.p_blk, 0))]
-        to_act = quant | copy_act
+                         wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
+                         w_row.eq(a.dst + Mux(sweep, e.p_blk, 0)),
+                         kout_last.eq(kl_c), jout_last.eq(jl_c),
+                         w_kl.eq(kl_c == 0), w_jl.eq(jl_c == 0)]
+        to_act = e.to_act
+        # the output register (WR_STAGES): the word written, held until its port is ready
+        # (and a skid register behind it, so that the writer's go is a register, not the
+        # port's ready: with the port ready the skid stays empty, the latency is WR_STAGES)
+        wo_valid = Signal()
+        wo_addr = Signal(16)
+        wo_data = Signal(max(cb, ab))
+        ws_valid = Signal()
+        ws_addr = Signal(16)
+        ws_data = Signal(max(cb, ab))
+        wo_ready = Mux(to_act, self.act_wr.ready, self.acc_wr.ready)
+        wo_free = ~ws_valid
+        m.d.comb += [self.acc_wr.payload.addr.eq(wo_addr), self.act_wr.payload.addr.eq(wo_addr),
+                     self.acc_wr.payload.data.eq(wo_data[:cb]),
+                     self.act_wr.payload.data.eq(wo_data[:ab]),
+                     self.acc_wr.valid.eq(wo_valid & ~to_act),
+                     self.act_wr.valid.eq(wo_valid & to_act)]
         w_addr = w_row + ww
-        accw = self.acc_wr.payload
-        actw = self.act_wr.payload
-        w_row_end = wp_rem <= po               # the row's last piece
-        w_word = w_row_end | (wj == jout_last)  # a word's last piece: write it
-        m.d.comb += [accw.addr.eq(w_addr), actw.addr.eq(w_addr),
-                     self.acc_wr.valid.eq(w_on & o_valid & w_word & ~to_act),
-                     self.act_wr.valid.eq(w_on & o_valid & w_word & to_act)]
+        w_word = w_row_end | w_jl  # a word's last piece: write it
         # words wider than a beat (L < E) gather their earlier pieces here
         hold_w = Signal(wide_lanes(C)) if SF > 1 else None
         hold_q = Signal(data.ArrayLayout(signed(8), R)) if SQ > 1 else None
@@ -864,10 +1116,10 @@ class VecEngine(wiring.Component):
                 return _pick((src[k * E + c] for k in range(K)), wk)
             return Mux(wj == c // P, src[c % P], Mux(wj > c // P, hold[c], 0))
 
-        word = acc_word(p)(accw.data)
+        word = acc_word(p)(Signal(cb, name="acc_word_out"))
         for c in range(C):
             full = gathered(c, Pf, SF, KF, C, o_wide, hold_w)
-            live = c < w_rem
+            live = w_live[c]
             if c < PC:
                 hv = gathered(c, Ph, SH, KH, PC, o_wide, hold_w)
                 m.d.comb += word[c].eq(Mux(live, Mux(out_half, hv, full), 0))
@@ -876,12 +1128,24 @@ class VecEngine(wiring.Component):
         aw = act_word(p)(Signal(ab, name="act_word_out"))
         for r in range(R):
             m.d.comb += aw.data[r].eq(gathered(r, Pq, SQ, KQ, R, o_q8, hold_q))
-        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp),
-                     actw.data.eq(Mux(copy_act, raw_act, aw.as_value()))]
+        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp)]
+        # the writer takes a piece when one is offered and it can go: w_go from registers and
+        # the port's ready only; o_ready (a beat's last piece) does not wait for o_valid
+        w_go = Signal()
         w_step = Signal()  # a piece is written, or held for its word
-        m.d.comb += w_step.eq(w_on & o_valid & (~w_word | Mux(to_act, self.act_wr.ready,
-                                                             self.acc_wr.ready)))
-        m.d.comb += o_ready.eq(w_step & (w_row_end | (wk == kout_last)))
+        m.d.comb += [w_go.eq(w_on & (~w_word | wo_free)), w_step.eq(w_go & o_valid),
+                     o_ready.eq(w_go & (w_row_end | w_kl))]
+        w_put = w_step & w_word
+        w_data = Mux(to_act, Mux(copy_act, cpo.payload.data[:ab], aw.as_value()),
+                     word.as_value())
+        with m.If(~ws_valid):  # the skid copies the word offered while it is empty
+            m.d.sync += [ws_addr.eq(w_addr), ws_data.eq(w_data)]
+        with m.If(~wo_valid | wo_ready):
+            m.d.sync += [wo_valid.eq(ws_valid | w_put), ws_valid.eq(0),
+                         wo_addr.eq(Mux(ws_valid, ws_addr, w_addr)),
+                         wo_data.eq(Mux(ws_valid, ws_data, w_data))]
+        with m.Elif(w_put):
+            m.d.sync += ws_valid.eq(1)
         with m.If(w_step & ~w_word):
             if hold_w is not None:  # L < C: a piece is the whole beat
                 for c in range(C):
@@ -892,16 +1156,26 @@ class VecEngine(wiring.Component):
         with m.If(w_step):
             with m.If(w_row_end):
                 m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
-                             wp_rem.eq(length), w_row.eq(w_row + a.dst_stride)]
-                with m.If(wt == a.rows - 1):
+                             wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
+                             w_row.eq(w_row + a.dst_stride),
+                             w_kl.eq(kout_last == 0), w_jl.eq(jout_last == 0)]
+                with m.If(wt == e.rows_m1):
                     m.d.sync += w_on.eq(0)
             with m.Else():
-                m.d.sync += [wk.eq(Mux(wk == kout_last, 0, wk + 1)), wp_rem.eq(wp_rem - po),
-                             wj.eq(Mux(w_word, 0, wj + 1))]
+                m.d.sync += [wk.eq(Mux(w_kl, 0, wk + 1)), wp_rem.eq(wp_rem - po),
+                             w_row_end.eq(wp_rem <= (po << 1)),
+                             wj.eq(Mux(w_word, 0, wj + 1)),
+                             w_kl.eq(Mux(w_kl, kout_last == 0, wk + 1 == kout_last)),
+                             w_jl.eq(Mux(w_word, jout_last == 0, wj + 1 == jout_last))]
                 with m.If(w_word):
-                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w)]
+                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w),
+                                 w_live.eq(Cat(Mux(out_half, Const(c + PC, 20) < w_rem,
+                                                   Const(c + C, 20) < w_rem)
+                                               for c in range(C)))]
 
-        busy = (r_on | w_on | p_on | ard.busy | brd.busy | prd.busy | asm_valid | par_valid
+        busy = (r_on | w_on | wo_valid | ws_valid | cp.busy | mv | sk_v | p_on
+                | ard.busy | brd.busy | prd.busy
+                | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)
-        m.d.comb += e.finished.eq(~go & ~busy)
+        m.d.sync += e.finished.eq(~go & ~busy)  # FINISH_STAGES: registered
