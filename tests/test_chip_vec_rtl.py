@@ -167,7 +167,9 @@ def relocate(ops, base: int) -> list:
 #: words per A8 (or repacked) word written; row ops add their latency (beats + 90 for norms)
 #: and softmax handles a row of fewer than 18 beats in 18 cycles (its divider); one long row
 #: makes three passes; vfold first loads two KV words per 8 keys. The 16-row vfold op is
-#: mostly fixed latency (the unit's checks, V-scale load and two sweeps' pipeline fill).
+#: mostly fixed latency (the unit's checks, V-scale load and two sweeps' pipeline fill). The
+#: pipelining for a 100 MHz FPGA clock added 5-35 fixed cycles per op (engine checks, skids,
+#: component stages): the short ops' floors (softmax 16x16, vfold, RoPE 16x64) are lower.
 #: KV: a head (dim 16) of 1024 values whose scales the vfold jobs read
 BENCH_HEAD = KvHead(P, 16, 1024, base=8000)
 KS = BENCH_HEAD.val_s
@@ -181,10 +183,10 @@ BENCH = [
     ("quant_int8_half_16x384", dict(fn=VecFn.QUANT, half=1, rows=16, length=384, src_a=0,
                                     src_stride=48, dst=0, dst_stride=24), 0, 0.44),
     ("softmax_half_16x16", dict(fn=VecFn.SOFTMAX, half=1, rows=16, dyn=Dyn.POS, src_a=800,
-                                src_stride=2, dst=800, dst_stride=2), 0, 0.09),
+                                src_stride=2, dst=800, dst_stride=2), 0, 0.085),
     ("vfold_a15_half_16x16", dict(fn=VecFn.QUANT, qmode=QuantMode.A15, vfold=1, half=1,
                                   rows=16, dyn=Dyn.POS, src_a=800, src_stride=2, src_b=KS,
-                                  vgroups=1, dst=400, dst_stride=1), 0, 0.22),
+                                  vgroups=1, dst=400, dst_stride=1), 0, 0.2),
     ("residual_full_8x576", dict(fn=VecFn.RESIDUAL, rows=8, length=576, src_a=0, src_b=288,
                                  src_stride=36, dst=0, dst_stride=36), 0, 0.9),
     ("silu_mul_full_4x1536", dict(fn=VecFn.SILU_MUL, rows=4, length=1536, src_a=0,
@@ -192,7 +194,7 @@ BENCH = [
     ("rmsnorm_full_16x576", dict(fn=VecFn.RMSNORM, rows=16, length=576, src_a=0,
                                  src_stride=36, dst=0, dst_stride=36, prm=100), 0, 0.7),
     ("rope_full_16x64", dict(fn=VecFn.ROPE, rows=16, length=64, src_a=600, src_b=700,
-                             src_stride=4, dst=600, dst_stride=4), 20, 0.75),
+                             src_stride=4, dst=600, dst_stride=4), 20, 0.7),
     ("quant_a8x2_full_8x576", dict(fn=VecFn.QUANT, qmode=QuantMode.A8X2, rows=8, length=576,
                                    src_a=0, src_stride=36, dst=1000, dst_stride=36), 0, 0.7),
     ("softmax_full_1x1024", dict(fn=VecFn.SOFTMAX, causal=1, dyn=Dyn.POS, rows=1, src_a=0,
