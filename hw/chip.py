@@ -277,16 +277,26 @@ class Chip(wiring.Component):
                 m.d.comb += [unit_err.eq(1), unit_code.eq(e.err_code), unit_pc.eq(e.err_pc)]
         seq_err = Signal(1)
         seq_code = Signal(Err)
+        err_next = Signal(Err)
+        m.d.comb += err_next.eq(err)
         with m.If(start):
-            m.d.sync += [err.eq(Err.NONE), err_pc.eq(0)]
+            m.d.comb += err_next.eq(Err.NONE)
+            m.d.sync += err_pc.eq(0)
         with m.Elif((err == Err.NONE) & unit_err):
-            m.d.sync += [err.eq(unit_code), err_pc.eq(unit_pc)]
+            m.d.comb += err_next.eq(unit_code)
+            m.d.sync += err_pc.eq(unit_pc)
         with m.Elif((err == Err.NONE) & seq_err):
-            m.d.sync += [err.eq(seq_code), err_pc.eq(pc)]
+            m.d.comb += err_next.eq(seq_code)
+            m.d.sync += err_pc.eq(pc)
+        m.d.sync += err.eq(err_next)
+        # the abort broadcast: ``err != NONE``, as registers of their own (one per unit: the
+        # fanout is large), loaded from the error's next value so they equal it every cycle
         abort = Signal(1)
-        m.d.comb += abort.eq(err != Err.NONE)
-        for eng in errs:
-            m.d.comb += eng.abort.eq(abort)
+        m.d.sync += abort.eq(err_next != Err.NONE)
+        for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
+            ab = Signal(1, name=f"abort_{name}")
+            m.d.sync += ab.eq(err_next != Err.NONE)
+            m.d.comb += eng.abort.eq(ab)
 
         # counters
         cnt = {c: Signal(COUNTER_BITS, name=f"cnt_{c.name.lower()}") for c in Counter}
@@ -331,11 +341,27 @@ class Chip(wiring.Component):
         ]
         wiring.connect(m, store.bus_wr, wiring.flipped(bus.wr))
 
-        instr = INSTR(uop_r.data)
-        fetch = Signal(1)  # (a read port's en is 1 unless driven: drive it always)
-        m.d.comb += [uop_r.addr.eq(pc), uop_r.en.eq(fetch)]
-        op = instr.op
-        with m.FSM():
+        # The micro-op pipeline: the word of pc + 1 is read while pc is in FETCH / EXEC and
+        # held in ``nxt_word``; FETCH moves it to ``cur`` and decodes it into registers (one-hot
+        # op classes, the WAIT unit, the SETPOS result and its range check), so EXEC decides
+        # from registers. ``PREFETCH`` (after BOOT) reads micro-op 0.
+        nxt_word = Signal(INSTR_BITS)
+        cur = Signal(INSTR)
+        instr = cur
+        op = cur.op
+        d_nop, d_halt, d_wait, d_setpos, d_unsup, d_illegal = (
+            Signal(1, name=f"d_{n}") for n in ("nop", "halt", "wait", "setpos", "unsup",
+                                               "illegal"))
+        d_queue = {u: Signal(1, name=f"d_q_{u.name.lower()}") for u in queued}
+        d_wait_bad = Signal(1)
+        d_wait_sel = {u: Signal(1, name=f"d_wsel_{u.name.lower()}") for u in queued}
+        d_wait_any = Signal(1)  # WAIT on a unit without a queue: nothing pending
+        d_set_bad = Signal(1)
+        d_set_kvb = Signal(1)
+        d_set_new = Signal(len(instr.args.pos.value) + 1)
+        with m.FSM() as seq_fsm:
+            in_boot = seq_fsm.ongoing("BOOT")
+            m.d.comb += [uop_r.addr.eq(Mux(in_boot, 0, pc + 1)), uop_r.en.eq(1)]
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [pc.eq(0), prog_len.eq(self.prog_len), pos.eq(self.pos_init),
@@ -366,8 +392,11 @@ class Chip(wiring.Component):
                         m.d.sync += [rsp_word.eq(0), rsp_uop.eq(rsp_uop + 1), shreg.eq(0)]
                     with m.Else():
                         m.d.sync += [rsp_word.eq(rsp_word + 1), shreg.eq(word)]
-                with m.If(rsp_uop == prog_len):
-                    m.next = "FETCH"
+                with m.If(rsp_uop == prog_len):  # every word written: micro-op 0 is read
+                    m.next = "PREFETCH"
+            with m.State("PREFETCH"):
+                m.d.sync += nxt_word.eq(uop_r.data)
+                m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(abort):
                     m.next = "DRAIN"
@@ -375,67 +404,86 @@ class Chip(wiring.Component):
                     m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_RANGE)]
                     m.next = "DRAIN"
                 with m.Else():
-                    m.d.comb += fetch.eq(1)
                     m.next = "EXEC"
+                # decode the next micro-op
+                w_ = INSTR(nxt_word)
+                wo = w_.op
+                known = [Op.NOP, Op.HALT, Op.WAIT, Op.SETPOS, *op_unit]
+                if vec is None:
+                    known.append(Op.VEC)
+                wa = w_.args.wait
+                sa = w_.args.pos
+                kvb = sa.reg == PosReg.KV_BASE
+                new = Signal.like(d_set_new)
+                m.d.comb += new.eq(Mux(sa.add, Mux(kvb, kv_base, pos) + sa.value, sa.value))
+                m.d.sync += [
+                    cur.eq(nxt_word),
+                    d_nop.eq(wo == Op.NOP), d_halt.eq(wo == Op.HALT), d_wait.eq(wo == Op.WAIT),
+                    d_setpos.eq(wo == Op.SETPOS),
+                    d_unsup.eq((wo == Op.VEC) if vec is None else 0),
+                    d_illegal.eq(~Cat(*(wo == o for o in known)).any()),
+                    *(d_queue[u].eq(Cat(*(wo == o for o, uu in op_unit.items()
+                                          if uu == u)).any()) for u in queued),
+                    d_wait_bad.eq(wa.unit > max(Unit)),
+                    *(d_wait_sel[u].eq(wa.unit == u) for u in queued),
+                    d_wait_any.eq(~Cat(*(wa.unit == u for u in queued)).any()),
+                    d_set_kvb.eq(kvb), d_set_new.eq(new),
+                    d_set_bad.eq(Mux(kvb, new >= kv_depth, new >= 1 << 16)),
+                ]
             with m.State("EXEC"):
+                m.d.sync += nxt_word.eq(uop_r.data)
+                for u in queued:  # (written only with w_en)
+                    entry = Signal(cl, name=f"entry_{u.name.lower()}")
+                    m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
+                                 entry.kv_base.eq(kv_base), entry.pc.eq(pc),
+                                 queues[u].w_data.eq(entry)]
                 nxt = Signal(1)
                 with m.If(abort):
                     m.next = "DRAIN"
-                with m.Elif(op == Op.NOP):
+                with m.Elif(d_nop):
                     m.d.comb += nxt.eq(1)
-                with m.Elif(op == Op.HALT):
+                with m.Elif(d_halt):
                     m.d.comb += inc[Counter.UOPS].eq(1)
                     m.next = "DRAIN"
-                with m.Elif(op == Op.WAIT):
+                with m.Elif(d_wait):
                     w = instr.args.wait
-                    with m.If(w.unit > max(Unit)):
+                    with m.If(d_wait_bad):
                         m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
                                      inc[Counter.UOPS].eq(1)]
                         m.next = "DRAIN"
                     with m.Else():
-                        level = Signal.like(outstanding[Unit.LOAD])
-                        for u in queued:
-                            with m.If(w.unit == u):
-                                m.d.comb += level.eq(outstanding[u])
-                        with m.If(level <= w.count):
+                        ok = Cat(d_wait_any, *(d_wait_sel[u] & (outstanding[u] <= w.count)
+                                               for u in queued)).any()
+                        with m.If(ok):
                             m.d.comb += nxt.eq(1)
                         with m.Else():
                             m.d.comb += inc[Counter.STALL_WAIT].eq(1)
-                with m.Elif(op == Op.SETPOS):
-                    a = instr.args.pos
-                    kvb = a.reg == PosReg.KV_BASE
-                    new = Signal(len(a.value) + 1)
-                    m.d.comb += new.eq(Mux(a.add, Mux(kvb, kv_base, pos) + a.value, a.value))
-                    with m.If(Mux(kvb, new >= kv_depth, new >= 1 << 16)):
+                with m.Elif(d_setpos):
+                    with m.If(d_set_bad):
                         m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
                                      inc[Counter.UOPS].eq(1)]
                         m.next = "DRAIN"
                     with m.Else():
-                        with m.If(kvb):
-                            m.d.sync += kv_base.eq(new)
+                        with m.If(d_set_kvb):
+                            m.d.sync += kv_base.eq(d_set_new)
                         with m.Else():
-                            m.d.sync += pos.eq(new)
+                            m.d.sync += pos.eq(d_set_new)
                         m.d.comb += nxt.eq(1)
-                if vec is None:
-                    with m.Elif(op == Op.VEC):
-                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
-                                     inc[Counter.UOPS].eq(1)]
-                        m.next = "DRAIN"
-                for o, u in op_unit.items():
-                    with m.Elif(op == o):
-                        q = queues[u]
-                        entry = Signal(cl, name=f"entry_{u.name.lower()}")
-                        m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
-                                     entry.kv_base.eq(kv_base), entry.pc.eq(pc),
-                                     q.w_data.eq(entry)]
+                with m.Elif(d_unsup):
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
+                                 inc[Counter.UOPS].eq(1)]
+                    m.next = "DRAIN"
+                with m.Elif(d_illegal):
+                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
+                                 inc[Counter.UOPS].eq(1)]
+                    m.next = "DRAIN"
+                for u in queued:
+                    q = queues[u]
+                    with m.Elif(d_queue[u]):
                         with m.If(q.w_rdy):
                             m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
                         with m.Else():
                             m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
-                with m.Else():
-                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
-                                 inc[Counter.UOPS].eq(1)]
-                    m.next = "DRAIN"
                 with m.If(nxt):
                     m.d.comb += inc[Counter.UOPS].eq(1)
                     m.d.sync += pc.eq(pc + 1)

@@ -32,6 +32,10 @@ def kv_write_layout(p: ChipParams) -> data.StructLayout:
 class KvEngine(wiring.Component):
     """Executes KV_APPEND. ``act_*``: an ACT read port; ``kv_wr``: byte-lane writes to KV."""
 
+    #: Cycles from a micro-op's acceptance (``IDLE``) to its first token: ``PROD``,
+    #: ``PROD2``, ``CHECK`` (registered), ``GO`` (the timing model's setup).
+    SETUP = 4
+
     def __init__(self, params: ChipParams = ChipParams()):
         self.params = params
         super().__init__({
@@ -73,6 +77,7 @@ class KvEngine(wiring.Component):
         p_val = Signal(28)     # cap * d / PC
         p_scl = Signal(24)     # blocks * (G + 1)
 
+        chk_bad, chk_over, chk_rng = Signal(1), Signal(1), Signal(1)  # the checks, registered
         t = Signal(9)
         w = Signal(8)          # ACT word of the row (d / R of them)
         e = Signal(range(R))   # element within the word
@@ -114,9 +119,12 @@ class KvEngine(wiring.Component):
                 rng = ((a.a_addr + p_act + (a.d >> lr) > actd)
                        | (kv_addr + Mux(key, p_key, p_val) > kvd)
                        | (kv_saddr + p_scl > kvd))
-                with m.If(bad | over | rng):
-                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD,
-                                                Mux(over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
+                m.d.sync += [chk_bad.eq(bad), chk_over.eq(over), chk_rng.eq(rng)]
+                m.next = "GO"
+            with m.State("GO"):
+                with m.If(chk_bad | chk_over | chk_rng):
+                    m.d.sync += err_code.eq(Mux(chk_bad, Err.BAD_FIELD,
+                                                Mux(chk_over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
                     m.next = "ERROR"
                 with m.Else():
                     m.d.sync += [t.eq(0), s.eq(pos), row.eq(a.a_addr)]

@@ -17,7 +17,7 @@ It models the chip at micro-op granularity, event by event, in program order:
   reaches the output register one cycle after it is written or in the cycle the one before
   leaves, and is readable the cycle after); ``WAIT unit, n`` ends in the first cycle after the
   ``done`` pulse that leaves ``n`` ops of ``unit`` unfinished; ``HALT`` drains every unit;
-- **GEMM** (closed form, :meth:`Model.gemm_cycles`): ``EFF``/``PROD``/``CHECK``, the first
+- **GEMM** (closed form, :meth:`Model.gemm_cycles`): ``GemmEngine.SETUP`` cycles, the first
   weight tile through its ``MemReader`` (``1 + Pipe.FIFO_LATENCY`` cycles) into the grid,
   then one K-tile per ``max(rows, t_len + 1)`` cycles (the weight tile's ``rows`` rows, or
   the tile's ``t_len`` activation rows plus the group scaler's one-cycle gap while it pairs
@@ -81,6 +81,8 @@ from hw.bus import MemReader
 from hw.chip import QUEUED_UNITS
 from hw.dma import LoadEngine, StoreEngine
 from hw.gemm import GroupScaler
+from hw.gemm_engine import GemmEngine
+from hw.kv import KvEngine
 from hw.grid import SystolicArray
 from hw.isa import (
     INSTR_BITS,
@@ -116,15 +118,16 @@ MODELED_COUNTERS = (Counter.CYCLES, Counter.BUSY_LOAD, Counter.BUSY_STORE, Count
 # -- FSM state counts (hw/chip.py, hw/gemm_engine.py, hw/kv.py): named after their states -----
 #: Sequencer: ``IDLE`` (start seen) -> ``BOOTCHK`` -> ``BOOT``: the first boot request in 2.
 _BOOT_FIRST_REQUEST = 2
-#: ``BOOT`` sees the last micro-op complete one cycle after its last word, ``FETCH`` next.
-_BOOT_TO_FETCH = 2
-#: GEMM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` (start pulse): 3 cycles.
-_GEMM_SETUP = 3
+#: ``BOOT`` sees the last micro-op complete one cycle after its last word, then ``PREFETCH``
+#: (micro-op 0 read into the decode register), ``FETCH`` next.
+_BOOT_TO_FETCH = 3
+#: GEMM: ``IDLE`` (accept) -> ... -> the start pulse: ``GemmEngine.SETUP`` cycles.
+_GEMM_SETUP = GemmEngine.SETUP
 #: GEMM: the tile's two parameter words are paired one per cycle (``have`` toggles), so the
 #: next tile's entry is valid 2 cycles after the last row of a tile enters the scaler.
 _PARAM_GAP = 1
-#: KV: ``IDLE`` (accept) -> ``PROD`` -> ``PROD2`` -> ``CHECK``.
-_KV_SETUP = 3
+#: KV: ``IDLE`` (accept) -> ... -> the first ``TOKEN``: ``KvEngine.SETUP`` cycles.
+_KV_SETUP = KvEngine.SETUP
 #: KV: per token ``TOKEN``; per ACT word ``READ``, ``LATCH``, ``rows`` x ``ELEM``, ``NEXT``
 #: (+ ``SCALE`` on a group's first word, + ``EXP`` on word 0).
 _KV_TOKEN = 1
