@@ -291,10 +291,17 @@ class LoadEngine(_DmaEngine):
         # is filled only by the word's last bus word, which goes straight to the output.
         asm = Signal((nslot - 1) * B)
 
-        # The output register (buf_wr), with the flag marking a command's last word.
+        # The output register (buf_wr), with the flag marking a command's last word, and a
+        # skid register behind it: a finished word goes to the skid register when the output
+        # register is full and not taken this cycle, so that taking a response (``pop``)
+        # depends on registers only, not on ``buf_wr.ready`` (the chip's write-port
+        # arbitration). Without back-pressure the skid register stays empty.
         out = self.buf_wr
         out_last = Signal()
         wr_take = out.valid & out.ready
+        sk_valid = Signal()
+        sk = Signal.like(out.payload)
+        sk_last = Signal()
 
         job = DmaArgs(jobs.r_data)
         with m.If(~active & jobs.r_rdy & ~stop):
@@ -311,7 +318,7 @@ class LoadEngine(_DmaEngine):
         completes = k == last_k
         pop = Signal()
         m.d.comb += [
-            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~out.valid | out.ready)),
+            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~sk_valid)),
             resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
             resp.r_en.eq(resp_pop),
             self.stall_mem.eq(active & ~resp.r_rdy),
@@ -320,19 +327,26 @@ class LoadEngine(_DmaEngine):
                   resp.r_data)
 
         with m.If(wr_take):
-            m.d.sync += out.valid.eq(0)
+            m.d.sync += out.valid.eq(sk_valid & ~stop)
+            with m.If(sk_valid):  # (no word completes this cycle)
+                m.d.sync += [out.payload.eq(sk), out_last.eq(sk_last), sk_valid.eq(0)]
+        with m.If(stop):
+            m.d.sync += sk_valid.eq(0)  # never offered: dropped with the command
         with m.If(pop):
             m.d.sync += asm.eq(nxt[:len(asm)])
             with m.If(completes):
-                m.d.sync += [
-                    k.eq(0), out.valid.eq(1), out.payload.buf.eq(j_buf),
-                    out.payload.addr.eq(j_addr), out_last.eq(j_left == 1),
-                    j_addr.eq(j_addr + 1), j_left.eq(j_left - 1),
-                ]
+                word = Signal.like(out.payload)
+                m.d.comb += [word.buf.eq(j_buf), word.addr.eq(j_addr)]
                 with m.Switch(j_buf):
                     for b in Buf:
                         with m.Case(b):
-                            m.d.sync += out.payload.data.eq(nxt[:word_bits(p, b)])
+                            m.d.comb += word.data.eq(nxt[:word_bits(p, b)])
+                m.d.sync += [k.eq(0), j_addr.eq(j_addr + 1), j_left.eq(j_left - 1)]
+                with m.If(~out.valid | wr_take):
+                    m.d.sync += [out.valid.eq(1), out.payload.eq(word),
+                                 out_last.eq(j_left == 1)]
+                with m.Else():
+                    m.d.sync += [sk_valid.eq(1), sk.eq(word), sk_last.eq(j_left == 1)]
                 with m.If(j_left == 1):
                     m.d.sync += active.eq(0)
             with m.Else():
@@ -340,7 +354,7 @@ class LoadEngine(_DmaEngine):
 
         req_valid = self.bus_rd_addr.valid
         return _Back(req_valid=req_valid, req_ready=self.bus_rd_addr.ready,
-                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid,
+                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid & ~sk_valid,
                      done=wr_take & out_last)
 
 
