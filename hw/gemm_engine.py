@@ -317,21 +317,30 @@ class GemmEngine(wiring.Component):
         p_second = Signal(1)  # next read is the out / exponent word
         pbase = Signal(AW)
         obase = Signal(AW)
+        # The next read's address, a register: the first word of (j, kt) at
+        # pbase + (kt >> prm_step), then its second word (pbase + G from KV, else obase).
+        # The next tile's first address is precomputed (both cases) from the registers it
+        # depends on, which change only at a second word, two reads before it is used.
+        p_addr = Signal(AW)
+        nf_same, nf_next = Signal(AW), Signal(AW)
+        m.d.sync += [nf_same.eq(pbase + ((pkt + 1) >> a.prm_step)), nf_next.eq(pbase + Gs)]
         with m.If(start):
             m.d.sync += [p_on.eq(1), pj.eq(0), pkt.eq(0), p_second.eq(0),
-                         pbase.eq(p0), obase.eq(a.oprm_addr)]
+                         pbase.eq(p0), obase.eq(a.oprm_addr), p_addr.eq(p0)]
         kv_p = a.psrc == PSrc.KV
         m.d.comb += [
             pr.i.valid.eq(p_on & go),
             pr.i.payload.meta.eq(p_second),
-            pr.i.payload.addr.eq(Mux(p_second, Mux(kv_p, pbase + G, obase),
-                                     pbase + (pkt >> a.prm_step))),
+            pr.i.payload.addr.eq(p_addr),
         ]
         with m.If(pr.i.valid & pr.i.ready):
             m.d.sync += p_second.eq(~p_second)
-            with m.If(p_second):
+            with m.If(~p_second):
+                m.d.sync += p_addr.eq(Mux(kv_p, pbase + G, obase))
+            with m.Else():
                 last_kt = pkt == k1
-                m.d.sync += pkt.eq(Mux(last_kt, 0, pkt + 1))
+                m.d.sync += [pkt.eq(Mux(last_kt, 0, pkt + 1)),
+                             p_addr.eq(Mux(last_kt, nf_next, nf_same))]
                 with m.If(last_kt):
                     m.d.sync += [pj.eq(pj + 1), pbase.eq(pbase + Gs), obase.eq(obase + 1)]
                     with m.If(pj == n1):

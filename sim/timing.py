@@ -134,8 +134,10 @@ _KV_TOKEN = 1
 _KV_WORD = 3
 #: KV: the activation group of a scale byte (``hw/kv.py`` tests ``(w << lr) & 15``).
 _KV_SCALE_GROUP = 16
-#: DMA: a command is accepted in the front end's ``IDLE``, its first request loads into the
-#: request register in ``ISSUE`` the next cycle (offered the cycle after).
+#: DMA: a command waits ``CHECK`` cycles in the check register, is accepted in the front
+#: end's ``IDLE``, its first request loads into the request register in ``ISSUE`` the next
+#: cycle (offered the cycle after).
+_DMA_CHECK = LoadEngine.CHECK
 _DMA_ISSUE = 1
 
 
@@ -214,6 +216,10 @@ class _Unit:
     def start_of(self, c: int) -> int:
         return self.cmds[c].start
 
+    def take_of(self, c: int) -> int:
+        """The cycle the unit took command ``c`` from its queue (``r_en``)."""
+        return self.start_of(c)
+
     def end_of(self, c: int) -> int:
         return self.cmds[c].end
 
@@ -254,8 +260,12 @@ class _LoadUnit(_Unit):
         I, L = m.I, m.L
         n = f["words"] * m.bus_words[Buf(f["buf"])]
         c = len(self.cmds)
-        # accepted in IDLE when the 2-deep jobs FIFO has room (the job two back has left it)
-        a = max(qr, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
+        # taken into the check register once it is empty (the previous command left it at
+        # its acceptance), accepted from there in IDLE when the 2-deep jobs FIFO has room
+        # (the job two back has left it)
+        s = max(qr, self.cmds[-1].start + 1 if self.cmds else 0)
+        o.take = s
+        a = max(s + _DMA_CHECK, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
         # the back end takes the job once the previous command's last word has left
         pj = max(a + 1, self.p_last + 1 if self.p_last is not None else 0)
         r0 = max(a + _DMA_ISSUE, self.x_last if self.x_last is not None else 0)
@@ -273,9 +283,12 @@ class _LoadUnit(_Unit):
         self.job_pops.append(pj)
         o.start, o.end = a, p_end + 2   # buffer write the cycle after the pop; done registered
         self.cmds.append(o)
-        self.busy.append((a + 1, p_end + 1))
+        self.busy.append((s + 1, p_end + 1))   # from the check register on
         self.windows.append((p0 + 1, p_end + 1))
         self.stalls.append((pj + 1, p_end, p0, I, n))
+
+    def take_of(self, c: int) -> int:
+        return self.cmds[c].take
 
     def stalling(self, t: int) -> bool:
         """Whether ``stall_mem`` of the LOAD engine is high in cycle ``t``."""
@@ -335,6 +348,7 @@ class _StoreUnit(_Unit):
         p = model.p
         se = _constants_of(StoreEngine(p))
         self.resp_depth = se.resp_depth
+        self.check = se.CHECK
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.t = 0
         self.front = "IDLE"
@@ -356,6 +370,8 @@ class _StoreUnit(_Unit):
         self.w_cmd = None
         self.wr_wait = 0
         self.next_accept = 0        # index of the next command to accept
+        self.p1 = None              # the command in the check register (index, taken cycle)
+        self.next_take = 0          # index of the next command to take from the queue
         self.stall_cycles = []
         self.busy_cycles = 0
         self.busy_first = None
@@ -363,11 +379,12 @@ class _StoreUnit(_Unit):
     def submit(self, o: OpTiming, qr: int) -> None:
         o.start = None
         o.end = None
+        o.take = None
         o._qr = qr
         self.cmds.append(o)
 
     def _idle(self):
-        return (self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
+        return (self.p1 is None and self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
                 and self.reserved == 0 and not self.srd_inflight and self.srd_q.empty()
                 and self.resp.empty())
 
@@ -377,7 +394,7 @@ class _StoreUnit(_Unit):
         I = m.I
         # fast-forward over idle stretches to the next command's arrival
         if self._idle():
-            nxt = self.cmds[self.next_accept]._qr if self.next_accept < len(self.cmds) else None
+            nxt = self.cmds[self.next_take]._qr if self.next_take < len(self.cmds) else None
             if nxt is not None and nxt > t:
                 self.wr_wait = max(0, self.wr_wait - (nxt - t))
                 self.t = t = nxt
@@ -391,16 +408,17 @@ class _StoreUnit(_Unit):
         job_pop = (not self.active) and jobs_rdy
         accept = False
         req_load = False
+        take = (self.p1 is None and self.next_take < len(self.cmds)
+                and self.cmds[self.next_take]._qr <= t)
         if self.front == "IDLE":
-            c = self.next_accept
-            if c < len(self.cmds) and self.cmds[c]._qr <= t and len(self.jobs) < 2:
+            if (self.p1 is not None and self.p1[1] + self.check <= t and len(self.jobs) < 2):
                 accept = True
         else:
             credit = self.reserved < self.resp_depth or pop
             req_free = (not self.req_valid) or srd_i_ready
             req_load = req_free and credit
-        busy = (self.front != "IDLE" or jobs_rdy or self.active or self.wr_valid
-                or self.reserved != 0)
+        busy = (self.p1 is not None or self.front != "IDLE" or jobs_rdy or self.active
+                or self.wr_valid or self.reserved != 0)
         if busy:
             self.busy_cycles += 1
         if self.wr_valid and not wr_ready:
@@ -441,7 +459,12 @@ class _StoreUnit(_Unit):
             if self.j_left == 1:
                 self.active = False
             self.j_left -= 1
+        if take:
+            self.cmds[self.next_take].take = t
+            self.p1 = (self.next_take, t)
+            self.next_take += 1
         if accept:
+            self.p1 = None
             o = self.cmds[self.next_accept]
             o.start = t
             self.jobs.append((self.next_accept, t))
@@ -458,6 +481,11 @@ class _StoreUnit(_Unit):
         while self.cmds[c].start is None:
             self._step()
         return self.cmds[c].start
+
+    def take_of(self, c: int) -> int:
+        while self.cmds[c].take is None:
+            self._step()
+        return self.cmds[c].take
 
     def end_of(self, c: int) -> int:
         while self.cmds[c].end is None:
@@ -1176,7 +1204,7 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
                 x = max(x, y[c - D + 1] + 1)      # the queue's inner storage has room
             stall_queue += x - o.issue
             o.issue = x
-            yc = max(x + 1, u.start_of(c - 1)) if c else x + 1
+            yc = max(x + 1, u.take_of(c - 1)) if c else x + 1
             y.append(yc)
             u.submit(o, yc + 1)
         ops.append(o)
