@@ -106,11 +106,12 @@ class GroupScaler(wiring.Component):
     one entry per K-tile, held while the tile's rows pass and released after the row marked
     ``last``), ``o_row`` (:func:`gemm_out_layout`, one per ``final`` row).
 
-    Pipeline (one row per cycle, :attr:`STAGES` = 10 stages from a row's acceptance to its
+    Pipeline (one row per cycle, :attr:`STAGES` = 11 stages from a row's acceptance to its
     output FIFO write): register; the products ``scale * acc`` and ``offset * xsum`` (and the
     output shift ``s = shift - exp``); ``Z = scale*acc + offset*xsum`` (and the shift
     amounts); ``P = Z << (gshift + kshift)`` (0 if ``gzero``; modulo 2**64) and read ``Y[t]``;
-    ``Y = (first ? 0 : Y[t]) + P`` written back (the read is transparent to this write, so
+    ``Y = (first ? 0 : Y[t]) + P`` written back, its low 32 bits in one stage and its high 32
+    bits (with the carry) in the next (each half's read is transparent to its write, so
     consecutive rows on the same t, as in GEMV, see each other's sums); on ``final`` rows the
     shift by ``s``, right (``Y >> (s - 1)``) or left (``Y << -s``), both clamped to 36 bits
     (which saturate the output the same way), as one arithmetic right shift of a 72-bit
@@ -127,10 +128,11 @@ class GroupScaler(wiring.Component):
     """
 
     #: Stages from a row's acceptance to its output FIFO write (the timing model's latency).
-    STAGES = 10
-    #: Stages that hold a non-final row (s1..s4: its sum is written back in s4; s5.. keep
-    #: final rows only): a non-final tile's last row leaves the pipeline after these.
-    NONFINAL_STAGES = 4
+    STAGES = 11
+    #: Stages that hold a non-final row (its sum's high half is written back in the fifth;
+    #: the later ones keep final rows only): a non-final tile's last row leaves the pipeline
+    #: after these.
+    NONFINAL_STAGES = 5
     #: ``acc`` bits that go to the DSP product; the rest multiply in logic.
     ACC_LO = 17
 
@@ -152,10 +154,17 @@ class GroupScaler(wiring.Component):
         out_l = gemm_out_layout(p)
         m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(width=out_l.size,
                                                            depth=self.fifo_depth)
-        m.submodules.ymem = ymem = Memory(shape=data.ArrayLayout(signed(Y_BITS), C),
-                                          depth=p.acc_entries, init=[])
-        wport = ymem.write_port()
-        rport = ymem.read_port(transparent_for=(wport,))
+        # Y in two halves, each read, added and written back in its own stage (the low
+        # half's carry registered in between); each read is transparent to its write, so
+        # consecutive rows on the same t, as in GEMV, see each other's sums
+        HB = Y_BITS // 2
+        m.submodules.ymem_lo = ymem_lo = Memory(shape=data.ArrayLayout(unsigned(HB), C),
+                                                depth=p.acc_entries, init=[])
+        m.submodules.ymem_hi = ymem_hi = Memory(shape=data.ArrayLayout(unsigned(HB), C),
+                                                depth=p.acc_entries, init=[])
+        wport_lo, wport_hi = ymem_lo.write_port(), ymem_hi.write_port()
+        rport_lo = ymem_lo.read_port(transparent_for=(wport_lo,))
+        rport_hi = ymem_hi.read_port(transparent_for=(wport_hi,))
 
         # -- admission -----------------------------------------------------------------------
         # final rows admitted and not yet read from the output FIFO (in the pipeline or the
@@ -202,7 +211,7 @@ class GroupScaler(wiring.Component):
                          s2_sh[n].eq(s1_par.shift[n] - s1.info.exp)]
 
         # -- stage 3: Z = scale * acc + offset * xsum; the P shift amount; the output shift's
-        # control: right (1 <= s <= 62: Y >> (s - 1), rounded in stage 9), zero (s >= 63:
+        # control: right (1 <= s <= 62: Y >> (s - 1), rounded in stage 10), zero (s >= 63:
         # |Y| < 2**62 gives 0), left (s <= 0: Y << k, k = min(-s, 35)), as one arithmetic
         # right shift by ``a`` of a 72-bit operand (right: Y; left: sat36(Y) << 35, a = 35 - k)
         zw = SCALE_BITS + pw + 1
@@ -231,26 +240,51 @@ class GroupScaler(wiring.Component):
         s4_info = Signal(info_l)
         s4_bias = Signal.like(s2_bias)
         s4_ctl = Signal.like(s3_ctl)
-        m.d.comb += [rport.addr.eq(s3_info.t), rport.en.eq(s3_v)]
+        m.d.comb += [rport_lo.addr.eq(s3_info.t), rport_lo.en.eq(s3_v)]
         m.d.sync += [s4_v.eq(s3_v), s4_info.eq(s3_info), s4_bias.eq(s3_bias),
                      s4_ctl.eq(s3_ctl)]
         for n in range(C):
             m.d.sync += s4_p[n].eq(Mux(s3_info.gzero, 0, s3_z[n] << s3_amt[n]))
 
-        # -- stage 5: Y = (first ? 0 : Y[t]) + P, written back ----------------------------------
-        y = Signal(data.ArrayLayout(signed(Y_BITS), C))
+        # -- stage 5: Y = (first ? 0 : Y[t]) + P, written back: the low half; read the high
+        # half's Y[t] ------------------------------------------------------------------------
+        ylo = Signal(data.ArrayLayout(unsigned(HB + 1), C))
         for n in range(C):
-            m.d.comb += y[n].eq(Mux(s4_info.first, 0, rport.data[n]) + s4_p[n])
-        m.d.comb += [wport.addr.eq(s4_info.t), wport.data.eq(y), wport.en.eq(s4_v)]
+            m.d.comb += ylo[n].eq(Mux(s4_info.first, 0, rport_lo.data[n])
+                                  + s4_p[n].as_unsigned()[:HB])
+        m.d.comb += [wport_lo.addr.eq(s4_info.t), wport_lo.en.eq(s4_v),
+                     rport_hi.addr.eq(s4_info.t), rport_hi.en.eq(s4_v)]
+        for n in range(C):
+            m.d.comb += wport_lo.data[n].eq(ylo[n][:HB])
+        s4h_v = Signal(1)
+        s4h_lo = Signal(data.ArrayLayout(unsigned(HB + 1), C))  # with the carry
+        s4h_phi = Signal(data.ArrayLayout(unsigned(HB), C))     # P's high half
+        s4h_info = Signal(info_l)
+        s4h_bias = Signal.like(s2_bias)
+        s4h_ctl = Signal.like(s3_ctl)
+        m.d.sync += [s4h_v.eq(s4_v), s4h_lo.eq(ylo), s4h_info.eq(s4_info),
+                     s4h_bias.eq(s4_bias), s4h_ctl.eq(s4_ctl)]
+        for n in range(C):
+            m.d.sync += s4h_phi[n].eq(s4_p[n].as_unsigned()[HB:])
+
+        # -- stage 6: the high half (+ the low half's carry), written back -----------------------
+        yhi = Signal(data.ArrayLayout(unsigned(HB), C))
+        for n in range(C):
+            m.d.comb += yhi[n].eq(Mux(s4h_info.first, 0, rport_hi.data[n]) + s4h_phi[n]
+                                  + s4h_lo[n][HB])
+        m.d.comb += [wport_hi.addr.eq(s4h_info.t), wport_hi.data.eq(yhi),
+                     wport_hi.en.eq(s4h_v)]
         s5_v = Signal(1)
-        s5_y = Signal.like(y)
+        s5_y = Signal(data.ArrayLayout(signed(Y_BITS), C))
         s5_t = Signal.like(s4_info.t)
         s5_bias = Signal.like(s2_bias)
         s5_ctl = Signal.like(s3_ctl)
-        m.d.sync += [s5_v.eq(s4_v & s4_info.final), s5_y.eq(y), s5_t.eq(s4_info.t),
-                     s5_bias.eq(s4_bias), s5_ctl.eq(s4_ctl)]
+        m.d.sync += [s5_v.eq(s4h_v & s4h_info.final), s5_t.eq(s4h_info.t),
+                     s5_bias.eq(s4h_bias), s5_ctl.eq(s4h_ctl)]
+        for n in range(C):
+            m.d.sync += s5_y[n].eq(Cat(s4h_lo[n][:HB], yhi[n]))
 
-        # Stages 6..10: r = sat36(Y >> (s - 1)) (right) or sat36(sat36(Y) << k) (left; any
+        # Stages 7..11: r = sat36(Y >> (s - 1)) (right) or sat36(sat36(Y) << k) (left; any
         # |result| >= 2**34 saturates the INT32 output the same way the golden model's clamp
         # does, and so does any clamp beyond that: 36 bits), then
         # out = saturate32(((r + 1) >> 1 if right else r) + bias).
@@ -264,7 +298,7 @@ class GroupScaler(wiring.Component):
         def sat(sign, bits):
             return Mux(sign, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
-        # -- stage 6: the shifter's operand ----------------------------------------------------
+        # -- stage 7: the shifter's operand ----------------------------------------------------
         s6_v = Signal(1)
         s6_x = Signal(data.ArrayLayout(signed(XW), C))
         s6_a = Signal(data.ArrayLayout(unsigned(6), C))
@@ -282,7 +316,7 @@ class GroupScaler(wiring.Component):
                 s6_a[n].eq(ctl.a), s6_right[n].eq(ctl.right),
             ]
 
-        # -- stage 7: arithmetic right shift by a & 56 -------------------------------------------
+        # -- stage 8: arithmetic right shift by a & 56 -------------------------------------------
         s7_v = Signal(1)
         s7_x = Signal.like(s6_x)
         s7_f = Signal(data.ArrayLayout(unsigned(3), C))
@@ -294,7 +328,7 @@ class GroupScaler(wiring.Component):
             m.d.sync += [s7_x[n].eq(s6_x[n] >> Cat(C0(0, 3), s6_a[n][3:6])),
                          s7_f[n].eq(s6_a[n][0:3])]
 
-        # -- stage 8: right shift by a & 7; clamp to 36 bits ------------------------------------
+        # -- stage 9: right shift by a & 7; clamp to 36 bits ------------------------------------
         s8_v = Signal(1)
         s8_r = Signal(data.ArrayLayout(signed(36), C))
         s8_right = Signal(C)
@@ -309,7 +343,7 @@ class GroupScaler(wiring.Component):
             bad = e[8:].any() | Cat(*(e[j] & (f <= j) for j in range(8))).any()
             m.d.sync += s8_r[n].eq(Mux(bad, sat(sign, 36), (xv >> f)[:36]))
 
-        # -- stage 9: the rounding and the bias: (r + 2 * bias + 1) >> 1 is ((r + 1) >> 1) + bias
+        # -- stage 10: the rounding and the bias: (r + 2 * bias + 1) >> 1 is ((r + 1) >> 1) + bias
         s9_v = Signal(1)
         s9_sum = Signal(data.ArrayLayout(signed(38), C))
         s9_right = Signal(C)
@@ -319,7 +353,7 @@ class GroupScaler(wiring.Component):
             rt = s8_right[n]
             m.d.sync += s9_sum[n].eq(s8_r[n] + Mux(rt, s8_bias[n] << 1, s8_bias[n]) + rt)
 
-        # -- stage 10: out = saturate32 -------------------------------------------------------
+        # -- stage 11: out = saturate32 ------------------------------------------------------
         s10_v = Signal(1)
         s10 = Signal(out_l)
         for n in range(C):
@@ -329,8 +363,8 @@ class GroupScaler(wiring.Component):
         m.d.sync += [s10_v.eq(s9_v), s10.t.eq(s9_t)]
 
         m.d.comb += [ofifo.w_data.eq(s10), ofifo.w_en.eq(s10_v)]
-        m.d.comb += self.busy.eq(s1_v | s2_v | s3_v | s4_v | s5_v | s6_v | s7_v | s8_v | s9_v
-                                 | s10_v | (used != 0))
+        m.d.comb += self.busy.eq(s1_v | s2_v | s3_v | s4_v | s4h_v | s5_v | s6_v | s7_v | s8_v
+                                 | s9_v | s10_v | (used != 0))
         # rows entered (final) and not yet read from the output FIFO: the admission credit
         enter = take & self.i_row.payload.info.final
         m.d.sync += used.eq(used + enter - (ofifo.r_en & ofifo.r_rdy))

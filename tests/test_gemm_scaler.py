@@ -145,3 +145,79 @@ def test_scaler_one_row_per_cycle():
     # FIFO write in cycle in0 + STAGES, readable 1 (SyncFIFOBuffered) + 1 later
     assert times["out0"] - times["in0"] == GroupScaler.STAGES + 2
     assert times["end"] - times["out0"] == len(want)
+
+
+def test_scaler_accumulation():
+    """Rows that accumulate (``first`` / ``final`` flags) on a few accumulator rows, often
+    the same row back to back (GEMV), with the row valid gapped or not: every ``final`` row
+    gives ``saturate32(rshift_round(Σ P, shift - exp) + bias)`` over its row's contributions
+    since the last ``first`` (sums modulo 2**64 in the hardware; kept below 2**61 here)."""
+    rng = np.random.default_rng(SEED + 3)
+    C = P.cols
+    pw, xw = psum_width(P.rows), xsum_width(P.rows)
+    rows, params, want = [], [], []
+    acc_y = {}
+    open_t = []
+    t_pool = [0, 1, 2]
+    for i in range(400):
+        t = int(rng.choice(t_pool)) if rng.random() < 0.5 or not open_t else open_t[-1]
+        first = int(t not in acc_y or rng.random() < 0.15)
+        final = int(rng.random() < 0.3)
+        acc = rng.integers(-(1 << (pw - 1)), 1 << (pw - 1), C)
+        xsum = int(rng.integers(-(1 << (xw - 1)), 1 << (xw - 1)))
+        scale = rng.integers(-(1 << (SCALE_BITS - 1)), 1 << (SCALE_BITS - 1), C)
+        offset = rng.integers(-(1 << 15), 1 << 15, C)
+        gshift = int(rng.integers(0, 12))
+        kshift = [int(v) for v in rng.integers(0, 4, C)]
+        exp = int(rng.integers(-20, 20))
+        shift = exp + rng.integers(-10, 70, C)
+        bias = rng.integers(-(1 << 31), 1 << 31, C)
+        p_row = [(int(scale[c]) * int(acc[c]) + int(offset[c]) * xsum) << (gshift + kshift[c])
+                 for c in range(C)]
+        y = p_row if first else [a + b for a, b in zip(acc_y[t], p_row)]
+        acc_y[t] = y
+        if t not in open_t:
+            open_t.append(t)
+        rows.append({"acc": acc.tolist(), "xsum": xsum, "last": 1,
+                     "info": {"gshift": gshift, "gzero": 0, "exp": exp, "t": t,
+                              "first": first, "final": final}})
+        params.append({"scale": scale.tolist(), "offset": offset.tolist(), "kshift": kshift,
+                       "shift": shift.tolist(), "bias": bias.tolist()})
+        assert max(abs(v) for v in y) < 1 << 61
+        if final:
+            out = G.saturate(G.rshift_round(np.array(y, dtype=np.int64), shift - exp) + bias)
+            want.append(([int(v) for v in out], t))
+    dut = GroupScaler(P)
+    prng = np.random.default_rng(SEED + 4)
+    got = []
+
+    async def feed(ctx, strm, items, stall):
+        for it in items:
+            while prng.random() < stall:
+                await ctx.tick()
+            ctx.set(strm.payload, it)
+            ctx.set(strm.valid, 1)
+            await ctx.tick().until(strm.ready)
+            ctx.set(strm.valid, 0)
+
+    async def put_rows(ctx):
+        await feed(ctx, dut.i_row, rows[:200], 0.0)   # back to back
+        await feed(ctx, dut.i_row, rows[200:], 0.4)   # gapped
+
+    async def put_params(ctx):
+        await feed(ctx, dut.i_param, params, 0.0)
+
+    async def get(ctx):
+        ctx.set(dut.o_row.ready, 1)
+        for _ in want:
+            (pl,) = await ctx.tick().sample(dut.o_row.payload).until(dut.o_row.valid)
+            got.append(([int(v) for v in pl.data], int(pl.t)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(put_rows, background=True)
+    sim.add_testbench(put_params, background=True)
+    sim.add_testbench(get)
+    sim.run()
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"final row {i}: got {g}, want {w}"
