@@ -357,6 +357,7 @@ class Chip(wiring.Component):
         d_wait_sel = {u: Signal(1, name=f"d_wsel_{u.name.lower()}") for u in queued}
         d_wait_any = Signal(1)  # WAIT on a unit without a queue: nothing pending
         d_set_bad = Signal(1)
+        lvl_ok = {u: Signal(1, name=f"lvl_ok_{u.name.lower()}") for u in queued}
         d_set_kvb = Signal(1)
         d_set_new = Signal(len(instr.args.pos.value) + 1)
         with m.FSM() as seq_fsm:
@@ -394,6 +395,13 @@ class Chip(wiring.Component):
                         m.d.sync += [rsp_word.eq(rsp_word + 1), shreg.eq(word)]
                 with m.If(rsp_uop == prog_len):  # every word written: micro-op 0 is read
                     m.next = "PREFETCH"
+            # WAIT's comparisons a cycle ahead: lvl_ok[u] == (outstanding[u] <= count) in EXEC,
+            # from the next outstanding value (nothing is pushed in FETCH or in a WAIT's EXEC,
+            # the only cycles before one it is read in) and the next cycle's micro-op
+            in_fetch = seq_fsm.ongoing("FETCH")
+            count_next = Mux(in_fetch, INSTR(nxt_word).args.wait.count, cur.args.wait.count)
+            for u in queued:
+                m.d.sync += lvl_ok[u].eq(outstanding[u] - done_of[u] <= count_next)
             with m.State("PREFETCH"):
                 m.d.sync += nxt_word.eq(uop_r.data)
                 m.next = "FETCH"
@@ -440,54 +448,55 @@ class Chip(wiring.Component):
                 nxt = Signal(1)
                 with m.If(abort):
                     m.next = "DRAIN"
-                with m.Elif(d_nop):
-                    m.d.comb += nxt.eq(1)
-                with m.Elif(d_halt):
-                    m.d.comb += inc[Counter.UOPS].eq(1)
-                    m.next = "DRAIN"
-                with m.Elif(d_wait):
-                    w = instr.args.wait
-                    with m.If(d_wait_bad):
-                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
-                                     inc[Counter.UOPS].eq(1)]
-                        m.next = "DRAIN"
-                    with m.Else():
-                        ok = Cat(d_wait_any, *(d_wait_sel[u] & (outstanding[u] <= w.count)
-                                               for u in queued)).any()
-                        with m.If(ok):
-                            m.d.comb += nxt.eq(1)
-                        with m.Else():
-                            m.d.comb += inc[Counter.STALL_WAIT].eq(1)
-                with m.Elif(d_setpos):
-                    with m.If(d_set_bad):
-                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
-                                     inc[Counter.UOPS].eq(1)]
-                        m.next = "DRAIN"
-                    with m.Else():
-                        with m.If(d_set_kvb):
-                            m.d.sync += kv_base.eq(d_set_new)
-                        with m.Else():
-                            m.d.sync += pos.eq(d_set_new)
+                with m.Else():  # the decoded classes are one-hot: no priority chain
+                    with m.If(d_nop):
                         m.d.comb += nxt.eq(1)
-                with m.Elif(d_unsup):
-                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
-                                 inc[Counter.UOPS].eq(1)]
-                    m.next = "DRAIN"
-                with m.Elif(d_illegal):
-                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
-                                 inc[Counter.UOPS].eq(1)]
-                    m.next = "DRAIN"
-                for u in queued:
-                    q = queues[u]
-                    with m.Elif(d_queue[u]):
-                        with m.If(q.w_rdy):
-                            m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
+                    with m.If(d_halt):
+                        m.d.comb += inc[Counter.UOPS].eq(1)
+                        m.next = "DRAIN"
+                    with m.If(d_wait):
+                        w = instr.args.wait
+                        with m.If(d_wait_bad):
+                            m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                         inc[Counter.UOPS].eq(1)]
+                            m.next = "DRAIN"
                         with m.Else():
-                            m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
-                with m.If(nxt):
-                    m.d.comb += inc[Counter.UOPS].eq(1)
-                    m.d.sync += pc.eq(pc + 1)
-                    m.next = "FETCH"
+                            ok = Cat(d_wait_any, *(d_wait_sel[u] & lvl_ok[u]
+                                                   for u in queued)).any()
+                            with m.If(ok):
+                                m.d.comb += nxt.eq(1)
+                            with m.Else():
+                                m.d.comb += inc[Counter.STALL_WAIT].eq(1)
+                    with m.If(d_setpos):
+                        with m.If(d_set_bad):
+                            m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                         inc[Counter.UOPS].eq(1)]
+                            m.next = "DRAIN"
+                        with m.Else():
+                            with m.If(d_set_kvb):
+                                m.d.sync += kv_base.eq(d_set_new)
+                            with m.Else():
+                                m.d.sync += pos.eq(d_set_new)
+                            m.d.comb += nxt.eq(1)
+                    with m.If(d_unsup):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                    with m.If(d_illegal):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                    for u in queued:
+                        q = queues[u]
+                        with m.If(d_queue[u]):
+                            with m.If(q.w_rdy):
+                                m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
+                            with m.Else():
+                                m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
+                    with m.If(nxt):
+                        m.d.comb += inc[Counter.UOPS].eq(1)
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "FETCH"
             with m.State("DRAIN"):
                 with m.If(~any_busy | (abort & ~units_busy)):
                     m.d.sync += [self.running.eq(0), self.done.eq(1)]

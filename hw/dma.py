@@ -113,6 +113,8 @@ class _DmaEngine(wiring.Component):
     #: Cycles from taking a command (``cmd`` handshake) to its acceptance by the front end at
     #: the earliest: it waits in the check register (its checks, registered).
     CHECK = 1
+    #: A response popped this cycle frees a request credit in the same cycle.
+    CREDIT_POP = True
 
     def __init__(self, params: ChipParams, members: dict, resp_depth: int):
         self.params = params
@@ -211,8 +213,10 @@ class _DmaEngine(wiring.Component):
                         m.d.sync += [self.err_code.eq(code), self.err_pc.eq(c_cmd.pc)]
                         m.next = "REJECT"
             with m.State("ISSUE"):
-                # A response leaving the FIFO this cycle frees its entry for a request now.
-                credit = (reserved < self.resp_depth) | resp_pop
+                # A response leaving the FIFO this cycle frees its entry for a request now
+                # (STORE); a LOAD's deeper FIFO does without, so its requests do not wait on
+                # the buffer-write side's handshake.
+                credit = (reserved < self.resp_depth) | (resp_pop if self.CREDIT_POP else 0)
                 m.d.comb += req_load.eq(~stop & req_free & credit)
                 with m.If(stop):
                     m.next = "IDLE"
@@ -280,7 +284,9 @@ class LoadEngine(_DmaEngine):
     (:attr:`CHECK`), first request offered in cycle 3, bus word ``j`` arrives in cycle
     ``3 + L + j``, leaves the FIFO 2 cycles later, the buffer word it completes is offered
     the next cycle; ``done`` pulses in cycle ``n + L + 6`` for ``n`` bus words.
-    ``resp_depth >= L + 3`` sustains one bus word per cycle.
+    ``resp_depth >= L + 4`` sustains one bus word per cycle (a request is counted from its
+    request register to its response's pop, ``L + 3`` cycles; a credit frees the cycle
+    after the pop: :attr:`CREDIT_POP` is off, so issue never waits on ``buf_wr.ready``).
     """
 
     def __init__(self, params: ChipParams = ChipParams(), resp_depth: int | None = None):
@@ -290,6 +296,8 @@ class LoadEngine(_DmaEngine):
             "bus_rd_data": In(stream.Signature(unsigned(bus_bits(p)))),
             "buf_wr": Out(stream.Signature(buf_write_layout(p))),
         }, resp_depth or p.offchip_latency + 4)
+
+    CREDIT_POP = False
 
     def _issue_plan(self, args, total):
         return args.off, total

@@ -416,7 +416,11 @@ class GemmUnit(wiring.Component):
 
         # activation rows: into the grid and, in step, their scaler info into the side FIFO
         xsum = Signal(signed(xsum_width(p.rows)))
-        m.d.comb += xsum.eq(sum(self.a_row.payload.data[r] for r in range(p.rows)))
+        terms = [self.a_row.payload.data[r] for r in range(p.rows)]
+        while len(terms) > 1:  # a balanced adder tree, not a chain
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        m.d.comb += xsum.eq(terms[0])
         side_in = Signal(side_l)
         m.d.comb += [
             side_in.info.eq(self.a_row.payload.info),
