@@ -328,7 +328,7 @@ class Chip(wiring.Component):
         rsp_word = Signal(range(IB + 1))
         rsp_uop = Signal(pcw + 1)
         shreg = Signal(IB * B)
-        boot = Signal(1)
+        boot = Signal(1)  # in BOOT (a register of its own: the bus channel's select)
         # the bus read channel: boot loader, else the LOAD engine; writes: STORE engine
         bus = self.bus
         m.d.comb += [
@@ -357,12 +357,13 @@ class Chip(wiring.Component):
         d_wait_sel = {u: Signal(1, name=f"d_wsel_{u.name.lower()}") for u in queued}
         d_wait_any = Signal(1)  # WAIT on a unit without a queue: nothing pending
         d_set_bad = Signal(1)
-        lvl_ok = {u: Signal(1, name=f"lvl_ok_{u.name.lower()}") for u in queued}
+        lvl_ok, lvl_ok0, lvl_ok1, done_d = ({u: Signal(1, name=f"{x}_{u.name.lower()}")
+                                             for u in queued}
+                                            for x in ("lvl_ok", "lvl_ok0", "lvl_ok1", "done_d"))
         d_set_kvb = Signal(1)
         d_set_new = Signal(len(instr.args.pos.value) + 1)
         with m.FSM() as seq_fsm:
-            in_boot = seq_fsm.ongoing("BOOT")
-            m.d.comb += [uop_r.addr.eq(Mux(in_boot, 0, pc + 1)), uop_r.en.eq(1)]
+            m.d.comb += [uop_r.addr.eq(Mux(boot, 0, pc + 1)), uop_r.en.eq(1)]
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [pc.eq(0), prog_len.eq(self.prog_len), pos.eq(self.pos_init),
@@ -373,13 +374,13 @@ class Chip(wiring.Component):
                     m.next = "BOOTCHK"
             with m.State("BOOTCHK"):
                 with m.If((prog_len > p.uop_depth)
-                          | (req_addr + prog_len * IB > offchip_words)):
+                          | (req_addr + req_left > offchip_words)):  # req_left = len * IB
                     m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_LOAD)]
                     m.next = "DRAIN"
                 with m.Else():
+                    m.d.sync += boot.eq(1)
                     m.next = "BOOT"
             with m.State("BOOT"):
-                m.d.comb += boot.eq(1)
                 with m.If(bus.rd_addr.valid & bus.rd_addr.ready):
                     m.d.sync += [req_left.eq(req_left - 1), req_addr.eq(req_addr + 1)]
                 with m.If(bus.rd_data.valid):
@@ -394,14 +395,19 @@ class Chip(wiring.Component):
                     with m.Else():
                         m.d.sync += [rsp_word.eq(rsp_word + 1), shreg.eq(word)]
                 with m.If(rsp_uop == prog_len):  # every word written: micro-op 0 is read
+                    m.d.sync += boot.eq(0)
                     m.next = "PREFETCH"
             # WAIT's comparisons a cycle ahead: lvl_ok[u] == (outstanding[u] <= count) in EXEC,
             # from the next outstanding value (nothing is pushed in FETCH or in a WAIT's EXEC,
             # the only cycles before one it is read in) and the next cycle's micro-op
             in_fetch = seq_fsm.ongoing("FETCH")
             count_next = Mux(in_fetch, INSTR(nxt_word).args.wait.count, cur.args.wait.count)
+            # (both outcomes of this cycle's done pulse, which is registered beside them)
             for u in queued:
-                m.d.sync += lvl_ok[u].eq(outstanding[u] - done_of[u] <= count_next)
+                m.d.sync += [lvl_ok0[u].eq(outstanding[u] <= count_next),
+                             lvl_ok1[u].eq(outstanding[u] - 1 <= count_next),
+                             done_d[u].eq(done_of[u])]
+                m.d.comb += lvl_ok[u].eq(Mux(done_d[u], lvl_ok1[u], lvl_ok0[u]))
             with m.State("PREFETCH"):
                 m.d.sync += nxt_word.eq(uop_r.data)
                 m.next = "FETCH"

@@ -151,10 +151,11 @@ class GemmEngine(wiring.Component):
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
-                g = Signal(17)
-                m.d.comb += g.eq((k + (1 << a.prm_step) - 1) >> a.prm_step)
+                # G = ceil(k / 2**prm_step); Gs = G + 1 from KV, as one add and shift
+                step = 1 << a.prm_step
                 m.d.sync += [
-                    G.eq(g), Gs.eq(Mux(a.psrc == PSrc.KV, g + 1, g)),
+                    G.eq((k + step - 1) >> a.prm_step),
+                    Gs.eq((k + Mux(a.psrc == PSrc.KV, step << 1, step) - 1) >> a.prm_step),
                     n1.eq(n - 1), k1.eq(k - 1),
                     p_w.eq((n * k) << lr),
                     p_a.eq(T1 * a.a_stride),
@@ -270,27 +271,37 @@ class GemmEngine(wiring.Component):
         a_row = Signal(17)   # ACT address of row t of K-tile kt
         y = Signal(32)
         ybase = Signal(32)   # j * T
+        # the loop-end comparisons as flags kept with their counters (at == T1, akt == k1,
+        # akt == 0, aj == n1), each loaded from the comparison of the counter's next value
+        at_last, akt_last, akt_zero, aj_last = (Signal(1, name=f"a_{x}")
+                                                for x in ("t_last", "kt_last", "kt_zero",
+                                                          "j_last"))
         with m.If(start):
             m.d.sync += [a_on.eq(1), aj.eq(0), akt.eq(0), at.eq(0), a_row.eq(a.a_addr),
-                         y.eq(0), ybase.eq(0)]
+                         y.eq(0), ybase.eq(0), at_last.eq(T1 == 0), akt_last.eq(k1 == 0),
+                         akt_zero.eq(1), aj_last.eq(n1 == 0)]
         meta = Signal(meta_l)
         m.d.comb += [
             meta.y.eq(Mux(both, at, y)),
-            meta.first.eq(a.first & (akt == 0)),
-            meta.final.eq(a.final & (akt == k1)),
-            meta.last.eq(at == T1),
+            meta.first.eq(a.first & akt_zero),
+            meta.final.eq(a.final & akt_last),
+            meta.last.eq(at_last),
             ar.i.valid.eq(a_on & go), ar.i.payload.addr.eq(a_row), ar.i.payload.meta.eq(meta),
         ]
         with m.If(ar.i.valid & ar.i.ready):
-            with m.If(at != T1):
-                m.d.sync += [at.eq(at + 1), a_row.eq(a_row + a.a_stride), y.eq(y + 1)]
+            with m.If(~at_last):
+                m.d.sync += [at.eq(at + 1), a_row.eq(a_row + a.a_stride), y.eq(y + 1),
+                             at_last.eq(at + 1 == T1)]
             with m.Else():
-                last_kt = akt == k1
-                m.d.sync += [at.eq(0), akt.eq(Mux(last_kt, 0, akt + 1)),
-                             a_row.eq(a.a_addr + Mux(last_kt, 0, akt + 1))]
-                with m.If(last_kt):
-                    m.d.sync += [aj.eq(aj + 1), ybase.eq(ybase + T), y.eq(ybase + T)]
-                    with m.If(aj == n1):
+                m.d.sync += [at.eq(0), at_last.eq(T1 == 0),
+                             akt.eq(Mux(akt_last, 0, akt + 1)),
+                             akt_last.eq(Mux(akt_last, k1 == 0, akt + 1 == k1)),
+                             akt_zero.eq(akt_last),
+                             a_row.eq(a.a_addr + Mux(akt_last, 0, akt + 1))]
+                with m.If(akt_last):
+                    m.d.sync += [aj.eq(aj + 1), ybase.eq(ybase + T), y.eq(ybase + T),
+                                 aj_last.eq(aj + 1 == n1)]
+                    with m.If(aj_last):
                         m.d.sync += a_on.eq(0)
                 with m.Else():
                     m.d.sync += y.eq(ybase)
