@@ -107,8 +107,12 @@ class MemReader(wiring.Component):
         inflight = Signal(1)
         meta_d = Signal(self._meta)
         take = Signal(1)
+        # reads issued and not yet taken from ``o`` (== q.level + inflight), a register: the
+        # admission is a compare against a constant
+        used = Signal(range(self.depth + 1))
+        m.d.sync += used.eq(used + take - (self.o.valid & self.o.ready))
         m.d.comb += [
-            self.i.ready.eq(q.level + inflight < self.depth),
+            self.i.ready.eq(used < self.depth),
             take.eq(self.i.valid & self.i.ready),
             self.rd_addr.eq(self.i.payload.addr),
             self.rd_en.eq(take),

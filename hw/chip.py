@@ -277,16 +277,26 @@ class Chip(wiring.Component):
                 m.d.comb += [unit_err.eq(1), unit_code.eq(e.err_code), unit_pc.eq(e.err_pc)]
         seq_err = Signal(1)
         seq_code = Signal(Err)
+        err_next = Signal(Err)
+        m.d.comb += err_next.eq(err)
         with m.If(start):
-            m.d.sync += [err.eq(Err.NONE), err_pc.eq(0)]
+            m.d.comb += err_next.eq(Err.NONE)
+            m.d.sync += err_pc.eq(0)
         with m.Elif((err == Err.NONE) & unit_err):
-            m.d.sync += [err.eq(unit_code), err_pc.eq(unit_pc)]
+            m.d.comb += err_next.eq(unit_code)
+            m.d.sync += err_pc.eq(unit_pc)
         with m.Elif((err == Err.NONE) & seq_err):
-            m.d.sync += [err.eq(seq_code), err_pc.eq(pc)]
+            m.d.comb += err_next.eq(seq_code)
+            m.d.sync += err_pc.eq(pc)
+        m.d.sync += err.eq(err_next)
+        # the abort broadcast: ``err != NONE``, as registers of their own (one per unit: the
+        # fanout is large), loaded from the error's next value so they equal it every cycle
         abort = Signal(1)
-        m.d.comb += abort.eq(err != Err.NONE)
-        for eng in errs:
-            m.d.comb += eng.abort.eq(abort)
+        m.d.sync += abort.eq(err_next != Err.NONE)
+        for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
+            ab = Signal(1, name=f"abort_{name}")
+            m.d.sync += ab.eq(err_next != Err.NONE)
+            m.d.comb += eng.abort.eq(ab)
 
         # counters
         cnt = {c: Signal(COUNTER_BITS, name=f"cnt_{c.name.lower()}") for c in Counter}
@@ -318,7 +328,7 @@ class Chip(wiring.Component):
         rsp_word = Signal(range(IB + 1))
         rsp_uop = Signal(pcw + 1)
         shreg = Signal(IB * B)
-        boot = Signal(1)
+        boot = Signal(1)  # in BOOT (a register of its own: the bus channel's select)
         # the bus read channel: boot loader, else the LOAD engine; writes: STORE engine
         bus = self.bus
         m.d.comb += [
@@ -331,11 +341,29 @@ class Chip(wiring.Component):
         ]
         wiring.connect(m, store.bus_wr, wiring.flipped(bus.wr))
 
-        instr = INSTR(uop_r.data)
-        fetch = Signal(1)  # (a read port's en is 1 unless driven: drive it always)
-        m.d.comb += [uop_r.addr.eq(pc), uop_r.en.eq(fetch)]
-        op = instr.op
-        with m.FSM():
+        # The micro-op pipeline: the word of pc + 1 is read while pc is in FETCH / EXEC and
+        # held in ``nxt_word``; FETCH moves it to ``cur`` and decodes it into registers (one-hot
+        # op classes, the WAIT unit, the SETPOS result and its range check), so EXEC decides
+        # from registers. ``PREFETCH`` (after BOOT) reads micro-op 0.
+        nxt_word = Signal(INSTR_BITS)
+        cur = Signal(INSTR)
+        instr = cur
+        op = cur.op
+        d_nop, d_halt, d_wait, d_setpos, d_unsup, d_illegal = (
+            Signal(1, name=f"d_{n}") for n in ("nop", "halt", "wait", "setpos", "unsup",
+                                               "illegal"))
+        d_queue = {u: Signal(1, name=f"d_q_{u.name.lower()}") for u in queued}
+        d_wait_bad = Signal(1)
+        d_wait_sel = {u: Signal(1, name=f"d_wsel_{u.name.lower()}") for u in queued}
+        d_wait_any = Signal(1)  # WAIT on a unit without a queue: nothing pending
+        d_set_bad = Signal(1)
+        lvl_ok, lvl_ok0, lvl_ok1, done_d = ({u: Signal(1, name=f"{x}_{u.name.lower()}")
+                                             for u in queued}
+                                            for x in ("lvl_ok", "lvl_ok0", "lvl_ok1", "done_d"))
+        d_set_kvb = Signal(1)
+        d_set_new = Signal(len(instr.args.pos.value) + 1)
+        with m.FSM() as seq_fsm:
+            m.d.comb += [uop_r.addr.eq(Mux(boot, 0, pc + 1)), uop_r.en.eq(1)]
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [pc.eq(0), prog_len.eq(self.prog_len), pos.eq(self.pos_init),
@@ -346,13 +374,13 @@ class Chip(wiring.Component):
                     m.next = "BOOTCHK"
             with m.State("BOOTCHK"):
                 with m.If((prog_len > p.uop_depth)
-                          | (req_addr + prog_len * IB > offchip_words)):
+                          | (req_addr + req_left > offchip_words)):  # req_left = len * IB
                     m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_LOAD)]
                     m.next = "DRAIN"
                 with m.Else():
+                    m.d.sync += boot.eq(1)
                     m.next = "BOOT"
             with m.State("BOOT"):
-                m.d.comb += boot.eq(1)
                 with m.If(bus.rd_addr.valid & bus.rd_addr.ready):
                     m.d.sync += [req_left.eq(req_left - 1), req_addr.eq(req_addr + 1)]
                 with m.If(bus.rd_data.valid):
@@ -366,8 +394,23 @@ class Chip(wiring.Component):
                         m.d.sync += [rsp_word.eq(0), rsp_uop.eq(rsp_uop + 1), shreg.eq(0)]
                     with m.Else():
                         m.d.sync += [rsp_word.eq(rsp_word + 1), shreg.eq(word)]
-                with m.If(rsp_uop == prog_len):
-                    m.next = "FETCH"
+                with m.If(rsp_uop == prog_len):  # every word written: micro-op 0 is read
+                    m.d.sync += boot.eq(0)
+                    m.next = "PREFETCH"
+            # WAIT's comparisons a cycle ahead: lvl_ok[u] == (outstanding[u] <= count) in EXEC,
+            # from the next outstanding value (nothing is pushed in FETCH or in a WAIT's EXEC,
+            # the only cycles before one it is read in) and the next cycle's micro-op
+            in_fetch = seq_fsm.ongoing("FETCH")
+            count_next = Mux(in_fetch, INSTR(nxt_word).args.wait.count, cur.args.wait.count)
+            # (both outcomes of this cycle's done pulse, which is registered beside them)
+            for u in queued:
+                m.d.sync += [lvl_ok0[u].eq(outstanding[u] <= count_next),
+                             lvl_ok1[u].eq(outstanding[u] - 1 <= count_next),
+                             done_d[u].eq(done_of[u])]
+                m.d.comb += lvl_ok[u].eq(Mux(done_d[u], lvl_ok1[u], lvl_ok0[u]))
+            with m.State("PREFETCH"):
+                m.d.sync += nxt_word.eq(uop_r.data)
+                m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(abort):
                     m.next = "DRAIN"
@@ -375,71 +418,91 @@ class Chip(wiring.Component):
                     m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_RANGE)]
                     m.next = "DRAIN"
                 with m.Else():
-                    m.d.comb += fetch.eq(1)
                     m.next = "EXEC"
+                # decode the next micro-op
+                w_ = INSTR(nxt_word)
+                wo = w_.op
+                known = [Op.NOP, Op.HALT, Op.WAIT, Op.SETPOS, *op_unit]
+                if vec is None:
+                    known.append(Op.VEC)
+                wa = w_.args.wait
+                sa = w_.args.pos
+                kvb = sa.reg == PosReg.KV_BASE
+                new = Signal.like(d_set_new)
+                m.d.comb += new.eq(Mux(sa.add, Mux(kvb, kv_base, pos) + sa.value, sa.value))
+                m.d.sync += [
+                    cur.eq(nxt_word),
+                    d_nop.eq(wo == Op.NOP), d_halt.eq(wo == Op.HALT), d_wait.eq(wo == Op.WAIT),
+                    d_setpos.eq(wo == Op.SETPOS),
+                    d_unsup.eq((wo == Op.VEC) if vec is None else 0),
+                    d_illegal.eq(~Cat(*(wo == o for o in known)).any()),
+                    *(d_queue[u].eq(Cat(*(wo == o for o, uu in op_unit.items()
+                                          if uu == u)).any()) for u in queued),
+                    d_wait_bad.eq(wa.unit > max(Unit)),
+                    *(d_wait_sel[u].eq(wa.unit == u) for u in queued),
+                    d_wait_any.eq(~Cat(*(wa.unit == u for u in queued)).any()),
+                    d_set_kvb.eq(kvb), d_set_new.eq(new),
+                    d_set_bad.eq(Mux(kvb, new >= kv_depth, new >= 1 << 16)),
+                ]
             with m.State("EXEC"):
+                m.d.sync += nxt_word.eq(uop_r.data)
+                for u in queued:  # (written only with w_en)
+                    entry = Signal(cl, name=f"entry_{u.name.lower()}")
+                    m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
+                                 entry.kv_base.eq(kv_base), entry.pc.eq(pc),
+                                 queues[u].w_data.eq(entry)]
                 nxt = Signal(1)
                 with m.If(abort):
                     m.next = "DRAIN"
-                with m.Elif(op == Op.NOP):
-                    m.d.comb += nxt.eq(1)
-                with m.Elif(op == Op.HALT):
-                    m.d.comb += inc[Counter.UOPS].eq(1)
-                    m.next = "DRAIN"
-                with m.Elif(op == Op.WAIT):
-                    w = instr.args.wait
-                    with m.If(w.unit > max(Unit)):
-                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
-                                     inc[Counter.UOPS].eq(1)]
-                        m.next = "DRAIN"
-                    with m.Else():
-                        level = Signal.like(outstanding[Unit.LOAD])
-                        for u in queued:
-                            with m.If(w.unit == u):
-                                m.d.comb += level.eq(outstanding[u])
-                        with m.If(level <= w.count):
-                            m.d.comb += nxt.eq(1)
-                        with m.Else():
-                            m.d.comb += inc[Counter.STALL_WAIT].eq(1)
-                with m.Elif(op == Op.SETPOS):
-                    a = instr.args.pos
-                    kvb = a.reg == PosReg.KV_BASE
-                    new = Signal(len(a.value) + 1)
-                    m.d.comb += new.eq(Mux(a.add, Mux(kvb, kv_base, pos) + a.value, a.value))
-                    with m.If(Mux(kvb, new >= kv_depth, new >= 1 << 16)):
-                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
-                                     inc[Counter.UOPS].eq(1)]
-                        m.next = "DRAIN"
-                    with m.Else():
-                        with m.If(kvb):
-                            m.d.sync += kv_base.eq(new)
-                        with m.Else():
-                            m.d.sync += pos.eq(new)
+                with m.Else():  # the decoded classes are one-hot: no priority chain
+                    with m.If(d_nop):
                         m.d.comb += nxt.eq(1)
-                if vec is None:
-                    with m.Elif(op == Op.VEC):
+                    with m.If(d_halt):
+                        m.d.comb += inc[Counter.UOPS].eq(1)
+                        m.next = "DRAIN"
+                    with m.If(d_wait):
+                        w = instr.args.wait
+                        with m.If(d_wait_bad):
+                            m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                         inc[Counter.UOPS].eq(1)]
+                            m.next = "DRAIN"
+                        with m.Else():
+                            ok = Cat(d_wait_any, *(d_wait_sel[u] & lvl_ok[u]
+                                                   for u in queued)).any()
+                            with m.If(ok):
+                                m.d.comb += nxt.eq(1)
+                            with m.Else():
+                                m.d.comb += inc[Counter.STALL_WAIT].eq(1)
+                    with m.If(d_setpos):
+                        with m.If(d_set_bad):
+                            m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
+                                         inc[Counter.UOPS].eq(1)]
+                            m.next = "DRAIN"
+                        with m.Else():
+                            with m.If(d_set_kvb):
+                                m.d.sync += kv_base.eq(d_set_new)
+                            with m.Else():
+                                m.d.sync += pos.eq(d_set_new)
+                            m.d.comb += nxt.eq(1)
+                    with m.If(d_unsup):
                         m.d.comb += [seq_err.eq(1), seq_code.eq(Err.UNSUPPORTED),
                                      inc[Counter.UOPS].eq(1)]
                         m.next = "DRAIN"
-                for o, u in op_unit.items():
-                    with m.Elif(op == o):
+                    with m.If(d_illegal):
+                        m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
+                                     inc[Counter.UOPS].eq(1)]
+                        m.next = "DRAIN"
+                    for u in queued:
                         q = queues[u]
-                        entry = Signal(cl, name=f"entry_{u.name.lower()}")
-                        m.d.comb += [entry.args.eq(instr.args), entry.pos.eq(pos),
-                                     entry.kv_base.eq(kv_base), entry.pc.eq(pc),
-                                     q.w_data.eq(entry)]
-                        with m.If(q.w_rdy):
-                            m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
-                        with m.Else():
-                            m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
-                with m.Else():
-                    m.d.comb += [seq_err.eq(1), seq_code.eq(Err.ILLEGAL_OP),
-                                 inc[Counter.UOPS].eq(1)]
-                    m.next = "DRAIN"
-                with m.If(nxt):
-                    m.d.comb += inc[Counter.UOPS].eq(1)
-                    m.d.sync += pc.eq(pc + 1)
-                    m.next = "FETCH"
+                        with m.If(d_queue[u]):
+                            with m.If(q.w_rdy):
+                                m.d.comb += [q.w_en.eq(1), push[u].eq(1), nxt.eq(1)]
+                            with m.Else():
+                                m.d.comb += inc[Counter.STALL_QUEUE].eq(1)
+                    with m.If(nxt):
+                        m.d.comb += inc[Counter.UOPS].eq(1)
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "FETCH"
             with m.State("DRAIN"):
                 with m.If(~any_busy | (abort & ~units_busy)):
                     m.d.sync += [self.running.eq(0), self.done.eq(1)]

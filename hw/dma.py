@@ -10,8 +10,9 @@ buffer word ``i`` is at ``off + i * bpw + k`` and holds bits ``k * B .. (k + 1) 
 Buffer words travel to and from the chip's buffer arbiter left-aligned in
 ``hw.bus.max_word_bits(p)`` bits, zero above their own width (``hw/bus.py``).
 
-Checks, on the command as accepted, before anything is requested or written; the first that
-fails is reported (``p`` the :class:`~hw.params.ChipParams`):
+Checks, on the command as taken (registered, per buffer, in a check register the front end
+accepts it from), before anything is requested or written; the first that fails is
+reported (``p`` the :class:`~hw.params.ChipParams`):
 
 1. ``Err.BAD_FIELD``: ``buf`` not a :class:`~hw.isa.Buf` value (0..4), or ``words == 0``;
 2. ``Err.SRAM_RANGE``: ``sram + words > hw.isa.buffer_depth(p, buf)``;
@@ -48,6 +49,8 @@ back-pressure never loses data and the memory latency is covered: steady state i
 word per cycle (``offchip_bytes_per_cycle`` bytes per cycle) when the memory and the buffer
 side keep up. Each command costs one extra cycle at the front (its acceptance); commands
 overlap (the next one's requests follow the previous one's without waiting for its data).
+A command waits a cycle in the check register before its acceptance (:attr:`_DmaEngine.CHECK`);
+the next one is taken the cycle after, so that costs no throughput.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
@@ -107,6 +110,12 @@ class _DmaEngine(wiring.Component):
     """The command side both engines share: intake, checks, rejection, request issue
     against credits, and the abort drain. Subclasses add the data path (:meth:`_back`)."""
 
+    #: Cycles from taking a command (``cmd`` handshake) to its acceptance by the front end at
+    #: the earliest: it waits in the check register (its checks, registered).
+    CHECK = 1
+    #: A response popped this cycle frees a request credit in the same cycle.
+    CREDIT_POP = True
+
     def __init__(self, params: ChipParams, members: dict, resp_depth: int):
         self.params = params
         self.resp_depth = resp_depth
@@ -129,25 +138,40 @@ class _DmaEngine(wiring.Component):
         bpw = {b: bus_words_per(p, b) for b in Buf}
         mem_words = p.offchip_kib * 1024 // p.offchip_bytes_per_cycle
 
-        # -- checks, combinational on the offered command (constants per buffer) -------------
+        # -- the check register: the command taken from ``cmd`` with its checks, per buffer
+        # (constants) in parallel; the front end accepts it from here, the cycle after at the
+        # earliest. It takes a command only when empty (the front end spends at least two
+        # cycles per command, so this costs no throughput).
+        c_v = Signal()                        # a command is held
+        c_cmd = Signal(dma_cmd_layout(p))
         total = Signal(range(0xFFFF * _max_bpw(p) + 1))  # bus words the command moves
-        bad_buf, sram_bad, off_bad = Signal(), Signal(), Signal()
-        with m.Switch(args.buf):
-            for b in Buf:
-                with m.Case(b):
-                    m.d.comb += [
-                        total.eq(_times(args.words, bpw[b])),
-                        sram_bad.eq(args.sram + args.words > buffer_depth(p, b)),
-                        off_bad.eq(args.off + _times(args.words, bpw[b]) > mem_words),
-                    ]
-            with m.Default():
-                m.d.comb += bad_buf.eq(1)
+        c_bad = Signal()                      # not a buffer, or no words
+        c_sram_bad = Signal(len(Buf))         # per buffer: sram + words > depth
+        c_off_bad = Signal(len(Buf))          # per buffer: off + words * bpw > memory
+        take_cmd = Signal()
+        m.d.comb += take_cmd.eq(self.cmd.valid & self.cmd.ready)
+        with m.If(take_cmd):
+            totals = {b: _times(args.words, bpw[b]) for b in Buf}
+            m.d.sync += [
+                c_v.eq(1), c_cmd.eq(self.cmd.payload),
+                c_bad.eq(~Cat(*(args.buf == b for b in Buf)).any() | (args.words == 0)),
+                c_sram_bad.eq(Cat(*(args.sram + args.words > buffer_depth(p, b)
+                                    for b in Buf))),
+                c_off_bad.eq(Cat(*(args.off + totals[b] > mem_words for b in Buf))),
+            ]
+            with m.Switch(args.buf):
+                for b in Buf:
+                    with m.Case(b):
+                        m.d.sync += total.eq(totals[b])
+        cargs = c_cmd.args
+        sel = Signal(len(Buf))  # one-hot buffer of the held command (0 if not a buffer)
+        m.d.comb += sel.eq(Cat(*(cargs.buf == b for b in Buf)))
         code = Signal(Err)
-        with m.If(bad_buf | (args.words == 0)):
+        with m.If(c_bad):
             m.d.comb += code.eq(Err.BAD_FIELD)
-        with m.Elif(sram_bad):
+        with m.Elif((c_sram_bad & sel).any()):
             m.d.comb += code.eq(Err.SRAM_RANGE)
-        with m.Elif(off_bad):
+        with m.Elif((c_off_bad & sel).any()):
             m.d.comb += code.eq(Err.OFFCHIP_RANGE)
         with m.Else():
             m.d.comb += code.eq(Err.NONE)
@@ -177,20 +201,22 @@ class _DmaEngine(wiring.Component):
         m.d.sync += [self.done.eq(back.done), self.err_valid.eq(0)]
         with m.FSM(name="front") as front:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(~stop & jobs.w_rdy)
-                with m.If(self.cmd.valid & self.cmd.ready):
+                with m.If(c_v & ~stop & jobs.w_rdy):
+                    m.d.sync += c_v.eq(0)
                     with m.If(code == Err.NONE):
-                        start, count = self._issue_plan(args, total)
-                        m.d.comb += [jobs.w_data.eq(args), jobs.w_en.eq(1)]
+                        start, count = self._issue_plan(cargs, total)
+                        m.d.comb += [jobs.w_data.eq(cargs), jobs.w_en.eq(1)]
                         m.d.sync += [iss_addr.eq(start), iss_left.eq(count),
-                                     iss_buf.eq(args.buf)]
+                                     iss_buf.eq(cargs.buf)]
                         m.next = "ISSUE"
                     with m.Else():
-                        m.d.sync += [self.err_code.eq(code), self.err_pc.eq(self.cmd.payload.pc)]
+                        m.d.sync += [self.err_code.eq(code), self.err_pc.eq(c_cmd.pc)]
                         m.next = "REJECT"
             with m.State("ISSUE"):
-                # A response leaving the FIFO this cycle frees its entry for a request now.
-                credit = (reserved < self.resp_depth) | resp_pop
+                # A response leaving the FIFO this cycle frees its entry for a request now
+                # (STORE); a LOAD's deeper FIFO does without, so its requests do not wait on
+                # the buffer-write side's handshake.
+                credit = (reserved < self.resp_depth) | (resp_pop if self.CREDIT_POP else 0)
                 m.d.comb += req_load.eq(~stop & req_free & credit)
                 with m.If(stop):
                     m.next = "IDLE"
@@ -220,8 +246,12 @@ class _DmaEngine(wiring.Component):
             m.d.sync += flushing.eq(0)
         with m.If(stop):
             m.d.comb += jobs.r_en.eq(1)  # discard queued jobs
-        m.d.comb += self.busy.eq(~front.ongoing("IDLE") | jobs.r_rdy | ~back.idle |
-                                 (reserved != 0))
+            m.d.sync += c_v.eq(0)        # and the held command
+        m.d.comb += [
+            self.cmd.ready.eq(~stop & ~c_v),
+            self.busy.eq(c_v | ~front.ongoing("IDLE") | jobs.r_rdy | ~back.idle |
+                         (reserved != 0)),
+        ]
         return m
 
 
@@ -250,10 +280,13 @@ class LoadEngine(_DmaEngine):
     word (cut to the buffer's word width) written to ``sram + i``.
 
     Timing, with a memory answering ``L`` cycles after a request and ``buf_wr`` always
-    ready: command accepted in cycle 0, first request offered in cycle 2, bus word ``j``
-    arrives in cycle ``2 + L + j``, leaves the FIFO 2 cycles later, the buffer word it
-    completes is offered the next cycle; ``done`` pulses in cycle ``n + L + 5`` for ``n``
-    bus words. ``resp_depth >= L + 3`` sustains one bus word per cycle.
+    ready: command taken in cycle 0, accepted from the check register in cycle 1
+    (:attr:`CHECK`), first request offered in cycle 3, bus word ``j`` arrives in cycle
+    ``3 + L + j``, leaves the FIFO 2 cycles later, the buffer word it completes is offered
+    the next cycle; ``done`` pulses in cycle ``n + L + 6`` for ``n`` bus words.
+    ``resp_depth >= L + 4`` sustains one bus word per cycle (a request is counted from its
+    request register to its response's pop, ``L + 3`` cycles; a credit frees the cycle
+    after the pop: :attr:`CREDIT_POP` is off, so issue never waits on ``buf_wr.ready``).
     """
 
     def __init__(self, params: ChipParams = ChipParams(), resp_depth: int | None = None):
@@ -263,6 +296,8 @@ class LoadEngine(_DmaEngine):
             "bus_rd_data": In(stream.Signature(unsigned(bus_bits(p)))),
             "buf_wr": Out(stream.Signature(buf_write_layout(p))),
         }, resp_depth or p.offchip_latency + 4)
+
+    CREDIT_POP = False
 
     def _issue_plan(self, args, total):
         return args.off, total
@@ -291,10 +326,17 @@ class LoadEngine(_DmaEngine):
         # is filled only by the word's last bus word, which goes straight to the output.
         asm = Signal((nslot - 1) * B)
 
-        # The output register (buf_wr), with the flag marking a command's last word.
+        # The output register (buf_wr), with the flag marking a command's last word, and a
+        # skid register behind it: a finished word goes to the skid register when the output
+        # register is full and not taken this cycle, so that taking a response (``pop``)
+        # depends on registers only, not on ``buf_wr.ready`` (the chip's write-port
+        # arbitration). Without back-pressure the skid register stays empty.
         out = self.buf_wr
         out_last = Signal()
         wr_take = out.valid & out.ready
+        sk_valid = Signal()
+        sk = Signal.like(out.payload)
+        sk_last = Signal()
 
         job = DmaArgs(jobs.r_data)
         with m.If(~active & jobs.r_rdy & ~stop):
@@ -311,7 +353,7 @@ class LoadEngine(_DmaEngine):
         completes = k == last_k
         pop = Signal()
         m.d.comb += [
-            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~out.valid | out.ready)),
+            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~sk_valid)),
             resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
             resp.r_en.eq(resp_pop),
             self.stall_mem.eq(active & ~resp.r_rdy),
@@ -320,19 +362,26 @@ class LoadEngine(_DmaEngine):
                   resp.r_data)
 
         with m.If(wr_take):
-            m.d.sync += out.valid.eq(0)
+            m.d.sync += out.valid.eq(sk_valid & ~stop)
+            with m.If(sk_valid):  # (no word completes this cycle)
+                m.d.sync += [out.payload.eq(sk), out_last.eq(sk_last), sk_valid.eq(0)]
+        with m.If(stop):
+            m.d.sync += sk_valid.eq(0)  # never offered: dropped with the command
         with m.If(pop):
             m.d.sync += asm.eq(nxt[:len(asm)])
             with m.If(completes):
-                m.d.sync += [
-                    k.eq(0), out.valid.eq(1), out.payload.buf.eq(j_buf),
-                    out.payload.addr.eq(j_addr), out_last.eq(j_left == 1),
-                    j_addr.eq(j_addr + 1), j_left.eq(j_left - 1),
-                ]
+                word = Signal.like(out.payload)
+                m.d.comb += [word.buf.eq(j_buf), word.addr.eq(j_addr)]
                 with m.Switch(j_buf):
                     for b in Buf:
                         with m.Case(b):
-                            m.d.sync += out.payload.data.eq(nxt[:word_bits(p, b)])
+                            m.d.comb += word.data.eq(nxt[:word_bits(p, b)])
+                m.d.sync += [k.eq(0), j_addr.eq(j_addr + 1), j_left.eq(j_left - 1)]
+                with m.If(~out.valid | wr_take):
+                    m.d.sync += [out.valid.eq(1), out.payload.eq(word),
+                                 out_last.eq(j_left == 1)]
+                with m.Else():
+                    m.d.sync += [sk_valid.eq(1), sk.eq(word), sk_last.eq(j_left == 1)]
                 with m.If(j_left == 1):
                     m.d.sync += active.eq(0)
             with m.Else():
@@ -340,7 +389,7 @@ class LoadEngine(_DmaEngine):
 
         req_valid = self.bus_rd_addr.valid
         return _Back(req_valid=req_valid, req_ready=self.bus_rd_addr.ready,
-                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid,
+                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid & ~sk_valid,
                      done=wr_take & out_last)
 
 
@@ -358,9 +407,10 @@ class StoreEngine(_DmaEngine):
     ``off + i * bpw + k``, one per cycle.
 
     Timing, with the arbiter answering ``D`` cycles after a request and ``bus_wr`` always
-    ready: command accepted in cycle 0, first read offered in cycle 2, its word is in the
-    FIFO in cycle ``3 + D`` and its first bus write offered in cycle ``4 + D``; ``done``
-    pulses in cycle ``n + D + 4`` for ``n`` bus words. ``resp_depth >= D + 2`` sustains one
+    ready: command taken in cycle 0, accepted from the check register in cycle 1
+    (:attr:`CHECK`), first read offered in cycle 3, its word is in the FIFO in cycle
+    ``4 + D`` and its first bus write offered in cycle ``5 + D``; ``done`` pulses in cycle
+    ``n + D + 5`` for ``n`` bus words. ``resp_depth >= D + 2`` sustains one
     bus word per cycle for buffers of one bus word per word; wider ones need fewer.
     """
 

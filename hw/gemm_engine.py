@@ -3,8 +3,9 @@ on the grid and group scaler (:class:`hw.gemm.GemmUnit`).
 
 A micro-op's KV addresses (``w_addr`` from KV, ``prm_addr`` with ``psrc = KV``) get the
 ``kv_base`` it was dispatched with as it is accepted (an adder before the registers, no extra
-cycle). It is checked first (two cycles: the products that bound every address, then the
-comparisons; ``Err.BAD_FIELD`` / ``Err.SRAM_RANGE`` before anything is read or written), then
+cycle). It is checked first (four cycles: the products that bound every address, in two, then the
+comparisons, registered, then the decision; ``Err.BAD_FIELD`` / ``Err.SRAM_RANGE`` before
+anything is read or written), then
 four independent address generators run its loops, each feeding one of the unit's streams
 through a :class:`hw.bus.MemReader`:
 
@@ -63,6 +64,10 @@ class GemmEngine(wiring.Component):
     ``acc_wr`` writes ACC. ``done``/``err_*`` pulse once per micro-op; ``rows`` pulses per
     activation row the grid accepts; ``abort`` drops the current micro-op."""
 
+    #: Cycles from a micro-op's acceptance (``IDLE``) to the generators' start pulse:
+    #: ``EFF``, ``PROD``, ``PROD2``, ``CHECK``, ``GO`` (the timing model's setup).
+    SETUP = 5
+
     def __init__(self, params: ChipParams = ChipParams()):
         self.params = params
         p = params
@@ -109,6 +114,8 @@ class GemmEngine(wiring.Component):
         G = Signal(17)   # group / scale words per block
         Gs = Signal(18)  # PRM: G; KV: G + 1
         both = Signal(1)  # first and final: y = t
+        n1, k1, T1 = Signal(17), Signal(17), Signal(9)  # n - 1, k - 1, T - 1 (loop ends)
+        chk_bad, chk_rng = Signal(1), Signal(1)  # the checks, registered
         # check products
         p_w = Signal(40)
         p_a = Signal(24)
@@ -139,21 +146,25 @@ class GemmEngine(wiring.Component):
                     n.eq(Mux(dyn & (a.wsrc == WSrc.KV_TILED), (vis + PC - 1) >> lpc,
                              a.n_tiles)),
                     k.eq(Mux(dyn & (a.wsrc == WSrc.KV_ROWS), (vis + R - 1) >> lr, a.k_tiles)),
+                    T1.eq(a.t_len - 1),
                     both.eq(a.first & a.final),
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
-                g = Signal(17)
-                m.d.comb += g.eq((k + (1 << a.prm_step) - 1) >> a.prm_step)
-                gs = Mux(a.psrc == PSrc.KV, g + 1, g)
+                # G = ceil(k / 2**prm_step); Gs = G + 1 from KV, as one add and shift
+                step = 1 << a.prm_step
                 m.d.sync += [
-                    G.eq(g), Gs.eq(gs),
+                    G.eq((k + step - 1) >> a.prm_step),
+                    Gs.eq((k + Mux(a.psrc == PSrc.KV, step << 1, step) - 1) >> a.prm_step),
+                    n1.eq(n - 1), k1.eq(k - 1),
                     p_w.eq((n * k) << lr),
-                    p_a.eq((T - 1) * a.a_stride),
-                    p_acc.eq((T - 1) * a.acc_stride),
-                    p_prm.eq(n * gs),
+                    p_a.eq(T1 * a.a_stride),
+                    p_acc.eq(T1 * a.acc_stride),
                     p_y.eq(n * T),
                 ]
+                m.next = "PROD2"
+            with m.State("PROD2"):
+                m.d.sync += p_prm.eq(n * Gs)
                 m.next = "CHECK"
             with m.State("CHECK"):
                 wdepth = Mux(a.wsrc == WSrc.WGT, buffer_depth(p, Buf.WGT),
@@ -167,8 +178,11 @@ class GemmEngine(wiring.Component):
                        | (p0 + p_prm > pdepth)
                        | ((a.psrc == PSrc.PRM) & (a.oprm_addr + n > buffer_depth(p, Buf.PRM)))
                        | (a.final & (a.acc_addr + p_acc + n > buffer_depth(p, Buf.ACC))))
-                with m.If(bad | rng):
-                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD, Err.SRAM_RANGE))
+                m.d.sync += [chk_bad.eq(bad), chk_rng.eq(rng)]
+                m.next = "GO"
+            with m.State("GO"):
+                with m.If(chk_bad | chk_rng):
+                    m.d.sync += err_code.eq(Mux(chk_bad, Err.BAD_FIELD, Err.SRAM_RANGE))
                     m.next = "ERROR"
                 with m.Else():
                     m.d.comb += start.eq(1)
@@ -207,24 +221,34 @@ class GemmEngine(wiring.Component):
                                                       w0 + R - 1)),
                          nR1.eq((n << lr) - n), nR.eq(n << lr)]
         m.d.comb += [wr.i.valid.eq(w_on & go), wr.i.payload.addr.eq(w_addr)]
+        # the next tile's base and first address (rows layout: next block / next tile;
+        # tile-major), from the current registers: with R >= 2 rows per tile they are used at
+        # least two cycles after the registers they depend on last changed
+        cands = {name: Signal(AW, name=name) for name in
+                 ("nb_blk", "nb_til", "na_blk", "na_til", "nb_tm", "na_tm")}
+        nb_blk, nb_til, na_blk, na_til, nb_tm, na_tm = cands.values()
+        exprs = [w0 + wj + 1, w_base + nR, w0 + wj + 1 + nR1, w_base + nR + nR1,
+                 w_base + R, w_base + 2 * R - 1]
+        domain = m.d.sync if R >= 2 else m.d.comb
+        domain += [sig.eq(e) for sig, e in zip(cands.values(), exprs)]
         with m.If(wr.i.valid & wr.i.ready):
             with m.If(wr_r != 0):
                 m.d.sync += [wr_r.eq(wr_r - 1), w_addr.eq(Mux(rows_layout, w_addr - n,
                                                                w_addr - 1))]
             with m.Else():
                 # next tile: kt + 1, or the next block
-                last_kt = wkt == k - 1
+                last_kt = wkt == k1
                 nb = Signal(AW)
                 with m.If(rows_layout):
-                    m.d.comb += nb.eq(Mux(last_kt, w0 + wj + 1, w_base + nR))
-                    m.d.sync += w_addr.eq(nb + nR1)
+                    m.d.comb += nb.eq(Mux(last_kt, nb_blk, nb_til))
+                    m.d.sync += w_addr.eq(Mux(last_kt, na_blk, na_til))
                 with m.Else():
-                    m.d.comb += nb.eq(w_base + R)
-                    m.d.sync += w_addr.eq(nb + R - 1)
+                    m.d.comb += nb.eq(nb_tm)
+                    m.d.sync += w_addr.eq(na_tm)
                 m.d.sync += [w_base.eq(nb), wr_r.eq(R - 1), wkt.eq(Mux(last_kt, 0, wkt + 1))]
                 with m.If(last_kt):
                     m.d.sync += wj.eq(wj + 1)
-                    with m.If(wj == n - 1):
+                    with m.If(wj == n1):
                         m.d.sync += w_on.eq(0)
         m.d.comb += [
             self.wgt_addr.eq(wr.rd_addr), self.kvw_addr.eq(wr.rd_addr),
@@ -247,27 +271,37 @@ class GemmEngine(wiring.Component):
         a_row = Signal(17)   # ACT address of row t of K-tile kt
         y = Signal(32)
         ybase = Signal(32)   # j * T
+        # the loop-end comparisons as flags kept with their counters (at == T1, akt == k1,
+        # akt == 0, aj == n1), each loaded from the comparison of the counter's next value
+        at_last, akt_last, akt_zero, aj_last = (Signal(1, name=f"a_{x}")
+                                                for x in ("t_last", "kt_last", "kt_zero",
+                                                          "j_last"))
         with m.If(start):
             m.d.sync += [a_on.eq(1), aj.eq(0), akt.eq(0), at.eq(0), a_row.eq(a.a_addr),
-                         y.eq(0), ybase.eq(0)]
+                         y.eq(0), ybase.eq(0), at_last.eq(T1 == 0), akt_last.eq(k1 == 0),
+                         akt_zero.eq(1), aj_last.eq(n1 == 0)]
         meta = Signal(meta_l)
         m.d.comb += [
             meta.y.eq(Mux(both, at, y)),
-            meta.first.eq(a.first & (akt == 0)),
-            meta.final.eq(a.final & (akt == k - 1)),
-            meta.last.eq(at == T - 1),
+            meta.first.eq(a.first & akt_zero),
+            meta.final.eq(a.final & akt_last),
+            meta.last.eq(at_last),
             ar.i.valid.eq(a_on & go), ar.i.payload.addr.eq(a_row), ar.i.payload.meta.eq(meta),
         ]
         with m.If(ar.i.valid & ar.i.ready):
-            with m.If(at != T - 1):
-                m.d.sync += [at.eq(at + 1), a_row.eq(a_row + a.a_stride), y.eq(y + 1)]
+            with m.If(~at_last):
+                m.d.sync += [at.eq(at + 1), a_row.eq(a_row + a.a_stride), y.eq(y + 1),
+                             at_last.eq(at + 1 == T1)]
             with m.Else():
-                last_kt = akt == k - 1
-                m.d.sync += [at.eq(0), akt.eq(Mux(last_kt, 0, akt + 1)),
-                             a_row.eq(a.a_addr + Mux(last_kt, 0, akt + 1))]
-                with m.If(last_kt):
-                    m.d.sync += [aj.eq(aj + 1), ybase.eq(ybase + T), y.eq(ybase + T)]
-                    with m.If(aj == n - 1):
+                m.d.sync += [at.eq(0), at_last.eq(T1 == 0),
+                             akt.eq(Mux(akt_last, 0, akt + 1)),
+                             akt_last.eq(Mux(akt_last, k1 == 0, akt + 1 == k1)),
+                             akt_zero.eq(akt_last),
+                             a_row.eq(a.a_addr + Mux(akt_last, 0, akt + 1))]
+                with m.If(akt_last):
+                    m.d.sync += [aj.eq(aj + 1), ybase.eq(ybase + T), y.eq(ybase + T),
+                                 aj_last.eq(aj + 1 == n1)]
+                    with m.If(aj_last):
                         m.d.sync += a_on.eq(0)
                 with m.Else():
                     m.d.sync += y.eq(ybase)
@@ -294,24 +328,33 @@ class GemmEngine(wiring.Component):
         p_second = Signal(1)  # next read is the out / exponent word
         pbase = Signal(AW)
         obase = Signal(AW)
+        # The next read's address, a register: the first word of (j, kt) at
+        # pbase + (kt >> prm_step), then its second word (pbase + G from KV, else obase).
+        # The next tile's first address is precomputed (both cases) from the registers it
+        # depends on, which change only at a second word, two reads before it is used.
+        p_addr = Signal(AW)
+        nf_same, nf_next = Signal(AW), Signal(AW)
+        m.d.sync += [nf_same.eq(pbase + ((pkt + 1) >> a.prm_step)), nf_next.eq(pbase + Gs)]
         with m.If(start):
             m.d.sync += [p_on.eq(1), pj.eq(0), pkt.eq(0), p_second.eq(0),
-                         pbase.eq(p0), obase.eq(a.oprm_addr)]
+                         pbase.eq(p0), obase.eq(a.oprm_addr), p_addr.eq(p0)]
         kv_p = a.psrc == PSrc.KV
         m.d.comb += [
             pr.i.valid.eq(p_on & go),
             pr.i.payload.meta.eq(p_second),
-            pr.i.payload.addr.eq(Mux(p_second, Mux(kv_p, pbase + G, obase),
-                                     pbase + (pkt >> a.prm_step))),
+            pr.i.payload.addr.eq(p_addr),
         ]
         with m.If(pr.i.valid & pr.i.ready):
             m.d.sync += p_second.eq(~p_second)
-            with m.If(p_second):
-                last_kt = pkt == k - 1
-                m.d.sync += pkt.eq(Mux(last_kt, 0, pkt + 1))
+            with m.If(~p_second):
+                m.d.sync += p_addr.eq(Mux(kv_p, pbase + G, obase))
+            with m.Else():
+                last_kt = pkt == k1
+                m.d.sync += [pkt.eq(Mux(last_kt, 0, pkt + 1)),
+                             p_addr.eq(Mux(last_kt, nf_next, nf_same))]
                 with m.If(last_kt):
                     m.d.sync += [pj.eq(pj + 1), pbase.eq(pbase + Gs), obase.eq(obase + 1)]
-                    with m.If(pj == n - 1):
+                    with m.If(pj == n1):
                         m.d.sync += p_on.eq(0)
         m.d.comb += [
             self.prm_addr.eq(pr.rd_addr), self.kvp_addr.eq(pr.rd_addr),
@@ -369,11 +412,11 @@ class GemmEngine(wiring.Component):
             unit.o_row.ready.eq(self.acc_wr.ready | ~go),
         ]
         with m.If(self.acc_wr.valid & self.acc_wr.ready):
-            with m.If(ot != T - 1):
+            with m.If(ot != T1):
                 m.d.sync += [ot.eq(ot + 1), o_addr.eq(o_addr + a.acc_stride)]
             with m.Else():
                 m.d.sync += [ot.eq(0), oj.eq(oj + 1), o_addr.eq(a.acc_addr + oj + 1)]
-                with m.If(oj == n - 1):
+                with m.If(oj == n1):
                     m.d.sync += o_on.eq(0)
 
         m.d.comb += finished.eq(~start & ~w_on & ~a_on & ~p_on & ~o_on & ~wr.busy & ~ar.busy

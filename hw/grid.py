@@ -354,9 +354,11 @@ class SystolicArray(wiring.Component):
             ]
 
         # -- activation side ----------------------------------------------------------------
-        inflight = Signal(range(self.fifo_depth + 1))
+        # rows accepted and not yet read from the output FIFO (in the array or the FIFO), a
+        # register: the admission is a compare against a constant
+        used = Signal(range(self.fifo_depth + 1))
         credit = Signal(1)
-        m.d.comb += credit.eq(inflight + ofifo.level < self.fifo_depth)
+        m.d.comb += credit.eq(used < self.fifo_depth)
         tile_ready = Mux(a_bank, full[1], full[0])
         a_take = Signal(1)
         m.d.comb += [
@@ -420,13 +422,12 @@ class SystolicArray(wiring.Component):
             ofifo.w_data.eq(row),
             ofifo.w_en.eq(out_tag.valid),
         ]
-        m.d.sync += inflight.eq(inflight + a_take - out_tag.valid)
+        m.d.sync += used.eq(used + a_take - (ofifo.r_en & ofifo.r_rdy))
 
         m.d.comb += [
             self.o_row.payload.eq(ofifo.r_data),
             self.o_row.valid.eq(ofifo.r_rdy),
             ofifo.r_en.eq(self.o_row.ready),
-            self.busy.eq(full[0] | full[1] | (inflight != 0) | (ofifo.level != 0) |
-                         (w_count != 0)),
+            self.busy.eq(full[0] | full[1] | (used != 0) | (w_count != 0)),
         ]
         return m

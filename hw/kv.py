@@ -11,7 +11,7 @@ is accepted (adders before the registers, no extra cycle). Checked first (``BAD_
 ``KV_OVERFLOW``, ``SRAM_RANGE``, in that order); a rejected micro-op writes nothing.
 """
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,6 +31,10 @@ def kv_write_layout(p: ChipParams) -> data.StructLayout:
 
 class KvEngine(wiring.Component):
     """Executes KV_APPEND. ``act_*``: an ACT read port; ``kv_wr``: byte-lane writes to KV."""
+
+    #: Cycles from a micro-op's acceptance (``IDLE``) to its first token: ``PROD``,
+    #: ``PROD2``, ``CHECK`` (registered), ``GO`` (the timing model's setup).
+    SETUP = 4
 
     def __init__(self, params: ChipParams = ChipParams()):
         self.params = params
@@ -73,6 +77,9 @@ class KvEngine(wiring.Component):
         p_val = Signal(28)     # cap * d / PC
         p_scl = Signal(24)     # blocks * (G + 1)
 
+        chk_bad, chk_over, chk_rng = Signal(1), Signal(1), Signal(1)  # the checks, registered
+        w_last = Signal(signed(len(a.d) + 1))      # d / R - 1: the last ACT word of a row
+        t_last = Signal(signed(len(a.t_len) + 1))  # t_len - 1
         t = Signal(9)
         w = Signal(8)          # ACT word of the row (d / R of them)
         e = Signal(range(R))   # element within the word
@@ -102,6 +109,7 @@ class KvEngine(wiring.Component):
                     blocks.eq((a.cap + PC - 1) >> lpc),
                     p_act.eq((a.t_len - 1) * a.a_stride),
                     p_val.eq((a.cap * a.d) >> lpc),
+                    w_last.eq((a.d >> lr) - 1), t_last.eq(a.t_len - 1),
                 ]
                 m.next = "PROD2"
             with m.State("PROD2"):
@@ -114,9 +122,12 @@ class KvEngine(wiring.Component):
                 rng = ((a.a_addr + p_act + (a.d >> lr) > actd)
                        | (kv_addr + Mux(key, p_key, p_val) > kvd)
                        | (kv_saddr + p_scl > kvd))
-                with m.If(bad | over | rng):
-                    m.d.sync += err_code.eq(Mux(bad, Err.BAD_FIELD,
-                                                Mux(over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
+                m.d.sync += [chk_bad.eq(bad), chk_over.eq(over), chk_rng.eq(rng)]
+                m.next = "GO"
+            with m.State("GO"):
+                with m.If(chk_bad | chk_over | chk_rng):
+                    m.d.sync += err_code.eq(Mux(chk_bad, Err.BAD_FIELD,
+                                                Mux(chk_over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
                     m.next = "ERROR"
                 with m.Else():
                     m.d.sync += [t.eq(0), s.eq(pos), row.eq(a.a_addr)]
@@ -181,10 +192,10 @@ class KvEngine(wiring.Component):
                 with m.If(self.abort):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
-                with m.Elif(w != (a.d >> lr) - 1):
+                with m.Elif(w != w_last):
                     m.d.sync += w.eq(w + 1)
                     m.next = "READ"
-                with m.Elif(t != a.t_len - 1):
+                with m.Elif(t != t_last):
                     m.d.sync += [t.eq(t + 1), s.eq(s + 1), row.eq(row + a.a_stride)]
                     m.next = "TOKEN"
                 with m.Else():

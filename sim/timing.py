@@ -17,7 +17,7 @@ It models the chip at micro-op granularity, event by event, in program order:
   reaches the output register one cycle after it is written or in the cycle the one before
   leaves, and is readable the cycle after); ``WAIT unit, n`` ends in the first cycle after the
   ``done`` pulse that leaves ``n`` ops of ``unit`` unfinished; ``HALT`` drains every unit;
-- **GEMM** (closed form, :meth:`Model.gemm_cycles`): ``EFF``/``PROD``/``CHECK``, the first
+- **GEMM** (closed form, :meth:`Model.gemm_cycles`): ``GemmEngine.SETUP`` cycles, the first
   weight tile through its ``MemReader`` (``1 + Pipe.FIFO_LATENCY`` cycles) into the grid,
   then one K-tile per ``max(rows, t_len + 1)`` cycles (the weight tile's ``rows`` rows, or
   the tile's ``t_len`` activation rows plus the group scaler's one-cycle gap while it pairs
@@ -82,6 +82,8 @@ from hw.bus import MemReader
 from hw.chip import QUEUED_UNITS
 from hw.dma import LoadEngine, StoreEngine
 from hw.gemm import GroupScaler
+from hw.gemm_engine import GemmEngine
+from hw.kv import KvEngine
 from hw.grid import SystolicArray
 from hw.isa import (
     INSTR_BITS,
@@ -117,23 +119,26 @@ MODELED_COUNTERS = (Counter.CYCLES, Counter.BUSY_LOAD, Counter.BUSY_STORE, Count
 # -- FSM state counts (hw/chip.py, hw/gemm_engine.py, hw/kv.py): named after their states -----
 #: Sequencer: ``IDLE`` (start seen) -> ``BOOTCHK`` -> ``BOOT``: the first boot request in 2.
 _BOOT_FIRST_REQUEST = 2
-#: ``BOOT`` sees the last micro-op complete one cycle after its last word, ``FETCH`` next.
-_BOOT_TO_FETCH = 2
-#: GEMM: ``IDLE`` (accept) -> ``EFF`` -> ``PROD`` -> ``CHECK`` (start pulse): 3 cycles.
-_GEMM_SETUP = 3
+#: ``BOOT`` sees the last micro-op complete one cycle after its last word, then ``PREFETCH``
+#: (micro-op 0 read into the decode register), ``FETCH`` next.
+_BOOT_TO_FETCH = 3
+#: GEMM: ``IDLE`` (accept) -> ... -> the start pulse: ``GemmEngine.SETUP`` cycles.
+_GEMM_SETUP = GemmEngine.SETUP
 #: GEMM: the tile's two parameter words are paired one per cycle (``have`` toggles), so the
 #: next tile's entry is valid 2 cycles after the last row of a tile enters the scaler.
 _PARAM_GAP = 1
-#: KV: ``IDLE`` (accept) -> ``PROD`` -> ``PROD2`` -> ``CHECK``.
-_KV_SETUP = 3
+#: KV: ``IDLE`` (accept) -> ... -> the first ``TOKEN``: ``KvEngine.SETUP`` cycles.
+_KV_SETUP = KvEngine.SETUP
 #: KV: per token ``TOKEN``; per ACT word ``READ``, ``LATCH``, ``rows`` x ``ELEM``, ``NEXT``
 #: (+ ``SCALE`` on a group's first word, + ``EXP`` on word 0).
 _KV_TOKEN = 1
 _KV_WORD = 3
 #: KV: the activation group of a scale byte (``hw/kv.py`` tests ``(w << lr) & 15``).
 _KV_SCALE_GROUP = 16
-#: DMA: a command is accepted in the front end's ``IDLE``, its first request loads into the
-#: request register in ``ISSUE`` the next cycle (offered the cycle after).
+#: DMA: a command waits ``CHECK`` cycles in the check register, is accepted in the front
+#: end's ``IDLE``, its first request loads into the request register in ``ISSUE`` the next
+#: cycle (offered the cycle after).
+_DMA_CHECK = LoadEngine.CHECK
 _DMA_ISSUE = 1
 
 
@@ -212,6 +217,10 @@ class _Unit:
     def start_of(self, c: int) -> int:
         return self.cmds[c].start
 
+    def take_of(self, c: int) -> int:
+        """The cycle the unit took command ``c`` from its queue (``r_en``)."""
+        return self.start_of(c)
+
     def end_of(self, c: int) -> int:
         return self.cmds[c].end
 
@@ -252,8 +261,12 @@ class _LoadUnit(_Unit):
         I, L = m.I, m.L
         n = f["words"] * m.bus_words[Buf(f["buf"])]
         c = len(self.cmds)
-        # accepted in IDLE when the 2-deep jobs FIFO has room (the job two back has left it)
-        a = max(qr, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
+        # taken into the check register once it is empty (the previous command left it at
+        # its acceptance), accepted from there in IDLE when the 2-deep jobs FIFO has room
+        # (the job two back has left it)
+        s = max(qr, self.cmds[-1].start + 1 if self.cmds else 0)
+        o.take = s
+        a = max(s + _DMA_CHECK, self.front_idle, self.job_pops[c - 2] + 1 if c >= 2 else 0)
         # the back end takes the job once the previous command's last word has left
         pj = max(a + 1, self.p_last + 1 if self.p_last is not None else 0)
         r0 = max(a + _DMA_ISSUE, self.x_last if self.x_last is not None else 0)
@@ -271,9 +284,12 @@ class _LoadUnit(_Unit):
         self.job_pops.append(pj)
         o.start, o.end = a, p_end + 2   # buffer write the cycle after the pop; done registered
         self.cmds.append(o)
-        self.busy.append((a + 1, p_end + 1))
+        self.busy.append((s + 1, p_end + 1))   # from the check register on
         self.windows.append((p0 + 1, p_end + 1))
         self.stalls.append((pj + 1, p_end, p0, I, n))
+
+    def take_of(self, c: int) -> int:
+        return self.cmds[c].take
 
     def stalling(self, t: int) -> bool:
         """Whether ``stall_mem`` of the LOAD engine is high in cycle ``t``."""
@@ -333,6 +349,7 @@ class _StoreUnit(_Unit):
         p = model.p
         se = _constants_of(StoreEngine(p))
         self.resp_depth = se.resp_depth
+        self.check = se.CHECK
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.t = 0
         self.front = "IDLE"
@@ -354,6 +371,8 @@ class _StoreUnit(_Unit):
         self.w_cmd = None
         self.wr_wait = 0
         self.next_accept = 0        # index of the next command to accept
+        self.p1 = None              # the command in the check register (index, taken cycle)
+        self.next_take = 0          # index of the next command to take from the queue
         self.stall_cycles = []
         self.busy_cycles = 0
         self.busy_first = None
@@ -361,11 +380,12 @@ class _StoreUnit(_Unit):
     def submit(self, o: OpTiming, qr: int) -> None:
         o.start = None
         o.end = None
+        o.take = None
         o._qr = qr
         self.cmds.append(o)
 
     def _idle(self):
-        return (self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
+        return (self.p1 is None and self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
                 and self.reserved == 0 and not self.srd_inflight and self.srd_q.empty()
                 and self.resp.empty())
 
@@ -375,7 +395,7 @@ class _StoreUnit(_Unit):
         I = m.I
         # fast-forward over idle stretches to the next command's arrival
         if self._idle():
-            nxt = self.cmds[self.next_accept]._qr if self.next_accept < len(self.cmds) else None
+            nxt = self.cmds[self.next_take]._qr if self.next_take < len(self.cmds) else None
             if nxt is not None and nxt > t:
                 self.wr_wait = max(0, self.wr_wait - (nxt - t))
                 self.t = t = nxt
@@ -389,16 +409,17 @@ class _StoreUnit(_Unit):
         job_pop = (not self.active) and jobs_rdy
         accept = False
         req_load = False
+        take = (self.p1 is None and self.next_take < len(self.cmds)
+                and self.cmds[self.next_take]._qr <= t)
         if self.front == "IDLE":
-            c = self.next_accept
-            if c < len(self.cmds) and self.cmds[c]._qr <= t and len(self.jobs) < 2:
+            if (self.p1 is not None and self.p1[1] + self.check <= t and len(self.jobs) < 2):
                 accept = True
         else:
             credit = self.reserved < self.resp_depth or pop
             req_free = (not self.req_valid) or srd_i_ready
             req_load = req_free and credit
-        busy = (self.front != "IDLE" or jobs_rdy or self.active or self.wr_valid
-                or self.reserved != 0)
+        busy = (self.p1 is not None or self.front != "IDLE" or jobs_rdy or self.active
+                or self.wr_valid or self.reserved != 0)
         if busy:
             self.busy_cycles += 1
         if self.wr_valid and not wr_ready:
@@ -439,7 +460,12 @@ class _StoreUnit(_Unit):
             if self.j_left == 1:
                 self.active = False
             self.j_left -= 1
+        if take:
+            self.cmds[self.next_take].take = t
+            self.p1 = (self.next_take, t)
+            self.next_take += 1
         if accept:
+            self.p1 = None
             o = self.cmds[self.next_accept]
             o.start = t
             self.jobs.append((self.next_accept, t))
@@ -456,6 +482,11 @@ class _StoreUnit(_Unit):
         while self.cmds[c].start is None:
             self._step()
         return self.cmds[c].start
+
+    def take_of(self, c: int) -> int:
+        while self.cmds[c].take is None:
+            self._step()
+        return self.cmds[c].take
 
     def end_of(self, c: int) -> int:
         while self.cmds[c].end is None:
@@ -1191,7 +1222,7 @@ def predict(params: ChipParams, program_words, *, vector: bool = False, interval
                 x = max(x, y[c - D + 1] + 1)      # the queue's inner storage has room
             stall_queue += x - o.issue
             o.issue = x
-            yc = max(x + 1, u.start_of(c - 1)) if c else x + 1
+            yc = max(x + 1, u.take_of(c - 1)) if c else x + 1
             y.append(yc)
             u.submit(o, yc + 1)
         ops.append(o)

@@ -442,15 +442,17 @@ def test_errors_alone_move_nothing(rng, kind):
 # -- throughput ----------------------------------------------------------------------------------
 
 LAT = 16
-#: Cycles from a command's acceptance (cycle 0) to its ``done``, beyond n bus words and the
-#: latency L (hw/dma.py LoadEngine docstring): the first request is offered in cycle 2, so
-#: the last bus word arrives in 2 + L + n - 1; 2 cycles through the response FIFO
-#: (SyncFIFOBuffered), 1 in the output register, then the registered done: n + L + 5.
-LOAD_OVERHEAD = 5
-#: STORE, the arbiter answering D cycles after a request: first read offered in cycle 2,
-#: its word in the response FIFO (SyncFIFO) in 3 + D, first bus write offered in 4 + D,
-#: the last n - 1 cycles later, then the registered done: n + D + 4.
-STORE_OVERHEAD = 4
+#: Cycles from taking a command (cycle 0) to its ``done``, beyond n bus words and the
+#: latency L (hw/dma.py LoadEngine docstring): CHECK cycles in the check register, then the
+#: first request is offered 2 cycles after the acceptance, so the last bus word arrives in
+#: CHECK + 2 + L + n - 1; 2 cycles through the response FIFO (SyncFIFOBuffered), 1 in the
+#: output register, then the registered done: n + L + CHECK + 5.
+LOAD_OVERHEAD = LoadEngine.CHECK + 5
+#: STORE, the arbiter answering D cycles after a request: first read offered in cycle
+#: CHECK + 2, its word in the response FIFO (SyncFIFO) in CHECK + 3 + D, first bus write
+#: offered in CHECK + 4 + D, the last n - 1 cycles later, then the registered done:
+#: n + D + CHECK + 4.
+STORE_OVERHEAD = StoreEngine.CHECK + 4
 
 
 def fast_world(p, rng, lat=LAT, buf_delay=1):
@@ -469,8 +471,8 @@ def fast_world(p, rng, lat=LAT, buf_delay=1):
 
 @pytest.mark.parametrize("buf, words", [(Buf.WGT, 256), (Buf.ACC, 32), (Buf.ACT, 86)])
 def test_load_throughput(rng, buf, words):
-    """One bus word per cycle: a LOAD of n bus words is done n + latency + 5 cycles after it
-    was accepted, whatever the buffer (bpw 1, 8 or 3 on the default chip)."""
+    """One bus word per cycle: a LOAD of n bus words is done n + latency + LOAD_OVERHEAD
+    cycles after it was taken, whatever the buffer (bpw 1, 8 or 3 on the default chip)."""
     p = ChipParams(offchip_latency=LAT)
     cmd = Cmd(int(buf), 0, words, 100)
     w = run("load", p, [cmd], fast_world(p, rng))
@@ -485,8 +487,8 @@ def test_load_throughput(rng, buf, words):
 
 
 def test_load_back_to_back_throughput(rng):
-    """Commands overlap: k LOADs of n bus words in all take n + k + latency + 5 cycles (one
-    cycle per command to accept it), not k times the latency."""
+    """Commands overlap: k LOADs of n bus words in all take n + k + latency + LOAD_OVERHEAD
+    cycles (one cycle per command to accept it), not k times the latency."""
     p = ChipParams(offchip_latency=LAT)
     cmds = [Cmd(int(Buf.WGT), i * 64, 64, 1000 + i * 64) for i in range(4)] + [
         Cmd(int(Buf.ACT), 0, 10, 0),
