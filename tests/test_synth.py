@@ -69,9 +69,11 @@ def test_elaborates_chip_for_ulx3s():
     assert "led" in (build_dir / "chip_top.lpf").read_text()
     rtlil = (build_dir / "chip_top.il").read_text()
     assert "EHXPLLL" in rtlil
-    # WGT, ACT, ACC, PRM, KV, the micro-op memory and the scaler's accumulator at least
+    # WGT, ACT, ACC, PRM, KV, the micro-op memory, the scaler's accumulator (two halves) and
+    # the V-scales at least
     memories = re.findall(r"^\s*memory width \d+ size \d+ \\(\S+)$", rtlil, re.MULTILINE)
-    for name in ("mem_wgt", "mem_act", "mem_acc", "mem_prm", "mem_kv", "uop", "ymem", "vsc"):
+    for name in ("mem_wgt", "mem_act", "mem_acc", "mem_prm", "mem_kv", "uop", "ymem_lo", "ymem_hi",
+                 "vsc"):
         assert name in memories, memories
 
 
