@@ -56,6 +56,19 @@ def _select(fits: list, values):
     return Mux(fits[1], Mux(fits[2], values[3], values[2]), Mux(fits[0], values[1], values[0]))
 
 
+def _radix_step(m, r, subtrahends: list, width: int):
+    """One restoring radix step: ``r`` minus each (increasing) candidate in ``subtrahends``,
+    ``width`` bits plus a sign; returns ``(digit, new, fits)``: how many fit, ``r`` less the
+    largest that fits (``_digit`` / ``_select``), and the compares."""
+    trials = []
+    for k, sub in enumerate(subtrahends):
+        t = Signal(width + 1, name=f"trial{k + 1}")
+        m.d.comb += t.eq(r - sub)
+        trials.append(t)
+    fits = [~t[-1] for t in trials]
+    return _digit(m, fits, "digit"), _select(fits, [r, *trials]), fits
+
+
 class SerialDivider(wiring.Component):
     """``q = n // d``, ``r = n % d`` for ``n < 2**n_bits``, ``1 <= d < 2**d_bits``.
 
@@ -127,14 +140,7 @@ class SerialDivider(wiring.Component):
         r = Signal(db + s, name="r_in")
         m.d.comb += r.eq(Cat(sh[W - s:], rem))
         mult = [dreg, dreg << 1, d3][: (1 << s) - 1]
-        trials = []
-        for k, mk in enumerate(mult):
-            t = Signal(db + s + 1, name=f"trial{k + 1}")
-            m.d.comb += t.eq(r - mk)
-            trials.append(t)
-        fits = [~t[-1] for t in trials]
-        digit = _digit(m, fits, "digit")
-        new = _select(fits, [r, *trials])
+        digit, new, _ = _radix_step(m, r, mult, db + s)
         sh_new = Cat(digit[:s], sh[:W - s])
         # n // d < 2**W: the bits of n above W are a remainder < d
         m.d.sync += [rem.eq(Mux(prep, na[W:] if len(na) > W else 0, new)),
@@ -206,14 +212,7 @@ class SerialIsqrt(wiring.Component):
         grow = [Cat(Const(1, s + 1), res)]                      # k = 1
         if s == 2:
             grow += [Cat(Const(4, s + 2), res), t3]             # k = 2, 3
-        trials = []
-        for k, g in enumerate(grow):
-            t = Signal(rb + 1, name=f"trial{k + 1}")
-            m.d.comb += t.eq(r - g)
-            trials.append(t)
-        fits = [~t[-1] for t in trials]
-        digit = _digit(m, fits, "digit")
-        new = _select(fits, [r, *trials])
+        digit, new, fits = _radix_step(m, r, grow, rb)
         res_new = Cat(digit[:s], res[:W - s])
         m.d.sync += [rem.eq(Mux(load, 0, new)), res.eq(Mux(load, 0, res_new)),
                      sh.eq(Mux(load, self.i.payload.v, sh << (2 * s)))]
