@@ -57,6 +57,7 @@ the configuration has (and the ``ChipParams`` field to grow), before any program
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
@@ -351,6 +352,23 @@ class CompiledModel:
         return prog.out_rows * W * bus_words_per(self.p, Buf.ACC)
 
 
+def _vec_rows(b: Builder, fn, src, length, stride, dst=None, n=1, **kw) -> None:
+    """A VEC op over ``n`` rows of ``length``, in place unless ``dst`` (both at ``stride``)."""
+    b.vec(fn, rows=n, length=length, src_a=src, src_stride=stride,
+          dst=src if dst is None else dst, dst_stride=stride, **kw)
+
+
+def _a8x2_passes(b: Builder, dst, src, length, stride, half=0, n=1) -> None:
+    """QUANT A8X2 of ``n`` rows into ``dst`` (the activation rows both GEMM passes read)."""
+    b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=n, length=length,
+          src_a=src, src_stride=stride, dst=dst, dst_stride=-(-length // b.p.rows))
+
+
+def _sum_passes(b: Builder, src, length, stride, n=1, **kw) -> None:
+    """The two A8X2 GEMM passes' halves added (RESIDUAL of the second onto the first)."""
+    _vec_rows(b, VecFn.RESIDUAL, src, length, stride, n=n, src_b=src + n * stride, **kw)
+
+
 def _sections_start(b: Builder) -> int:
     return b.mark()
 
@@ -617,16 +635,9 @@ class SmolLM2Compiled(CompiledModel):
         def gemm(qw, out, stride, blocks=None, t_len=2 * T):
             b.weight_gemm(qw, None, act_x, t_len, out, stride, wgt, prm_gemm, blocks=blocks)
 
-        def rows(fn, src, length, stride, dst=None, n=T, **kw):
-            b.vec(fn, rows=n, length=length, src_a=src, src_stride=stride,
-                  dst=src if dst is None else dst, dst_stride=stride, **kw)
-
-        def passes(src, length, stride, half=0, n=T):  # QUANT A8X2 to act_x
-            b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=n, length=length,
-                  src_a=src, src_stride=stride, dst=act_x, dst_stride=-(-length // R))
-
-        def sum_passes(src, length, stride, n=T, **kw):  # gemm_passes: the halves added
-            rows(VecFn.RESIDUAL, src, length, stride, n=n, src_b=src + n * stride, **kw)
+        rows = partial(_vec_rows, b, n=T)
+        passes = partial(_a8x2_passes, b, act_x, n=T)  # QUANT A8X2 to act_x
+        sum_passes = partial(_sum_passes, b, n=T)  # gemm_passes: the halves added
 
         def norm(vec, key):
             b.load(Buf.PRM, prm_n, norm_prm_fields(p, [vec], cfg.rms_eps), key=key)
@@ -826,16 +837,9 @@ class SmolLM2Compiled(CompiledModel):
         def gemm(qw, a, out, stride, t_len=T2):
             b.weight_gemm(qw, None, a, t_len, out, stride, wgt, prm_gemm)
 
-        def rows(fn, src, length, stride, dst=None, n=T, **kw):
-            b.vec(fn, rows=n, length=length, src_a=src, src_stride=stride,
-                  dst=src if dst is None else dst, dst_stride=stride, **kw)
-
-        def passes(src, length, stride, half=0, n=T):  # QUANT A8X2 to act_x
-            b.vec(VecFn.QUANT, qmode=QuantMode.A8X2, half=half, rows=n, length=length,
-                  src_a=src, src_stride=stride, dst=act_x, dst_stride=-(-length // R))
-
-        def sum_passes(acc, length, stride, n=T, **kw):  # gemm_passes: the halves added
-            rows(VecFn.RESIDUAL, acc, length, stride, n=n, src_b=acc + n * stride, **kw)
+        rows = partial(_vec_rows, b, n=T)
+        passes = partial(_a8x2_passes, b, act_x, n=T)  # QUANT A8X2 to act_x
+        sum_passes = partial(_sum_passes, b, n=T)  # gemm_passes: the halves added
 
         def section(label, start):
             sections.append((label, start, b.mark()))
