@@ -57,6 +57,18 @@ def _rows(rng, n):
     return rows, params, want
 
 
+async def _feed(ctx, prng, strm, items, stall):
+    """Offer ``items`` on stream ``strm`` one by one, waiting a cycle with probability
+    ``stall`` before each (the payload holds until taken)."""
+    for it in items:
+        while prng.random() < stall:
+            await ctx.tick()
+        ctx.set(strm.payload, it)
+        ctx.set(strm.valid, 1)
+        await ctx.tick().until(strm.ready)
+        ctx.set(strm.valid, 0)
+
+
 def test_scaler_output_shift_and_saturation():
     print(f"SCALER_SEED={SEED}")
     rng = np.random.default_rng(SEED)
@@ -65,14 +77,8 @@ def test_scaler_output_shift_and_saturation():
     prng = np.random.default_rng(SEED + 1)
     got = []
 
-    async def feed(ctx, strm, items, stall):
-        for it in items:
-            while prng.random() < stall:
-                await ctx.tick()
-            ctx.set(strm.payload, it)
-            ctx.set(strm.valid, 1)
-            await ctx.tick().until(strm.ready)
-            ctx.set(strm.valid, 0)
+    def feed(ctx, strm, items, stall):
+        return _feed(ctx, prng, strm, items, stall)
 
     async def put_rows(ctx):
         await feed(ctx, dut.i_row, rows, 0.1)
@@ -101,7 +107,7 @@ def test_scaler_output_shift_and_saturation():
     sim.add_testbench(get)
     sim.run()
     assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"row {i}: got {g}, want {w} (row {rows[i]}, params {params[i]})"
 
 
@@ -159,7 +165,7 @@ def test_scaler_accumulation():
     acc_y = {}
     open_t = []
     t_pool = [0, 1, 2]
-    for i in range(400):
+    for _ in range(400):
         t = int(rng.choice(t_pool)) if rng.random() < 0.5 or not open_t else open_t[-1]
         first = int(t not in acc_y or rng.random() < 0.15)
         final = int(rng.random() < 0.3)
@@ -174,7 +180,7 @@ def test_scaler_accumulation():
         bias = rng.integers(-(1 << 31), 1 << 31, C)
         p_row = [(int(scale[c]) * int(acc[c]) + int(offset[c]) * xsum) << (gshift + kshift[c])
                  for c in range(C)]
-        y = p_row if first else [a + b for a, b in zip(acc_y[t], p_row)]
+        y = p_row if first else [a + b for a, b in zip(acc_y[t], p_row, strict=True)]
         acc_y[t] = y
         if t not in open_t:
             open_t.append(t)
@@ -191,14 +197,8 @@ def test_scaler_accumulation():
     prng = np.random.default_rng(SEED + 4)
     got = []
 
-    async def feed(ctx, strm, items, stall):
-        for it in items:
-            while prng.random() < stall:
-                await ctx.tick()
-            ctx.set(strm.payload, it)
-            ctx.set(strm.valid, 1)
-            await ctx.tick().until(strm.ready)
-            ctx.set(strm.valid, 0)
+    def feed(ctx, strm, items, stall):
+        return _feed(ctx, prng, strm, items, stall)
 
     async def put_rows(ctx):
         await feed(ctx, dut.i_row, rows[:200], 0.0)   # back to back
@@ -219,5 +219,5 @@ def test_scaler_accumulation():
     sim.add_testbench(put_params, background=True)
     sim.add_testbench(get)
     sim.run()
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"final row {i}: got {g}, want {w}"
