@@ -644,7 +644,8 @@ class LinkBoardTop(_BoardTop):
       clock differs). ``divisor`` (default: ``LINK_BAUD`` at ``params.clock_mhz``,
       :func:`hw.link.link_divisor`) and ``timeout_cycles`` (default ``LINK_TIMEOUT_S``)
       configure the link.
-    - The chip's logic is reset by the link's ``abort`` (its buffers keep their contents).
+    - The chip's logic is reset by the link's ``abort`` (the chip's ``rst``; its buffers keep
+      their contents).
     - Pins: the board's ``uart`` 0 (OrangeCrab: :data:`ORANGECRAB_UART`), LEDs
       (:data:`LINK_LED_SIGNALS`). Without a platform (simulation) there is no PLL and no pin:
       ``uart_rx`` (in, idle high) and ``uart_tx`` (out) are the UART, ``leds`` the LEDs.
@@ -669,17 +670,15 @@ class LinkBoardTop(_BoardTop):
         self.uart_tx = Signal(init=1)
 
     def elaborate(self, platform):
-        from amaranth.hdl import ResetInserter
         from amaranth.lib import wiring
 
         m = Module()
         locked = self._clock(m, platform)
         link = self.link
         m.submodules.link = link
-        m.submodules.chip = chip = ResetInserter(link.abort)(self.chip)
-        chip = self.chip
+        m.submodules.chip = chip = self.chip
         wiring.connect(m, chip.bus, link.bus)
-        m.d.comb += [chip.start.eq(link.start), chip.prog_addr.eq(link.prog_addr),
+        m.d.comb += [chip.rst.eq(link.abort), chip.start.eq(link.start), chip.prog_addr.eq(link.prog_addr),
                      chip.prog_len.eq(link.prog_len), chip.pos_init.eq(link.pos_init),
                      link.running.eq(chip.running), link.done.eq(chip.done),
                      link.error.eq(chip.error), link.error_pc.eq(chip.error_pc),

@@ -14,7 +14,8 @@ Buffer write ports are shared: ACC takes GEMM outputs first, then VEC results, t
 ACT takes VEC results before LOADs (a unit's write waits while one before it writes).
 
 On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep their
-contents: the KV cache lives across runs), ``pos = pos_init``, ``kv_base = 0``, and the
+contents: the KV cache lives across runs; the units and queues take the reset one cycle later,
+:data:`UNIT_RESET_DELAY`, from one register on a global buffer, see below), ``pos = pos_init``, ``kv_base = 0``, and the
 sequencer loads ``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the
 micro-op memory (each micro-op is ``ceil(128 / bus_bits)`` bus words, low first;
 ``Err.PROG_LOAD`` if it does not fit ``uop_depth`` or the off-chip memory). It then fetches
@@ -30,11 +31,19 @@ the chip never hangs and never writes outside a buffer.
 
 Counters (:class:`hw.isa.Counter`, 48 bits) are reset by ``start`` and readable at any
 time on ``counters``.
+
+``rst`` resets the chip's logic, not its buffers (a board's link aborts a run with it): the
+sequencer, errors and counters at once, the units and queues :data:`UNIT_RESET_DELAY` cycles
+later, so a caller holds ``rst`` that many cycles longer than
+one (``hw.link.Link``'s ``abort`` does) or keeps the units' requests out meanwhile. The units'
+reset (``start`` or ``rst``) fans out to most of the chip's flops: it is one register, put on a
+global clock network on ECP5 (a ``DCCA``; nextpnr promotes only clocks by itself) rather than a
+tree of LUTs. The control logic's reset is ``rst`` itself (a few thousand flops).
 """
 
 import math
 
-from amaranth.hdl import C, Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import C, Cat, Instance, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -60,12 +69,24 @@ from .kv import KvEngine
 from .params import ChipParams
 from .vector.engine import VecEngine
 
-__all__ = ["Chip", "COUNTER_BITS", "QUEUED_UNITS"]
+__all__ = ["Chip", "COUNTER_BITS", "QUEUED_UNITS", "UNIT_RESET_DELAY"]
 
 COUNTER_BITS = 48
 #: Units with a command queue in a build without the vector unit (``VEC`` is UNSUPPORTED);
 #: ``Chip.queued_units`` is the tuple of a build.
 QUEUED_UNITS = (Unit.LOAD, Unit.STORE, Unit.GEMM, Unit.KV)
+#: Cycles from ``start`` / ``rst`` to the units' and queues' reset (module docstring).
+UNIT_RESET_DELAY = 1
+
+
+def global_net(m: Module, platform, sig: Signal, name: str) -> Signal:
+    """``sig`` through a global clock buffer where the platform has one (ECP5: ``DCCA``, which
+    nextpnr routes to flops' reset and LUT inputs too), else ``sig`` itself (simulation)."""
+    if getattr(platform, "family", None) != "ecp5":
+        return sig
+    out = Signal(name=f"{name}_g")
+    m.submodules[f"{name}_gbuf"] = Instance("DCCA", i_CLKI=sig, i_CE=C(1, 1), o_CLKO=out)
+    return out
 _OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
             Op.KV_APPEND: Unit.KV}
 
@@ -86,6 +107,7 @@ class Chip(wiring.Component):
         super().__init__({
             "bus": Out(BusSignature(params)),
             "start": In(1),
+            "rst": In(1),
             "prog_addr": In(32),
             "prog_len": In(16),
             "pos_init": In(16),
@@ -98,14 +120,19 @@ class Chip(wiring.Component):
         })
 
     def elaborate(self, platform):
-        m = Module()
+        top = Module()  # buffers, units and queues (reset by ``unit_rst``)
+        m = Module()  # the control logic (reset by ``rst``), a submodule of ``top``
         p = self.params
         pcw = pc_bits(p)
         B = bus_bits(p)
         start = self.start
+        assert UNIT_RESET_DELAY == 1  # one register below
+        unit_rst_r = Signal()
+        top.d.sync += unit_rst_r.eq(start | self.rst)
+        unit_rst = global_net(top, platform, unit_rst_r, "unit_rst")
 
         def unit(name, component):
-            m.submodules[name] = ResetInserter(start)(component)
+            top.submodules[name] = ResetInserter(unit_rst)(component)
             return component
 
         # -- buffers -----------------------------------------------------------------------
@@ -114,11 +141,11 @@ class Chip(wiring.Component):
             gran = {"granularity": 8} if buf == Buf.KV else {}
             mems[buf] = Memory(shape=unsigned(word_bits(p, buf)), depth=buffer_depth(p, buf),
                                init=[])
-            m.submodules[f"mem_{buf.name.lower()}"] = mems[buf]
+            top.submodules[f"mem_{buf.name.lower()}"] = mems[buf]
             mems[buf]._gran = gran
         wports = {b: mems[b].write_port(**mems[b]._gran) for b in Buf}
         store_ports = {b: mems[b].read_port() for b in Buf}
-        m.submodules.uop = uop = Memory(shape=unsigned(INSTR_BITS), depth=p.uop_depth, init=[])
+        top.submodules.uop = uop = Memory(shape=unsigned(INSTR_BITS), depth=p.uop_depth, init=[])
         uop_w = uop.write_port()
         uop_r = uop.read_port()
 
@@ -207,7 +234,7 @@ class Chip(wiring.Component):
                                         Mux(lw.payload.buf == Buf.ACT, ~vec_act, 1))))
 
         # -- buffer reads for STORE -------------------------------------------------------------
-        m.submodules.store_rd = srd = ResetInserter(start)(
+        top.submodules.store_rd = srd = ResetInserter(unit_rst)(
             MemReader(DMA_ADDR_BITS, max_word_bits(p), Buf))
         m.d.comb += [
             srd.i.valid.eq(store.buf_rd.valid),
@@ -233,8 +260,9 @@ class Chip(wiring.Component):
         cl = cmd_layout(p)
         queues = {}
         for u in queued:
-            q = ResetInserter(start)(fifo.SyncFIFOBuffered(width=cl.size, depth=p.queue_depth))
-            m.submodules[f"q_{u.name.lower()}"] = q
+            q = ResetInserter(unit_rst)(fifo.SyncFIFOBuffered(width=cl.size,
+                                                              depth=p.queue_depth))
+            top.submodules[f"q_{u.name.lower()}"] = q
             queues[u] = q
         for u in queued:
             if u in (Unit.LOAD, Unit.STORE):
@@ -507,4 +535,5 @@ class Chip(wiring.Component):
                 with m.If(~any_busy | (abort & ~units_busy)):
                     m.d.sync += [self.running.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
-        return m
+        top.submodules.ctl = ResetInserter(self.rst)(m)
+        return top

@@ -44,9 +44,10 @@ memory end of the chip's bus (:class:`hw.bus.BusSignature`, flipped).
   snapshots taken when the frame starts (no torn counters).
 - **Commands**: ``START`` pulses the chip's ``start`` (``NAK BUSY`` while a run is active or
   its ``DONE`` unsent) and is ACKed; the run's ``DONE`` follows when the chip is done.
-  ``ABORT`` waits for the framer to finish its frame, then pulses ``abort`` (the board top
-  resets the chip's logic with it; the buffers keep their contents) and resets the bus
-  state, then ACKs.
+  ``ABORT`` waits for the framer to finish its frame, then raises ``abort`` for
+  ``1 + hw.chip.UNIT_RESET_DELAY`` cycles (the board top resets the chip's logic with it, the
+  buffers keep their contents; the chip's units take their reset that much later, and no bus
+  request is taken meanwhile) and resets the bus state, then ACKs.
 
 Throughput: the link moves one byte per ``10 * divisor`` cycles each way, plus 6 bytes of
 framing per frame; a ``LOAD`` is limited by the round trip of a burst (the chip's LOAD
@@ -59,6 +60,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .bus import BusSignature, MemReader
+from .chip import UNIT_RESET_DELAY
 from .isa import (
     LINK_ACK,
     LINK_BURST,
@@ -680,9 +682,12 @@ class Link(wiring.Component):
                 m.d.sync += done_pend.eq(0)
 
         # abort: once the framer is idle (a frame is never cut), reset the chip and bus state
-        m.d.sync += abort.eq(0)
+        abort_left = Signal(range(UNIT_RESET_DELAY + 1))  # cycles of ``abort`` after this one
+        m.d.sync += abort.eq(abort_left != 0)
+        with m.If(abort_left != 0):
+            m.d.sync += abort_left.eq(abort_left - 1)
         with m.If(abort_req & tx_idle):
-            m.d.sync += [abort.eq(1), abort_req.eq(0), armed.eq(0), active.eq(0),
+            m.d.sync += [abort.eq(1), abort_left.eq(UNIT_RESET_DELAY), abort_req.eq(0), armed.eq(0), active.eq(0),
                          done_pend.eq(0), ack_pend.eq(1), ack_frame.eq(LinkFrame.ABORT)]
         with m.If(abort):  # while the chip is reset: the bus state back to empty
             m.d.sync += [kind.eq(KIND_NONE), pend_count.eq(0), linger.eq(0), credit.eq(D),
