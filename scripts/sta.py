@@ -47,6 +47,13 @@ Calibration (default model, measured when this was written; runtime ~4 s for the
   37 CCU2C) is 36.7 ns here; routed on the 16x8 chip nextpnr measured that stage at 42.3 ns
   (23.7 MHz). Routing on a congested device costs more than any pre-routing estimate.
 
+After placement (``--placement PLACED.json``, written by ``nextpnr-ecp5 --no-route --write``;
+nextpnr prints no critical path before routing): each arc's routing delay is predictDelay of
+the two cells' placed distance (``Model.placed_route_delay``) instead of the fanout guess, so
+paths that placement stretched across the die show up. Not calibrated: on the board top
+(``LinkBoardTop``, CHIP_85F, seed 1) it gave 30.2 MHz where nextpnr's post-placement figure
+was 44.4 MHz (pessimistic on long, high-fanout arcs); use its ranking.
+
 Use the ranking, depths and Python lines to decide what to pipeline; treat the absolute ns as
 +-20 %. Each endpoint is reported under the source of its WORST path only, so a group that
 is also slow but never the worst for any endpoint is hidden until the worse one is fixed.
@@ -102,6 +109,12 @@ class Model:
         d = min(self.route_d0 + math.sqrt(max(fanout, 1) / self.route_fanout_per_tile), self.route_max_d)
         near = min(d, 10.0)  # predictDelay: 2 units per tile up to 5 in x and 5 in y
         return self.route_unit * (self.route_fixed + 2.0 * near + max(d - 10.0, 0.0))
+
+    def placed_route_delay(self, dx: int, dy: int) -> float:
+        """nextpnr's predictDelay for a placed arc ``dx``, ``dy`` tiles apart (2 units per tile
+        up to 5 in each direction, 1 beyond)."""
+        return self.route_unit * (self.route_fixed + 2.0 * (min(dx, 5) + min(dy, 5))
+                                  + max(dx - 5, 0) + max(dy - 5, 0))
 
 
 #: Yosys autoname tokens: a name containing one of these was made up from a cell port chain.
@@ -190,11 +203,35 @@ def param_str(cell: dict, name: str, default: str) -> str:
     return str(cell.get("parameters", {}).get(name, default)).strip()
 
 
-class Timing:
-    """Arrival times over the netlist's bits."""
+def load_placement(data: dict) -> dict:
+    """{Yosys cell name: (x, y)} from a placed design nextpnr wrote (``--write``): its cells
+    keep the Yosys names (a CCU2C's two halves add ``$CCU2_COMB0/1``; LUT RAM is renamed and
+    keeps the fanout guess)."""
+    mods = data.get("modules", {})
+    if len(mods) != 1:
+        raise SystemExit("sta: the placement JSON should hold nextpnr's one (top) module")
+    loc = {}
+    for name, c in next(iter(mods.values()))["cells"].items():
+        m = re.match(r"X(\d+)/Y(\d+)/", c.get("attributes", {}).get("NEXTPNR_BEL", ""))
+        if m:
+            name = re.sub(r"\$CCU2_COMB[01]$", "", name)
+            loc.setdefault(name[1:] if name.startswith("\\") else name,
+                           (int(m.group(1)), int(m.group(2))))
+    if not loc:
+        raise SystemExit("sta: no placed cell (NEXTPNR_BEL) in the placement JSON: write it "
+                         "with nextpnr --write after placement")
+    return loc
 
-    def __init__(self, nl: Netlist, model: Model):
+
+class Timing:
+    """Arrival times over the netlist's bits (``loc``: cell -> (x, y) of a placement, for
+    placed routing delays; cells without one keep the fanout guess)."""
+
+    def __init__(self, nl: Netlist, model: Model, loc: dict | None = None):
         self.nl, self.m = nl, model
+        self.loc = loc or {}
+        self.driver_cell = {}  # bit -> name of the cell that drives it
+        self.placed_arcs = 0
         self.start = {}  # bit -> (clock-to-out, group, cell name, is_io)
         self.arcs = defaultdict(list)  # out bit -> [(in bit, cell delay, routed, cell name)]
         self.ends = []  # (bit, setup, group, cell name, port, routed, is_io)
@@ -220,6 +257,7 @@ class Timing:
                     for b in bits:
                         if not isinstance(b, str):
                             drivers[b] = t
+                            self.driver_cell[b] = cname
                 elif c.get("port_directions", {}).get(p) == "input":
                     for b in bits:
                         if not isinstance(b, str):
@@ -392,7 +430,17 @@ class Timing:
                 v = rcache[f] = route(f)
             return v
 
-        self.rd = rd
+        loc, dcell, placed = self.loc, self.driver_cell, self.m.placed_route_delay
+
+        def rdp(b, sink):  # routing delay from b's driver to the cell ``sink``
+            if loc:
+                a, z = loc.get(dcell.get(b)), loc.get(sink)
+                if a is not None and z is not None:
+                    self.placed_arcs += 1
+                    return placed(abs(a[0] - z[0]), abs(a[1] - z[1]))
+            return rd(b)
+
+        self.rd, self.rdp = rd, rdp
         ON_STACK = object()
         for root in list(arcs.keys()) + list(start.keys()):
             if root in arr:
@@ -432,7 +480,7 @@ class Timing:
                     v = arr[s]
                     if v is ON_STACK:
                         continue
-                    t = v[0] + d + (rd(s) if routed else 0.0)
+                    t = v[0] + d + (rdp(s, cname) if routed else 0.0)
                     if t > best:
                         best, bp, bsrc = t, (s, cname, routed), v[1]
                 if bp is None:
@@ -458,7 +506,7 @@ class Timing:
             v = self.arr.get(b)
             if v is None or v[1] is None:
                 continue
-            d = v[0] + (self.rd(b) if routed else 0.0) + setup
+            d = v[0] + (self.rdp(b, cname) if routed else 0.0) + setup
             res.append((d, e, v[1]))
         return res
 
@@ -538,11 +586,14 @@ def area(nl: Netlist, depth: int) -> dict:
     return {k: dict(v) for k, v in sorted(res.items())}
 
 
-def analyse(data: dict, top=None, clock_mhz=100.0, npaths=30, model=None, area_depth=3):
+def analyse(data: dict, top=None, clock_mhz=100.0, npaths=30, model=None, area_depth=3,
+            placement: dict | None = None):
+    """``placement``: nextpnr's placed design (``--write``), for placed routing delays."""
     model = model or Model()
     t0 = time.time()
     nl = Netlist(data, top)
-    tm = Timing(nl, model)
+    loc = load_placement(placement) if placement is not None else None
+    tm = Timing(nl, model, loc)
     tm.run()
     eds = tm.endpoint_delays()
     reg = [x for x in eds if not x[1][6] and not tm.start[x[2]][3]]
@@ -581,6 +632,8 @@ def analyse(data: dict, top=None, clock_mhz=100.0, npaths=30, model=None, area_d
         "endpoints": len(eds),
         "failing_endpoints": sum(1 for x in eds if x[0] > period),
         "comb_loops_cut": tm.loops,
+        "placed": bool(loc),
+        "placed_cells": sum(1 for c in nl.cells if c in loc) if loc else 0,
         "unmodelled_cells": dict(tm.unknown),
         "groups": ranked,
         "area": area(nl, area_depth),
@@ -597,8 +650,10 @@ def fmt_depth(d: dict) -> str:
 def print_report(r: dict, npaths: int, out=None):
     out = out or sys.stdout
     w = lambda *a: print(*a, file=out)  # noqa: E731
-    w(f"estimated Fmax {r['fmax_mhz']} MHz (worst register path {r['worst_reg_ns']} ns; an "
-      f"estimate from the netlist, see scripts/sta.py's docstring)")
+    how = (f"routing from the placement of {r['placed_cells']} cells" if r.get("placed")
+           else "an estimate from the netlist")
+    w(f"estimated Fmax {r['fmax_mhz']} MHz (worst register path {r['worst_reg_ns']} ns; "
+      f"{how}, see scripts/sta.py's docstring)")
     w(f"{r['failing_endpoints']} of {r['endpoints']} endpoints fail at {r['clock_mhz']} MHz, "
       f"in {len(r['groups'])} (source, destination) groups")
     if r["unmodelled_cells"]:
@@ -656,6 +711,10 @@ def main(argv=None):
                     help="multiply the routing unit (calibration experiments)")
     ap.add_argument("--route-d0", type=float, default=None,
                     help="guessed distance of a fanout-1 net in tiles (calibration experiments)")
+    ap.add_argument("--placement", default=None, metavar="PLACED.json",
+                    help="nextpnr's placed design (nextpnr-ecp5 --no-route --write PLACED.json):"
+                    " routing delays from the cells' placed distances instead of fanout guesses"
+                    " (nextpnr prints no critical path after placement)")
     a = ap.parse_args(argv)
     if a.clock_mhz <= 0:
         ap.error("--clock-mhz must be positive")
@@ -668,7 +727,14 @@ def main(argv=None):
     model.route_unit *= a.route_scale
     if a.route_d0 is not None:
         model.route_d0 = a.route_d0
-    r = analyse(data, a.top, a.clock_mhz, a.paths, model, a.area_depth)
+    placement = None
+    if a.placement:
+        try:
+            with open(a.placement) as f:
+                placement = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"sta: cannot read {a.placement}: {e}")
+    r = analyse(data, a.top, a.clock_mhz, a.paths, model, a.area_depth, placement)
     print_report(r, a.paths)
     if a.json:
         with open(a.json, "w") as f:

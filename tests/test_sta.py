@@ -186,3 +186,36 @@ def test_cli_writes_json(tmp_path, capsys):
     assert "estimated Fmax" in text and "u.src -> u.src" in text
     r = json.loads(out.read_text())
     assert r["groups"][0]["src"] == "u.src" and r["area"]
+
+
+def _placed(cells_xy: dict) -> dict:
+    """A nextpnr ``--write`` style placed design: cell name -> (x, y)."""
+    cells = {name: {"type": "TRELLIS_COMB", "attributes": {"NEXTPNR_BEL": f"X{x}/Y{y}/SLICEA.K0"}}
+             for name, (x, y) in cells_xy.items()}
+    return {"modules": {"top": {"cells": cells}}}
+
+
+def test_placement_gives_distance_routing():
+    # src FF at (1, 1) -> LUT l1 at (4, 1) -> LUT l2 at (30, 21) -> dst FF beside it (packed)
+    n = Net()
+    q = n.bit()
+    n.name("u.src", [q])
+    z1 = n.lut("l1", q)
+    z2 = n.lut("l2", z1)
+    dq = n.ff("u.dst", z2)
+    n.ff("u.src", dq, q)
+    n.name("u.dst", [dq])
+    pl = _placed({"u.src_TRELLIS_FF_Q": (1, 1), "l1": (4, 1), "\\l2": (30, 21),
+                  "u.dst_TRELLIS_FF_Q": (30, 21)})
+    r = analyse(n.json(), clock_mhz=1000.0, model=M, placement=pl)
+    # predictDelay: unit * (fixed + 2 * (min(dx, 5) + min(dy, 5)) + max(dx - 5, 0) + max(dy - 5, 0))
+    a1 = 0.1 * (6 + 2 * 3)  # dx 3, dy 0
+    a2 = 0.1 * (6 + 2 * (5 + 5) + 21 + 15)  # dx 26, dy 20
+    want = 0.52 + a1 + 0.24 + a2 + 0.24  # l2 -> dst: F -> DI in one slice, no route
+    assert r["placed"] and r["placed_cells"] == 4
+    assert r["worst_reg_ns"] == pytest.approx(want, abs=0.01)
+    # without the placement: the fanout guess (1.0 ns a hop)
+    assert analyse(n.json(), clock_mhz=1000.0, model=M)["worst_reg_ns"] == pytest.approx(
+        0.52 + 2 * (R1 + 0.24), abs=0.01)
+    with pytest.raises(SystemExit, match="no placed cell"):
+        analyse(n.json(), model=M, placement={"modules": {"top": {"cells": {}}}})
