@@ -43,7 +43,18 @@ tree of LUTs. The control logic's reset is ``rst`` itself (a few thousand flops)
 
 import math
 
-from amaranth.hdl import C, Cat, Instance, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import (
+    C,
+    Cat,
+    ClockSignal,
+    Instance,
+    Module,
+    Mux,
+    ResetInserter,
+    ResetSignal,
+    Signal,
+    unsigned,
+)
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -87,6 +98,25 @@ def global_net(m: Module, platform, sig: Signal, name: str) -> Signal:
     out = Signal(name=f"{name}_g")
     m.submodules[f"{name}_gbuf"] = Instance("DCCA", i_CLKI=sig, i_CE=C(1, 1), o_CLKO=out)
     return out
+
+
+def kept_flop(m: Module, platform, q: Signal, d, rst, name: str) -> None:
+    """``q`` = ``d`` a cycle later (reset to 0 by ``rst`` or the domain's reset) in ``m``'s
+    sync domain. On ECP5 it is a ``TRELLIS_FF`` instance marked ``keep``: Yosys merges
+    plain flops with the same input (``opt_merge``), which would turn a set of copies meant
+    to split a large fanout back into one net; elsewhere (simulation) a plain register."""
+    if getattr(platform, "family", None) != "ecp5":
+        m.d.sync += q.eq(d)
+        return
+    dv = Signal(name=f"{name}_d")
+    m.d.comb += dv.eq(d)
+    m.submodules[f"{name}_ff"] = Instance(
+        "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
+        p_REGSET="RESET", p_SRMODE="LSR_OVER_CE", a_keep=1,
+        i_CLK=ClockSignal(), i_LSR=rst | ResetSignal(allow_reset_less=True), i_CE=C(1, 1),
+        i_DI=dv, o_Q=q)
+
+
 _OP_UNIT = {Op.LOAD: Unit.LOAD, Op.STORE: Unit.STORE, Op.GEMM: Unit.GEMM,
             Op.KV_APPEND: Unit.KV}
 
@@ -294,7 +324,7 @@ class Chip(wiring.Component):
             with m.Else():
                 m.d.sync += outstanding[u].eq(outstanding[u] + push[u] - done_of[u])
         any_busy = Signal(1)
-        m.d.comb += any_busy.eq(sum(outstanding[u] != 0 for u in queued).bool() | units_busy)
+        m.d.comb += any_busy.eq(Cat(*(outstanding[u] != 0 for u in queued)).any() | units_busy)
 
         # unit-reported errors (the first one wins; a sequencer error has the same rule)
         unit_err = Signal(1)
@@ -323,7 +353,7 @@ class Chip(wiring.Component):
         m.d.sync += abort.eq(err_next != Err.NONE)
         for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
             ab = Signal(1, name=f"abort_{name}")
-            m.d.sync += ab.eq(err_next != Err.NONE)
+            kept_flop(m, platform, ab, err_next != Err.NONE, self.rst, f"abort_{name}")
             m.d.comb += eng.abort.eq(ab)
 
         # counters
@@ -357,6 +387,11 @@ class Chip(wiring.Component):
         rsp_uop = Signal(pcw + 1)
         shreg = Signal(IB * B)
         boot = Signal(1)  # in BOOT (a register of its own: the bus channel's select)
+        # BOOTCHK's check, registered every cycle from the ports: in BOOTCHK (the cycle after
+        # ``start``) it is the check of the values IDLE loaded, with no adder before the FSM
+        boot_bad = Signal(1)
+        m.d.sync += boot_bad.eq((self.prog_len > p.uop_depth)
+                                | (self.prog_addr + self.prog_len * IB > offchip_words))
         # the bus read channel: boot loader, else the LOAD engine; writes: STORE engine
         bus = self.bus
         m.d.comb += [
@@ -401,8 +436,7 @@ class Chip(wiring.Component):
                                  self.done.eq(0)]
                     m.next = "BOOTCHK"
             with m.State("BOOTCHK"):
-                with m.If((prog_len > p.uop_depth)
-                          | (req_addr + req_left > offchip_words)):  # req_left = len * IB
+                with m.If(boot_bad):  # prog_len > uop_depth | req_addr + req_left > memory
                     m.d.comb += [seq_err.eq(1), seq_code.eq(Err.PROG_LOAD)]
                     m.next = "DRAIN"
                 with m.Else():

@@ -401,7 +401,7 @@ class StoreEngine(_DmaEngine):
     ``bus_wr`` (out, ``{addr, data}`` bus writes), and the status ports (module docstring).
 
     Buffer reads are requested at up to one per cycle while fewer than ``resp_depth``
-    (default 4) are outstanding (issued, in the arbiter, or received and not yet split); the
+    (default 5) are outstanding (issued, in the arbiter, or received and not yet split); the
     answers queue in a FIFO of that depth (``buf_rd_data`` is always ready). Each word is cut
     to its buffer's width and split into ``bpw`` bus words, lowest first, written to
     ``off + i * bpw + k``, one per cycle.
@@ -410,11 +410,15 @@ class StoreEngine(_DmaEngine):
     ready: command taken in cycle 0, accepted from the check register in cycle 1
     (:attr:`CHECK`), first read offered in cycle 3, its word is in the FIFO in cycle
     ``4 + D`` and its first bus write offered in cycle ``5 + D``; ``done`` pulses in cycle
-    ``n + D + 5`` for ``n`` bus words. ``resp_depth >= D + 2`` sustains one
-    bus word per cycle for buffers of one bus word per word; wider ones need fewer.
+    ``n + D + 5`` for ``n`` bus words. ``resp_depth >= D + 3`` sustains one
+    bus word per cycle for buffers of one bus word per word; wider ones need fewer (a
+    credit frees the cycle after its response's pop: :attr:`CREDIT_POP` is off, so the
+    request side does not wait on the split logic's ``pop``).
     """
 
-    def __init__(self, params: ChipParams = ChipParams(), resp_depth: int = 4):
+    CREDIT_POP = False
+
+    def __init__(self, params: ChipParams = ChipParams(), resp_depth: int = 5):
         p = params
         super().__init__(p, {
             "buf_rd": Out(stream.Signature(buf_read_layout(p))),

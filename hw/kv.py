@@ -33,8 +33,9 @@ class KvEngine(wiring.Component):
     """Executes KV_APPEND. ``act_*``: an ACT read port; ``kv_wr``: byte-lane writes to KV."""
 
     #: Cycles from a micro-op's acceptance (``IDLE``) to its first token: ``PROD``,
-    #: ``PROD2``, ``CHECK`` (registered), ``GO`` (the timing model's setup).
-    SETUP = 4
+    #: ``PROD2``, ``SUMS`` (the range checks' sums, registered), ``CHECK`` (registered),
+    #: ``GO`` (the timing model's setup).
+    SETUP = 5
 
     def __init__(self, params: ChipParams = ChipParams()):
         self.params = params
@@ -78,6 +79,10 @@ class KvEngine(wiring.Component):
         p_scl = Signal(24)     # blocks * (G + 1)
 
         chk_bad, chk_over, chk_rng = Signal(1), Signal(1), Signal(1)  # the checks, registered
+        # the range checks' sums (SUMS), compared with the buffer depths in CHECK
+        s_act = Signal(max(len(a.a_addr), len(p_act)) + 2)  # a_addr + p_act + d / R
+        s_kv = Signal(max(len(kv_addr), len(p_key)) + 1)    # kv_addr + keys' / values' extent
+        s_scl = Signal(max(len(kv_saddr), len(p_scl)) + 1)  # kv_saddr + p_scl
         w_last = Signal(signed(len(a.d) + 1))      # d / R - 1: the last ACT word of a row
         t_last = Signal(signed(len(a.t_len) + 1))  # t_len - 1
         t = Signal(9)
@@ -114,14 +119,17 @@ class KvEngine(wiring.Component):
                 m.next = "PROD2"
             with m.State("PROD2"):
                 m.d.sync += [p_key.eq(blocks * a.d), p_scl.eq(blocks * (G + 1))]
+                m.next = "SUMS"
+            with m.State("SUMS"):
+                m.d.sync += [s_act.eq(a.a_addr + p_act + (a.d >> lr)),
+                             s_kv.eq(kv_addr + Mux(key, p_key, p_val)),
+                             s_scl.eq(kv_saddr + p_scl)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 bad = ((a.t_len == 0) | (a.d == 0) | (a.d[:4] != 0)
                        | ((a.d & (PC - 1)) != 0) | ((a.d & (R - 1)) != 0))
                 over = pos + a.t_len > a.cap
-                rng = ((a.a_addr + p_act + (a.d >> lr) > actd)
-                       | (kv_addr + Mux(key, p_key, p_val) > kvd)
-                       | (kv_saddr + p_scl > kvd))
+                rng = (s_act > actd) | (s_kv > kvd) | (s_scl > kvd)
                 m.d.sync += [chk_bad.eq(bad), chk_over.eq(over), chk_rng.eq(rng)]
                 m.next = "GO"
             with m.State("GO"):

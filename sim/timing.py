@@ -350,6 +350,7 @@ class _StoreUnit(_Unit):
         se = _constants_of(StoreEngine(p))
         self.resp_depth = se.resp_depth
         self.check = se.CHECK
+        self.credit_pop = se.CREDIT_POP
         self.rd_depth = _constants_of(MemReader(16, 8)).depth
         self.t = 0
         self.front = "IDLE"
@@ -415,7 +416,7 @@ class _StoreUnit(_Unit):
             if (self.p1 is not None and self.p1[1] + self.check <= t and len(self.jobs) < 2):
                 accept = True
         else:
-            credit = self.reserved < self.resp_depth or pop
+            credit = self.reserved < self.resp_depth or (self.credit_pop and pop)
             req_free = (not self.req_valid) or srd_i_ready
             req_load = req_free and credit
         busy = (self.p1 is not None or self.front != "IDLE" or jobs_rdy or self.active

@@ -508,7 +508,7 @@ def test_load_back_to_back_throughput(rng):
 @pytest.mark.parametrize("buf, words", [(Buf.WGT, 256), (Buf.PRM, 24)])
 @pytest.mark.parametrize("delay", [1, 2])
 def test_store_throughput(rng, buf, words, delay):
-    """One bus word per cycle while the arbiter answers within resp_depth - 2 cycles."""
+    """One bus word per cycle while the arbiter answers within resp_depth - 3 cycles."""
     p = DEFAULT
     cmd = Cmd(int(buf), 0, words, 100)
     w = run("store", p, [cmd], fast_world(p, rng, buf_delay=delay))
