@@ -326,17 +326,22 @@ class LoadEngine(_DmaEngine):
         # is filled only by the word's last bus word, which goes straight to the output.
         asm = Signal((nslot - 1) * B)
 
-        # The output register (buf_wr), with the flag marking a command's last word, and a
-        # skid register behind it: a finished word goes to the skid register when the output
-        # register is full and not taken this cycle, so that taking a response (``pop``)
-        # depends on registers only, not on ``buf_wr.ready`` (the chip's write-port
-        # arbitration). Without back-pressure the skid register stays empty.
+        # The output (buf_wr): a two-entry ring of finished words (``count`` of them, the
+        # oldest in slot ``head``), each with the flag marking a command's last word. A word
+        # completes only while a slot is free, and goes into the slot after the held ones, so
+        # that taking a response (``pop``) and loading a slot depend on registers only, not on
+        # ``buf_wr.ready`` (the chip's write-port arbitration), which moves ``head`` and
+        # ``count`` alone. (Cycle for cycle the output register with a skid register behind
+        # it that this replaces.) Without back-pressure at most one slot is used.
         out = self.buf_wr
-        out_last = Signal()
         wr_take = out.valid & out.ready
-        sk_valid = Signal()
-        sk = Signal.like(out.payload)
-        sk_last = Signal()
+        count = Signal(range(3))
+        head = Signal()
+        slots = [Signal.like(out.payload, name=f"slot{i}") for i in range(2)]
+        lasts = [Signal(name=f"slot{i}_last") for i in range(2)]
+        full = Signal()
+        m.d.comb += [full.eq(count == 2), out.valid.eq(count != 0),
+                     out.payload.eq(Mux(head, slots[1], slots[0]))]
 
         job = DmaArgs(jobs.r_data)
         with m.If(~active & jobs.r_rdy & ~stop):
@@ -351,9 +356,15 @@ class LoadEngine(_DmaEngine):
             m.d.sync += active.eq(0)
 
         completes = k == last_k
+        # ``pop_d`` moves the data registers (assembly, slots, counters): it is ``pop``
+        # without ``stop``, so the abort's fanout does not reach them. Under ``stop`` they may
+        # load, but only where nothing is offered: ``count`` follows ``pop``, and the next
+        # job resets the counters.
+        pop_d = Signal()
         pop = Signal()
         m.d.comb += [
-            pop.eq(active & resp.r_rdy & ~stop & (~completes | ~sk_valid)),
+            pop_d.eq(active & resp.r_rdy & (~completes | ~full)),
+            pop.eq(pop_d & ~stop),
             resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
             resp.r_en.eq(resp_pop),
             self.stall_mem.eq(active & ~resp.r_rdy),
@@ -361,13 +372,15 @@ class LoadEngine(_DmaEngine):
         nxt = Cat(*(Mux(k == j, resp.r_data, asm[j * B:(j + 1) * B]) for j in range(nslot - 1)),
                   resp.r_data)
 
+        enq = pop & completes
         with m.If(wr_take):
-            m.d.sync += out.valid.eq(sk_valid & ~stop)
-            with m.If(sk_valid):  # (no word completes this cycle)
-                m.d.sync += [out.payload.eq(sk), out_last.eq(sk_last), sk_valid.eq(0)]
-        with m.If(stop):
-            m.d.sync += sk_valid.eq(0)  # never offered: dropped with the command
-        with m.If(pop):
+            m.d.sync += head.eq(~head)
+        with m.If(stop):  # the offered word stays until taken; the one behind it is dropped
+            m.d.sync += count.eq((count != 0) & ~wr_take)
+        with m.Else():
+            m.d.sync += count.eq(count + enq - wr_take)
+        tail = head ^ count[0]  # the free slot after the held ones (when not full)
+        with m.If(pop_d):
             m.d.sync += asm.eq(nxt[:len(asm)])
             with m.If(completes):
                 word = Signal.like(out.payload)
@@ -377,11 +390,9 @@ class LoadEngine(_DmaEngine):
                         with m.Case(b):
                             m.d.comb += word.data.eq(nxt[:word_bits(p, b)])
                 m.d.sync += [k.eq(0), j_addr.eq(j_addr + 1), j_left.eq(j_left - 1)]
-                with m.If(~out.valid | wr_take):
-                    m.d.sync += [out.valid.eq(1), out.payload.eq(word),
-                                 out_last.eq(j_left == 1)]
-                with m.Else():
-                    m.d.sync += [sk_valid.eq(1), sk.eq(word), sk_last.eq(j_left == 1)]
+                for i in range(2):
+                    with m.If(tail == i):
+                        m.d.sync += [slots[i].eq(word), lasts[i].eq(j_left == 1)]
                 with m.If(j_left == 1):
                     m.d.sync += active.eq(0)
             with m.Else():
@@ -389,8 +400,8 @@ class LoadEngine(_DmaEngine):
 
         req_valid = self.bus_rd_addr.valid
         return _Back(req_valid=req_valid, req_ready=self.bus_rd_addr.ready,
-                     req_addr=self.bus_rd_addr.payload, idle=~active & ~out.valid & ~sk_valid,
-                     done=wr_take & out_last)
+                     req_addr=self.bus_rd_addr.payload, idle=~active & (count == 0),
+                     done=wr_take & Mux(head, lasts[1], lasts[0]))
 
 
 class StoreEngine(_DmaEngine):
