@@ -359,11 +359,19 @@ class Chip(wiring.Component):
         # counters
         cnt = {c: Signal(COUNTER_BITS, name=f"cnt_{c.name.lower()}") for c in Counter}
         inc = {c: Signal(1, name=f"inc_{c.name.lower()}") for c in Counter}
+        # the sequencer's own counters (EXEC's decisions) count a cycle late, from registered
+        # increments: EXEC is followed by at least one cycle (FETCH, or DRAIN before
+        # ``done``), so they are complete by the time ``done`` rises
+        late = (Counter.UOPS, Counter.STALL_WAIT, Counter.STALL_QUEUE)
         for c in Counter:
             m.d.comb += self.counters[c].eq(cnt[c])
+            go = inc[c]
+            if c in late:
+                go = Signal(1, name=f"inc_{c.name.lower()}_r")
+                m.d.sync += go.eq(inc[c])
             with m.If(start):
                 m.d.sync += cnt[c].eq(0)
-            with m.Elif(inc[c]):
+            with m.Elif(go):
                 m.d.sync += cnt[c].eq(cnt[c] + 1)
         m.d.comb += [
             inc[Counter.CYCLES].eq(self.running),
@@ -491,7 +499,8 @@ class Chip(wiring.Component):
                 sa = w_.args.pos
                 kvb = sa.reg == PosReg.KV_BASE
                 new = Signal.like(d_set_new)
-                m.d.comb += new.eq(Mux(sa.add, Mux(kvb, kv_base, pos) + sa.value, sa.value))
+                sum_kv, sum_pos = kv_base + sa.value, pos + sa.value  # (both: no mux before)
+                m.d.comb += new.eq(Mux(sa.add, Mux(kvb, sum_kv, sum_pos), sa.value))
                 m.d.sync += [
                     cur.eq(nxt_word),
                     d_nop.eq(wo == Op.NOP), d_halt.eq(wo == Op.HALT), d_wait.eq(wo == Op.WAIT),
@@ -504,7 +513,9 @@ class Chip(wiring.Component):
                     *(d_wait_sel[u].eq(wa.unit == u) for u in queued),
                     d_wait_any.eq(~Cat(*(wa.unit == u for u in queued)).any()),
                     d_set_kvb.eq(kvb), d_set_new.eq(new),
-                    d_set_bad.eq(Mux(kvb, new >= kv_depth, new >= 1 << 16)),
+                    d_set_bad.eq(Mux(sa.add,
+                                     Mux(kvb, sum_kv >= kv_depth, sum_pos >= 1 << 16),
+                                     Mux(kvb, sa.value >= kv_depth, sa.value >= 1 << 16))),
                 ]
             with m.State("EXEC"):
                 m.d.sync += nxt_word.eq(uop_r.data)

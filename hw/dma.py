@@ -165,7 +165,8 @@ class _DmaEngine(wiring.Component):
                         m.d.sync += total.eq(totals[b])
         cargs = c_cmd.args
         sel = Signal(len(Buf))  # one-hot buffer of the held command (0 if not a buffer)
-        m.d.comb += sel.eq(Cat(*(cargs.buf == b for b in Buf)))
+        with m.If(take_cmd):
+            m.d.sync += sel.eq(Cat(*(args.buf == b for b in Buf)))
         code = Signal(Err)
         with m.If(c_bad):
             m.d.comb += code.eq(Err.BAD_FIELD)
@@ -203,7 +204,7 @@ class _DmaEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(c_v & ~stop & jobs.w_rdy):
                     m.d.sync += c_v.eq(0)
-                    with m.If(code == Err.NONE):
+                    with m.If(~c_bad & ~(c_sram_bad & sel).any() & ~(c_off_bad & sel).any()):
                         start, count = self._issue_plan(cargs, total)
                         m.d.comb += [jobs.w_data.eq(cargs), jobs.w_en.eq(1)]
                         m.d.sync += [iss_addr.eq(start), iss_left.eq(count),
@@ -365,7 +366,8 @@ class LoadEngine(_DmaEngine):
         m.d.comb += [
             pop_d.eq(active & resp.r_rdy & (~completes | ~full)),
             pop.eq(pop_d & ~stop),
-            resp_pop.eq(pop | (stop & resp.r_rdy)),  # abort: discard
+            # pop | (stop & r_rdy), with stop last (pop_d implies r_rdy); abort: discard
+            resp_pop.eq(pop_d | (stop & resp.r_rdy)),
             resp.r_en.eq(resp_pop),
             self.stall_mem.eq(active & ~resp.r_rdy),
         ]

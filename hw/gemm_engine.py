@@ -65,8 +65,9 @@ class GemmEngine(wiring.Component):
     activation row the grid accepts; ``abort`` drops the current micro-op."""
 
     #: Cycles from a micro-op's acceptance (``IDLE``) to the generators' start pulse:
-    #: ``EFF``, ``PROD``, ``PROD2``, ``CHECK``, ``GO`` (the timing model's setup).
-    SETUP = 5
+    #: ``EFF``, ``PROD``, ``PROD2``, ``PROD3``, ``SUMS`` (the range checks' sums),
+    #: ``CHECK``, ``GO`` (the timing model's setup).
+    SETUP = 7
 
     def __init__(self, params: ChipParams = ChipParams()):
         self.params = params
@@ -122,6 +123,14 @@ class GemmEngine(wiring.Component):
         p_acc = Signal(24)
         p_prm = Signal(40)
         p_y = Signal(32)
+        g_num = Signal(18)   # k + 2**prm_step - 1 (G before its shift)
+        gs_num = Signal(19)  # the same with 2**(prm_step + 1) from KV (Gs before its shift)
+        # the range checks' sums (SUMS), compared with the buffer depths in CHECK
+        s_w = Signal(max(AW, len(p_w)) + 1)                  # w0 + p_w
+        s_a = Signal(max(len(a.a_addr), len(p_a), 17) + 2)    # a_addr + p_a + k
+        s_p = Signal(max(AW, len(p_prm)) + 1)                # p0 + p_prm
+        s_o = Signal(max(len(a.oprm_addr), 17) + 1)          # oprm_addr + n
+        s_acc = Signal(max(len(a.acc_addr), len(p_acc), 17) + 2)  # acc_addr + p_acc + n
 
         running = Signal(1)
         start = Signal(1)  # one-cycle pulse: generators begin
@@ -151,11 +160,12 @@ class GemmEngine(wiring.Component):
                 ]
                 m.next = "PROD"
             with m.State("PROD"):
-                # G = ceil(k / 2**prm_step); Gs = G + 1 from KV, as one add and shift
+                # G = ceil(k / 2**prm_step); Gs = G + 1 from KV, as one add (here) and a
+                # shift (PROD2)
                 step = 1 << a.prm_step
                 m.d.sync += [
-                    G.eq((k + step - 1) >> a.prm_step),
-                    Gs.eq((k + Mux(a.psrc == PSrc.KV, step << 1, step) - 1) >> a.prm_step),
+                    g_num.eq(k + step - 1),
+                    gs_num.eq(k + Mux(a.psrc == PSrc.KV, step << 1, step) - 1),
                     n1.eq(n - 1), k1.eq(k - 1),
                     p_w.eq((n * k) << lr),
                     p_a.eq(T1 * a.a_stride),
@@ -164,20 +174,26 @@ class GemmEngine(wiring.Component):
                 ]
                 m.next = "PROD2"
             with m.State("PROD2"):
+                m.d.sync += [G.eq(g_num >> a.prm_step), Gs.eq(gs_num >> a.prm_step)]
+                m.next = "PROD3"
+            with m.State("PROD3"):
                 m.d.sync += p_prm.eq(n * Gs)
+                m.next = "SUMS"
+            with m.State("SUMS"):
+                m.d.sync += [s_w.eq(w0 + p_w), s_a.eq(a.a_addr + p_a + k), s_p.eq(p0 + p_prm),
+                             s_o.eq(a.oprm_addr + n), s_acc.eq(a.acc_addr + p_acc + n)]
                 m.next = "CHECK"
             with m.State("CHECK"):
-                wdepth = Mux(a.wsrc == WSrc.WGT, buffer_depth(p, Buf.WGT),
-                             buffer_depth(p, Buf.KV))
-                pdepth = Mux(a.psrc == PSrc.KV, buffer_depth(p, Buf.KV), buffer_depth(p, Buf.PRM))
                 bad = ((T == 0) | (n == 0) | (k == 0) | (a.wsrc == 3)
                        | ((a.dyn == Dyn.POS) & (a.wsrc == WSrc.WGT))
                        | Mux(both, T > p.acc_entries, p_y > p.acc_entries))
-                rng = ((w0 + p_w > wdepth)
-                       | (a.a_addr + p_a + k > buffer_depth(p, Buf.ACT))
-                       | (p0 + p_prm > pdepth)
-                       | ((a.psrc == PSrc.PRM) & (a.oprm_addr + n > buffer_depth(p, Buf.PRM)))
-                       | (a.final & (a.acc_addr + p_acc + n > buffer_depth(p, Buf.ACC))))
+                rng = (Mux(a.wsrc == WSrc.WGT, s_w > buffer_depth(p, Buf.WGT),
+                           s_w > buffer_depth(p, Buf.KV))
+                       | (s_a > buffer_depth(p, Buf.ACT))
+                       | Mux(a.psrc == PSrc.KV, s_p > buffer_depth(p, Buf.KV),
+                             s_p > buffer_depth(p, Buf.PRM))
+                       | ((a.psrc == PSrc.PRM) & (s_o > buffer_depth(p, Buf.PRM)))
+                       | (a.final & (s_acc > buffer_depth(p, Buf.ACC))))
                 m.d.sync += [chk_bad.eq(bad), chk_rng.eq(rng)]
                 m.next = "GO"
             with m.State("GO"):

@@ -92,6 +92,13 @@ class KvEngine(wiring.Component):
         row = Signal(17)       # ACT address of word 0 of row t
         kbase = Signal(28)     # keys: kv_addr + b * d; values: kv_addr + s * d / PC
         sbase = Signal(28)     # kv_saddr + b * (G + 1)
+        # the products of token s (block b = s / PC), kept incrementally (no multiplier
+        # before kbase / sbase): s * d, b * d, b * (G + 1); their values at s = pos
+        # (PROD / PROD2) start them
+        sd, bd = Signal(28), Signal(28)
+        bg = Signal(24)
+        sd0, bd0 = Signal(28), Signal(28)
+        bg0 = Signal(24)
         word = Signal(act_word(p))
         key = a.kind == KvKind.KEY
         lane = s[:lpc] if lpc else 0
@@ -114,11 +121,13 @@ class KvEngine(wiring.Component):
                     blocks.eq((a.cap + PC - 1) >> lpc),
                     p_act.eq((a.t_len - 1) * a.a_stride),
                     p_val.eq((a.cap * a.d) >> lpc),
+                    sd0.eq(pos * a.d),
                     w_last.eq((a.d >> lr) - 1), t_last.eq(a.t_len - 1),
                 ]
                 m.next = "PROD2"
             with m.State("PROD2"):
-                m.d.sync += [p_key.eq(blocks * a.d), p_scl.eq(blocks * (G + 1))]
+                m.d.sync += [p_key.eq(blocks * a.d), p_scl.eq(blocks * (G + 1)),
+                             bd0.eq((pos >> lpc) * a.d), bg0.eq((pos >> lpc) * (G + 1))]
                 m.next = "SUMS"
             with m.State("SUMS"):
                 m.d.sync += [s_act.eq(a.a_addr + p_act + (a.d >> lr)),
@@ -138,7 +147,8 @@ class KvEngine(wiring.Component):
                                                 Mux(chk_over, Err.KV_OVERFLOW, Err.SRAM_RANGE)))
                     m.next = "ERROR"
                 with m.Else():
-                    m.d.sync += [t.eq(0), s.eq(pos), row.eq(a.a_addr)]
+                    m.d.sync += [t.eq(0), s.eq(pos), row.eq(a.a_addr),
+                                 sd.eq(sd0), bd.eq(bd0), bg.eq(bg0)]
                     m.next = "TOKEN"
             with m.State("ERROR"):
                 m.d.comb += [self.err_valid.eq(1), self.err_code.eq(err_code),
@@ -146,10 +156,9 @@ class KvEngine(wiring.Component):
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"
             with m.State("TOKEN"):  # per-token bases
-                b = s >> lpc
                 m.d.sync += [
-                    kbase.eq(kv_addr + Mux(key, b * a.d, (s * a.d) >> lpc)),
-                    sbase.eq(kv_saddr + b * (G + 1)),
+                    kbase.eq(kv_addr + Mux(key, bd, sd >> lpc)),
+                    sbase.eq(kv_saddr + bg),
                     w.eq(0), e.eq(0),
                 ]
                 m.next = "READ"
@@ -204,7 +213,10 @@ class KvEngine(wiring.Component):
                     m.d.sync += w.eq(w + 1)
                     m.next = "READ"
                 with m.Elif(t != t_last):
-                    m.d.sync += [t.eq(t + 1), s.eq(s + 1), row.eq(row + a.a_stride)]
+                    m.d.sync += [t.eq(t + 1), s.eq(s + 1), row.eq(row + a.a_stride),
+                                 sd.eq(sd + a.d)]
+                    with m.If((s[:lpc] == PC - 1) if lpc else 1):  # s + 1 starts a block
+                        m.d.sync += [bd.eq(bd + a.d), bg.eq(bg + G + 1)]
                     m.next = "TOKEN"
                 with m.Else():
                     m.d.comb += self.done.eq(1)

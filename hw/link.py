@@ -308,8 +308,10 @@ class Link(wiring.Component):
         wq_valid = in_wr.r_rdy
 
         # -- bus proxy: pending burst ---------------------------------------------------------
-        KIND_NONE, KIND_READ, KIND_WRITE = 0, 1, 2
-        kind = Signal(2)
+        # the pending burst's kind, one-hot (no decoding before the take logic)
+        KIND_NONE, KIND_READ, KIND_WRITE = 1, 2, 4
+        kind = Signal(3, init=KIND_NONE)
+        k_none, k_read, k_write = kind[0], kind[1], kind[2]
         pend_addr = Signal(32)
         pend_count = Signal(range(MAXB + 1))
         linger = Signal(range(self.LINGER + 1))
@@ -345,12 +347,12 @@ class Link(wiring.Component):
         stable_wr = wr_v & quiet
         stable_rd = rd_v & quiet
         m.d.comb += [
-            joins_wr.eq((kind == KIND_WRITE) & eq_wr & stable_wr & grows_q),
-            joins_rd.eq((kind == KIND_READ) & eq_rd & stable_rd & grows_q),
+            joins_wr.eq(k_write & eq_wr & stable_wr & grows_q),
+            joins_rd.eq(k_read & eq_rd & stable_rd & grows_q),
             # (no ~abort here: in an abort's cycle the chip is reset too, and the bus state
             # below is reset after any take)
-            can_wr.eq(~launch & wfifo.w_rdy & ((kind == KIND_NONE) | joins_wr)),
-            can_rd.eq(~launch & (credit != 0) & ((kind == KIND_NONE) | joins_rd)),
+            can_wr.eq(~launch & wfifo.w_rdy & (k_none | joins_wr)),
+            can_rd.eq(~launch & (credit != 0) & (k_none | joins_rd)),
             take_wr.eq(wq_valid & can_wr),
             take_rd.eq(rq_valid & can_rd & ~take_wr),
             in_wr.r_en.eq(take_wr),
@@ -361,14 +363,15 @@ class Link(wiring.Component):
         with m.If(launch):
             m.d.sync += [kind.eq(KIND_NONE), pend_count.eq(0), linger.eq(0)]
         with m.Elif(take_wr | take_rd):
-            with m.If(kind == KIND_NONE):
-                first = Mux(take_wr, wq.addr, rq_addr)
+            with m.If(k_none):
+                # (the increments from the FIFOs' output registers, before the select)
                 m.d.sync += [kind.eq(Mux(take_wr, KIND_WRITE, KIND_READ)),
-                             pend_addr.eq(first), nxt_addr.eq(first + 1)]
+                             pend_addr.eq(Mux(take_wr, wq.addr, rq_addr)),
+                             nxt_addr.eq(Mux(take_wr, (wq.addr + 1)[:32], (rq_addr + 1)[:32]))]
             with m.Else():
                 m.d.sync += nxt_addr.eq(nxt_addr + 1)
             m.d.sync += [pend_count.eq(pend_count + 1), linger.eq(0)]
-        with m.Elif((kind != KIND_NONE) & (linger != self.LINGER)):
+        with m.Elif(~k_none & (linger != self.LINGER)):
             m.d.sync += linger.eq(linger + 1)
         # a request that cannot join this burst (another kind or address) ends it at once
         other_waits = ((wq_valid & stable_wr & ~joins_wr)
@@ -377,7 +380,7 @@ class Link(wiring.Component):
         # between only grows it; a launch or an abort clears it)
         burst_ready = Signal()
         m.d.sync += burst_ready.eq(
-            ~launch & ~abort & (kind != KIND_NONE) & ((kind == KIND_WRITE) | rdq.w_rdy) & (
+            ~launch & ~abort & ~k_none & (k_write | rdq.w_rdy) & (
                 (pend_count == MAXB) | (linger == self.LINGER) | other_waits))
 
         # credits and owed words
@@ -392,7 +395,7 @@ class Link(wiring.Component):
         byte = urx.o.payload
         got = urx.o.valid
         ftype = Signal(8)
-        flen = Signal(16)
+        flen_m1 = Signal(16)  # the frame's length - 1 (PAYLOAD's end is an equality)
         cnt = Signal(16)
         crc = Signal(16, init=LINK_CRC_INIT)
         crc_lo = Signal(8)
@@ -481,7 +484,7 @@ class Link(wiring.Component):
                     m.next = "IDLE"
             with m.State("LEN1"):
                 with m.If(got):
-                    m.d.sync += [flen.eq(len_in), crc.eq(crc16_next(crc, byte)),
+                    m.d.sync += [flen_m1.eq(len_in - 1), crc.eq(crc16_next(crc, byte)),
                                  len_bad.eq(~len_ok), data_long.eq(is_data & (data_words > owed)),
                                  len_zero.eq(len_in == 0)]
                     m.next = "LENCHK"
@@ -516,7 +519,7 @@ class Link(wiring.Component):
                                          words_in.eq(words_in + 1)]
                         with m.Else():
                             m.d.sync += wbyte.eq(wbyte + 1)
-                    with m.If(cnt + 1 == flen):
+                    with m.If(cnt == flen_m1):  # the last payload byte
                         m.next = "CRC0"
                 with m.Elif(idle_out):
                     m.d.comb += [queue_nak.eq(1), queue_reason.eq(LinkNak.TRUNCATED)]
@@ -641,7 +644,7 @@ class Link(wiring.Component):
                 chosen = chosen | cond
             m.d.comb += [
                 want[SEL_BURST].eq(~chosen & burst_ready),
-                want[SEL_DONE].eq(~chosen & ~burst_ready & done_pend & (kind == KIND_NONE)
+                want[SEL_DONE].eq(~chosen & ~burst_ready & done_pend & k_none
                                   & ~wfifo.r_rdy),
                 pick.eq(want.any()),
             ]
@@ -652,7 +655,7 @@ class Link(wiring.Component):
         m.d.sync += [in_pick.eq(pick), launch_q.eq(pick & want[SEL_BURST])]
         m.d.comb += launch.eq(launch_q)
         # the chosen frame's fields: ``sel`` is one-hot, so an AND-OR of the candidates
-        wr_burst = kind == KIND_WRITE
+        wr_burst = k_write
         n_rd = link_payload_bytes(LinkFrame.READ)
         cands = [(ftyp, link_payload_bytes(ftyp), value, 0) for _c, ftyp, value, _f in jobs]
         cands.append((Mux(wr_burst, LinkFrame.WRITE, LinkFrame.READ),
@@ -677,7 +680,7 @@ class Link(wiring.Component):
                 with m.If(sel[i]):
                     m.d.sync += flag.eq(0)
             with m.If(sel[SEL_BURST]):
-                m.d.comb += [rdq.w_en.eq(kind == KIND_READ), rdq.w_data.eq(burst_v)]
+                m.d.comb += [rdq.w_en.eq(k_read), rdq.w_data.eq(burst_v)]
             with m.If(sel[SEL_DONE]):
                 m.d.sync += done_pend.eq(0)
 
