@@ -199,6 +199,7 @@ class _DmaEngine(wiring.Component):
 
         # -- front end: accept, check, hand the job to the data path, issue requests ----------
         req_free = ~back.req_valid | back.req_ready
+        m.d.comb += jobs.w_data.eq(cargs)  # (written only with w_en: no select before it)
         m.d.sync += [self.done.eq(back.done), self.err_valid.eq(0)]
         with m.FSM(name="front") as front:
             with m.State("IDLE"):
@@ -206,7 +207,7 @@ class _DmaEngine(wiring.Component):
                     m.d.sync += c_v.eq(0)
                     with m.If(~c_bad & ~(c_sram_bad & sel).any() & ~(c_off_bad & sel).any()):
                         start, count = self._issue_plan(cargs, total)
-                        m.d.comb += [jobs.w_data.eq(cargs), jobs.w_en.eq(1)]
+                        m.d.comb += jobs.w_en.eq(1)
                         m.d.sync += [iss_addr.eq(start), iss_left.eq(count),
                                      iss_buf.eq(cargs.buf)]
                         m.next = "ISSUE"
@@ -323,6 +324,8 @@ class LoadEngine(_DmaEngine):
         j_left = Signal(16)
         last_k = Signal(range(max(nslot, 2)))
         k = Signal(range(max(nslot, 2)))          # slot the next bus word fills
+        completes = Signal(init=1)  # k == last_k (the next bus word ends a buffer word), kept
+        #                              as a register beside them
         # Slots already received of the word being assembled. The top slot is never held: it
         # is filled only by the word's last bus word, which goes straight to the output.
         asm = Signal((nslot - 1) * B)
@@ -352,11 +355,13 @@ class LoadEngine(_DmaEngine):
             with m.Switch(job.buf):
                 for b in Buf:
                     with m.Case(b):
-                        m.d.sync += last_k.eq(bus_words_per(p, b) - 1)
+                        m.d.sync += [last_k.eq(bus_words_per(p, b) - 1),
+                                     completes.eq(bus_words_per(p, b) == 1)]
+                with m.Default():  # (not a buffer: never accepted)
+                    m.d.sync += completes.eq(last_k == 0)
         with m.If(stop):
             m.d.sync += active.eq(0)
 
-        completes = k == last_k
         # ``pop_d`` moves the data registers (assembly, slots, counters): it is ``pop``
         # without ``stop``, so the abort's fanout does not reach them. Under ``stop`` they may
         # load, but only where nothing is offered: ``count`` follows ``pop``, and the next
@@ -391,14 +396,15 @@ class LoadEngine(_DmaEngine):
                     for b in Buf:
                         with m.Case(b):
                             m.d.comb += word.data.eq(nxt[:word_bits(p, b)])
-                m.d.sync += [k.eq(0), j_addr.eq(j_addr + 1), j_left.eq(j_left - 1)]
+                m.d.sync += [k.eq(0), completes.eq(last_k == 0), j_addr.eq(j_addr + 1),
+                             j_left.eq(j_left - 1)]
                 for i in range(2):
                     with m.If(tail == i):
                         m.d.sync += [slots[i].eq(word), lasts[i].eq(j_left == 1)]
                 with m.If(j_left == 1):
                     m.d.sync += active.eq(0)
             with m.Else():
-                m.d.sync += k.eq(k + 1)
+                m.d.sync += [k.eq(k + 1), completes.eq(k + 1 == last_k)]
 
         req_valid = self.bus_rd_addr.valid
         return _Back(req_valid=req_valid, req_ready=self.bus_rd_addr.ready,

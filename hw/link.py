@@ -337,18 +337,18 @@ class Link(wiring.Component):
         # before, with no take, launch or abort since (so neither side changed; a waiting
         # request's payload holds by the stream rule). Requests are taken at most every other
         # cycle, far above the link's rate.
-        eq_wr, eq_rd, quiet, wr_v, rd_v = Signal(), Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [eq_wr.eq(wq.addr == nxt_addr),
-                     eq_rd.eq(rq_addr == nxt_addr),
+        # (``jw`` / ``jr``: the whole join condition but ``quiet``, of the cycle before; while
+        # ``quiet`` the kind and the burst's length are unchanged since)
+        jw, jr, quiet, wr_v, rd_v = Signal(), Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [jw.eq(k_write & (wq.addr == nxt_addr) & wq_valid & grows),
+                     jr.eq(k_read & (rq_addr == nxt_addr) & rq_valid & grows),
                      quiet.eq(~take_wr & ~take_rd & ~launch & ~abort),
                      wr_v.eq(wq_valid), rd_v.eq(rq_valid)]
-        grows_q = Signal()  # ``grows`` a cycle ago: the same while ``quiet``
-        m.d.sync += grows_q.eq(grows)
         stable_wr = wr_v & quiet
         stable_rd = rd_v & quiet
         m.d.comb += [
-            joins_wr.eq(k_write & eq_wr & stable_wr & grows_q),
-            joins_rd.eq(k_read & eq_rd & stable_rd & grows_q),
+            joins_wr.eq(jw & quiet),
+            joins_rd.eq(jr & quiet),
             # (no ~abort here: in an abort's cycle the chip is reset too, and the bus state
             # below is reset after any take)
             can_wr.eq(~launch & wfifo.w_rdy & (k_none | joins_wr)),
