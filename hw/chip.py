@@ -349,16 +349,11 @@ class Chip(wiring.Component):
         m.d.sync += err.eq(err_next)
         # the abort broadcast: ``err != NONE``, as registers of their own (one per unit: the
         # fanout is large), loaded from the error's next value so they equal it every cycle
-        # (``err_next != NONE`` written flat: the compares before the selects, not after)
-        abort_next = Signal(1)
-        m.d.comb += abort_next.eq(~start & ((err != Err.NONE)
-                                            | Mux(unit_err, unit_code != Err.NONE,
-                                                  seq_err & (seq_code != Err.NONE))))
         abort = Signal(1)
-        m.d.sync += abort.eq(abort_next)
+        m.d.sync += abort.eq(err_next != Err.NONE)
         for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
             ab = Signal(1, name=f"abort_{name}")
-            kept_flop(m, platform, ab, abort_next, self.rst, f"abort_{name}")
+            kept_flop(m, platform, ab, err_next != Err.NONE, self.rst, f"abort_{name}")
             m.d.comb += eng.abort.eq(ab)
 
         # counters
