@@ -583,8 +583,9 @@ def _vec_writes(f: dict) -> Buf:
 # ``VecEngine`` (hw/vector/engine.py) runs an op as a chain of handshaked stages: the reader
 # (a MemReader: one read per piece, ``min(L, E)`` elements), the beat assembler (one register),
 # the fn's component (Pipes: credit-checked pipelines ending in SyncFIFOBuffered FIFOs; the
-# row components' passes joined by row FIFOs, their serial units), the writer (one piece per
-# cycle). Each stage is a recurrence over the items it passes, in cycles after acceptance:
+# row components' passes joined by row FIFOs, their serial units), the output skid (two
+# registers), the writer (one piece per cycle). Each stage is a recurrence over the items it
+# passes, in cycles after acceptance:
 #
 # - a FIFO entry written in cycle w is readable from max(w + FIFO_LATENCY, the cycle the entry
 #   before it left + 1); a Pipe of latency S writes item k S cycles after admitting it;
@@ -725,6 +726,7 @@ class VecModel:
         self.wr_stages = VecEngine.WR_STAGES
         self.finish = VecEngine.FINISH_STAGES
         self.beat_stages, self.beat_depth = VecEngine.BEAT_STAGES, VecEngine.BEAT_DEPTH
+        self.out_stages, self.out_depth = VecEngine.OUT_STAGES, VecEngine.OUT_DEPTH
         self.row_fns = VecEngine.ROW_FNS
         self.ew_stages = {VecFn.RESIDUAL: parts["add"].STAGES, VecFn.GELU: parts["pwl"].STAGES,
                           VecFn.SILU_MUL: parts["pwl"].STAGES, VecFn.ROPE: parts["rope"].STAGES,
@@ -823,13 +825,21 @@ class VecModel:
                 skid.left(t)
 
         wr_last = [0]
+        # the output skid between the op's source and the writer (VecEngine.OUT_STAGES,
+        # OUT_DEPTH): a 2-entry buffer like the beat skid
+        oskid = _Pipe(self.out_stages, self.out_depth, 0)
 
         def writer(avail: int, n_pieces: int) -> int:
-            """The writer takes a beat: its pieces in consecutive cycles; the cycle of the
-            last (the beat leaves its FIFO then)."""
-            s = max(avail, wr_last[0] + 1)
+            """A beat its source offers from ``avail``: the output skid takes it (the cycle
+            returned: the beat leaves the source's FIFO then), the writer its pieces in
+            consecutive cycles once the skid offers it (the beat leaves the skid with the
+            last)."""
+            k = len(oskid.takes)
+            t = oskid.admit(avail)
+            s = max(oskid.avail(k), wr_last[0] + 1)
             wr_last[0] = s + n_pieces - 1
-            return wr_last[0]
+            oskid.left(wr_last[0])
+            return t
 
         if fn in self.ew_stages:
             S = self.ew_stages[fn]

@@ -22,13 +22,14 @@ The helpers below are the golden model's primitives (``sim/golden.py``) as Amara
 expressions; their docstrings say which, not how the golden model defines them.
 """
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 
 __all__ = ["Pipe", "RegFifo", "wide_lanes", "product", "product_stages", "rshift_round_const",
-           "saturate", "bitlen", "lead_one", "lead_one_of", "clamp", "tree", "vmax", "vmin",
-           "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out", "WIDE"]
+           "saturate", "clamp_unsigned", "bitlen", "lead_one", "lead_one_of", "clamp", "tree",
+           "vmax", "vmin", "delay", "signed_bits", "row_beat_layout", "RowTracker", "connect_out",
+           "WIDE"]
 
 WIDE = 32  # a wide value: INT32 Q.F (sim/golden.py)
 
@@ -51,9 +52,31 @@ def rshift_round_const(v, s: int):
 
 
 def saturate(v, bits: int = WIDE):
-    """``golden.saturate``: clamp to the signed range of ``bits``."""
+    """``golden.saturate``: clamp to the signed range of ``bits``. In range means the bits
+    from ``bits - 1`` up are all equal (all zero for an unsigned value): an AND / OR over
+    them and a multiplexer, no compare's carry chain after an adder."""
+    v = Value.cast(v)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(v > hi, hi, Mux(v < lo, lo, v))
+    w, sgn = len(v), v.shape().signed
+    if w < bits or (sgn and w == bits):
+        return v
+    top = v[bits - 1:]
+    if not sgn:
+        return Mux(top.any(), hi, v[:bits - 1])
+    ok = ~top.any() | top.all()
+    return Mux(ok, v[:bits].as_signed(), Mux(v[-1], lo, hi))
+
+
+def clamp_unsigned(v, bits: int):
+    """``v`` clamped to ``[0, 2**bits - 1]`` (a signed or unsigned value): the sign and an
+    OR over the bits above ``bits``, no compare's carry chain."""
+    v = Value.cast(v)
+    sgn = v.shape().signed
+    w = len(v) - 1 if sgn else len(v)  # the magnitude bits
+    if w <= bits:
+        return Mux(v[-1], 0, v[:w]) if sgn else v
+    out = Mux(v[bits:w].any(), (1 << bits) - 1, v[:bits])
+    return Mux(v[-1], 0, out) if sgn else out
 
 
 def clamp(v, lo: int, hi: int):

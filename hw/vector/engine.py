@@ -109,11 +109,12 @@ def _any(values):
     return out
 
 
-def _reg_credit(m, pipe: Pipe, name: str):
+def _reg_credit(m, pipe: Pipe, name: str, with_next: bool = False):
     """``pipe.credit`` as a register: the beats admitted and not yet read out (what
     ``inflight + level`` counts), kept here as a thermometer code with ``count < depth``
     registered, so a take depends on a flop instead of an adder and compare. Equal to
-    ``pipe.credit`` every cycle (both start empty and see the same takes and reads)."""
+    ``pipe.credit`` every cycle (both start empty and see the same takes and reads).
+    ``with_next``: also its next value (an expression), for a register derived from it."""
     d = pipe.depth
     th = Signal(d, name=f"{name}_th")  # thermometer: th[i] = count > i
     ok = Signal(name=f"{name}_ok", init=1)
@@ -123,7 +124,7 @@ def _reg_credit(m, pipe: Pipe, name: str):
     nxt = [Mux(inc, th[i - 1] if i else 1, Mux(dec, th[i + 1] if i + 1 < d else 0, th[i]))
            for i in range(d)]
     m.d.sync += [th.eq(Cat(*nxt)), ok.eq(~nxt[d - 1])]
-    return ok
+    return (ok, ~nxt[d - 1]) if with_next else ok
 
 
 def _ceil_shift(v, k: int):
@@ -236,8 +237,10 @@ class FoldStage(wiring.Component):
         z4 = Signal(L)
         m.d.sync += v4.eq(v3)
         for lane in range(L):
-            sm1 = (s3[lane] - 1)[:6]
-            m.d.sync += [t4[lane].eq(v3[lane] >> sm1), z4[lane].eq(s3[lane] == 0)]
+            # v >> (s - 1) as (v << 1) >> s: no subtraction before the shifter (s = 0 takes
+            # v itself below)
+            m.d.sync += [t4[lane].eq(Cat(Const(0, 1), v3[lane]) >> s3[lane]),
+                         z4[lane].eq(s3[lane] == 0)]
             m.d.sync += fold.result.data[lane].eq(Mux(z4[lane], v4[lane], (t4[lane] + 1) >> 1))
         m.d.sync += [fold.result.last.eq(last[-1]), fold.result.emax.eq(emax[-1])]
         connect_out(m, fold.out, self.o_beat)
@@ -295,6 +298,9 @@ class VecEngine(wiring.Component):
     COPY_STAGES = 1
     #: The beat skid between the assembler and the components: latency and entries.
     BEAT_STAGES, BEAT_DEPTH = 1, 2
+    #: The output skid between the components (the op's selected source) and the writer:
+    #: latency and entries.
+    OUT_STAGES, OUT_DEPTH = 1, 2
     #: ``RUN`` sees a sweep finished (its last word written, the datapath empty) this many
     #: cycles after the fact: ``finished`` is a register.
     FINISH_STAGES = 1
@@ -713,10 +719,18 @@ class VecEngine(wiring.Component):
         b_row = Signal(40)
         kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
         jin_last = Mux(copy_act, 0, Mux(half, SH - 1, SF - 1))
-        piece = Mux(copy_act, R, Mux(half, Ph, Pf))
+        # the op's piece size (elements) and whether a row is one piece: registers loaded
+        # every cycle from the op's registers (set in EFF, several cycles before go), so
+        # that no op flag runs through a multiplexer into a compare
+        piece = Signal(range(max(R, Ph, Pf) + 1))
+        piece2 = Signal(range(2 * max(R, Ph, Pf) + 1))
+        len_le_piece = Signal()
+        m.d.sync += [piece.eq(Mux(copy_act, R, Mux(half, Ph, Pf))),
+                     piece2.eq(Mux(copy_act, R, Mux(half, Ph, Pf)) << 1),
+                     len_le_piece.eq(length <= Mux(copy_act, R, Mux(half, Ph, Pf)))]
         with m.If(go):
             m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0),
-                         r_rem.eq(length), row_end.eq(length <= piece), r_vis.eq(pos + 1),
+                         r_rem.eq(length), row_end.eq(len_le_piece), r_vis.eq(pos + 1),
                          a_row.eq(a.src_a),
                          b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
         issue = Signal()
@@ -738,7 +752,7 @@ class VecEngine(wiring.Component):
             with m.If(row_end):
                 m.d.sync += [rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0), rt.eq(rt + 1),
                              r_vis.eq(r_vis + 1),
-                             r_rem.eq(length), row_end.eq(length <= piece),
+                             r_rem.eq(length), row_end.eq(len_le_piece),
                              a_row.eq(a_row + a.src_stride),
                              b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
                 with m.If(rt == e.rows_m1):
@@ -746,7 +760,7 @@ class VecEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [rw.eq(rw + word_end), rj.eq(Mux(word_end, 0, rj + 1)),
                              rk.eq(Mux(beat_end, 0, rk + 1)), rb.eq(rb + beat_end),
-                             r_rem.eq(r_rem - piece), row_end.eq(r_rem <= (piece << 1))]
+                             r_rem.eq(r_rem - piece), row_end.eq(r_rem <= piece2)]
         m.d.comb += [
             self.acc_a_addr.eq(ard.rd_addr), self.act_addr.eq(ard.rd_addr),
             self.acc_a_en.eq(ard.rd_en & ~copy_act), self.act_en.eq(ard.rd_en & copy_act),
@@ -763,8 +777,9 @@ class VecEngine(wiring.Component):
         asm_ready = Signal()
         raw_act = Signal(ab)  # COPY of A8 rows: the ACT word as it is
         word_take = Signal()
+        asm_free = Signal(init=1)  # ~asm_valid | asm_ready, a register (below)
         m.d.comb += [
-            word_take.eq(ard.o.valid & brd.o.valid & (~asm_valid | asm_ready)),
+            word_take.eq(ard.o.valid & brd.o.valid & asm_free),
             ard.o.ready.eq(word_take), brd.o.ready.eq(word_take),
             asm.valid.eq(asm_valid),
         ]
@@ -801,7 +816,7 @@ class VecEngine(wiring.Component):
         cp_d = delay(m, Mux(copy_act, raw_act, asm.payload.a.as_value()), self.COPY_STAGES - 1,
                      "copy")
         m.d.sync += cp.result.data.eq(cp_d[-1])
-        cp_ok = _reg_credit(m, cp, "copy")
+        cp_ok, cp_ok_n = _reg_credit(m, cp, "copy", with_next=True)
         m.d.comb += cp.take.eq(sel_copy & asm_valid & cp_ok)
 
         # the beat skid (BEAT_STAGES, BEAT_DEPTH): the assembled beat into a main and a skid
@@ -824,6 +839,14 @@ class VecEngine(wiring.Component):
                          sk_v.eq(0)]
         with m.Elif(push):
             m.d.sync += sk_v.eq(1)
+        # the assembler takes a word while it is empty or its beat leaves: that decision
+        # (~asm_valid | asm_ready) as a register, loaded from the next values of the flags it
+        # reads (as the branches above set them), so the readers' FIFOs see a register and
+        # their own valid only, not the skid's and the copy FIFO's state through a mux
+        asm_valid_n = ((word_take & ard.o.payload.meta.beat_last) | (asm_valid & ~asm_ready))
+        sk_v_n = Mux(~mv | beat.ready, 0, sk_v | push)
+        sel_copy_n = Mux(go, is_[VecFn.COPY], sel_copy)
+        m.d.sync += asm_free.eq(~asm_valid_n | Mux(sel_copy_n, cp_ok_n, ~sk_v_n))
 
         # -- components ------------------------------------------------------------------------
         side_l = signed(EXP_BITS)  # vfold's e_max, carried to the writer
@@ -889,11 +912,11 @@ class VecEngine(wiring.Component):
         shr1 = Signal(6)   # min(s - 1, 40) (s > 0)
         kl1 = Signal(6)    # min(-s, 32) (s <= 0)
         right1 = Signal()  # s > 0
-        sh = Signal(signed(EXP_BITS + 1))
-        m.d.comb += sh.eq(-qo.exp)
-        shr = (sh - 1).as_unsigned()[:EXP_BITS]
-        kl = (-sh).as_unsigned()[:EXP_BITS]
-        m.d.sync += [x1r.eq(qo.x), right1.eq(sh > 0), shr1.eq(Mux(shr > 40, 40, shr)),
+        # s = -exp without an adder: s - 1 = ~exp, -s = exp, s > 0 is exp's sign
+        exp_u = qo.exp.as_unsigned()[:EXP_BITS]
+        shr = ~exp_u
+        kl = exp_u
+        m.d.sync += [x1r.eq(qo.x), right1.eq(qo.exp[-1]), shr1.eq(Mux(shr > 40, 40, shr)),
                      kl1.eq(Mux(kl > 32, 32, kl))]
         for lane in range(L):
             m.d.sync += v1r[lane].eq(Mux(qo.gzero, 0, qo.data[lane] << qo.gshift))
@@ -916,7 +939,6 @@ class VecEngine(wiring.Component):
                      r2.side.eq(res.out.payload.side), r2.count.eq(length), r2.a15.eq(0),
                      r2.per_row.eq(a.per_row), q2.i_beat.valid.eq(res.out.valid),
                      res.out.ready.eq(q2.i_beat.ready)]
-        a8x2_res = a8x2 & sweep
         res_ok = _reg_credit(m, res, "res")
         sel_res = Signal()  # A8X2's second sweep, registered at go
         with m.If(go):
@@ -962,13 +984,17 @@ class VecEngine(wiring.Component):
             m.d.sync += [p_on.eq(norm), pt.eq(0), pb.eq(0), pv.eq(0), pk.eq(0), pw.eq(0),
                          p_blast.eq(e.Bt_m1 == 0), p_tlast.eq(e.rows_m1 == 0),
                          prm_b.eq(a.prm + Wc)]
+        # the word's offset in the vector: pieces past the row's end (a beat wider than a
+        # word, KC > 1) read its last word; with KC = 1 a beat's piece never passes the row's
+        # last word (pw <= Bt_m1 and Bt_m1 >> lsf = (length - 1) >> lc = Wc - 1), no clamp
+        p_off = Mux(pword < Wc, pword, Wc - 1) if KC > 1 else pword
         p_issue = Signal()
         vec_end = pk == KC - 1
         lastv = pv | is_[VecFn.RMSNORM]
         m.d.comb += [
             p_issue.eq(p_on & prd.i.ready),
             prd.i.valid.eq(p_issue),
-            prd.i.payload.addr.eq(Mux(pv, prm_b, a.prm) + Mux(pword < Wc, pword, Wc - 1)),
+            prd.i.payload.addr.eq(Mux(pv, prm_b, a.prm) + p_off),
             prd.i.payload.meta.v.eq(pv), prd.i.payload.meta.k.eq(pk),
             prd.i.payload.meta.j.eq(pw[:lsf] if lsf else 0),
             prd.i.payload.meta.beat_last.eq(vec_end & lastv),
@@ -1011,15 +1037,22 @@ class VecEngine(wiring.Component):
         with m.Elif(par_valid & par.ready):
             m.d.sync += par_valid.eq(0)
 
-        # -- writer --------------------------------------------------------------------------------
-        # the output beat of the op's fn: wide lanes, or an A8 beat, or a raw ACT word
-        o_valid = Signal()
-        o_ready = Signal()
-        o_wide = Signal(wide_lanes(L))
-        o_q8 = Signal(data.ArrayLayout(signed(8), L))
-        o_gshift = Signal(GSHIFT_BITS)
-        o_gzero = Signal()
-        o_exp = Signal(EXP_BITS)
+        # -- the writer's input: the op's output beat through a register and a skid -----------
+        # (OUT_STAGES, OUT_DEPTH): the selected source's beat into a main and a skid register,
+        # taken only while the skid is empty (a registered ready), so the writer's ready
+        # reaches these registers only, never the components' FIFOs, and the writer starts
+        # from registers, not from the one-hot select of eight sources' valids and data.
+        # ``wide``: wide lanes, or COPY's raw ACT word; ``q8`` .. ``exp``: an A8 beat.
+        ob_l = data.StructLayout({"wide": unsigned(max(L * WIDE, ab)),
+                                  "q8": data.ArrayLayout(signed(8), L),
+                                  "gshift": unsigned(GSHIFT_BITS), "gzero": 1,
+                                  "exp": unsigned(EXP_BITS)})
+        ob_in = Signal(ob_l)
+        ob = Signal(ob_l)      # the main register: the writer's input
+        ob_sk = Signal(ob_l)   # the skid register
+        ob_v = Signal()        # main holds a beat
+        ob_sk_v = Signal()     # skid holds a beat (then nothing is taken)
+        o_ready = Signal()     # the writer takes the main register's beat (its last piece)
         a8x2_res_go = a8x2 & sweep
         cpo = cp.out
         wide_src = {"add": (add.o_beat, add.o_beat.payload, is_[VecFn.RESIDUAL]),
@@ -1028,14 +1061,15 @@ class VecEngine(wiring.Component):
                     "rope": (rope.o_beat, rope.o_beat.payload, is_[VecFn.ROPE]),
                     "norm": (nrm.o_beat, nrm.o_beat.payload.data, norm),
                     "smax": (smx.o_beat, smx.o_beat.payload.data, is_[VecFn.SOFTMAX]),
-                    "copy": (cpo, cpo.payload.data[:L * WIDE], is_[VecFn.COPY]),
+                    "copy": (cpo, cpo.payload.data, is_[VecFn.COPY]),
                     "q1": (q1.o_beat, None, quant & ~a8x2_res_go),
                     "q2": (q2.o_beat, None, quant & a8x2_res_go)}
-        # one-hot selects, registered at go (sweep is set by then): o_valid, o_wide and each
-        # source's ready as AND-OR terms, no priority chain
+        # one-hot selects, registered at go (sweep is set by then): the valid, the data and
+        # each source's ready as AND-OR terms, no priority chain
         ov, ow = 0, 0
+        sel_out = {}
         for name, (port, payload, cond) in wide_src.items():
-            sel = Signal(name=f"sel_out_{name}")
+            sel = sel_out[name] = Signal(name=f"sel_out_{name}")
             with m.If(go):
                 m.d.sync += sel.eq(cond)
             ov = ov | (sel & port.valid)
@@ -1043,33 +1077,62 @@ class VecEngine(wiring.Component):
                 ow = ow | Mux(sel, Value.cast(payload), 0)
             if name == "q1":
                 # A8X2's second sweep: Q1 feeds the residual (its credit), not the writer
-                m.d.comb += port.ready.eq((sel_res & res_ok) | (sel & o_ready))
+                m.d.comb += port.ready.eq((sel_res & res_ok) | (sel & ~ob_sk_v))
             else:
-                m.d.comb += port.ready.eq(sel & o_ready)
-        m.d.comb += [o_valid.eq(ov), o_wide.eq(ow)]
+                m.d.comb += port.ready.eq(sel & ~ob_sk_v)
         q1p, q2p = q1.o_beat.payload, q2.o_beat.payload
-        lo_plane = a15 & sweep
+        lo_plane = Signal()  # A15's second sweep: Q1's low plane
+        with m.If(go):
+            m.d.sync += lo_plane.eq(a15 & sweep)
+        from_q2 = sel_out["q2"]
+        m.d.comb += ob_in.wide.eq(ow)
         for lane in range(L):
-            m.d.comb += o_q8[lane].eq(Mux(a8x2_res, q2p.data[lane],
-                                          Mux(lo_plane, q1p.lo[lane], q1p.data[lane])))
+            m.d.comb += ob_in.q8[lane].eq(Mux(from_q2, q2p.data[lane],
+                                              Mux(lo_plane, q1p.lo[lane], q1p.data[lane])))
         m.d.comb += [
-            o_gshift.eq(Mux(a8x2_res, q2p.gshift, q1p.gshift)),
-            o_gzero.eq(Mux(a8x2_res, q2p.gzero, q1p.gzero)),
-            o_exp.eq(Mux(a8x2_res, q2p.exp + q2p.side, q1p.exp + q1p.side)),
+            ob_in.gshift.eq(Mux(from_q2, q2p.gshift, q1p.gshift)),
+            ob_in.gzero.eq(Mux(from_q2, q2p.gzero, q1p.gzero)),
+            ob_in.exp.eq(Mux(from_q2, q2p.exp + q2p.side, q1p.exp + q1p.side)),
         ]
+        ob_push = ov & ~ob_sk_v
+        # (the skid register copies the input whenever it is empty; ob_sk_v says whether it
+        # holds a beat)
+        with m.If(~ob_sk_v):
+            m.d.sync += ob_sk.eq(ob_in)
+        with m.If(~ob_v | o_ready):
+            m.d.sync += [ob.eq(Mux(ob_sk_v, ob_sk, ob_in)), ob_v.eq(ob_sk_v | ob_push),
+                         ob_sk_v.eq(0)]
+        with m.Elif(ob_push):
+            m.d.sync += ob_sk_v.eq(1)
+
+        # -- writer --------------------------------------------------------------------------------
+        # the output beat of the op's fn: wide lanes, or an A8 beat, or a raw ACT word
+        o_valid = ob_v
+        o_wide = Signal(wide_lanes(L))
+        o_q8 = ob.q8
+        m.d.comb += o_wide.eq(ob.wide[:L * WIDE])
 
         w_on = Signal()
         wt = Signal(9)
         ww = Signal(18)
         wk = Signal(range(max(KF, KH, KQ)))  # piece of the beat
-        wj = Signal(range(max(SF, SH, SQ)))  # piece of the word
+        NS = max(SF, SH, SQ)
+        wj = Signal(range(NS))  # piece of the word
+        # wj decoded, registered with it: wj_eq[k] = (wj == k), wj_gt[k] = (wj > k)
+        wj_eq = Signal(NS, init=1)
+        wj_gt = Signal(NS)
         w_row = Signal(24)
         w_rem = Signal(signed(20))   # elements of the row from word ww on
         wp_rem = Signal(signed(20))  # elements of the row from the piece on
         w_row_end = Signal()         # wp_rem <= po: the row's last piece (registered)
         w_live = Signal(C)           # element c of word ww is in the row: c < w_rem
         E_w = Mux(out_half, PC, C)
-        po = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
+        # the written piece size (as ``piece`` above: registers loaded every cycle)
+        po_c = Mux(quant, Pq, Mux(copy_act, R, Mux(out_half, Ph, Pf)))
+        po = Signal(range(max(Pq, R, Ph, Pf) + 1))
+        po2 = Signal(range(2 * max(Pq, R, Ph, Pf) + 1))
+        len_le_po = Signal()
+        m.d.sync += [po.eq(po_c), po2.eq(po_c << 1), len_le_po.eq(length <= po_c)]
         # the op's last piece indices, registered at go
         kout_last = Signal.like(wk)
         jout_last = Signal.like(wj)
@@ -1079,8 +1142,9 @@ class VecEngine(wiring.Component):
         kl_c = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
         jl_c = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
-            m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), w_rem.eq(length),
-                         wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
+            m.d.sync += [w_on.eq(1), wt.eq(0), ww.eq(0), wk.eq(0), wj.eq(0), wj_eq.eq(1),
+                         wj_gt.eq(0), w_rem.eq(length), wp_rem.eq(length),
+                         w_row_end.eq(len_le_po), w_live.eq(row_live),
                          w_row.eq(a.dst + Mux(sweep, e.p_blk, 0)),
                          kout_last.eq(kl_c), jout_last.eq(jl_c),
                          w_kl.eq(kl_c == 0), w_jl.eq(jl_c == 0)]
@@ -1114,7 +1178,7 @@ class VecEngine(wiring.Component):
             word then, and ``hold`` still has an earlier word's pieces there."""
             if S == 1:
                 return _pick((src[k * E + c] for k in range(K)), wk)
-            return Mux(wj == c // P, src[c % P], Mux(wj > c // P, hold[c], 0))
+            return Mux(wj_eq[c // P], src[c % P], Mux(wj_gt[c // P], hold[c], 0))
 
         word = acc_word(p)(Signal(cb, name="acc_word_out"))
         for c in range(C):
@@ -1128,7 +1192,7 @@ class VecEngine(wiring.Component):
         aw = act_word(p)(Signal(ab, name="act_word_out"))
         for r in range(R):
             m.d.comb += aw.data[r].eq(gathered(r, Pq, SQ, KQ, R, o_q8, hold_q))
-        m.d.comb += [aw.gshift.eq(o_gshift), aw.gzero.eq(o_gzero), aw.exp.eq(o_exp)]
+        m.d.comb += [aw.gshift.eq(ob.gshift), aw.gzero.eq(ob.gzero), aw.exp.eq(ob.exp)]
         # the writer takes a piece when one is offered and it can go: w_go from registers and
         # the port's ready only; o_ready (a beat's last piece) does not wait for o_valid
         w_go = Signal()
@@ -1136,7 +1200,7 @@ class VecEngine(wiring.Component):
         m.d.comb += [w_go.eq(w_on & (~w_word | wo_free)), w_step.eq(w_go & o_valid),
                      o_ready.eq(w_go & (w_row_end | w_kl))]
         w_put = w_step & w_word
-        w_data = Mux(to_act, Mux(copy_act, cpo.payload.data[:ab], aw.as_value()),
+        w_data = Mux(to_act, Mux(copy_act, ob.wide[:ab], aw.as_value()),
                      word.as_value())
         with m.If(~ws_valid):  # the skid copies the word offered while it is empty
             m.d.sync += [ws_addr.eq(w_addr), ws_data.eq(w_data)]
@@ -1146,25 +1210,30 @@ class VecEngine(wiring.Component):
                          wo_data.eq(Mux(ws_valid, ws_data, w_data))]
         with m.Elif(w_put):
             m.d.sync += ws_valid.eq(1)
-        with m.If(w_step & ~w_word):
+        # (a piece held: w_step & ~w_word, where w_go is w_on: written so, the hold registers'
+        # enable does not go through wo_free)
+        with m.If(w_on & o_valid & ~w_word):
             if hold_w is not None:  # L < C: a piece is the whole beat
                 for c in range(C):
-                    m.d.sync += hold_w[c].eq(Mux(wj == c // L, o_wide[c % L], hold_w[c]))
+                    m.d.sync += hold_w[c].eq(Mux(wj_eq[c // L], o_wide[c % L], hold_w[c]))
             if hold_q is not None:
                 for r in range(R):
-                    m.d.sync += hold_q[r].eq(Mux(wj == r // L, o_q8[r % L], hold_q[r]))
+                    m.d.sync += hold_q[r].eq(Mux(wj_eq[r // L], o_q8[r % L], hold_q[r]))
         with m.If(w_step):
             with m.If(w_row_end):
-                m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wt.eq(wt + 1), w_rem.eq(length),
-                             wp_rem.eq(length), w_row_end.eq(length <= po), w_live.eq(row_live),
+                m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wj_eq.eq(1), wj_gt.eq(0),
+                             wt.eq(wt + 1), w_rem.eq(length), wp_rem.eq(length),
+                             w_row_end.eq(len_le_po), w_live.eq(row_live),
                              w_row.eq(w_row + a.dst_stride),
                              w_kl.eq(kout_last == 0), w_jl.eq(jout_last == 0)]
                 with m.If(wt == e.rows_m1):
                     m.d.sync += w_on.eq(0)
             with m.Else():
                 m.d.sync += [wk.eq(Mux(w_kl, 0, wk + 1)), wp_rem.eq(wp_rem - po),
-                             w_row_end.eq(wp_rem <= (po << 1)),
+                             w_row_end.eq(wp_rem <= po2),
                              wj.eq(Mux(w_word, 0, wj + 1)),
+                             wj_eq.eq(Mux(w_word, 1, wj_eq << 1)),
+                             wj_gt.eq(Mux(w_word, 0, wj_gt | wj_eq)),
                              w_kl.eq(Mux(w_kl, kout_last == 0, wk + 1 == kout_last)),
                              w_jl.eq(Mux(w_word, jout_last == 0, wj + 1 == jout_last))]
                 with m.If(w_word):
@@ -1174,7 +1243,7 @@ class VecEngine(wiring.Component):
                                                for c in range(C)))]
 
         busy = (r_on | w_on | wo_valid | ws_valid | cp.busy | mv | sk_v | p_on
-                | ard.busy | brd.busy | prd.busy
+                | ob_v | ob_sk_v | ard.busy | brd.busy | prd.busy
                 | asm_valid | par_valid
                 | add.busy | pwl.busy | rope.busy | nrm.busy | smx.busy | q1.busy | q2.busy
                 | fold.busy | res.busy)

@@ -174,7 +174,13 @@ class Quantizer(wiring.Component):
         with m.If(take):
             m.d.sync += [gbeat.eq(Mux(group_end, 0, gbeat + 1)),
                          glast.eq(Mux(group_end, gb == 1, gbeat == gb - 2))]
-        credit = rows.credit & (~group_end | grps.credit) & (~i.payload.last | rowq.credit)
+        # the beats' credit covers the groups' and rows' FIFOs: a group (row) is in its FIFO
+        # exactly while its end (last) beat is in the beats' (taken with it in pass 1, taken
+        # out with it in pass 2), so with equal depths their counts never exceed the beats'.
+        # The ready is then a register, not a function of the input's ``last`` (a FIFO's
+        # read data in the vector unit).
+        assert grps.depth == rowq.depth == rows.depth
+        credit = rows.credit
         m.d.comb += [
             i.ready.eq(credit),
             take.eq(i.valid & credit),

@@ -27,6 +27,7 @@ from ..params import ChipParams
 from .common import (
     Pipe,
     RowTracker,
+    clamp_unsigned,
     connect_out,
     delay,
     product,
@@ -201,7 +202,7 @@ class Softmax(wiring.Component):
             d1 = Signal(signed(34), name=f"negz{n}")
             m.d.comb += d1.eq(max1 - x1)
             neg2 = Signal(unsigned(31), name=f"neg2_{n}")
-            m.d.sync += neg2.eq(Mux(d1 < 0, 0, Mux(d1 > (1 << 31) - 1, (1 << 31) - 1, d1)))
+            m.d.sync += neg2.eq(clamp_unsigned(d1, 31))
             # u = rshift_round(-z * LOG2E, 14): the product, then the rounding
             pz = product(m, neg2, Const(LOG2E, unsigned(LOG2E.bit_length())), f"zlog{n}")
             u = Signal(unsigned(33), name=f"u_{n}")
