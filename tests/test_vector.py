@@ -434,6 +434,42 @@ def test_product(rng):
         sim.run()
 
 
+
+def test_saturate_and_clamp_unsigned():
+    """``saturate`` (both of its forms: LUTs over the bits above the range, compares beyond
+    ``SATURATE_LUT_BITS``) against ``golden.saturate``, and ``clamp_unsigned`` against
+    ``numpy.clip``, for every value of small signed and unsigned widths."""
+    from amaranth.hdl import Module, Signal, signed, unsigned
+
+    from hw.vector.common import SATURATE_LUT_BITS, clamp_unsigned, saturate
+
+    cases = [(shape, bits) for w in range(2, 9) for bits in range(1, 9)
+             for shape in (signed(w), unsigned(w))]
+    assert any(s.width - b + 1 > SATURATE_LUT_BITS for s, b in cases)  # both forms run
+    m = Module()
+    probes = []
+    for shape, bits in cases:
+        v = Signal(shape)
+        sat, cl = Signal(signed(16)), Signal(signed(16))
+        m.d.comb += [sat.eq(saturate(v, bits)), cl.eq(clamp_unsigned(v, bits))]
+        probes.append((shape, bits, v, sat, cl))
+    sim = Simulator(m)
+
+    async def tb(ctx):
+        for shape, bits, v, sat, cl in probes:
+            lo = -(1 << (shape.width - 1)) if shape.signed else 0
+            xs = np.arange(lo, lo + (1 << shape.width))
+            got_s, got_c = [], []
+            for x in xs:
+                ctx.set(v, int(x))
+                got_s.append(ctx.get(sat))
+                got_c.append(ctx.get(cl))
+            assert got_s == G.saturate(xs, bits).tolist(), (shape, bits)
+            assert got_c == np.clip(xs, 0, (1 << bits) - 1).tolist(), (shape, bits)
+
+    sim.add_testbench(tb)
+    sim.run()
+
 # -- per-row scalar units ----------------------------------------------------------------------
 
 

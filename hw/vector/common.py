@@ -51,15 +51,24 @@ def rshift_round_const(v, s: int):
     return (v + Const(1 << (s - 1), unsigned(s))) >> s
 
 
+#: :func:`saturate` tests the bits above the range with LUTs up to this many of them (one
+#: LUT level for an adder's sum), with the compares' carry chains beyond.
+SATURATE_LUT_BITS = 4
+
+
 def saturate(v, bits: int = WIDE):
     """``golden.saturate``: clamp to the signed range of ``bits``. In range means the bits
-    from ``bits - 1`` up are all equal (all zero for an unsigned value): an AND / OR over
-    them and a multiplexer, no compare's carry chain after an adder."""
+    from ``bits - 1`` up are all equal (all zero for an unsigned value): for a value a few
+    bits wider (``SATURATE_LUT_BITS``, e.g. a sum of two) an AND / OR over them and a
+    multiplexer, no compare's carry chain after the adder; for a much wider one the two
+    compares (carry chains beat a deep LUT tree there)."""
     v = Value.cast(v)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     w, sgn = len(v), v.shape().signed
     if w < bits or (sgn and w == bits):
         return v
+    if w - bits + 1 > SATURATE_LUT_BITS:
+        return Mux(v > hi, hi, Mux(v < lo, lo, v))
     top = v[bits - 1:]
     if not sgn:
         return Mux(top.any(), hi, v[:bits - 1])

@@ -76,7 +76,7 @@ from ..isa import (
     prm_word,
 )
 from ..params import ChipParams
-from .common import WIDE, Pipe, connect_out, delay, saturate, wide_lanes
+from .common import WIDE, Pipe, clamp_unsigned, connect_out, delay, saturate, wide_lanes
 from .elementwise import ROPE_TRIG_BITS, PwlFn, PwlUnit, ResidualAdd, Rope
 from .norm import EPS_BITS, Normalizer
 from .quant import EXP_BITS, GSHIFT_BITS, Quantizer
@@ -152,10 +152,11 @@ class FoldStage(wiring.Component):
     each key; the row's ``e_max`` is the one of its last visible key), two synchronous read
     ports the engine owns, with :meth:`entry_keys` keys per entry (a beat's, or a KV word's
     ``cols / 2`` if more). ``o_beat``: ``FOLD_BITS`` values, ``last`` and
-    ``emax``. Pipeline (``STAGES`` = 5, one beat per cycle): memories read; their words
-    registered; shift by gshift and mask, the rounding shift ``e_max - exp_v``; shift; round."""
+    ``emax``. Pipeline (``STAGES`` = 6, one beat per cycle): memories read; their words
+    registered; shift by gshift and mask, the rounding shift ``e_max - exp_v``; shift by its
+    multiple of 8; by the rest; round."""
 
-    STAGES = 5
+    STAGES = 6
     #: A key's entry in ``vsc_data``.
     KEY_LAYOUT = data.StructLayout({"sc": unsigned(GSHIFT_BITS + 1), "ev": signed(EXP_BITS)})
 
@@ -229,19 +230,21 @@ class FoldStage(wiring.Component):
             m.d.sync += [
                 v3[lane].eq(Mux(seen2[lane] & ~key.sc[GSHIFT_BITS],
                                 p2[lane] << key.sc[:GSHIFT_BITS], 0)),
-                s3[lane].eq(Mux(s < 0, 0, Mux(s > 63, 63, s))),
+                s3[lane].eq(clamp_unsigned(s, 6)),
             ]
-        # stage 3: v >> (s - 1); stage 4: rounded (or v itself for s = 0)
-        t4 = Signal.like(v3)
-        v4 = Signal.like(v3)
-        z4 = Signal(L)
-        m.d.sync += v4.eq(v3)
+        # stages 3 and 4: v >> (s - 1) as (v << 1) >> s (no subtraction before the shifter;
+        # s = 0 takes v itself), by s's multiple of 8, then by the rest; stage 5: rounded
+        u4 = Signal(data.ArrayLayout(unsigned(FOLD_BITS), L))
+        s4 = Signal(data.ArrayLayout(unsigned(3), L))
+        t5 = Signal.like(v3)
+        v4, v5 = Signal.like(v3), Signal.like(v3)
+        z4, z5 = Signal(L), Signal(L)
+        m.d.sync += [v4.eq(v3), v5.eq(v4), z5.eq(z4)]
         for lane in range(L):
-            # v >> (s - 1) as (v << 1) >> s: no subtraction before the shifter (s = 0 takes
-            # v itself below)
-            m.d.sync += [t4[lane].eq(Cat(Const(0, 1), v3[lane]) >> s3[lane]),
-                         z4[lane].eq(s3[lane] == 0)]
-            m.d.sync += fold.result.data[lane].eq(Mux(z4[lane], v4[lane], (t4[lane] + 1) >> 1))
+            m.d.sync += [u4[lane].eq(Cat(Const(0, 1), v3[lane]) >> Cat(Const(0, 3), s3[lane][3:])),
+                         s4[lane].eq(s3[lane][:3]), z4[lane].eq(s3[lane] == 0),
+                         t5[lane].eq(u4[lane] >> s4[lane])]
+            m.d.sync += fold.result.data[lane].eq(Mux(z5[lane], v5[lane], (t5[lane] + 1) >> 1))
         m.d.sync += [fold.result.last.eq(last[-1]), fold.result.emax.eq(emax[-1])]
         connect_out(m, fold.out, self.o_beat)
         return m
@@ -1138,7 +1141,8 @@ class VecEngine(wiring.Component):
         jout_last = Signal.like(wj)
         w_kl = Signal()  # wk == kout_last (registered)
         w_jl = Signal()  # wj == jout_last (registered)
-        row_live = Cat(Const(c, 20) < length for c in range(C))
+        row_live = Signal(C)  # a row's first word's live mask (loaded every cycle, as po)
+        m.d.sync += row_live.eq(Cat(Const(c, 20) < length for c in range(C)))
         kl_c = Mux(quant, KQ - 1, Mux(copy_act, 0, Mux(out_half, KH - 1, KF - 1)))
         jl_c = Mux(quant, SQ - 1, Mux(copy_act, 0, Mux(out_half, SH - 1, SF - 1)))
         with m.If(go):
@@ -1199,7 +1203,8 @@ class VecEngine(wiring.Component):
         w_step = Signal()  # a piece is written, or held for its word
         m.d.comb += [w_go.eq(w_on & (~w_word | wo_free)), w_step.eq(w_go & o_valid),
                      o_ready.eq(w_go & (w_row_end | w_kl))]
-        w_put = w_step & w_word
+        w_put = Signal()  # w_step & w_word (w_go is w_on & wo_free then): a word written
+        m.d.comb += w_put.eq(w_on & o_valid & w_word & wo_free)
         w_data = Mux(to_act, Mux(copy_act, ob.wide[:ab], aw.as_value()),
                      word.as_value())
         with m.If(~ws_valid):  # the skid copies the word offered while it is empty
@@ -1221,9 +1226,8 @@ class VecEngine(wiring.Component):
                     m.d.sync += hold_q[r].eq(Mux(wj_eq[r // L], o_q8[r % L], hold_q[r]))
         with m.If(w_step):
             with m.If(w_row_end):
-                m.d.sync += [ww.eq(0), wk.eq(0), wj.eq(0), wj_eq.eq(1), wj_gt.eq(0),
-                             wt.eq(wt + 1), w_rem.eq(length), wp_rem.eq(length),
-                             w_row_end.eq(len_le_po), w_live.eq(row_live),
+                m.d.sync += [wk.eq(0), wj.eq(0), wj_eq.eq(1), wj_gt.eq(0),
+                             wt.eq(wt + 1), wp_rem.eq(length), w_row_end.eq(len_le_po),
                              w_row.eq(w_row + a.dst_stride),
                              w_kl.eq(kout_last == 0), w_jl.eq(jout_last == 0)]
                 with m.If(wt == e.rows_m1):
@@ -1236,11 +1240,15 @@ class VecEngine(wiring.Component):
                              wj_gt.eq(Mux(w_word, 0, wj_gt | wj_eq)),
                              w_kl.eq(Mux(w_kl, kout_last == 0, wk + 1 == kout_last)),
                              w_jl.eq(Mux(w_word, jout_last == 0, wj + 1 == jout_last))]
-                with m.If(w_word):
-                    m.d.sync += [ww.eq(ww + 1), w_rem.eq(w_rem - E_w),
-                                 w_live.eq(Cat(Mux(out_half, Const(c + PC, 20) < w_rem,
-                                                   Const(c + C, 20) < w_rem)
-                                               for c in range(C)))]
+        # a word written (w_put): the word index, the elements left and the next word's live
+        # mask, under one enable and selected by the registered w_row_end (the next row's
+        # first word, or the row's next word), not nested in the piece's branches above
+        live_nx = Cat(Mux(out_half, Const(c + PC, 20) < w_rem, Const(c + C, 20) < w_rem)
+                      for c in range(C))
+        with m.If(w_put):
+            m.d.sync += [ww.eq(Mux(w_row_end, 0, ww + 1)),
+                         w_rem.eq(Mux(w_row_end, length, w_rem - E_w)),
+                         w_live.eq(Mux(w_row_end, row_live, live_nx))]
 
         busy = (r_on | w_on | wo_valid | ws_valid | cp.busy | mv | sk_v | p_on
                 | ob_v | ob_sk_v | ard.busy | brd.busy | prd.busy

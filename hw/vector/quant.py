@@ -29,7 +29,6 @@ from .common import (
     WIDE,
     Pipe,
     RowTracker,
-    clamp,
     connect_out,
     delay,
     lead_one,
@@ -316,8 +315,17 @@ class Quantizer(wiring.Component):
             # stage 4 -> 5: round; stage 5 -> 6: clamp, planes
             r5 = Signal(signed(db + 1), name=f"r{n}")
             m.d.sync += r5.eq((t4 + 1) >> 1)
+            # the clamp's compares on t4, beside the rounding: with r = (t + 1) >> 1,
+            # r > 2**k - 1 <=> t >= 2**(k + 1) - 1 and r < 1 - 2**k <=> t <= -2**(k + 1)
+            # (k = 14 A15, 7 INT8), so stage 6 only selects
+            a15_4 = info[1].a15
+            over5 = Signal(name=f"over{n}")
+            under5 = Signal(name=f"under{n}")
+            m.d.sync += [over5.eq(Mux(a15_4, t4 >= (1 << 15) - 1, t4 >= (1 << 8) - 1)),
+                         under5.eq(Mux(a15_4, t4 <= -(1 << 15), t4 <= -(1 << 8)))]
             q = Signal(signed(16), name=f"q{n}")
-            m.d.comb += q.eq(Mux(a15_5, clamp(r5, -16383, 16383), clamp(r5, -127, 127)))
+            m.d.comb += q.eq(Mux(over5, Mux(a15_5, 16383, 127),
+                                 Mux(under5, Mux(a15_5, -16383, -127), r5)))
             m.d.sync += [res.data[n].eq(Mux(a15_5, q >> 7, q)),
                          res.lo[n].eq(Mux(a15_5, q[:7], 0))]
         m.d.sync += [res.gshift.eq(info[2].gshift), res.gzero.eq(info[2].gzero),
