@@ -432,7 +432,11 @@ class VecEngine(wiring.Component):
         running = Signal()
         m.d.comb += [self.busy.eq(running | (self.cmd.valid & ~self.abort)),
                      self.err_pc.eq(pc)]
+        # the error's code and valid as registers, set on the way into ERROR and cleared in
+        # it (the chip's error logic starts at flops, not at a decode of the FSM state)
         err_code = Signal(Err)
+        err_v = Signal()
+        m.d.comb += [self.err_valid.eq(err_v), self.err_code.eq(err_code)]
         sweep = Signal()
         go = Signal()        # one-cycle pulse: a sweep's generators start
         finished = Signal()  # the sweep's last word written, the datapath empty (a cycle ago)
@@ -541,7 +545,8 @@ class VecEngine(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(bad_c | rng_r):
-                    m.d.sync += err_code.eq(Mux(bad_c, Err.BAD_FIELD, Err.SRAM_RANGE))
+                    m.d.sync += [err_code.eq(Mux(bad_c, Err.BAD_FIELD, Err.SRAM_RANGE)),
+                                 err_v.eq(1)]
                     m.next = "ERROR"
                 with m.Elif(vfold):
                     m.d.sync += [lv_blk.eq(0), lv_addr.eq(kv_src), lv_addr_e.eq(kv_src + a.vgroups),
@@ -555,14 +560,13 @@ class VecEngine(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif(~lv_more & (lv_got == 0) & ~lv_busy):
                     with m.If(lv_bad):
-                        m.d.sync += err_code.eq(Err.BAD_FIELD)
+                        m.d.sync += [err_code.eq(Err.BAD_FIELD), err_v.eq(1)]
                         m.next = "ERROR"
                     with m.Else():
                         m.next = "SETUP"
             with m.State("ERROR"):
-                m.d.comb += [self.err_valid.eq(1), self.err_code.eq(err_code),
-                             self.done.eq(1)]
-                m.d.sync += running.eq(0)
+                m.d.comb += self.done.eq(1)
+                m.d.sync += [running.eq(0), err_v.eq(0), err_code.eq(Err.NONE)]
                 m.next = "IDLE"
             with m.State("SETUP"):  # the norm's eps: one PRM word
                 m.d.comb += [setup.eq(1), self.prm_addr.eq(prm_eps),
@@ -1157,6 +1161,10 @@ class VecEngine(wiring.Component):
         # (and a skid register behind it, so that the writer's go is a register, not the
         # port's ready: with the port ready the skid stays empty, the latency is WR_STAGES)
         wo_valid = Signal()
+        # wo_valid & ~to_act, wo_valid & to_act: the ports' valids as registers of their own
+        # (to_act is constant while the op runs), no LUT on the chip's arbitration path
+        wo_acc_v = Signal()
+        wo_act_v = Signal()
         wo_addr = Signal(16)
         wo_data = Signal(max(cb, ab))
         ws_valid = Signal()
@@ -1167,8 +1175,7 @@ class VecEngine(wiring.Component):
         m.d.comb += [self.acc_wr.payload.addr.eq(wo_addr), self.act_wr.payload.addr.eq(wo_addr),
                      self.acc_wr.payload.data.eq(wo_data[:cb]),
                      self.act_wr.payload.data.eq(wo_data[:ab]),
-                     self.acc_wr.valid.eq(wo_valid & ~to_act),
-                     self.act_wr.valid.eq(wo_valid & to_act)]
+                     self.acc_wr.valid.eq(wo_acc_v), self.act_wr.valid.eq(wo_act_v)]
         w_addr = w_row + ww
         w_word = w_row_end | w_jl  # a word's last piece: write it
         # words wider than a beat (L < E) gather their earlier pieces here
@@ -1211,6 +1218,8 @@ class VecEngine(wiring.Component):
             m.d.sync += [ws_addr.eq(w_addr), ws_data.eq(w_data)]
         with m.If(~wo_valid | wo_ready):
             m.d.sync += [wo_valid.eq(ws_valid | w_put), ws_valid.eq(0),
+                         wo_acc_v.eq((ws_valid | w_put) & ~to_act),
+                         wo_act_v.eq((ws_valid | w_put) & to_act),
                          wo_addr.eq(Mux(ws_valid, ws_addr, w_addr)),
                          wo_data.eq(Mux(ws_valid, ws_data, w_data))]
         with m.Elif(w_put):
