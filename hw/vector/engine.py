@@ -724,6 +724,10 @@ class VecEngine(wiring.Component):
         r_vis = Signal(18)        # pos + rt + 1: the keys row rt sees with causal
         a_row = Signal(24)
         b_row = Signal(40)
+        # the read addresses a_row + rw, b_row + rw (16 bits) as registers kept beside them,
+        # so the buffers' read ports get flops, not an adder
+        a_addr = Signal(16)
+        b_addr = Signal(16)
         kin_last = Mux(copy_act, 0, Mux(half, KH - 1, KF - 1))
         jin_last = Mux(copy_act, 0, Mux(half, SH - 1, SF - 1))
         # the op's piece size (elements) and whether a row is one piece: registers loaded
@@ -738,34 +742,37 @@ class VecEngine(wiring.Component):
         with m.If(go):
             m.d.sync += [r_on.eq(1), rt.eq(0), rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0),
                          r_rem.eq(length), row_end.eq(len_le_piece), r_vis.eq(pos + 1),
-                         a_row.eq(a.src_a),
-                         b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
+                         a_row.eq(a.src_a), a_addr.eq(a.src_a),
+                         b_row.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b)),
+                         b_addr.eq(Mux(is_[VecFn.ROPE], a.src_b + e.p_posw, a.src_b))]
         issue = Signal()
         word_end = row_end | (rj == jin_last)
         beat_end = row_end | (rk == kin_last)
         m.d.comb += [
             issue.eq(r_on & ard.i.ready & brd.i.ready),
             ard.i.valid.eq(issue), brd.i.valid.eq(issue),
-            ard.i.payload.addr.eq(a_row + rw),
+            ard.i.payload.addr.eq(a_addr),
             ard.i.payload.meta.k.eq(rk),
             ard.i.payload.meta.j.eq(rj),
             ard.i.payload.meta.beat_last.eq(beat_end),
             ard.i.payload.meta.last.eq(row_end),
             ard.i.payload.meta.vis.eq(Mux(a.causal & (r_vis < length), r_vis, length)),
             ard.i.payload.meta.b.eq(rb),
-            brd.i.payload.addr.eq(Mux(use_b, b_row + rw, 0)),
+            brd.i.payload.addr.eq(Mux(use_b, b_addr, 0)),
         ]
         with m.If(issue):
             with m.If(row_end):
                 m.d.sync += [rw.eq(0), rk.eq(0), rj.eq(0), rb.eq(0), rt.eq(rt + 1),
                              r_vis.eq(r_vis + 1),
                              r_rem.eq(length), row_end.eq(len_le_piece),
-                             a_row.eq(a_row + a.src_stride),
-                             b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
+                             a_row.eq(a_row + a.src_stride), a_addr.eq(a_row + a.src_stride),
+                             b_row.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride)),
+                             b_addr.eq(b_row + Mux(is_[VecFn.ROPE], W, a.src_stride))]
                 with m.If(rt == e.rows_m1):
                     m.d.sync += r_on.eq(0)
             with m.Else():
                 m.d.sync += [rw.eq(rw + word_end), rj.eq(Mux(word_end, 0, rj + 1)),
+                             a_addr.eq(a_addr + word_end), b_addr.eq(b_addr + word_end),
                              rk.eq(Mux(beat_end, 0, rk + 1)), rb.eq(rb + beat_end),
                              r_rem.eq(r_rem - piece), row_end.eq(r_rem <= piece2)]
         m.d.comb += [
