@@ -744,6 +744,10 @@ def _yosys_only(spec, params, build_dir: Path, env: dict, name: str) -> int:
             n = cells.get("SB_MAC16", 0)
         if spec.family == "ice40" and label == "EBR":
             n = cells.get("SB_RAM40_4K", 0)
+        if spec.family == "ecp5" and label == "LUT4":
+            # Yosys has no TRELLIS_COMB yet: its LUT4 cells plus a CCU2C's two halves
+            cell = "LUT4 + 2 x CCU2C"
+            n = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
         avail = totals.get(cell)
         print(f"  {label:5s} {n:7d}" + (f" / {avail}" if avail else "") + f"   ({cell})")
     other = {k: v for k, v in cells.items() if k.startswith("SB_SPRAM") or k.startswith("DP16")}

@@ -313,3 +313,28 @@ def test_critical_path_display():
         "Info: 1.00 ns logic, 2.00 ns routing",
     ]
     assert synth._path_sources(block) == [("hw/gemm.py:195", 1), ("hw/gemm.py:93", 2)]
+
+
+def test_yosys_only_counts_ecp5_luts(tmp_path, monkeypatch, capsys):
+    # --yosys-only reads Yosys' own cells: LUT4 cells plus two per CCU2C (there is no
+    # TRELLIS_COMB before nextpnr packs), FF, DSP, EBR
+    import subprocess
+    from types import SimpleNamespace
+
+    name = "link_top"
+    rpt = tmp_path / f"{name}.rpt"
+
+    def fake_run(cmd, cwd, **kw):
+        rpt.write_text(f"=== {name} ===\n\n   Number of cells: 9\n     1000   LUT4\n"
+                       "       30   CCU2C\n      700   TRELLIS_FF\n        3   MULT18X18D\n"
+                       "        5   DP16KD\n")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(synth.subprocess, "run", fake_run)
+    monkeypatch.setattr(synth, "_sta_summary", lambda *a, **k: None)
+    spec = SimpleNamespace(family="ecp5", name="ulx3s-85f")
+    assert synth._yosys_only(spec, ChipParams(), tmp_path, {}, name) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"LUT4\s+1060\s+\(LUT4 \+ 2 x CCU2C\)", out), out
+    assert re.search(r"FF\s+700\s", out) and re.search(r"DSP\s+3\s", out)
+    assert re.search(r"EBR\s+5\s", out)
