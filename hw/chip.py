@@ -351,9 +351,13 @@ class Chip(wiring.Component):
         # fanout is large), loaded from the error's next value so they equal it every cycle
         abort = Signal(1)
         m.d.sync += abort.eq(err_next != Err.NONE)
+        # (GEMM's and VEC's reset their datapaths with it: placed, those copies' fanout spans
+        # the die, so on ECP5 they go on global buffers as the units' reset does)
         for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
             ab = Signal(1, name=f"abort_{name}")
             kept_flop(m, platform, ab, err_next != Err.NONE, self.rst, f"abort_{name}")
+            if name in ("gemm", "vec"):
+                ab = global_net(m, platform, ab, f"abort_{name}")
             m.d.comb += eng.abort.eq(ab)
 
         # counters
