@@ -678,7 +678,8 @@ class LinkBoardTop(_BoardTop):
         m.submodules.link = link
         m.submodules.chip = chip = self.chip
         wiring.connect(m, chip.bus, link.bus)
-        m.d.comb += [chip.rst.eq(link.abort), chip.start.eq(link.start), chip.prog_addr.eq(link.prog_addr),
+        m.d.comb += [chip.rst.eq(link.abort), chip.start.eq(link.start),
+                     chip.prog_addr.eq(link.prog_addr),
                      chip.prog_len.eq(link.prog_len), chip.pos_init.eq(link.pos_init),
                      link.running.eq(chip.running), link.done.eq(chip.done),
                      link.error.eq(chip.error), link.error_pc.eq(chip.error_pc),

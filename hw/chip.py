@@ -15,12 +15,12 @@ ACT takes VEC results before LOADs (a unit's write waits while one before it wri
 
 On ``start`` (a one-cycle pulse) every unit, queue and counter is reset (the buffers keep their
 contents: the KV cache lives across runs; the units and queues take the reset one cycle later,
-:data:`UNIT_RESET_DELAY`, from one register on a global buffer, see below), ``pos = pos_init``, ``kv_base = 0``, and the
-sequencer loads ``prog_len`` micro-ops from off-chip bus-word address ``prog_addr`` into the
-micro-op memory (each micro-op is ``ceil(128 / bus_bits)`` bus words, low first;
-``Err.PROG_LOAD`` if it does not fit ``uop_depth`` or the off-chip memory). It then fetches
-micro-ops in order (two cycles each) and dispatches each to its unit's in-order queue, or
-executes it itself (``NOP``, ``WAIT``, ``SETPOS``, ``HALT``; ``hw/isa.py``). Units run
+:data:`UNIT_RESET_DELAY`, from one register on a global buffer, see below), ``pos = pos_init``,
+``kv_base = 0``, and the sequencer loads ``prog_len`` micro-ops from off-chip bus-word address
+``prog_addr`` into the micro-op memory (each micro-op is ``ceil(128 / bus_bits)`` bus words,
+low first; ``Err.PROG_LOAD`` if it does not fit ``uop_depth`` or the off-chip memory). It then
+fetches micro-ops in order (two cycles each) and dispatches each to its unit's in-order queue,
+or executes it itself (``NOP``, ``WAIT``, ``SETPOS``, ``HALT``; ``hw/isa.py``). Units run
 concurrently; only ``WAIT`` orders them. ``HALT`` waits until every unit is idle, then raises
 ``done``.
 
@@ -353,7 +353,8 @@ class Chip(wiring.Component):
         m.d.sync += abort.eq(err_next != Err.NONE)
         # (GEMM's and VEC's reset their datapaths with it: placed, those copies' fanout spans
         # the die, so on ECP5 they go on global buffers as the units' reset does)
-        for name, eng in zip(("load", "store", "gemm", "kv", "vec"), errs):
+        for name, eng in zip(("load", "store", "gemm", "kv", "vec")[:len(errs)], errs,
+                             strict=True):
             ab = Signal(1, name=f"abort_{name}")
             kept_flop(m, platform, ab, err_next != Err.NONE, self.rst, f"abort_{name}")
             if name in ("gemm", "vec"):
@@ -423,7 +424,6 @@ class Chip(wiring.Component):
         nxt_word = Signal(INSTR_BITS)
         cur = Signal(INSTR)
         instr = cur
-        op = cur.op
         d_nop, d_halt, d_wait, d_setpos, d_unsup, d_illegal = (
             Signal(1, name=f"d_{n}") for n in ("nop", "halt", "wait", "setpos", "unsup",
                                                "illegal"))
@@ -538,7 +538,6 @@ class Chip(wiring.Component):
                         m.d.comb += inc[Counter.UOPS].eq(1)
                         m.next = "DRAIN"
                     with m.If(d_wait):
-                        w = instr.args.wait
                         with m.If(d_wait_bad):
                             m.d.comb += [seq_err.eq(1), seq_code.eq(Err.BAD_FIELD),
                                          inc[Counter.UOPS].eq(1)]

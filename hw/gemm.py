@@ -23,7 +23,8 @@ scaler information (mantissa, exponent, accumulator row, first/final flags and t
 sum, computed here) in a side FIFO that lines up with the grid's in-order outputs.
 """
 
-from amaranth.hdl import C as C0, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import C as C0
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

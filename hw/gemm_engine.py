@@ -30,8 +30,23 @@ from amaranth.lib.wiring import In, Out
 
 from .bus import MemReader
 from .gemm import GemmUnit, tile_param_layout
-from .isa import (ARGS, Dyn, Err, GemmArgs, PSrc, WSrc, acc_word, act_word, buffer_depth, Buf,
-                  kv_addr_bits, kv_base_bits, kv_word, prm_word, wgt_word)
+from .isa import (
+    ARGS,
+    Buf,
+    Dyn,
+    Err,
+    GemmArgs,
+    PSrc,
+    WSrc,
+    acc_word,
+    act_word,
+    buffer_depth,
+    kv_addr_bits,
+    kv_base_bits,
+    kv_word,
+    prm_word,
+    wgt_word,
+)
 from .params import ChipParams
 
 __all__ = ["GemmEngine", "cmd_layout", "pc_bits"]
@@ -246,7 +261,7 @@ class GemmEngine(wiring.Component):
         exprs = [w0 + wj + 1, w_base + nR, w0 + wj + 1 + nR1, w_base + nR + nR1,
                  w_base + R, w_base + 2 * R - 1]
         domain = m.d.sync if R >= 2 else m.d.comb
-        domain += [sig.eq(e) for sig, e in zip(cands.values(), exprs)]
+        domain += [sig.eq(e) for sig, e in zip(cands.values(), exprs, strict=True)]
         with m.If(wr.i.valid & wr.i.ready):
             with m.If(wr_r != 0):
                 m.d.sync += [wr_r.eq(wr_r - 1), w_addr.eq(Mux(rows_layout, w_addr - n,

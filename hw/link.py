@@ -690,7 +690,8 @@ class Link(wiring.Component):
         with m.If(abort_left != 0):
             m.d.sync += abort_left.eq(abort_left - 1)
         with m.If(abort_req & tx_idle):
-            m.d.sync += [abort.eq(1), abort_left.eq(UNIT_RESET_DELAY), abort_req.eq(0), armed.eq(0), active.eq(0),
+            m.d.sync += [abort.eq(1), abort_left.eq(UNIT_RESET_DELAY), abort_req.eq(0),
+                         armed.eq(0), active.eq(0),
                          done_pend.eq(0), ack_pend.eq(1), ack_frame.eq(LinkFrame.ABORT)]
         with m.If(abort):  # while the chip is reset: the bus state back to empty
             m.d.sync += [kind.eq(KIND_NONE), pend_count.eq(0), linger.eq(0), credit.eq(D),

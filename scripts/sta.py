@@ -106,7 +106,8 @@ class Model:
     def route_delay(self, fanout: int) -> float:
         """Guessed routing delay of one net hop to one of ``fanout`` sinks: nextpnr's
         predictDelay with dx + dy = 1 + sqrt(fanout / route_fanout_per_tile)."""
-        d = min(self.route_d0 + math.sqrt(max(fanout, 1) / self.route_fanout_per_tile), self.route_max_d)
+        d = min(self.route_d0 + math.sqrt(max(fanout, 1) / self.route_fanout_per_tile),
+                self.route_max_d)
         near = min(d, 10.0)  # predictDelay: 2 units per tile up to 5 in x and 5 in y
         return self.route_unit * (self.route_fixed + 2.0 * near + max(d - 10.0, 0.0))
 
@@ -268,7 +269,7 @@ class Timing:
             t = c["type"]
             conn = c["connections"]
 
-            def bit(p):
+            def bit(p, conn=conn):
                 v = conn.get(p)
                 if not v or isinstance(v[0], str):
                     return None
@@ -513,7 +514,7 @@ class Timing:
 
 def depth_of(tm: Timing, path) -> dict:
     c = Counter()
-    for b, cname in path:
+    for _b, cname in path:
         if cname is None:
             continue
         t = tm.cell_type[cname]
@@ -722,7 +723,7 @@ def main(argv=None):
         with open(a.netlist) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"sta: cannot read {a.netlist}: {e}")
+        raise SystemExit(f"sta: cannot read {a.netlist}: {e}") from None
     model = Model()
     model.route_unit *= a.route_scale
     if a.route_d0 is not None:
@@ -733,7 +734,7 @@ def main(argv=None):
             with open(a.placement) as f:
                 placement = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"sta: cannot read {a.placement}: {e}")
+            raise SystemExit(f"sta: cannot read {a.placement}: {e}") from None
     r = analyse(data, a.top, a.clock_mhz, a.paths, model, a.area_depth, placement)
     print_report(r, a.paths)
     if a.json:

@@ -83,7 +83,6 @@ from hw.chip import QUEUED_UNITS
 from hw.dma import LoadEngine, StoreEngine
 from hw.gemm import GroupScaler
 from hw.gemm_engine import GemmEngine
-from hw.kv import KvEngine
 from hw.grid import SystolicArray
 from hw.isa import (
     INSTR_BITS,
@@ -104,6 +103,7 @@ from hw.isa import (
     bus_words_per,
     decode,
 )
+from hw.kv import KvEngine
 from hw.params import ChipParams
 from hw.vector.common import Pipe
 
@@ -386,9 +386,9 @@ class _StoreUnit(_Unit):
         self.cmds.append(o)
 
     def _idle(self):
-        return (self.p1 is None and self.front == "IDLE" and not self.jobs and not self.active and not self.wr_valid
-                and self.reserved == 0 and not self.srd_inflight and self.srd_q.empty()
-                and self.resp.empty())
+        return (self.p1 is None and self.front == "IDLE" and not self.jobs and not self.active
+                and not self.wr_valid and self.reserved == 0 and not self.srd_inflight
+                and self.srd_q.empty() and self.resp.empty())
 
     def _step(self):
         """One cycle of the store engine, at cycle ``self.t``."""

@@ -45,7 +45,7 @@ class Net:
 
     def lut(self, name, *ins):
         z = self.bit()
-        self.cell(name, "LUT4", dict(zip("ABCD", ins)), {"Z": z})
+        self.cell(name, "LUT4", dict(zip("ABCD", ins, strict=False)), {"Z": z})
         return z
 
     def json(self):
