@@ -20,6 +20,7 @@ from hw.params import ChipParams
 from sim import golden as G
 from sim.gemm_ref import collect, plan_gemm
 from sw.quantize import random_gemm, to_wide
+from tests.streams import feed
 
 SEED = int(os.environ.get("GEMM_SEED", np.random.SeedSequence().entropy % 2**32))
 F = G.NUM.frac_bits
@@ -37,14 +38,8 @@ def run_unit(params, plan, n_out, stall=0.0, seed=0):
     prng = np.random.default_rng(seed)
     out = []
 
-    async def feeder(ctx, strm, items):
-        for it in items:
-            while prng.random() < stall:
-                await ctx.tick()
-            ctx.set(strm.payload, it)
-            ctx.set(strm.valid, 1)
-            await ctx.tick().until(strm.ready)
-            ctx.set(strm.valid, 0)
+    def feeder(ctx, strm, items):
+        return feed(ctx, prng, strm, items, stall)
 
     async def put_w(ctx):
         await feeder(ctx, dut.w_row, [{"data": r, "mode": mode} for t in tiles for r in t])

@@ -16,6 +16,7 @@ from hw.gemm import SCALE_BITS, GroupScaler, xsum_width
 from hw.grid import psum_width
 from hw.params import ChipParams
 from sim import golden as G
+from tests.streams import feed
 
 SEED = int(os.environ.get("SCALER_SEED", np.random.SeedSequence().entropy % 2**32))
 P = ChipParams(rows=4, cols=8)
@@ -57,16 +58,23 @@ def _rows(rng, n):
     return rows, params, want
 
 
-async def _feed(ctx, prng, strm, items, stall):
-    """Offer ``items`` on stream ``strm`` one by one, waiting a cycle with probability
-    ``stall`` before each (the payload holds until taken)."""
-    for it in items:
-        while prng.random() < stall:
-            await ctx.tick()
-        ctx.set(strm.payload, it)
-        ctx.set(strm.valid, 1)
-        await ctx.tick().until(strm.ready)
-        ctx.set(strm.valid, 0)
+def _simulate(dut, prng, row_runs, params, get):
+    """Run ``dut`` (a GroupScaler) with its rows fed as ``row_runs`` = [(rows, stall)] in turn,
+    its parameter words back to back, and the testbench ``get`` taking the outputs."""
+
+    async def put_rows(ctx):
+        for items, stall in row_runs:
+            await feed(ctx, prng, dut.i_row, items, stall)
+
+    async def put_params(ctx):
+        await feed(ctx, prng, dut.i_param, params, 0.0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(put_rows, background=True)
+    sim.add_testbench(put_params, background=True)
+    sim.add_testbench(get)
+    sim.run()
 
 
 def test_scaler_output_shift_and_saturation():
@@ -76,15 +84,6 @@ def test_scaler_output_shift_and_saturation():
     dut = GroupScaler(P)
     prng = np.random.default_rng(SEED + 1)
     got = []
-
-    def feed(ctx, strm, items, stall):
-        return _feed(ctx, prng, strm, items, stall)
-
-    async def put_rows(ctx):
-        await feed(ctx, dut.i_row, rows, 0.1)
-
-    async def put_params(ctx):
-        await feed(ctx, dut.i_param, params, 0.0)
 
     async def get(ctx):
         for i in range(len(want)):
@@ -100,12 +99,7 @@ def test_scaler_output_shift_and_saturation():
         assert not ctx.get(dut.o_row.valid), "an output row beyond the rows put in"
         assert not ctx.get(dut.busy), "busy after every row came out"
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(put_rows, background=True)
-    sim.add_testbench(put_params, background=True)
-    sim.add_testbench(get)
-    sim.run()
+    _simulate(dut, prng, [(rows, 0.1)], params, get)
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"row {i}: got {g}, want {w} (row {rows[i]}, params {params[i]})"
@@ -197,27 +191,13 @@ def test_scaler_accumulation():
     prng = np.random.default_rng(SEED + 4)
     got = []
 
-    def feed(ctx, strm, items, stall):
-        return _feed(ctx, prng, strm, items, stall)
-
-    async def put_rows(ctx):
-        await feed(ctx, dut.i_row, rows[:200], 0.0)   # back to back
-        await feed(ctx, dut.i_row, rows[200:], 0.4)   # gapped
-
-    async def put_params(ctx):
-        await feed(ctx, dut.i_param, params, 0.0)
-
     async def get(ctx):
         ctx.set(dut.o_row.ready, 1)
         for _ in want:
             (pl,) = await ctx.tick().sample(dut.o_row.payload).until(dut.o_row.valid)
             got.append(([int(v) for v in pl.data], int(pl.t)))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(put_rows, background=True)
-    sim.add_testbench(put_params, background=True)
-    sim.add_testbench(get)
-    sim.run()
+    # the first 200 rows back to back, the rest gapped
+    _simulate(dut, prng, [(rows[:200], 0.0), (rows[200:], 0.4)], params, get)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"final row {i}: got {g}, want {w}"

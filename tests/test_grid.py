@@ -14,6 +14,7 @@ from amaranth.sim import Simulator
 from hw.grid import GridMode, ProcessingElement, Skew, SystolicArray
 from hw.params import ChipParams
 from sim.grid_ref import expected_rows, pack_tile, random_tile
+from tests.streams import feed
 
 SEED = int(os.environ.get("GRID_SEED", np.random.SeedSequence().entropy % 2**32))
 
@@ -105,14 +106,8 @@ def run_array(params, tiles, stall=0.0, seed=0):
     outs, accepted = [], []
 
     async def put_weights(ctx):
-        for mode, w, _ in tiles:
-            for row in pack_tile(w, mode):
-                while prng.random() < stall:
-                    await ctx.tick()
-                ctx.set(dut.w_row.payload, {"data": row, "mode": mode})
-                ctx.set(dut.w_row.valid, 1)
-                await ctx.tick().until(dut.w_row.ready)
-                ctx.set(dut.w_row.valid, 0)
+        await feed(ctx, prng, dut.w_row, [{"data": row, "mode": mode} for mode, w, _ in tiles
+                                          for row in pack_tile(w, mode)], stall)
 
     async def put_acts(ctx):
         cycle = 0
