@@ -669,6 +669,13 @@ class Link(wiring.Component):
         def fixed_len(c):
             return n_rd if c is cands[SEL_BURST] else c[1]
 
+        # ``jfixed`` shifts the cycle after a byte of it is sent (a register's enable, not the
+        # transmitter's state, drives its ~700 flops; the transmitter takes the next byte
+        # 10 x divisor cycles later), and loads in PICK (never the same cycle)
+        jshift = Signal()
+        m.d.sync += jshift.eq(0)
+        with m.If(jshift):
+            m.d.sync += jfixed.eq(jfixed >> 8)
         with m.If(in_pick):
             m.d.sync += [jtype.eq(one_of(0, 8)), jlen.eq(one_of(1, 16)),
                          jfixed.eq(one_of(2, len(jfixed))),
@@ -731,7 +738,7 @@ class Link(wiring.Component):
             with m.State("FIXED"):
                 m.d.comb += [out.valid.eq(1), out.payload.eq(jfixed[:8])]
                 with m.If(out.ready):
-                    m.d.sync += [jfixed.eq(jfixed >> 8), tcnt.eq(tcnt + 1)]
+                    m.d.sync += [jshift.eq(1), tcnt.eq(tcnt + 1)]
                     with m.If(tcnt + 1 != jfixed_len):
                         pass
                     with m.Elif(jwords != 0):
