@@ -481,6 +481,7 @@ class StoreEngine(_DmaEngine):
         w_k = Signal(range(max(nslot, 2)))
         w_last_k = Signal(range(max(nslot, 2)))
         w_last = Signal()
+        w_at_last = Signal()  # registered w_k == w_last_k: the word's last slot is out
         wr_take = wr.valid & wr.ready
         m.d.comb += [wr.payload.data.eq(w_data.word_select(w_k, B)),
                      self.words.eq(wr_take), self.stall_mem.eq(wr.valid & ~wr.ready)]
@@ -497,7 +498,7 @@ class StoreEngine(_DmaEngine):
         with m.If(stop):
             m.d.sync += active.eq(0)
 
-        word_done = wr_take & (w_k == w_last_k)
+        word_done = wr_take & w_at_last
         pop = Signal()
         m.d.comb += [
             pop.eq(active & resp.r_rdy & ~stop & (~wr.valid | word_done)),
@@ -506,12 +507,14 @@ class StoreEngine(_DmaEngine):
         ]
 
         with m.If(wr_take):
-            m.d.sync += [wr.payload.addr.eq(wr.payload.addr + 1), w_k.eq(w_k + 1)]
-            with m.If((w_k == w_last_k) | stop):
+            m.d.sync += [wr.payload.addr.eq(wr.payload.addr + 1), w_k.eq(w_k + 1),
+                         w_at_last.eq(w_k + 1 == w_last_k)]
+            with m.If(w_at_last | stop):
                 m.d.sync += wr.valid.eq(0)
         with m.If(pop):
             m.d.sync += [
                 wr.valid.eq(1), wr.payload.addr.eq(j_addr), w_k.eq(0), w_last_k.eq(j_bpw - 1),
+                w_at_last.eq(j_bpw == 1),
                 w_last.eq(j_left == 1), j_addr.eq(j_addr + j_bpw), j_left.eq(j_left - 1),
             ]
             with m.Switch(j_buf):
