@@ -15,10 +15,12 @@ Shared by both tops (:class:`_BoardTop`):
   the MISRs' parity and further status bits, so everything that feeds a MISR is in the fan-in
   of a pin and synthesis can drop none of it.
 - Clock: the board's default clock. On ECP5 boards whose clock differs from
-  ``params.clock_mhz`` an EHXPLLL makes the design clock (ULX3S: 25 -> 100 MHz; OrangeCrab:
-  48 -> 100 MHz); nextpnr derives the output frequency from the PLL dividers and the input pin
-  constraint, so it reports Fmax against ``params.clock_mhz``. ECPIX-5 (100 MHz) and iCEBreaker
-  (12 MHz) run on the board clock directly.
+  ``params.clock_mhz`` an EHXPLLL makes the design clock (the grid: ULX3S 25 -> 100 MHz,
+  OrangeCrab 48 -> 100 MHz; the chip, :data:`CHIP_85F`: 45 MHz, OrangeCrab 42, ECPIX-5
+  100 -> 45); nextpnr derives the output frequency from the PLL dividers and the input pin
+  constraint, so it reports Fmax against ``params.clock_mhz``. A board whose clock is the
+  design clock (the grid on the ECPIX-5's 100 MHz, the iCEBreaker's 12 MHz) runs on it
+  directly.
 - Without a platform (``amaranth.sim``) there is no PLL and no pin: the LED values are the
   ``leds`` signal.
 
@@ -76,10 +78,12 @@ Yosys 0.70 and nextpnr-ecp5 on the LFE5U-85F (208 EBR, 156 MULT18X18D, 83,640 LU
   a copy each of ACC (two), ACT, PRM and KV (~50 EBR). With both, 2048-element rows and 16 KiB
   KV the chip needed 230 of 208 DP16KD and 148 MULT18X18D; 1536-element rows (the row FIFOs
   fit 1024-entry blocks) and 8 KiB KV bring it within the device.
-- :data:`CHIP_85F`: a 16 x 8 grid (16 rows along K, 8 W4A8 output columns: 64 PEs), 16 KiB
-  WGT / ACT / ACC and 8 KiB KV buffers, 1024 micro-ops, a 2-lane vector unit with rows up to
-  1536 elements: 148 MULT18X18D (94 %), 193 DP16KD (92 %), 72,423 LUT4 cells (86 %), 35,410
-  FF (packing; Fmax not yet measured).
+- :data:`CHIP_85F`: a 16 x 4 grid (16 rows along K, 4 W4A8 output columns: 32 PEs), 16 KiB
+  WGT / ACT / ACC and 8 KiB KV buffers, 512 PRM entries, 1024 micro-ops, a 2-lane vector
+  unit with rows up to 1536 elements. With its UART link (``make bitstream``) it places and
+  routes: the README's table has the measured figures. The same with a 16 x 8 grid (64 PEs)
+  fits (148 MULT18X18D, 198 DP16KD, 63,812 LUT4 cells: 76 %) and places (~42 MHz), but
+  router2's overused wires plateau (~37,000 after six iterations), so it has no bitstream.
   Before the vector unit (16 KiB KV, the scaler as it was): 125 MULT18X18D, 113 DP16KD,
   44,826 LUT4 cells, 20,870 FF, Fmax 23.7 MHz. ``scripts/synth.py --design chip --cols 16``
   reproduces the 16 x 16 overflow (nextpnr stops in placement and the script names the
@@ -87,7 +91,7 @@ Yosys 0.70 and nextpnr-ecp5 on the LFE5U-85F (208 EBR, 156 MULT18X18D, 83,640 LU
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from amaranth.build import ResourceError
 from amaranth.hdl import (
@@ -119,16 +123,21 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "CHIP_UP5K", "Lfsr", "GridBoardTop", "
            "ecp5_pll_dividers", "LED_SIGNALS", "CHIP_LED_SIGNALS", "PROGRAM_OPS",
            "FIELD_MASKS", "FIELD_SET"]
 
-#: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 8 grid, smaller deep
-#: buffers and a 2-lane vector unit with rows up to 1536 elements (both models' widest row;
-#: its row FIFOs then fit 1024-entry block RAM) (module docstring: the 16 x 16 grid does
-#: not fit, nor do 16 vector lanes). Its off-chip memory is the host's (over the UART
-#: link, ``hw/link.py``), so it is sized for the models' images, not for block RAM: 256 MiB
-#: holds SmolLM2-135M's streamed image (184 MiB: its KV cache is off-chip too) and
-#: all-MiniLM-L6-v2's (25-35 MiB) (``sw/compiler.py``).
-CHIP_85F = ChipParams(cols=8, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
-                      kv_sram_kib=8, uop_depth=1024, vector_lanes=2, vector_row=1536,
-                      offchip_kib=256 * 1024)
+#: The whole chip on an 85k-LUT ECP5 (208 EBR, 156 DSP): a 16 x 4 grid, smaller deep
+#: buffers (512 PRM entries: a 4-column PRM word holds half a 16 x 8 grid's) and a 2-lane
+#: vector unit with rows up to 1536 elements (both models' widest row; its row FIFOs then fit
+#: 1024-entry block RAM) (module docstring: the 16 x 16 grid does not fit, nor do 16 vector
+#: lanes). A 16 x 8 grid fits too (76 % of the LUTs, 148 DSP, 198 EBR) but nextpnr's router
+#: does not converge on it (README, "FPGA builds"); the 16 x 4 grid routes (58 % of the
+#: LUTs). Its clock, 45 MHz, is below the routed Fmax and a whole UART divisor for 3 Mbaud
+#: (15); the OrangeCrab's PLL cannot make 45 MHz from its 48 MHz, so it runs at 42
+#: (:data:`BOARDS`). Its off-chip memory is the host's (over the UART link, ``hw/link.py``),
+#: so it is sized for the models' images, not for block RAM: 512 MiB holds SmolLM2-135M's
+#: streamed image (347 MiB: a 2-byte weight word takes a whole 8-byte bus word; its KV cache
+#: is off-chip too) and all-MiniLM-L6-v2's (``sw/compiler.py``).
+CHIP_85F = ChipParams(cols=4, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
+                      kv_sram_kib=8, prm_entries=512, uop_depth=1024, vector_lanes=2,
+                      vector_row=1536, offchip_kib=512 * 1024, clock_mhz=45)
 
 
 @dataclass(frozen=True)
@@ -162,8 +171,8 @@ CHIP_UP5K = ChipParams(rows=2, cols=4, weight_sram_kib=1, act_sram_kib=1, acc_sr
 
 BOARDS = {b.name: b for b in [
     Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
-    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(), CHIP_85F,
-          CHIP_85F),
+    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(),
+          replace(CHIP_85F, clock_mhz=42), replace(CHIP_85F, clock_mhz=42)),
     Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
     # UP5K: 8 SB_MAC16, 5280 LCs; a 2 x 4 grid (4 PEs) fits, on the 12 MHz board clock.
     # The chip does not, not even CHIP_UP5K (its link top elaborates; Yosys: ~4x the LUTs).

@@ -45,7 +45,7 @@ _CONFIGS = {
                "(shares the Verilator build of tests/test_chip_rtl.py)",
     "deepkv": "4x8 grid, 2 KiB buffers but a 384 KiB KV buffer (98,304 words: beyond the "
               "16-bit KV fields, reached through kv_base), 2 MiB off-chip",
-    "fpga": "the FPGA boards' chip (CHIP_85F) without its vector unit: 16x8 grid, 8-16 KiB "
+    "fpga": "the FPGA boards' chip (CHIP_85F) without its vector unit: 16x4 grid, 8-16 KiB "
             "buffers, 1 MiB off-chip",
 }
 

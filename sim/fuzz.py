@@ -120,7 +120,7 @@ DEFAULT = ChipParams()
 DEEPKV = ChipParams(rows=4, cols=8, weight_sram_kib=2, act_sram_kib=2, acc_sram_kib=2,
                     kv_sram_kib=384, prm_entries=32, acc_entries=32, uop_depth=256,
                     offchip_kib=2048)
-#: The FPGA boards' chip (``hw.board_top.CHIP_85F``: 16 x 8 grid, 16 KiB WGT / ACT / ACC,
+#: The FPGA boards' chip (``hw.board_top.CHIP_85F``: 16 x 4 grid, 16 KiB WGT / ACT / ACC,
 #: 8 KiB KV, 1024 micro-ops), without its vector unit, as the fuzzer's programs need.
 FPGA = CHIP_85F
 PARAMS = {"small": SMALL, "r16": R16, "default": DEFAULT, "deepkv": DEEPKV, "fpga": FPGA}

@@ -181,8 +181,8 @@ def test_smollm2_layer_on_board():
     (``sim.devices.RtlDevice``: the link is transparent), and the output is bit-exact with
     the golden layer.
 
-    Its first runs found the chip's RTL on LAYER_BOARD (CHIP_85F's 16 x 8 grid, 2-lane vector
-    unit), with or without the link, differing from the ISA simulator and golden (which
+    Its first runs found the chip's RTL on LAYER_BOARD (CHIP_85F, then with a 16 x 8 grid,
+    2-lane vector unit), with or without the link, differing from the ISA simulator and golden (which
     agree); the vector unit's writer was fixed since (commit f4c74ab)."""
     import time
 

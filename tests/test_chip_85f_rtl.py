@@ -1,4 +1,4 @@
-"""The FPGA boards' chip geometry (``hw.board_top.CHIP_85F``: 16 x 8 grid, 2 vector lanes) on
+"""The FPGA boards' chip geometry (``hw.board_top.CHIP_85F``: 16 x 4 grid, 2 vector lanes) on
 Verilator, without the UART link: one compiled SmolLM2-135M layer on ``LAYER_BOARD``
 (``tests/test_board_rtl.py``: CHIP_85F with the ACC, PRM and micro-op memories the layer
 needs) through ``sim.devices.RtlDevice``, decode steps at positions 0 .. 3 by one program.

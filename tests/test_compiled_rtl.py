@@ -57,7 +57,7 @@ def test_minilm_layer():
 
 
 def test_minilm_fpga_chip():
-    """all-MiniLM-L6-v2 on the FPGA boards' chip (``CHIP_85F``: 16 x 8 grid, 2 vector lanes,
+    """all-MiniLM-L6-v2 on the FPGA boards' chip (``CHIP_85F``: 16 x 4 grid, 2 vector lanes,
     16 KiB buffers, 1024 micro-ops; its off-chip memory as the compiler raised it for the
     weights): a short sentence through every layer, hidden states streamed through off-chip
     memory, as a sequence of programs on one live simulation. The last hidden states equal

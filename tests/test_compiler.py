@@ -91,7 +91,7 @@ def test_minilm_whole_model_bit_exact(minilm):
 
 
 def test_minilm_fpga_chip_bit_exact(minilm):
-    """The FPGA boards' chip (``CHIP_85F``: 16 x 8 grid, 16 KiB buffers, 8 KiB KV, 1024
+    """The FPGA boards' chip (``CHIP_85F``: 16 x 4 grid, 16 KiB buffers, 8 KiB KV, 1024
     micro-ops): the resident plan does not fit, so the hidden states stream through off-chip
     memory and each sentence runs as a sequence of programs, each within the micro-op
     memory. A short sentence through all 6 layers on the ISA simulator: the last hidden

@@ -19,6 +19,7 @@ from hw.board_top import (
     CHIP_85F,
     CHIP_LED_SIGNALS,
     LED_SIGNALS,
+    LINK_BAUD,
     PROGRAM_OPS,
     ChipBoardTop,
     GridBoardTop,
@@ -27,6 +28,7 @@ from hw.board_top import (
     ecp5_pll_dividers,
 )
 from hw.isa import INSTR_BITS, OP_BITS, Counter, Err
+from hw.link import link_divisor
 from hw.params import ChipParams
 from scripts import synth
 
@@ -126,13 +128,23 @@ def test_link_top_elaborates(board):
 
 
 def test_chip_design_config():
-    """Every 85F board builds the chip with a 16-row grid (a 16x16 one does not fit) and
-    smaller buffers; the iCEBreaker has no chip configuration for the LFSR top, and asking
+    """Every 85F board builds the same chip with a 16-row grid (a 16x16 one does not fit)
+    and smaller buffers, at a clock its PLL makes and the UART link divides into its baud
+    rate; the iCEBreaker has no chip configuration for the LFSR top, and asking
     for one is a usage error (its link top has CHIP_UP5K)."""
     for board in ("ulx3s-85f", "orangecrab-85f", "ecpix5-85"):
-        assert BOARDS[board].chip_params == CHIP_85F
-    assert (CHIP_85F.rows, CHIP_85F.cols, CHIP_85F.clock_mhz) == (16, 8, 100)
-    assert synth.build_dir_for("ulx3s-85f", 16, 8, "chip").name == "ulx3s-85f-chip-16x8"
+        spec = BOARDS[board]
+        # one chip on the three (only the clock may differ), with a 16-row grid
+        assert replace(spec.chip_params, clock_mhz=CHIP_85F.clock_mhz) == CHIP_85F
+        assert spec.link_params == spec.chip_params and spec.link_params.rows == 16
+        # its clock: a PLL setting from the board clock (or the board clock itself) and a
+        # whole UART divisor for the link's baud rate
+        f_in = spec.platform().default_clk_frequency / 1e6
+        if f_in != spec.link_params.clock_mhz:
+            assert ecp5_pll_dividers(f_in, spec.link_params.clock_mhz)["f_out_mhz"] == \
+                pytest.approx(spec.link_params.clock_mhz, rel=1e-3)
+        link_divisor(spec.link_params.clock_mhz * 1e6, LINK_BAUD)
+    assert synth.build_dir_for("ulx3s-85f", 16, 4, "chip").name == "ulx3s-85f-chip-16x4"
     assert synth.build_dir_for("ulx3s-85f", 16, 16).name == "ulx3s-85f-16x16"
     with pytest.raises(SystemExit):
         synth.main(["--board", "icebreaker", "--design", "chip", "--elaborate-only"])

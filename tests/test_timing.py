@@ -20,7 +20,8 @@ measured counters, exactly.
   ``tests/test_chip_vec_rtl.py`` on the chip with its vector unit,
   and the VEC model against ``sim.timing.measure_vec`` (``VecEngine`` alone in
   ``amaranth.sim``) on a broad random sample on three configurations (the default; 2 lanes
-  on a 16 x 8 grid with 1536-element rows, as ``hw.board_top.CHIP_85F``; a 4 x 8 grid).
+  on a 16 x 8 grid with 1536-element rows, ``hw.board_top.CHIP_85F``'s vector unit; a 4 x 8
+  grid).
   The compiled layers against their measured cycles are in ``tests/test_compiled_rtl.py``.
 
 Random data: the plans' own seeds (``CHIP_SEED``), printed; the VEC ops' ``VEC_SEED``

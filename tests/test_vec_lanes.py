@@ -1,6 +1,6 @@
 """The vector unit with fewer lanes than a buffer word holds elements (``hw/vector/engine.py``:
 beats and words meet in pieces; the FPGA configuration ``hw.board_top.CHIP_85F`` has 2 lanes
-on a 16 x 8 grid), in amaranth.sim against the ISA simulator.
+on a 16 x 4 grid), in amaranth.sim against the ISA simulator.
 
 The micro-ops of ``tests/test_vec_engine.py`` (its harness, random buffers and ``run_op``) on
 its 4 x 8 chip with 2 lanes (every layout split: an ACC word in 4 pieces, a half word in 2, an
@@ -26,7 +26,7 @@ from tests import test_vec_engine as base
 
 LANES = [2, 4]
 
-#: CHIP_85F's grid and vector unit (16 x 8, 2 lanes) with the harness's small buffers.
+#: CHIP_85F's grid and vector unit (16 x 4, 2 lanes) with the harness's small buffers.
 P_85F = replace(
     CHIP_85F, vector_row=128, acc_sram_kib=8, act_sram_kib=2, kv_sram_kib=1, prm_entries=32
 )
