@@ -182,8 +182,8 @@ def test_smollm2_layer_on_board():
     the golden layer.
 
     Its first runs found the chip's RTL on LAYER_BOARD (CHIP_85F, then with a 16 x 8 grid,
-    2-lane vector unit), with or without the link, differing from the ISA simulator and golden (which
-    agree); the vector unit's writer was fixed since (commit f4c74ab)."""
+    2-lane vector unit), with or without the link, differing from the ISA simulator and
+    golden (which agree); the vector unit's writer was fixed since (commit f4c74ab)."""
     import time
 
     from sim.golden_models import SmolLM2Golden
