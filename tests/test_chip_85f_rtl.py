@@ -18,6 +18,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from hw.board_top import CHIP_85F  # noqa: E402
 from sim import golden as G  # noqa: E402
 from sim.devices import open_sim_device  # noqa: E402
 from sim.golden_models import SmolLM2Golden  # noqa: E402
@@ -43,7 +44,9 @@ def test_smollm2_layer_decode_85f():
     gold = SmolLM2Golden(m)
     cache = gold.new_cache(capacity=CAP)
     c = SmolLM2Compiled(m, LAYER_BOARD, cap=CAP, chunk=1, layers=1, head=False)
-    assert c.p.cols == 8 and c.p.vector_lanes == 2
+    # the boards' chip geometry (grid and vector unit), whatever its buffers
+    assert (c.p.rows, c.p.cols, c.p.vector_lanes) == (CHIP_85F.rows, CHIP_85F.cols,
+                                                      CHIP_85F.vector_lanes)
     prog = c.program(1)
     rows, bad = [], []
     with open_sim_device("rtl", c) as dev:
