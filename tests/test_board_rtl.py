@@ -48,9 +48,9 @@ SEED = int(os.environ.get("BOARD_SEED", np.random.SeedSequence().entropy % 2**32
 from tests.test_link import SMALL  # noqa: E402
 
 B = SMALL.offchip_bytes_per_cycle
-#: The layer run's configuration (module docstring): a SmolLM2 decode step needs 70 KiB of
-#: ACC, 292 PRM entries and 1709 micro-ops; its image is ~4.2 MB.
-LAYER_BOARD = replace(CHIP_85F, acc_sram_kib=72, prm_entries=512, uop_depth=2048,
+#: The layer run's configuration (module docstring): a resident SmolLM2 decode step needs
+#: 70 KiB of ACC, 292 PRM entries (16 x 8 grid) and 3,292 micro-ops on the 16 x 4 grid.
+LAYER_BOARD = replace(CHIP_85F, acc_sram_kib=72, prm_entries=512, uop_depth=4096,
                       offchip_kib=8192)
 
 
