@@ -138,6 +138,9 @@ __all__ = ["Board", "BOARDS", "CHIP_85F", "CHIP_UP5K", "Lfsr", "GridBoardTop", "
 CHIP_85F = ChipParams(cols=4, weight_sram_kib=16, act_sram_kib=16, acc_sram_kib=16,
                       kv_sram_kib=8, prm_entries=512, uop_depth=1024, vector_lanes=2,
                       vector_row=1536, offchip_kib=512 * 1024, clock_mhz=45)
+#: :data:`CHIP_85F` on the OrangeCrab: 42 MHz, what its PLL makes from 48 MHz (and a whole
+#: UART divisor).
+_CHIP_85F_42 = replace(CHIP_85F, clock_mhz=42)
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,8 @@ CHIP_UP5K = ChipParams(rows=2, cols=4, weight_sram_kib=1, act_sram_kib=1, acc_sr
 
 BOARDS = {b.name: b for b in [
     Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
-    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(),
-          replace(CHIP_85F, clock_mhz=42), replace(CHIP_85F, clock_mhz=42)),
+    Board("orangecrab-85f", OrangeCrabR0_2_85FPlatform, "ecp5", ChipParams(), _CHIP_85F_42,
+          _CHIP_85F_42),
     Board("ecpix5-85", ECPIX585Platform, "ecp5", ChipParams(), CHIP_85F, CHIP_85F),
     # UP5K: 8 SB_MAC16, 5280 LCs; a 2 x 4 grid (4 PEs) fits, on the 12 MHz board clock.
     # The chip does not, not even CHIP_UP5K (its link top elaborates; Yosys: ~4x the LUTs).

@@ -144,7 +144,9 @@ def prepare(
     ``build_dir``.
 
     Returns the plan. Uses ``platform.build(..., do_build=False)``: the same plan ``build``
-    would run, but we run its script ourselves to log and time the tools.
+    would run, but we run its script ourselves to log and time the tools. ECP5 maps LUTs with
+    classic ABC when ``abc9`` is off, and always for the link tops (they trip Yosys 0.70's
+    abc9 assertion).
     """
     spec = BOARDS[board]
     name, top_class, _ = DESIGNS[design]
@@ -161,7 +163,7 @@ def prepare(
         top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
     plan.extract(str(build_dir))
-    if spec.family == "ecp5" and not abc9:
+    if spec.family == "ecp5" and (not abc9 or design == "link"):
         _classic_abc(build_dir / f"{name}.ys", name)
     return plan
 
@@ -688,10 +690,8 @@ def main(argv=None) -> int:
     try:
         router = args.router or ("router2" if design in ("chip", "link")
                                  and spec.family == "ecp5" else "")
-        # the ECP5 link tops trip Yosys 0.70's abc9 assertion: classic ABC for them
-        abc9 = not args.no_abc9 and not (design == "link" and spec.family == "ecp5")
         plan = prepare(args.board, params, build_dir, args.seed, design, router, vector,
-                       abc9=abc9)
+                       abc9=not args.no_abc9)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
     pes = pe_count(build_dir, name)
