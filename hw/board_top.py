@@ -271,6 +271,10 @@ class _BoardTop(Elaboratable):
         self.params = params
         self.board = BOARDS[board]
         self.leds = Signal(len(self.LED_NAMES))
+        #: Place-and-route timing target for the PLL's design clock, in MHz (``None``: the
+        #: frequency nextpnr derives from the PLL, ``params.clock_mhz``). Over-constraining
+        #: changes only what nextpnr aims for; the PLL still makes ``params.clock_mhz``.
+        self.pnr_target_mhz = None
 
     # -- clocking ---------------------------------------------------------------------------
 
@@ -281,6 +285,10 @@ class _BoardTop(Elaboratable):
         board_mhz = platform.default_clk_frequency / 1e6
         target = self.params.clock_mhz
         if abs(board_mhz - target) < 1e-6:
+            if self.pnr_target_mhz:
+                raise ValueError(f"{self.board.name}: the design runs on the board clock "
+                                 f"({board_mhz:g} MHz, its pin constraint); a place-and-route "
+                                 f"target applies only to a PLL-made clock")
             return Const(1)  # the platform makes ``sync`` from the board clock and its reset
         if self.board.family != "ecp5":
             raise ValueError(f"{self.board.name}: the design clock ({target} MHz) must equal "
@@ -306,6 +314,8 @@ class _BoardTop(Elaboratable):
             i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=clk, o_LOCK=locked,
         )
+        if self.pnr_target_mhz:  # a user constraint on the PLL output overrides the derived one
+            platform.add_clock_constraint(clk, self.pnr_target_mhz * 1e6)
         # Reset as the platform does it for the board clock: no reset nets on the flops (every
         # flop takes its init value from the global set/reset), GSR held until the PLL locks
         # and released synchronously to the design clock. A sync reset on every flop costs

@@ -138,7 +138,8 @@ def tool_env(family: str) -> dict:
 
 def prepare(
     board: str, params, build_dir: Path, seed: int, design: str = "grid", router: str = "",
-    vector: bool = True, abc9: bool = True,
+    vector: bool = True, abc9: bool = True, target_mhz: float | None = None,
+    pnr_opts: str = "",
 ):
     """Elaborate the board top of ``design`` and write the platform's build plan into
     ``build_dir``.
@@ -146,7 +147,8 @@ def prepare(
     Returns the plan. Uses ``platform.build(..., do_build=False)``: the same plan ``build``
     would run, but we run its script ourselves to log and time the tools. ECP5 maps LUTs with
     classic ABC when ``abc9`` is off, and always for the link tops (they trip Yosys 0.70's
-    abc9 assertion).
+    abc9 assertion). ``target_mhz`` over-constrains the design clock for nextpnr
+    (:attr:`hw.board_top._BoardTop.pnr_target_mhz`).
     """
     spec = BOARDS[board]
     name, top_class, _ = DESIGNS[design]
@@ -154,11 +156,14 @@ def prepare(
     nextpnr = f"--seed {seed} --timing-allow-fail --report {name}.report.json"
     if router:
         nextpnr += f" --router {router}"
+    if pnr_opts:
+        nextpnr += f" {pnr_opts}"
     opts = {"nextpnr_opts": nextpnr}
     if spec.family == "ice40":
         opts["synth_opts"] = "-dsp"  # synth_ice40 maps multipliers to SB_MAC16 only with -dsp
     top = top_class(params, board, vector=vector) if design in ("chip", "link") \
         else top_class(params, board)
+    top.pnr_target_mhz = target_mhz
     plan = platform.build(
         top, name=name, build_dir=str(build_dir), do_build=False, do_program=False, **opts
     )
@@ -376,7 +381,8 @@ def parse_yosys_stat(path: Path, name: str = NAME) -> dict:
 
 
 def summarize(
-    board: str, params, build_dir: Path, elapsed: float, seed: int, design: str = "grid"
+    board: str, params, build_dir: Path, elapsed: float, seed: int, design: str = "grid",
+    pnr_target_mhz: float | None = None,
 ) -> dict:
     spec = BOARDS[board]
     name = DESIGNS[design][0]
@@ -411,6 +417,7 @@ def summarize(
         "params": _params_dict(params),
         "seed": seed,
         "target_mhz": target,
+        "pnr_target_mhz": pnr_target_mhz,
         "fmax_mhz": worst[1]["achieved"] if worst else None,
         "fmax_clock": worst[0] if worst else None,
         "meets_target": bool(worst and worst[1]["achieved"] >= target),
@@ -464,6 +471,10 @@ def print_summary(s: dict) -> None:
             f"  Fmax {s['fmax_mhz']:.1f} MHz vs target {s['target_mhz']:g} MHz ({verdict}; "
             f"clock {s['fmax_clock']})"
         )
+        if s.get("pnr_target_mhz"):
+            print(f"  (placed and routed for {s['pnr_target_mhz']:g} MHz: --target-mhz)")
+    if s.get("pnr_opts"):
+        print(f"  nextpnr options: {s['pnr_opts']}")
     for label, r in s["resources"].items():
         avail = r["available"]
         pct = f" {100 * r['used'] / avail:5.1f} %" if avail else ""
@@ -640,6 +651,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, help="grid rows (K); default: the board's")
     ap.add_argument("--cols", type=int, help="grid W4A8 columns (N); default: the board's")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument(
+        "--target-mhz", type=float,
+        help="ECP5 with a PLL: the clock nextpnr places and routes for (default: the chip's "
+             "clock_mhz, which the PLL still makes). Over-constraining can route a design "
+             "that stalls at its own clock; Fmax is then reported against this target",
+    )
+    ap.add_argument(
+        "--pnr-opts", default="",
+        help="more nextpnr options, e.g. '--placer static' or '--router2-alt-weights' "
+             "(one string; they follow the script's own, so a repeated option wins)",
+    )
     ap.add_argument("--no-abc9", action="store_true",
                     help="ECP5: map LUTs with classic ABC instead of abc9, for designs on which "
                          "Yosys 0.70's abc9 step trips an assertion (the build says so); always "
@@ -680,8 +702,11 @@ def main(argv=None) -> int:
         ap.error(str(e))
     vector = (design == "chip" or (design == "link" and spec.link_vector)) and not args.no_vector
     os.chdir(ROOT)  # the build folder is relative to the project (YoWASP cannot see /tmp)
-    build_dir = args.build_dir or build_dir_for(args.board, params.rows, params.cols, design,
-                                                vector)
+    build_dir = args.build_dir
+    if build_dir is None:
+        build_dir = build_dir_for(args.board, params.rows, params.cols, design, vector)
+        if args.target_mhz:
+            build_dir = build_dir.with_name(f"{build_dir.name}-pnr{args.target_mhz:g}")
     if build_dir.is_absolute():
         ap.error("--build-dir must be relative to the project (YoWASP tools cannot see /tmp)")
     env = None if args.elaborate_only else tool_env(spec.family)  # fail early if tools missing
@@ -691,7 +716,8 @@ def main(argv=None) -> int:
         router = args.router or ("router2" if design in ("chip", "link")
                                  and spec.family == "ecp5" else "")
         plan = prepare(args.board, params, build_dir, args.seed, design, router, vector,
-                       abc9=not args.no_abc9)
+                       abc9=not args.no_abc9, target_mhz=args.target_mhz,
+                       pnr_opts=args.pnr_opts)
     except ValueError as e:  # e.g. a grid size the chip's buffers cannot address
         ap.error(str(e))
     pes = pe_count(build_dir, name)
@@ -707,8 +733,10 @@ def main(argv=None) -> int:
     # Amaranth's own conversions stay on the built-in Yosys; the script uses the YoWASP ones.
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
     elapsed = run_tools(plan, build_dir, env, name)
-    summary = summarize(args.board, params, build_dir, elapsed, args.seed, design)
+    summary = summarize(args.board, params, build_dir, elapsed, args.seed, design,
+                        args.target_mhz)
     summary["router"] = router or "router1"
+    summary["pnr_opts"] = args.pnr_opts
     summary["vector"] = vector
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)

@@ -59,6 +59,31 @@ def test_elaborate_overrides_grid_size():
     assert synth.pe_count(synth.ROOT / build_dir) == 4 * 4
 
 
+def test_pnr_target_over_constrains_the_pll_clock():
+    """--target-mhz: the PLL still makes the chip's clock, and the constraints file gains a
+    clock constraint at the target on the PLL's output net (the one nextpnr would derive);
+    without a PLL there is nothing to over-constrain and the script says so."""
+    build_dir = TEST_DIR / "ulx3s-85f-pnr"
+    assert synth.main(["--board", "ulx3s-85f", "--rows", "4", "--cols", "8", "--target-mhz",
+                       "150", "--build-dir", str(build_dir), "--elaborate-only"]) == 0
+    build_dir = synth.ROOT / build_dir
+    lpf = (build_dir / "grid_top.lpf").read_text()
+    nets = re.findall(r'^FREQUENCY NET "([^"]+)" ([\d.]+) HZ;', lpf, re.MULTILINE)
+    assert [float(f) for _, f in nets] == [150e6], lpf
+    params = BOARDS["ulx3s-85f"].params
+    div = ecp5_pll_dividers(25, params.clock_mhz)
+    rtlil = (build_dir / "grid_top.il").read_text()
+    assert f'parameter \\CLKFB_DIV {div["CLKFB_DIV"]}' in rtlil  # the PLL is unchanged
+    # the constrained net is the PLL's CLKOP, or an alias of it
+    clkop = re.search(r"cell \\EHXPLLL .*?connect \\CLKOP \\(\S+)\n", rtlil, re.DOTALL)[1]
+    aliases = {clkop} | {a for a, b in re.findall(r"^\s*connect \\(\S+) \\(\S+) \[0\]$",
+                                                   rtlil, re.MULTILINE) if b == clkop}
+    assert nets[0][0] in aliases, (nets, aliases)
+    with pytest.raises(SystemExit):  # the ECPIX-5 grid runs on its 100 MHz board clock
+        synth.main(["--board", "ecpix5-85", "--target-mhz", "150", "--build-dir",
+                    str(TEST_DIR / "ecpix5-pnr"), "--elaborate-only"])
+
+
 def test_elaborates_chip_for_ulx3s():
     """The whole chip's board top elaborates for the ULX3S-85F: the grid's PEs, the buffers as
     memories, the vector unit, the PLL, the LED pins."""
