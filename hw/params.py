@@ -189,6 +189,9 @@ class ChipParams:
     @classmethod
     def from_dict(cls, values: dict) -> "ChipParams":
         """Build from a plain dict (e.g. a config file); unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise ValueError(f"ChipParams: a configuration is a JSON object of fields, got "
+                             f"{type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -373,3 +373,18 @@ def test_check_params_rejects_too_deep_buffers(kwargs, buf, field):
         rf"\d+-bit {field} field",
     ):
         check_params(p)
+
+
+def test_params_from_dict_round_trip_and_errors():
+    """A configuration file: the fields of ChipParams, as a JSON object. A round trip gives
+    the same chip; an unknown field or a file that is not an object is a clear error."""
+    from dataclasses import asdict
+
+    p = ChipParams(cols=4, prm_entries=512, clock_mhz=45)
+    d = asdict(p)
+    assert ChipParams.from_dict(d) == p
+    with pytest.raises(ValueError, match="unknown field.*colz"):
+        ChipParams.from_dict({"colz": 4})
+    for bad in (None, [4], "cols"):
+        with pytest.raises(ValueError, match="a JSON object of fields, got"):
+            ChipParams.from_dict(bad)
