@@ -39,9 +39,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -216,10 +218,46 @@ def _last_line(path: Path) -> str:
 ABC9_TRIPS = "Assert `GetSize(conn.first) == GetSize(conn.second)' failed"
 
 
+class _stops_tools_on_exit:
+    """Context: SIGTERM becomes ``SystemExit``, and any exception leaving the block (that, or
+    Ctrl-C's ``KeyboardInterrupt``) kills ``proc``'s process group (the tools) first."""
+
+    def __init__(self, proc, log_path: Path):
+        self.proc, self.log_path, self.old = proc, log_path, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._terminated)
+        return self
+
+    @staticmethod
+    def _terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        if exc_type is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            print(f"\nsynth: stopped; the build's tools were stopped too (log: "
+                  f"{self.log_path})", file=sys.stderr)
+        return False
+
+
 def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
     """Run the plan's script in ``build_dir``; output to ``synth.log``; progress on stderr.
 
-    Returns the elapsed seconds; exits with the log's tail if a tool fails.
+    Returns the elapsed seconds; exits with the log's tail if a tool fails. The tools run in
+    their own process group: if this script is interrupted (Ctrl-C) or terminated (SIGTERM),
+    it stops Yosys / nextpnr too rather than leaving an hour-long nextpnr running.
     """
     log_path = build_dir / "synth.log"
     stages = [("yosys", build_dir / f"{name}.rpt"), ("nextpnr", build_dir / f"{name}.tim")]
@@ -236,23 +274,25 @@ def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        while proc.poll() is None:
-            time.sleep(1)
-            now = time.monotonic() - t0
-            if not tty and now - last_print < 30:
-                continue
-            last_print = now
-            stage, path = next(
-                ((s, p) for s, p in reversed(stages) if p.exists()), ("starting", log_path)
-            )
-            msg = f"[{_mmss(now)}] {stage}: {_last_line(path)}"[:110]
-            print(
-                f"\r{msg:<110}" if tty else msg,
-                end="" if tty else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
+        with _stops_tools_on_exit(proc, log_path):
+            while proc.poll() is None:
+                time.sleep(1)
+                now = time.monotonic() - t0
+                if not tty and now - last_print < 30:
+                    continue
+                last_print = now
+                stage, path = next(
+                    ((s, p) for s, p in reversed(stages) if p.exists()), ("starting", log_path)
+                )
+                msg = f"[{_mmss(now)}] {stage}: {_last_line(path)}"[:110]
+                print(
+                    f"\r{msg:<110}" if tty else msg,
+                    end="" if tty else "\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
     elapsed = time.monotonic() - t0
     if tty:
         print(file=sys.stderr)

@@ -378,3 +378,48 @@ def test_yosys_only_counts_ecp5_luts(tmp_path, monkeypatch, capsys):
     assert re.search(r"LUT4\s+1060\s+\(LUT4 \+ 2 x CCU2C\)", out), out
     assert re.search(r"FF\s+700\s", out) and re.search(r"DSP\s+3\s", out)
     assert re.search(r"EBR\s+5\s", out)
+
+
+def test_terminating_synth_stops_its_tools(tmp_path):
+    """SIGTERM to scripts/synth.py (``kill``, a job runner's timeout) while a tool runs stops
+    the tool too: an orphaned nextpnr would hold a core for an hour."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "build_x.sh").write_text("sleep 300 &\necho $! > tool.pid\nwait\n")
+    code = (
+        "import os, sys, types\n"
+        "from pathlib import Path\n"
+        f"sys.path.insert(0, {str(synth.ROOT)!r})\n"
+        "from scripts import synth\n"
+        f"synth.run_tools(types.SimpleNamespace(script='build_x'), Path({str(tmp_path)!r}),"
+        " dict(os.environ), 'x')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "tool.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    tool = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "stopped" in err, err
+
+    def alive(pid):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 10
+    while alive(tool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(tool):
+        os.kill(tool, signal.SIGKILL)
+        pytest.fail(f"the tool (pid {tool}) outlived synth.py")
