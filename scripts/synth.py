@@ -694,13 +694,14 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--target-mhz", type=float,
         help="ECP5 with a PLL: the clock nextpnr places and routes for (default: the chip's "
-             "clock_mhz, which the PLL still makes). Over-constraining can route a design "
-             "that stalls at its own clock; Fmax is then reported against this target",
+             "clock_mhz, which the PLL still makes): over-constrain placement and routing. "
+             "Fmax is still judged against clock_mhz; the summary names the P&R target",
     )
     ap.add_argument(
         "--pnr-opts", default="",
         help="more nextpnr options, e.g. '--placer static' or '--router2-alt-weights' "
-             "(one string; they follow the script's own, so a repeated option wins)",
+             "(one string, appended to the script's own: --seed, --router, --timing-allow-fail, "
+             "--report)",
     )
     ap.add_argument("--no-abc9", action="store_true",
                     help="ECP5: map LUTs with classic ABC instead of abc9, for designs on which "
@@ -729,6 +730,8 @@ def main(argv=None) -> int:
 
     spec = BOARDS[args.board]
     design = args.design
+    if args.target_mhz is not None and not args.target_mhz > 0:
+        ap.error(f"--target-mhz must be a positive frequency, got {args.target_mhz:g}")
     if design == "vector":
         return _main_vector(ap, args)
     name = DESIGNS[design][0]
