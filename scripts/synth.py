@@ -35,6 +35,7 @@ builds").
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -218,38 +219,33 @@ def _last_line(path: Path) -> str:
 ABC9_TRIPS = "Assert `GetSize(conn.first) == GetSize(conn.second)' failed"
 
 
-class _stops_tools_on_exit:
-    """Context: SIGTERM becomes ``SystemExit``, and any exception leaving the block (that, or
-    Ctrl-C's ``KeyboardInterrupt``) kills ``proc``'s process group (the tools) first."""
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
 
-    def __init__(self, proc, log_path: Path):
-        self.proc, self.log_path, self.old = proc, log_path, None
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, self._terminated)
-        return self
-
-    @staticmethod
-    def _terminated(signum, frame):
-        raise SystemExit(128 + signum)
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
-        if exc_type is not None and self.proc.poll() is None:
+@contextlib.contextmanager
+def _tools_stop_with_script(proc, log_path: Path):
+    """SIGTERM becomes ``SystemExit``; any exception leaving the block (that, or Ctrl-C's
+    ``KeyboardInterrupt``) kills ``proc``'s process group (the tools) before it goes on."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _raise_exit) if main else None
+    try:
+        yield
+    except BaseException:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            print(f"\nsynth: stopped; the build's tools were stopped too (log: "
-                  f"{self.log_path})", file=sys.stderr)
-        return False
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            print(f"\nsynth: stopped; the build's tools were stopped too (log: {log_path})",
+                  file=sys.stderr)
+        raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
@@ -276,7 +272,7 @@ def run_tools(plan, build_dir: Path, env: dict, name: str = NAME) -> float:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        with _stops_tools_on_exit(proc, log_path):
+        with _tools_stop_with_script(proc, log_path):
             while proc.poll() is None:
                 time.sleep(1)
                 now = time.monotonic() - t0
@@ -421,8 +417,7 @@ def parse_yosys_stat(path: Path, name: str = NAME) -> dict:
 
 
 def summarize(
-    board: str, params, build_dir: Path, elapsed: float, seed: int, design: str = "grid",
-    pnr_target_mhz: float | None = None,
+    board: str, params, build_dir: Path, elapsed: float, seed: int, design: str = "grid"
 ) -> dict:
     spec = BOARDS[board]
     name = DESIGNS[design][0]
@@ -457,7 +452,6 @@ def summarize(
         "params": _params_dict(params),
         "seed": seed,
         "target_mhz": target,
-        "pnr_target_mhz": pnr_target_mhz,
         "fmax_mhz": worst[1]["achieved"] if worst else None,
         "fmax_clock": worst[0] if worst else None,
         "meets_target": bool(worst and worst[1]["achieved"] >= target),
@@ -776,9 +770,9 @@ def main(argv=None) -> int:
     # Amaranth's own conversions stay on the built-in Yosys; the script uses the YoWASP ones.
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
     elapsed = run_tools(plan, build_dir, env, name)
-    summary = summarize(args.board, params, build_dir, elapsed, args.seed, design,
-                        args.target_mhz)
+    summary = summarize(args.board, params, build_dir, elapsed, args.seed, design)
     summary["router"] = router or "router1"
+    summary["pnr_target_mhz"] = args.target_mhz
     summary["pnr_opts"] = args.pnr_opts
     summary["vector"] = vector
     (build_dir / REPORT).write_text(json.dumps(summary, indent=2) + "\n")

@@ -7,7 +7,12 @@ slow-marked. The ULX3S builds (grid ~10 min, chip ~17 min) are benchmarks, run b
 """
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -383,12 +388,6 @@ def test_yosys_only_counts_ecp5_luts(tmp_path, monkeypatch, capsys):
 def test_terminating_synth_stops_its_tools(tmp_path):
     """SIGTERM to scripts/synth.py (``kill``, a job runner's timeout) while a tool runs stops
     the tool too: an orphaned nextpnr would hold a core for an hour."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     (tmp_path / "build_x.sh").write_text("sleep 300 &\necho $! > tool.pid\nwait\n")
     code = (
         "import os, sys, types\n"
