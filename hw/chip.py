@@ -133,7 +133,7 @@ class Chip(wiring.Component):
         self.store = StoreEngine(params)
         self.gemm = GemmEngine(params)
         self.kv = KvEngine(params)
-        self.vec = VecEngine(params) if vector else None
+        self.vec = VecEngine(params, reset_ports=True) if vector else None
         super().__init__({
             "bus": Out(BusSignature(params)),
             "start": In(1),
@@ -187,7 +187,9 @@ class Chip(wiring.Component):
         units = {Unit.LOAD: load, Unit.STORE: store, Unit.GEMM: gemm, Unit.KV: kv}
         vec = None
         if self.vector:
-            vec = units[Unit.VEC] = unit("vec", self.vec)
+            # its own resets (``reset_ports``): the units' reset, and below the datapath's
+            vec = units[Unit.VEC] = top.submodules.vec = self.vec
+            top.d.comb += vec.rst.eq(unit_rst)
         queued = self.queued_units
         op_unit = {**_OP_UNIT, **({Op.VEC: Unit.VEC} if vec is not None else {})}
         done_of = {u: e.done for u, e in units.items()}
@@ -360,6 +362,14 @@ class Chip(wiring.Component):
             if name in ("gemm", "vec"):
                 ab = global_net(m, platform, ab, f"abort_{name}")
             m.d.comb += eng.abort.eq(ab)
+        if vec is not None:
+            # the vector datapath's reset: the units' reset or abort, as one register (equal
+            # to ``unit_rst_r | abort_vec`` every cycle) on one global buffer
+            dp_rst = Signal(1)
+            # (in ``top``, as ``unit_rst_r``: ``rst`` sets it, so it is not under ``rst``)
+            kept_flop(top, platform, dp_rst, start | self.rst | (err_next != Err.NONE),
+                      C(0, 1), "vec_dp_rst")
+            top.d.comb += vec.dp_rst.eq(global_net(top, platform, dp_rst, "vec_dp_rst"))
 
         # counters
         cnt = {c: Signal(COUNTER_BITS, name=f"cnt_{c.name.lower()}") for c in Counter}

@@ -587,6 +587,38 @@ def area(nl: Netlist, depth: int) -> dict:
     return {k: dict(v) for k, v in sorted(res.items())}
 
 
+#: Cells whose output is on a global (clock) network: their nets' fanout costs no general
+#: routing.
+GLOBAL_DRIVERS = ("DCCA", "DCSC", "EHXPLLL", "ECLKBRIDGECS", "CLKDIVF")
+
+
+def fanouts(nl: Netlist, tm: Timing, n: int = 8, least: int = 500) -> list:
+    """The ``n`` largest nets (bits) of at least ``least`` sinks driven by logic rather than a
+    global buffer: each such net spreads over general routing to every sink, and a large one
+    (a reset or enable built by a LUT) congests the router across the die. Each: the net's
+    name, its driver's cell type, the fanout, and how many of the sinks are flops' ``LSR``
+    (reset) and ``CE`` (enable) pins."""
+    big = [(f, b) for b, f in tm.fanout.items()
+           if f >= least and tm.drivers.get(b) not in GLOBAL_DRIVERS + (None,)]
+    big.sort(key=lambda x: -x[0])
+    big = big[:n]
+    pins = {b: Counter() for _, b in big}
+    for c in nl.cells.values():
+        if c["type"] != "TRELLIS_FF":
+            continue
+        for p in ("LSR", "CE"):
+            v = c["connections"].get(p)
+            if v and v[0] in pins:
+                pins[v[0]][p] += 1
+    return [{"net": nl.bit_name(b), "driver": tm.drivers[b], "fanout": f,
+             "lsr": pins[b]["LSR"], "ce": pins[b]["CE"]} for f, b in big]
+
+
+def fmt_fanout(f: dict) -> str:
+    pins = ", ".join(f"{f[k]} {k.upper()}" for k in ("lsr", "ce") if f[k])
+    return f"{f['fanout']:6d}  {f['net']} ({f['driver']}" + (f"; {pins})" if pins else ")")
+
+
 def analyse(data: dict, top=None, clock_mhz=100.0, npaths=30, model=None, area_depth=3,
             placement: dict | None = None):
     """``placement``: nextpnr's placed design (``--write``), for placed routing delays."""
@@ -638,6 +670,7 @@ def analyse(data: dict, top=None, clock_mhz=100.0, npaths=30, model=None, area_d
         "unmodelled_cells": dict(tm.unknown),
         "groups": ranked,
         "area": area(nl, area_depth),
+        "fanouts": fanouts(nl, tm),
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -680,6 +713,11 @@ def print_report(r: dict, npaths: int, out=None):
         w(f"     {g['worst_ns']:6.2f}  end   {g['end']}")
         w("   python: " + (", ".join(g["py"]) or "(no src)"))
     w("")
+    if r["fanouts"]:
+        w("largest fanouts on general routing (driven by logic, not a global buffer):")
+        for f in r["fanouts"]:
+            w("  " + fmt_fanout(f))
+        w("")
     cols = ("LUT4", "CCU2C", "FF", "LUTRAM", "DSP", "EBR")
     roll = defaultdict(Counter)
     for k, v in r["area"].items():

@@ -843,6 +843,12 @@ def _sta_summary(netlist: Path, clock_mhz: float, groups: int = 12) -> None:
           f"{r['endpoints']} endpoints fail at {clock_mhz:g} MHz; worst groups:")
     for g in r["groups"][:groups]:
         print(f"    {g['worst_ns']:6.2f} ns {g['endpoints']:5d}  {g['src']} -> {g['dst']}")
+    if r["fanouts"]:
+        from scripts.sta import fmt_fanout  # noqa: PLC0415 (as above)
+
+        print("  largest fanouts on general routing (driven by logic, not a global buffer):")
+        for f in r["fanouts"][:5]:
+            print("    " + fmt_fanout(f))
     print(f"  full report: {netlist.parent / 'sta_report.json'} "
           f"(or .venv/bin/python scripts/sta.py {netlist})")
 

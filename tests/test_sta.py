@@ -219,3 +219,29 @@ def test_placement_gives_distance_routing():
         0.52 + 2 * (R1 + 0.24), abs=0.01)
     with pytest.raises(SystemExit, match="no placed cell"):
         analyse(n.json(), model=M, placement={"modules": {"top": {"cells": {}}}})
+
+
+def test_fanouts_list_logic_driven_nets_not_global_ones():
+    """A reset built by a LUT reaching 600 flops is listed, with its LSR pins; the same reset
+    through a DCCA (a global buffer) is not; a 499-sink net is under the threshold."""
+    n = Net()
+    a, b = n.ff("ra", 1), n.ff("rb", 3)
+    n.name("ra", [a])
+    n.name("rb", [b])
+    rst = n.lut("rst_or", a, b)
+    n.name("dp_rst", [rst])
+    g = n.bit()
+    n.cell("gbuf", "DCCA", {"CLKI": a}, {"CLKO": g})
+    en = n.lut("en_lut", a)
+    n.name("en", [en])
+    for i in range(600):
+        q = n.ff(f"d{i}", a)
+        n.cells[f"d{i}_TRELLIS_FF_Q"]["connections"]["LSR"] = [rst]
+        n.cells[f"d{i}_TRELLIS_FF_Q"]["port_directions"]["LSR"] = "input"
+        n.cell(f"u{i}", "LUT4", {"A": g, "B": q}, {"Z": n.bit()})
+    for i in range(499):
+        n.cell(f"e{i}", "LUT4", {"A": en}, {"Z": n.bit()})
+    f = run(n)["fanouts"]
+    # ``a`` itself feeds the 600 flops' D, the LUTs, the DCCA: a flop-driven net of 603
+    assert [(x["net"], x["driver"], x["fanout"], x["lsr"], x["ce"]) for x in f] == [
+        ("ra", "TRELLIS_FF", 603, 0, 0), ("dp_rst", "LUT4", 600, 600, 0)]

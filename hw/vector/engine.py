@@ -280,7 +280,12 @@ class VecEngine(wiring.Component):
     ``acc_b_*`` (ACC), ``act_*`` (ACT), ``prm_*`` (PRM), ``kv_*`` (KV); writes: ``acc_wr``
     (ACC words), ``act_wr`` (ACT words), each a valid/ready stream (the chip's write-port
     arbiter may hold ``ready`` low). ``done`` / ``err_*`` pulse once per micro-op; ``abort``
-    drops the current one. Needs ``cols``, ``rows`` and ``vector_lanes`` powers of two,
+    drops the current one. ``reset_ports``: the engine has two more inputs, ``rst`` (resets
+    the control logic) and ``dp_rst`` (resets the datapath; the caller makes it include
+    ``rst`` and ``abort``), and is not put under a ``ResetInserter`` itself: each flop then
+    sees one reset net (the chip puts both on global buffers on an FPGA) rather than a LUT
+    that ORs two, which fanned out to 15 k flops. Needs ``cols``, ``rows`` and
+    ``vector_lanes`` powers of two,
     ``vector_lanes >= 2``. Beats and buffer words meet in *pieces* of ``min(L, E)`` elements
     (``E``: ``cols``, ``cols / 2`` or ``rows`` elements per ACC, half ACC or ACT word): a beat
     wider than a word takes several words; a word wider than a beat (fewer lanes, e.g. the
@@ -311,9 +316,10 @@ class VecEngine(wiring.Component):
     #: the writer takes its last piece.
     WR_STAGES = 1
 
-    def __init__(self, params: ChipParams = ChipParams()):
+    def __init__(self, params: ChipParams = ChipParams(), *, reset_ports: bool = False):
         p = params
         self.params = p
+        self.reset_ports = reset_ports
         L, R, C = p.vector_lanes, p.rows, p.cols
         _log2(L, "vector_lanes")
         _log2(R, "rows")
@@ -341,6 +347,7 @@ class VecEngine(wiring.Component):
             "err_pc": Out(pc_bits(p)),
             "busy": Out(1),
             "abort": In(1),
+            **({"rst": In(1), "dp_rst": In(1)} if reset_ports else {}),
         })
 
     @staticmethod
@@ -675,7 +682,14 @@ class VecEngine(wiring.Component):
 
         # -- the datapath: reset while abort holds ----------------------------------------------
         dp = Module()
-        m.submodules.dp = ResetInserter(self.abort)(dp)
+        if self.reset_ports:
+            # the control logic and the datapath side by side, each under its one reset port
+            top = Module()
+            top.submodules.ctl = ResetInserter(self.rst)(m)
+            top.submodules.dp = ResetInserter(self.dp_rst)(dp)
+        else:
+            top = m
+            m.submodules.dp = ResetInserter(self.abort)(dp)
         op = SimpleNamespace(
             a=a, pos=pos, is_=is_, quant=quant, norm=norm, copy_act=copy_act, vfold=vfold,
             a15=a15, a8x2=a8x2, out_half=out_half, to_act=to_act, use_b=use_b, length=length,
@@ -683,7 +697,7 @@ class VecEngine(wiring.Component):
             p_posw=p_posw, p_blk=p_blk, eps=eps, sweep=sweep, go=go, finished=finished,
             vsc_r=vsc_r, vmax_r=vmax_r, prd_addr=prd_addr, prd_en=prd_en)
         self._datapath(dp, op)
-        return m
+        return top
 
     def _datapath(self, m, e):
         """The generators, assembler, components and writer of a running micro-op (``m`` is
