@@ -18,6 +18,9 @@ of every net bit in topological order (one pass, plain dicts), and reports:
   muxes, carry cells (CCU2C, 2 bits each), multipliers, RAM reads), and for the top
   ``--paths`` groups the worst path as named nets plus the Python source lines (``src``
   attributes Amaranth writes: ``hw/...py:N``) the path goes through;
+* the largest nets driven by logic rather than a global buffer (``DCCA``, PLL), with how many
+  of their sinks are flop resets (``LSR``) and enables (``CE``): a reset or enable built by a
+  LUT and fanned out to thousands of flops congests the router across the die;
 * a per-hierarchy area summary (LUT4, CCU2C, FF, LUT-RAM, DSP, EBR), cells attributed by
   their (Yosys auto-)names, which start with the hierarchical name of the net they drive.
 
