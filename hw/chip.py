@@ -38,7 +38,9 @@ later, so a caller holds ``rst`` that many cycles longer than
 one (``hw.link.Link``'s ``abort`` does) or keeps the units' requests out meanwhile. The units'
 reset (``start`` or ``rst``) fans out to most of the chip's flops: it is one register, put on a
 global clock network on ECP5 (a ``DCCA``; nextpnr promotes only clocks by itself) rather than a
-tree of LUTs. The control logic's reset is ``rst`` itself (a few thousand flops).
+tree of LUTs; so are the GEMM and vector units' abort copies and the vector datapath's reset
+(the units' reset or abort, one register: ``VecEngine(reset_ports=True)``). The control
+logic's reset is ``rst`` itself (a few thousand flops).
 """
 
 import math
