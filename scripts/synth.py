@@ -663,6 +663,20 @@ def print_vector(board: str, params, figures: dict) -> None:
 # -- command line -------------------------------------------------------------------------------
 
 
+def _join_pnr_opts(argv: list) -> list:
+    """``--pnr-opts X`` as ``--pnr-opts=X``: argparse takes a value that starts with ``-`` and
+    has no space (``--pnr-opts --no-tmdriv``) for an option of its own and refuses it."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--pnr-opts" and i + 1 < len(argv):
+            out.append(f"--pnr-opts={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", choices=sorted(BOARDS), default="ulx3s-85f")
@@ -720,7 +734,7 @@ def main(argv=None) -> int:
         "--yosys-only", action="store_true",
         help="run only Yosys (synthesis, no place-and-route) and print its cell counts",
     )
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_join_pnr_opts(sys.argv[1:] if argv is None else list(argv)))
 
     spec = BOARDS[args.board]
     design = args.design

@@ -89,6 +89,18 @@ def test_pnr_target_over_constrains_the_pll_clock():
                     str(TEST_DIR / "ecpix5-pnr"), "--elaborate-only"])
 
 
+def test_pnr_opts_takes_a_lone_option():
+    """``--pnr-opts --no-tmdriv`` (one option, no space: argparse alone refuses it as a value)
+    and ``--pnr-opts '--placer static'`` both land in the build script's nextpnr line."""
+    for opts in ("--no-tmdriv", "--placer static"):
+        build_dir = TEST_DIR / "ulx3s-85f-pnropts"
+        assert synth.main(["--board", "ulx3s-85f", "--rows", "4", "--cols", "8", "--pnr-opts",
+                           opts, "--build-dir", str(build_dir), "--elaborate-only"]) == 0
+        sh = (synth.ROOT / build_dir / "build_grid_top.sh").read_text()
+        line = next(ln for ln in sh.splitlines() if "NEXTPNR_ECP5" in ln and "--json" in ln)
+        assert f" {opts} " in line + " ", line
+
+
 def test_elaborates_chip_for_ulx3s():
     """The whole chip's board top elaborates for the ULX3S-85F: the grid's PEs, the buffers as
     memories, the vector unit, the PLL, the LED pins."""
